@@ -1,0 +1,764 @@
+//! JSON messages → Arrow rows, with per-message isolation of bad input.
+//!
+//! Messages are fed to arrow-json's streaming [`Decoder`] as they are polled, so bytes
+//! go straight into Arrow builders; no message is turned into a dynamic value on the
+//! hot path. Each message must add exactly one row: the decoder is checked after every
+//! message (one row more, no half-read record).
+//!
+//! When a chunk fails (a malformed message, a wrong type, an unknown field), the chunk is
+//! decoded again by bisection, which isolates each bad message in `O(k log n)` decodes
+//! for `k` bad messages among `n`. A bad message is then classified: not JSON, empty or
+//! not an object → stage `decode`; a JSON object with fields the table lacks → the schema
+//! is widened with them (additive evolution) if allowed; otherwise → stage `schema`.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BinaryBuilder, BooleanArray, Date32Array, Int32Builder, Int64Builder, RecordBatch,
+    StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+};
+use arrow::compute::{concat_batches, filter_record_batch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::error::ArrowError;
+use arrow::json::reader::{Decoder, ReaderBuilder, infer_json_schema_from_iterator};
+use sluice_pipeline::{DeadLetter, OffsetRange, SourceBatch, Stage, TopicPartition};
+
+use crate::error::{Error, Result};
+
+/// A message as the decoder sees it, borrowed from the consumer.
+#[derive(Debug, Clone, Copy)]
+pub struct RawMessage<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<&'a [u8]>,
+    /// `None` is a tombstone (a key with a null value).
+    pub payload: Option<&'a [u8]>,
+}
+
+/// Settings of a [`JsonDecoder`].
+#[derive(Debug, Clone)]
+pub struct JsonDecoderConfig {
+    /// Destination table of the rows.
+    pub table: String,
+    /// Larger payloads are dead letters at stage `decode`.
+    pub max_message_bytes: usize,
+    /// Widen the schema with new fields of well-formed messages.
+    pub schema_evolution: bool,
+    /// Most messages buffered before [`JsonDecoder::finish`]; sizes the decoder's buffers.
+    pub max_messages: usize,
+}
+
+/// Where one message of the current chunk stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// Bytes `start..end` of the chunk buffer; tombstones are stored as `{}`.
+    Row { start: usize, end: usize },
+    /// Already a dead letter (oversized, empty); index into `dead`.
+    Rejected,
+}
+
+/// The Arrow type of the lineage column `name`.
+pub fn lineage_field(name: &str) -> Field {
+    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let dt = match name {
+        "_kafka_topic" => DataType::Utf8,
+        "_kafka_partition" => DataType::Int32,
+        "_kafka_offset" => DataType::Int64,
+        "_kafka_timestamp" | "_ingested_at" => ts,
+        "_kafka_key" => DataType::Binary,
+        _ => DataType::Date32,
+    };
+    Field::new(name, dt, true)
+}
+
+/// Payload schema plus lineage columns: the schema of a bronze table.
+pub fn with_lineage(payload: &Schema) -> SchemaRef {
+    let mut fields: Vec<Field> = payload.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.extend(sluice_pipeline::config::LINEAGE_COLUMNS.iter().map(|n| lineage_field(n)));
+    Arc::new(Schema::new(fields))
+}
+
+/// The payload part of a table schema (every column but the lineage ones).
+pub fn payload_of(table: &Schema) -> SchemaRef {
+    let fields: Vec<Field> = table
+        .fields()
+        .iter()
+        .filter(|f| !sluice_pipeline::config::LINEAGE_COLUMNS.contains(&f.name().as_str()))
+        .map(|f| f.as_ref().clone())
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+/// Decodes the JSON messages bound for one table into [`SourceBatch`]es.
+pub struct JsonDecoder {
+    config: JsonDecoderConfig,
+    /// Payload schema; `None` until known (declared, read from the table, or inferred).
+    schema: Option<SchemaRef>,
+    decoder: Option<Decoder>,
+    /// The fast path failed for this chunk: rebuild it by bisection at `finish`.
+    dirty: bool,
+    buf: Vec<u8>,
+    slots: Vec<Slot>,
+    dead: Vec<DeadLetter>,
+    topics: StringBuilder,
+    partitions: Int32Builder,
+    offsets: Int64Builder,
+    timestamps: TimestampMicrosecondBuilder,
+    keys: BinaryBuilder,
+    ranges: std::collections::BTreeMap<TopicPartition, OffsetRange>,
+}
+
+impl std::fmt::Debug for JsonDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonDecoder")
+            .field("table", &self.config.table)
+            .field("buffered", &self.slots.len())
+            .finish()
+    }
+}
+
+/// A strict decoder for `schema`, expecting up to `rows` rows between flushes.
+fn build_decoder(schema: &SchemaRef, rows: usize) -> Result<Decoder> {
+    ReaderBuilder::new(schema.clone())
+        .with_batch_size(rows.max(1) + 1)
+        .with_strict_mode(true)
+        .with_coerce_primitive(true)
+        .build_decoder()
+        .map_err(|e| Error::Decode(format!("cannot build a JSON decoder: {e}")))
+}
+
+impl JsonDecoder {
+    /// A decoder for `config.table`, with a known payload schema or none (inferred later).
+    pub fn new(config: JsonDecoderConfig, schema: Option<SchemaRef>) -> Self {
+        Self {
+            config,
+            schema,
+            decoder: None,
+            dirty: false,
+            buf: Vec::new(),
+            slots: Vec::new(),
+            dead: Vec::new(),
+            topics: StringBuilder::new(),
+            partitions: Int32Builder::new(),
+            offsets: Int64Builder::new(),
+            timestamps: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
+            keys: BinaryBuilder::new(),
+            ranges: Default::default(),
+        }
+    }
+
+    /// The payload schema, once known.
+    pub fn schema(&self) -> Option<&SchemaRef> {
+        self.schema.as_ref()
+    }
+
+    /// Messages buffered since the last [`JsonDecoder::finish`].
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Payload bytes buffered.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Buffer one message.
+    pub fn push(&mut self, m: &RawMessage<'_>) {
+        let tp = TopicPartition::new(m.topic, m.partition);
+        let r = OffsetRange { first: m.offset, last: m.offset };
+        self.ranges.entry(tp).and_modify(|e| e.extend(r)).or_insert(r);
+        self.topics.append_value(m.topic);
+        self.partitions.append_value(m.partition);
+        self.offsets.append_value(m.offset);
+        self.timestamps.append_option(m.timestamp_ms.map(|t| t * 1000));
+        self.keys.append_option(m.key);
+
+        let reject = match m.payload {
+            Some(p) if p.len() > self.config.max_message_bytes => Some(format!(
+                "message of {} bytes exceeds decode.max_message_bytes ({})",
+                p.len(),
+                self.config.max_message_bytes
+            )),
+            Some(p) if p.iter().all(u8::is_ascii_whitespace) => Some("empty payload".to_string()),
+            _ => None,
+        };
+        if let Some(error) = reject {
+            self.dead.push(dead_letter(m, Stage::Decode, error));
+            self.slots.push(Slot::Rejected);
+            return;
+        }
+        let bytes = m.payload.unwrap_or(b"{}");
+        let start = self.buf.len();
+        self.buf.extend_from_slice(bytes);
+        self.slots.push(Slot::Row { start, end: self.buf.len() });
+        if self.dirty {
+            return;
+        }
+        let Some(schema) = self.schema.clone() else {
+            self.dirty = true;
+            return;
+        };
+        if self.decoder.is_none() {
+            match build_decoder(&schema, self.config.max_messages) {
+                Ok(d) => self.decoder = Some(d),
+                Err(_) => {
+                    self.dirty = true;
+                    return;
+                }
+            }
+        }
+        if let Some(d) = self.decoder.as_mut() {
+            let before = d.len();
+            let ok = matches!(d.decode(bytes), Ok(n) if n == bytes.len())
+                && d.len() == before + 1
+                && !d.has_partial_record();
+            if !ok {
+                self.dirty = true;
+                self.decoder = None;
+            }
+        }
+    }
+
+    /// Turn everything buffered into one batch (good rows with lineage, dead letters).
+    pub fn finish(&mut self) -> Result<Option<SourceBatch>> {
+        if self.slots.is_empty() {
+            return Ok(None);
+        }
+        let source_bytes = self.buf.len();
+        let fast = if self.dirty {
+            None
+        } else {
+            match self.decoder.take().map(|mut d| d.flush()) {
+                Some(Ok(Some(b))) => Some(b),
+                Some(Ok(None)) if !self.slots.iter().any(|s| matches!(s, Slot::Row { .. })) => None,
+                _ => {
+                    self.dirty = true;
+                    None
+                }
+            }
+        };
+        let (rows, good) = match fast {
+            Some(b) => {
+                let good: Vec<bool> = self.slots.iter().map(|s| matches!(s, Slot::Row { .. })).collect();
+                (Some(b), good)
+            }
+            None if self.dirty => self.decode_slow()?,
+            None => (None, vec![false; self.slots.len()]),
+        };
+        tracing::debug!(table = %self.config.table, slots = self.slots.len(), good = good.iter().filter(|g| **g).count(), rows = rows.as_ref().map_or(0, RecordBatch::num_rows), dirty = self.dirty, "chunk decoded");
+        let lineage = self.lineage(&good)?;
+        let rows = match rows {
+            Some(payload) => {
+                let schema = with_lineage(&payload.schema());
+                let mut columns: Vec<ArrayRef> = payload.columns().to_vec();
+                columns.extend(lineage);
+                Some(RecordBatch::try_new(schema, columns)?)
+            }
+            None => None,
+        };
+        let mut dead = std::mem::take(&mut self.dead);
+        dead.sort_by_key(|d| (d.topic.clone(), d.partition, d.offset));
+        let batch = SourceBatch {
+            table: self.config.table.clone(),
+            rows,
+            offsets: std::mem::take(&mut self.ranges),
+            dead_letters: dead,
+            source_bytes,
+        };
+        self.buf.clear();
+        self.slots.clear();
+        self.dirty = false;
+        self.decoder = None;
+        Ok(Some(batch))
+    }
+
+    /// Lineage columns of the messages marked good, in message order.
+    fn lineage(&mut self, good: &[bool]) -> Result<Vec<ArrayRef>> {
+        let n = good.len();
+        let micros = chrono::Utc::now().timestamp_micros();
+        let days = micros.div_euclid(86_400_000_000) as i32;
+        let all: Vec<ArrayRef> = vec![
+            Arc::new(self.topics.finish()),
+            Arc::new(self.partitions.finish()),
+            Arc::new(self.offsets.finish()),
+            Arc::new(self.timestamps.finish()),
+            Arc::new(self.keys.finish()),
+            Arc::new(TimestampMicrosecondArray::from(vec![micros; n]).with_timezone("UTC")),
+            Arc::new(Date32Array::from(vec![days; n])),
+        ];
+        if good.iter().all(|g| *g) {
+            return Ok(all);
+        }
+        let mask = BooleanArray::from(good.to_vec());
+        all.iter()
+            .map(|a| arrow::compute::filter(a, &mask).map_err(Error::from))
+            .collect()
+    }
+
+    fn payload(&self, i: usize) -> Option<&[u8]> {
+        match self.slots[i] {
+            Slot::Row { start, end } => Some(&self.buf[start..end]),
+            Slot::Rejected => None,
+        }
+    }
+
+    /// Decode the chunk by bisection; returns the good rows and a per-message good mask.
+    fn decode_slow(&mut self) -> Result<(Option<RecordBatch>, Vec<bool>)> {
+        let candidates: Vec<usize> = (0..self.slots.len())
+            .filter(|i| matches!(self.slots[*i], Slot::Row { .. }))
+            .collect();
+        if self.schema.is_none() {
+            self.schema = self.infer(&candidates);
+        }
+        let Some(mut schema) = self.schema.clone() else {
+            // Nothing parsed as a JSON object: every candidate is a dead letter.
+            for i in candidates {
+                let (stage, error) = self.classify(i, None);
+                self.reject(i, stage, error);
+            }
+            return Ok((None, vec![false; self.slots.len()]));
+        };
+        // Each evolution adds at least one field, so this loop ends.
+        'evolve: loop {
+            let mut parts = Vec::new();
+            let mut bad = Vec::new();
+            self.bisect(&schema, &candidates, &mut parts, &mut bad);
+            let mut rejects = Vec::new();
+            for (i, err) in bad {
+                if self.config.schema_evolution
+                    && let Some(wider) = self.widen(&schema, i)
+                {
+                    schema = wider;
+                    self.schema = Some(schema.clone());
+                    continue 'evolve;
+                }
+                let (stage, error) = self.classify(i, Some(err));
+                rejects.push((i, stage, error));
+            }
+            let mut good = vec![false; self.slots.len()];
+            for i in &candidates {
+                good[*i] = true;
+            }
+            for (i, stage, error) in rejects {
+                good[i] = false;
+                self.reject(i, stage, error);
+            }
+            let rows = if parts.is_empty() {
+                None
+            } else {
+                Some(concat_batches(&schema, &parts)?)
+            };
+            return Ok((rows, good));
+        }
+    }
+
+    fn reject(&mut self, i: usize, stage: Stage, error: String) {
+        let tp_offsets = self.offsets.values_slice()[i];
+        let payload = self.payload(i).map(<[u8]>::to_vec);
+        self.dead.push(DeadLetter {
+            topic: self.topics_value(i),
+            partition: self.partitions.values_slice()[i],
+            offset: tp_offsets,
+            timestamp_ms: self.timestamps_value(i),
+            key: self.key_value(i),
+            payload,
+            stage,
+            error,
+        });
+        self.slots[i] = Slot::Rejected;
+    }
+
+    fn topics_value(&self, i: usize) -> String {
+        let offsets = self.topics.offsets_slice();
+        let (s, e) = (offsets[i] as usize, offsets[i + 1] as usize);
+        String::from_utf8_lossy(&self.topics.values_slice()[s..e]).into_owned()
+    }
+
+    fn timestamps_value(&self, i: usize) -> Option<i64> {
+        let valid = self.timestamps.validity_slice().is_none_or(|v| v[i / 8] & (1 << (i % 8)) != 0);
+        valid.then(|| self.timestamps.values_slice()[i] / 1000)
+    }
+
+    fn key_value(&self, i: usize) -> Option<Vec<u8>> {
+        let valid = self.keys.validity_slice().is_none_or(|v| v[i / 8] & (1 << (i % 8)) != 0);
+        let offsets = self.keys.offsets_slice();
+        let (s, e) = (offsets[i] as usize, offsets[i + 1] as usize);
+        valid.then(|| self.keys.values_slice()[s..e].to_vec())
+    }
+
+    /// Decode `msgs` with a fresh decoder; any message not adding exactly one row fails.
+    fn try_decode(&self, schema: &SchemaRef, msgs: &[usize]) -> std::result::Result<RecordBatch, String> {
+        let mut d = build_decoder(schema, msgs.len()).map_err(|e| e.to_string())?;
+        for (n, i) in msgs.iter().enumerate() {
+            let bytes = self.payload(*i).unwrap_or_default();
+            let used = d.decode(bytes).map_err(|e| e.to_string())?;
+            if used != bytes.len() || d.len() != n + 1 || d.has_partial_record() {
+                return Err("a message must hold exactly one JSON object".into());
+            }
+        }
+        match d.flush() {
+            Ok(Some(b)) => Ok(b),
+            Ok(None) => Err("no rows".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn bisect(&self, schema: &SchemaRef, msgs: &[usize], parts: &mut Vec<RecordBatch>, bad: &mut Vec<(usize, String)>) {
+        if msgs.is_empty() {
+            return;
+        }
+        match self.try_decode(schema, msgs) {
+            Ok(b) => parts.push(b),
+            Err(e) if msgs.len() == 1 => bad.push((msgs[0], e)),
+            Err(_) => {
+                let (l, r) = msgs.split_at(msgs.len() / 2);
+                self.bisect(schema, l, parts, bad);
+                self.bisect(schema, r, parts, bad);
+            }
+        }
+    }
+
+    /// Why message `i` cannot be decoded.
+    fn classify(&self, i: usize, decode_error: Option<String>) -> (Stage, String) {
+        let bytes = self.payload(i).unwrap_or_default();
+        match serde_json::from_slice::<serde_json::Value>(bytes) {
+            Err(e) => (Stage::Decode, format!("malformed JSON: {e}")),
+            Ok(v) if !v.is_object() => (
+                Stage::Decode,
+                format!("expected a JSON object, found {}", json_kind(&v)),
+            ),
+            Ok(_) => (
+                Stage::Schema,
+                format!(
+                    "does not fit the schema of table '{}': {}",
+                    self.config.table,
+                    decode_error.unwrap_or_else(|| "no schema".into())
+                ),
+            ),
+        }
+    }
+
+    /// The schema widened by the fields message `i` has and `schema` lacks, if any.
+    fn widen(&self, schema: &SchemaRef, i: usize) -> Option<SchemaRef> {
+        let value: serde_json::Value = serde_json::from_slice(self.payload(i)?).ok()?;
+        let inferred = infer_json_schema_from_iterator(std::iter::once(Ok::<_, ArrowError>(value))).ok()?;
+        let new: Vec<Field> = inferred
+            .fields()
+            .iter()
+            .filter(|f| schema.field_with_name(f.name()).is_err() && f.data_type() != &DataType::Null)
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect();
+        if new.is_empty() {
+            return None;
+        }
+        let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.extend(new);
+        let wider: SchemaRef = Arc::new(Schema::new(fields));
+        // Only keep the widening if the message then fits.
+        self.try_decode(&wider, &[i]).ok().map(|_| wider)
+    }
+
+    /// Infer a payload schema from the well-formed objects among `msgs`.
+    fn infer(&self, msgs: &[usize]) -> Option<SchemaRef> {
+        let values: Vec<serde_json::Value> = msgs
+            .iter()
+            .filter_map(|i| serde_json::from_slice::<serde_json::Value>(self.payload(*i)?).ok())
+            .filter(|v| v.is_object() && v.as_object().is_some_and(|o| !o.is_empty()))
+            .collect();
+        if values.is_empty() {
+            return None;
+        }
+        let inferred = infer_json_schema_from_iterator(values.into_iter().map(Ok::<_, ArrowError>)).ok()?;
+        Some(Arc::new(nullable_without_null_types(&inferred)))
+    }
+}
+
+/// Every field nullable; fields only ever seen as `null` become strings (Delta has no null type).
+fn nullable_without_null_types(schema: &Schema) -> Schema {
+    fn fix(dt: &DataType) -> DataType {
+        match dt {
+            DataType::Null => DataType::Utf8,
+            DataType::Struct(fields) => DataType::Struct(
+                fields.iter().map(|f| Arc::new(Field::new(f.name(), fix(f.data_type()), true))).collect(),
+            ),
+            DataType::List(item) => DataType::List(Arc::new(Field::new(item.name(), fix(item.data_type()), true))),
+            other => other.clone(),
+        }
+    }
+    Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| Field::new(f.name(), fix(f.data_type()), true))
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+fn dead_letter(m: &RawMessage<'_>, stage: Stage, error: String) -> DeadLetter {
+    DeadLetter {
+        topic: m.topic.to_string(),
+        partition: m.partition,
+        offset: m.offset,
+        timestamp_ms: m.timestamp_ms,
+        key: m.key.map(<[u8]>::to_vec),
+        payload: m.payload.map(<[u8]>::to_vec),
+        stage,
+        error,
+    }
+}
+
+/// Keep the rows of `batch` whose `_kafka_offset` is above `floor` for their partition.
+pub fn filter_offsets_above(
+    batch: &RecordBatch,
+    floor: impl Fn(&str, i32) -> Option<i64>,
+) -> Result<RecordBatch> {
+    use arrow::array::{AsArray, Int32Array, Int64Array};
+    let col = |name: &str| {
+        batch
+            .column_by_name(name)
+            .ok_or_else(|| Error::Decode(format!("batch lacks lineage column {name}")))
+    };
+    let topics = col("_kafka_topic")?.as_string::<i32>().clone();
+    let parts: Int32Array = col("_kafka_partition")?.as_primitive().clone();
+    let offsets: Int64Array = col("_kafka_offset")?.as_primitive().clone();
+    let keep: BooleanArray = (0..batch.num_rows())
+        .map(|i| Some(floor(topics.value(i), parts.value(i)).is_none_or(|f| offsets.value(i) > f)))
+        .collect();
+    Ok(filter_record_batch(batch, &keep)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{AsArray, Int64Array};
+    use arrow::datatypes::Int64Type;
+
+    fn decoder(schema: Option<SchemaRef>) -> JsonDecoder {
+        JsonDecoder::new(
+            JsonDecoderConfig { table: "t".into(), max_message_bytes: 1024, schema_evolution: true, max_messages: 1000 },
+            schema,
+        )
+    }
+
+    fn msg(offset: i64, payload: Option<&[u8]>) -> RawMessage<'_> {
+        RawMessage { topic: "events", partition: 3, offset, timestamp_ms: Some(1_700_000_000_000), key: Some(b"k"), payload }
+    }
+
+    fn schema_ab() -> SchemaRef {
+        Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true), Field::new("b", DataType::Utf8, true)]))
+    }
+
+    fn offsets(b: &RecordBatch) -> Vec<i64> {
+        b.column_by_name("_kafka_offset").expect("lineage").as_primitive::<Int64Type>().values().to_vec()
+    }
+
+    /// Every message is accounted for exactly once: as a row or as a dead letter.
+    fn assert_accounted(batch: &SourceBatch, n: usize) {
+        let rows = batch.rows.as_ref().map_or(0, RecordBatch::num_rows);
+        assert_eq!(rows + batch.dead_letters.len(), n, "rows {rows} + dead {}", batch.dead_letters.len());
+    }
+
+    #[test]
+    fn good_messages_become_rows_with_lineage() {
+        let mut d = decoder(Some(schema_ab()));
+        d.push(&msg(10, Some(br#"{"a": 1, "b": "x"}"#)));
+        d.push(&msg(11, Some(br#"{"a": 2}"#)));
+        let batch = d.finish().expect("finish").expect("batch");
+        let rows = batch.rows.expect("rows");
+        assert_eq!(rows.num_rows(), 2);
+        assert_eq!(offsets(&rows), vec![10, 11]);
+        let a: &Int64Array = rows.column(0).as_primitive();
+        assert_eq!(a.values().to_vec(), vec![1, 2]);
+        assert_eq!(rows.schema().field(rows.num_columns() - 1).name(), "_ingest_date");
+        assert_eq!(batch.offsets[&TopicPartition::new("events", 3)], OffsetRange { first: 10, last: 11 });
+        assert!(batch.dead_letters.is_empty());
+    }
+
+    #[test]
+    fn schema_is_inferred_from_the_first_chunk() {
+        let mut d = decoder(None);
+        d.push(&msg(0, Some(br#"{"id": "A1", "balance": 10.5, "open": true}"#)));
+        d.push(&msg(1, Some(br#"{"id": "A2", "balance": -3.25, "open": false, "note": null}"#)));
+        let batch = d.finish().expect("finish").expect("batch");
+        assert_accounted(&batch, 2);
+        let rows = batch.rows.expect("rows");
+        assert_eq!(rows.num_rows(), 2);
+        let schema = d.schema().expect("schema now known");
+        assert_eq!(schema.field_with_name("balance").expect("balance").data_type(), &DataType::Float64);
+        assert_eq!(schema.field_with_name("note").expect("note").data_type(), &DataType::Utf8);
+    }
+
+    #[test]
+    fn malformed_json_is_a_decode_dead_letter_and_neighbours_survive() {
+        let mut d = decoder(Some(schema_ab()));
+        d.push(&msg(0, Some(br#"{"a": 1}"#)));
+        d.push(&msg(1, Some(br#"{"a": 2, "b": "#)));
+        d.push(&msg(2, Some(br#"{"a": 3}"#)));
+        let batch = d.finish().expect("finish").expect("batch");
+        assert_accounted(&batch, 3);
+        assert_eq!(offsets(batch.rows.as_ref().expect("rows")), vec![0, 2]);
+        let dl = &batch.dead_letters[0];
+        assert_eq!((dl.offset, dl.partition, dl.topic.as_str(), dl.stage), (1, 3, "events", Stage::Decode));
+        assert!(dl.error.starts_with("malformed JSON"), "{}", dl.error);
+        assert_eq!(dl.payload.as_deref(), Some(&br#"{"a": 2, "b": "#[..]));
+        assert_eq!(dl.key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(dl.timestamp_ms, Some(1_700_000_000_000));
+    }
+
+    #[test]
+    fn wrong_type_is_a_schema_dead_letter() {
+        let mut d = decoder(Some(schema_ab()));
+        d.push(&msg(0, Some(br#"{"a": {"nested": 1}}"#)));
+        d.push(&msg(1, Some(br#"{"a": 5}"#)));
+        let batch = d.finish().expect("finish").expect("batch");
+        assert_accounted(&batch, 2);
+        assert_eq!(batch.dead_letters[0].stage, Stage::Schema);
+        assert_eq!(batch.dead_letters[0].offset, 0);
+    }
+
+    #[test]
+    fn empty_payload_is_a_decode_dead_letter() {
+        let mut d = decoder(Some(schema_ab()));
+        d.push(&msg(0, Some(b"")));
+        d.push(&msg(1, Some(b"  \n")));
+        let batch = d.finish().expect("finish").expect("batch");
+        assert!(batch.rows.is_none());
+        assert_eq!(batch.dead_letters.len(), 2);
+        assert!(batch.dead_letters.iter().all(|d| d.stage == Stage::Decode && d.error == "empty payload"));
+    }
+
+    #[test]
+    fn tombstone_lands_as_a_row_of_nulls_with_its_key() {
+        let mut d = decoder(Some(schema_ab()));
+        d.push(&msg(7, None));
+        let batch = d.finish().expect("finish").expect("batch");
+        let rows = batch.rows.expect("rows");
+        assert_eq!(rows.num_rows(), 1);
+        assert!(rows.column(0).is_null(0));
+        let keys = rows.column_by_name("_kafka_key").expect("key").as_binary::<i32>();
+        assert_eq!(keys.value(0), b"k");
+    }
+
+    #[test]
+    fn oversized_message_is_kept_whole_in_the_dead_letter() {
+        let mut d = decoder(Some(schema_ab()));
+        let big = format!("{{\"b\": \"{}\"}}", "x".repeat(2000));
+        d.push(&msg(0, Some(big.as_bytes())));
+        let batch = d.finish().expect("finish").expect("batch");
+        assert!(batch.rows.is_none());
+        assert_eq!(batch.dead_letters[0].payload.as_ref().map(Vec::len), Some(big.len()));
+        assert!(batch.dead_letters[0].error.contains("exceeds decode.max_message_bytes"));
+    }
+
+    #[test]
+    fn two_objects_in_one_message_are_rejected() {
+        let mut d = decoder(Some(schema_ab()));
+        d.push(&msg(0, Some(br#"{"a": 1}{"a": 2}"#)));
+        d.push(&msg(1, Some(br#"{"a": 3}"#)));
+        let batch = d.finish().expect("finish").expect("batch");
+        assert_accounted(&batch, 2);
+        assert_eq!(batch.dead_letters[0].offset, 0);
+        assert_eq!(batch.dead_letters[0].stage, Stage::Decode);
+    }
+
+    #[test]
+    fn non_object_json_is_rejected() {
+        let mut d = decoder(Some(schema_ab()));
+        d.push(&msg(0, Some(b"[1,2]")));
+        d.push(&msg(1, Some(b"42")));
+        let batch = d.finish().expect("finish").expect("batch");
+        assert_accounted(&batch, 2);
+        assert!(batch.rows.is_none());
+    }
+
+    #[test]
+    fn new_fields_widen_the_schema_and_old_rows_get_nulls() {
+        let mut d = decoder(Some(schema_ab()));
+        d.push(&msg(0, Some(br#"{"a": 1}"#)));
+        d.push(&msg(1, Some(br#"{"a": 2, "c": 2.5}"#)));
+        let batch = d.finish().expect("finish").expect("batch");
+        assert_accounted(&batch, 2);
+        let rows = batch.rows.expect("rows");
+        let c = rows.column_by_name("c").expect("c added");
+        assert!(c.is_null(0) && !c.is_null(1));
+        // The wider schema stays for later chunks, which take the fast path again.
+        d.push(&msg(2, Some(br#"{"a": 3, "c": 1.0}"#)));
+        assert!(!d.dirty);
+    }
+
+    #[test]
+    fn evolution_off_sends_unknown_fields_to_dead_letters() {
+        let mut d = JsonDecoder::new(
+            JsonDecoderConfig { table: "t".into(), max_message_bytes: 1024, schema_evolution: false, max_messages: 100 },
+            Some(schema_ab()),
+        );
+        d.push(&msg(0, Some(br#"{"a": 2, "c": 2.5}"#)));
+        let batch = d.finish().expect("finish").expect("batch");
+        assert_eq!(batch.dead_letters[0].stage, Stage::Schema);
+    }
+
+    #[test]
+    fn filter_offsets_above_keeps_only_newer_rows() {
+        let mut d = decoder(Some(schema_ab()));
+        for o in 0..5 {
+            d.push(&msg(o, Some(br#"{"a": 1}"#)));
+        }
+        let rows = d.finish().expect("finish").expect("batch").rows.expect("rows");
+        let kept = filter_offsets_above(&rows, |t, p| (t == "events" && p == 3).then_some(2)).expect("filter");
+        assert_eq!(offsets(&kept), vec![3, 4]);
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever bytes arrive, every message ends up exactly once: a row or a dead letter.
+        #[test]
+        fn every_message_is_a_row_or_a_dead_letter(payloads in proptest::collection::vec(
+            prop_oneof![
+                Just(br#"{"a": 1, "b": "x"}"#.to_vec()),
+                Just(br#"{"a": "not a number"}"#.to_vec()),
+                Just(br#"{"a": 2, "z": [1, 2]}"#.to_vec()),
+                Just(b"".to_vec()),
+                Just(b"{".to_vec()),
+                proptest::collection::vec(any::<u8>(), 0..40),
+            ], 1..60)) {
+            let schema: SchemaRef = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true), Field::new("b", DataType::Utf8, true)]));
+            let mut d = JsonDecoder::new(
+                JsonDecoderConfig { table: "t".into(), max_message_bytes: 1024, schema_evolution: true, max_messages: 100 },
+                Some(schema),
+            );
+            for (i, p) in payloads.iter().enumerate() {
+                d.push(&RawMessage { topic: "t", partition: 0, offset: i as i64, timestamp_ms: None, key: None, payload: Some(p) });
+            }
+            let batch = d.finish().expect("finish").expect("batch");
+            let mut seen: Vec<i64> = batch.dead_letters.iter().map(|d| d.offset).collect();
+            if let Some(rows) = &batch.rows {
+                use arrow::array::AsArray;
+                seen.extend(rows.column_by_name("_kafka_offset").expect("offset").as_primitive::<arrow::datatypes::Int64Type>().values().iter());
+            }
+            seen.sort();
+            prop_assert_eq!(seen, (0..payloads.len() as i64).collect::<Vec<_>>());
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Decoders: message bytes → Arrow rows, bad messages isolated as dead letters.
+
+pub mod json;

@@ -1,0 +1,368 @@
+//! The bronze sink: append-only Delta tables, one commit per table per flush, each
+//! carrying the offsets of the rows it adds.
+//!
+//! On [`Sink::commit`] every table with buffered rows goes through the same steps:
+//! 1. create the table if missing (schema of the first batch, partitioned as configured);
+//! 2. widen the table schema with new nullable columns the batches bring (additive
+//!    evolution: a `metaData` action in the same commit);
+//! 3. fence: drop rows at offsets the table already holds for this pipeline;
+//! 4. write Parquet files, then commit them with one `txn` per partition. A commit
+//!    refused because another writer committed the same partitions is retried from
+//!    step 3 against the refreshed table.
+//!
+//! Dead letters of the batch are committed to `_sluice/dead_letters` before the rows.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{RecordBatch, new_null_array};
+use arrow::compute::cast;
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use deltalake::DeltaTable;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::{Action, MetadataExt, StructType};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use sluice_pipeline::{
+    Buffered, CommitOutcome, DeadLetter, OffsetRange, Sink, SourceBatch, TopicPartition,
+};
+
+use super::dead_letter::DeadLetterTable;
+use super::table;
+use crate::decode::json::filter_offsets_above;
+use crate::error::{Error, Result, delta};
+
+/// Settings of the bronze sink.
+#[derive(Debug, Clone)]
+pub struct BronzeSinkConfig {
+    pub lake: PathBuf,
+    /// Pipeline name: the prefix of every transaction app id.
+    pub pipeline: String,
+    /// Partition columns per table (tables not listed: `default_partition_by`).
+    pub partition_by: HashMap<String, Vec<String>>,
+    pub default_partition_by: Vec<String>,
+    pub target_file_size_bytes: u64,
+}
+
+struct TableState {
+    name: String,
+    url: url::Url,
+    table: Option<DeltaTable>,
+    partition_by: Vec<String>,
+    pending: Vec<RecordBatch>,
+    ranges: BTreeMap<TopicPartition, OffsetRange>,
+    /// Last offset this process knows the table holds, per partition.
+    committed: BTreeMap<TopicPartition, i64>,
+}
+
+/// Appends batches to `<lake>/bronze/<table>`.
+pub struct BronzeSink {
+    config: BronzeSinkConfig,
+    tables: BTreeMap<String, TableState>,
+    dead: Vec<(String, DeadLetter)>,
+    buffered: Buffered,
+    dead_letters: DeadLetterTable,
+}
+
+impl BronzeSink {
+    pub fn new(config: BronzeSinkConfig) -> Result<Self> {
+        let dead_letters = DeadLetterTable::new(&config.lake, &config.pipeline)?;
+        Ok(Self {
+            config,
+            tables: BTreeMap::new(),
+            dead: Vec::new(),
+            buffered: Buffered::default(),
+            dead_letters,
+        })
+    }
+
+    /// Relative location of a bronze table in the lake.
+    pub fn location(table: &str) -> String {
+        format!("bronze/{table}")
+    }
+
+    fn state(&mut self, name: &str) -> Result<&mut TableState> {
+        if !self.tables.contains_key(name) {
+            let partition_by = self
+                .config
+                .partition_by
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| self.config.default_partition_by.clone());
+            let url = table::table_url(&self.config.lake, &Self::location(name))?;
+            self.tables.insert(
+                name.to_string(),
+                TableState {
+                    name: Self::location(name),
+                    url,
+                    table: None,
+                    partition_by,
+                    pending: Vec::new(),
+                    ranges: BTreeMap::new(),
+                    committed: BTreeMap::new(),
+                },
+            );
+        }
+        self.tables
+            .get_mut(name)
+            .ok_or_else(|| Error::Decode(format!("table {name} vanished")))
+    }
+
+    async fn commit_table(&self, s: &mut TableState, outcome: &mut CommitOutcome) -> Result<()> {
+        let batch_schema = merged_schema(&s.name, s.pending.iter().map(|b| b.schema()))?;
+        if s.table.is_none() {
+            let t = table::open(&s.name, &s.url).await?;
+            s.table = Some(if table::exists(&t) {
+                t
+            } else {
+                table::create(&s.name, &s.url, &batch_schema, &s.partition_by).await?
+            });
+        }
+        let Some(t) = s.table.as_mut() else {
+            return Ok(());
+        };
+        let mut last_error = String::new();
+        for attempt in 0..super::COMMIT_ATTEMPTS {
+            if attempt > 0 {
+                table::refresh(&s.name, t).await?;
+            }
+            let table_schema = table::arrow_schema(&s.name, t)?;
+            let target = merged_schema(&s.name, [table_schema.clone(), batch_schema.clone()].into_iter())?;
+            let mut ranges = s.ranges.clone();
+            let committed = table::committed_offsets(&s.name, t, &self.config.pipeline, ranges.keys()).await?;
+            s.committed.extend(committed.iter().map(|(k, v)| (k.clone(), *v)));
+            let fenced = table::fence(&mut ranges, &committed);
+            let mut rows = Vec::with_capacity(s.pending.len());
+            for b in &s.pending {
+                let b = if committed.is_empty() {
+                    b.clone()
+                } else {
+                    filter_offsets_above(b, |topic, p| committed.get(&TopicPartition::new(topic, p)).copied())?
+                };
+                if b.num_rows() > 0 {
+                    rows.push(conform(&s.name, &b, &target)?);
+                }
+            }
+            let row_count: usize = rows.iter().map(RecordBatch::num_rows).sum();
+            if ranges.is_empty() {
+                outcome.fenced.extend(fenced);
+                return Ok(());
+            }
+            let mut actions = Vec::new();
+            if !rows.is_empty() {
+                let mut writer = RecordBatchWriter::try_new(
+                    s.url.as_str(),
+                    target.clone(),
+                    (!s.partition_by.is_empty()).then(|| s.partition_by.clone()),
+                    None,
+                )
+                .map_err(delta(&s.name, "opening writer"))?
+                .with_target_file_size(self.config.target_file_size_bytes);
+                for b in rows {
+                    writer.write(b).await.map_err(delta(&s.name, "writing parquet"))?;
+                }
+                let adds = writer.flush().await.map_err(delta(&s.name, "writing parquet"))?;
+                actions.extend(adds.into_iter().map(Action::Add));
+            }
+            if target.fields().len() > table_schema.fields().len() {
+                let kernel: StructType = target
+                    .as_ref()
+                    .try_into_kernel()
+                    .map_err(|e: arrow::error::ArrowError| Error::Arrow(e))?;
+                let metadata = t
+                    .snapshot()
+                    .map_err(delta(&s.name, "reading snapshot"))?
+                    .metadata()
+                    .clone()
+                    .with_schema(&kernel)
+                    .map_err(|e| Error::Decode(format!("table {}: evolving schema: {e}", s.name)))?;
+                actions.push(Action::Metadata(metadata));
+                tracing::info!(table = %s.name, added = target.fields().len() - table_schema.fields().len(), "schema evolved");
+            }
+            match table::commit(&s.name, t, &self.config.pipeline, actions, &ranges, &s.partition_by).await {
+                Ok(version) => {
+                    for (tp, r) in &ranges {
+                        s.committed.insert(tp.clone(), r.last);
+                        outcome.committed.push((tp.clone(), r.last + 1));
+                    }
+                    outcome.fenced.extend(fenced);
+                    outcome.rows += row_count;
+                    outcome.commits += 1;
+                    tracing::debug!(table = %s.name, version, rows = row_count, "bronze commit");
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(table = %s.name, attempt, "commit refused, retrying against the refreshed table");
+                    last_error = e.to_string();
+                }
+            }
+        }
+        Err(Error::CommitRetries {
+            table: s.name.clone(),
+            attempts: super::COMMIT_ATTEMPTS,
+            last: last_error,
+        })
+    }
+}
+
+/// The union of `schemas` by column name; a column in two schemas must have one type.
+pub fn merged_schema(table: &str, schemas: impl Iterator<Item = SchemaRef>) -> Result<SchemaRef> {
+    let mut fields: Vec<Field> = Vec::new();
+    for schema in schemas {
+        for f in schema.fields() {
+            match fields.iter().find(|g| g.name() == f.name()) {
+                Some(g) if g.data_type() != f.data_type() && !castable(f, g) => {
+                    return Err(Error::SchemaConflict {
+                        table: table.to_string(),
+                        column: f.name().clone(),
+                        found: f.data_type().to_string(),
+                        expected: g.data_type().to_string(),
+                    });
+                }
+                Some(_) => {}
+                None => fields.push(f.as_ref().clone().with_nullable(true)),
+            }
+        }
+    }
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+fn castable(from: &Field, to: &Field) -> bool {
+    use arrow::datatypes::DataType::*;
+    matches!(
+        (from.data_type(), to.data_type()),
+        (Int32, Int64) | (Int64, Float64) | (Int32, Float64) | (Null, _) | (Int64 | Float64 | Boolean, Utf8)
+    )
+}
+
+/// `batch` with exactly the columns of `target`, in its order; missing columns are null.
+fn conform(table: &str, batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
+    if batch.schema().as_ref() == target.as_ref() {
+        return Ok(batch.clone());
+    }
+    let columns = target
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) => cast(c, f.data_type()).map_err(|_| Error::SchemaConflict {
+                table: table.to_string(),
+                column: f.name().clone(),
+                found: c.data_type().to_string(),
+                expected: f.data_type().to_string(),
+            }),
+            None => Ok(new_null_array(f.data_type(), batch.num_rows())),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new(target.clone(), columns)?)
+}
+
+impl Sink for BronzeSink {
+    async fn write(&mut self, batch: SourceBatch) -> sluice_pipeline::Result<()> {
+        let SourceBatch { table, rows, offsets, dead_letters, source_bytes } = batch;
+        let messages = rows.as_ref().map_or(0, RecordBatch::num_rows) + dead_letters.len();
+        tracing::debug!(table = %table, rows = rows.as_ref().map_or(0, RecordBatch::num_rows), dead_letters = dead_letters.len(), "batch received");
+        let state = self.state(&table)?;
+        // Drop what this process already knows the table holds (a re-read after a seek).
+        let known = &state.committed;
+        let stale = offsets.iter().any(|(tp, r)| known.get(tp).is_some_and(|&v| v >= r.first));
+        let rows = match (rows, stale) {
+            (Some(r), true) => {
+                Some(filter_offsets_above(&r, |t, p| known.get(&TopicPartition::new(t, p)).copied())?)
+            }
+            (r, _) => r,
+        };
+        let mut offsets = offsets;
+        if stale {
+            table::fence(&mut offsets, known);
+        }
+        let dead_letters: Vec<DeadLetter> = dead_letters
+            .into_iter()
+            .filter(|d| offsets.get(&TopicPartition::new(d.topic.clone(), d.partition)).is_some_and(|r| d.offset >= r.first))
+            .collect();
+        for (tp, r) in offsets {
+            state.ranges.entry(tp).and_modify(|e| e.extend(r)).or_insert(r);
+        }
+        let mut new_rows = 0;
+        if let Some(r) = rows.filter(|r| r.num_rows() > 0) {
+            new_rows = r.num_rows();
+            state.pending.push(r);
+        }
+        self.buffered.rows += new_rows;
+        self.dead.extend(dead_letters.into_iter().map(|d| (table.clone(), d)));
+        self.buffered.bytes += source_bytes;
+        self.buffered.messages += messages;
+        Ok(())
+    }
+
+    fn buffered(&self) -> Buffered {
+        self.buffered
+    }
+
+    async fn commit(&mut self) -> sluice_pipeline::Result<CommitOutcome> {
+        let mut outcome = CommitOutcome::default();
+        // Dead letters first, each table's rows after: a crash in between re-reads the batch,
+        // and the dead-letter table's own offsets keep its rows from doubling.
+        let dead = std::mem::take(&mut self.dead);
+        if !dead.is_empty() {
+            let mut ranges: BTreeMap<TopicPartition, OffsetRange> = BTreeMap::new();
+            for (_, d) in &dead {
+                let tp = TopicPartition::new(d.topic.clone(), d.partition);
+                if let Some(r) = self.tables.values().find_map(|s| s.ranges.get(&tp)) {
+                    ranges.insert(tp, *r);
+                }
+            }
+            outcome.dead_letters = self.dead_letters.commit(dead, &ranges).await?;
+            outcome.commits += 1;
+        }
+        let mut tables = std::mem::take(&mut self.tables);
+        let mut result = Ok(());
+        for s in tables.values_mut() {
+            if s.ranges.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.commit_table(s, &mut outcome).await {
+                result = Err(e);
+                break;
+            }
+            s.pending.clear();
+            s.ranges.clear();
+        }
+        self.tables = tables;
+        result?;
+        self.buffered = Buffered::default();
+        Ok(outcome)
+    }
+
+    fn revoke(&mut self, partitions: &[TopicPartition]) {
+        for s in self.tables.values_mut() {
+            let mut dropped = false;
+            for tp in partitions {
+                dropped |= s.ranges.remove(tp).is_some();
+            }
+            if dropped {
+                let gone = |t: &str, p: i32| partitions.iter().any(|tp| tp.topic == t && tp.partition == p).then_some(i64::MAX);
+                s.pending = s
+                    .pending
+                    .iter()
+                    .filter_map(|b| filter_offsets_above(b, gone).ok())
+                    .filter(|b| b.num_rows() > 0)
+                    .collect();
+            }
+        }
+        self.dead.retain(|(_, d)| !partitions.iter().any(|tp| tp.topic == d.topic && tp.partition == d.partition));
+        let rows = self.tables.values().flat_map(|s| s.pending.iter()).map(RecordBatch::num_rows).sum();
+        self.buffered.rows = rows;
+        self.buffered.messages = rows + self.dead.len();
+        if self.buffered.messages == 0 {
+            self.buffered.bytes = 0;
+        }
+    }
+}
+
+/// Open the bronze tables a config routes to, for reading offsets.
+pub async fn open_for_offsets(lake: &Path, table_name: &str) -> Result<Option<DeltaTable>> {
+    let url = table::table_url(lake, &BronzeSink::location(table_name))?;
+    let t = table::open(table_name, &url).await?;
+    Ok(table::exists(&t).then_some(t))
+}

@@ -1,0 +1,138 @@
+//! The dead-letter table `_sluice/dead_letters`: every message that could not become a
+//! row, whole, with its provenance.
+//!
+//! Dead letters are committed just before the rows of the same batch, with their own
+//! `txn` per partition, so a restart after a crash between the two commits skips the
+//! dead letters already landed instead of writing them twice.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BinaryArray, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use deltalake::DeltaTable;
+use deltalake::kernel::Action;
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use sluice_pipeline::{DeadLetter, OffsetRange, TopicPartition};
+
+use super::table;
+use crate::error::{Result, delta};
+
+/// Where the dead-letter table lives under the lake.
+pub const DEAD_LETTERS: &str = "_sluice/dead_letters";
+
+/// Schema of the dead-letter table.
+pub fn schema() -> SchemaRef {
+    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    Arc::new(Schema::new(vec![
+        Field::new("topic", DataType::Utf8, true),
+        Field::new("partition", DataType::Int32, true),
+        Field::new("offset", DataType::Int64, true),
+        Field::new("kafka_timestamp", ts.clone(), true),
+        Field::new("key", DataType::Binary, true),
+        Field::new("payload", DataType::Binary, true),
+        Field::new("stage", DataType::Utf8, true),
+        Field::new("error", DataType::Utf8, true),
+        Field::new("destination_table", DataType::Utf8, true),
+        Field::new("pipeline", DataType::Utf8, true),
+        Field::new("dead_at", ts, true),
+    ]))
+}
+
+/// The dead-letter table of a lake.
+pub struct DeadLetterTable {
+    pipeline: String,
+    url: url::Url,
+    table: Option<DeltaTable>,
+}
+
+impl DeadLetterTable {
+    pub fn new(lake: &Path, pipeline: &str) -> Result<Self> {
+        Ok(Self {
+            pipeline: pipeline.to_string(),
+            url: table::table_url(lake, DEAD_LETTERS)?,
+            table: None,
+        })
+    }
+
+    /// Commit `letters` (bound for `destination` tables) covering `ranges`; returns how many landed.
+    pub async fn commit(
+        &mut self,
+        letters: Vec<(String, DeadLetter)>,
+        ranges: &BTreeMap<TopicPartition, OffsetRange>,
+    ) -> Result<usize> {
+        if letters.is_empty() {
+            return Ok(0);
+        }
+        if self.table.is_none() {
+            self.table = Some(table::create(DEAD_LETTERS, &self.url, &schema(), &[]).await?);
+        }
+        let Some(t) = self.table.as_mut() else {
+            return Ok(0);
+        };
+        let mut last_error = String::new();
+        for attempt in 0..super::COMMIT_ATTEMPTS {
+            if attempt > 0 {
+                table::refresh(DEAD_LETTERS, t).await?;
+            }
+            let mut ranges = ranges.clone();
+            let committed = table::committed_offsets(DEAD_LETTERS, t, &self.pipeline, ranges.keys()).await?;
+            table::fence(&mut ranges, &committed);
+            let keep: Vec<&(String, DeadLetter)> = letters
+                .iter()
+                .filter(|(_, d)| {
+                    let tp = TopicPartition::new(d.topic.clone(), d.partition);
+                    ranges.get(&tp).is_some_and(|r| d.offset >= r.first)
+                })
+                .collect();
+            if keep.is_empty() {
+                return Ok(0);
+            }
+            let batch = to_batch(&self.pipeline, &keep)?;
+            let mut writer = RecordBatchWriter::for_table(t).map_err(delta(DEAD_LETTERS, "opening writer"))?;
+            writer.write(batch).await.map_err(delta(DEAD_LETTERS, "writing"))?;
+            let adds = writer.flush().await.map_err(delta(DEAD_LETTERS, "writing"))?;
+            let actions = adds.into_iter().map(Action::Add).collect();
+            match table::commit(DEAD_LETTERS, t, &self.pipeline, actions, &ranges, &[]).await {
+                Ok(_) => return Ok(keep.len()),
+                Err(e) => last_error = e.to_string(),
+            }
+        }
+        Err(crate::error::Error::CommitRetries {
+            table: DEAD_LETTERS.into(),
+            attempts: super::COMMIT_ATTEMPTS,
+            last: last_error,
+        })
+    }
+}
+
+fn to_batch(pipeline: &str, letters: &[&(String, DeadLetter)]) -> Result<RecordBatch> {
+    let now = chrono::Utc::now().timestamp_micros();
+    let d = |f: &dyn Fn(&DeadLetter) -> Option<String>| -> ArrayRef {
+        Arc::new(letters.iter().map(|(_, l)| f(l)).collect::<StringArray>())
+    };
+    let columns: Vec<ArrayRef> = vec![
+        d(&|l| Some(l.topic.clone())),
+        Arc::new(letters.iter().map(|(_, l)| Some(l.partition)).collect::<Int32Array>()),
+        Arc::new(letters.iter().map(|(_, l)| Some(l.offset)).collect::<Int64Array>()),
+        Arc::new(
+            letters
+                .iter()
+                .map(|(_, l)| l.timestamp_ms.map(|t| t * 1000))
+                .collect::<TimestampMicrosecondArray>()
+                .with_timezone("UTC"),
+        ),
+        Arc::new(letters.iter().map(|(_, l)| l.key.as_deref()).collect::<BinaryArray>()),
+        Arc::new(letters.iter().map(|(_, l)| l.payload.as_deref()).collect::<BinaryArray>()),
+        d(&|l| Some(l.stage.as_str().to_string())),
+        d(&|l| Some(l.error.clone())),
+        Arc::new(letters.iter().map(|(t, _)| Some(t.as_str())).collect::<StringArray>()),
+        Arc::new(StringArray::from(vec![pipeline; letters.len()])),
+        Arc::new(TimestampMicrosecondArray::from(vec![now; letters.len()]).with_timezone("UTC")),
+    ];
+    Ok(RecordBatch::try_new(schema(), columns)?)
+}

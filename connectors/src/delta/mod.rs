@@ -1,0 +1,8 @@
+//! Delta Lake sinks: bronze append, the dead-letter table, and the shared commit logic.
+
+pub mod bronze;
+pub mod dead_letter;
+pub mod table;
+
+/// Commit attempts against a refreshed table before a sink gives up.
+pub(crate) const COMMIT_ATTEMPTS: usize = 10;

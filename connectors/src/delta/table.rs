@@ -1,0 +1,211 @@
+//! Opening, creating and committing to Delta tables, with offsets as transaction ids.
+//!
+//! Every commit that lands Kafka data carries one `txn` action per (topic, partition)
+//! with app id `<pipeline>-<topic>-<partition>` and version = the last offset it holds.
+//! Reading those versions back tells where to resume; a commit racing another writer
+//! for the same partition is refused by Delta's conflict checker (`ConcurrentTransaction`)
+//! and retried against the fresh table, where [`fence`] drops what the other writer
+//! already landed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use arrow::datatypes::{Schema, SchemaRef};
+use deltalake::DeltaTable;
+use deltalake::kernel::engine::arrow_conversion::{TryIntoArrow, TryIntoKernel};
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, StructType, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use sluice_pipeline::{OffsetRange, TopicPartition};
+
+use crate::error::{Error, Result, delta};
+
+/// Transaction app id of a partition for a pipeline.
+pub fn app_id(pipeline: &str, tp: &TopicPartition) -> String {
+    format!("{pipeline}-{}-{}", tp.topic, tp.partition)
+}
+
+/// `<lake>/<relative>` as a table URL, creating the directory.
+pub fn table_url(lake: &Path, relative: &str) -> Result<url::Url> {
+    let path = lake.join(relative);
+    std::fs::create_dir_all(&path).map_err(|source| Error::Io {
+        context: format!("creating {}", path.display()),
+        source,
+    })?;
+    let abs = std::path::absolute(&path).map_err(|source| Error::Io {
+        context: format!("resolving {}", path.display()),
+        source,
+    })?;
+    url::Url::from_directory_path(&abs)
+        .map_err(|()| Error::Decode(format!("{} is not a usable table path", abs.display())))
+}
+
+/// Open the table at `url`; a location with no table yet gives a table with no version.
+pub async fn open(name: &str, url: &url::Url) -> Result<DeltaTable> {
+    DeltaTable::try_from_url(url.clone())
+        .await
+        .map_err(delta(name, "opening"))
+}
+
+/// True once the table has a first commit.
+pub fn exists(table: &DeltaTable) -> bool {
+    table.version().is_some()
+}
+
+/// The table's schema in Arrow terms.
+pub fn arrow_schema(name: &str, table: &DeltaTable) -> Result<SchemaRef> {
+    let snapshot = table.snapshot().map_err(delta(name, "reading snapshot"))?;
+    let schema: Schema = snapshot
+        .schema()
+        .as_ref()
+        .try_into_arrow()
+        .map_err(|e: arrow::error::ArrowError| Error::Arrow(e))?;
+    Ok(std::sync::Arc::new(schema))
+}
+
+/// Create the table with `schema` unless another writer created it first.
+pub async fn create(
+    name: &str,
+    url: &url::Url,
+    schema: &Schema,
+    partition_by: &[String],
+) -> Result<DeltaTable> {
+    let kernel: StructType = schema
+        .try_into_kernel()
+        .map_err(|e: arrow::error::ArrowError| Error::Arrow(e))?;
+    let table = open(name, url).await?;
+    if exists(&table) {
+        return Ok(table);
+    }
+    let created = table
+        .create()
+        .with_table_name(name.rsplit('/').next().unwrap_or(name))
+        .with_columns(kernel.fields().cloned())
+        .with_partition_columns(partition_by.to_vec())
+        .with_save_mode(SaveMode::Ignore)
+        .await;
+    match created {
+        Ok(t) => Ok(t),
+        // Lost a creation race: the other writer's table is as good as ours.
+        Err(e) => {
+            let t = open(name, url).await?;
+            if exists(&t) {
+                Ok(t)
+            } else {
+                Err(Error::Delta { table: name.to_string(), context: "creating".into(), source: e })
+            }
+        }
+    }
+}
+
+/// Last offset committed per partition, for `pipeline`, as the table's snapshot says.
+pub async fn committed_offsets(
+    name: &str,
+    table: &DeltaTable,
+    pipeline: &str,
+    partitions: impl IntoIterator<Item = &TopicPartition>,
+) -> Result<BTreeMap<TopicPartition, i64>> {
+    let mut out = BTreeMap::new();
+    if !exists(table) {
+        return Ok(out);
+    }
+    let snapshot = table.snapshot().map_err(delta(name, "reading snapshot"))?;
+    let log_store = table.log_store();
+    for tp in partitions {
+        let v = snapshot
+            .transaction_version(log_store.as_ref(), app_id(pipeline, tp))
+            .await
+            .map_err(delta(name, "reading transaction versions"))?;
+        if let Some(v) = v {
+            out.insert(tp.clone(), v);
+        }
+    }
+    Ok(out)
+}
+
+/// Narrow `ranges` to what `committed` does not already hold.
+///
+/// Returns the partitions fully covered already, with the offset to resume from.
+pub fn fence(
+    ranges: &mut BTreeMap<TopicPartition, OffsetRange>,
+    committed: &BTreeMap<TopicPartition, i64>,
+) -> Vec<(TopicPartition, i64)> {
+    let mut fenced = Vec::new();
+    ranges.retain(|tp, r| match committed.get(tp) {
+        Some(&v) if v >= r.last => {
+            fenced.push((tp.clone(), v + 1));
+            false
+        }
+        Some(&v) if v >= r.first => {
+            r.first = v + 1;
+            true
+        }
+        _ => true,
+    });
+    fenced
+}
+
+/// Commit `actions` with one `txn` per partition in `ranges` (version = last offset).
+pub async fn commit(
+    name: &str,
+    table: &mut DeltaTable,
+    pipeline: &str,
+    actions: Vec<Action>,
+    ranges: &BTreeMap<TopicPartition, OffsetRange>,
+    partition_by: &[String],
+) -> Result<i64> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let txns: Vec<Transaction> = ranges
+        .iter()
+        .map(|(tp, r)| Transaction::new_with_last_update(app_id(pipeline, tp), r.last, Some(now)))
+        .collect();
+    let operation = DeltaOperation::Write {
+        mode: SaveMode::Append,
+        partition_by: (!partition_by.is_empty()).then(|| partition_by.to_vec()),
+        predicate: None,
+    };
+    let snapshot = table.snapshot().map_err(delta(name, "reading snapshot"))?;
+    let finalized = CommitBuilder::from(
+        CommitProperties::default().with_application_transactions(txns),
+    )
+    .with_actions(actions)
+    .build(Some(snapshot), table.log_store(), operation)
+    .await
+    .map_err(delta(name, "committing"))?;
+    let version = finalized.version();
+    table
+        .update_incremental(Some(version))
+        .await
+        .map_err(delta(name, "reloading after commit"))?;
+    Ok(version as i64)
+}
+
+/// Bring the table up to date with other writers.
+pub async fn refresh(name: &str, table: &mut DeltaTable) -> Result<()> {
+    table
+        .update_incremental(None)
+        .await
+        .map_err(delta(name, "refreshing"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(first: i64, last: i64) -> OffsetRange {
+        OffsetRange { first, last }
+    }
+
+    #[test]
+    fn fence_drops_partitions_already_committed_and_trims_overlaps() {
+        let a = TopicPartition::new("t", 0);
+        let b = TopicPartition::new("t", 1);
+        let c = TopicPartition::new("t", 2);
+        let mut ranges = BTreeMap::from([(a.clone(), r(10, 19)), (b.clone(), r(10, 19)), (c.clone(), r(10, 19))]);
+        let committed = BTreeMap::from([(a.clone(), 25), (b.clone(), 14), (c.clone(), 9)]);
+        let fenced = fence(&mut ranges, &committed);
+        assert_eq!(fenced, vec![(a, 26)]);
+        assert_eq!(ranges[&b], r(15, 19));
+        assert_eq!(ranges[&c], r(10, 19));
+    }
+}

@@ -1,0 +1,110 @@
+//! An in-process Kafka broker for the demo, the benchmark and the tests: librdkafka's
+//! mock cluster, which speaks the real Kafka protocol over TCP on a loopback port.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
+
+use crate::error::{Error, Result};
+
+/// A running mock cluster. Dropping it stops the broker.
+pub struct EmbeddedBroker {
+    cluster: MockCluster<'static, DefaultProducerContext>,
+}
+
+impl EmbeddedBroker {
+    /// Start a cluster of `brokers` brokers on loopback.
+    pub fn start(brokers: i32) -> Result<Self> {
+        let cluster = MockCluster::new(brokers)
+            .map_err(|source| Error::Kafka { context: "starting the embedded broker".into(), source })?;
+        Ok(Self { cluster })
+    }
+
+    /// `host:port,...` of the brokers.
+    pub fn bootstrap_servers(&self) -> String {
+        self.cluster.bootstrap_servers()
+    }
+
+    /// Create a topic (the mock cluster has no CreateTopics API).
+    pub fn create_topic(&self, name: &str, partitions: i32) -> Result<()> {
+        self.cluster
+            .create_topic(name, partitions, 1)
+            .map_err(|source| Error::Kafka { context: format!("creating topic {name}"), source })
+    }
+
+    /// Take broker `id` (1-based) down, as in an outage.
+    pub fn broker_down(&self, id: i32) -> Result<()> {
+        self.cluster
+            .broker_down(id)
+            .map_err(|source| Error::Kafka { context: "stopping a broker".into(), source })
+    }
+
+    /// Bring broker `id` back.
+    pub fn broker_up(&self, id: i32) -> Result<()> {
+        self.cluster
+            .broker_up(id)
+            .map_err(|source| Error::Kafka { context: "starting a broker".into(), source })
+    }
+}
+
+/// A producer to any broker, in the order messages are given (idempotent).
+pub struct SimpleProducer {
+    producer: BaseProducer,
+}
+
+/// One message to produce.
+pub struct Outgoing<'a> {
+    pub topic: &'a str,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+    pub timestamp_ms: Option<i64>,
+}
+
+impl SimpleProducer {
+    pub fn new(bootstrap_servers: &str) -> Result<Self> {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap_servers)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("queue.buffering.max.kbytes", "1048576")
+            .set("batch.num.messages", "10000")
+            .create()
+            .map_err(|source| Error::Kafka { context: "creating a producer".into(), source })?;
+        Ok(Self { producer })
+    }
+
+    /// Queue one message, waiting while the local queue is full.
+    pub fn send(&self, m: &Outgoing<'_>) -> Result<()> {
+        loop {
+            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(m.topic);
+            if let Some(k) = m.key {
+                record = record.key(k);
+            }
+            if let Some(p) = m.payload {
+                record = record.payload(p);
+            }
+            if let Some(t) = m.timestamp_ms {
+                record = record.timestamp(t);
+            }
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _)) => {
+                    self.producer.poll(Duration::from_millis(10));
+                }
+                Err((source, _)) => {
+                    return Err(Error::Kafka { context: format!("producing to {}", m.topic), source });
+                }
+            }
+        }
+    }
+
+    /// Wait until every queued message is acknowledged.
+    pub fn flush(&self) -> Result<()> {
+        self.producer
+            .flush(Duration::from_secs(120))
+            .map_err(|source| Error::Kafka { context: "flushing the producer".into(), source })
+    }
+}

@@ -1,0 +1,68 @@
+//! The one error type of `sluice-connectors`.
+
+/// Errors of the Kafka source, the decoders and the Delta sinks.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kafka: {context}: {source}")]
+    Kafka {
+        context: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+
+    #[error("delta table {table}: {context}: {source}")]
+    Delta {
+        table: String,
+        context: String,
+        #[source]
+        source: deltalake::DeltaTableError,
+    },
+
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+
+    #[error("decode: {0}")]
+    Decode(String),
+
+    #[error("table {table}: column '{column}' is {found} in the batch but {expected} in the table; change the table or the producer")]
+    SchemaConflict {
+        table: String,
+        column: String,
+        found: String,
+        expected: String,
+    },
+
+    #[error("table {table}: gave up after {attempts} commit attempts; last error: {last}")]
+    CommitRetries {
+        table: String,
+        attempts: usize,
+        last: String,
+    },
+
+    #[error("io: {context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("demo: {0}")]
+    Demo(String),
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for sluice_pipeline::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Kafka { .. } => sluice_pipeline::Error::Source(e.to_string()),
+            other => sluice_pipeline::Error::Sink(other.to_string()),
+        }
+    }
+}
+
+pub(crate) fn delta(table: &str, context: &str) -> impl FnOnce(deltalake::DeltaTableError) -> Error {
+    let (table, context) = (table.to_string(), context.to_string());
+    move |source| Error::Delta { table, context, source }
+}

@@ -1,0 +1,3 @@
+//! Kafka: the consumer-group source whose offsets live in Delta.
+
+pub mod source;

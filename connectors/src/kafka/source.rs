@@ -1,0 +1,449 @@
+//! The Kafka source: a consumer-group member that decodes messages into Arrow batches.
+//!
+//! It runs on a thread of its own, polling librdkafka (whose prefetch queue is bounded by
+//! `kafka.max_prefetch_bytes`), feeding each message straight into the decoder of its
+//! destination table and sending finished batches over a bounded channel; a full channel
+//! blocks the thread, which is the pipeline's backpressure.
+//!
+//! Offsets come from Delta, never from Kafka: when partitions are assigned, the rebalance
+//! callback reads each partition's last committed offset from its bronze table and assigns
+//! the partition at the next one. Offsets the sink has committed are forwarded to the
+//! group afterwards so that standard lag tools see progress.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc as std_mpsc};
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::SchemaRef;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, error::KafkaError};
+use sluice_pipeline::config::OffsetReset;
+use sluice_pipeline::{SourceControl, SourceEvent, TopicPartition};
+use tokio::sync::mpsc;
+
+use crate::decode::json::{JsonDecoder, JsonDecoderConfig, RawMessage, payload_of};
+use crate::delta::{bronze, table};
+use crate::error::{Error, Result};
+
+/// Settings of the Kafka source.
+#[derive(Debug, Clone)]
+pub struct KafkaSourceConfig {
+    pub bootstrap_servers: String,
+    pub group_id: String,
+    /// Topic → destination bronze table.
+    pub routes: BTreeMap<String, String>,
+    pub auto_offset_reset: OffsetReset,
+    pub max_prefetch_bytes: u64,
+    pub session_timeout_ms: u64,
+    pub decode_batch_max_messages: usize,
+    pub decode_batch_max_latency_ms: u64,
+    pub properties: BTreeMap<String, String>,
+    pub pipeline: String,
+    pub lake: PathBuf,
+    /// Declared payload schemas by table.
+    pub declared: HashMap<String, SchemaRef>,
+    pub max_message_bytes: usize,
+    pub schema_evolution: bool,
+    /// Stop once every assigned partition is read to its end.
+    pub until_caught_up: bool,
+    /// Batches in flight between source and sink.
+    pub channel_capacity: usize,
+}
+
+/// What the source did, reported when it ends.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SourceStats {
+    pub messages: u64,
+    pub bytes: u64,
+    pub rebalances: u64,
+}
+
+enum Command {
+    Commit(Vec<(TopicPartition, i64)>),
+    Seek(TopicPartition, i64),
+}
+
+/// The runner's handle on the source: forwards commits and seeks to the consumer thread.
+/// Dropping it tells the source thread the runner is done.
+pub struct KafkaControl {
+    tx: std_mpsc::Sender<Command>,
+}
+
+impl SourceControl for KafkaControl {
+    fn committed(&self, offsets: &[(TopicPartition, i64)]) {
+        let _ = self.tx.send(Command::Commit(offsets.to_vec()));
+    }
+    fn seek(&self, partition: &TopicPartition, offset: i64) {
+        let _ = self.tx.send(Command::Seek(partition.clone(), offset));
+    }
+}
+
+struct Ctx {
+    handle: tokio::runtime::Handle,
+    lake: PathBuf,
+    pipeline: String,
+    routes: BTreeMap<String, String>,
+    reset: OffsetReset,
+    /// Assigned partitions and the offset each was assigned at.
+    assigned: Mutex<BTreeMap<TopicPartition, Offset>>,
+    revoked: Mutex<Vec<TopicPartition>>,
+    failure: Mutex<Option<String>>,
+    rebalances: std::sync::atomic::AtomicU64,
+}
+
+impl ClientContext for Ctx {}
+
+impl ConsumerContext for Ctx {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        self.rebalances.fetch_add(1, Ordering::Relaxed);
+        let parts: Vec<TopicPartition> = tpl
+            .elements()
+            .iter()
+            .map(|e| TopicPartition::new(e.topic(), e.partition()))
+            .collect();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                match self.handle.block_on(self.resume_offsets(&parts)) {
+                    Ok(offsets) => {
+                        let mut starts = Vec::new();
+                        for tp in &parts {
+                            let offset = match offsets.get(tp) {
+                                Some(v) => Offset::Offset(v + 1),
+                                None if self.reset == OffsetReset::Latest => Offset::End,
+                                None => Offset::Beginning,
+                            };
+                            let _ = tpl.set_partition_offset(&tp.topic, tp.partition, offset);
+                            starts.push((tp.clone(), offset));
+                        }
+                        tracing::info!(partitions = parts.len(), from_delta = offsets.len(), "partitions assigned");
+                        if let Err(e) = consumer.assign(tpl) {
+                            self.fail(format!("assigning partitions: {e}"));
+                        }
+                        if let Ok(mut a) = self.assigned.lock() {
+                            a.extend(starts);
+                        }
+                    }
+                    Err(e) => self.fail(format!("reading offsets from Delta at assignment: {e}")),
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                tracing::info!(partitions = parts.len(), "partitions revoked");
+                if let Ok(mut r) = self.revoked.lock() {
+                    r.extend(parts.iter().cloned());
+                }
+                if let Ok(mut a) = self.assigned.lock() {
+                    a.clear();
+                }
+                let _ = consumer.unassign();
+            }
+            other => {
+                tracing::warn!(error = ?other, "rebalance error");
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+impl Ctx {
+    fn fail(&self, msg: String) {
+        tracing::error!("{msg}");
+        if let Ok(mut f) = self.failure.lock() {
+            f.get_or_insert(msg);
+        }
+    }
+
+    async fn resume_offsets(&self, parts: &[TopicPartition]) -> Result<BTreeMap<TopicPartition, i64>> {
+        let mut by_table: BTreeMap<&str, Vec<&TopicPartition>> = BTreeMap::new();
+        for tp in parts {
+            if let Some(t) = self.routes.get(&tp.topic) {
+                by_table.entry(t.as_str()).or_default().push(tp);
+            }
+        }
+        let mut out = BTreeMap::new();
+        for (name, tps) in by_table {
+            if let Some(t) = bronze::open_for_offsets(&self.lake, name).await? {
+                out.extend(table::committed_offsets(name, &t, &self.pipeline, tps).await?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Start consuming. Returns the event channel for the runner, the control handle and the
+/// thread, which yields its statistics when it ends.
+pub fn start(
+    config: KafkaSourceConfig,
+    stop: Arc<AtomicBool>,
+) -> Result<(mpsc::Receiver<SourceEvent>, KafkaControl, std::thread::JoinHandle<Result<SourceStats>>)> {
+    let handle = tokio::runtime::Handle::current();
+    let mut initial: HashMap<String, Option<SchemaRef>> = HashMap::new();
+    for table_name in config.routes.values() {
+        if initial.contains_key(table_name) {
+            continue;
+        }
+        // The table's own schema wins over the declared one: it may have evolved.
+        let existing = tokio::task::block_in_place(|| handle.block_on(bronze::open_for_offsets(&config.lake, table_name)))?;
+        let schema = match existing {
+            Some(t) => Some(payload_of(table::arrow_schema(table_name, &t)?.as_ref())),
+            None => config.declared.get(table_name).cloned(),
+        };
+        initial.insert(table_name.clone(), schema);
+    }
+
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.bootstrap_servers)
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", match config.auto_offset_reset {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+        })
+        .set("session.timeout.ms", config.session_timeout_ms.to_string())
+        .set("queued.max.messages.kbytes", (config.max_prefetch_bytes / 1024).max(1).to_string())
+        .set("fetch.max.bytes", config.max_prefetch_bytes.clamp(1024, 52_428_800).to_string())
+        .set("partition.assignment.strategy", "range,roundrobin");
+    for (k, v) in &config.properties {
+        client.set(k, v);
+    }
+    let ctx = Ctx {
+        handle: handle.clone(),
+        lake: config.lake.clone(),
+        pipeline: config.pipeline.clone(),
+        routes: config.routes.clone(),
+        reset: config.auto_offset_reset,
+        assigned: Mutex::new(BTreeMap::new()),
+        revoked: Mutex::new(Vec::new()),
+        failure: Mutex::new(None),
+        rebalances: Default::default(),
+    };
+    let consumer: BaseConsumer<Ctx> = client
+        .create_with_context(ctx)
+        .map_err(|source| Error::Kafka { context: "creating the consumer".into(), source })?;
+    let topics: Vec<&str> = config.routes.keys().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|source| Error::Kafka { context: "subscribing".into(), source })?;
+
+    let (tx, rx) = mpsc::channel(config.channel_capacity.max(1));
+    let (ctl_tx, ctl_rx) = std_mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("sluice-kafka".into())
+        .spawn(move || {
+            let mut state = WorkerState { config, tx, decoders: HashMap::new(), positions: HashMap::new(), stats: SourceStats::default() };
+            for (table_name, schema) in initial {
+                let d = state.new_decoder(&table_name, schema);
+                state.decoders.insert(table_name, (d, None));
+            }
+            let result = run(&consumer, &mut state, &stop, &ctl_rx);
+            state.stats.rebalances = consumer.context().rebalances.load(Ordering::Relaxed);
+            // Keep forwarding the sink's commits until the runner drops its control handle.
+            let WorkerState { tx, stats, .. } = state;
+            drop(tx);
+            while let Ok(cmd) = ctl_rx.recv() {
+                apply(&consumer, cmd);
+            }
+            let _ = consumer.commit_consumer_state(CommitMode::Sync);
+            result.map(|()| stats)
+        })
+        .map_err(|source| Error::Io { context: "starting the consumer thread".into(), source })?;
+    Ok((rx, KafkaControl { tx: ctl_tx }, thread))
+}
+
+/// The consumer thread's state; the consumer itself is kept apart so that a message
+/// borrowed from it can be decoded into this state.
+struct WorkerState {
+    config: KafkaSourceConfig,
+    tx: mpsc::Sender<SourceEvent>,
+    /// Decoder per table, with the time its oldest buffered message arrived.
+    decoders: HashMap<String, (JsonDecoder, Option<Instant>)>,
+    /// Next offset to read per partition, from the messages seen.
+    positions: HashMap<TopicPartition, i64>,
+    stats: SourceStats,
+}
+
+fn apply(consumer: &BaseConsumer<Ctx>, cmd: Command) {
+    match cmd {
+        Command::Commit(offsets) => {
+            let assigned = consumer.context().assigned.lock().map(|a| a.clone()).unwrap_or_default();
+            let mut tpl = TopicPartitionList::new();
+            for (tp, next) in offsets.iter().filter(|(tp, _)| assigned.contains_key(tp)) {
+                let _ = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*next));
+            }
+            if tpl.count() > 0
+                && let Err(e) = consumer.commit(&tpl, CommitMode::Async)
+            {
+                tracing::debug!(error = %e, "offset commit to the group failed (lag reporting only)");
+            }
+        }
+        Command::Seek(tp, offset) => {
+            if let Err(e) = consumer.seek(&tp.topic, tp.partition, Offset::Offset(offset), Duration::from_secs(5)) {
+                tracing::debug!(partition = %tp, error = %e, "seek after fencing failed; stale rows are dropped by the sink");
+            }
+        }
+    }
+}
+
+fn take_revoked(consumer: &BaseConsumer<Ctx>) -> Vec<TopicPartition> {
+    match consumer.context().revoked.lock() {
+        Ok(mut r) => std::mem::take(&mut *r),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn run(consumer: &BaseConsumer<Ctx>, state: &mut WorkerState, stop: &AtomicBool, ctl: &std_mpsc::Receiver<Command>) -> Result<()> {
+    let latency = Duration::from_millis(state.config.decode_batch_max_latency_ms);
+    let mut last_caught_up_check = Instant::now();
+    let mut assigned_once = false;
+    while !stop.load(Ordering::Relaxed) {
+        while let Ok(cmd) = ctl.try_recv() {
+            apply(consumer, cmd);
+        }
+        let polled = consumer.poll(Duration::from_millis(50));
+        // A revocation served inside this poll goes downstream before the polled message.
+        let revoked = take_revoked(consumer);
+        if !revoked.is_empty() {
+            state.revoke(revoked)?;
+        }
+        if let Some(f) = consumer.context().failure.lock().ok().and_then(|f| f.clone()) {
+            return Err(Error::Decode(f));
+        }
+        let idle = match polled {
+            None => true,
+            Some(Ok(m)) => {
+                state.on_message(&m)?;
+                false
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => true,
+            Some(Err(e)) => {
+                // Broker outages and the like: librdkafka reconnects by itself.
+                tracing::warn!(error = %e, "consumer error; retrying");
+                true
+            }
+        };
+        let now = Instant::now();
+        state.flush_due(idle, latency, now)?;
+        let assigned = consumer.context().assigned.lock().map(|a| a.clone()).unwrap_or_default();
+        assigned_once |= !assigned.is_empty();
+        if state.config.until_caught_up
+            && idle
+            && assigned_once
+            && now.duration_since(last_caught_up_check) >= Duration::from_millis(300)
+        {
+            last_caught_up_check = now;
+            if state.caught_up(consumer, &assigned) {
+                tracing::info!("caught up with every assigned partition");
+                break;
+            }
+        }
+    }
+    state.flush_all()
+}
+
+impl WorkerState {
+    fn new_decoder(&self, table_name: &str, schema: Option<SchemaRef>) -> JsonDecoder {
+        JsonDecoder::new(
+            JsonDecoderConfig {
+                table: table_name.to_string(),
+                max_message_bytes: self.config.max_message_bytes,
+                schema_evolution: self.config.schema_evolution,
+                max_messages: self.config.decode_batch_max_messages,
+            },
+            schema,
+        )
+    }
+
+    fn on_message<M: Message>(&mut self, m: &M) -> Result<()> {
+        self.stats.messages += 1;
+        self.stats.bytes += m.payload().map_or(0, <[u8]>::len) as u64;
+        self.positions.insert(TopicPartition::new(m.topic(), m.partition()), m.offset() + 1);
+        let Some(table_name) = self.config.routes.get(m.topic()) else { return Ok(()) };
+        let raw = RawMessage {
+            topic: m.topic(),
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp_ms: m.timestamp().to_millis(),
+            key: m.key(),
+            payload: m.payload(),
+        };
+        let full = match self.decoders.get_mut(table_name) {
+            Some((d, since)) => {
+                d.push(&raw);
+                since.get_or_insert_with(Instant::now);
+                d.len() >= self.config.decode_batch_max_messages
+            }
+            None => false,
+        };
+        if full {
+            let name = table_name.clone();
+            self.flush_table(&name)?;
+        }
+        Ok(())
+    }
+
+    fn flush_due(&mut self, idle: bool, latency: Duration, now: Instant) -> Result<()> {
+        let due: Vec<String> = self
+            .decoders
+            .iter()
+            .filter(|(_, (d, since))| !d.is_empty() && (idle || since.is_some_and(|t| now.duration_since(t) >= latency)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for name in due {
+            self.flush_table(&name)?;
+        }
+        Ok(())
+    }
+
+    fn flush_all(&mut self) -> Result<()> {
+        let names: Vec<String> = self.decoders.keys().cloned().collect();
+        for name in names {
+            self.flush_table(&name)?;
+        }
+        Ok(())
+    }
+
+    fn flush_table(&mut self, name: &str) -> Result<()> {
+        let Some((d, since)) = self.decoders.get_mut(name) else { return Ok(()) };
+        *since = None;
+        if let Some(batch) = d.finish()?
+            && self.tx.blocking_send(SourceEvent::Batch(batch)).is_err()
+        {
+            return Err(Error::Decode("the sink stopped".into()));
+        }
+        Ok(())
+    }
+
+    /// Send what was decoded before a revocation, then the revocation itself.
+    fn revoke(&mut self, revoked: Vec<TopicPartition>) -> Result<()> {
+        self.flush_all()?;
+        for tp in &revoked {
+            self.positions.remove(tp);
+        }
+        if self.tx.blocking_send(SourceEvent::Revoked(revoked)).is_err() {
+            return Err(Error::Decode("the sink stopped".into()));
+        }
+        Ok(())
+    }
+
+    fn caught_up(&self, consumer: &BaseConsumer<Ctx>, assigned: &BTreeMap<TopicPartition, Offset>) -> bool {
+        assigned.iter().all(|(tp, start)| {
+            let Ok((low, high)) = consumer.fetch_watermarks(&tp.topic, tp.partition, Duration::from_secs(2)) else {
+                return false;
+            };
+            let position = match (self.positions.get(tp), start) {
+                (Some(p), _) => *p,
+                (None, Offset::Offset(o)) => *o,
+                (None, Offset::End) => high,
+                (None, _) => low,
+            };
+            position >= high
+        })
+    }
+}

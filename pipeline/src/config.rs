@@ -1,0 +1,508 @@
+//! The configuration model: one TOML file, every option with a unit in its name.
+//!
+//! [`Config::from_toml`] never stops at the first mistake: it collects every unknown key
+//! and every bad value into a list of [`Problem`]s, so `sluice validate-config` can show
+//! them all at once.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Lineage columns every bronze table carries, in this order, after the payload columns.
+pub const LINEAGE_COLUMNS: [&str; 7] = [
+    "_kafka_topic",
+    "_kafka_partition",
+    "_kafka_offset",
+    "_kafka_timestamp",
+    "_kafka_key",
+    "_ingested_at",
+    "_ingest_date",
+];
+
+/// One problem found in a configuration: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted path of the key, e.g. `bronze.flush_max_rows`.
+    pub path: String,
+    pub message: String,
+}
+
+impl Problem {
+    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+pub(crate) fn render_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub pipeline: PipelineConfig,
+    pub kafka: KafkaConfig,
+    pub decode: DecodeConfig,
+    pub bronze: BronzeConfig,
+}
+
+/// `[pipeline]`: identity of this pipeline and where its lake lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct PipelineConfig {
+    /// Name of the pipeline; part of every Delta transaction id (`<name>-<topic>-<partition>`).
+    /// Two pipelines with different names keep separate offsets in the same table.
+    pub name: String,
+    /// Root directory of the lake; `--lake` overrides it. Default `./lake`.
+    pub lake: Option<PathBuf>,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            name: "sluice".into(),
+            lake: None,
+        }
+    }
+}
+
+/// Where to start a partition that no Delta table has offsets for yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OffsetReset {
+    #[default]
+    Earliest,
+    Latest,
+}
+
+/// `[kafka]`: the consumer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list.
+    pub bootstrap_servers: String,
+    /// Consumer group; default `sluice-<pipeline.name>`.
+    pub group_id: Option<String>,
+    /// Topics to consume.
+    pub topics: Vec<String>,
+    /// Start of a partition Delta holds no offset for.
+    pub auto_offset_reset: OffsetReset,
+    /// Upper bound of librdkafka's prefetch queue per consumer (`queued.max.messages.kbytes`).
+    pub max_prefetch_bytes: u64,
+    /// Group session timeout.
+    pub session_timeout_ms: u64,
+    /// Most messages decoded together into one Arrow batch.
+    pub decode_batch_max_messages: usize,
+    /// Longest time messages wait to be decoded together.
+    pub decode_batch_max_latency_ms: u64,
+    /// Extra librdkafka properties passed as they are (security, SASL, TLS ...).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: String::new(),
+            group_id: None,
+            topics: Vec::new(),
+            auto_offset_reset: OffsetReset::Earliest,
+            max_prefetch_bytes: 64 * 1024 * 1024,
+            session_timeout_ms: 10_000,
+            decode_batch_max_messages: 8192,
+            decode_batch_max_latency_ms: 100,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// The consumer group, derived from the pipeline name when not set.
+    pub fn group_id(&self, pipeline: &str) -> String {
+        self.group_id
+            .clone()
+            .unwrap_or_else(|| format!("sluice-{pipeline}"))
+    }
+}
+
+/// Message formats the decoder understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    #[default]
+    Json,
+}
+
+/// `[decode]`: turning message bytes into rows.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct DecodeConfig {
+    pub format: Format,
+    /// A larger message goes to the dead-letter table whole, at stage `decode`.
+    pub max_message_bytes: usize,
+}
+
+impl Default for DecodeConfig {
+    fn default() -> Self {
+        Self {
+            format: Format::Json,
+            max_message_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// `[bronze]`: the raw, append-only tables.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct BronzeConfig {
+    /// Commit when this many rows are buffered (all tables together).
+    pub flush_max_rows: usize,
+    /// Commit when this many payload bytes are buffered.
+    pub flush_max_bytes: usize,
+    /// Commit at the latest this long after the first buffered row arrived.
+    pub flush_max_latency_ms: u64,
+    /// Parquet files roll over at about this size.
+    pub target_file_size_bytes: u64,
+    /// Partition columns of bronze tables created by sluice; `[]` for none.
+    pub partition_by: Vec<String>,
+    /// Add new nullable fields seen in messages to the table schema.
+    pub schema_evolution: bool,
+    /// Topic → table name. Topics not listed go to a table named after the topic.
+    pub routes: BTreeMap<String, String>,
+    /// Per-table settings, by table name.
+    pub tables: BTreeMap<String, TableConfig>,
+}
+
+impl Default for BronzeConfig {
+    fn default() -> Self {
+        Self {
+            flush_max_rows: 500_000,
+            flush_max_bytes: 128 * 1024 * 1024,
+            flush_max_latency_ms: 10_000,
+            target_file_size_bytes: 128 * 1024 * 1024,
+            partition_by: vec!["_ingest_date".into()],
+            schema_evolution: true,
+            routes: BTreeMap::new(),
+            tables: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[bronze.tables.<name>]`: settings of one table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct TableConfig {
+    /// Payload columns. Empty: inferred from the first batch, then fixed (and evolved).
+    pub schema: Vec<ColumnConfig>,
+    /// Overrides `bronze.partition_by` for this table.
+    pub partition_by: Option<Vec<String>>,
+}
+
+/// One payload column of a declared schema.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ColumnConfig {
+    pub name: String,
+    /// One of `string`, `long`, `integer`, `double`, `boolean`, `timestamp`, `date`, `binary`.
+    #[serde(rename = "type")]
+    pub data_type: String,
+}
+
+/// Map a config type name to the Arrow type used in the table.
+pub fn parse_type(name: &str) -> Option<DataType> {
+    Some(match name {
+        "string" => DataType::Utf8,
+        "long" => DataType::Int64,
+        "integer" => DataType::Int32,
+        "double" => DataType::Float64,
+        "boolean" => DataType::Boolean,
+        "timestamp" => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        "date" => DataType::Date32,
+        "binary" => DataType::Binary,
+        _ => return None,
+    })
+}
+
+/// Normalise a topic name into a table name: lower case, `[a-z0-9_]` only.
+pub fn table_name_for_topic(topic: &str) -> String {
+    topic
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+}
+
+impl Config {
+    /// Read and validate a config file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(Error::Config)
+    }
+
+    /// Parse and validate, returning every problem found.
+    pub fn from_toml(text: &str) -> std::result::Result<Self, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let deserializer = match toml::Deserializer::parse(text) {
+            Ok(d) => d,
+            Err(e) => return Err(vec![Problem::new("", format!("not valid TOML: {e}"))]),
+        };
+        let parsed: std::result::Result<Config, _> =
+            serde_ignored::deserialize(deserializer, |path| {
+                problems.push(Problem::new(path.to_string(), "unknown key"));
+            });
+        let config = match parsed {
+            Ok(c) => c,
+            Err(e) => {
+                problems.push(Problem::new("", e.to_string().trim().to_string()));
+                return Err(problems);
+            }
+        };
+        problems.extend(config.validate());
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Check the values; every problem is returned, none is fatal on its own.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        let name = &self.pipeline.name;
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            p.push(Problem::new(
+                "pipeline.name",
+                "must be non-empty and use only letters, digits, '-' and '_'",
+            ));
+        }
+        let k = &self.kafka;
+        if k.bootstrap_servers.trim().is_empty() {
+            p.push(Problem::new(
+                "kafka.bootstrap_servers",
+                "missing: give the brokers as host:port[,host:port]",
+            ));
+        }
+        if k.topics.is_empty() {
+            p.push(Problem::new(
+                "kafka.topics",
+                "missing: list at least one topic to consume",
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for t in &k.topics {
+            if t.is_empty() || t.len() > 249 {
+                p.push(Problem::new("kafka.topics", format!("'{t}' is not a valid topic name")));
+            } else if !seen.insert(t) {
+                p.push(Problem::new("kafka.topics", format!("'{t}' is listed twice")));
+            }
+        }
+        if matches!(&k.group_id, Some(g) if g.is_empty()) {
+            p.push(Problem::new("kafka.group_id", "must not be empty"));
+        }
+        if k.max_prefetch_bytes < 1024 {
+            p.push(Problem::new("kafka.max_prefetch_bytes", "must be at least 1024"));
+        }
+        if k.session_timeout_ms < 1000 {
+            p.push(Problem::new("kafka.session_timeout_ms", "must be at least 1000"));
+        }
+        if k.decode_batch_max_messages == 0 {
+            p.push(Problem::new("kafka.decode_batch_max_messages", "must be greater than 0"));
+        }
+        if self.decode.max_message_bytes == 0 {
+            p.push(Problem::new("decode.max_message_bytes", "must be greater than 0"));
+        }
+        let b = &self.bronze;
+        if b.flush_max_rows == 0 {
+            p.push(Problem::new("bronze.flush_max_rows", "must be greater than 0"));
+        }
+        if b.flush_max_bytes == 0 {
+            p.push(Problem::new("bronze.flush_max_bytes", "must be greater than 0"));
+        }
+        if b.flush_max_latency_ms == 0 {
+            p.push(Problem::new("bronze.flush_max_latency_ms", "must be greater than 0"));
+        }
+        if b.target_file_size_bytes < 1024 * 1024 {
+            p.push(Problem::new(
+                "bronze.target_file_size_bytes",
+                "must be at least 1048576 (1 MiB)",
+            ));
+        }
+        for (topic, table) in &b.routes {
+            if !k.topics.contains(topic) {
+                p.push(Problem::new(
+                    format!("bronze.routes.{topic}"),
+                    "routes a topic that kafka.topics does not list",
+                ));
+            }
+            if !is_identifier(table) {
+                p.push(Problem::new(
+                    format!("bronze.routes.{topic}"),
+                    format!("'{table}' is not a table name: use [a-z0-9_], not starting with a digit"),
+                ));
+            }
+        }
+        for topic in &k.topics {
+            if !b.routes.contains_key(topic) && !is_identifier(&table_name_for_topic(topic)) {
+                p.push(Problem::new(
+                    "kafka.topics",
+                    format!("topic '{topic}' makes no valid table name: add a bronze.routes entry"),
+                ));
+            }
+        }
+        let tables: Vec<String> = self.bronze_tables().into_values().collect();
+        self.check_partition_columns("bronze.partition_by", &b.partition_by, &[], &mut p);
+        for (name, t) in &b.tables {
+            let at = format!("bronze.tables.{name}");
+            if !tables.contains(name) {
+                p.push(Problem::new(&at, "no topic is routed to this table"));
+            }
+            let mut cols = std::collections::BTreeSet::new();
+            for (i, c) in t.schema.iter().enumerate() {
+                let cat = format!("{at}.schema[{i}]");
+                if c.name.is_empty() || c.name.starts_with('_') {
+                    p.push(Problem::new(&cat, "column names must be non-empty and not start with '_' (reserved for lineage)"));
+                }
+                if !cols.insert(c.name.as_str()) {
+                    p.push(Problem::new(&cat, format!("column '{}' is declared twice", c.name)));
+                }
+                if parse_type(&c.data_type).is_none() {
+                    p.push(Problem::new(&cat, format!("unknown type '{}': use string, long, integer, double, boolean, timestamp, date or binary", c.data_type)));
+                }
+            }
+            if let Some(parts) = &t.partition_by {
+                let declared: Vec<&str> = t.schema.iter().map(|c| c.name.as_str()).collect();
+                self.check_partition_columns(&format!("{at}.partition_by"), parts, &declared, &mut p);
+            }
+        }
+        p
+    }
+
+    fn check_partition_columns(&self, at: &str, parts: &[String], declared: &[&str], p: &mut Vec<Problem>) {
+        for c in parts {
+            let lineage = ["_kafka_topic", "_kafka_partition", "_ingest_date"];
+            if !lineage.contains(&c.as_str()) && !declared.contains(&c.as_str()) {
+                p.push(Problem::new(at, format!("cannot partition by '{c}': use _ingest_date, _kafka_topic, _kafka_partition or a declared column")));
+            }
+        }
+    }
+
+    /// Topic → bronze table name, for every configured topic.
+    pub fn bronze_tables(&self) -> BTreeMap<String, String> {
+        self.kafka
+            .topics
+            .iter()
+            .map(|t| {
+                let table = self
+                    .bronze
+                    .routes
+                    .get(t)
+                    .cloned()
+                    .unwrap_or_else(|| table_name_for_topic(t));
+                (t.clone(), table)
+            })
+            .collect()
+    }
+
+    /// The payload schema declared for a table, if any.
+    pub fn declared_schema(&self, table: &str) -> Option<SchemaRef> {
+        let t = self.bronze.tables.get(table)?;
+        if t.schema.is_empty() {
+            return None;
+        }
+        let fields: Vec<Field> = t
+            .schema
+            .iter()
+            .filter_map(|c| parse_type(&c.data_type).map(|dt| Field::new(&c.name, dt, true)))
+            .collect();
+        Some(Arc::new(Schema::new(fields)))
+    }
+
+    /// Partition columns of a table.
+    pub fn partition_by(&self, table: &str) -> Vec<String> {
+        self.bronze
+            .tables
+            .get(table)
+            .and_then(|t| t.partition_by.clone())
+            .unwrap_or_else(|| self.bronze.partition_by.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_is_valid_and_takes_defaults() {
+        let c = Config::from_toml(
+            "[kafka]\nbootstrap_servers = \"localhost:9092\"\ntopics = [\"txn-events\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(c.bronze.flush_max_rows, 500_000);
+        assert_eq!(c.kafka.group_id("sluice"), "sluice-sluice");
+        assert_eq!(c.bronze_tables()["txn-events"], "txn_events");
+    }
+
+    #[test]
+    fn every_problem_is_listed_at_once() {
+        let problems = Config::from_toml(
+            "[kafka]\nbootstrap_servers = \"\"\ncolour = \"red\"\n[bronze]\nflush_max_rows = 0\nflush_latency = 5\n[bronze.routes]\nmissing = \"x\"\n",
+        )
+        .expect_err("invalid");
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert!(paths.contains(&"kafka.colour"), "{paths:?}");
+        assert!(paths.contains(&"bronze.flush_latency"), "{paths:?}");
+        assert!(paths.contains(&"kafka.bootstrap_servers"), "{paths:?}");
+        assert!(paths.contains(&"kafka.topics"), "{paths:?}");
+        assert!(paths.contains(&"bronze.flush_max_rows"), "{paths:?}");
+        assert!(paths.contains(&"bronze.routes.missing"), "{paths:?}");
+    }
+
+    #[test]
+    fn declared_schema_rejects_unknown_types_and_reserved_names() {
+        let problems = Config::from_toml(
+            "[kafka]\nbootstrap_servers = \"b:9092\"\ntopics = [\"t\"]\n[bronze.tables.t]\nschema = [{name = \"a\", type = \"text\"}, {name = \"_x\", type = \"long\"}]\n",
+        )
+        .expect_err("invalid");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+}

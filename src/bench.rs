@@ -1,0 +1,77 @@
+//! `sluice bench`: end-to-end ingest throughput on this machine.
+//!
+//! Pre-loads an embedded broker with card-transaction messages (~300 bytes of JSON each),
+//! then runs `sluice run --until-caught-up` as a child process draining them into a fresh
+//! lake, and reports the child's own figures: messages/s and MB/s over its active window,
+//! CPU-seconds per million messages and peak RSS. The broker runs in this process, so its
+//! CPU time is not counted against sluice.
+
+use std::process::Stdio;
+
+use anyhow::Context as _;
+use sluice_connectors::demo::bank::{self, Scale};
+use sluice_connectors::demo::broker::{EmbeddedBroker, Outgoing, SimpleProducer};
+
+use crate::run::Summary;
+
+/// Options of `sluice bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Messages to pre-load and drain.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub messages: usize,
+    /// Partitions of the topic.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+}
+
+pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let broker = EmbeddedBroker::start(1)?;
+    broker.create_topic("txn-events", args.partitions)?;
+    let scale = Scale { customers: 10_000, transactions: args.messages, touchpoints: 0, with_bad_messages: false };
+    let producer = SimpleProducer::new(&broker.bootstrap_servers())?;
+    let mut bytes = 0usize;
+    for m in bank::generate(scale).iter().filter(|m| m.topic == "txn-events") {
+        bytes += m.payload.as_ref().map_or(0, Vec::len);
+        producer.send(&Outgoing { topic: m.topic, key: Some(m.key.as_bytes()), payload: m.payload.as_deref(), timestamp_ms: Some(m.timestamp_ms) })?;
+    }
+    producer.flush()?;
+    eprintln!("bench: pre-loaded {} messages ({:.1} MB) into {} partitions", args.messages, bytes as f64 / 1e6, args.partitions);
+
+    let dir = tempfile::tempdir().context("creating a scratch lake")?;
+    let config = dir.path().join("bench.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\nname = \"bench\"\n[kafka]\nbootstrap_servers = \"{}\"\ntopics = [\"txn-events\"]\n\
+             max_prefetch_bytes = 33554432\n[bronze]\nflush_max_rows = 500000\nflush_max_latency_ms = 10000\n",
+            broker.bootstrap_servers()
+        ),
+    )?;
+    let exe = std::env::current_exe()?;
+    let child = tokio::process::Command::new(exe)
+        .args(["run", "--until-caught-up", "--format", "json", "--config"])
+        .arg(&config)
+        .arg("--lake")
+        .arg(dir.path().join("lake"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting sluice run")?;
+    let out = child.wait_with_output().await?;
+    anyhow::ensure!(out.status.success(), "sluice run failed: {}", out.status);
+    let s: Summary = serde_json::from_slice(&out.stdout).context("reading the run summary")?;
+    anyhow::ensure!(s.rows as usize == args.messages, "drained {} rows of {}", s.rows, args.messages);
+    let secs = s.active_seconds.max(1e-9);
+    println!("messages           {}", s.messages);
+    println!("payload MB         {:.1}", s.source_bytes as f64 / 1e6);
+    println!("active seconds     {:.2}", s.active_seconds);
+    println!("messages/s         {:.0}", s.messages as f64 / secs);
+    println!("MB/s               {:.1}", s.source_bytes as f64 / 1e6 / secs);
+    println!("cpu s / million    {:.2}", s.cpu_seconds / (s.messages as f64 / 1e6));
+    println!("msgs per cpu-s     {:.0}", s.messages as f64 / s.cpu_seconds.max(1e-9));
+    println!("peak RSS MiB       {:.0}", s.peak_rss_bytes as f64 / 1048576.0);
+    println!("commits            {}", s.commits);
+    drop(broker);
+    Ok(())
+}

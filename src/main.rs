@@ -1,0 +1,199 @@
+//! `sluice`: Kafka → Delta Lake with exactly-once offsets. See the README for a tour.
+
+mod bench;
+mod demo;
+mod output;
+mod run;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use sluice_pipeline::config::Config;
+
+use crate::output::Format;
+
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about = "Streaming lakehouse pipeline: Kafka to Delta Lake, exactly once")]
+struct Cli {
+    /// Configuration file (default: ./sluice.toml if present).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Root of the lake; overrides `pipeline.lake` (default: ./lake).
+    #[arg(long, global = true, value_name = "DIR")]
+    lake: Option<PathBuf>,
+    /// Output format for results.
+    #[arg(long, global = true, value_enum, default_value_t)]
+    format: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Consume Kafka into bronze Delta tables until SIGTERM or SIGINT, then commit and exit.
+    Run {
+        /// Stop once every assigned partition has been read to its end.
+        #[arg(long)]
+        until_caught_up: bool,
+    },
+    /// Run the pipeline end to end on an embedded Kafka broker with synthetic bank data.
+    Demo {
+        /// Print the built-in demo configuration and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
+    /// Check a configuration file, listing every problem at once.
+    ValidateConfig {
+        /// The file (default: --config, then ./sluice.toml).
+        file: Option<PathBuf>,
+    },
+    /// Run a SQL query over every table of the lake (`bronze.<table>`, `sluice.dead_letters`, ...).
+    Sql {
+        /// The query; omit with --tables.
+        query: Option<String>,
+        /// List the tables with their row counts.
+        #[arg(long)]
+        tables: bool,
+    },
+    /// Measure end-to-end ingest throughput on this machine.
+    Bench(bench::BenchArgs),
+}
+
+/// An error with its exit code: 2 for usage and configuration, 1 for everything else.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure { code: 1, error: e.into() }
+    }
+}
+
+fn usage(error: anyhow::Error) -> Failure {
+    Failure { code: 2, error }
+}
+
+fn config_path(cli: &Cli, explicit: Option<&Path>) -> Option<PathBuf> {
+    explicit
+        .map(Path::to_path_buf)
+        .or_else(|| cli.config.clone())
+        .or_else(|| Path::new("sluice.toml").exists().then(|| PathBuf::from("sluice.toml")))
+}
+
+fn load_config(path: &Path) -> Result<Config, Failure> {
+    Config::load(path).map_err(|e| usage(anyhow::anyhow!("{}: {e}", path.display())))
+}
+
+fn lake(cli: &Cli, config: Option<&Config>) -> PathBuf {
+    cli.lake
+        .clone()
+        .or_else(|| config.and_then(|c| c.pipeline.lake.clone()))
+        .unwrap_or_else(|| PathBuf::from("lake"))
+}
+
+async fn execute(cli: Cli) -> Result<(), Failure> {
+    match &cli.command {
+        Command::Run { until_caught_up } => {
+            let path = config_path(&cli, None)
+                .ok_or_else(|| usage(anyhow::anyhow!("no configuration: pass --config FILE or create ./sluice.toml")))?;
+            let config = load_config(&path)?;
+            let lake = lake(&cli, Some(&config));
+            let stop = run::stop_on_signals();
+            let summary = run::run_pipeline(&config, &lake, *until_caught_up, stop).await?;
+            match cli.format {
+                Format::Json => println!("{}", serde_json::to_string(&summary)?),
+                _ => eprintln!(
+                    "sluice: {} messages → {} rows, {} dead letters in {} commits; {:.1} cpu-s, peak RSS {} MiB",
+                    summary.messages,
+                    summary.rows,
+                    summary.dead_letters,
+                    summary.commits,
+                    summary.cpu_seconds,
+                    summary.peak_rss_bytes / 1_048_576
+                ),
+            }
+        }
+        Command::Demo { print_config } => {
+            if *print_config {
+                print!("{}", demo::DEMO_CONFIG);
+                return Ok(());
+            }
+            let config = match config_path(&cli, None) {
+                Some(p) => Some(load_config(&p)?),
+                None => None,
+            };
+            let lake = lake(&cli, config.as_ref());
+            demo::demo(config, &lake, cli.format).await?;
+        }
+        Command::ValidateConfig { file } => {
+            let path = config_path(&cli, file.as_deref())
+                .ok_or_else(|| usage(anyhow::anyhow!("no configuration file given")))?;
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))
+                .map_err(usage)?;
+            match Config::from_toml(&text) {
+                Ok(_) => println!("{}: valid", path.display()),
+                Err(problems) => {
+                    for p in &problems {
+                        println!("{}: {p}", path.display());
+                    }
+                    return Err(usage(anyhow::anyhow!("{} problem(s) in {}", problems.len(), path.display())));
+                }
+            }
+        }
+        Command::Sql { query, tables } => {
+            let config = match config_path(&cli, None) {
+                Some(p) => Some(load_config(&p)?),
+                None => None,
+            };
+            let lake = lake(&cli, config.as_ref());
+            let catalog = sluice_sql::Catalog::open(&lake).await?;
+            if *tables {
+                let mut rows = Vec::new();
+                for t in catalog.tables() {
+                    rows.push(format!("{}\t{}", t.qualified(), catalog.count(t).await?));
+                }
+                println!("{}", rows.join("\n"));
+            } else {
+                let q = query.as_deref().ok_or_else(|| usage(anyhow::anyhow!("give a query, or --tables")))?;
+                let batches = catalog.query(q).await.map_err(|e| usage(e.into()))?;
+                output::print(&batches, cli.format)?;
+            }
+        }
+        Command::Bench(args) => bench::bench(args.clone()).await?,
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,deltalake=warn,deltalake_core=warn,datafusion=warn,buoyant_kernel=off")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(8 * 1024 * 1024)
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sluice: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(execute(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure { code, error }) => {
+            eprintln!("sluice: error: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}

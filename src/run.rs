@@ -1,0 +1,151 @@
+//! `sluice run`: assemble the Kafka source, the runner and the bronze sink.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sluice_connectors::delta::bronze::{BronzeSink, BronzeSinkConfig};
+use sluice_connectors::kafka::source::{self, KafkaSourceConfig};
+use sluice_pipeline::config::Config;
+use sluice_pipeline::runner::{self, Transforms};
+use sluice_pipeline::{FlushPolicy, RunStats};
+
+/// What a run did, printed at the end.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Summary {
+    pub messages: u64,
+    pub rows: u64,
+    pub dead_letters: u64,
+    pub commits: u64,
+    pub source_bytes: u64,
+    pub rebalances: u64,
+    /// Seconds from the first batch to the last commit.
+    pub active_seconds: f64,
+    /// CPU time (user + system) of this process.
+    pub cpu_seconds: f64,
+    pub peak_rss_bytes: u64,
+}
+
+impl Summary {
+    fn new(stats: RunStats, rebalances: u64) -> Self {
+        let (cpu_seconds, peak_rss_bytes) = resource_usage();
+        Self {
+            messages: stats.messages,
+            rows: stats.rows,
+            dead_letters: stats.dead_letters,
+            commits: stats.commits,
+            source_bytes: stats.source_bytes,
+            rebalances,
+            active_seconds: stats.active.as_secs_f64(),
+            cpu_seconds,
+            peak_rss_bytes,
+        }
+    }
+}
+
+/// CPU seconds and peak resident set of this process, from /proc (Linux).
+pub fn resource_usage() -> (f64, u64) {
+    // Clock ticks per second: 100 on every Linux platform sluice targets.
+    const TICKS: f64 = 100.0;
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which is in parentheses and may hold spaces.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / TICKS)
+        })
+        .unwrap_or(0.0);
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb * 1024)
+        })
+        .unwrap_or(0);
+    (cpu, rss)
+}
+
+/// Stop flag set by SIGINT or SIGTERM.
+pub fn stop_on_signals() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stopping: flushing and committing what was read");
+        flag.store(true, Ordering::Relaxed);
+    });
+    stop
+}
+
+/// Run the bronze pipeline of `config` into `lake` until stopped (or caught up).
+pub async fn run_pipeline(config: &Config, lake: &Path, until_caught_up: bool, stop: Arc<AtomicBool>) -> anyhow::Result<Summary> {
+    let routes = config.bronze_tables();
+    let declared = routes
+        .values()
+        .filter_map(|t| config.declared_schema(t).map(|s| (t.clone(), s)))
+        .collect();
+    let partition_by: HashMap<String, Vec<String>> = routes
+        .values()
+        .map(|t| (t.clone(), config.partition_by(t)))
+        .collect();
+    let source_config = KafkaSourceConfig {
+        bootstrap_servers: config.kafka.bootstrap_servers.clone(),
+        group_id: config.kafka.group_id(&config.pipeline.name),
+        routes,
+        auto_offset_reset: config.kafka.auto_offset_reset,
+        max_prefetch_bytes: config.kafka.max_prefetch_bytes,
+        session_timeout_ms: config.kafka.session_timeout_ms,
+        decode_batch_max_messages: config.kafka.decode_batch_max_messages,
+        decode_batch_max_latency_ms: config.kafka.decode_batch_max_latency_ms,
+        properties: config.kafka.properties.clone(),
+        pipeline: config.pipeline.name.clone(),
+        lake: lake.to_path_buf(),
+        declared,
+        max_message_bytes: config.decode.max_message_bytes,
+        schema_evolution: config.bronze.schema_evolution,
+        until_caught_up,
+        channel_capacity: 4,
+    };
+    let mut sink = BronzeSink::new(BronzeSinkConfig {
+        lake: lake.to_path_buf(),
+        pipeline: config.pipeline.name.clone(),
+        partition_by,
+        default_partition_by: config.bronze.partition_by.clone(),
+        target_file_size_bytes: config.bronze.target_file_size_bytes,
+    })?;
+    let policy = FlushPolicy {
+        max_rows: config.bronze.flush_max_rows,
+        max_bytes: config.bronze.flush_max_bytes,
+        max_latency: Duration::from_millis(config.bronze.flush_max_latency_ms),
+    };
+    let (events, control, thread) = source::start(source_config, stop.clone()).context("starting the Kafka source")?;
+    let result = runner::run(events, &control, &Transforms::new(), &mut sink, policy).await;
+    // Whatever happened, let the consumer thread finish: it forwards the last offsets to the
+    // group, then leaves it.
+    stop.store(true, Ordering::Relaxed);
+    drop(control);
+    let source_result = tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .context("joining the consumer thread")?
+        .map_err(|_| anyhow::anyhow!("the consumer thread panicked"))?;
+    let stats = result.context("pipeline failed; nothing uncommitted was acknowledged, a restart resumes from the last commit")?;
+    let source_stats = source_result.context("the Kafka source failed")?;
+    Ok(Summary::new(stats, source_stats.rebalances))
+}
