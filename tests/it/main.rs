@@ -1,1 +1,13 @@
-fn main() {}
+//! Integration tests: the real `sluice` binary against real Kafka-protocol brokers.
+//!
+//! One test binary (the big crates link once). Every test runs against librdkafka's
+//! in-process mock cluster; those marked `*_on_tansu` run against a real broker process
+//! as well (see `harness::Tansu`).
+
+mod cli;
+mod dead_letters;
+mod duckdb;
+mod exactly_once;
+mod group;
+mod harness;
+mod outage;

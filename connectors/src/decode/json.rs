@@ -464,19 +464,62 @@ impl JsonDecoder {
         self.try_decode(&wider, &[i]).ok().map(|_| wider)
     }
 
-    /// Infer a payload schema from the well-formed objects among `msgs`.
+    /// Infer a payload schema from the well-formed objects among `msgs`, message by
+    /// message: the first object sets the types and each later one may only widen them
+    /// losslessly; a message that conflicts is left out (it becomes a dead letter).
     fn infer(&self, msgs: &[usize]) -> Option<SchemaRef> {
-        let values: Vec<serde_json::Value> = msgs
-            .iter()
-            .filter_map(|i| serde_json::from_slice::<serde_json::Value>(self.payload(*i)?).ok())
-            .filter(|v| v.is_object() && v.as_object().is_some_and(|o| !o.is_empty()))
-            .collect();
-        if values.is_empty() {
-            return None;
+        let mut acc: Option<Vec<Field>> = None;
+        for i in msgs {
+            let Some(value) = self.payload(*i).and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok()) else {
+                continue;
+            };
+            if !value.as_object().is_some_and(|o| !o.is_empty()) {
+                continue;
+            }
+            let Ok(one) = infer_json_schema_from_iterator(std::iter::once(Ok::<_, ArrowError>(value))) else {
+                continue;
+            };
+            let fields: Vec<Field> = one.fields().iter().map(|f| f.as_ref().clone()).collect();
+            acc = match acc {
+                None => Some(fields),
+                Some(current) => Some(merge_fields(&current, &fields).unwrap_or(current)),
+            };
         }
-        let inferred = infer_json_schema_from_iterator(values.into_iter().map(Ok::<_, ArrowError>)).ok()?;
-        Some(Arc::new(nullable_without_null_types(&inferred)))
+        let fields = acc?;
+        Some(Arc::new(nullable_without_null_types(&Schema::new(fields))))
     }
+}
+
+/// `a` widened by `b` where that loses nothing (null → any, integer → float, new nested
+/// fields); `None` when a field has incompatible types.
+fn merge_fields(a: &[Field], b: &[Field]) -> Option<Vec<Field>> {
+    let mut out: Vec<Field> = a.to_vec();
+    for f in b {
+        match out.iter_mut().find(|g| g.name() == f.name()) {
+            Some(g) => {
+                let dt = merge_types(g.data_type(), f.data_type())?;
+                *g = Field::new(g.name(), dt, true);
+            }
+            None => out.push(f.clone().with_nullable(true)),
+        }
+    }
+    Some(out)
+}
+
+fn merge_types(a: &DataType, b: &DataType) -> Option<DataType> {
+    use DataType::*;
+    Some(match (a, b) {
+        _ if a == b => a.clone(),
+        (Null, x) | (x, Null) => x.clone(),
+        (Int64, Float64) | (Float64, Int64) => Float64,
+        (Struct(x), Struct(y)) => {
+            let xs: Vec<Field> = x.iter().map(|f| f.as_ref().clone()).collect();
+            let ys: Vec<Field> = y.iter().map(|f| f.as_ref().clone()).collect();
+            Struct(merge_fields(&xs, &ys)?.into())
+        }
+        (List(x), List(y)) => List(Arc::new(Field::new(x.name(), merge_types(x.data_type(), y.data_type())?, true))),
+        _ => return None,
+    })
 }
 
 /// Every field nullable; fields only ever seen as `null` become strings (Delta has no null type).
@@ -760,5 +803,29 @@ mod proptests {
             seen.sort();
             prop_assert_eq!(seen, (0..payloads.len() as i64).collect::<Vec<_>>());
         }
+    }
+}
+
+#[cfg(test)]
+mod inference_tests {
+    use super::*;
+
+    #[test]
+    fn first_message_sets_types_and_a_conflicting_one_becomes_a_dead_letter() {
+        let mut d = JsonDecoder::new(
+            JsonDecoderConfig { table: "t".into(), max_message_bytes: 1024, schema_evolution: true, max_messages: 100 },
+            None,
+        );
+        let payloads: [&[u8]; 4] = [br#"{"id": 1, "amount": 2}"#, br#"{"id": {"x": 1}}"#, br#"{"id": 3, "amount": 2.5}"#, br#"{"id": 4}"#];
+        for (i, p) in payloads.iter().enumerate() {
+            d.push(&RawMessage { topic: "t", partition: 0, offset: i as i64, timestamp_ms: None, key: None, payload: Some(p) });
+        }
+        let batch = d.finish().expect("finish").expect("batch");
+        assert_eq!(batch.rows.as_ref().map(RecordBatch::num_rows), Some(3));
+        assert_eq!(batch.dead_letters.len(), 1);
+        assert_eq!((batch.dead_letters[0].offset, batch.dead_letters[0].stage), (1, Stage::Schema));
+        let schema = d.schema().expect("schema");
+        assert_eq!(schema.field_with_name("id").expect("id").data_type(), &DataType::Int64);
+        assert_eq!(schema.field_with_name("amount").expect("amount").data_type(), &DataType::Float64);
     }
 }

@@ -112,11 +112,16 @@ impl BronzeSink {
         let batch_schema = merged_schema(&s.name, s.pending.iter().map(|b| b.schema()))?;
         if s.table.is_none() {
             let t = table::open(&s.name, &s.url).await?;
-            s.table = Some(if table::exists(&t) {
-                t
+            if table::exists(&t) {
+                s.table = Some(t);
+            } else if s.pending.is_empty() {
+                // Only dead letters so far and no schema to create the table with. Their
+                // offsets are recorded in the dead-letter table, whose own transaction ids
+                // keep a re-read from landing them twice.
+                return Ok(());
             } else {
-                table::create(&s.name, &s.url, &batch_schema, &s.partition_by).await?
-            });
+                s.table = Some(table::create(&s.name, &s.url, &batch_schema, &s.partition_by).await?);
+            }
         }
         let Some(t) = s.table.as_mut() else {
             return Ok(());

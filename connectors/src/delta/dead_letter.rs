@@ -29,11 +29,11 @@ pub const DEAD_LETTERS: &str = "_sluice/dead_letters";
 pub fn schema() -> SchemaRef {
     let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
     Arc::new(Schema::new(vec![
-        Field::new("topic", DataType::Utf8, true),
-        Field::new("partition", DataType::Int32, true),
-        Field::new("offset", DataType::Int64, true),
+        Field::new("kafka_topic", DataType::Utf8, true),
+        Field::new("kafka_partition", DataType::Int32, true),
+        Field::new("kafka_offset", DataType::Int64, true),
         Field::new("kafka_timestamp", ts.clone(), true),
-        Field::new("key", DataType::Binary, true),
+        Field::new("kafka_key", DataType::Binary, true),
         Field::new("payload", DataType::Binary, true),
         Field::new("stage", DataType::Utf8, true),
         Field::new("error", DataType::Utf8, true),

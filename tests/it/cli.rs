@@ -1,0 +1,75 @@
+//! The command line as a user meets it: config validation, exit codes, the demo.
+
+use std::process::Command;
+
+fn sluice() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    c.env("SLUICE_LOG", "warn,buoyant_kernel=off");
+    c
+}
+
+#[test]
+fn validate_config_lists_every_problem_and_exits_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[kafka]\nbootstrap_servers = \"\"\ncolour = \"blue\"\n[bronze]\nflush_max_rows = 0\nflush_latency_ms = 10\n[bronze.routes]\nnot-a-topic = \"x\"\n",
+    )
+    .expect("write");
+    let out = sluice().arg("validate-config").arg(&path).output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "kafka.colour: unknown key",
+        "bronze.flush_latency_ms: unknown key",
+        "kafka.bootstrap_servers: missing",
+        "kafka.topics: missing",
+        "bronze.flush_max_rows: must be greater than 0",
+        "bronze.routes.not-a-topic: routes a topic that kafka.topics does not list",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn validate_config_accepts_the_demo_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = sluice().args(["demo", "--print-config"]).output().expect("run");
+    assert!(out.status.success());
+    let path = dir.path().join("demo.toml");
+    std::fs::write(&path, &out.stdout).expect("write");
+    let out = sluice().arg("validate-config").arg(&path).output().expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn run_without_a_config_is_a_usage_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = sluice().arg("run").current_dir(dir.path()).output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no configuration"));
+}
+
+#[test]
+fn demo_is_idempotent_and_ends_with_a_query() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path().join("lake");
+    let run = || {
+        let out = sluice().arg("demo").arg("--lake").arg(&lake).output().expect("demo");
+        assert!(out.status.success(), "demo failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = run();
+    for line in [
+        "bronze.card_transactions            40000 rows",
+        "bronze.customers                     2000 rows",
+        "bronze.touchpoints                  15000 rows",
+        "sluice.dead_letters                     4 rows",
+        "| segment  | transactions | spend_gbp  |",
+    ] {
+        assert!(first.contains(line), "missing {line:?} in:\n{first}");
+    }
+    let second = run();
+    assert_eq!(first, second, "a second demo run must add nothing");
+}

@@ -1,0 +1,247 @@
+//! Brokers, producers and checks shared by the integration tests.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use sluice_connectors::demo::broker::{EmbeddedBroker, Outgoing, SimpleProducer};
+
+/// A Kafka-protocol broker a test can create topics on.
+pub trait Broker {
+    fn bootstrap(&self) -> String;
+    fn create_topic(&self, name: &str, partitions: i32);
+}
+
+/// librdkafka's mock cluster, in this process.
+pub struct Mock(pub EmbeddedBroker);
+
+impl Mock {
+    pub fn start() -> Self {
+        Mock(EmbeddedBroker::start(1).expect("mock cluster"))
+    }
+}
+
+impl Broker for Mock {
+    fn bootstrap(&self) -> String {
+        self.0.bootstrap_servers()
+    }
+    fn create_topic(&self, name: &str, partitions: i32) {
+        self.0.create_topic(name, partitions).expect("create topic");
+    }
+}
+
+/// A real broker process: tansu with in-memory storage, on a free loopback port.
+pub struct Tansu {
+    child: Child,
+    url: String,
+    bootstrap: String,
+}
+
+impl Tansu {
+    /// Start tansu, or `None` when it is not installed outside CI (in CI it must be).
+    pub fn start() -> Option<Self> {
+        let bin = which_tansu();
+        let Some(bin) = bin else {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("tansu is not installed; .ci/run installs it with `cargo install --locked tansu --features dynostore`");
+            }
+            eprintln!("SKIPPED: tansu not installed (cargo install --locked tansu --features dynostore)");
+            return None;
+        };
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(Tansu { child, url, bootstrap: format!("127.0.0.1:{port}") })
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Broker for Tansu {
+    fn bootstrap(&self) -> String {
+        self.bootstrap.clone()
+    }
+    fn create_topic(&self, name: &str, partitions: i32) {
+        let bin = which_tansu().expect("tansu");
+        let out = Command::new(bin)
+            .args(["topic", "create", "--broker", &self.url, "--partitions", &partitions.to_string(), name])
+            .output()
+            .expect("tansu topic create");
+        assert!(out.status.success(), "tansu topic create: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+fn which_tansu() -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("tansu")).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(Path::new(&home).join(".cargo/bin/tansu"));
+    }
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A JSON event of about 100 bytes.
+pub fn event(i: usize) -> Vec<u8> {
+    format!(r#"{{"id": {i}, "customer": "C{:07}", "amount_gbp": {}.{:02}, "channel": "app"}}"#, i % 5000, i % 700, i % 100)
+        .into_bytes()
+}
+
+/// Produce `count` events (ids `start..start+count`) to `topic`.
+pub fn produce(broker: &dyn Broker, topic: &str, start: usize, count: usize) {
+    let producer = SimpleProducer::new(&broker.bootstrap()).expect("producer");
+    for i in start..start + count {
+        let key = format!("k{i}");
+        let payload = event(i);
+        producer
+            .send(&Outgoing { topic, key: Some(key.as_bytes()), payload: Some(&payload), timestamp_ms: Some(1_767_225_600_000 + i as i64) })
+            .expect("send");
+    }
+    producer.flush().expect("flush");
+}
+
+/// Produce raw payloads, in order.
+pub fn produce_raw(broker: &dyn Broker, topic: &str, payloads: &[Option<&[u8]>]) {
+    let producer = SimpleProducer::new(&broker.bootstrap()).expect("producer");
+    for p in payloads {
+        producer.send(&Outgoing { topic, key: Some(b"key"), payload: *p, timestamp_ms: None }).expect("send");
+    }
+    producer.flush().expect("flush");
+}
+
+/// Offsets `low..high` of every partition of `topic`.
+pub fn watermarks(broker: &dyn Broker, topic: &str, partitions: i32) -> BTreeMap<i32, (i64, i64)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", "sluice-test-watermarks")
+        .create()
+        .expect("consumer");
+    (0..partitions)
+        .map(|p| (p, consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks")))
+        .collect()
+}
+
+/// A scratch directory with a config file and a lake.
+pub struct Workdir {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workdir {
+    pub fn new() -> Self {
+        Workdir { dir: tempfile::tempdir().expect("tempdir") }
+    }
+    pub fn lake(&self) -> PathBuf {
+        self.dir.path().join("lake")
+    }
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("sluice.toml")
+    }
+    /// Write a config consuming `topics` from `broker`, plus `extra` TOML.
+    pub fn write_config(&self, broker: &dyn Broker, pipeline: &str, topics: &[&str], extra: &str) {
+        let topics = topics.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(", ");
+        let text = format!(
+            "[pipeline]\nname = \"{pipeline}\"\n\n[kafka]\nbootstrap_servers = \"{}\"\ntopics = [{topics}]\n\
+             session_timeout_ms = 6000\ndecode_batch_max_latency_ms = 50\n\n[bronze]\n\
+             flush_max_latency_ms = 500\n{extra}",
+            broker.bootstrap()
+        );
+        std::fs::write(self.config(), text).expect("write config");
+    }
+    /// `sluice <args> --config <config> --lake <lake>` ready to run.
+    pub fn sluice(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        c.args(args).arg("--config").arg(self.config()).arg("--lake").arg(self.lake());
+        c.env("SLUICE_LOG", "warn,buoyant_kernel=off");
+        c
+    }
+    /// Run to completion and return the output, failing the test on a non-zero exit.
+    pub fn run_ok(&self, args: &[&str]) -> Output {
+        let out = self.sluice(args).output().expect("run sluice");
+        assert!(
+            out.status.success(),
+            "sluice {args:?} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+    /// Rows of a SQL query as CSV lines, header dropped.
+    pub fn sql(&self, query: &str) -> Vec<String> {
+        let out = self.run_ok(&["sql", "--format", "csv", query]);
+        String::from_utf8_lossy(&out.stdout).lines().skip(1).map(str::to_string).collect()
+    }
+    /// Number of rows of a table, 0 when it does not exist yet.
+    pub fn count(&self, table: &str) -> usize {
+        let out = self.sluice(&["sql", "--format", "csv", &format!("select count(*) from {table}")]).output().expect("sql");
+        if !out.status.success() {
+            return 0;
+        }
+        String::from_utf8_lossy(&out.stdout).lines().nth(1).and_then(|l| l.trim().parse().ok()).unwrap_or(0)
+    }
+}
+
+/// Assert every offset of every partition of `topic` is in `table` exactly once.
+pub fn assert_exactly_once(w: &Workdir, table: &str, broker: &dyn Broker, topic: &str, partitions: i32) {
+    let marks = watermarks(broker, topic, partitions);
+    let rows = w.sql(&format!(
+        "select _kafka_partition, _kafka_offset from {table} where _kafka_topic = '{topic}' order by 1, 2"
+    ));
+    let mut seen: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for r in &rows {
+        let (p, o) = r.split_once(',').expect("two columns");
+        seen.entry(p.parse().expect("partition")).or_default().push(o.parse().expect("offset"));
+    }
+    for (p, (low, high)) in marks {
+        let got = seen.remove(&p).unwrap_or_default();
+        let expected: Vec<i64> = (low..high).collect();
+        if got != expected {
+            let mut dups = got.clone();
+            dups.dedup();
+            panic!(
+                "{topic}[{p}]: expected offsets {low}..{high} once each; got {} rows, {} distinct, first missing {:?}",
+                got.len(),
+                dups.len(),
+                expected.iter().find(|o| got.binary_search(o).is_err())
+            );
+        }
+    }
+    assert!(seen.is_empty(), "rows from unknown partitions: {seen:?}");
+}
+
+/// Wait until `cond` holds, polling; panics after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Send SIGTERM (graceful stop) to a child.
+pub fn terminate(child: &Child) {
+    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("kill");
+    assert!(status.success());
+}
