@@ -28,15 +28,33 @@ pub struct BenchArgs {
 pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let broker = EmbeddedBroker::start(1)?;
     broker.create_topic("txn-events", args.partitions)?;
-    let scale = Scale { customers: 10_000, transactions: args.messages, touchpoints: 0, with_bad_messages: false };
+    let scale = Scale {
+        customers: 10_000,
+        transactions: args.messages,
+        touchpoints: 0,
+        with_bad_messages: false,
+    };
     let producer = SimpleProducer::new(&broker.bootstrap_servers())?;
     let mut bytes = 0usize;
-    for m in bank::generate(scale).iter().filter(|m| m.topic == "txn-events") {
+    for m in bank::generate(scale)
+        .iter()
+        .filter(|m| m.topic == "txn-events")
+    {
         bytes += m.payload.as_ref().map_or(0, Vec::len);
-        producer.send(&Outgoing { topic: m.topic, key: Some(m.key.as_bytes()), payload: m.payload.as_deref(), timestamp_ms: Some(m.timestamp_ms) })?;
+        producer.send(&Outgoing {
+            topic: m.topic,
+            key: Some(m.key.as_bytes()),
+            payload: m.payload.as_deref(),
+            timestamp_ms: Some(m.timestamp_ms),
+        })?;
     }
     producer.flush()?;
-    eprintln!("bench: pre-loaded {} messages ({:.1} MB) into {} partitions", args.messages, bytes as f64 / 1e6, args.partitions);
+    eprintln!(
+        "bench: pre-loaded {} messages ({:.1} MB) into {} partitions",
+        args.messages,
+        bytes as f64 / 1e6,
+        args.partitions
+    );
 
     let dir = tempfile::tempdir().context("creating a scratch lake")?;
     let config = dir.path().join("bench.toml");
@@ -61,16 +79,33 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let out = child.wait_with_output().await?;
     anyhow::ensure!(out.status.success(), "sluice run failed: {}", out.status);
     let s: Summary = serde_json::from_slice(&out.stdout).context("reading the run summary")?;
-    anyhow::ensure!(s.rows as usize == args.messages, "drained {} rows of {}", s.rows, args.messages);
+    anyhow::ensure!(
+        s.rows as usize == args.messages,
+        "drained {} rows of {}",
+        s.rows,
+        args.messages
+    );
     let secs = s.active_seconds.max(1e-9);
     println!("messages           {}", s.messages);
     println!("payload MB         {:.1}", s.source_bytes as f64 / 1e6);
     println!("active seconds     {:.2}", s.active_seconds);
     println!("messages/s         {:.0}", s.messages as f64 / secs);
-    println!("MB/s               {:.1}", s.source_bytes as f64 / 1e6 / secs);
-    println!("cpu s / million    {:.2}", s.cpu_seconds / (s.messages as f64 / 1e6));
-    println!("msgs per cpu-s     {:.0}", s.messages as f64 / s.cpu_seconds.max(1e-9));
-    println!("peak RSS MiB       {:.0}", s.peak_rss_bytes as f64 / 1048576.0);
+    println!(
+        "MB/s               {:.1}",
+        s.source_bytes as f64 / 1e6 / secs
+    );
+    println!(
+        "cpu s / million    {:.2}",
+        s.cpu_seconds / (s.messages as f64 / 1e6)
+    );
+    println!(
+        "msgs per cpu-s     {:.0}",
+        s.messages as f64 / s.cpu_seconds.max(1e-9)
+    );
+    println!(
+        "peak RSS MiB       {:.0}",
+        s.peak_rss_bytes as f64 / 1048576.0
+    );
     println!("commits            {}", s.commits);
     drop(broker);
     Ok(())

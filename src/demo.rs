@@ -82,9 +82,15 @@ pub async fn demo(config: Option<Config>, lake: &Path, format: Format) -> anyhow
     let summary = run::run_pipeline(&config, lake, true, stop).await?;
     eprintln!(
         "demo: {} new messages → {} rows, {} dead letters, {} commits ({:.1}s)",
-        summary.messages, summary.rows, summary.dead_letters, summary.commits, started.elapsed().as_secs_f64()
+        summary.messages,
+        summary.rows,
+        summary.dead_letters,
+        summary.commits,
+        started.elapsed().as_secs_f64()
     );
-    let catalog = sluice_sql::Catalog::open(lake).await.context("opening the lake for SQL")?;
+    let catalog = sluice_sql::Catalog::open(lake)
+        .await
+        .context("opening the lake for SQL")?;
     let mut counts = Vec::new();
     for t in catalog.tables() {
         counts.push((t.qualified(), catalog.count(t).await?));

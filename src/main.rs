@@ -14,8 +14,19 @@ use sluice_pipeline::config::Config;
 
 use crate::output::Format;
 
+/// Log filter when `SLUICE_LOG` is unset. delta-rs reports expected events loudly (a
+/// skipped statistics column per file, a refused commit that sluice retries); the Delta
+/// kernel logs an error for every probe of a table not yet created. Failures still
+/// reach the user as errors.
+const DEFAULT_LOG_FILTER: &str = "info,deltalake=warn,deltalake_core=warn,deltalake_core::writer::stats=error,\
+     deltalake_core::kernel::transaction=off,datafusion=warn,buoyant_kernel=off";
+
 #[derive(Debug, Parser)]
-#[command(name = "sluice", version, about = "Streaming lakehouse pipeline: Kafka to Delta Lake, exactly once")]
+#[command(
+    name = "sluice",
+    version,
+    about = "Streaming lakehouse pipeline: Kafka to Delta Lake, exactly once"
+)]
 struct Cli {
     /// Configuration file (default: ./sluice.toml if present).
     #[arg(long, global = true, value_name = "FILE")]
@@ -69,7 +80,10 @@ struct Failure {
 
 impl<E: Into<anyhow::Error>> From<E> for Failure {
     fn from(e: E) -> Self {
-        Failure { code: 1, error: e.into() }
+        Failure {
+            code: 1,
+            error: e.into(),
+        }
     }
 }
 
@@ -81,7 +95,11 @@ fn config_path(cli: &Cli, explicit: Option<&Path>) -> Option<PathBuf> {
     explicit
         .map(Path::to_path_buf)
         .or_else(|| cli.config.clone())
-        .or_else(|| Path::new("sluice.toml").exists().then(|| PathBuf::from("sluice.toml")))
+        .or_else(|| {
+            Path::new("sluice.toml")
+                .exists()
+                .then(|| PathBuf::from("sluice.toml"))
+        })
 }
 
 fn load_config(path: &Path) -> Result<Config, Failure> {
@@ -98,8 +116,11 @@ fn lake(cli: &Cli, config: Option<&Config>) -> PathBuf {
 async fn execute(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Run { until_caught_up } => {
-            let path = config_path(&cli, None)
-                .ok_or_else(|| usage(anyhow::anyhow!("no configuration: pass --config FILE or create ./sluice.toml")))?;
+            let path = config_path(&cli, None).ok_or_else(|| {
+                usage(anyhow::anyhow!(
+                    "no configuration: pass --config FILE or create ./sluice.toml"
+                ))
+            })?;
             let config = load_config(&path)?;
             let lake = lake(&cli, Some(&config));
             let stop = run::stop_on_signals();
@@ -141,7 +162,11 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                     for p in &problems {
                         println!("{}: {p}", path.display());
                     }
-                    return Err(usage(anyhow::anyhow!("{} problem(s) in {}", problems.len(), path.display())));
+                    return Err(usage(anyhow::anyhow!(
+                        "{} problem(s) in {}",
+                        problems.len(),
+                        path.display()
+                    )));
                 }
             }
         }
@@ -159,7 +184,9 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                 }
                 println!("{}", rows.join("\n"));
             } else {
-                let q = query.as_deref().ok_or_else(|| usage(anyhow::anyhow!("give a query, or --tables")))?;
+                let q = query
+                    .as_deref()
+                    .ok_or_else(|| usage(anyhow::anyhow!("give a query, or --tables")))?;
                 let batches = catalog.query(q).await.map_err(|e| usage(e.into()))?;
                 output::print(&batches, cli.format)?;
             }
@@ -174,7 +201,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,deltalake=warn,deltalake_core=warn,datafusion=warn,buoyant_kernel=off")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -17,7 +17,9 @@ pub fn print(batches: &[RecordBatch], format: Format) -> anyhow::Result<()> {
     match format {
         Format::Table => println!("{}", arrow::util::pretty::pretty_format_batches(batches)?),
         Format::Csv => {
-            let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(stdout.lock());
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(stdout.lock());
             for b in batches {
                 w.write(b)?;
             }

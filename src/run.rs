@@ -77,13 +77,14 @@ pub fn stop_on_signals() -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -95,7 +96,12 @@ pub fn stop_on_signals() -> Arc<AtomicBool> {
 }
 
 /// Run the bronze pipeline of `config` into `lake` until stopped (or caught up).
-pub async fn run_pipeline(config: &Config, lake: &Path, until_caught_up: bool, stop: Arc<AtomicBool>) -> anyhow::Result<Summary> {
+pub async fn run_pipeline(
+    config: &Config,
+    lake: &Path,
+    until_caught_up: bool,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<Summary> {
     let routes = config.bronze_tables();
     let declared = routes
         .values()
@@ -135,7 +141,8 @@ pub async fn run_pipeline(config: &Config, lake: &Path, until_caught_up: bool, s
         max_bytes: config.bronze.flush_max_bytes,
         max_latency: Duration::from_millis(config.bronze.flush_max_latency_ms),
     };
-    let (events, control, thread) = source::start(source_config, stop.clone()).context("starting the Kafka source")?;
+    let (events, control, thread) =
+        source::start(source_config, stop.clone()).context("starting the Kafka source")?;
     let result = runner::run(events, &control, &Transforms::new(), &mut sink, policy).await;
     // Whatever happened, let the consumer thread finish: it forwards the last offsets to the
     // group, then leaves it.

@@ -7,7 +7,7 @@ pub enum Error {
     Kafka {
         context: String,
         #[source]
-        source: rdkafka::error::KafkaError,
+        source: Box<rdkafka::error::KafkaError>,
     },
 
     #[error("delta table {table}: {context}: {source}")]
@@ -15,7 +15,7 @@ pub enum Error {
         table: String,
         context: String,
         #[source]
-        source: deltalake::DeltaTableError,
+        source: Box<deltalake::DeltaTableError>,
     },
 
     #[error("arrow: {0}")]
@@ -24,7 +24,9 @@ pub enum Error {
     #[error("decode: {0}")]
     Decode(String),
 
-    #[error("table {table}: column '{column}' is {found} in the batch but {expected} in the table; change the table or the producer")]
+    #[error(
+        "table {table}: column '{column}' is {found} in the batch but {expected} in the table; change the table or the producer"
+    )]
     SchemaConflict {
         table: String,
         column: String,
@@ -62,7 +64,25 @@ impl From<Error> for sluice_pipeline::Error {
     }
 }
 
-pub(crate) fn delta(table: &str, context: &str) -> impl FnOnce(deltalake::DeltaTableError) -> Error {
+/// Wrap a librdkafka error with what sluice was doing.
+pub(crate) fn kafka(
+    context: impl Into<String>,
+) -> impl FnOnce(rdkafka::error::KafkaError) -> Error {
+    let context = context.into();
+    move |source| Error::Kafka {
+        context,
+        source: Box::new(source),
+    }
+}
+
+pub(crate) fn delta(
+    table: &str,
+    context: &str,
+) -> impl FnOnce(deltalake::DeltaTableError) -> Error {
     let (table, context) = (table.to_string(), context.to_string());
-    move |source| Error::Delta { table, context, source }
+    move |source| Error::Delta {
+        table,
+        context,
+        source: Box::new(source),
+    }
 }

@@ -331,35 +331,62 @@ impl Config {
         let mut seen = std::collections::BTreeSet::new();
         for t in &k.topics {
             if t.is_empty() || t.len() > 249 {
-                p.push(Problem::new("kafka.topics", format!("'{t}' is not a valid topic name")));
+                p.push(Problem::new(
+                    "kafka.topics",
+                    format!("'{t}' is not a valid topic name"),
+                ));
             } else if !seen.insert(t) {
-                p.push(Problem::new("kafka.topics", format!("'{t}' is listed twice")));
+                p.push(Problem::new(
+                    "kafka.topics",
+                    format!("'{t}' is listed twice"),
+                ));
             }
         }
         if matches!(&k.group_id, Some(g) if g.is_empty()) {
             p.push(Problem::new("kafka.group_id", "must not be empty"));
         }
         if k.max_prefetch_bytes < 1024 {
-            p.push(Problem::new("kafka.max_prefetch_bytes", "must be at least 1024"));
+            p.push(Problem::new(
+                "kafka.max_prefetch_bytes",
+                "must be at least 1024",
+            ));
         }
         if k.session_timeout_ms < 1000 {
-            p.push(Problem::new("kafka.session_timeout_ms", "must be at least 1000"));
+            p.push(Problem::new(
+                "kafka.session_timeout_ms",
+                "must be at least 1000",
+            ));
         }
         if k.decode_batch_max_messages == 0 {
-            p.push(Problem::new("kafka.decode_batch_max_messages", "must be greater than 0"));
+            p.push(Problem::new(
+                "kafka.decode_batch_max_messages",
+                "must be greater than 0",
+            ));
         }
         if self.decode.max_message_bytes == 0 {
-            p.push(Problem::new("decode.max_message_bytes", "must be greater than 0"));
+            p.push(Problem::new(
+                "decode.max_message_bytes",
+                "must be greater than 0",
+            ));
         }
         let b = &self.bronze;
         if b.flush_max_rows == 0 {
-            p.push(Problem::new("bronze.flush_max_rows", "must be greater than 0"));
+            p.push(Problem::new(
+                "bronze.flush_max_rows",
+                "must be greater than 0",
+            ));
         }
         if b.flush_max_bytes == 0 {
-            p.push(Problem::new("bronze.flush_max_bytes", "must be greater than 0"));
+            p.push(Problem::new(
+                "bronze.flush_max_bytes",
+                "must be greater than 0",
+            ));
         }
         if b.flush_max_latency_ms == 0 {
-            p.push(Problem::new("bronze.flush_max_latency_ms", "must be greater than 0"));
+            p.push(Problem::new(
+                "bronze.flush_max_latency_ms",
+                "must be greater than 0",
+            ));
         }
         if b.target_file_size_bytes < 1024 * 1024 {
             p.push(Problem::new(
@@ -377,7 +404,9 @@ impl Config {
             if !is_identifier(table) {
                 p.push(Problem::new(
                     format!("bronze.routes.{topic}"),
-                    format!("'{table}' is not a table name: use [a-z0-9_], not starting with a digit"),
+                    format!(
+                        "'{table}' is not a table name: use [a-z0-9_], not starting with a digit"
+                    ),
                 ));
             }
         }
@@ -403,7 +432,10 @@ impl Config {
                     p.push(Problem::new(&cat, "column names must be non-empty and not start with '_' (reserved for lineage)"));
                 }
                 if !cols.insert(c.name.as_str()) {
-                    p.push(Problem::new(&cat, format!("column '{}' is declared twice", c.name)));
+                    p.push(Problem::new(
+                        &cat,
+                        format!("column '{}' is declared twice", c.name),
+                    ));
                 }
                 if parse_type(&c.data_type).is_none() {
                     p.push(Problem::new(&cat, format!("unknown type '{}': use string, long, integer, double, boolean, timestamp, date or binary", c.data_type)));
@@ -411,13 +443,24 @@ impl Config {
             }
             if let Some(parts) = &t.partition_by {
                 let declared: Vec<&str> = t.schema.iter().map(|c| c.name.as_str()).collect();
-                self.check_partition_columns(&format!("{at}.partition_by"), parts, &declared, &mut p);
+                self.check_partition_columns(
+                    &format!("{at}.partition_by"),
+                    parts,
+                    &declared,
+                    &mut p,
+                );
             }
         }
         p
     }
 
-    fn check_partition_columns(&self, at: &str, parts: &[String], declared: &[&str], p: &mut Vec<Problem>) {
+    fn check_partition_columns(
+        &self,
+        at: &str,
+        parts: &[String],
+        declared: &[&str],
+        p: &mut Vec<Problem>,
+    ) {
         for c in parts {
             let lineage = ["_kafka_topic", "_kafka_partition", "_ingest_date"];
             if !lineage.contains(&c.as_str()) && !declared.contains(&c.as_str()) {

@@ -96,7 +96,11 @@ pub async fn run<S: Sink>(
     Ok(stats)
 }
 
-async fn commit<S: Sink>(sink: &mut S, control: &dyn SourceControl, stats: &mut RunStats) -> Result<()> {
+async fn commit<S: Sink>(
+    sink: &mut S,
+    control: &dyn SourceControl,
+    stats: &mut RunStats,
+) -> Result<()> {
     let outcome = sink.commit().await?;
     stats.rows += outcome.rows as u64;
     stats.dead_letters += outcome.dead_letters as u64;
@@ -161,14 +165,23 @@ mod tests {
     struct Control(Mutex<Vec<i64>>);
     impl SourceControl for Control {
         fn committed(&self, offsets: &[(TopicPartition, i64)]) {
-            self.0.lock().expect("lock").extend(offsets.iter().map(|o| o.1));
+            self.0
+                .lock()
+                .expect("lock")
+                .extend(offsets.iter().map(|o| o.1));
         }
         fn seek(&self, _: &TopicPartition, _: i64) {}
     }
 
     fn batch(first: i64, n: usize) -> SourceEvent {
         let mut offsets = BTreeMap::new();
-        offsets.insert(TopicPartition::new("t", 0), OffsetRange { first, last: first + n as i64 - 1 });
+        offsets.insert(
+            TopicPartition::new("t", 0),
+            OffsetRange {
+                first,
+                last: first + n as i64 - 1,
+            },
+        );
         let dead_letters = (0..n)
             .map(|i| crate::DeadLetter {
                 topic: "t".into(),
@@ -181,21 +194,37 @@ mod tests {
                 error: "x".into(),
             })
             .collect();
-        SourceEvent::Batch(SourceBatch { table: "t".into(), rows: None, offsets, dead_letters, source_bytes: 0 })
+        SourceEvent::Batch(SourceBatch {
+            table: "t".into(),
+            rows: None,
+            offsets,
+            dead_letters,
+            source_bytes: 0,
+        })
     }
 
     #[tokio::test(start_paused = true)]
     async fn commits_by_row_count_then_reports_offsets_to_the_source() {
         let (tx, rx) = mpsc::channel(8);
-        let policy = FlushPolicy { max_rows: 10, max_bytes: usize::MAX, max_latency: Duration::from_secs(3600) };
+        let policy = FlushPolicy {
+            max_rows: 10,
+            max_bytes: usize::MAX,
+            max_latency: Duration::from_secs(3600),
+        };
         let mut sink = CountingSink::default();
         let control = Control::default();
         tx.send(batch(0, 6)).await.expect("send");
         tx.send(batch(6, 6)).await.expect("send");
         tx.send(batch(12, 3)).await.expect("send");
         drop(tx);
-        let stats = run(rx, &control, &Transforms::new(), &mut sink, policy).await.expect("run");
-        assert_eq!(sink.commits, vec![12, 3], "one commit at the threshold, one at the end");
+        let stats = run(rx, &control, &Transforms::new(), &mut sink, policy)
+            .await
+            .expect("run");
+        assert_eq!(
+            sink.commits,
+            vec![12, 3],
+            "one commit at the threshold, one at the end"
+        );
         assert_eq!(stats.messages, 15);
         assert_eq!(*control.0.lock().expect("lock"), vec![12, 15]);
     }
@@ -220,8 +249,11 @@ mod tests {
     async fn rows_of_a_table_without_transforms_reach_the_sink() {
         use arrow::array::Int32Array;
         let (tx, rx) = mpsc::channel(1);
-        let rows = arrow::array::RecordBatch::try_from_iter([("x", std::sync::Arc::new(Int32Array::from(vec![1, 2, 3])) as _)])
-            .expect("batch");
+        let rows = arrow::array::RecordBatch::try_from_iter([(
+            "x",
+            std::sync::Arc::new(Int32Array::from(vec![1, 2, 3])) as _,
+        )])
+        .expect("batch");
         tx.send(SourceEvent::Batch(SourceBatch {
             table: "t".into(),
             rows: Some(rows),
@@ -233,24 +265,46 @@ mod tests {
         .expect("send");
         drop(tx);
         let mut sink = RowSink::default();
-        let policy = FlushPolicy { max_rows: 10, max_bytes: 10, max_latency: Duration::from_secs(1) };
-        run(rx, &Control::default(), &Transforms::new(), &mut sink, policy).await.expect("run");
+        let policy = FlushPolicy {
+            max_rows: 10,
+            max_bytes: 10,
+            max_latency: Duration::from_secs(1),
+        };
+        run(
+            rx,
+            &Control::default(),
+            &Transforms::new(),
+            &mut sink,
+            policy,
+        )
+        .await
+        .expect("run");
         assert_eq!(sink.0, vec![3]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn commits_after_max_latency_while_the_source_is_idle() {
         let (tx, rx) = mpsc::channel(8);
-        let policy = FlushPolicy { max_rows: 1000, max_bytes: usize::MAX, max_latency: Duration::from_secs(2) };
+        let policy = FlushPolicy {
+            max_rows: 1000,
+            max_bytes: usize::MAX,
+            max_latency: Duration::from_secs(2),
+        };
         let mut sink = CountingSink::default();
         let control = Control::default();
         let runner = async {
-            run(rx, &control, &Transforms::new(), &mut sink, policy).await.expect("run")
+            run(rx, &control, &Transforms::new(), &mut sink, policy)
+                .await
+                .expect("run")
         };
         let feeder = async {
             tx.send(batch(0, 3)).await.expect("send");
             tokio::time::sleep(Duration::from_secs(5)).await;
-            assert_eq!(*control.0.lock().expect("lock"), vec![3], "latency flush happened while idle");
+            assert_eq!(
+                *control.0.lock().expect("lock"),
+                vec![3],
+                "latency flush happened while idle"
+            );
             drop(tx);
         };
         let (stats, ()) = tokio::join!(runner, feeder);

@@ -21,7 +21,7 @@ pub enum Error {
     Table {
         table: String,
         #[source]
-        source: deltalake::DeltaTableError,
+        source: Box<deltalake::DeltaTableError>,
     },
     #[error("{0}")]
     Query(#[from] datafusion::error::DataFusionError),
@@ -68,7 +68,12 @@ pub fn find_tables(lake: &Path) -> Result<Vec<TableRef>> {
         let entries = match std::fs::read_dir(&layer) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => return Err(Error::Io { path: layer, source }),
+            Err(source) => {
+                return Err(Error::Io {
+                    path: layer,
+                    source,
+                });
+            }
         };
         let mut names: Vec<(String, PathBuf)> = entries
             .filter_map(|e| e.ok())
@@ -77,7 +82,11 @@ pub fn find_tables(lake: &Path) -> Result<Vec<TableRef>> {
             .filter_map(|p| Some((p.file_name()?.to_str()?.to_string(), p)))
             .collect();
         names.sort();
-        out.extend(names.into_iter().map(|(name, path)| TableRef { schema: schema.to_string(), name, path }));
+        out.extend(names.into_iter().map(|(name, path)| TableRef {
+            schema: schema.to_string(),
+            name,
+            path,
+        }));
     }
     Ok(out)
 }
@@ -101,16 +110,28 @@ impl Catalog {
         }
         let tables = find_tables(lake)?;
         for t in &tables {
-            let abs = std::path::absolute(&t.path).map_err(|source| Error::Io { path: t.path.clone(), source })?;
+            let abs = std::path::absolute(&t.path).map_err(|source| Error::Io {
+                path: t.path.clone(),
+                source,
+            })?;
             let url = url_for(&abs)?;
             let table = deltalake::open_table(url)
                 .await
-                .map_err(|source| Error::Table { table: t.qualified(), source })?;
+                .map_err(|source| Error::Table {
+                    table: t.qualified(),
+                    source: Box::new(source),
+                })?;
             table
                 .update_datafusion_session(&ctx.state())
-                .map_err(|source| Error::Table { table: t.qualified(), source })?;
+                .map_err(|source| Error::Table {
+                    table: t.qualified(),
+                    source: Box::new(source),
+                })?;
             let provider = table.table_provider().await?;
-            ctx.register_table(datafusion::common::TableReference::partial(t.schema.as_str(), t.name.as_str()), provider)?;
+            ctx.register_table(
+                datafusion::common::TableReference::partial(t.schema.as_str(), t.name.as_str()),
+                provider,
+            )?;
         }
         Ok(Self { ctx, tables })
     }
@@ -128,10 +149,17 @@ impl Catalog {
 
     /// Row count of a registered table.
     pub async fn count(&self, table: &TableRef) -> Result<u64> {
-        let batches = self.query(&format!("select count(*) from {}", table.qualified())).await?;
+        let batches = self
+            .query(&format!("select count(*) from {}", table.qualified()))
+            .await?;
         let n = batches
             .first()
-            .and_then(|b| b.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().map(|a| a.value(0)))
+            .and_then(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<arrow::array::Int64Array>()
+                    .map(|a| a.value(0))
+            })
             .unwrap_or(0);
         Ok(n as u64)
     }

@@ -17,7 +17,11 @@ fn validate_config_lists_every_problem_and_exits_2() {
         "[kafka]\nbootstrap_servers = \"\"\ncolour = \"blue\"\n[bronze]\nflush_max_rows = 0\nflush_latency_ms = 10\n[bronze.routes]\nnot-a-topic = \"x\"\n",
     )
     .expect("write");
-    let out = sluice().arg("validate-config").arg(&path).output().expect("run");
+    let out = sluice()
+        .arg("validate-config")
+        .arg(&path)
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(2));
     let text = String::from_utf8_lossy(&out.stdout);
     for expected in [
@@ -35,18 +39,34 @@ fn validate_config_lists_every_problem_and_exits_2() {
 #[test]
 fn validate_config_accepts_the_demo_config() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = sluice().args(["demo", "--print-config"]).output().expect("run");
+    let out = sluice()
+        .args(["demo", "--print-config"])
+        .output()
+        .expect("run");
     assert!(out.status.success());
     let path = dir.path().join("demo.toml");
     std::fs::write(&path, &out.stdout).expect("write");
-    let out = sluice().arg("validate-config").arg(&path).output().expect("run");
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = sluice()
+        .arg("validate-config")
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
 fn run_without_a_config_is_a_usage_error() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = sluice().arg("run").current_dir(dir.path()).output().expect("run");
+    let out = sluice()
+        .arg("run")
+        .current_dir(dir.path())
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no configuration"));
 }
@@ -56,8 +76,17 @@ fn demo_is_idempotent_and_ends_with_a_query() {
     let dir = tempfile::tempdir().expect("tempdir");
     let lake = dir.path().join("lake");
     let run = || {
-        let out = sluice().arg("demo").arg("--lake").arg(&lake).output().expect("demo");
-        assert!(out.status.success(), "demo failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = sluice()
+            .arg("demo")
+            .arg("--lake")
+            .arg(&lake)
+            .output()
+            .expect("demo");
+        assert!(
+            out.status.success(),
+            "demo failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let first = run();

@@ -34,9 +34,12 @@ fn bad_messages_go_to_dead_letters_with_provenance(broker: &dyn Broker) {
         ]
     );
     // Good rows, the tombstone (a row of nulls) and the evolved row with a new column.
-    let good = w.sql("select _kafka_offset, id, channel, device from bronze.touchpoints order by _kafka_offset");
+    let good = w.sql(
+        "select _kafka_offset, id, channel, device from bronze.touchpoints order by _kafka_offset",
+    );
     assert_eq!(good, vec!["0,1,app,", "2,3,web,", "6,,,", "7,8,app,ios"]);
-    let raw = w.sql("select cast(payload as varchar) from sluice.dead_letters where kafka_offset = 1");
+    let raw =
+        w.sql("select cast(payload as varchar) from sluice.dead_letters where kafka_offset = 1");
     assert_eq!(raw, vec![r#""{""id"": 2, ""channel"": ""#.to_string()]);
     // Re-running adds nothing to either table.
     w.run_ok(&["run", "--until-caught-up"]);

@@ -10,19 +10,35 @@ fn python() -> Option<String> {
     match std::env::var("SLUICE_TEST_PYTHON") {
         Ok(p) if !p.is_empty() => Some(p),
         _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("SLUICE_TEST_PYTHON must name a python with duckdb and duckdb-ext-delta (see .ci/run)")
+            panic!(
+                "SLUICE_TEST_PYTHON must name a python with duckdb and duckdb-ext-delta (see .ci/run)"
+            )
         }
         _ => {
-            eprintln!("SKIPPED: set SLUICE_TEST_PYTHON to a python with duckdb and duckdb-ext-delta");
+            eprintln!(
+                "SKIPPED: set SLUICE_TEST_PYTHON to a python with duckdb and duckdb-ext-delta"
+            );
             None
         }
     }
 }
 
 fn duckdb(python: &str, table: &std::path::Path, select: &str) -> Vec<serde_json::Value> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/scripts/duckdb_read.py");
-    let out = Command::new(python).arg(script).arg(table).arg(select).output().expect("python");
-    assert!(out.status.success(), "duckdb: {}", String::from_utf8_lossy(&out.stderr));
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/it/scripts/duckdb_read.py"
+    );
+    let out = Command::new(python)
+        .arg(script)
+        .arg(table)
+        .arg(select)
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "duckdb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("json")
 }
 
@@ -53,7 +69,19 @@ fn duckdb_reads_bronze_and_dead_letters_identically() {
     assert!(ours[0].starts_with("12001,"), "{ours:?}");
 
     let dl_ours = w.sql("select count(*), sum(kafka_offset), min(stage) from sluice.dead_letters");
-    let dl_theirs = duckdb(&py, &w.lake().join("_sluice/dead_letters"), "count(*), sum(kafka_offset), min(stage)");
-    assert_eq!(dl_ours, vec![format!("{},{},{}", dl_theirs[0], dl_theirs[1], dl_theirs[2].as_str().unwrap_or_default())]);
+    let dl_theirs = duckdb(
+        &py,
+        &w.lake().join("_sluice/dead_letters"),
+        "count(*), sum(kafka_offset), min(stage)",
+    );
+    assert_eq!(
+        dl_ours,
+        vec![format!(
+            "{},{},{}",
+            dl_theirs[0],
+            dl_theirs[1],
+            dl_theirs[2].as_str().unwrap_or_default()
+        )]
+    );
     assert!(dl_ours[0].starts_with("1,"), "{dl_ours:?}");
 }

@@ -3,19 +3,28 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::harness::{Broker, Mock, Tansu, Workdir, assert_exactly_once, produce, terminate, wait_until};
+use crate::harness::{
+    Broker, Mock, Tansu, Workdir, assert_exactly_once, produce, terminate, wait_until,
+};
 
 fn two_processes_split_the_partitions(broker: &dyn Broker) {
     broker.create_topic("events", 4);
     let w = Workdir::new();
     w.write_config(broker, "grp", &["events"], "");
-    let spawn = || w.sluice(&["run", "--format", "json"]).stdout(Stdio::piped()).spawn().expect("spawn");
+    let spawn = || {
+        w.sluice(&["run", "--format", "json"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    };
     let a = spawn();
     std::thread::sleep(Duration::from_secs(2));
     let b = spawn();
     std::thread::sleep(Duration::from_secs(4));
     produce(broker, "events", 0, 20_000);
-    wait_until(Duration::from_secs(180), "all rows landed", || w.count("bronze.events") >= 20_000);
+    wait_until(Duration::from_secs(180), "all rows landed", || {
+        w.count("bronze.events") >= 20_000
+    });
     terminate(&a);
     terminate(&b);
     let summaries: Vec<serde_json::Value> = [a, b]
@@ -26,10 +35,16 @@ fn two_processes_split_the_partitions(broker: &dyn Broker) {
             serde_json::from_slice(&out.stdout).expect("summary json")
         })
         .collect();
-    let per_process: Vec<u64> = summaries.iter().map(|s| s["rows"].as_u64().expect("rows")).collect();
-    assert!(per_process.iter().all(|n| *n > 0), "both processes must ingest: {per_process:?}");
+    let per_process: Vec<u64> = summaries
+        .iter()
+        .map(|s| s["rows"].as_u64().expect("rows"))
+        .collect();
+    assert!(
+        per_process.iter().all(|n| *n > 0),
+        "both processes must ingest: {per_process:?}"
+    );
     assert_eq!(per_process.iter().sum::<u64>(), 20_000, "{per_process:?}");
-    assert_exactly_once(&w, "bronze.events", broker, "events", 4);
+    assert_exactly_once(&w, "bronze.events", "events", 4, 20_000);
 }
 
 #[test]

@@ -75,8 +75,16 @@ pub fn lineage_field(name: &str) -> Field {
 
 /// Payload schema plus lineage columns: the schema of a bronze table.
 pub fn with_lineage(payload: &Schema) -> SchemaRef {
-    let mut fields: Vec<Field> = payload.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.extend(sluice_pipeline::config::LINEAGE_COLUMNS.iter().map(|n| lineage_field(n)));
+    let mut fields: Vec<Field> = payload
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.extend(
+        sluice_pipeline::config::LINEAGE_COLUMNS
+            .iter()
+            .map(|n| lineage_field(n)),
+    );
     Arc::new(Schema::new(fields))
 }
 
@@ -171,12 +179,19 @@ impl JsonDecoder {
     /// Buffer one message.
     pub fn push(&mut self, m: &RawMessage<'_>) {
         let tp = TopicPartition::new(m.topic, m.partition);
-        let r = OffsetRange { first: m.offset, last: m.offset };
-        self.ranges.entry(tp).and_modify(|e| e.extend(r)).or_insert(r);
+        let r = OffsetRange {
+            first: m.offset,
+            last: m.offset,
+        };
+        self.ranges
+            .entry(tp)
+            .and_modify(|e| e.extend(r))
+            .or_insert(r);
         self.topics.append_value(m.topic);
         self.partitions.append_value(m.partition);
         self.offsets.append_value(m.offset);
-        self.timestamps.append_option(m.timestamp_ms.map(|t| t * 1000));
+        self.timestamps
+            .append_option(m.timestamp_ms.map(|t| t * 1000));
         self.keys.append_option(m.key);
 
         let reject = match m.payload {
@@ -196,7 +211,10 @@ impl JsonDecoder {
         let bytes = m.payload.unwrap_or(b"{}");
         let start = self.buf.len();
         self.buf.extend_from_slice(bytes);
-        self.slots.push(Slot::Row { start, end: self.buf.len() });
+        self.slots.push(Slot::Row {
+            start,
+            end: self.buf.len(),
+        });
         if self.dirty {
             return;
         }
@@ -245,7 +263,11 @@ impl JsonDecoder {
         };
         let (rows, good) = match fast {
             Some(b) => {
-                let good: Vec<bool> = self.slots.iter().map(|s| matches!(s, Slot::Row { .. })).collect();
+                let good: Vec<bool> = self
+                    .slots
+                    .iter()
+                    .map(|s| matches!(s, Slot::Row { .. }))
+                    .collect();
                 (Some(b), good)
             }
             None if self.dirty => self.decode_slow()?,
@@ -381,19 +403,29 @@ impl JsonDecoder {
     }
 
     fn timestamps_value(&self, i: usize) -> Option<i64> {
-        let valid = self.timestamps.validity_slice().is_none_or(|v| v[i / 8] & (1 << (i % 8)) != 0);
+        let valid = self
+            .timestamps
+            .validity_slice()
+            .is_none_or(|v| v[i / 8] & (1 << (i % 8)) != 0);
         valid.then(|| self.timestamps.values_slice()[i] / 1000)
     }
 
     fn key_value(&self, i: usize) -> Option<Vec<u8>> {
-        let valid = self.keys.validity_slice().is_none_or(|v| v[i / 8] & (1 << (i % 8)) != 0);
+        let valid = self
+            .keys
+            .validity_slice()
+            .is_none_or(|v| v[i / 8] & (1 << (i % 8)) != 0);
         let offsets = self.keys.offsets_slice();
         let (s, e) = (offsets[i] as usize, offsets[i + 1] as usize);
         valid.then(|| self.keys.values_slice()[s..e].to_vec())
     }
 
     /// Decode `msgs` with a fresh decoder; any message not adding exactly one row fails.
-    fn try_decode(&self, schema: &SchemaRef, msgs: &[usize]) -> std::result::Result<RecordBatch, String> {
+    fn try_decode(
+        &self,
+        schema: &SchemaRef,
+        msgs: &[usize],
+    ) -> std::result::Result<RecordBatch, String> {
         let mut d = build_decoder(schema, msgs.len()).map_err(|e| e.to_string())?;
         for (n, i) in msgs.iter().enumerate() {
             let bytes = self.payload(*i).unwrap_or_default();
@@ -409,7 +441,13 @@ impl JsonDecoder {
         }
     }
 
-    fn bisect(&self, schema: &SchemaRef, msgs: &[usize], parts: &mut Vec<RecordBatch>, bad: &mut Vec<(usize, String)>) {
+    fn bisect(
+        &self,
+        schema: &SchemaRef,
+        msgs: &[usize],
+        parts: &mut Vec<RecordBatch>,
+        bad: &mut Vec<(usize, String)>,
+    ) {
         if msgs.is_empty() {
             return;
         }
@@ -447,11 +485,14 @@ impl JsonDecoder {
     /// The schema widened by the fields message `i` has and `schema` lacks, if any.
     fn widen(&self, schema: &SchemaRef, i: usize) -> Option<SchemaRef> {
         let value: serde_json::Value = serde_json::from_slice(self.payload(i)?).ok()?;
-        let inferred = infer_json_schema_from_iterator(std::iter::once(Ok::<_, ArrowError>(value))).ok()?;
+        let inferred =
+            infer_json_schema_from_iterator(std::iter::once(Ok::<_, ArrowError>(value))).ok()?;
         let new: Vec<Field> = inferred
             .fields()
             .iter()
-            .filter(|f| schema.field_with_name(f.name()).is_err() && f.data_type() != &DataType::Null)
+            .filter(|f| {
+                schema.field_with_name(f.name()).is_err() && f.data_type() != &DataType::Null
+            })
             .map(|f| f.as_ref().clone().with_nullable(true))
             .collect();
         if new.is_empty() {
@@ -470,13 +511,18 @@ impl JsonDecoder {
     fn infer(&self, msgs: &[usize]) -> Option<SchemaRef> {
         let mut acc: Option<Vec<Field>> = None;
         for i in msgs {
-            let Some(value) = self.payload(*i).and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok()) else {
+            let Some(value) = self
+                .payload(*i)
+                .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+            else {
                 continue;
             };
-            if !value.as_object().is_some_and(|o| !o.is_empty()) {
+            if value.as_object().is_none_or(|o| o.is_empty()) {
                 continue;
             }
-            let Ok(one) = infer_json_schema_from_iterator(std::iter::once(Ok::<_, ArrowError>(value))) else {
+            let Ok(one) =
+                infer_json_schema_from_iterator(std::iter::once(Ok::<_, ArrowError>(value)))
+            else {
                 continue;
             };
             let fields: Vec<Field> = one.fields().iter().map(|f| f.as_ref().clone()).collect();
@@ -517,7 +563,11 @@ fn merge_types(a: &DataType, b: &DataType) -> Option<DataType> {
             let ys: Vec<Field> = y.iter().map(|f| f.as_ref().clone()).collect();
             Struct(merge_fields(&xs, &ys)?.into())
         }
-        (List(x), List(y)) => List(Arc::new(Field::new(x.name(), merge_types(x.data_type(), y.data_type())?, true))),
+        (List(x), List(y)) => List(Arc::new(Field::new(
+            x.name(),
+            merge_types(x.data_type(), y.data_type())?,
+            true,
+        ))),
         _ => return None,
     })
 }
@@ -528,9 +578,16 @@ fn nullable_without_null_types(schema: &Schema) -> Schema {
         match dt {
             DataType::Null => DataType::Utf8,
             DataType::Struct(fields) => DataType::Struct(
-                fields.iter().map(|f| Arc::new(Field::new(f.name(), fix(f.data_type()), true))).collect(),
+                fields
+                    .iter()
+                    .map(|f| Arc::new(Field::new(f.name(), fix(f.data_type()), true)))
+                    .collect(),
             ),
-            DataType::List(item) => DataType::List(Arc::new(Field::new(item.name(), fix(item.data_type()), true))),
+            DataType::List(item) => DataType::List(Arc::new(Field::new(
+                item.name(),
+                fix(item.data_type()),
+                true,
+            ))),
             other => other.clone(),
         }
     }
@@ -595,27 +652,51 @@ mod tests {
 
     fn decoder(schema: Option<SchemaRef>) -> JsonDecoder {
         JsonDecoder::new(
-            JsonDecoderConfig { table: "t".into(), max_message_bytes: 1024, schema_evolution: true, max_messages: 1000 },
+            JsonDecoderConfig {
+                table: "t".into(),
+                max_message_bytes: 1024,
+                schema_evolution: true,
+                max_messages: 1000,
+            },
             schema,
         )
     }
 
     fn msg(offset: i64, payload: Option<&[u8]>) -> RawMessage<'_> {
-        RawMessage { topic: "events", partition: 3, offset, timestamp_ms: Some(1_700_000_000_000), key: Some(b"k"), payload }
+        RawMessage {
+            topic: "events",
+            partition: 3,
+            offset,
+            timestamp_ms: Some(1_700_000_000_000),
+            key: Some(b"k"),
+            payload,
+        }
     }
 
     fn schema_ab() -> SchemaRef {
-        Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true), Field::new("b", DataType::Utf8, true)]))
+        Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new("b", DataType::Utf8, true),
+        ]))
     }
 
     fn offsets(b: &RecordBatch) -> Vec<i64> {
-        b.column_by_name("_kafka_offset").expect("lineage").as_primitive::<Int64Type>().values().to_vec()
+        b.column_by_name("_kafka_offset")
+            .expect("lineage")
+            .as_primitive::<Int64Type>()
+            .values()
+            .to_vec()
     }
 
     /// Every message is accounted for exactly once: as a row or as a dead letter.
     fn assert_accounted(batch: &SourceBatch, n: usize) {
         let rows = batch.rows.as_ref().map_or(0, RecordBatch::num_rows);
-        assert_eq!(rows + batch.dead_letters.len(), n, "rows {rows} + dead {}", batch.dead_letters.len());
+        assert_eq!(
+            rows + batch.dead_letters.len(),
+            n,
+            "rows {rows} + dead {}",
+            batch.dead_letters.len()
+        );
     }
 
     #[test]
@@ -629,23 +710,47 @@ mod tests {
         assert_eq!(offsets(&rows), vec![10, 11]);
         let a: &Int64Array = rows.column(0).as_primitive();
         assert_eq!(a.values().to_vec(), vec![1, 2]);
-        assert_eq!(rows.schema().field(rows.num_columns() - 1).name(), "_ingest_date");
-        assert_eq!(batch.offsets[&TopicPartition::new("events", 3)], OffsetRange { first: 10, last: 11 });
+        assert_eq!(
+            rows.schema().field(rows.num_columns() - 1).name(),
+            "_ingest_date"
+        );
+        assert_eq!(
+            batch.offsets[&TopicPartition::new("events", 3)],
+            OffsetRange {
+                first: 10,
+                last: 11
+            }
+        );
         assert!(batch.dead_letters.is_empty());
     }
 
     #[test]
     fn schema_is_inferred_from_the_first_chunk() {
         let mut d = decoder(None);
-        d.push(&msg(0, Some(br#"{"id": "A1", "balance": 10.5, "open": true}"#)));
-        d.push(&msg(1, Some(br#"{"id": "A2", "balance": -3.25, "open": false, "note": null}"#)));
+        d.push(&msg(
+            0,
+            Some(br#"{"id": "A1", "balance": 10.5, "open": true}"#),
+        ));
+        d.push(&msg(
+            1,
+            Some(br#"{"id": "A2", "balance": -3.25, "open": false, "note": null}"#),
+        ));
         let batch = d.finish().expect("finish").expect("batch");
         assert_accounted(&batch, 2);
         let rows = batch.rows.expect("rows");
         assert_eq!(rows.num_rows(), 2);
         let schema = d.schema().expect("schema now known");
-        assert_eq!(schema.field_with_name("balance").expect("balance").data_type(), &DataType::Float64);
-        assert_eq!(schema.field_with_name("note").expect("note").data_type(), &DataType::Utf8);
+        assert_eq!(
+            schema
+                .field_with_name("balance")
+                .expect("balance")
+                .data_type(),
+            &DataType::Float64
+        );
+        assert_eq!(
+            schema.field_with_name("note").expect("note").data_type(),
+            &DataType::Utf8
+        );
     }
 
     #[test]
@@ -658,7 +763,10 @@ mod tests {
         assert_accounted(&batch, 3);
         assert_eq!(offsets(batch.rows.as_ref().expect("rows")), vec![0, 2]);
         let dl = &batch.dead_letters[0];
-        assert_eq!((dl.offset, dl.partition, dl.topic.as_str(), dl.stage), (1, 3, "events", Stage::Decode));
+        assert_eq!(
+            (dl.offset, dl.partition, dl.topic.as_str(), dl.stage),
+            (1, 3, "events", Stage::Decode)
+        );
         assert!(dl.error.starts_with("malformed JSON"), "{}", dl.error);
         assert_eq!(dl.payload.as_deref(), Some(&br#"{"a": 2, "b": "#[..]));
         assert_eq!(dl.key.as_deref(), Some(&b"k"[..]));
@@ -684,7 +792,12 @@ mod tests {
         let batch = d.finish().expect("finish").expect("batch");
         assert!(batch.rows.is_none());
         assert_eq!(batch.dead_letters.len(), 2);
-        assert!(batch.dead_letters.iter().all(|d| d.stage == Stage::Decode && d.error == "empty payload"));
+        assert!(
+            batch
+                .dead_letters
+                .iter()
+                .all(|d| d.stage == Stage::Decode && d.error == "empty payload")
+        );
     }
 
     #[test]
@@ -695,7 +808,10 @@ mod tests {
         let rows = batch.rows.expect("rows");
         assert_eq!(rows.num_rows(), 1);
         assert!(rows.column(0).is_null(0));
-        let keys = rows.column_by_name("_kafka_key").expect("key").as_binary::<i32>();
+        let keys = rows
+            .column_by_name("_kafka_key")
+            .expect("key")
+            .as_binary::<i32>();
         assert_eq!(keys.value(0), b"k");
     }
 
@@ -706,8 +822,15 @@ mod tests {
         d.push(&msg(0, Some(big.as_bytes())));
         let batch = d.finish().expect("finish").expect("batch");
         assert!(batch.rows.is_none());
-        assert_eq!(batch.dead_letters[0].payload.as_ref().map(Vec::len), Some(big.len()));
-        assert!(batch.dead_letters[0].error.contains("exceeds decode.max_message_bytes"));
+        assert_eq!(
+            batch.dead_letters[0].payload.as_ref().map(Vec::len),
+            Some(big.len())
+        );
+        assert!(
+            batch.dead_letters[0]
+                .error
+                .contains("exceeds decode.max_message_bytes")
+        );
     }
 
     #[test]
@@ -749,7 +872,12 @@ mod tests {
     #[test]
     fn evolution_off_sends_unknown_fields_to_dead_letters() {
         let mut d = JsonDecoder::new(
-            JsonDecoderConfig { table: "t".into(), max_message_bytes: 1024, schema_evolution: false, max_messages: 100 },
+            JsonDecoderConfig {
+                table: "t".into(),
+                max_message_bytes: 1024,
+                schema_evolution: false,
+                max_messages: 100,
+            },
             Some(schema_ab()),
         );
         d.push(&msg(0, Some(br#"{"a": 2, "c": 2.5}"#)));
@@ -763,8 +891,14 @@ mod tests {
         for o in 0..5 {
             d.push(&msg(o, Some(br#"{"a": 1}"#)));
         }
-        let rows = d.finish().expect("finish").expect("batch").rows.expect("rows");
-        let kept = filter_offsets_above(&rows, |t, p| (t == "events" && p == 3).then_some(2)).expect("filter");
+        let rows = d
+            .finish()
+            .expect("finish")
+            .expect("batch")
+            .rows
+            .expect("rows");
+        let kept = filter_offsets_above(&rows, |t, p| (t == "events" && p == 3).then_some(2))
+            .expect("filter");
         assert_eq!(offsets(&kept), vec![3, 4]);
     }
 }
@@ -813,19 +947,48 @@ mod inference_tests {
     #[test]
     fn first_message_sets_types_and_a_conflicting_one_becomes_a_dead_letter() {
         let mut d = JsonDecoder::new(
-            JsonDecoderConfig { table: "t".into(), max_message_bytes: 1024, schema_evolution: true, max_messages: 100 },
+            JsonDecoderConfig {
+                table: "t".into(),
+                max_message_bytes: 1024,
+                schema_evolution: true,
+                max_messages: 100,
+            },
             None,
         );
-        let payloads: [&[u8]; 4] = [br#"{"id": 1, "amount": 2}"#, br#"{"id": {"x": 1}}"#, br#"{"id": 3, "amount": 2.5}"#, br#"{"id": 4}"#];
+        let payloads: [&[u8]; 4] = [
+            br#"{"id": 1, "amount": 2}"#,
+            br#"{"id": {"x": 1}}"#,
+            br#"{"id": 3, "amount": 2.5}"#,
+            br#"{"id": 4}"#,
+        ];
         for (i, p) in payloads.iter().enumerate() {
-            d.push(&RawMessage { topic: "t", partition: 0, offset: i as i64, timestamp_ms: None, key: None, payload: Some(p) });
+            d.push(&RawMessage {
+                topic: "t",
+                partition: 0,
+                offset: i as i64,
+                timestamp_ms: None,
+                key: None,
+                payload: Some(p),
+            });
         }
         let batch = d.finish().expect("finish").expect("batch");
         assert_eq!(batch.rows.as_ref().map(RecordBatch::num_rows), Some(3));
         assert_eq!(batch.dead_letters.len(), 1);
-        assert_eq!((batch.dead_letters[0].offset, batch.dead_letters[0].stage), (1, Stage::Schema));
+        assert_eq!(
+            (batch.dead_letters[0].offset, batch.dead_letters[0].stage),
+            (1, Stage::Schema)
+        );
         let schema = d.schema().expect("schema");
-        assert_eq!(schema.field_with_name("id").expect("id").data_type(), &DataType::Int64);
-        assert_eq!(schema.field_with_name("amount").expect("amount").data_type(), &DataType::Float64);
+        assert_eq!(
+            schema.field_with_name("id").expect("id").data_type(),
+            &DataType::Int64
+        );
+        assert_eq!(
+            schema
+                .field_with_name("amount")
+                .expect("amount")
+                .data_type(),
+            &DataType::Float64
+        );
     }
 }

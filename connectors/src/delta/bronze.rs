@@ -120,7 +120,8 @@ impl BronzeSink {
                 // keep a re-read from landing them twice.
                 return Ok(());
             } else {
-                s.table = Some(table::create(&s.name, &s.url, &batch_schema, &s.partition_by).await?);
+                s.table =
+                    Some(table::create(&s.name, &s.url, &batch_schema, &s.partition_by).await?);
             }
         }
         let Some(t) = s.table.as_mut() else {
@@ -132,17 +133,24 @@ impl BronzeSink {
                 table::refresh(&s.name, t).await?;
             }
             let table_schema = table::arrow_schema(&s.name, t)?;
-            let target = merged_schema(&s.name, [table_schema.clone(), batch_schema.clone()].into_iter())?;
+            let target = merged_schema(
+                &s.name,
+                [table_schema.clone(), batch_schema.clone()].into_iter(),
+            )?;
             let mut ranges = s.ranges.clone();
-            let committed = table::committed_offsets(&s.name, t, &self.config.pipeline, ranges.keys()).await?;
-            s.committed.extend(committed.iter().map(|(k, v)| (k.clone(), *v)));
+            let committed =
+                table::committed_offsets(&s.name, t, &self.config.pipeline, ranges.keys()).await?;
+            s.committed
+                .extend(committed.iter().map(|(k, v)| (k.clone(), *v)));
             let fenced = table::fence(&mut ranges, &committed);
             let mut rows = Vec::with_capacity(s.pending.len());
             for b in &s.pending {
                 let b = if committed.is_empty() {
                     b.clone()
                 } else {
-                    filter_offsets_above(b, |topic, p| committed.get(&TopicPartition::new(topic, p)).copied())?
+                    filter_offsets_above(b, |topic, p| {
+                        committed.get(&TopicPartition::new(topic, p)).copied()
+                    })?
                 };
                 if b.num_rows() > 0 {
                     rows.push(conform(&s.name, &b, &target)?);
@@ -164,9 +172,15 @@ impl BronzeSink {
                 .map_err(delta(&s.name, "opening writer"))?
                 .with_target_file_size(self.config.target_file_size_bytes);
                 for b in rows {
-                    writer.write(b).await.map_err(delta(&s.name, "writing parquet"))?;
+                    writer
+                        .write(b)
+                        .await
+                        .map_err(delta(&s.name, "writing parquet"))?;
                 }
-                let adds = writer.flush().await.map_err(delta(&s.name, "writing parquet"))?;
+                let adds = writer
+                    .flush()
+                    .await
+                    .map_err(delta(&s.name, "writing parquet"))?;
                 actions.extend(adds.into_iter().map(Action::Add));
             }
             if target.fields().len() > table_schema.fields().len() {
@@ -180,11 +194,22 @@ impl BronzeSink {
                     .metadata()
                     .clone()
                     .with_schema(&kernel)
-                    .map_err(|e| Error::Decode(format!("table {}: evolving schema: {e}", s.name)))?;
+                    .map_err(|e| {
+                        Error::Decode(format!("table {}: evolving schema: {e}", s.name))
+                    })?;
                 actions.push(Action::Metadata(metadata));
                 tracing::info!(table = %s.name, added = target.fields().len() - table_schema.fields().len(), "schema evolved");
             }
-            match table::commit(&s.name, t, &self.config.pipeline, actions, &ranges, &s.partition_by).await {
+            match table::commit(
+                &s.name,
+                t,
+                &self.config.pipeline,
+                actions,
+                &ranges,
+                &s.partition_by,
+            )
+            .await
+            {
                 Ok(version) => {
                     for (tp, r) in &ranges {
                         s.committed.insert(tp.clone(), r.last);
@@ -236,7 +261,11 @@ fn castable(from: &Field, to: &Field) -> bool {
     use arrow::datatypes::DataType::*;
     matches!(
         (from.data_type(), to.data_type()),
-        (Int32, Int64) | (Int64, Float64) | (Int32, Float64) | (Null, _) | (Int64 | Float64 | Boolean, Utf8)
+        (Int32, Int64)
+            | (Int64, Float64)
+            | (Int32, Float64)
+            | (Null, _)
+            | (Int64 | Float64 | Boolean, Utf8)
     )
 }
 
@@ -264,17 +293,25 @@ fn conform(table: &str, batch: &RecordBatch, target: &SchemaRef) -> Result<Recor
 
 impl Sink for BronzeSink {
     async fn write(&mut self, batch: SourceBatch) -> sluice_pipeline::Result<()> {
-        let SourceBatch { table, rows, offsets, dead_letters, source_bytes } = batch;
+        let SourceBatch {
+            table,
+            rows,
+            offsets,
+            dead_letters,
+            source_bytes,
+        } = batch;
         let messages = rows.as_ref().map_or(0, RecordBatch::num_rows) + dead_letters.len();
         tracing::debug!(table = %table, rows = rows.as_ref().map_or(0, RecordBatch::num_rows), dead_letters = dead_letters.len(), "batch received");
         let state = self.state(&table)?;
         // Drop what this process already knows the table holds (a re-read after a seek).
         let known = &state.committed;
-        let stale = offsets.iter().any(|(tp, r)| known.get(tp).is_some_and(|&v| v >= r.first));
+        let stale = offsets
+            .iter()
+            .any(|(tp, r)| known.get(tp).is_some_and(|&v| v >= r.first));
         let rows = match (rows, stale) {
-            (Some(r), true) => {
-                Some(filter_offsets_above(&r, |t, p| known.get(&TopicPartition::new(t, p)).copied())?)
-            }
+            (Some(r), true) => Some(filter_offsets_above(&r, |t, p| {
+                known.get(&TopicPartition::new(t, p)).copied()
+            })?),
             (r, _) => r,
         };
         let mut offsets = offsets;
@@ -283,10 +320,18 @@ impl Sink for BronzeSink {
         }
         let dead_letters: Vec<DeadLetter> = dead_letters
             .into_iter()
-            .filter(|d| offsets.get(&TopicPartition::new(d.topic.clone(), d.partition)).is_some_and(|r| d.offset >= r.first))
+            .filter(|d| {
+                offsets
+                    .get(&TopicPartition::new(d.topic.clone(), d.partition))
+                    .is_some_and(|r| d.offset >= r.first)
+            })
             .collect();
         for (tp, r) in offsets {
-            state.ranges.entry(tp).and_modify(|e| e.extend(r)).or_insert(r);
+            state
+                .ranges
+                .entry(tp)
+                .and_modify(|e| e.extend(r))
+                .or_insert(r);
         }
         let mut new_rows = 0;
         if let Some(r) = rows.filter(|r| r.num_rows() > 0) {
@@ -294,7 +339,8 @@ impl Sink for BronzeSink {
             state.pending.push(r);
         }
         self.buffered.rows += new_rows;
-        self.dead.extend(dead_letters.into_iter().map(|d| (table.clone(), d)));
+        self.dead
+            .extend(dead_letters.into_iter().map(|d| (table.clone(), d)));
         self.buffered.bytes += source_bytes;
         self.buffered.messages += messages;
         Ok(())
@@ -346,7 +392,12 @@ impl Sink for BronzeSink {
                 dropped |= s.ranges.remove(tp).is_some();
             }
             if dropped {
-                let gone = |t: &str, p: i32| partitions.iter().any(|tp| tp.topic == t && tp.partition == p).then_some(i64::MAX);
+                let gone = |t: &str, p: i32| {
+                    partitions
+                        .iter()
+                        .any(|tp| tp.topic == t && tp.partition == p)
+                        .then_some(i64::MAX)
+                };
                 s.pending = s
                     .pending
                     .iter()
@@ -355,8 +406,17 @@ impl Sink for BronzeSink {
                     .collect();
             }
         }
-        self.dead.retain(|(_, d)| !partitions.iter().any(|tp| tp.topic == d.topic && tp.partition == d.partition));
-        let rows = self.tables.values().flat_map(|s| s.pending.iter()).map(RecordBatch::num_rows).sum();
+        self.dead.retain(|(_, d)| {
+            !partitions
+                .iter()
+                .any(|tp| tp.topic == d.topic && tp.partition == d.partition)
+        });
+        let rows = self
+            .tables
+            .values()
+            .flat_map(|s| s.pending.iter())
+            .map(RecordBatch::num_rows)
+            .sum();
         self.buffered.rows = rows;
         self.buffered.messages = rows + self.dead.len();
         if self.buffered.messages == 0 {

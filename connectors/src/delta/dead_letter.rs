@@ -80,7 +80,8 @@ impl DeadLetterTable {
                 table::refresh(DEAD_LETTERS, t).await?;
             }
             let mut ranges = ranges.clone();
-            let committed = table::committed_offsets(DEAD_LETTERS, t, &self.pipeline, ranges.keys()).await?;
+            let committed =
+                table::committed_offsets(DEAD_LETTERS, t, &self.pipeline, ranges.keys()).await?;
             table::fence(&mut ranges, &committed);
             let keep: Vec<&(String, DeadLetter)> = letters
                 .iter()
@@ -93,9 +94,16 @@ impl DeadLetterTable {
                 return Ok(0);
             }
             let batch = to_batch(&self.pipeline, &keep)?;
-            let mut writer = RecordBatchWriter::for_table(t).map_err(delta(DEAD_LETTERS, "opening writer"))?;
-            writer.write(batch).await.map_err(delta(DEAD_LETTERS, "writing"))?;
-            let adds = writer.flush().await.map_err(delta(DEAD_LETTERS, "writing"))?;
+            let mut writer =
+                RecordBatchWriter::for_table(t).map_err(delta(DEAD_LETTERS, "opening writer"))?;
+            writer
+                .write(batch)
+                .await
+                .map_err(delta(DEAD_LETTERS, "writing"))?;
+            let adds = writer
+                .flush()
+                .await
+                .map_err(delta(DEAD_LETTERS, "writing"))?;
             let actions = adds.into_iter().map(Action::Add).collect();
             match table::commit(DEAD_LETTERS, t, &self.pipeline, actions, &ranges, &[]).await {
                 Ok(_) => return Ok(keep.len()),
@@ -117,8 +125,18 @@ fn to_batch(pipeline: &str, letters: &[&(String, DeadLetter)]) -> Result<RecordB
     };
     let columns: Vec<ArrayRef> = vec![
         d(&|l| Some(l.topic.clone())),
-        Arc::new(letters.iter().map(|(_, l)| Some(l.partition)).collect::<Int32Array>()),
-        Arc::new(letters.iter().map(|(_, l)| Some(l.offset)).collect::<Int64Array>()),
+        Arc::new(
+            letters
+                .iter()
+                .map(|(_, l)| Some(l.partition))
+                .collect::<Int32Array>(),
+        ),
+        Arc::new(
+            letters
+                .iter()
+                .map(|(_, l)| Some(l.offset))
+                .collect::<Int64Array>(),
+        ),
         Arc::new(
             letters
                 .iter()
@@ -126,11 +144,26 @@ fn to_batch(pipeline: &str, letters: &[&(String, DeadLetter)]) -> Result<RecordB
                 .collect::<TimestampMicrosecondArray>()
                 .with_timezone("UTC"),
         ),
-        Arc::new(letters.iter().map(|(_, l)| l.key.as_deref()).collect::<BinaryArray>()),
-        Arc::new(letters.iter().map(|(_, l)| l.payload.as_deref()).collect::<BinaryArray>()),
+        Arc::new(
+            letters
+                .iter()
+                .map(|(_, l)| l.key.as_deref())
+                .collect::<BinaryArray>(),
+        ),
+        Arc::new(
+            letters
+                .iter()
+                .map(|(_, l)| l.payload.as_deref())
+                .collect::<BinaryArray>(),
+        ),
         d(&|l| Some(l.stage.as_str().to_string())),
         d(&|l| Some(l.error.clone())),
-        Arc::new(letters.iter().map(|(t, _)| Some(t.as_str())).collect::<StringArray>()),
+        Arc::new(
+            letters
+                .iter()
+                .map(|(t, _)| Some(t.as_str()))
+                .collect::<StringArray>(),
+        ),
         Arc::new(StringArray::from(vec![pipeline; letters.len()])),
         Arc::new(TimestampMicrosecondArray::from(vec![now; letters.len()]).with_timezone("UTC")),
     ];

@@ -92,7 +92,7 @@ pub async fn create(
             if exists(&t) {
                 Ok(t)
             } else {
-                Err(Error::Delta { table: name.to_string(), context: "creating".into(), source: e })
+                Err(delta(name, "creating")(e))
             }
         }
     }
@@ -165,13 +165,12 @@ pub async fn commit(
         predicate: None,
     };
     let snapshot = table.snapshot().map_err(delta(name, "reading snapshot"))?;
-    let finalized = CommitBuilder::from(
-        CommitProperties::default().with_application_transactions(txns),
-    )
-    .with_actions(actions)
-    .build(Some(snapshot), table.log_store(), operation)
-    .await
-    .map_err(delta(name, "committing"))?;
+    let finalized =
+        CommitBuilder::from(CommitProperties::default().with_application_transactions(txns))
+            .with_actions(actions)
+            .build(Some(snapshot), table.log_store(), operation)
+            .await
+            .map_err(delta(name, "committing"))?;
     let version = finalized.version();
     table
         .update_incremental(Some(version))
@@ -201,7 +200,11 @@ mod tests {
         let a = TopicPartition::new("t", 0);
         let b = TopicPartition::new("t", 1);
         let c = TopicPartition::new("t", 2);
-        let mut ranges = BTreeMap::from([(a.clone(), r(10, 19)), (b.clone(), r(10, 19)), (c.clone(), r(10, 19))]);
+        let mut ranges = BTreeMap::from([
+            (a.clone(), r(10, 19)),
+            (b.clone(), r(10, 19)),
+            (c.clone(), r(10, 19)),
+        ]);
         let committed = BTreeMap::from([(a.clone(), 25), (b.clone(), 14), (c.clone(), 9)]);
         let fenced = fence(&mut ranges, &committed);
         assert_eq!(fenced, vec![(a, 26)]);

@@ -40,30 +40,59 @@ pub struct Scale {
 
 impl Default for Scale {
     fn default() -> Self {
-        Self { customers: 2_000, transactions: 40_000, touchpoints: 15_000, with_bad_messages: true }
+        Self {
+            customers: 2_000,
+            transactions: 40_000,
+            touchpoints: 15_000,
+            with_bad_messages: true,
+        }
     }
 }
 
 const FIRST: [&str; 16] = [
-    "Olivia", "Amelia", "Isla", "Ava", "Mia", "Grace", "Sophia", "Freya", "Noah", "Oliver", "George",
-    "Arthur", "Leo", "Harry", "Oscar", "Muhammad",
+    "Olivia", "Amelia", "Isla", "Ava", "Mia", "Grace", "Sophia", "Freya", "Noah", "Oliver",
+    "George", "Arthur", "Leo", "Harry", "Oscar", "Muhammad",
 ];
 const LAST: [&str; 16] = [
-    "Smith", "Jones", "Williams", "Taylor", "Brown", "Davies", "Evans", "Wilson", "Thomas", "Johnson",
-    "Roberts", "Patel", "Khan", "Walker", "Wright", "Robinson",
+    "Smith", "Jones", "Williams", "Taylor", "Brown", "Davies", "Evans", "Wilson", "Thomas",
+    "Johnson", "Roberts", "Patel", "Khan", "Walker", "Wright", "Robinson",
 ];
 const CITIES: [&str; 10] = [
-    "London", "Manchester", "Birmingham", "Leeds", "Glasgow", "Bristol", "Cardiff", "Edinburgh",
-    "Belfast", "Newcastle",
+    "London",
+    "Manchester",
+    "Birmingham",
+    "Leeds",
+    "Glasgow",
+    "Bristol",
+    "Cardiff",
+    "Edinburgh",
+    "Belfast",
+    "Newcastle",
 ];
 const MERCHANTS: [(&str, u16); 12] = [
-    ("Tesco", 5411), ("Sainsbury's", 5411), ("Pret A Manger", 5814), ("TfL", 4111),
-    ("Amazon UK", 5942), ("Shell", 5541), ("Boots", 5912), ("Greggs", 5814), ("Argos", 5311),
-    ("Trainline", 4112), ("Deliveroo", 5812), ("British Gas", 4900),
+    ("Tesco", 5411),
+    ("Sainsbury's", 5411),
+    ("Pret A Manger", 5814),
+    ("TfL", 4111),
+    ("Amazon UK", 5942),
+    ("Shell", 5541),
+    ("Boots", 5912),
+    ("Greggs", 5814),
+    ("Argos", 5311),
+    ("Trainline", 4112),
+    ("Deliveroo", 5812),
+    ("British Gas", 4900),
 ];
 const SEGMENTS: [&str; 4] = ["mass", "affluent", "premier", "student"];
 const CHANNELS: [&str; 4] = ["app", "web", "branch", "call_centre"];
-const ACTIONS: [&str; 6] = ["login", "view_statement", "payment_setup", "card_freeze", "complaint", "address_change"];
+const ACTIONS: [&str; 6] = [
+    "login",
+    "view_statement",
+    "payment_setup",
+    "card_freeze",
+    "complaint",
+    "address_change",
+];
 
 /// 2026-01-01T00:00:00Z in milliseconds.
 const EPOCH_MS: i64 = 1_767_225_600_000;
@@ -74,7 +103,14 @@ fn luhn_complete(prefix: &str) -> String {
         .iter()
         .rev()
         .enumerate()
-        .map(|(i, d)| if i % 2 == 0 { let x = d * 2; if x > 9 { x - 9 } else { x } } else { *d })
+        .map(|(i, d)| {
+            if i % 2 == 0 {
+                let x = d * 2;
+                if x > 9 { x - 9 } else { x }
+            } else {
+                *d
+            }
+        })
         .sum();
     format!("{prefix}{}", (10 - sum % 10) % 10)
 }
@@ -95,7 +131,12 @@ pub fn generate(scale: Scale) -> Vec<BankMessage> {
         let first = FIRST[rng.random_range(0..FIRST.len())];
         let last = LAST[rng.random_range(0..LAST.len())];
         let phone = format!("+44 7700 {:06}", rng.random_range(0..1_000_000));
-        let dob = format!("{}-{:02}-{:02}", rng.random_range(1940..2006), rng.random_range(1..13), rng.random_range(1..29));
+        let dob = format!(
+            "{}-{:02}-{:02}",
+            rng.random_range(1940..2006),
+            rng.random_range(1..13),
+            rng.random_range(1..29)
+        );
         let city = CITIES[rng.random_range(0..CITIES.len())];
         let ts = EPOCH_MS + c as i64 * 1000;
         let customer = json!({
@@ -111,11 +152,23 @@ pub fn generate(scale: Scale) -> Vec<BankMessage> {
             "created_at": iso(ts),
             "notes": format!("KYC verified by phone on {phone}; prefers {}", CHANNELS[rng.random_range(0..CHANNELS.len())]),
         });
-        out.push(BankMessage { topic: "customers", key: id.clone(), payload: serde_json::to_vec(&customer).ok(), timestamp_ms: ts });
+        out.push(BankMessage {
+            topic: "customers",
+            key: id.clone(),
+            payload: serde_json::to_vec(&customer).ok(),
+            timestamp_ms: ts,
+        });
         for a in 0..rng.random_range(1..3) {
             let acc = format!("A{:08}", accounts.len() + 1);
-            let card = luhn_complete(&format!("4{:014}", rng.random_range(0..100_000_000_000_000u64)));
-            let kind = if a == 0 { "current" } else { ["savings", "credit_card", "isa"][rng.random_range(0..3usize)] };
+            let card = luhn_complete(&format!(
+                "4{:014}",
+                rng.random_range(0..100_000_000_000_000u64)
+            ));
+            let kind = if a == 0 {
+                "current"
+            } else {
+                ["savings", "credit_card", "isa"][rng.random_range(0..3usize)]
+            };
             let account = json!({
                 "account_id": acc,
                 "customer_id": id,
@@ -125,7 +178,12 @@ pub fn generate(scale: Scale) -> Vec<BankMessage> {
                 "opened_at": iso(ts + 500),
                 "balance_gbp": (rng.random_range(-50_000..2_500_000) as f64) / 100.0,
             });
-            out.push(BankMessage { topic: "accounts", key: acc.clone(), payload: serde_json::to_vec(&account).ok(), timestamp_ms: ts + 500 });
+            out.push(BankMessage {
+                topic: "accounts",
+                key: acc.clone(),
+                payload: serde_json::to_vec(&account).ok(),
+                timestamp_ms: ts + 500,
+            });
             accounts.push((acc, id.clone(), card));
         }
     }
@@ -134,7 +192,8 @@ pub fn generate(scale: Scale) -> Vec<BankMessage> {
         let (acc, cust, card) = &accounts[rng.random_range(0..accounts.len())];
         let (merchant, mcc) = MERCHANTS[rng.random_range(0..MERCHANTS.len())];
         let ts = start + t as i64 * 250;
-        let pay_channel = ["contactless", "chip_pin", "online", "apple_pay"][rng.random_range(0..4)];
+        let pay_channel =
+            ["contactless", "chip_pin", "online", "apple_pay"][rng.random_range(0..4)];
         let txn = json!({
             "txn_id": format!("T{:010}", t + 1),
             "account_id": acc,
@@ -149,7 +208,12 @@ pub fn generate(scale: Scale) -> Vec<BankMessage> {
             "location": {"city": CITIES[rng.random_range(0..CITIES.len())], "country": "GB"},
             "event_time": iso(ts),
         });
-        out.push(BankMessage { topic: "txn-events", key: cust.clone(), payload: serde_json::to_vec(&txn).ok(), timestamp_ms: ts });
+        out.push(BankMessage {
+            topic: "txn-events",
+            key: cust.clone(),
+            payload: serde_json::to_vec(&txn).ok(),
+            timestamp_ms: ts,
+        });
     }
     for e in 0..scale.touchpoints {
         let cust = format!("C{:07}", rng.random_range(1..=scale.customers.max(1)));
@@ -166,13 +230,24 @@ pub fn generate(scale: Scale) -> Vec<BankMessage> {
             "event_time": iso(ts),
             "note": if action == "complaint" { Some(format!("Customer called from +44 7700 {:06} unhappy about a fee", rng.random_range(0..1_000_000))) } else { None },
         });
-        out.push(BankMessage { topic: "touchpoint-events", key: cust, payload: serde_json::to_vec(&tp).ok(), timestamp_ms: ts });
+        out.push(BankMessage {
+            topic: "touchpoint-events",
+            key: cust,
+            payload: serde_json::to_vec(&tp).ok(),
+            timestamp_ms: ts,
+        });
     }
     if scale.with_bad_messages {
         let bad: [(&'static str, Option<&[u8]>); 4] = [
-            ("touchpoint-events", Some(b"{\"event_id\": \"E-broken\", \"customer_id\": ")),
+            (
+                "touchpoint-events",
+                Some(b"{\"event_id\": \"E-broken\", \"customer_id\": "),
+            ),
             ("touchpoint-events", Some(b"")),
-            ("txn-events", Some(b"{\"txn_id\": \"T-bad\", \"amount_gbp\": {\"oops\": true}}")),
+            (
+                "txn-events",
+                Some(b"{\"txn_id\": \"T-bad\", \"amount_gbp\": {\"oops\": true}}"),
+            ),
             ("txn-events", Some(b"[1, 2, 3]")),
         ];
         for (i, (topic, payload)) in bad.into_iter().enumerate() {
@@ -193,11 +268,20 @@ mod tests {
 
     #[test]
     fn same_scale_gives_the_same_messages() {
-        let s = Scale { customers: 20, transactions: 50, touchpoints: 30, with_bad_messages: true };
+        let s = Scale {
+            customers: 20,
+            transactions: 50,
+            touchpoints: 30,
+            with_bad_messages: true,
+        };
         let a = generate(s);
         let b = generate(s);
         assert_eq!(a.len(), b.len());
-        assert!(a.iter().zip(&b).all(|(x, y)| x.payload == y.payload && x.key == y.key));
+        assert!(
+            a.iter()
+                .zip(&b)
+                .all(|(x, y)| x.payload == y.payload && x.key == y.key)
+        );
     }
 
     #[test]
@@ -208,7 +292,12 @@ mod tests {
 
     #[test]
     fn transactions_are_about_three_hundred_bytes() {
-        let s = Scale { customers: 50, transactions: 200, touchpoints: 0, with_bad_messages: false };
+        let s = Scale {
+            customers: 50,
+            transactions: 200,
+            touchpoints: 0,
+            with_bad_messages: false,
+        };
         let txns: Vec<usize> = generate(s)
             .iter()
             .filter(|m| m.topic == "txn-events")

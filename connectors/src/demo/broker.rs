@@ -7,7 +7,7 @@ use rdkafka::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 
-use crate::error::{Error, Result};
+use crate::error::{Result, kafka};
 
 /// A running mock cluster. Dropping it stops the broker.
 pub struct EmbeddedBroker {
@@ -17,8 +17,7 @@ pub struct EmbeddedBroker {
 impl EmbeddedBroker {
     /// Start a cluster of `brokers` brokers on loopback.
     pub fn start(brokers: i32) -> Result<Self> {
-        let cluster = MockCluster::new(brokers)
-            .map_err(|source| Error::Kafka { context: "starting the embedded broker".into(), source })?;
+        let cluster = MockCluster::new(brokers).map_err(kafka("starting the embedded broker"))?;
         Ok(Self { cluster })
     }
 
@@ -31,21 +30,21 @@ impl EmbeddedBroker {
     pub fn create_topic(&self, name: &str, partitions: i32) -> Result<()> {
         self.cluster
             .create_topic(name, partitions, 1)
-            .map_err(|source| Error::Kafka { context: format!("creating topic {name}"), source })
+            .map_err(kafka(format!("creating topic {name}")))
     }
 
     /// Take broker `id` (1-based) down, as in an outage.
     pub fn broker_down(&self, id: i32) -> Result<()> {
         self.cluster
             .broker_down(id)
-            .map_err(|source| Error::Kafka { context: "stopping a broker".into(), source })
+            .map_err(kafka("stopping a broker"))
     }
 
     /// Bring broker `id` back.
     pub fn broker_up(&self, id: i32) -> Result<()> {
         self.cluster
             .broker_up(id)
-            .map_err(|source| Error::Kafka { context: "starting a broker".into(), source })
+            .map_err(kafka("starting a broker"))
     }
 }
 
@@ -72,7 +71,7 @@ impl SimpleProducer {
             .set("queue.buffering.max.kbytes", "1048576")
             .set("batch.num.messages", "10000")
             .create()
-            .map_err(|source| Error::Kafka { context: "creating a producer".into(), source })?;
+            .map_err(kafka("creating a producer"))?;
         Ok(Self { producer })
     }
 
@@ -91,11 +90,16 @@ impl SimpleProducer {
             }
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
-                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), _)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    _,
+                )) => {
                     self.producer.poll(Duration::from_millis(10));
                 }
                 Err((source, _)) => {
-                    return Err(Error::Kafka { context: format!("producing to {}", m.topic), source });
+                    return Err(kafka(format!("producing to {}", m.topic))(source));
                 }
             }
         }
@@ -105,6 +109,6 @@ impl SimpleProducer {
     pub fn flush(&self) -> Result<()> {
         self.producer
             .flush(Duration::from_secs(120))
-            .map_err(|source| Error::Kafka { context: "flushing the producer".into(), source })
+            .map_err(kafka("flushing the producer"))
     }
 }

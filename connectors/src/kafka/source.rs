@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 
 use crate::decode::json::{JsonDecoder, JsonDecoderConfig, RawMessage, payload_of};
 use crate::delta::{bronze, table};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, kafka};
 
 /// Settings of the Kafka source.
 #[derive(Debug, Clone)]
@@ -84,6 +84,11 @@ impl SourceControl for KafkaControl {
     }
 }
 
+/// With `until_caught_up`: no message for this long, and the watermarks agree.
+const CAUGHT_UP_QUIET: Duration = Duration::from_millis(500);
+/// With `until_caught_up`: no message for this long, whatever the watermarks say.
+const CAUGHT_UP_SILENCE: Duration = Duration::from_secs(5);
+
 struct Ctx {
     handle: tokio::runtime::Handle,
     lake: PathBuf,
@@ -100,7 +105,12 @@ struct Ctx {
 impl ClientContext for Ctx {}
 
 impl ConsumerContext for Ctx {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
         self.rebalances.fetch_add(1, Ordering::Relaxed);
         let parts: Vec<TopicPartition> = tpl
             .elements()
@@ -121,7 +131,11 @@ impl ConsumerContext for Ctx {
                             let _ = tpl.set_partition_offset(&tp.topic, tp.partition, offset);
                             starts.push((tp.clone(), offset));
                         }
-                        tracing::info!(partitions = parts.len(), from_delta = offsets.len(), "partitions assigned");
+                        tracing::info!(
+                            partitions = parts.len(),
+                            from_delta = offsets.len(),
+                            "partitions assigned"
+                        );
                         if let Err(e) = consumer.assign(tpl) {
                             self.fail(format!("assigning partitions: {e}"));
                         }
@@ -158,7 +172,10 @@ impl Ctx {
         }
     }
 
-    async fn resume_offsets(&self, parts: &[TopicPartition]) -> Result<BTreeMap<TopicPartition, i64>> {
+    async fn resume_offsets(
+        &self,
+        parts: &[TopicPartition],
+    ) -> Result<BTreeMap<TopicPartition, i64>> {
         let mut by_table: BTreeMap<&str, Vec<&TopicPartition>> = BTreeMap::new();
         for tp in parts {
             if let Some(t) = self.routes.get(&tp.topic) {
@@ -180,7 +197,11 @@ impl Ctx {
 pub fn start(
     config: KafkaSourceConfig,
     stop: Arc<AtomicBool>,
-) -> Result<(mpsc::Receiver<SourceEvent>, KafkaControl, std::thread::JoinHandle<Result<SourceStats>>)> {
+) -> Result<(
+    mpsc::Receiver<SourceEvent>,
+    KafkaControl,
+    std::thread::JoinHandle<Result<SourceStats>>,
+)> {
     let handle = tokio::runtime::Handle::current();
     let mut initial: HashMap<String, Option<SchemaRef>> = HashMap::new();
     for table_name in config.routes.values() {
@@ -188,7 +209,9 @@ pub fn start(
             continue;
         }
         // The table's own schema wins over the declared one: it may have evolved.
-        let existing = tokio::task::block_in_place(|| handle.block_on(bronze::open_for_offsets(&config.lake, table_name)))?;
+        let existing = tokio::task::block_in_place(|| {
+            handle.block_on(bronze::open_for_offsets(&config.lake, table_name))
+        })?;
         let schema = match existing {
             Some(t) => Some(payload_of(table::arrow_schema(table_name, &t)?.as_ref())),
             None => config.declared.get(table_name).cloned(),
@@ -202,13 +225,25 @@ pub fn start(
         .set("group.id", &config.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", match config.auto_offset_reset {
-            OffsetReset::Earliest => "earliest",
-            OffsetReset::Latest => "latest",
-        })
+        .set(
+            "auto.offset.reset",
+            match config.auto_offset_reset {
+                OffsetReset::Earliest => "earliest",
+                OffsetReset::Latest => "latest",
+            },
+        )
         .set("session.timeout.ms", config.session_timeout_ms.to_string())
-        .set("queued.max.messages.kbytes", (config.max_prefetch_bytes / 1024).max(1).to_string())
-        .set("fetch.max.bytes", config.max_prefetch_bytes.clamp(1024, 52_428_800).to_string())
+        .set(
+            "queued.max.messages.kbytes",
+            (config.max_prefetch_bytes / 1024).max(1).to_string(),
+        )
+        .set(
+            "fetch.max.bytes",
+            config
+                .max_prefetch_bytes
+                .clamp(1024, 52_428_800)
+                .to_string(),
+        )
         .set("partition.assignment.strategy", "range,roundrobin");
     for (k, v) in &config.properties {
         client.set(k, v);
@@ -226,18 +261,22 @@ pub fn start(
     };
     let consumer: BaseConsumer<Ctx> = client
         .create_with_context(ctx)
-        .map_err(|source| Error::Kafka { context: "creating the consumer".into(), source })?;
+        .map_err(kafka("creating the consumer"))?;
     let topics: Vec<&str> = config.routes.keys().map(String::as_str).collect();
-    consumer
-        .subscribe(&topics)
-        .map_err(|source| Error::Kafka { context: "subscribing".into(), source })?;
+    consumer.subscribe(&topics).map_err(kafka("subscribing"))?;
 
     let (tx, rx) = mpsc::channel(config.channel_capacity.max(1));
     let (ctl_tx, ctl_rx) = std_mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("sluice-kafka".into())
         .spawn(move || {
-            let mut state = WorkerState { config, tx, decoders: HashMap::new(), positions: HashMap::new(), stats: SourceStats::default() };
+            let mut state = WorkerState {
+                config,
+                tx,
+                decoders: HashMap::new(),
+                positions: HashMap::new(),
+                stats: SourceStats::default(),
+            };
             for (table_name, schema) in initial {
                 let d = state.new_decoder(&table_name, schema);
                 state.decoders.insert(table_name, (d, None));
@@ -253,7 +292,10 @@ pub fn start(
             let _ = consumer.commit_consumer_state(CommitMode::Sync);
             result.map(|()| stats)
         })
-        .map_err(|source| Error::Io { context: "starting the consumer thread".into(), source })?;
+        .map_err(|source| Error::Io {
+            context: "starting the consumer thread".into(),
+            source,
+        })?;
     Ok((rx, KafkaControl { tx: ctl_tx }, thread))
 }
 
@@ -272,7 +314,12 @@ struct WorkerState {
 fn apply(consumer: &BaseConsumer<Ctx>, cmd: Command) {
     match cmd {
         Command::Commit(offsets) => {
-            let assigned = consumer.context().assigned.lock().map(|a| a.clone()).unwrap_or_default();
+            let assigned = consumer
+                .context()
+                .assigned
+                .lock()
+                .map(|a| a.clone())
+                .unwrap_or_default();
             let mut tpl = TopicPartitionList::new();
             for (tp, next) in offsets.iter().filter(|(tp, _)| assigned.contains_key(tp)) {
                 let _ = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*next));
@@ -284,7 +331,12 @@ fn apply(consumer: &BaseConsumer<Ctx>, cmd: Command) {
             }
         }
         Command::Seek(tp, offset) => {
-            if let Err(e) = consumer.seek(&tp.topic, tp.partition, Offset::Offset(offset), Duration::from_secs(5)) {
+            if let Err(e) = consumer.seek(
+                &tp.topic,
+                tp.partition,
+                Offset::Offset(offset),
+                Duration::from_secs(5),
+            ) {
                 tracing::debug!(partition = %tp, error = %e, "seek after fencing failed; stale rows are dropped by the sink");
             }
         }
@@ -298,9 +350,17 @@ fn take_revoked(consumer: &BaseConsumer<Ctx>) -> Vec<TopicPartition> {
     }
 }
 
-fn run(consumer: &BaseConsumer<Ctx>, state: &mut WorkerState, stop: &AtomicBool, ctl: &std_mpsc::Receiver<Command>) -> Result<()> {
+fn run(
+    consumer: &BaseConsumer<Ctx>,
+    state: &mut WorkerState,
+    stop: &AtomicBool,
+    ctl: &std_mpsc::Receiver<Command>,
+) -> Result<()> {
     let latency = Duration::from_millis(state.config.decode_batch_max_latency_ms);
     let mut last_caught_up_check = Instant::now();
+    // Last time a message arrived or the assignment changed.
+    let mut last_activity = Instant::now();
+    let mut rebalances = 0;
     let mut assigned_once = false;
     while !stop.load(Ordering::Relaxed) {
         while let Ok(cmd) = ctl.try_recv() {
@@ -312,13 +372,20 @@ fn run(consumer: &BaseConsumer<Ctx>, state: &mut WorkerState, stop: &AtomicBool,
         if !revoked.is_empty() {
             state.revoke(revoked)?;
         }
-        if let Some(f) = consumer.context().failure.lock().ok().and_then(|f| f.clone()) {
+        if let Some(f) = consumer
+            .context()
+            .failure
+            .lock()
+            .ok()
+            .and_then(|f| f.clone())
+        {
             return Err(Error::Decode(f));
         }
         let idle = match polled {
             None => true,
             Some(Ok(m)) => {
                 state.on_message(&m)?;
+                last_activity = Instant::now();
                 false
             }
             Some(Err(KafkaError::PartitionEOF(_))) => true,
@@ -330,15 +397,30 @@ fn run(consumer: &BaseConsumer<Ctx>, state: &mut WorkerState, stop: &AtomicBool,
         };
         let now = Instant::now();
         state.flush_due(idle, latency, now)?;
-        let assigned = consumer.context().assigned.lock().map(|a| a.clone()).unwrap_or_default();
+        let assigned = consumer
+            .context()
+            .assigned
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default();
         assigned_once |= !assigned.is_empty();
+        let seen = consumer.context().rebalances.load(Ordering::Relaxed);
+        if seen != rebalances {
+            rebalances = seen;
+            last_activity = now;
+        }
+        let quiet = now.duration_since(last_activity);
         if state.config.until_caught_up
             && idle
             && assigned_once
+            && !assigned.is_empty()
+            && quiet >= CAUGHT_UP_QUIET
             && now.duration_since(last_caught_up_check) >= Duration::from_millis(300)
         {
             last_caught_up_check = now;
-            if state.caught_up(consumer, &assigned) {
+            // Watermarks first; some brokers report wrong ones, so a long enough silence
+            // with partitions assigned counts as caught up too.
+            if quiet >= CAUGHT_UP_SILENCE || state.caught_up(consumer, &assigned) {
                 tracing::info!("caught up with every assigned partition");
                 break;
             }
@@ -363,8 +445,13 @@ impl WorkerState {
     fn on_message<M: Message>(&mut self, m: &M) -> Result<()> {
         self.stats.messages += 1;
         self.stats.bytes += m.payload().map_or(0, <[u8]>::len) as u64;
-        self.positions.insert(TopicPartition::new(m.topic(), m.partition()), m.offset() + 1);
-        let Some(table_name) = self.config.routes.get(m.topic()) else { return Ok(()) };
+        self.positions.insert(
+            TopicPartition::new(m.topic(), m.partition()),
+            m.offset() + 1,
+        );
+        let Some(table_name) = self.config.routes.get(m.topic()) else {
+            return Ok(());
+        };
         let raw = RawMessage {
             topic: m.topic(),
             partition: m.partition(),
@@ -392,7 +479,9 @@ impl WorkerState {
         let due: Vec<String> = self
             .decoders
             .iter()
-            .filter(|(_, (d, since))| !d.is_empty() && (idle || since.is_some_and(|t| now.duration_since(t) >= latency)))
+            .filter(|(_, (d, since))| {
+                !d.is_empty() && (idle || since.is_some_and(|t| now.duration_since(t) >= latency))
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for name in due {
@@ -410,7 +499,9 @@ impl WorkerState {
     }
 
     fn flush_table(&mut self, name: &str) -> Result<()> {
-        let Some((d, since)) = self.decoders.get_mut(name) else { return Ok(()) };
+        let Some((d, since)) = self.decoders.get_mut(name) else {
+            return Ok(());
+        };
         *since = None;
         if let Some(batch) = d.finish()?
             && self.tx.blocking_send(SourceEvent::Batch(batch)).is_err()
@@ -426,15 +517,25 @@ impl WorkerState {
         for tp in &revoked {
             self.positions.remove(tp);
         }
-        if self.tx.blocking_send(SourceEvent::Revoked(revoked)).is_err() {
+        if self
+            .tx
+            .blocking_send(SourceEvent::Revoked(revoked))
+            .is_err()
+        {
             return Err(Error::Decode("the sink stopped".into()));
         }
         Ok(())
     }
 
-    fn caught_up(&self, consumer: &BaseConsumer<Ctx>, assigned: &BTreeMap<TopicPartition, Offset>) -> bool {
+    fn caught_up(
+        &self,
+        consumer: &BaseConsumer<Ctx>,
+        assigned: &BTreeMap<TopicPartition, Offset>,
+    ) -> bool {
         assigned.iter().all(|(tp, start)| {
-            let Ok((low, high)) = consumer.fetch_watermarks(&tp.topic, tp.partition, Duration::from_secs(2)) else {
+            let Ok((low, high)) =
+                consumer.fetch_watermarks(&tp.topic, tp.partition, Duration::from_secs(2))
+            else {
                 return false;
             };
             let position = match (self.positions.get(tp), start) {

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what sluice needs on a fresh Debian machine that has Rust, gcc, python3 and git:
+# the C build tools librdkafka needs, and (with --test) the independent Delta reader and the
+# real Kafka-protocol broker the tests use. Idempotent: reruns skip what is there.
+set -euo pipefail
+
+need_apt=()
+command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
+[ -f /usr/include/curl/curl.h ] || [ -f /usr/include/x86_64-linux-gnu/curl/curl.h ] || need_apt+=(libcurl4-openssl-dev)
+if [ "${1:-}" = "--test" ]; then
+  python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ "${1:-}" = "--test" ]; then
+  cache="${SLUICE_CACHE:-$HOME/.cache}"
+  # DuckDB with its Delta extension: the independent reader the tests check tables with.
+  if ! "$cache/sluice-venv/bin/python" -c 'import duckdb, duckdb_ext' >/dev/null 2>&1; then
+    python3 -m venv "$cache/sluice-venv"
+    "$cache/sluice-venv/bin/pip" install -q duckdb duckdb-ext-delta
+  fi
+  # tansu: a real Kafka-protocol broker (in-memory storage). Cached in ~/.cargo/bin.
+  if ! tansu --version >/dev/null 2>&1 && ! "$HOME/.cargo/bin/tansu" --version >/dev/null 2>&1; then
+    cargo install --locked tansu --features dynostore
+  fi
+fi
