@@ -20,8 +20,9 @@ pub struct BenchArgs {
     /// Messages to pre-load and drain.
     #[arg(long, default_value_t = 1_000_000)]
     pub messages: usize,
-    /// Partitions of the topic.
-    #[arg(long, default_value_t = 4)]
+    /// Partitions of the topic. The embedded broker keeps at most 5 MiB or 100,000
+    /// messages per partition, so 1 M messages of ~300 bytes need at least 58.
+    #[arg(long, default_value_t = 80)]
     pub partitions: i32,
 }
 

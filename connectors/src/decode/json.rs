@@ -178,15 +178,22 @@ impl JsonDecoder {
 
     /// Buffer one message.
     pub fn push(&mut self, m: &RawMessage<'_>) {
-        let tp = TopicPartition::new(m.topic, m.partition);
         let r = OffsetRange {
             first: m.offset,
             last: m.offset,
         };
-        self.ranges
-            .entry(tp)
-            .and_modify(|e| e.extend(r))
-            .or_insert(r);
+        // A chunk spans few partitions: a scan avoids allocating a key per message.
+        match self
+            .ranges
+            .iter_mut()
+            .find(|(tp, _)| tp.partition == m.partition && tp.topic == m.topic)
+        {
+            Some((_, e)) => e.extend(r),
+            None => {
+                self.ranges
+                    .insert(TopicPartition::new(m.topic, m.partition), r);
+            }
+        }
         self.topics.append_value(m.topic);
         self.partitions.append_value(m.partition);
         self.offsets.append_value(m.offset);
@@ -624,10 +631,11 @@ fn dead_letter(m: &RawMessage<'_>, stage: Stage, error: String) -> DeadLetter {
     }
 }
 
-/// Keep the rows of `batch` whose `_kafka_offset` is above `floor` for their partition.
+/// Keep the rows of `batch` whose `_kafka_offset` is above the floor of their partition in
+/// `floors` (rows of partitions without a floor are kept).
 pub fn filter_offsets_above(
     batch: &RecordBatch,
-    floor: impl Fn(&str, i32) -> Option<i64>,
+    floors: &std::collections::BTreeMap<TopicPartition, i64>,
 ) -> Result<RecordBatch> {
     use arrow::array::{AsArray, Int32Array, Int64Array};
     let col = |name: &str| {
@@ -639,7 +647,13 @@ pub fn filter_offsets_above(
     let parts: Int32Array = col("_kafka_partition")?.as_primitive().clone();
     let offsets: Int64Array = col("_kafka_offset")?.as_primitive().clone();
     let keep: BooleanArray = (0..batch.num_rows())
-        .map(|i| Some(floor(topics.value(i), parts.value(i)).is_none_or(|f| offsets.value(i) > f)))
+        .map(|i| {
+            let floor = floors
+                .iter()
+                .find(|(tp, _)| tp.partition == parts.value(i) && tp.topic == topics.value(i))
+                .map(|(_, f)| *f);
+            Some(floor.is_none_or(|f| offsets.value(i) > f))
+        })
         .collect();
     Ok(filter_record_batch(batch, &keep)?)
 }

@@ -53,6 +53,15 @@ struct TableState {
     ranges: BTreeMap<TopicPartition, OffsetRange>,
     /// Last offset this process knows the table holds, per partition.
     committed: BTreeMap<TopicPartition, i64>,
+    txns: TxnCache,
+}
+
+/// Transaction versions read from a table (`None`: no offset yet), exact for table
+/// version `at`. Spares a log scan per partition on every commit.
+#[derive(Default)]
+struct TxnCache {
+    versions: BTreeMap<TopicPartition, Option<i64>>,
+    at: Option<i64>,
 }
 
 /// Appends batches to `<lake>/bronze/<table>`.
@@ -100,6 +109,7 @@ impl BronzeSink {
                     pending: Vec::new(),
                     ranges: BTreeMap::new(),
                     committed: BTreeMap::new(),
+                    txns: TxnCache::default(),
                 },
             );
         }
@@ -138,19 +148,26 @@ impl BronzeSink {
                 [table_schema.clone(), batch_schema.clone()].into_iter(),
             )?;
             let mut ranges = s.ranges.clone();
-            let committed =
-                table::committed_offsets(&s.name, t, &self.config.pipeline, ranges.keys()).await?;
-            s.committed
-                .extend(committed.iter().map(|(k, v)| (k.clone(), *v)));
+            let committed = cached_offsets(
+                &s.name,
+                t,
+                &self.config.pipeline,
+                &mut s.txns,
+                &mut s.committed,
+                &ranges,
+            )
+            .await?;
+            // Rows need filtering only where another writer already landed some of them.
+            let overlap = ranges
+                .iter()
+                .any(|(tp, r)| committed.get(tp).is_some_and(|v| *v >= r.first));
             let fenced = table::fence(&mut ranges, &committed);
             let mut rows = Vec::with_capacity(s.pending.len());
             for b in &s.pending {
-                let b = if committed.is_empty() {
-                    b.clone()
+                let b = if overlap {
+                    filter_offsets_above(b, &committed)?
                 } else {
-                    filter_offsets_above(b, |topic, p| {
-                        committed.get(&TopicPartition::new(topic, p)).copied()
-                    })?
+                    b.clone()
                 };
                 if b.num_rows() > 0 {
                     rows.push(conform(&s.name, &b, &target)?);
@@ -211,8 +228,18 @@ impl BronzeSink {
             .await
             {
                 Ok(version) => {
+                    // Only our commit lies between the versions read and this one: they are
+                    // still exact, with ours applied. Otherwise read them again next time.
+                    let exact = s.txns.at == Some(version - 1);
+                    s.txns.at = exact.then_some(version);
+                    if !exact {
+                        s.txns.versions.clear();
+                    }
                     for (tp, r) in &ranges {
                         s.committed.insert(tp.clone(), r.last);
+                        if exact {
+                            s.txns.versions.insert(tp.clone(), Some(r.last));
+                        }
                         outcome.committed.push((tp.clone(), r.last + 1));
                     }
                     outcome.fenced.extend(fenced);
@@ -233,6 +260,49 @@ impl BronzeSink {
             last: last_error,
         })
     }
+}
+
+/// Offsets `table` holds for the partitions of `ranges`, as of the table version the next
+/// commit is built on; read from the log only for partitions `cache` does not know at
+/// that version. Also raises `committed`, the floor below which arriving rows are dropped.
+async fn cached_offsets(
+    name: &str,
+    table: &DeltaTable,
+    pipeline: &str,
+    cache: &mut TxnCache,
+    committed: &mut BTreeMap<TopicPartition, i64>,
+    ranges: &BTreeMap<TopicPartition, OffsetRange>,
+) -> Result<BTreeMap<TopicPartition, i64>> {
+    let version = table.version().map(|v| v as i64);
+    if cache.at != version {
+        cache.versions.clear();
+        cache.at = version;
+    }
+    let missing: Vec<TopicPartition> = ranges
+        .keys()
+        .filter(|tp| !cache.versions.contains_key(*tp))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        let read = table::committed_offsets(name, table, pipeline, missing.iter()).await?;
+        for tp in missing {
+            let v = read.get(&tp).copied();
+            cache.versions.insert(tp, v);
+        }
+    }
+    let known: BTreeMap<TopicPartition, i64> = ranges
+        .keys()
+        .filter_map(|tp| {
+            cache
+                .versions
+                .get(tp)
+                .copied()
+                .flatten()
+                .map(|v| (tp.clone(), v))
+        })
+        .collect();
+    committed.extend(known.iter().map(|(k, v)| (k.clone(), *v)));
+    Ok(known)
 }
 
 /// The union of `schemas` by column name; a column in two schemas must have one type.
@@ -309,9 +379,7 @@ impl Sink for BronzeSink {
             .iter()
             .any(|(tp, r)| known.get(tp).is_some_and(|&v| v >= r.first));
         let rows = match (rows, stale) {
-            (Some(r), true) => Some(filter_offsets_above(&r, |t, p| {
-                known.get(&TopicPartition::new(t, p)).copied()
-            })?),
+            (Some(r), true) => Some(filter_offsets_above(&r, known)?),
             (r, _) => r,
         };
         let mut offsets = offsets;
@@ -392,16 +460,14 @@ impl Sink for BronzeSink {
                 dropped |= s.ranges.remove(tp).is_some();
             }
             if dropped {
-                let gone = |t: &str, p: i32| {
-                    partitions
-                        .iter()
-                        .any(|tp| tp.topic == t && tp.partition == p)
-                        .then_some(i64::MAX)
-                };
+                let gone: BTreeMap<TopicPartition, i64> =
+                    partitions.iter().map(|tp| (tp.clone(), i64::MAX)).collect();
                 s.pending = s
                     .pending
                     .iter()
-                    .filter_map(|b| filter_offsets_above(b, gone).ok())
+                    // On a (theoretical) failure keep the batch: the commit-time fence
+                    // still keeps its rows from landing twice.
+                    .map(|b| filter_offsets_above(b, &gone).unwrap_or_else(|_| b.clone()))
                     .filter(|b| b.num_rows() > 0)
                     .collect();
             }

@@ -33,6 +33,24 @@ impl EmbeddedBroker {
             .map_err(kafka(format!("creating topic {name}")))
     }
 
+    /// Messages the broker has dropped from the start of `topic`'s partitions (it keeps at
+    /// most 5 MiB or 100,000 messages per partition): the sum of the low watermarks.
+    pub fn evicted(&self, topic: &str, partitions: i32) -> Result<i64> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap_servers())
+            .create()
+            .map_err(kafka("creating a consumer"))?;
+        let mut evicted = 0;
+        for p in 0..partitions {
+            let (low, _) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .map_err(kafka(format!("reading watermarks of {topic}")))?;
+            evicted += low;
+        }
+        Ok(evicted)
+    }
+
     /// Take broker `id` (1-based) down, as in an outage.
     pub fn broker_down(&self, id: i32) -> Result<()> {
         self.cluster

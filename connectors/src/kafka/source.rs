@@ -274,7 +274,7 @@ pub fn start(
                 config,
                 tx,
                 decoders: HashMap::new(),
-                positions: HashMap::new(),
+                positions: Vec::new(),
                 stats: SourceStats::default(),
             };
             for (table_name, schema) in initial {
@@ -307,7 +307,8 @@ struct WorkerState {
     /// Decoder per table, with the time its oldest buffered message arrived.
     decoders: HashMap<String, (JsonDecoder, Option<Instant>)>,
     /// Next offset to read per partition, from the messages seen.
-    positions: HashMap<TopicPartition, i64>,
+    /// (A few entries: scanned, so no key is allocated per message.)
+    positions: Vec<(TopicPartition, i64)>,
     stats: SourceStats,
 }
 
@@ -358,8 +359,9 @@ fn run(
 ) -> Result<()> {
     let latency = Duration::from_millis(state.config.decode_batch_max_latency_ms);
     let mut last_caught_up_check = Instant::now();
-    // Last time a message arrived or the assignment changed.
-    let mut last_activity = Instant::now();
+    // Since when every poll has come back empty (reset by a message or a rebalance).
+    // Time spent blocked on a full channel does not count: that is not quiet.
+    let mut idle_since: Option<Instant> = None;
     let mut rebalances = 0;
     let mut assigned_once = false;
     while !stop.load(Ordering::Relaxed) {
@@ -385,7 +387,7 @@ fn run(
             None => true,
             Some(Ok(m)) => {
                 state.on_message(&m)?;
-                last_activity = Instant::now();
+                idle_since = None;
                 false
             }
             Some(Err(KafkaError::PartitionEOF(_))) => true,
@@ -396,6 +398,9 @@ fn run(
             }
         };
         let now = Instant::now();
+        if idle {
+            idle_since.get_or_insert(now);
+        }
         state.flush_due(idle, latency, now)?;
         let assigned = consumer
             .context()
@@ -407,9 +412,9 @@ fn run(
         let seen = consumer.context().rebalances.load(Ordering::Relaxed);
         if seen != rebalances {
             rebalances = seen;
-            last_activity = now;
+            idle_since = None;
         }
-        let quiet = now.duration_since(last_activity);
+        let quiet = idle_since.map_or(Duration::ZERO, |t| now.duration_since(t));
         if state.config.until_caught_up
             && idle
             && assigned_once
@@ -445,10 +450,17 @@ impl WorkerState {
     fn on_message<M: Message>(&mut self, m: &M) -> Result<()> {
         self.stats.messages += 1;
         self.stats.bytes += m.payload().map_or(0, <[u8]>::len) as u64;
-        self.positions.insert(
-            TopicPartition::new(m.topic(), m.partition()),
-            m.offset() + 1,
-        );
+        let next = m.offset() + 1;
+        match self
+            .positions
+            .iter_mut()
+            .find(|(tp, _)| tp.partition == m.partition() && tp.topic == m.topic())
+        {
+            Some((_, p)) => *p = next,
+            None => self
+                .positions
+                .push((TopicPartition::new(m.topic(), m.partition()), next)),
+        }
         let Some(table_name) = self.config.routes.get(m.topic()) else {
             return Ok(());
         };
@@ -515,7 +527,7 @@ impl WorkerState {
     fn revoke(&mut self, revoked: Vec<TopicPartition>) -> Result<()> {
         self.flush_all()?;
         for tp in &revoked {
-            self.positions.remove(tp);
+            self.positions.retain(|(p, _)| p != tp);
         }
         if self
             .tx
@@ -538,12 +550,14 @@ impl WorkerState {
             else {
                 return false;
             };
-            let position = match (self.positions.get(tp), start) {
+            let seen = self.positions.iter().find(|(p, _)| p == tp).map(|(_, o)| o);
+            let position = match (seen, start) {
                 (Some(p), _) => *p,
                 (None, Offset::Offset(o)) => *o,
                 (None, Offset::End) => high,
                 (None, _) => low,
             };
+            tracing::debug!(partition = %tp, position, low, high, "caught-up check");
             position >= high
         })
     }
