@@ -24,18 +24,36 @@ pub struct BenchArgs {
     /// messages per partition, so 1 M messages of ~300 bytes need at least 58.
     #[arg(long, default_value_t = 80)]
     pub partitions: i32,
+    /// Use this Kafka instead of the embedded broker (`host:port`); `--topic` must exist
+    /// there, empty, with `--partitions` partitions.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub brokers: Option<String>,
+    /// Topic to load and drain.
+    #[arg(long, default_value = "txn-events")]
+    pub topic: String,
 }
 
 pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    let broker = EmbeddedBroker::start(1)?;
-    broker.create_topic("txn-events", args.partitions)?;
+    let embedded = match &args.brokers {
+        Some(_) => None,
+        None => {
+            let broker = EmbeddedBroker::start(1)?;
+            broker.create_topic(&args.topic, args.partitions)?;
+            Some(broker)
+        }
+    };
+    let brokers = match (&args.brokers, &embedded) {
+        (Some(b), _) => b.clone(),
+        (None, Some(e)) => e.bootstrap_servers(),
+        (None, None) => anyhow::bail!("no broker"),
+    };
     let scale = Scale {
         customers: 10_000,
         transactions: args.messages,
         touchpoints: 0,
         with_bad_messages: false,
     };
-    let producer = SimpleProducer::new(&broker.bootstrap_servers())?;
+    let producer = SimpleProducer::new(&brokers)?;
     let mut bytes = 0usize;
     for m in bank::generate(scale)
         .iter()
@@ -43,13 +61,21 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     {
         bytes += m.payload.as_ref().map_or(0, Vec::len);
         producer.send(&Outgoing {
-            topic: m.topic,
+            topic: &args.topic,
             key: Some(m.key.as_bytes()),
             payload: m.payload.as_deref(),
             timestamp_ms: Some(m.timestamp_ms),
         })?;
     }
     producer.flush()?;
+    if let Some(broker) = &embedded {
+        let evicted = broker.evicted(&args.topic, args.partitions)?;
+        anyhow::ensure!(
+            evicted == 0,
+            "the embedded broker evicted {evicted} messages (it keeps 5 MiB or 100,000 messages per \
+             partition): run with more --partitions"
+        );
+    }
     eprintln!(
         "bench: pre-loaded {} messages ({:.1} MB) into {} partitions",
         args.messages,
@@ -62,9 +88,9 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     std::fs::write(
         &config,
         format!(
-            "[pipeline]\nname = \"bench\"\n[kafka]\nbootstrap_servers = \"{}\"\ntopics = [\"txn-events\"]\n\
+            "[pipeline]\nname = \"bench\"\n[kafka]\nbootstrap_servers = \"{brokers}\"\ntopics = [\"{}\"]\n\
              max_prefetch_bytes = 33554432\n[bronze]\nflush_max_rows = 500000\nflush_max_latency_ms = 10000\n",
-            broker.bootstrap_servers()
+            args.topic
         ),
     )?;
     let exe = std::env::current_exe()?;
@@ -108,6 +134,6 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         s.peak_rss_bytes as f64 / 1048576.0
     );
     println!("commits            {}", s.commits);
-    drop(broker);
+    drop(embedded);
     Ok(())
 }

@@ -101,6 +101,7 @@ async fn commit<S: Sink>(
     control: &dyn SourceControl,
     stats: &mut RunStats,
 ) -> Result<()> {
+    let started = Instant::now();
     let outcome = sink.commit().await?;
     stats.rows += outcome.rows as u64;
     stats.dead_letters += outcome.dead_letters as u64;
@@ -116,6 +117,7 @@ async fn commit<S: Sink>(
         dead_letters = outcome.dead_letters,
         commits = outcome.commits,
         fenced = outcome.fenced.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
         "committed"
     );
     Ok(())

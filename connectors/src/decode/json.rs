@@ -911,9 +911,16 @@ mod tests {
             .expect("batch")
             .rows
             .expect("rows");
-        let kept = filter_offsets_above(&rows, |t, p| (t == "events" && p == 3).then_some(2))
-            .expect("filter");
-        assert_eq!(offsets(&kept), vec![3, 4]);
+        let floors = std::collections::BTreeMap::from([
+            (TopicPartition::new("events", 3), 2),
+            (TopicPartition::new("events", 4), 100),
+        ]);
+        let kept = filter_offsets_above(&rows, &floors).expect("filter");
+        assert_eq!(
+            offsets(&kept),
+            vec![3, 4],
+            "partition 3 keeps offsets above 2"
+        );
     }
 }
 

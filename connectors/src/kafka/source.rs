@@ -402,13 +402,13 @@ fn run(
             idle_since.get_or_insert(now);
         }
         state.flush_due(idle, latency, now)?;
-        let assigned = consumer
+        // Checked once per poll: look under the lock, copy only for a caught-up check.
+        let has_assignment = consumer
             .context()
             .assigned
             .lock()
-            .map(|a| a.clone())
-            .unwrap_or_default();
-        assigned_once |= !assigned.is_empty();
+            .is_ok_and(|a| !a.is_empty());
+        assigned_once |= has_assignment;
         let seen = consumer.context().rebalances.load(Ordering::Relaxed);
         if seen != rebalances {
             rebalances = seen;
@@ -418,13 +418,19 @@ fn run(
         if state.config.until_caught_up
             && idle
             && assigned_once
-            && !assigned.is_empty()
+            && has_assignment
             && quiet >= CAUGHT_UP_QUIET
             && now.duration_since(last_caught_up_check) >= Duration::from_millis(300)
         {
             last_caught_up_check = now;
             // Watermarks first; some brokers report wrong ones, so a long enough silence
             // with partitions assigned counts as caught up too.
+            let assigned = consumer
+                .context()
+                .assigned
+                .lock()
+                .map(|a| a.clone())
+                .unwrap_or_default();
             if quiet >= CAUGHT_UP_SILENCE || state.caught_up(consumer, &assigned) {
                 tracing::info!("caught up with every assigned partition");
                 break;
@@ -448,24 +454,26 @@ impl WorkerState {
     }
 
     fn on_message<M: Message>(&mut self, m: &M) -> Result<()> {
+        // `topic()` checks the name's UTF-8 on every call: once per message is enough.
+        let topic = m.topic();
         self.stats.messages += 1;
         self.stats.bytes += m.payload().map_or(0, <[u8]>::len) as u64;
         let next = m.offset() + 1;
         match self
             .positions
             .iter_mut()
-            .find(|(tp, _)| tp.partition == m.partition() && tp.topic == m.topic())
+            .find(|(tp, _)| tp.partition == m.partition() && tp.topic == topic)
         {
             Some((_, p)) => *p = next,
             None => self
                 .positions
-                .push((TopicPartition::new(m.topic(), m.partition()), next)),
+                .push((TopicPartition::new(topic, m.partition()), next)),
         }
-        let Some(table_name) = self.config.routes.get(m.topic()) else {
+        let Some(table_name) = self.config.routes.get(topic) else {
             return Ok(());
         };
         let raw = RawMessage {
-            topic: m.topic(),
+            topic,
             partition: m.partition(),
             offset: m.offset(),
             timestamp_ms: m.timestamp().to_millis(),
