@@ -102,3 +102,38 @@ fn survives_twenty_sigkills_without_loss_or_duplicates() {
     w.run_ok(&["run", "--until-caught-up"]);
     assert_exactly_once(&w, "bronze.payments", "payments", 4, MESSAGES);
 }
+
+#[test]
+fn reports_committed_offsets_to_the_consumer_group_for_lag_tools() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let broker = Mock::start();
+    broker.create_topic("lag", 2);
+    produce(&broker, "lag", 0, 3_000);
+    let w = Workdir::new();
+    w.write_config(&broker, "lagcheck", &["lag"], "");
+    w.run_ok(&["run", "--until-caught-up"]);
+    let per_partition =
+        w.sql("select _kafka_partition, count(*) from bronze.lag group by 1 order by 1");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", "sluice-lagcheck")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition("lag", 0);
+    tpl.add_partition("lag", 1);
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    let got: Vec<String> = committed
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => format!("{},{o}", e.partition()),
+            other => format!("{},{other:?}", e.partition()),
+        })
+        .collect();
+    // The group's committed offset is the next to read: the row count of each partition.
+    assert_eq!(got, per_partition);
+}

@@ -6,6 +6,7 @@
 
 mod cli;
 mod dead_letters;
+mod declared;
 mod duckdb;
 mod exactly_once;
 mod group;

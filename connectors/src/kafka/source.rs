@@ -165,6 +165,16 @@ impl ConsumerContext for Ctx {
 }
 
 impl Ctx {
+    /// The partitions assigned now, with the offsets they were assigned at.
+    fn assignment(&self) -> BTreeMap<TopicPartition, Offset> {
+        self.assigned.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    /// Whether any partition is assigned, without copying the assignment.
+    fn has_assignment(&self) -> bool {
+        self.assigned.lock().is_ok_and(|a| !a.is_empty())
+    }
+
     fn fail(&self, msg: String) {
         tracing::error!("{msg}");
         if let Ok(mut f) = self.failure.lock() {
@@ -287,9 +297,10 @@ pub fn start(
             let WorkerState { tx, stats, .. } = state;
             drop(tx);
             while let Ok(cmd) = ctl_rx.recv() {
-                apply(&consumer, cmd);
+                // The consumer no longer polls: commit synchronously so the group sees
+                // the final offsets before the consumer leaves it.
+                apply(&consumer, cmd, CommitMode::Sync);
             }
-            let _ = consumer.commit_consumer_state(CommitMode::Sync);
             result.map(|()| stats)
         })
         .map_err(|source| Error::Io {
@@ -312,21 +323,16 @@ struct WorkerState {
     stats: SourceStats,
 }
 
-fn apply(consumer: &BaseConsumer<Ctx>, cmd: Command) {
+fn apply(consumer: &BaseConsumer<Ctx>, cmd: Command, mode: CommitMode) {
     match cmd {
         Command::Commit(offsets) => {
-            let assigned = consumer
-                .context()
-                .assigned
-                .lock()
-                .map(|a| a.clone())
-                .unwrap_or_default();
+            let assigned = consumer.context().assignment();
             let mut tpl = TopicPartitionList::new();
             for (tp, next) in offsets.iter().filter(|(tp, _)| assigned.contains_key(tp)) {
                 let _ = tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*next));
             }
             if tpl.count() > 0
-                && let Err(e) = consumer.commit(&tpl, CommitMode::Async)
+                && let Err(e) = consumer.commit(&tpl, mode)
             {
                 tracing::debug!(error = %e, "offset commit to the group failed (lag reporting only)");
             }
@@ -366,7 +372,7 @@ fn run(
     let mut assigned_once = false;
     while !stop.load(Ordering::Relaxed) {
         while let Ok(cmd) = ctl.try_recv() {
-            apply(consumer, cmd);
+            apply(consumer, cmd, CommitMode::Async);
         }
         let polled = consumer.poll(Duration::from_millis(50));
         // A revocation served inside this poll goes downstream before the polled message.
@@ -403,11 +409,7 @@ fn run(
         }
         state.flush_due(idle, latency, now)?;
         // Checked once per poll: look under the lock, copy only for a caught-up check.
-        let has_assignment = consumer
-            .context()
-            .assigned
-            .lock()
-            .is_ok_and(|a| !a.is_empty());
+        let has_assignment = consumer.context().has_assignment();
         assigned_once |= has_assignment;
         let seen = consumer.context().rebalances.load(Ordering::Relaxed);
         if seen != rebalances {
@@ -425,12 +427,7 @@ fn run(
             last_caught_up_check = now;
             // Watermarks first; some brokers report wrong ones, so a long enough silence
             // with partitions assigned counts as caught up too.
-            let assigned = consumer
-                .context()
-                .assigned
-                .lock()
-                .map(|a| a.clone())
-                .unwrap_or_default();
+            let assigned = consumer.context().assignment();
             if quiet >= CAUGHT_UP_SILENCE || state.caught_up(consumer, &assigned) {
                 tracing::info!("caught up with every assigned partition");
                 break;
