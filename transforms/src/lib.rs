@@ -1,10 +1,19 @@
 //! # sluice-transforms
 //!
-//! PII transforms over Arrow record batches: one file per transform, each implementing
-//! [`sluice_pipeline::Transform`]. The pipeline applies the transforms configured for a
-//! table to every batch before anything lands.
+//! PII transforms over Arrow record batches: one file per action, each implementing
+//! [`sluice_pipeline::Transform`] on one column, addressed by a [`ColumnPath`] that may
+//! reach into structs (`after.email`). Every action works on whole Arrow arrays, keeps the
+//! row count and keeps nulls null, and checks at start-up that its column exists with a
+//! type it handles, so a policy naming a column the data lacks fails before data moves.
 //!
-//! The transforms themselves arrive with the PII-protection work (issue 3); until then
-//! the chain is empty and batches land as decoded.
+//! Actions so far: [`mask::Mask`], [`mask::MaskPartial`], [`hash::Hash`] (salted SHA-256)
+//! and [`tokenize::Tokenize`] (keyed HMAC-SHA256 pseudonyms with a key id). Secrets are
+//! never printed: their `Debug` forms hide them.
 
+pub mod hash;
+pub mod mask;
+pub mod path;
+pub mod tokenize;
+
+pub use path::ColumnPath;
 pub use sluice_pipeline::Transform;
