@@ -6,13 +6,17 @@
 //! row count and keeps nulls null, and checks at start-up that its column exists with a
 //! type it handles, so a policy naming a column the data lacks fails before data moves.
 //!
-//! Actions so far: [`mask::Mask`], [`mask::MaskPartial`], [`hash::Hash`] (salted SHA-256)
-//! and [`tokenize::Tokenize`] (keyed HMAC-SHA256 pseudonyms with a key id). Secrets are
+//! Actions so far: [`drop::Drop`], [`mask::Mask`], [`mask::MaskPartial`], [`hash::Hash`]
+//! (salted SHA-256), [`tokenize::Tokenize`] (keyed HMAC-SHA256 pseudonyms with a key id)
+//! and [`redact::Redact`] (typed placeholders for emails, cards, IBANs, NINOs, IPs, phones
+//! and postcodes in free text). Secrets are
 //! never printed: their `Debug` forms hide them.
 
+pub mod drop;
 pub mod hash;
 pub mod mask;
 pub mod path;
+pub mod redact;
 pub mod tokenize;
 
 pub use path::ColumnPath;

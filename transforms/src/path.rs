@@ -19,6 +19,13 @@ impl ColumnPath {
     }
 }
 
+impl ColumnPath {
+    /// The path's segments, outermost first.
+    pub fn segments(&self) -> &[String] {
+        &self.0
+    }
+}
+
 impl std::fmt::Display for ColumnPath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.0.join("."))
