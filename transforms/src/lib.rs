@@ -8,11 +8,13 @@
 //!
 //! Actions so far: [`drop::Drop`], [`mask::Mask`], [`mask::MaskPartial`], [`hash::Hash`]
 //! (salted SHA-256), [`tokenize::Tokenize`] (keyed HMAC-SHA256 pseudonyms with a key id)
-//! and [`redact::Redact`] (typed placeholders for emails, cards, IBANs, NINOs, IPs, phones
-//! and postcodes in free text). Secrets are
+//! [`redact::Redact`] (typed placeholders for emails, cards, IBANs, NINOs, IPs, phones
+//! and postcodes in free text) and [`generalize::Generalize`] (dates to year or month,
+//! numbers to buckets, postcodes to outward codes). Secrets are
 //! never printed: their `Debug` forms hide them.
 
 pub mod drop;
+pub mod generalize;
 pub mod hash;
 pub mod mask;
 pub mod path;

@@ -1,0 +1,238 @@
+//! `generalize`: keep a coarser version of a value.
+//!
+//! * dates and timestamps → the first day of their year or month (type kept);
+//! * numbers → the lower bound of a bucket of a given width (ages 37 → 30 with width 10);
+//! * UK postcodes → the outward code (`SW1A 1AA` → `SW1A`).
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Date32Array, Float64Array, Int64Array, RecordBatch, StringArray,
+};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Date32Type, SchemaRef, TimeUnit};
+use sluice_pipeline::{Result, Transform};
+
+use crate::path::{ColumnPath, arrow_error, check, map_column, schema_error};
+
+/// How to generalise.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Generalization {
+    /// Date or timestamp → 1 January of its year.
+    Year,
+    /// Date or timestamp → the first of its month.
+    Month,
+    /// Number → lower bound of its bucket of this width.
+    Bucket(f64),
+    /// UK postcode → outward code.
+    Outward,
+}
+
+/// Generalise one column.
+#[derive(Debug, Clone)]
+pub struct Generalize {
+    pub path: ColumnPath,
+    pub to: Generalization,
+}
+
+const DAYS_FROM_CE_TO_EPOCH: i32 = 719_163;
+
+fn truncate_days(days: i32, to: Generalization) -> i32 {
+    use chrono::Datelike;
+    let Some(d) = chrono::NaiveDate::from_num_days_from_ce_opt(days + DAYS_FROM_CE_TO_EPOCH) else {
+        return days;
+    };
+    let first = match to {
+        Generalization::Year => d.with_day(1).and_then(|d| d.with_month(1)),
+        _ => d.with_day(1),
+    };
+    first.map_or(days, |f| f.num_days_from_ce() - DAYS_FROM_CE_TO_EPOCH)
+}
+
+/// The outward code of a UK postcode: everything before the last three characters.
+pub fn outward_code(postcode: &str) -> String {
+    let compact: String = postcode
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_uppercase();
+    if compact.len() > 3 {
+        compact[..compact.len() - 3].to_string()
+    } else {
+        compact
+    }
+}
+
+impl Generalize {
+    fn accepts(&self, dt: &DataType) -> bool {
+        match self.to {
+            Generalization::Year | Generalization::Month => {
+                matches!(dt, DataType::Date32 | DataType::Timestamp(_, _))
+            }
+            Generalization::Bucket(w) => w > 0.0 && (dt.is_integer() || dt.is_floating()),
+            Generalization::Outward => matches!(dt, DataType::Utf8),
+        }
+    }
+
+    fn rewrite(to: Generalization, a: &ArrayRef) -> Result<ArrayRef> {
+        let err = |e| arrow_error("generalize", e);
+        Ok(match (to, a.data_type()) {
+            (Generalization::Year | Generalization::Month, DataType::Date32) => {
+                let d: Date32Array = a
+                    .as_primitive::<Date32Type>()
+                    .unary(|v| truncate_days(v, to));
+                Arc::new(d)
+            }
+            (Generalization::Year | Generalization::Month, DataType::Timestamp(unit, _)) => {
+                // On the epoch integers: to whole days, truncate, back; type and zone kept.
+                let per_day: i64 = match unit {
+                    TimeUnit::Second => 86_400,
+                    TimeUnit::Millisecond => 86_400_000,
+                    TimeUnit::Microsecond => 86_400_000_000,
+                    TimeUnit::Nanosecond => 86_400_000_000_000,
+                };
+                let raw = cast(a, &DataType::Int64).map_err(err)?;
+                let out: Int64Array = raw
+                    .as_primitive::<arrow::datatypes::Int64Type>()
+                    .unary(|v| truncate_days(v.div_euclid(per_day) as i32, to) as i64 * per_day);
+                let data = out
+                    .into_data()
+                    .into_builder()
+                    .data_type(a.data_type().clone())
+                    .build()
+                    .map_err(err)?;
+                arrow::array::make_array(data)
+            }
+            (Generalization::Bucket(w), dt) if dt.is_integer() => {
+                let v = cast(a, &DataType::Int64).map_err(err)?;
+                let w = w.max(1.0) as i64;
+                let out: Int64Array = v
+                    .as_primitive::<arrow::datatypes::Int64Type>()
+                    .unary(|x| x.div_euclid(w) * w);
+                cast(&(Arc::new(out) as ArrayRef), dt).map_err(err)?
+            }
+            (Generalization::Bucket(w), dt) => {
+                let v = cast(a, &DataType::Float64).map_err(err)?;
+                let out: Float64Array = v
+                    .as_primitive::<arrow::datatypes::Float64Type>()
+                    .unary(|x| (x / w).floor() * w);
+                cast(&(Arc::new(out) as ArrayRef), dt).map_err(err)?
+            }
+            (Generalization::Outward, _) => {
+                let s = a.as_string::<i32>();
+                Arc::new(
+                    s.iter()
+                        .map(|v| v.map(outward_code))
+                        .collect::<StringArray>(),
+                )
+            }
+            (_, dt) => {
+                return Err(schema_error(
+                    "generalize",
+                    &format!("cannot generalise {dt}"),
+                ));
+            }
+        })
+    }
+}
+
+impl Transform for Generalize {
+    fn name(&self) -> &str {
+        "generalize"
+    }
+    fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
+        check(self.name(), input, &self.path, &|dt| self.accepts(dt))?;
+        Ok(input.clone())
+    }
+    fn apply(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        let to = self.to;
+        map_column(&batch, &self.path, "generalize", &move |a| {
+            let out = Self::rewrite(to, a)?;
+            debug_assert_eq!(out.null_count(), a.null_count());
+            Ok(out)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::TimestampMicrosecondArray;
+    use proptest::prelude::*;
+
+    fn one(col: ArrayRef, to: Generalization) -> ArrayRef {
+        let b = RecordBatch::try_from_iter([("c", col)]).expect("batch");
+        let g = Generalize {
+            path: ColumnPath::parse("c").expect("p"),
+            to,
+        };
+        g.output_schema(&b.schema()).expect("accepted");
+        g.apply(b).expect("apply").column(0).clone()
+    }
+
+    #[test]
+    fn dates_become_their_year_or_month() {
+        // 1985-07-23 is day 5682 after the epoch.
+        let dob: ArrayRef = Arc::new(Date32Array::from(vec![Some(5682), None]));
+        let year = one(dob.clone(), Generalization::Year);
+        assert_eq!(
+            year.as_primitive::<Date32Type>().value(0),
+            5479,
+            "1985-01-01"
+        );
+        assert!(year.is_null(1));
+        let month = one(dob, Generalization::Month);
+        assert_eq!(
+            month.as_primitive::<Date32Type>().value(0),
+            5660,
+            "1985-07-01"
+        );
+    }
+
+    #[test]
+    fn timestamps_keep_their_type() {
+        let ts: ArrayRef = Arc::new(
+            TimestampMicrosecondArray::from(vec![1_767_312_245_000_000]).with_timezone("UTC"),
+        );
+        let out = one(ts.clone(), Generalization::Month);
+        assert_eq!(out.data_type(), ts.data_type());
+        assert_eq!(
+            out.as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                .value(0),
+            1_767_225_600_000_000
+        );
+    }
+
+    #[test]
+    fn ages_fall_into_bands_and_postcodes_lose_the_inward_code() {
+        let ages: ArrayRef = Arc::new(Int64Array::from(vec![Some(37), Some(40), None, Some(-3)]));
+        let out = one(ages, Generalization::Bucket(10.0));
+        assert_eq!(
+            out.as_primitive::<arrow::datatypes::Int64Type>()
+                .iter()
+                .collect::<Vec<_>>(),
+            vec![Some(30), Some(40), None, Some(-10)]
+        );
+        let pc: ArrayRef = Arc::new(StringArray::from(vec!["sw1a 1aa", "M1 1AE"]));
+        let out = one(pc, Generalization::Outward);
+        assert_eq!(
+            out.as_string::<i32>().iter().collect::<Vec<_>>(),
+            vec![Some("SW1A"), Some("M1")]
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn buckets_contain_their_values(v in proptest::collection::vec(proptest::option::of(-1_000_000i64..1_000_000), 0..100), w in 1i64..1000) {
+            let out = one(Arc::new(Int64Array::from(v.clone())), Generalization::Bucket(w as f64));
+            let out = out.as_primitive::<arrow::datatypes::Int64Type>();
+            prop_assert_eq!(out.len(), v.len());
+            for (i, x) in v.iter().enumerate() {
+                match x {
+                    None => prop_assert!(out.is_null(i)),
+                    Some(x) => prop_assert!(out.value(i) <= *x && *x < out.value(i) + w && out.value(i) % w == 0),
+                }
+            }
+        }
+    }
+}
