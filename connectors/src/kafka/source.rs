@@ -389,23 +389,26 @@ fn run(
         {
             return Err(Error::Decode(f));
         }
-        let idle = match polled {
-            None => true,
+        // `idle`: nothing to decode now, so buffered messages may be flushed. Only an empty
+        // poll is quiet; an error (a broker outage) is not a sign of being caught up.
+        let (idle, quiet_poll) = match polled {
+            None => (true, true),
             Some(Ok(m)) => {
                 state.on_message(&m)?;
-                idle_since = None;
-                false
+                (false, false)
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => true,
+            Some(Err(KafkaError::PartitionEOF(_))) => (true, true),
             Some(Err(e)) => {
                 // Broker outages and the like: librdkafka reconnects by itself.
                 tracing::warn!(error = %e, "consumer error; retrying");
-                true
+                (true, false)
             }
         };
         let now = Instant::now();
-        if idle {
+        if quiet_poll {
             idle_since.get_or_insert(now);
+        } else {
+            idle_since = None;
         }
         state.flush_due(idle, latency, now)?;
         // Checked once per poll: look under the lock, copy only for a caught-up check.
