@@ -171,11 +171,6 @@ impl JsonDecoder {
         self.slots.is_empty()
     }
 
-    /// Payload bytes buffered.
-    pub fn buffered_bytes(&self) -> usize {
-        self.buf.len()
-    }
-
     /// Buffer one message.
     pub fn push(&mut self, m: &RawMessage<'_>) {
         let r = OffsetRange {

@@ -158,9 +158,7 @@ impl BronzeSink {
             )
             .await?;
             // Rows need filtering only where another writer already landed some of them.
-            let overlap = ranges
-                .iter()
-                .any(|(tp, r)| committed.get(tp).is_some_and(|v| *v >= r.first));
+            let overlap = table::overlaps(&ranges, &committed);
             let fenced = table::fence(&mut ranges, &committed);
             let mut rows = Vec::with_capacity(s.pending.len());
             for b in &s.pending {
@@ -375,9 +373,7 @@ impl Sink for BronzeSink {
         let state = self.state(&table)?;
         // Drop what this process already knows the table holds (a re-read after a seek).
         let known = &state.committed;
-        let stale = offsets
-            .iter()
-            .any(|(tp, r)| known.get(tp).is_some_and(|&v| v >= r.first));
+        let stale = table::overlaps(&offsets, known);
         let rows = match (rows, stale) {
             (Some(r), true) => Some(filter_offsets_above(&r, known)?),
             (r, _) => r,

@@ -123,6 +123,17 @@ pub async fn committed_offsets(
     Ok(out)
 }
 
+/// Whether `committed` already holds some offset of `ranges`: only then do rows need
+/// filtering and [`fence`] anything to do.
+pub fn overlaps(
+    ranges: &BTreeMap<TopicPartition, OffsetRange>,
+    committed: &BTreeMap<TopicPartition, i64>,
+) -> bool {
+    ranges
+        .iter()
+        .any(|(tp, r)| committed.get(tp).is_some_and(|v| *v >= r.first))
+}
+
 /// Narrow `ranges` to what `committed` does not already hold.
 ///
 /// Returns the partitions fully covered already, with the offset to resume from.
