@@ -3,6 +3,8 @@
 mod bench;
 mod demo;
 mod output;
+mod policy;
+mod reveal;
 mod run;
 
 use std::path::{Path, PathBuf};
@@ -70,6 +72,25 @@ enum Command {
     },
     /// Measure end-to-end ingest throughput on this machine.
     Bench(bench::BenchArgs),
+    /// Reverse format-preserving encryption, or open sealed dead letters, with the key.
+    ///
+    /// `sluice reveal --table T --column C VALUE...` decrypts values of an `encrypt_fpe`
+    /// column (from stdin, one per line, when no value is given); `sluice reveal
+    /// --dead-letters [--where PREDICATE]` prints dead letters with key and payload opened.
+    /// Only the key the command needs is read.
+    Reveal {
+        #[arg(long, requires = "column", conflicts_with = "dead_letters")]
+        table: Option<String>,
+        #[arg(long, requires = "table")]
+        column: Option<String>,
+        /// Values to decrypt.
+        values: Vec<String>,
+        #[arg(long)]
+        dead_letters: bool,
+        /// SQL predicate over the dead-letter table, e.g. "kafka_topic = 'customers'".
+        #[arg(long = "where", requires = "dead_letters")]
+        filter: Option<String>,
+    },
 }
 
 /// An error with its exit code: 2 for usage and configuration, 1 for everything else.
@@ -89,6 +110,23 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 
 fn usage(error: anyhow::Error) -> Failure {
     Failure { code: 2, error }
+}
+
+/// Exit 2 for configuration problems found at start-up (a missing key, a policy naming a
+/// column the data lacks), 1 for anything else.
+fn config_failure(error: anyhow::Error) -> Failure {
+    let is_config = error.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<sluice_pipeline::Error>(),
+            Some(
+                sluice_pipeline::Error::Config(_) | sluice_pipeline::Error::TransformSchema { .. }
+            )
+        )
+    });
+    Failure {
+        code: if is_config { 2 } else { 1 },
+        error,
+    }
 }
 
 fn config_path(cli: &Cli, explicit: Option<&Path>) -> Option<PathBuf> {
@@ -124,7 +162,9 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             let config = load_config(&path)?;
             let lake = lake(&cli, Some(&config));
             let stop = run::stop_on_signals();
-            let summary = run::run_pipeline(&config, &lake, *until_caught_up, stop).await?;
+            let summary = run::run_pipeline(&config, &lake, *until_caught_up, stop)
+                .await
+                .map_err(config_failure)?;
             match cli.format {
                 Format::Json => println!("{}", serde_json::to_string(&summary)?),
                 _ => eprintln!(
@@ -156,8 +196,8 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("reading {}", path.display()))
                 .map_err(usage)?;
-            match Config::from_toml(&text) {
-                Ok(_) => println!("{}: valid", path.display()),
+            match Config::from_toml(&text).and_then(|c| policy::prepare(&c).map(|_| ())) {
+                Ok(()) => println!("{}: valid", path.display()),
                 Err(problems) => {
                     for p in &problems {
                         println!("{}: {p}", path.display());
@@ -192,6 +232,36 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Bench(args) => bench::bench(args.clone()).await?,
+        Command::Reveal {
+            table,
+            column,
+            values,
+            dead_letters,
+            filter,
+        } => {
+            let path = config_path(&cli, None).ok_or_else(|| {
+                usage(anyhow::anyhow!(
+                    "no configuration: reveal reads the policy and its keys from --config FILE"
+                ))
+            })?;
+            let config = load_config(&path)?;
+            match (table, column, dead_letters) {
+                (Some(t), Some(c), false) => {
+                    reveal::column_values(&config, t, c, values).map_err(config_failure)?
+                }
+                (None, None, true) => {
+                    let lake = lake(&cli, Some(&config));
+                    reveal::dead_letters(&config, &lake, filter.as_deref(), cli.format)
+                        .await
+                        .map_err(config_failure)?
+                }
+                _ => {
+                    return Err(usage(anyhow::anyhow!(
+                        "give --table and --column with values, or --dead-letters"
+                    )));
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use sluice_connectors::delta::bronze::{BronzeSink, BronzeSinkConfig};
 use sluice_connectors::kafka::source::{self, KafkaSourceConfig};
 use sluice_pipeline::config::Config;
-use sluice_pipeline::runner::{self, Transforms};
+use sluice_pipeline::runner;
 use sluice_pipeline::{FlushPolicy, RunStats};
 
 /// What a run did, printed at the end.
@@ -102,6 +102,7 @@ pub async fn run_pipeline(
     until_caught_up: bool,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<Summary> {
+    let prepared = crate::policy::prepare(config).map_err(sluice_pipeline::Error::Config)?;
     let routes = config.bronze_tables();
     let declared = routes
         .values()
@@ -135,6 +136,7 @@ pub async fn run_pipeline(
         partition_by,
         default_partition_by: config.bronze.partition_by.clone(),
         target_file_size_bytes: config.bronze.target_file_size_bytes,
+        properties: prepared.properties,
     })?;
     let policy = FlushPolicy {
         max_rows: config.bronze.flush_max_rows,
@@ -143,7 +145,7 @@ pub async fn run_pipeline(
     };
     let (events, control, thread) =
         source::start(source_config, stop.clone()).context("starting the Kafka source")?;
-    let result = runner::run(events, &control, &Transforms::new(), &mut sink, policy).await;
+    let result = runner::run(events, &control, &prepared.protection, &mut sink, policy).await;
     // Whatever happened, let the consumer thread finish: it forwards the last offsets to the
     // group, then leaves it.
     stop.store(true, Ordering::Relaxed);

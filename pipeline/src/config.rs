@@ -33,7 +33,7 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             path: path.into(),
             message: message.into(),
@@ -67,6 +67,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub decode: DecodeConfig,
     pub bronze: BronzeConfig,
+    pub pii: crate::pii::PiiConfig,
 }
 
 /// `[pipeline]`: identity of this pipeline and where its lake lives.
@@ -451,6 +452,7 @@ impl Config {
                 );
             }
         }
+        p.extend(self.validate_pii());
         p
     }
 

@@ -17,6 +17,7 @@
 pub mod batch;
 pub mod config;
 pub mod error;
+pub mod pii;
 pub mod runner;
 
 use arrow::array::RecordBatch;
@@ -56,8 +57,20 @@ pub trait Transform: Send + Sync {
     fn name(&self) -> &str;
     /// The schema `apply` returns for `input`, or an error explaining why it cannot apply.
     fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef>;
+    /// Rows of `batch` this transform cannot handle, with the reason (never the value).
+    /// The runner sends them to the dead-letter table, at stage `transform`, before
+    /// calling [`Transform::apply`] on the rest.
+    fn reject(&self, _batch: &RecordBatch) -> Result<Vec<(usize, String)>> {
+        Ok(Vec::new())
+    }
     /// Rewrite one batch.
     fn apply(&self, batch: RecordBatch) -> Result<RecordBatch>;
+}
+
+/// Protects the raw key and payload of dead letters before they are buffered.
+pub trait Seal: Send + Sync {
+    /// Replace `letter.key` and `letter.payload` by their protected form.
+    fn seal(&self, letter: &mut DeadLetter);
 }
 
 /// What is buffered in a sink, waiting for a commit.

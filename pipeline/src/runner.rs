@@ -11,7 +11,14 @@ use tokio::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::{Result, Sink, SourceControl, SourceEvent, Transform};
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{Int32Type, Int64Type, SchemaRef, TimestampMicrosecondType};
+
+use crate::{
+    DeadLetter, Error, Result, Seal, Sink, SourceBatch, SourceControl, SourceEvent, Stage,
+    Transform,
+};
 
 /// When to commit what is buffered.
 #[derive(Debug, Clone, Copy)]
@@ -41,18 +48,216 @@ pub struct RunStats {
     pub active: Duration,
 }
 
-/// Transforms to apply, by destination table.
-pub type Transforms = HashMap<String, Vec<Box<dyn Transform>>>;
+/// One transform of a table's chain and the column (dotted path) it works on.
+pub struct Step {
+    pub column: String,
+    pub transform: Box<dyn Transform>,
+}
+
+/// What happens to batches between source and sink: the PII transforms of each table and
+/// the seal of dead letters.
+#[derive(Default)]
+pub struct Protection {
+    /// Transforms to apply, in order, by destination table.
+    pub chains: HashMap<String, Vec<Step>>,
+    /// Encrypts the raw key and payload of every dead letter, when set.
+    pub seal: Option<Box<dyn Seal>>,
+}
+
+/// Whether `schema` has a column at the dotted `path`.
+fn has_column(schema: &arrow::datatypes::Schema, path: &str) -> bool {
+    let mut fields = schema.fields();
+    let mut parts = path.split('.').peekable();
+    while let Some(name) = parts.next() {
+        let Some(f) = fields.iter().find(|f| f.name() == name) else {
+            return false;
+        };
+        if parts.peek().is_some() {
+            match f.data_type() {
+                arrow::datatypes::DataType::Struct(children) => fields = children,
+                _ => return false,
+            }
+        }
+    }
+    true
+}
+
+/// Which steps of a chain apply to an input schema.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Indexes of the steps whose column is present.
+    pub steps: Vec<usize>,
+    /// Columns the policy names that the schema lacks.
+    pub missing: Vec<String>,
+}
+
+impl Protection {
+    /// Check the chain of `table` against `input`: every transform whose column is
+    /// present must handle its type. With `strict` (a declared schema) a missing column
+    /// is an error too; otherwise (an inferred schema, which may gain the column later)
+    /// its step is left out until a schema with the column arrives.
+    pub fn plan(&self, table: &str, input: &SchemaRef, strict: bool) -> Result<Plan> {
+        let mut schema = input.clone();
+        let mut plan = Plan {
+            steps: Vec::new(),
+            missing: Vec::new(),
+        };
+        let with_table = |e: Error| match e {
+            Error::TransformSchema {
+                transform, reason, ..
+            } => Error::TransformSchema {
+                transform,
+                table: table.to_string(),
+                reason,
+            },
+            other => other,
+        };
+        for (i, step) in self.chains.get(table).into_iter().flatten().enumerate() {
+            if !has_column(&schema, &step.column) {
+                if strict {
+                    return Err(Error::TransformSchema {
+                        transform: step.transform.name().to_string(),
+                        table: table.to_string(),
+                        reason: format!("the data has no column '{}'", step.column),
+                    });
+                }
+                plan.missing.push(step.column.clone());
+                continue;
+            }
+            schema = step.transform.output_schema(&schema).map_err(with_table)?;
+            plan.steps.push(i);
+        }
+        Ok(plan)
+    }
+
+    /// Apply the chain of `batch.table` and seal its dead letters. Rows a transform
+    /// rejects become dead letters at stage `transform`.
+    fn apply(
+        &self,
+        batch: &mut SourceBatch,
+        plans: &mut HashMap<String, (SchemaRef, Plan)>,
+    ) -> Result<()> {
+        if let Some(chain) = self.chains.get(&batch.table)
+            && let Some(mut rows) = batch.rows.take()
+        {
+            // A new input schema (first batch, or evolution) is checked before use.
+            let schema = rows.schema();
+            if plans.get(&batch.table).is_none_or(|(s, _)| *s != schema) {
+                let plan = self.plan(&batch.table, &schema, false)?;
+                if !plan.missing.is_empty() {
+                    tracing::warn!(
+                        table = %batch.table,
+                        columns = %plan.missing.join(","),
+                        "policy columns not in the data yet: they are protected as soon as they appear"
+                    );
+                }
+                plans.insert(batch.table.clone(), (schema, plan));
+            }
+            let plan = plans
+                .get(&batch.table)
+                .map(|(_, p)| p.steps.clone())
+                .unwrap_or_default();
+            for i in plan {
+                let t = &chain[i].transform;
+                let rejected = t.reject(&rows)?;
+                if !rejected.is_empty() {
+                    let (kept, letters) = split_rejected(rows, &rejected, t.name())?;
+                    batch.dead_letters.extend(letters);
+                    rows = kept;
+                }
+                rows = t.apply(rows)?;
+            }
+            batch.rows = (rows.num_rows() > 0).then_some(rows);
+        }
+        if let Some(seal) = &self.seal {
+            for letter in &mut batch.dead_letters {
+                seal.seal(letter);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Remove `rejected` rows from `rows`, turning each into a dead letter whose payload is
+/// the row as JSON (lineage columns left out) and whose provenance comes from them.
+fn split_rejected(
+    rows: RecordBatch,
+    rejected: &[(usize, String)],
+    transform: &str,
+) -> Result<(RecordBatch, Vec<DeadLetter>)> {
+    let arrow_err = |source| Error::Transform {
+        transform: transform.to_string(),
+        source,
+    };
+    let mut keep = vec![true; rows.num_rows()];
+    for (i, _) in rejected {
+        keep[*i] = false;
+    }
+    let kept = filter_record_batch(&rows, &BooleanArray::from(keep)).map_err(arrow_err)?;
+    let schema = rows.schema();
+    let payload_columns: Vec<usize> = (0..schema.fields().len())
+        .filter(|i| {
+            !schema.field(*i).name().starts_with("_kafka_")
+                && !schema.field(*i).name().starts_with("_ingest")
+        })
+        .collect();
+    let payload = rows.project(&payload_columns).map_err(arrow_err)?;
+    let col = |name: &str| rows.column_by_name(name).cloned();
+    let topic = col("_kafka_topic");
+    let partition = col("_kafka_partition");
+    let offset = col("_kafka_offset");
+    let timestamp = col("_kafka_timestamp");
+    let key = col("_kafka_key");
+    let mut letters = Vec::with_capacity(rejected.len());
+    for (i, reason) in rejected {
+        let row = payload.slice(*i, 1);
+        let mut json = arrow::json::LineDelimitedWriter::new(Vec::new());
+        json.write(&row).map_err(arrow_err)?;
+        json.finish().map_err(arrow_err)?;
+        let mut bytes = json.into_inner();
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+        }
+        letters.push(DeadLetter {
+            topic: topic
+                .as_ref()
+                .and_then(|c| c.as_string_opt::<i32>().map(|s| s.value(*i).to_string()))
+                .unwrap_or_default(),
+            partition: partition
+                .as_ref()
+                .and_then(|c| c.as_primitive_opt::<Int32Type>().map(|a| a.value(*i)))
+                .unwrap_or(-1),
+            offset: offset
+                .as_ref()
+                .and_then(|c| c.as_primitive_opt::<Int64Type>().map(|a| a.value(*i)))
+                .unwrap_or(-1),
+            timestamp_ms: timestamp.as_ref().and_then(|c| {
+                let a = c.as_primitive_opt::<TimestampMicrosecondType>()?;
+                a.is_valid(*i).then(|| a.value(*i) / 1000)
+            }),
+            key: key.as_ref().and_then(|c| {
+                let a = c.as_binary_opt::<i32>()?;
+                a.is_valid(*i).then(|| a.value(*i).to_vec())
+            }),
+            payload: Some(bytes),
+            stage: Stage::Transform,
+            error: format!("{transform}: {reason}"),
+        });
+    }
+    Ok((kept, letters))
+}
 
 /// Drive `sink` from `events` until the source closes the channel.
 pub async fn run<S: Sink>(
     mut events: mpsc::Receiver<SourceEvent>,
     control: &dyn SourceControl,
-    transforms: &Transforms,
+    protection: &Protection,
     sink: &mut S,
     policy: FlushPolicy,
 ) -> Result<RunStats> {
     let mut stats = RunStats::default();
+    // Input schema each table's chain was last checked against, and the resulting plan.
+    let mut plans: HashMap<String, (SchemaRef, Plan)> = HashMap::new();
     let mut first_batch: Option<Instant> = None;
     // When the oldest uncommitted message arrived.
     let mut oldest: Option<Instant> = None;
@@ -65,14 +270,7 @@ pub async fn run<S: Sink>(
                     first_batch.get_or_insert_with(Instant::now);
                     stats.messages += batch.message_count() as u64;
                     stats.source_bytes += batch.source_bytes as u64;
-                    if let Some(chain) = transforms.get(&batch.table)
-                        && let Some(mut rows) = batch.rows.take()
-                    {
-                        for t in chain {
-                            rows = t.apply(rows)?;
-                        }
-                        batch.rows = Some(rows);
-                    }
+                    protection.apply(&mut batch, &mut plans)?;
                     sink.write(batch).await?;
                     oldest.get_or_insert_with(Instant::now);
                 }
@@ -128,7 +326,7 @@ mod tests {
     use super::*;
     use crate::{Buffered, CommitOutcome, OffsetRange, SourceBatch, TopicPartition};
     use std::collections::BTreeMap;
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     #[derive(Default)]
     struct CountingSink {
@@ -219,7 +417,7 @@ mod tests {
         tx.send(batch(6, 6)).await.expect("send");
         tx.send(batch(12, 3)).await.expect("send");
         drop(tx);
-        let stats = run(rx, &control, &Transforms::new(), &mut sink, policy)
+        let stats = run(rx, &control, &Protection::default(), &mut sink, policy)
             .await
             .expect("run");
         assert_eq!(
@@ -275,7 +473,7 @@ mod tests {
         run(
             rx,
             &Control::default(),
-            &Transforms::new(),
+            &Protection::default(),
             &mut sink,
             policy,
         )
@@ -295,7 +493,7 @@ mod tests {
         let mut sink = CountingSink::default();
         let control = Control::default();
         let runner = async {
-            run(rx, &control, &Transforms::new(), &mut sink, policy)
+            run(rx, &control, &Protection::default(), &mut sink, policy)
                 .await
                 .expect("run")
         };
@@ -311,5 +509,125 @@ mod tests {
         };
         let (stats, ()) = tokio::join!(runner, feeder);
         assert_eq!(stats.commits, 1);
+    }
+
+    /// Rejects odd values of `v`, keeps the rest.
+    struct RejectOdd;
+    impl Transform for RejectOdd {
+        fn name(&self) -> &str {
+            "reject_odd"
+        }
+        fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
+            match input.field_with_name("v").map(|f| f.data_type().clone()) {
+                Ok(arrow::datatypes::DataType::Int64) => Ok(input.clone()),
+                _ => Err(Error::TransformSchema {
+                    transform: "reject_odd".into(),
+                    table: String::new(),
+                    reason: "v must be a long".into(),
+                }),
+            }
+        }
+        fn reject(&self, batch: &RecordBatch) -> Result<Vec<(usize, String)>> {
+            let v = batch
+                .column_by_name("v")
+                .map(|c| c.as_primitive::<Int64Type>().clone());
+            Ok(v.into_iter()
+                .flat_map(|v| {
+                    v.iter()
+                        .enumerate()
+                        .filter(|(_, x)| x.is_some_and(|x| x % 2 == 1))
+                        .map(|(i, _)| (i, "odd".to_string()))
+                        .collect::<Vec<_>>()
+                })
+                .collect())
+        }
+        fn apply(&self, batch: RecordBatch) -> Result<RecordBatch> {
+            Ok(batch)
+        }
+    }
+
+    struct Stamp;
+    impl Seal for Stamp {
+        fn seal(&self, letter: &mut DeadLetter) {
+            letter.payload = Some(b"sealed".to_vec());
+        }
+    }
+
+    fn rows_batch(values: Vec<i64>) -> SourceBatch {
+        use arrow::array::{ArrayRef, BinaryArray, Int32Array, Int64Array, StringArray};
+        let n = values.len();
+        let rows = RecordBatch::try_from_iter([
+            ("v", Arc::new(Int64Array::from(values)) as ArrayRef),
+            ("_kafka_topic", Arc::new(StringArray::from(vec!["t"; n]))),
+            ("_kafka_partition", Arc::new(Int32Array::from(vec![3; n]))),
+            (
+                "_kafka_offset",
+                Arc::new(Int64Array::from((100..100 + n as i64).collect::<Vec<_>>())),
+            ),
+            (
+                "_kafka_key",
+                Arc::new(BinaryArray::from(vec![Some(&b"k"[..]); n])),
+            ),
+        ])
+        .expect("batch");
+        SourceBatch {
+            table: "t".into(),
+            rows: Some(rows),
+            offsets: BTreeMap::new(),
+            dead_letters: Vec::new(),
+            source_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn rejected_rows_become_sealed_dead_letters_with_their_provenance() {
+        let protection = Protection {
+            chains: HashMap::from([(
+                "t".to_string(),
+                vec![Step {
+                    column: "v".into(),
+                    transform: Box::new(RejectOdd),
+                }],
+            )]),
+            seal: Some(Box::new(Stamp)),
+        };
+        let mut b = rows_batch(vec![2, 3, 4, 5]);
+        protection
+            .apply(&mut b, &mut HashMap::new())
+            .expect("apply");
+        assert_eq!(b.rows.as_ref().map(|r| r.num_rows()), Some(2));
+        assert_eq!(b.dead_letters.len(), 2);
+        let d = &b.dead_letters[0];
+        assert_eq!((d.topic.as_str(), d.partition, d.offset), ("t", 3, 101));
+        assert_eq!(d.stage, Stage::Transform);
+        assert_eq!(d.error, "reject_odd: odd");
+        assert_eq!(d.payload.as_deref(), Some(&b"sealed"[..]));
+        assert_eq!(
+            b.message_count(),
+            4,
+            "every message is a row or a dead letter"
+        );
+    }
+
+    #[test]
+    fn a_policy_column_missing_from_an_inferred_schema_waits_but_a_declared_one_fails() {
+        let protection = Protection {
+            chains: HashMap::from([(
+                "t".to_string(),
+                vec![Step {
+                    column: "absent".into(),
+                    transform: Box::new(RejectOdd),
+                }],
+            )]),
+            seal: None,
+        };
+        let schema = rows_batch(vec![1]).rows.expect("rows").schema();
+        let plan = protection.plan("t", &schema, false).expect("inferred");
+        assert_eq!(plan.missing, vec!["absent".to_string()]);
+        assert!(plan.steps.is_empty());
+        assert!(
+            protection.plan("t", &schema, true).is_err(),
+            "declared: a config error"
+        );
     }
 }

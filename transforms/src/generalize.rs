@@ -13,7 +13,7 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Date32Type, SchemaRef, TimeUnit};
 use sluice_pipeline::{Result, Transform};
 
-use crate::path::{ColumnPath, arrow_error, check, map_column, schema_error};
+use crate::path::{ColumnPath, arrow_error, check, column_at, map_column, schema_error};
 
 /// How to generalise.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -63,11 +63,29 @@ pub fn outward_code(postcode: &str) -> String {
     }
 }
 
+/// An ISO-8601 date or timestamp in text (`1985-07-23`, `1985-07-23T10:00:00Z`) cut to
+/// the first day of its year or month (`1985-01-01`); `None` if it is not one.
+pub fn truncate_iso(value: &str, to: Generalization) -> Option<String> {
+    let b = value.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    if !(digits(0..4) && b.get(4) == Some(&b'-') && digits(5..7)) {
+        return None;
+    }
+    Some(match to {
+        Generalization::Year => format!("{}-01-01", &value[..4]),
+        _ => format!("{}-01", &value[..7]),
+    })
+}
+
 impl Generalize {
     fn accepts(&self, dt: &DataType) -> bool {
         match self.to {
             Generalization::Year | Generalization::Month => {
-                matches!(dt, DataType::Date32 | DataType::Timestamp(_, _))
+                matches!(
+                    dt,
+                    DataType::Date32 | DataType::Timestamp(_, _) | DataType::Utf8
+                )
             }
             Generalization::Bucket(w) => w > 0.0 && (dt.is_integer() || dt.is_floating()),
             Generalization::Outward => matches!(dt, DataType::Utf8),
@@ -118,6 +136,14 @@ impl Generalize {
                     .unary(|x| (x / w).floor() * w);
                 cast(&(Arc::new(out) as ArrayRef), dt).map_err(err)?
             }
+            (Generalization::Year | Generalization::Month, DataType::Utf8) => {
+                let s = a.as_string::<i32>();
+                Arc::new(
+                    s.iter()
+                        .map(|v| v.and_then(|v| truncate_iso(v, to)))
+                        .collect::<StringArray>(),
+                )
+            }
             (Generalization::Outward, _) => {
                 let s = a.as_string::<i32>();
                 Arc::new(
@@ -143,6 +169,22 @@ impl Transform for Generalize {
     fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
         check(self.name(), input, &self.path, &|dt| self.accepts(dt))?;
         Ok(input.clone())
+    }
+    fn reject(&self, batch: &RecordBatch) -> Result<Vec<(usize, String)>> {
+        // Dates in text must look like dates; anything else would be kept as it is.
+        let column = column_at(batch, &self.path, self.name())?;
+        if !matches!(self.to, Generalization::Year | Generalization::Month)
+            || column.data_type() != &DataType::Utf8
+        {
+            return Ok(Vec::new());
+        }
+        Ok(column
+            .as_string::<i32>()
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.is_some_and(|v| truncate_iso(v, self.to).is_none()))
+            .map(|(i, _)| (i, format!("column '{}' is not an ISO-8601 date", self.path)))
+            .collect())
     }
     fn apply(&self, batch: RecordBatch) -> Result<RecordBatch> {
         let to = self.to;
@@ -186,6 +228,43 @@ mod tests {
             month.as_primitive::<Date32Type>().value(0),
             5660,
             "1985-07-01"
+        );
+    }
+
+    #[test]
+    fn dates_in_text_are_cut_and_non_dates_rejected() {
+        let g = Generalize {
+            path: ColumnPath::parse("dob").expect("p"),
+            to: Generalization::Year,
+        };
+        let b = RecordBatch::try_from_iter([(
+            "dob",
+            Arc::new(StringArray::from(vec![
+                Some("1985-07-23"),
+                Some("23/07/1985"),
+                None,
+            ])) as ArrayRef,
+        )])
+        .expect("batch");
+        assert_eq!(
+            g.reject(&b)
+                .expect("reject")
+                .iter()
+                .map(|r| r.0)
+                .collect::<Vec<_>>(),
+            vec![1]
+        );
+        assert_eq!(
+            truncate_iso("1985-07-23T10:00:00Z", Generalization::Month).as_deref(),
+            Some("1985-07-01")
+        );
+        let out = one(
+            Arc::new(StringArray::from(vec![Some("1985-07-23"), None])),
+            Generalization::Year,
+        );
+        assert_eq!(
+            out.as_string::<i32>().iter().collect::<Vec<_>>(),
+            vec![Some("1985-01-01"), None]
         );
     }
 

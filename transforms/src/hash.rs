@@ -39,14 +39,25 @@ pub fn salted_sha256(salt: &[u8], value: &[u8]) -> String {
 }
 
 fn hashable(dt: &DataType) -> bool {
-    dt.is_primitive() || matches!(dt, DataType::Utf8 | DataType::LargeUtf8 | DataType::Boolean)
+    dt.is_primitive()
+        || matches!(
+            dt,
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Boolean | DataType::Binary
+        )
 }
 
-/// Apply `f` to the text of every non-null value of `a`, giving a string column.
-pub(crate) fn map_text(name: &str, a: &ArrayRef, f: &dyn Fn(&str) -> String) -> Result<ArrayRef> {
-    let text = cast(a, &DataType::Utf8).map_err(|e| arrow_error(name, e))?;
-    let s = text.as_string::<i32>();
-    let out: StringArray = s.iter().map(|v| v.map(f)).collect();
+/// Apply `f` to the bytes of every non-null value of `a` (binary values as they are,
+/// others through their text form), giving a string column.
+pub(crate) fn map_text(name: &str, a: &ArrayRef, f: &dyn Fn(&[u8]) -> String) -> Result<ArrayRef> {
+    let out: StringArray = if let Some(b) = a.as_binary_opt::<i32>() {
+        b.iter().map(|v| v.map(f)).collect()
+    } else {
+        let text = cast(a, &DataType::Utf8).map_err(|e| arrow_error(name, e))?;
+        text.as_string::<i32>()
+            .iter()
+            .map(|v| v.map(|v| f(v.as_bytes())))
+            .collect()
+    };
     debug_assert_eq!(out.null_count(), a.null_count());
     Ok(Arc::new(out))
 }
@@ -64,7 +75,7 @@ impl Transform for Hash {
     fn apply(&self, batch: RecordBatch) -> Result<RecordBatch> {
         let salt = self.salt.clone();
         map_column(&batch, &self.path, "hash", &move |a| {
-            map_text("hash", a, &|v| salted_sha256(&salt, v.as_bytes()))
+            map_text("hash", a, &|v| salted_sha256(&salt, v))
         })
     }
 }

@@ -146,6 +146,26 @@ pub fn map_column(
     RecordBatch::try_new(out, columns).map_err(|e| arrow_error(transform, e))
 }
 
+/// The array at `path` in `batch`.
+pub(crate) fn column_at(
+    batch: &RecordBatch,
+    path: &ColumnPath,
+    transform: &str,
+) -> Result<ArrayRef> {
+    let mut column = batch
+        .column_by_name(&path.0[0])
+        .ok_or_else(|| schema_error(transform, "no such column"))?
+        .clone();
+    for name in &path.0[1..] {
+        column = column
+            .as_struct_opt()
+            .and_then(|s| s.column_by_name(name))
+            .ok_or_else(|| schema_error(transform, "no such nested column"))?
+            .clone();
+    }
+    Ok(column)
+}
+
 pub(crate) fn schema_error(transform: &str, reason: &str) -> Error {
     Error::TransformSchema {
         transform: transform.to_string(),

@@ -64,7 +64,8 @@ impl Transform for Tokenize {
             ));
         }
         check(self.name(), input, &self.path, &|dt| {
-            dt.is_primitive() || matches!(dt, DataType::Utf8 | DataType::LargeUtf8)
+            dt.is_primitive()
+                || matches!(dt, DataType::Utf8 | DataType::LargeUtf8 | DataType::Binary)
         })?;
         Ok(replace_field(input, &self.path, &|f| {
             f.clone().with_data_type(DataType::Utf8)
@@ -73,7 +74,7 @@ impl Transform for Tokenize {
     fn apply(&self, batch: RecordBatch) -> Result<RecordBatch> {
         let (id, key) = (self.key_id.clone(), self.key.clone());
         map_column(&batch, &self.path, "tokenize", &move |a| {
-            map_text("tokenize", a, &|v| token(&id, &key, v.as_bytes()))
+            map_text("tokenize", a, &|v| token(&id, &key, v))
         })
     }
 }

@@ -478,7 +478,7 @@ impl JsonDecoder {
                 format!(
                     "does not fit the schema of table '{}': {}",
                     self.config.table,
-                    decode_error.unwrap_or_else(|| "no schema".into())
+                    decode_error.map_or_else(|| "no schema".into(), |e| scrub_values(&e))
                 ),
             ),
         }
@@ -613,6 +613,62 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
+/// `error` with the message values it quotes replaced by `<value>`: double-quoted
+/// strings, `{...}` and `[...]` fragments and numbers. Field names (single-quoted) and
+/// type names stay, so the error still says what is wrong and where.
+pub fn scrub_values(error: &str) -> String {
+    let mut out = String::with_capacity(error.len());
+    let mut chars = error.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                let mut escaped = false;
+                for c in chars.by_ref() {
+                    if c == '"' && !escaped {
+                        break;
+                    }
+                    escaped = c == '\\' && !escaped;
+                }
+                out.push_str("<value>");
+            }
+            '{' | '[' => {
+                let mut depth = 1;
+                for c in chars.by_ref() {
+                    match c {
+                        '{' | '[' => depth += 1,
+                        '}' | ']' => depth -= 1,
+                        _ => {}
+                    }
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                out.push_str("<value>");
+            }
+            c if (c.is_ascii_digit() || c == '-')
+                && !out.ends_with(|p: char| p.is_alphanumeric() || p == '_') =>
+            {
+                let mut token = String::from(c);
+                while let Some(&n) = chars.peek() {
+                    if n.is_ascii_alphanumeric() || matches!(n, '.' | '+' | '-' | ':') {
+                        token.push(n);
+                        chars.next();
+                    } else {
+                        break;
+                    }
+                }
+                if token.chars().any(|c| c.is_ascii_digit()) {
+                    out.push_str("<value>");
+                } else {
+                    out.push_str(&token);
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn dead_letter(m: &RawMessage<'_>, stage: Stage, error: String) -> DeadLetter {
     DeadLetter {
         topic: m.topic.to_string(),
@@ -656,6 +712,24 @@ pub fn filter_offsets_above(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_keep_field_and_type_names_but_never_values() {
+        assert_eq!(
+            scrub_values(
+                "Json error: whilst decoding field 'amount': failed to parse \"4111 1111\" as Int64"
+            ),
+            "Json error: whilst decoding field 'amount': failed to parse <value> as Int64"
+        );
+        assert_eq!(
+            scrub_values("whilst decoding field 'a': expected string got {\"x\": 1}, then -12.5e3"),
+            "whilst decoding field 'a': expected string got <value>, then <value>"
+        );
+        assert_eq!(
+            scrub_values("failed to parse 07700900123 as Int32"),
+            "failed to parse <value> as Int32"
+        );
+    }
     use arrow::array::{AsArray, Int64Array};
     use arrow::datatypes::Int64Type;
 

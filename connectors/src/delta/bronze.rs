@@ -42,6 +42,9 @@ pub struct BronzeSinkConfig {
     pub partition_by: HashMap<String, Vec<String>>,
     pub default_partition_by: Vec<String>,
     pub target_file_size_bytes: u64,
+    /// Table properties per table name (PII record, `delta.dataSkippingStatsColumns`): set
+    /// at creation and brought up to date on existing tables before their next write.
+    pub properties: HashMap<String, Vec<(String, String)>>,
 }
 
 struct TableState {
@@ -49,6 +52,7 @@ struct TableState {
     url: url::Url,
     table: Option<DeltaTable>,
     partition_by: Vec<String>,
+    properties: Vec<(String, String)>,
     pending: Vec<RecordBatch>,
     ranges: BTreeMap<TopicPartition, OffsetRange>,
     /// Last offset this process knows the table holds, per partition.
@@ -106,6 +110,12 @@ impl BronzeSink {
                     url,
                     table: None,
                     partition_by,
+                    properties: self
+                        .config
+                        .properties
+                        .get(name)
+                        .cloned()
+                        .unwrap_or_default(),
                     pending: Vec::new(),
                     ranges: BTreeMap::new(),
                     committed: BTreeMap::new(),
@@ -130,8 +140,16 @@ impl BronzeSink {
                 // keep a re-read from landing them twice.
                 return Ok(());
             } else {
-                s.table =
-                    Some(table::create(&s.name, &s.url, &batch_schema, &s.partition_by).await?);
+                s.table = Some(
+                    table::create(
+                        &s.name,
+                        &s.url,
+                        &batch_schema,
+                        &s.partition_by,
+                        &s.properties,
+                    )
+                    .await?,
+                );
             }
         }
         let Some(t) = s.table.as_mut() else {
@@ -147,6 +165,56 @@ impl BronzeSink {
                 &s.name,
                 [table_schema.clone(), batch_schema.clone()].into_iter(),
             )?;
+            // Schema evolution and property changes are committed on their own first,
+            // so that the data commit is written with the table's own statistics settings.
+            let config = t
+                .snapshot()
+                .map_err(delta(&s.name, "reading snapshot"))?
+                .metadata()
+                .configuration()
+                .clone();
+            let stale: Vec<&(String, String)> = s
+                .properties
+                .iter()
+                .filter(|(k, v)| config.get(k) != Some(v))
+                .collect();
+            if target.fields().len() > table_schema.fields().len() || !stale.is_empty() {
+                let kernel: StructType = target
+                    .as_ref()
+                    .try_into_kernel()
+                    .map_err(|e: arrow::error::ArrowError| Error::Arrow(e))?;
+                let mut metadata = t
+                    .snapshot()
+                    .map_err(delta(&s.name, "reading snapshot"))?
+                    .metadata()
+                    .clone()
+                    .with_schema(&kernel)
+                    .map_err(|e| {
+                        Error::Decode(format!("table {}: evolving schema: {e}", s.name))
+                    })?;
+                for (k, v) in stale {
+                    metadata = metadata.add_config_key(k.clone(), v.clone()).map_err(|e| {
+                        Error::Decode(format!("table {}: setting property {k}: {e}", s.name))
+                    })?;
+                }
+                let evolved = target.fields().len() - table_schema.fields().len();
+                match table::commit(
+                    &s.name,
+                    t,
+                    &self.config.pipeline,
+                    vec![Action::Metadata(metadata)],
+                    &BTreeMap::new(),
+                    &s.partition_by,
+                )
+                .await
+                {
+                    Ok(_) => {
+                        tracing::info!(table = %s.name, added_columns = evolved, "table metadata updated")
+                    }
+                    Err(e) => last_error = e.to_string(),
+                }
+                continue;
+            }
             let mut ranges = s.ranges.clone();
             let committed = cached_offsets(
                 &s.name,
@@ -178,14 +246,9 @@ impl BronzeSink {
             }
             let mut actions = Vec::new();
             if !rows.is_empty() {
-                let mut writer = RecordBatchWriter::try_new(
-                    s.url.as_str(),
-                    target.clone(),
-                    (!s.partition_by.is_empty()).then(|| s.partition_by.clone()),
-                    None,
-                )
-                .map_err(delta(&s.name, "opening writer"))?
-                .with_target_file_size(self.config.target_file_size_bytes);
+                let mut writer = RecordBatchWriter::for_table(t)
+                    .map_err(delta(&s.name, "opening writer"))?
+                    .with_target_file_size(self.config.target_file_size_bytes);
                 for b in rows {
                     writer
                         .write(b)
@@ -197,23 +260,6 @@ impl BronzeSink {
                     .await
                     .map_err(delta(&s.name, "writing parquet"))?;
                 actions.extend(adds.into_iter().map(Action::Add));
-            }
-            if target.fields().len() > table_schema.fields().len() {
-                let kernel: StructType = target
-                    .as_ref()
-                    .try_into_kernel()
-                    .map_err(|e: arrow::error::ArrowError| Error::Arrow(e))?;
-                let metadata = t
-                    .snapshot()
-                    .map_err(delta(&s.name, "reading snapshot"))?
-                    .metadata()
-                    .clone()
-                    .with_schema(&kernel)
-                    .map_err(|e| {
-                        Error::Decode(format!("table {}: evolving schema: {e}", s.name))
-                    })?;
-                actions.push(Action::Metadata(metadata));
-                tracing::info!(table = %s.name, added = target.fields().len() - table_schema.fields().len(), "schema evolved");
             }
             match table::commit(
                 &s.name,

@@ -25,6 +25,18 @@ use crate::error::{Result, delta};
 /// Where the dead-letter table lives under the lake.
 pub const DEAD_LETTERS: &str = "_sluice/dead_letters";
 
+/// Columns carrying file statistics: provenance only, never key, payload or error text.
+pub const STATS_COLUMNS: [&str; 8] = [
+    "kafka_topic",
+    "kafka_partition",
+    "kafka_offset",
+    "kafka_timestamp",
+    "stage",
+    "destination_table",
+    "pipeline",
+    "dead_at",
+];
+
 /// Schema of the dead-letter table.
 pub fn schema() -> SchemaRef {
     let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
@@ -69,7 +81,19 @@ impl DeadLetterTable {
             return Ok(0);
         }
         if self.table.is_none() {
-            self.table = Some(table::create(DEAD_LETTERS, &self.url, &schema(), &[]).await?);
+            self.table = Some(
+                table::create(
+                    DEAD_LETTERS,
+                    &self.url,
+                    &schema(),
+                    &[],
+                    &[(
+                        "delta.dataSkippingStatsColumns".into(),
+                        STATS_COLUMNS.join(","),
+                    )],
+                )
+                .await?,
+            );
         }
         let Some(t) = self.table.as_mut() else {
             return Ok(0);

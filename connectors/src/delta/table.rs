@@ -69,6 +69,7 @@ pub async fn create(
     url: &url::Url,
     schema: &Schema,
     partition_by: &[String],
+    properties: &[(String, String)],
 ) -> Result<DeltaTable> {
     let kernel: StructType = schema
         .try_into_kernel()
@@ -82,6 +83,9 @@ pub async fn create(
         .with_table_name(name.rsplit('/').next().unwrap_or(name))
         .with_columns(kernel.fields().cloned())
         .with_partition_columns(partition_by.to_vec())
+        .with_configuration(properties.iter().map(|(k, v)| (k.clone(), Some(v.clone()))))
+        // `sluice.pii.*` records are ours; delta-rs knows only `delta.*` keys.
+        .with_raise_if_key_not_exists(false)
         .with_save_mode(SaveMode::Ignore)
         .await;
     match created {

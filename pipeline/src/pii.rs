@@ -1,0 +1,423 @@
+//! `[pii]`: the PII policy — which column of which table gets which protection before
+//! anything lands. The transforms themselves live in `sluice-transforms`; this is the
+//! configuration they are built from and its validation.
+//!
+//! ```toml
+//! [pii]
+//! dead_letter_key = "vault"                  # dead letters are encrypted with it
+//!
+//! [pii.keys.pseudo]                          # secrets come from the environment...
+//! env = "SLUICE_PSEUDONYM_KEY"
+//! [pii.keys.vault]                           # ...or from a file, never from this text
+//! file = "/run/secrets/sluice-vault"
+//!
+//! [pii.tables.customers]
+//! email = { action = "tokenize", key = "pseudo", tag = "direct_identifier" }
+//! "address.postcode" = { action = "generalize", to = "outward", tag = "quasi_identifier" }
+//!
+//! [pii.topics.card-payments]                 # by topic: applies to the topic's table
+//! pan = { action = "encrypt_fpe", format = "pan", key = "vault", tag = "sensitive" }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::config::{Config, LINEAGE_COLUMNS, Problem};
+
+/// `[pii]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct PiiConfig {
+    /// Named secrets, by key id (letters and digits).
+    pub keys: BTreeMap<String, KeyConfig>,
+    /// What happens to the raw bytes of dead letters when a policy is set.
+    pub dead_letters: DeadLetterMode,
+    /// Key id that encrypts dead-letter keys and payloads (`dead_letters = "encrypt"`).
+    pub dead_letter_key: Option<String>,
+    /// Rules by table name, then by column path.
+    pub tables: BTreeMap<String, BTreeMap<String, ColumnRule>>,
+    /// Rules by topic, applied to the table the topic lands in.
+    pub topics: BTreeMap<String, BTreeMap<String, ColumnRule>>,
+}
+
+/// Where a secret comes from: exactly one of `env` and `file`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct KeyConfig {
+    /// Name of an environment variable holding the secret.
+    pub env: Option<String>,
+    /// Path of a file holding the secret (trailing newline ignored).
+    pub file: Option<PathBuf>,
+}
+
+/// Treatment of the raw key and payload of dead letters under a policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeadLetterMode {
+    /// AES-256-GCM under `dead_letter_key`; `sluice reveal --dead-letters` opens them.
+    #[default]
+    Encrypt,
+    /// Kept as they came: only for a dead-letter table that is itself restricted.
+    Raw,
+}
+
+/// The protections a column can get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Drop,
+    Mask,
+    MaskPartial,
+    Hash,
+    Tokenize,
+    EncryptFpe,
+    Redact,
+    Generalize,
+    /// Classified PII deliberately kept as it is (the table must be restricted).
+    Keep,
+}
+
+impl Action {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Action::Drop => "drop",
+            Action::Mask => "mask",
+            Action::MaskPartial => "mask_partial",
+            Action::Hash => "hash",
+            Action::Tokenize => "tokenize",
+            Action::EncryptFpe => "encrypt_fpe",
+            Action::Redact => "redact",
+            Action::Generalize => "generalize",
+            Action::Keep => "keep",
+        }
+    }
+    fn needs_key(&self) -> bool {
+        matches!(self, Action::Hash | Action::Tokenize | Action::EncryptFpe)
+    }
+}
+
+/// Classification of a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tag {
+    DirectIdentifier,
+    QuasiIdentifier,
+    Sensitive,
+    FreeText,
+}
+
+impl Tag {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Tag::DirectIdentifier => "direct_identifier",
+            Tag::QuasiIdentifier => "quasi_identifier",
+            Tag::Sensitive => "sensitive",
+            Tag::FreeText => "free_text",
+        }
+    }
+}
+
+/// The rule for one column.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ColumnRule {
+    pub action: Action,
+    pub tag: Option<Tag>,
+    /// Key id: the salt of `hash`, the key of `tokenize` and `encrypt_fpe`.
+    pub key: Option<String>,
+    /// `mask`: replacement of strings instead of `""`.
+    pub literal: Option<String>,
+    /// `mask_partial`: characters kept at the end (default 4).
+    pub keep_last: Option<usize>,
+    /// `mask_partial`: the masking character (default `*`).
+    pub mask_char: Option<char>,
+    /// `encrypt_fpe`: `digits` (default) or `pan`.
+    pub format: Option<String>,
+    /// `generalize`: `year`, `month`, `bucket` or `outward`.
+    pub to: Option<String>,
+    /// `generalize` with `to = "bucket"`: the bucket width.
+    pub width: Option<f64>,
+}
+
+impl PiiConfig {
+    /// Whether any column rule is configured.
+    pub fn is_active(&self) -> bool {
+        self.tables
+            .values()
+            .chain(self.topics.values())
+            .any(|r| !r.is_empty())
+    }
+}
+
+fn is_key_id(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric())
+}
+
+impl Config {
+    /// Column rules by bronze table, topics resolved to their tables.
+    pub fn pii_rules(&self) -> BTreeMap<String, BTreeMap<String, ColumnRule>> {
+        let mut out = self.pii.tables.clone();
+        let tables = self.bronze_tables();
+        for (topic, rules) in &self.pii.topics {
+            if let Some(table) = tables.get(topic) {
+                let entry = out.entry(table.clone()).or_default();
+                for (path, rule) in rules {
+                    entry.entry(path.clone()).or_insert_with(|| rule.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Problems of the `[pii]` section.
+    pub(crate) fn validate_pii(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        let pii = &self.pii;
+        for (id, k) in &pii.keys {
+            let at = format!("pii.keys.{id}");
+            if !is_key_id(id) {
+                p.push(Problem::new(&at, "key ids use only letters and digits"));
+            }
+            match (&k.env, &k.file) {
+                (Some(_), None) | (None, Some(_)) => {}
+                _ => p.push(Problem::new(&at, "give exactly one of `env` and `file`")),
+            }
+        }
+        let known_key = |id: &str| pii.keys.contains_key(id);
+        if pii.is_active() && pii.dead_letters == DeadLetterMode::Encrypt {
+            match &pii.dead_letter_key {
+                None => p.push(Problem::new(
+                    "pii.dead_letter_key",
+                    "missing: dead letters carry whole messages, so under a PII policy they are \
+                     encrypted; name a key here (or set pii.dead_letters = \"raw\" for a restricted \
+                     dead-letter table)",
+                )),
+                Some(k) if !known_key(k) => p.push(Problem::new(
+                    "pii.dead_letter_key",
+                    format!("no key '{k}' under [pii.keys]"),
+                )),
+                Some(_) => {}
+            }
+        }
+        let tables = self.bronze_tables();
+        for table in pii.tables.keys() {
+            if !tables.values().any(|t| t == table) {
+                p.push(Problem::new(
+                    format!("pii.tables.{table}"),
+                    "no topic lands in this table",
+                ));
+            }
+        }
+        for (topic, rules) in &pii.topics {
+            let Some(table) = tables.get(topic) else {
+                p.push(Problem::new(
+                    format!("pii.topics.{topic}"),
+                    "not one of kafka.topics",
+                ));
+                continue;
+            };
+            for path in rules.keys() {
+                let by_table = pii.tables.get(table).and_then(|r| r.get(path));
+                let other = pii
+                    .topics
+                    .iter()
+                    .filter(|(t, _)| *t != topic && tables.get(*t) == Some(table))
+                    .find_map(|(_, r)| r.get(path));
+                if by_table.is_some() || other.is_some() {
+                    p.push(Problem::new(
+                        format!("pii.topics.{topic}.{path}"),
+                        format!("table '{table}' has another rule for this column"),
+                    ));
+                }
+            }
+        }
+        let sections = pii
+            .tables
+            .iter()
+            .map(|(t, r)| (format!("pii.tables.{t}"), r))
+            .chain(
+                pii.topics
+                    .iter()
+                    .map(|(t, r)| (format!("pii.topics.{t}"), r)),
+            );
+        for (section, rules) in sections {
+            for (path, rule) in rules {
+                p.extend(validate_rule(
+                    &format!("{section}.\"{path}\""),
+                    path,
+                    rule,
+                    rules,
+                    &known_key,
+                ));
+            }
+        }
+        p
+    }
+}
+
+fn validate_rule(
+    at: &str,
+    path: &str,
+    rule: &ColumnRule,
+    siblings: &BTreeMap<String, ColumnRule>,
+    known_key: &dyn Fn(&str) -> bool,
+) -> Vec<Problem> {
+    let mut p = Vec::new();
+    let a = rule.action;
+    if path.split('.').any(str::is_empty) {
+        p.push(Problem::new(
+            at,
+            "not a column path (`name` or `parent.child`)",
+        ));
+    }
+    if LINEAGE_COLUMNS.contains(&path) && path != "_kafka_key" {
+        p.push(Problem::new(
+            at,
+            "lineage columns other than _kafka_key hold no message data",
+        ));
+    }
+    for other in siblings.keys() {
+        if path.starts_with(&format!("{other}.")) {
+            p.push(Problem::new(
+                at,
+                format!("'{other}' has its own rule; one rule per column, parents included"),
+            ));
+        }
+    }
+    match (&rule.key, a.needs_key()) {
+        (None, true) => p.push(Problem::new(
+            at,
+            format!(
+                "{} needs `key`, the id of a key under [pii.keys]",
+                a.as_str()
+            ),
+        )),
+        (Some(k), true) if !known_key(k) => {
+            p.push(Problem::new(at, format!("no key '{k}' under [pii.keys]")))
+        }
+        (Some(_), false) => p.push(Problem::new(
+            at,
+            format!("`key` does not apply to {}", a.as_str()),
+        )),
+        _ => {}
+    }
+    let only = |set: bool, option: &str, action: Action, p: &mut Vec<Problem>| {
+        if set && a != action {
+            p.push(Problem::new(
+                at,
+                format!("`{option}` applies only to {}", action.as_str()),
+            ));
+        }
+    };
+    only(rule.literal.is_some(), "literal", Action::Mask, &mut p);
+    only(
+        rule.keep_last.is_some(),
+        "keep_last",
+        Action::MaskPartial,
+        &mut p,
+    );
+    only(
+        rule.mask_char.is_some(),
+        "mask_char",
+        Action::MaskPartial,
+        &mut p,
+    );
+    only(rule.format.is_some(), "format", Action::EncryptFpe, &mut p);
+    only(rule.to.is_some(), "to", Action::Generalize, &mut p);
+    only(rule.width.is_some(), "width", Action::Generalize, &mut p);
+    if let Some(f) = &rule.format
+        && !matches!(f.as_str(), "digits" | "pan")
+    {
+        p.push(Problem::new(at, "format must be \"digits\" or \"pan\""));
+    }
+    if a == Action::Generalize {
+        match (rule.to.as_deref(), rule.width) {
+            (Some("year" | "month" | "outward"), None) => {}
+            (Some("bucket"), Some(w)) if w > 0.0 && w.is_finite() => {}
+            (Some("bucket"), _) => {
+                p.push(Problem::new(at, "to = \"bucket\" needs a positive `width`"))
+            }
+            (Some("year" | "month" | "outward"), Some(_)) => {
+                p.push(Problem::new(at, "`width` applies only to to = \"bucket\""))
+            }
+            _ => p.push(Problem::new(
+                at,
+                "generalize needs `to`: \"year\", \"month\", \"bucket\" or \"outward\"",
+            )),
+        }
+    }
+    if a == Action::Keep && rule.tag.is_none() {
+        p.push(Problem::new(
+            at,
+            "keep needs a `tag`: keeping classified data raw is a recorded decision",
+        ));
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const BASE: &str =
+        "[kafka]\nbootstrap_servers = \"k:9092\"\ntopics = [\"customers\", \"card-payments\"]\n";
+
+    #[test]
+    fn a_full_policy_is_valid_and_topics_resolve_to_tables() {
+        let c = Config::from_toml(&format!(
+            "{BASE}
+[pii]
+dead_letter_key = \"vault\"
+[pii.keys.pseudo]
+env = \"K1\"
+[pii.keys.vault]
+file = \"/run/k\"
+[pii.tables.customers]
+email = {{ action = \"tokenize\", key = \"pseudo\", tag = \"direct_identifier\" }}
+\"address.postcode\" = {{ action = \"generalize\", to = \"outward\" }}
+[pii.topics.card-payments]
+pan = {{ action = \"encrypt_fpe\", format = \"pan\", key = \"vault\" }}
+"
+        ))
+        .expect("valid");
+        let rules = c.pii_rules();
+        assert_eq!(rules["customers"].len(), 2);
+        assert!(rules["card_payments"].contains_key("pan"));
+    }
+
+    #[test]
+    fn policy_mistakes_are_all_reported() {
+        let problems = Config::from_toml(&format!(
+            "{BASE}
+[pii.keys.k1]
+env = \"A\"
+file = \"/b\"
+[pii.tables.customers]
+email = {{ action = \"tokenize\" }}
+name = {{ action = \"mask\", keep_last = 4 }}
+dob = {{ action = \"generalize\", to = \"decade\" }}
+address = {{ action = \"drop\" }}
+\"address.city\" = {{ action = \"mask\" }}
+ssn = {{ action = \"keep\" }}
+[pii.tables.nowhere]
+x = {{ action = \"drop\" }}
+"
+        ))
+        .expect_err("invalid");
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        let all = text.join("\n");
+        for needle in [
+            "pii.keys.k1: give exactly one",
+            "pii.dead_letter_key: missing",
+            "tokenize needs `key`",
+            "`keep_last` applies only to mask_partial",
+            "generalize needs `to`",
+            "'address' has its own rule",
+            "keep needs a `tag`",
+            "pii.tables.nowhere: no topic lands",
+        ] {
+            assert!(all.contains(needle), "{needle} missing from:\n{all}");
+        }
+    }
+}

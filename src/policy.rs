@@ -1,0 +1,51 @@
+//! The PII policy of a run: secrets loaded, transform chains built and checked against
+//! every declared schema before anything is consumed.
+
+use std::collections::HashMap;
+
+use sluice_connectors::decode::json::with_lineage;
+use sluice_pipeline::config::{Config, Problem};
+use sluice_pipeline::runner::Protection;
+use sluice_transforms::policy::Policy;
+
+/// What a run needs from the policy.
+pub struct Prepared {
+    pub protection: Protection,
+    /// Table properties by table: the policy record and the statistics columns.
+    pub properties: HashMap<String, Vec<(String, String)>>,
+}
+
+/// Load the policy of `config` and check it against the declared schemas. Tables with an
+/// inferred schema are checked when their first batch arrives, before it is written.
+pub fn prepare(config: &Config) -> Result<Prepared, Vec<Problem>> {
+    let policy = Policy::load(config)?;
+    let protection = policy.protection();
+    let mut problems = Vec::new();
+    let mut properties = HashMap::new();
+    for table in config.bronze_tables().values() {
+        if let Some(declared) = config.declared_schema(table)
+            && let Err(e) = protection.plan(table, &with_lineage(&declared), true)
+        {
+            problems.push(Problem {
+                path: format!("pii.tables.{table}"),
+                message: e.to_string(),
+            });
+        }
+        if let Some(settings) = policy.table_settings(table) {
+            let mut props = settings.properties;
+            props.push((
+                "delta.dataSkippingStatsColumns".into(),
+                settings.stats_columns.join(","),
+            ));
+            properties.insert(table.clone(), props);
+        }
+    }
+    if problems.is_empty() {
+        Ok(Prepared {
+            protection,
+            properties,
+        })
+    } else {
+        Err(problems)
+    }
+}

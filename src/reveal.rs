@@ -1,0 +1,141 @@
+//! `sluice reveal`: turn protected values back into the originals, for whoever holds the
+//! key. Format-preserving encrypted values of a column are decrypted; sealed dead letters
+//! (key and payload) are opened. Nothing else can be reversed: masks, hashes, tokens,
+//! redactions and generalisations are one-way by design.
+
+use std::io::BufRead as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Int32Type, Int64Type};
+use sluice_pipeline::config::Config;
+use sluice_pipeline::pii::Action;
+use sluice_transforms::policy::Policy;
+use sluice_transforms::seal::is_sealed;
+
+use crate::output::{self, Format};
+
+/// Decrypt `values` (or stdin, one per line) of the `encrypt_fpe` column `column` of `table`.
+pub fn column_values(
+    config: &Config,
+    table: &str,
+    column: &str,
+    values: &[String],
+) -> anyhow::Result<()> {
+    let rules = config.pii_rules();
+    let rule = rules
+        .get(table)
+        .and_then(|r| r.get(column))
+        .with_context(|| {
+            format!("the policy has no rule for column '{column}' of table '{table}'")
+        })?;
+    if rule.action != Action::EncryptFpe {
+        bail!(
+            "column '{column}' of table '{table}' is protected by {}, which cannot be reversed",
+            rule.action.as_str()
+        );
+    }
+    let key = rule.key.clone().unwrap_or_default();
+    let policy =
+        Policy::load_keys(config, &|id| id == key).map_err(sluice_pipeline::Error::Config)?;
+    let cipher = policy
+        .fpe_cipher(rule)
+        .context("the key of this column could not be loaded")?;
+    let reveal = |v: &str| -> anyhow::Result<()> {
+        match cipher.decrypt(v.trim()) {
+            Ok(plain) => println!("{plain}"),
+            Err(e) => bail!("cannot decrypt a value: {e}"),
+        }
+        Ok(())
+    };
+    if values.is_empty() {
+        for line in std::io::stdin().lock().lines() {
+            reveal(&line?)?;
+        }
+    } else {
+        for v in values {
+            reveal(v)?;
+        }
+    }
+    Ok(())
+}
+
+/// Print the dead letters matching `filter` (a SQL predicate) with key and payload opened.
+pub async fn dead_letters(
+    config: &Config,
+    lake: &Path,
+    filter: Option<&str>,
+    format: Format,
+) -> anyhow::Result<()> {
+    let key = config.pii.dead_letter_key.clone().unwrap_or_default();
+    let policy =
+        Policy::load_keys(config, &|id| id == key).map_err(sluice_pipeline::Error::Config)?;
+    let seal = policy.dead_letter_seal();
+    let catalog = sluice_sql::Catalog::open(lake).await?;
+    let query = format!(
+        "SELECT kafka_topic, kafka_partition, kafka_offset, stage, error, kafka_key, payload \
+         FROM sluice.dead_letters {} ORDER BY kafka_topic, kafka_partition, kafka_offset",
+        filter.map(|f| format!("WHERE {f}")).unwrap_or_default()
+    );
+    let batches = catalog.query(&query).await?;
+    let mut out = Vec::new();
+    for b in &batches {
+        // DataFusion may hand back view types: bring every column to one plain type.
+        let plain = |i: usize, to: &DataType| cast(b.column(i), to);
+        let (topic, partition, offset) = (
+            plain(0, &DataType::Utf8)?,
+            plain(1, &DataType::Int32)?,
+            plain(2, &DataType::Int64)?,
+        );
+        let (topic, partition, offset) = (
+            topic.as_string::<i32>(),
+            partition.as_primitive::<Int32Type>(),
+            offset.as_primitive::<Int64Type>(),
+        );
+        let (stage, error) = (plain(3, &DataType::Utf8)?, plain(4, &DataType::Utf8)?);
+        let (raw_key, raw_payload) = (plain(5, &DataType::Binary)?, plain(6, &DataType::Binary)?);
+        let opened = |raw: &ArrayRef| -> anyhow::Result<StringArray> {
+            let raw = raw.as_binary::<i32>();
+            (0..b.num_rows())
+                .map(|i| {
+                    if raw.is_null(i) {
+                        return Ok(None);
+                    }
+                    let v = raw.value(i);
+                    let plain = match (&seal, is_sealed(v)) {
+                        (Some(s), true) => s
+                            .open(v, topic.value(i), partition.value(i), offset.value(i))
+                            .map_err(|e| {
+                                anyhow::anyhow!(
+                                    "dead letter {}[{}]@{}: {e}",
+                                    topic.value(i),
+                                    partition.value(i),
+                                    offset.value(i)
+                                )
+                            })?,
+                        (None, true) => {
+                            bail!("dead letters are sealed: set pii.dead_letter_key and its secret")
+                        }
+                        (_, false) => v.to_vec(),
+                    };
+                    Ok(Some(String::from_utf8_lossy(&plain).into_owned()))
+                })
+                .collect()
+        };
+        let key = opened(&raw_key)?;
+        let payload = opened(&raw_payload)?;
+        out.push(RecordBatch::try_from_iter([
+            ("kafka_topic", Arc::new(topic.clone()) as ArrayRef),
+            ("kafka_partition", Arc::new(partition.clone())),
+            ("kafka_offset", Arc::new(offset.clone())),
+            ("stage", stage),
+            ("error", error),
+            ("kafka_key", Arc::new(key)),
+            ("payload", Arc::new(payload)),
+        ])?);
+    }
+    output::print(&out, format)
+}
