@@ -40,7 +40,67 @@ schema_evolution = true
 [bronze.routes]
 "txn-events" = "card_transactions"
 "touchpoint-events" = "touchpoints"
+
+# PII policy: every column of personal data is protected before it lands, with every action
+# sluice has. The demo writes random keys into ./sluice-demo-keys/ the first time it runs.
+[pii]
+dead_letter_key = "vault"            # dead letters are encrypted (sluice reveal --dead-letters)
+
+[pii.keys.pseudo]                    # keyed pseudonyms (HMAC-SHA256)
+file = "sluice-demo-keys/pseudonym.key"
+[pii.keys.salt]                      # salt of hashes
+file = "sluice-demo-keys/salt.key"
+[pii.keys.vault]                     # format-preserving encryption and dead letters
+file = "sluice-demo-keys/vault.key"
+
+[pii.tables.customers]
+customer_id = { action = "tokenize", key = "pseudo", tag = "direct_identifier" }
+_kafka_key = { action = "tokenize", key = "pseudo", tag = "direct_identifier" }
+first_name = { action = "drop", tag = "direct_identifier" }
+last_name = { action = "mask", literal = "***", tag = "direct_identifier" }
+email = { action = "hash", key = "salt", tag = "direct_identifier" }
+phone = { action = "encrypt_fpe", format = "digits", key = "vault", tag = "direct_identifier" }
+date_of_birth = { action = "generalize", to = "year", tag = "quasi_identifier" }
+"address.line1" = { action = "mask", tag = "direct_identifier" }
+"address.postcode" = { action = "generalize", to = "outward", tag = "quasi_identifier" }
+notes = { action = "redact", tag = "free_text" }
+
+[pii.tables.accounts]
+customer_id = { action = "tokenize", key = "pseudo", tag = "direct_identifier" }
+sort_code = { action = "mask_partial", keep_last = 2, tag = "quasi_identifier" }
+account_number = { action = "encrypt_fpe", key = "vault", tag = "sensitive" }
+balance_gbp = { action = "generalize", to = "bucket", width = 1000, tag = "sensitive" }
+
+[pii.tables.card_transactions]
+customer_id = { action = "tokenize", key = "pseudo", tag = "direct_identifier" }
+_kafka_key = { action = "tokenize", key = "pseudo", tag = "direct_identifier" }
+card_number = { action = "encrypt_fpe", format = "pan", key = "vault", tag = "sensitive" }
+
+[pii.topics.touchpoint-events]
+customer_id = { action = "tokenize", key = "pseudo", tag = "direct_identifier" }
+_kafka_key = { action = "tokenize", key = "pseudo", tag = "direct_identifier" }
+ip_address = { action = "mask", literal = "0.0.0.0", tag = "quasi_identifier" }
+session_id = { action = "keep", tag = "quasi_identifier" }
+note = { action = "redact", tag = "free_text" }
 "#;
+
+/// Create the demo's missing key files with random secrets (32 bytes, hex).
+fn ensure_demo_keys(config: &Config) -> anyhow::Result<()> {
+    for key in config.pii.keys.values() {
+        let Some(path) = &key.file else { continue };
+        if path.exists() || !path.starts_with("sluice-demo-keys") {
+            continue;
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no random source: {e}"))?;
+        std::fs::write(path, hex::encode(secret))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
 
 /// The query the demo ends with.
 pub const DEMO_QUERY: &str = "select c.segment, count(*) as transactions, \
@@ -55,6 +115,7 @@ pub async fn demo(config: Option<Config>, lake: &Path, format: Format) -> anyhow
         None => Config::from_toml(DEMO_CONFIG)
             .map_err(|p| anyhow::anyhow!("built-in demo config is invalid: {p:?}"))?,
     };
+    ensure_demo_keys(&config)?;
     let broker = EmbeddedBroker::start(1)?;
     for (topic, partitions) in bank::TOPICS {
         broker.create_topic(topic, partitions)?;

@@ -46,11 +46,28 @@ fn validate_config_accepts_the_demo_config() {
     assert!(out.status.success());
     let path = dir.path().join("demo.toml");
     std::fs::write(&path, &out.stdout).expect("write");
-    let out = sluice()
-        .arg("validate-config")
-        .arg(&path)
-        .output()
-        .expect("run");
+    let validate = || {
+        sluice()
+            .arg("validate-config")
+            .arg(&path)
+            .current_dir(dir.path())
+            .output()
+            .expect("run")
+    };
+    // The policy's key files do not exist yet: validation says which one is missing.
+    let out = validate();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("sluice-demo-keys/pseudonym.key"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let keys = dir.path().join("sluice-demo-keys");
+    std::fs::create_dir(&keys).expect("mkdir");
+    for k in ["pseudonym", "salt", "vault"] {
+        std::fs::write(keys.join(format!("{k}.key")), "0123456789abcdef0123").expect("key");
+    }
+    let out = validate();
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -80,6 +97,7 @@ fn demo_is_idempotent_and_ends_with_a_query() {
             .arg("demo")
             .arg("--lake")
             .arg(&lake)
+            .current_dir(dir.path())
             .output()
             .expect("demo");
         assert!(
@@ -99,6 +117,19 @@ fn demo_is_idempotent_and_ends_with_a_query() {
     ] {
         assert!(first.contains(line), "missing {line:?} in:\n{first}");
     }
+    // The demo's policy protected what landed, with keys it created on first use.
+    assert!(dir.path().join("sluice-demo-keys/vault.key").exists());
+    let out = sluice()
+        .args(["sql", "--format", "csv", "--lake"])
+        .arg(&lake)
+        .arg("select customer_id, last_name, notes from bronze.customers order by _kafka_offset limit 1")
+        .output()
+        .expect("sql");
+    let row = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        row.contains("tok_pseudo_") && row.contains(",***,") && row.contains("[PHONE]"),
+        "{row}"
+    );
     let second = run();
     assert_eq!(first, second, "a second demo run must add nothing");
 }

@@ -6,7 +6,7 @@ use std::process::Command;
 use crate::harness::{Broker, Mock, Workdir, produce, produce_raw};
 
 /// The Python that has `duckdb` and `duckdb-ext-delta` (.ci/run makes one).
-fn python() -> Option<String> {
+pub fn python() -> Option<String> {
     match std::env::var("SLUICE_TEST_PYTHON") {
         Ok(p) if !p.is_empty() => Some(p),
         _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
@@ -23,7 +23,7 @@ fn python() -> Option<String> {
     }
 }
 
-fn duckdb(python: &str, table: &std::path::Path, select: &str) -> Vec<serde_json::Value> {
+pub fn duckdb(python: &str, table: &std::path::Path, select: &str) -> Vec<serde_json::Value> {
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/it/scripts/duckdb_read.py"

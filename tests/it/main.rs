@@ -12,3 +12,4 @@ mod exactly_once;
 mod group;
 mod harness;
 mod outage;
+mod pii;
