@@ -5,12 +5,13 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringBuilder};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, SchemaRef};
 use sha2::{Digest, Sha256};
 use sluice_pipeline::{Result, Transform};
 
+use crate::memo::Memo;
 use crate::path::{ColumnPath, arrow_error, check, map_column, replace_field};
 
 /// Salted SHA-256 of one column; the column becomes a string column.
@@ -19,6 +20,7 @@ pub struct Hash {
     pub path: ColumnPath,
     /// Secret salt (from an environment variable or file, never from the config text).
     pub salt: Vec<u8>,
+    pub memo: Memo,
 }
 
 impl std::fmt::Debug for Hash {
@@ -47,17 +49,29 @@ fn hashable(dt: &DataType) -> bool {
 }
 
 /// Apply `f` to the bytes of every non-null value of `a` (binary values as they are,
-/// others through their text form), giving a string column.
-pub(crate) fn map_text(name: &str, a: &ArrayRef, f: &dyn Fn(&[u8]) -> String) -> Result<ArrayRef> {
-    let out: StringArray = if let Some(b) = a.as_binary_opt::<i32>() {
-        b.iter().map(|v| v.map(f)).collect()
+/// others through their text form), giving a string column; each distinct value is
+/// computed once per `memo` generation.
+pub(crate) fn map_text(
+    name: &str,
+    a: &ArrayRef,
+    memo: &Memo,
+    f: &dyn Fn(&[u8]) -> String,
+) -> Result<ArrayRef> {
+    let mut memo = memo.lock();
+    let mut out = StringBuilder::with_capacity(a.len(), a.len() * 48);
+    let mut one = |v: Option<&[u8]>| match v.and_then(|v| memo.get_or(v, || Some(f(v)))) {
+        Some(s) => out.append_value(s),
+        None => out.append_null(),
+    };
+    if let Some(b) = a.as_binary_opt::<i32>() {
+        b.iter().for_each(&mut one);
     } else {
         let text = cast(a, &DataType::Utf8).map_err(|e| arrow_error(name, e))?;
         text.as_string::<i32>()
             .iter()
-            .map(|v| v.map(|v| f(v.as_bytes())))
-            .collect()
-    };
+            .for_each(|v| one(v.map(str::as_bytes)));
+    }
+    let out = out.finish();
     debug_assert_eq!(out.null_count(), a.null_count());
     Ok(Arc::new(out))
 }
@@ -73,9 +87,9 @@ impl Transform for Hash {
         }))
     }
     fn apply(&self, batch: RecordBatch) -> Result<RecordBatch> {
-        let salt = self.salt.clone();
+        let (salt, memo) = (&self.salt, &self.memo);
         map_column(&batch, &self.path, "hash", &move |a| {
-            map_text("hash", a, &|v| salted_sha256(&salt, v))
+            map_text("hash", a, memo, &|v| salted_sha256(salt, v))
         })
     }
 }
@@ -105,6 +119,7 @@ mod tests {
         let h = Hash {
             path: ColumnPath::parse("n").expect("path"),
             salt: b"s".to_vec(),
+            memo: Memo::default(),
         };
         let out = h.apply(b).expect("hash");
         let s = out.column(0).as_string::<i32>();

@@ -22,6 +22,7 @@ pub mod generalize;
 pub mod hash;
 pub mod keys;
 pub mod mask;
+pub mod memo;
 pub mod path;
 pub mod policy;
 pub mod redact;

@@ -17,6 +17,7 @@ use crate::generalize::{Generalization, Generalize};
 use crate::hash::Hash;
 use crate::keys::{self, Secret};
 use crate::mask::{Mask, MaskPartial};
+use crate::memo::Memo;
 use crate::path::ColumnPath;
 use crate::redact::{Redact, Redactor};
 use crate::seal::DeadLetterSeal;
@@ -180,15 +181,18 @@ impl Policy {
             Action::Hash => Box::new(Hash {
                 path,
                 salt: secret()?,
+                memo: Memo::default(),
             }),
             Action::Tokenize => Box::new(Tokenize {
                 path,
                 key_id: rule.key.clone()?,
                 key: secret()?,
+                memo: Memo::default(),
             }),
             Action::EncryptFpe => Box::new(EncryptFpe {
                 path,
                 cipher: self.fpe_cipher(rule)?,
+                memo: Memo::default(),
             }),
             Action::Redact => Box::new(Redact {
                 path,

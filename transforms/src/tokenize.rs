@@ -12,6 +12,7 @@ use sha2::Sha256;
 use sluice_pipeline::{Result, Transform};
 
 use crate::hash::map_text;
+use crate::memo::Memo;
 use crate::path::{ColumnPath, check, map_column, replace_field, schema_error};
 
 /// Keyed pseudonymisation of one column; the column becomes a string column.
@@ -22,6 +23,7 @@ pub struct Tokenize {
     pub key_id: String,
     /// Secret key (from an environment variable or file, never from the config text).
     pub key: Vec<u8>,
+    pub memo: Memo,
 }
 
 impl std::fmt::Debug for Tokenize {
@@ -34,16 +36,28 @@ impl std::fmt::Debug for Tokenize {
     }
 }
 
-/// `tok_<key id>_<first 128 bits of HMAC-SHA256(key, value), hex>`.
-pub fn token(key_id: &str, key: &[u8], value: &[u8]) -> String {
-    // HMAC accepts keys of any length; new_from_slice cannot fail for it.
-    let mut mac = match <Hmac<Sha256> as KeyInit>::new_from_slice(key) {
-        Ok(m) => m,
-        Err(_) => return format!("tok_{key_id}_invalid-key"),
-    };
+/// HMAC-SHA256 keyed once; cloned for each value.
+fn keyed(key: &[u8]) -> Hmac<Sha256> {
+    // HMAC accepts keys of any length.
+    <Hmac<Sha256> as KeyInit>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
+}
+
+fn token_with(key_id: &str, mac: &Hmac<Sha256>, value: &[u8]) -> String {
+    let mut mac = mac.clone();
     mac.update(value);
     let tag = mac.finalize().into_bytes();
-    format!("tok_{key_id}_{}", hex::encode(&tag[..16]))
+    let mut out = String::with_capacity(5 + key_id.len() + 32);
+    out.push_str("tok_");
+    out.push_str(key_id);
+    out.push('_');
+    out.push_str(&hex::encode(&tag[..16]));
+    out
+}
+
+/// `tok_<key id>_<first 128 bits of HMAC-SHA256(key, value), hex>`.
+pub fn token(key_id: &str, key: &[u8], value: &[u8]) -> String {
+    token_with(key_id, &keyed(key), value)
 }
 
 impl Transform for Tokenize {
@@ -72,9 +86,9 @@ impl Transform for Tokenize {
         }))
     }
     fn apply(&self, batch: RecordBatch) -> Result<RecordBatch> {
-        let (id, key) = (self.key_id.clone(), self.key.clone());
+        let (id, mac, memo) = (&self.key_id, keyed(&self.key), &self.memo);
         map_column(&batch, &self.path, "tokenize", &move |a| {
-            map_text("tokenize", a, &|v| token(&id, &key, v))
+            map_text("tokenize", a, memo, &|v| token_with(id, &mac, v))
         })
     }
 }
@@ -103,6 +117,7 @@ mod tests {
             path: ColumnPath::parse("email").expect("path"),
             key_id: "k1".into(),
             key: KEY.to_vec(),
+            memo: Memo::default(),
         };
         let mk = |v: Vec<Option<&str>>| {
             RecordBatch::try_from_iter([("email", Arc::new(StringArray::from(v)) as ArrayRef)])
@@ -125,6 +140,7 @@ mod tests {
             path: ColumnPath::parse("email").expect("path"),
             key_id: "k1".into(),
             key: b"short".to_vec(),
+            memo: Memo::default(),
         };
         let schema = Arc::new(arrow::datatypes::Schema::new(vec![
             arrow::datatypes::Field::new("email", DataType::Utf8, true),
