@@ -336,3 +336,71 @@ fn a_missing_key_or_a_policy_column_the_declared_schema_lacks_stops_start_up() {
         "secrets are never printed"
     );
 }
+
+#[test]
+fn a_policy_added_to_an_existing_table_restricts_its_statistics_from_the_next_write() {
+    let broker = Mock::start();
+    broker.create_topic("people", 1);
+    let people = |from: usize| -> Vec<Vec<u8>> {
+        (from..from + 20)
+            .map(|i| {
+                format!("{{\"id\": {i}, \"full_name\": \"Person {i}\", \"city\": \"Leeds\"}}")
+                    .into_bytes()
+            })
+            .collect()
+    };
+    let produce = |payloads: Vec<Vec<u8>>| {
+        let refs: Vec<Option<&[u8]>> = payloads.iter().map(|p| Some(p.as_slice())).collect();
+        crate::harness::produce_raw(&broker, "people", &refs);
+    };
+    produce(people(0));
+    let w = Workdir::new();
+    w.write_config(&broker, "late", &["people"], "");
+    w.run_ok(&["run", "--until-caught-up"]);
+
+    produce(people(20));
+    let policy = "[pii]\ndead_letters = \"raw\"\n[pii.tables.people]\n\
+                  full_name = { action = \"mask\", tag = \"direct_identifier\" }\n\
+                  city = { action = \"keep\", tag = \"quasi_identifier\" }\n";
+    w.write_config(&broker, "late", &["people"], policy);
+    w.run_ok(&["run", "--until-caught-up"]);
+    assert_eq!(
+        w.sql("select count(*), count(distinct full_name) from bronze.people"),
+        vec!["40,21"],
+        "20 raw names from before the policy, then one masked value"
+    );
+    let log = w.lake().join("bronze/people/_delta_log");
+    let mut versions: Vec<_> = std::fs::read_dir(&log)
+        .expect("log")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    versions.sort();
+    let text: Vec<String> = versions
+        .iter()
+        .map(|p| std::fs::read_to_string(p).expect("read"))
+        .collect();
+    let metadata = text
+        .iter()
+        .rposition(|t| t.contains("\"metaData\""))
+        .expect("a metadata action");
+    assert!(
+        metadata > 1,
+        "the policy came in its own commit after the first data"
+    );
+    assert!(
+        text[metadata].contains("sluice.pii.full_name"),
+        "{}",
+        text[metadata]
+    );
+    let last = text.last().expect("last commit");
+    assert!(last.contains("\"add\""), "{last}");
+    assert!(
+        last.contains("full_name"),
+        "masked columns keep statistics: {last}"
+    );
+    assert!(
+        !last.contains("\\\"city\\\""),
+        "kept columns carry no statistics: {last}"
+    );
+}
