@@ -191,8 +191,14 @@ fn split_rejected(
     };
     let mut keep = vec![true; rows.num_rows()];
     for (i, _) in rejected {
-        keep[*i] = false;
+        if let Some(k) = keep.get_mut(*i) {
+            *k = false;
+        }
     }
+    let rejected: Vec<&(usize, String)> = rejected
+        .iter()
+        .filter(|(i, _)| *i < rows.num_rows())
+        .collect();
     let kept = filter_record_batch(&rows, &BooleanArray::from(keep)).map_err(arrow_err)?;
     let schema = rows.schema();
     let payload_columns: Vec<usize> = (0..schema.fields().len())
@@ -235,9 +241,14 @@ fn split_rejected(
                 let a = c.as_primitive_opt::<TimestampMicrosecondType>()?;
                 a.is_valid(*i).then(|| a.value(*i) / 1000)
             }),
+            // Raw bytes, or the key's text if an earlier step already pseudonymised it.
             key: key.as_ref().and_then(|c| {
-                let a = c.as_binary_opt::<i32>()?;
-                a.is_valid(*i).then(|| a.value(*i).to_vec())
+                if let Some(a) = c.as_binary_opt::<i32>() {
+                    a.is_valid(*i).then(|| a.value(*i).to_vec())
+                } else {
+                    let a = c.as_string_opt::<i32>()?;
+                    a.is_valid(*i).then(|| a.value(*i).as_bytes().to_vec())
+                }
             }),
             payload: Some(bytes),
             stage: Stage::Transform,
