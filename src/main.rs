@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod ops;
 mod output;
 mod policy;
 mod reveal;

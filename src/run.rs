@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use sluice_connectors::delta::bronze::{BronzeSink, BronzeSinkConfig};
 use sluice_connectors::kafka::source::{self, KafkaSourceConfig};
 use sluice_pipeline::config::Config;
+use sluice_pipeline::health::Health;
 use sluice_pipeline::runner;
 use sluice_pipeline::{FlushPolicy, RunStats};
 
@@ -103,6 +104,15 @@ pub async fn run_pipeline(
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<Summary> {
     let prepared = crate::policy::prepare(config).map_err(sluice_pipeline::Error::Config)?;
+    let health = Arc::new(Health::new());
+    if let Some(address) = &config.metrics.address {
+        crate::ops::serve(
+            address,
+            health.clone(),
+            Duration::from_secs(config.metrics.ready_max_commit_age_seconds),
+        )
+        .await?;
+    }
     let routes = config.bronze_tables();
     let declared = routes
         .values()
@@ -129,6 +139,12 @@ pub async fn run_pipeline(
         schema_evolution: config.bronze.schema_evolution,
         until_caught_up,
         channel_capacity: 4,
+        health,
+        statistics_interval_ms: if config.metrics.address.is_some() {
+            config.metrics.statistics_interval_ms
+        } else {
+            0
+        },
     };
     let mut sink = BronzeSink::new(BronzeSinkConfig {
         lake: lake.to_path_buf(),

@@ -68,6 +68,29 @@ pub struct Config {
     pub decode: DecodeConfig,
     pub bronze: BronzeConfig,
     pub pii: crate::pii::PiiConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: the HTTP endpoint of `sluice run` (`/metrics`, `/healthz`, `/readyz`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct MetricsConfig {
+    /// `host:port` to serve on; none: no endpoint.
+    pub address: Option<String>,
+    /// How often librdkafka reports consumer lag.
+    pub statistics_interval_ms: u64,
+    /// `/readyz` fails when messages wait and the last commit is older than this.
+    pub ready_max_commit_age_seconds: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            address: None,
+            statistics_interval_ms: 5_000,
+            ready_max_commit_age_seconds: 300,
+        }
+    }
 }
 
 /// `[pipeline]`: identity of this pipeline and where its lake lives.
@@ -451,6 +474,14 @@ impl Config {
                     &mut p,
                 );
             }
+        }
+        if let Some(a) = &self.metrics.address
+            && a.parse::<std::net::SocketAddr>().is_err()
+        {
+            p.push(Problem::new(
+                "metrics.address",
+                "not an address: give host:port, e.g. 0.0.0.0:9898",
+            ));
         }
         p.extend(self.validate_pii());
         p

@@ -17,6 +17,7 @@
 pub mod batch;
 pub mod config;
 pub mod error;
+pub mod health;
 pub mod pii;
 pub mod runner;
 

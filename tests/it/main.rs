@@ -11,5 +11,6 @@ mod duckdb;
 mod exactly_once;
 mod group;
 mod harness;
+mod metrics;
 mod outage;
 mod pii;

@@ -156,6 +156,7 @@ impl BronzeSink {
             return Ok(());
         };
         let mut last_error = String::new();
+        let started = std::time::Instant::now();
         for attempt in 0..super::COMMIT_ATTEMPTS {
             if attempt > 0 {
                 table::refresh(&s.name, t).await?;
@@ -272,6 +273,15 @@ impl BronzeSink {
             .await
             {
                 Ok(version) => {
+                    let label = s.name.rsplit('/').next().unwrap_or(&s.name).to_string();
+                    metrics::counter!("sluice_rows_written_total", "table" => label.clone())
+                        .increment(row_count as u64);
+                    metrics::counter!("sluice_delta_commits_total", "table" => label.clone())
+                        .increment(1);
+                    metrics::histogram!("sluice_delta_commit_duration_seconds", "table" => label.clone())
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::gauge!("sluice_delta_table_version", "table" => label)
+                        .set(version as f64);
                     // Only our commit lies between the versions read and this one: they are
                     // still exact, with ours applied. Otherwise read them again next time.
                     let exact = s.txns.at == Some(version - 1);
@@ -293,6 +303,8 @@ impl BronzeSink {
                     return Ok(());
                 }
                 Err(e) => {
+                    metrics::counter!("sluice_delta_commit_conflicts_total", "table" => s.name.rsplit('/').next().unwrap_or(&s.name).to_string())
+                        .increment(1);
                     tracing::warn!(table = %s.name, attempt, "commit refused, retrying against the refreshed table");
                     last_error = e.to_string();
                 }

@@ -20,10 +20,12 @@ use arrow::datatypes::SchemaRef;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, error::KafkaError};
 use sluice_pipeline::config::OffsetReset;
+use sluice_pipeline::health::Health;
 use sluice_pipeline::{SourceControl, SourceEvent, TopicPartition};
 use tokio::sync::mpsc;
 
@@ -54,6 +56,10 @@ pub struct KafkaSourceConfig {
     pub until_caught_up: bool,
     /// Batches in flight between source and sink.
     pub channel_capacity: usize,
+    /// Shared with `/readyz`: assigned partitions, lag, last commit.
+    pub health: Arc<Health>,
+    /// librdkafka statistics (lag per partition) every this many ms; 0: off.
+    pub statistics_interval_ms: u64,
 }
 
 /// What the source did, reported when it ends.
@@ -73,10 +79,12 @@ enum Command {
 /// Dropping it tells the source thread the runner is done.
 pub struct KafkaControl {
     tx: std_mpsc::Sender<Command>,
+    health: Arc<Health>,
 }
 
 impl SourceControl for KafkaControl {
     fn committed(&self, offsets: &[(TopicPartition, i64)]) {
+        self.health.committed();
         let _ = self.tx.send(Command::Commit(offsets.to_vec()));
     }
     fn seek(&self, partition: &TopicPartition, offset: i64) {
@@ -100,9 +108,40 @@ struct Ctx {
     revoked: Mutex<Vec<TopicPartition>>,
     failure: Mutex<Option<String>>,
     rebalances: std::sync::atomic::AtomicU64,
+    health: Arc<Health>,
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    /// Consumer lag per assigned partition: high watermark minus the group's committed
+    /// offset, which follows the Delta commits (before any commit: minus the low one).
+    fn stats(&self, statistics: Statistics) {
+        let mut total = 0i64;
+        let mut known = false;
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if *partition < 0 || !p.desired || p.hi_offset < 0 {
+                    continue;
+                }
+                let lag = if p.committed_offset >= 0 {
+                    (p.hi_offset - p.committed_offset).max(0)
+                } else {
+                    (p.hi_offset - p.lo_offset.max(0)).max(0)
+                };
+                metrics::gauge!(
+                    "sluice_consumer_lag_messages",
+                    "topic" => topic.clone(),
+                    "partition" => partition.to_string()
+                )
+                .set(lag as f64);
+                total += lag;
+                known = true;
+            }
+        }
+        if known {
+            self.health.lag_messages.store(total, Ordering::Relaxed);
+        }
+    }
+}
 
 impl ConsumerContext for Ctx {
     fn rebalance(
@@ -112,6 +151,7 @@ impl ConsumerContext for Ctx {
         tpl: &mut TopicPartitionList,
     ) {
         self.rebalances.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("sluice_rebalances_total").increment(1);
         let parts: Vec<TopicPartition> = tpl
             .elements()
             .iter()
@@ -141,6 +181,7 @@ impl ConsumerContext for Ctx {
                         }
                         if let Ok(mut a) = self.assigned.lock() {
                             a.extend(starts);
+                            self.set_assigned(a.len());
                         }
                     }
                     Err(e) => self.fail(format!("reading offsets from Delta at assignment: {e}")),
@@ -153,6 +194,7 @@ impl ConsumerContext for Ctx {
                 }
                 if let Ok(mut a) = self.assigned.lock() {
                     a.clear();
+                    self.set_assigned(0);
                 }
                 let _ = consumer.unassign();
             }
@@ -165,6 +207,13 @@ impl ConsumerContext for Ctx {
 }
 
 impl Ctx {
+    fn set_assigned(&self, n: usize) {
+        self.health
+            .assigned_partitions
+            .store(n as u64, Ordering::Relaxed);
+        metrics::gauge!("sluice_assigned_partitions").set(n as f64);
+    }
+
     /// The partitions assigned now, with the offsets they were assigned at.
     fn assignment(&self) -> BTreeMap<TopicPartition, Offset> {
         self.assigned.lock().map(|a| a.clone()).unwrap_or_default()
@@ -255,6 +304,12 @@ pub fn start(
                 .to_string(),
         )
         .set("partition.assignment.strategy", "range,roundrobin");
+    if config.statistics_interval_ms > 0 {
+        client.set(
+            "statistics.interval.ms",
+            config.statistics_interval_ms.to_string(),
+        );
+    }
     for (k, v) in &config.properties {
         client.set(k, v);
     }
@@ -268,7 +323,9 @@ pub fn start(
         revoked: Mutex::new(Vec::new()),
         failure: Mutex::new(None),
         rebalances: Default::default(),
+        health: config.health.clone(),
     };
+    let health = config.health.clone();
     let consumer: BaseConsumer<Ctx> = client
         .create_with_context(ctx)
         .map_err(kafka("creating the consumer"))?;
@@ -307,7 +364,7 @@ pub fn start(
             context: "starting the consumer thread".into(),
             source,
         })?;
-    Ok((rx, KafkaControl { tx: ctl_tx }, thread))
+    Ok((rx, KafkaControl { tx: ctl_tx, health }, thread))
 }
 
 /// The consumer thread's state; the consumer itself is kept apart so that a message
