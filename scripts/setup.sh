@@ -18,10 +18,11 @@ fi
 
 if [ "${1:-}" = "--test" ]; then
   cache="${SLUICE_CACHE:-$HOME/.cache}"
-  # DuckDB with its Delta extension: the independent reader the tests check tables with.
-  if ! "$cache/sluice-venv/bin/python" -c 'import duckdb, duckdb_ext' >/dev/null 2>&1; then
+  # DuckDB with its Delta extension: the independent reader the tests check tables with;
+  # PyYAML: the parser the deployment files are checked with.
+  if ! "$cache/sluice-venv/bin/python" -c 'import duckdb, duckdb_ext, yaml' >/dev/null 2>&1; then
     python3 -m venv "$cache/sluice-venv"
-    "$cache/sluice-venv/bin/pip" install -q duckdb duckdb-ext-delta
+    "$cache/sluice-venv/bin/pip" install -q duckdb duckdb-ext-delta pyyaml
   fi
   # tansu: a real Kafka-protocol broker (in-memory storage). Cached in ~/.cargo/bin.
   if ! tansu --version >/dev/null 2>&1 && ! "$HOME/.cargo/bin/tansu" --version >/dev/null 2>&1; then

@@ -7,6 +7,7 @@
 mod cli;
 mod dead_letters;
 mod declared;
+mod deploy;
 mod duckdb;
 mod exactly_once;
 mod group;

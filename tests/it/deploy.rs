@@ -1,0 +1,148 @@
+//! The deployment files cannot rot: docker-compose.yml, the Prometheus configuration and
+//! alert rules parse (PyYAML), every file they mount exists, the sluice config they use is
+//! valid, and every sluice metric the alerts and the Grafana dashboard query is one sluice
+//! exports.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn yaml(python: &str, file: &str) -> Value {
+    let out = Command::new(python)
+        .arg(format!("{ROOT}/tests/it/scripts/yaml2json.py"))
+        .arg(format!("{ROOT}/{file}"))
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{file}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+/// `sluice_*` metric names in `text`, histogram suffixes removed.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("sluice_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        names.insert(base.to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// Metric names the code registers (`counter!`/`gauge!`/`histogram!` calls).
+fn exported() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut stack = vec![Path::new(ROOT).to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("dir").flatten() {
+            let path = entry.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if path.is_dir() && !["target", "tests", ".git"].contains(&name) {
+                stack.push(path);
+            } else if name.ends_with(".rs") {
+                let text = std::fs::read_to_string(&path).expect("read");
+                for call in ["counter!(", "gauge!(", "histogram!("] {
+                    for piece in text.split(call).skip(1) {
+                        names.extend(metric_names(piece.split(',').next().unwrap_or_default()));
+                    }
+                }
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn deployment_files_parse_and_query_only_exported_metrics() {
+    let Some(py) = crate::duckdb::python() else {
+        return;
+    };
+    let compose = yaml(&py, "docker-compose.yml");
+    let services = compose["services"].as_object().expect("services");
+    for name in ["kafka", "kafka-init", "sluice", "prometheus", "grafana"] {
+        let s = &services[name];
+        assert!(
+            s["image"].is_string() || s["build"].is_string(),
+            "{name}: image or build"
+        );
+    }
+    // Every bind mount's source is in the repository.
+    for (name, s) in services {
+        for v in s["volumes"].as_array().into_iter().flatten() {
+            let source = v
+                .as_str()
+                .expect("short volume syntax")
+                .split(':')
+                .next()
+                .unwrap_or_default();
+            if let Some(rel) = source.strip_prefix("./") {
+                assert!(
+                    Path::new(ROOT).join(rel).exists(),
+                    "{name} mounts missing {source}"
+                );
+            }
+        }
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "validate-config",
+            &format!("{ROOT}/deploy/sluice.docker.toml"),
+        ])
+        .output()
+        .expect("validate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let prometheus = yaml(&py, "deploy/prometheus/prometheus.yml");
+    assert_eq!(
+        prometheus["scrape_configs"][0]["static_configs"][0]["targets"][0],
+        "sluice:9898"
+    );
+    let alerts = yaml(&py, "deploy/prometheus/alerts.yml");
+    let rules = alerts["groups"][0]["rules"].as_array().expect("rules");
+    let mut queried = BTreeSet::new();
+    for r in rules {
+        let expr = r["expr"].as_str().expect("expr");
+        assert!(r["alert"].is_string() && !expr.trim().is_empty(), "{r}");
+        queried.extend(metric_names(expr));
+    }
+    assert!(rules.len() >= 4, "lag, dead letters, no commit, down");
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{ROOT}/deploy/grafana/dashboards/sluice.json"))
+            .expect("dashboard"),
+    )
+    .expect("dashboard json");
+    for p in dashboard["panels"].as_array().expect("panels") {
+        for t in p["targets"].as_array().expect("targets") {
+            queried.extend(metric_names(t["expr"].as_str().expect("expr")));
+        }
+    }
+    let exported = exported();
+    let unknown: Vec<&String> = queried.difference(&exported).collect();
+    assert!(
+        unknown.is_empty(),
+        "queried but never exported: {unknown:?} (exported: {exported:?})"
+    );
+}
