@@ -140,6 +140,8 @@ pub async fn run_pipeline(
         until_caught_up,
         channel_capacity: 4,
         health,
+        max_messages_per_second: config.kafka.max_messages_per_second,
+        max_bytes_per_second: config.kafka.max_bytes_per_second,
         statistics_interval_ms: if config.metrics.address.is_some() {
             config.metrics.statistics_interval_ms
         } else {

@@ -144,6 +144,10 @@ pub struct KafkaConfig {
     pub decode_batch_max_latency_ms: u64,
     /// Extra librdkafka properties passed as they are (security, SASL, TLS ...).
     pub properties: BTreeMap<String, String>,
+    /// Most messages taken per second (all partitions together); none: no limit.
+    pub max_messages_per_second: Option<u32>,
+    /// Most payload bytes taken per second; none: no limit.
+    pub max_bytes_per_second: Option<u32>,
 }
 
 impl Default for KafkaConfig {
@@ -158,6 +162,8 @@ impl Default for KafkaConfig {
             decode_batch_max_messages: 8192,
             decode_batch_max_latency_ms: 100,
             properties: BTreeMap::new(),
+            max_messages_per_second: None,
+            max_bytes_per_second: None,
         }
     }
 }
@@ -380,6 +386,17 @@ impl Config {
                 "kafka.session_timeout_ms",
                 "must be at least 1000",
             ));
+        }
+        for (key, v) in [
+            ("kafka.max_messages_per_second", k.max_messages_per_second),
+            ("kafka.max_bytes_per_second", k.max_bytes_per_second),
+        ] {
+            if v == Some(0) {
+                p.push(Problem::new(
+                    key,
+                    "must be greater than 0 (leave it out for no limit)",
+                ));
+            }
         }
         if k.decode_batch_max_messages == 0 {
             p.push(Problem::new(

@@ -12,6 +12,7 @@ mod duckdb;
 mod exactly_once;
 mod group;
 mod harness;
+mod limits;
 mod metrics;
 mod outage;
 mod pii;

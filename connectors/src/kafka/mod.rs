@@ -1,3 +1,4 @@
 //! Kafka: the consumer-group source whose offsets live in Delta.
 
+pub mod limit;
 pub mod source;

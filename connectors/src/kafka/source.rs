@@ -29,6 +29,7 @@ use sluice_pipeline::health::Health;
 use sluice_pipeline::{SourceControl, SourceEvent, TopicPartition};
 use tokio::sync::mpsc;
 
+use super::limit::Limits;
 use crate::decode::json::{JsonDecoder, JsonDecoderConfig, RawMessage, payload_of};
 use crate::delta::{bronze, table};
 use crate::error::{Error, Result, kafka};
@@ -60,6 +61,9 @@ pub struct KafkaSourceConfig {
     pub health: Arc<Health>,
     /// librdkafka statistics (lag per partition) every this many ms; 0: off.
     pub statistics_interval_ms: u64,
+    /// Rate limits of this source.
+    pub max_messages_per_second: Option<u32>,
+    pub max_bytes_per_second: Option<u32>,
 }
 
 /// What the source did, reported when it ends.
@@ -427,6 +431,12 @@ fn run(
     let mut idle_since: Option<Instant> = None;
     let mut rebalances = 0;
     let mut assigned_once = false;
+    let limits = Limits::new(
+        state.config.max_messages_per_second,
+        state.config.max_bytes_per_second,
+        state.config.max_message_bytes,
+    );
+    let mut throttled = Duration::ZERO;
     while !stop.load(Ordering::Relaxed) {
         while let Ok(cmd) = ctl.try_recv() {
             apply(consumer, cmd, CommitMode::Async);
@@ -451,6 +461,14 @@ fn run(
         let (idle, quiet_poll) = match polled {
             None => (true, true),
             Some(Ok(m)) => {
+                if limits.is_active() {
+                    let waited = limits.wait(m.payload_len(), stop);
+                    if !waited.is_zero() {
+                        throttled += waited;
+                        // Time spent waiting for the rate limits since the start.
+                        metrics::gauge!("sluice_throttled_seconds").set(throttled.as_secs_f64());
+                    }
+                }
                 state.on_message(&m)?;
                 (false, false)
             }
