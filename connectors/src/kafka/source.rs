@@ -200,6 +200,15 @@ impl ConsumerContext for Ctx {
                     a.clear();
                     self.set_assigned(0);
                 }
+                // The new owner reports these partitions' lag from now on.
+                for tp in &parts {
+                    metrics::gauge!(
+                        "sluice_consumer_lag_messages",
+                        "topic" => tp.topic.clone(),
+                        "partition" => tp.partition.to_string()
+                    )
+                    .set(0.0);
+                }
                 let _ = consumer.unassign();
             }
             other => {
