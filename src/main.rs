@@ -40,6 +40,16 @@ struct Cli {
     /// Output format for results.
     #[arg(long, global = true, value_enum, default_value_t)]
     format: Format,
+    /// Log lines on stderr: `text`, or `json` (one object per line, with fields such as
+    /// table, topic, partition; never message keys or values).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "SLUICE_LOG_FORMAT",
+        default_value_t
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -95,6 +105,13 @@ enum Command {
 }
 
 /// An error with its exit code: 2 for usage and configuration, 1 for everything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
 struct Failure {
     code: u8,
     error: anyhow::Error,
@@ -197,7 +214,16 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("reading {}", path.display()))
                 .map_err(usage)?;
-            match Config::from_toml(&text).and_then(|c| policy::prepare(&c).map(|_| ())) {
+            let checked = Config::from_toml(&text).and_then(|c| {
+                let mut problems = c.kafka.resolved_properties().err().unwrap_or_default();
+                problems.extend(policy::prepare(&c).err().unwrap_or_default());
+                if problems.is_empty() {
+                    Ok(())
+                } else {
+                    Err(problems)
+                }
+            });
+            match checked {
                 Ok(()) => println!("{}: valid", path.display()),
                 Err(problems) => {
                     for p in &problems {
@@ -269,13 +295,15 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_stack_size(8 * 1024 * 1024)

@@ -131,7 +131,10 @@ pub async fn run_pipeline(
         session_timeout_ms: config.kafka.session_timeout_ms,
         decode_batch_max_messages: config.kafka.decode_batch_max_messages,
         decode_batch_max_latency_ms: config.kafka.decode_batch_max_latency_ms,
-        properties: config.kafka.properties.clone(),
+        properties: config
+            .kafka
+            .resolved_properties()
+            .map_err(sluice_pipeline::Error::Config)?,
         pipeline: config.pipeline.name.clone(),
         lake: lake.to_path_buf(),
         declared,

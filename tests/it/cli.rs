@@ -133,3 +133,55 @@ fn demo_is_idempotent_and_ends_with_a_query() {
     let second = run();
     assert_eq!(first, second, "a second demo run must add nothing");
 }
+
+#[test]
+fn kafka_secrets_come_from_the_environment_and_logs_can_be_json() {
+    use crate::harness::{Broker, Mock, Workdir, produce};
+    let broker = Mock::start();
+    broker.create_topic("secrets", 1);
+    produce(&broker, "secrets", 0, 10);
+    let w = Workdir::new();
+    // librdkafka accepts any `sasl.password` without SASL: enough to see it is passed on.
+    w.write_config(
+        &broker,
+        "secrets",
+        &["secrets"],
+        "[kafka.secret_properties]\n\"sasl.password\" = \"SLUICE_TEST_SASL_PASSWORD\"\n",
+    );
+    let out = w
+        .sluice(&["run", "--until-caught-up"])
+        .env_remove("SLUICE_TEST_SASL_PASSWORD")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("kafka.secret_properties.\"sasl.password\": environment variable SLUICE_TEST_SASL_PASSWORD is not set"),
+        "{err}"
+    );
+    let out = w
+        .sluice(&["run", "--until-caught-up", "--log-format", "json"])
+        .env("SLUICE_TEST_SASL_PASSWORD", "not-a-real-password")
+        .env("SLUICE_LOG", "info,buoyant_kernel=off")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        !err.contains("not-a-real-password"),
+        "secrets are never logged"
+    );
+    // Every log line is JSON; the run's summary (`sluice: …`) is the command's output.
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .filter(|l| !l.starts_with("sluice: "))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "partitions assigned"),
+        "{err}"
+    );
+    assert_eq!(w.count("bronze.secrets"), 10);
+}
