@@ -146,3 +146,48 @@ fn deployment_files_parse_and_query_only_exported_metrics() {
         "queried but never exported: {unknown:?} (exported: {exported:?})"
     );
 }
+
+#[test]
+fn kubernetes_manifests_probe_the_endpoint_and_carry_a_valid_config() {
+    let Some(py) = crate::duckdb::python() else {
+        return;
+    };
+    let docs = yaml(&py, "deploy/kubernetes/sluice.yaml");
+    let docs = docs.as_array().expect("several documents");
+    let kind = |k: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == k)
+            .unwrap_or_else(|| panic!("no {k}"))
+    };
+    let deployment = kind("Deployment");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["ports"][0]["containerPort"], 9898);
+    assert_eq!(container["args"][0], "run");
+    // The embedded sluice.toml is valid apart from its secrets, which live in the cluster.
+    let toml = kind("ConfigMap")["data"]["sluice.toml"]
+        .as_str()
+        .expect("sluice.toml");
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(&path, toml).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("validate-config")
+        .arg(&path)
+        .output()
+        .expect("validate");
+    let report = String::from_utf8_lossy(&out.stdout);
+    let problems: Vec<&str> = report
+        .lines()
+        .filter(|l| !l.contains("is not set") && !l.contains("cannot read /etc/sluice/keys/"))
+        .collect();
+    assert!(
+        problems.is_empty() || report.contains(": valid"),
+        "{report}"
+    );
+    assert!(
+        report.contains("KAFKA_SASL_PASSWORD is not set"),
+        "{report}"
+    );
+}
