@@ -19,6 +19,7 @@ use sluice_transforms::drop::Drop;
 use sluice_transforms::fpe::{EncryptFpe, Ff1Cipher, FpeFormat};
 use sluice_transforms::generalize::{Generalization, Generalize};
 use sluice_transforms::hash::Hash;
+use sluice_transforms::luhn;
 use sluice_transforms::mask::{Mask, MaskPartial};
 use sluice_transforms::memo::Memo;
 use sluice_transforms::redact::{Redact, Redactor};
@@ -27,24 +28,6 @@ use sluice_transforms::tokenize::Tokenize;
 const ROWS: usize = 1_000_000;
 const SECRET: &[u8] = b"benchmark secret of 32 bytes....";
 
-fn luhn_complete(body: u64) -> String {
-    let body = format!("4{body:014}");
-    let sum: u32 = body
-        .chars()
-        .rev()
-        .filter_map(|c| c.to_digit(10))
-        .enumerate()
-        .map(|(i, d)| {
-            if i % 2 == 0 {
-                (d * 2) % 9 + u32::from(d == 9) * 9
-            } else {
-                d
-            }
-        })
-        .sum();
-    format!("{body}{}", (10 - sum % 10) % 10)
-}
-
 /// The columns the actions run on, 1 M rows each, 1 in 20 null.
 fn batch() -> RecordBatch {
     let some = |i: usize| !i.is_multiple_of(20);
@@ -52,7 +35,7 @@ fn batch() -> RecordBatch {
         .map(|i| some(i).then(|| format!("customer.{i}@example.co.uk")))
         .collect();
     let pans: StringArray = (0..ROWS)
-        .map(|i| some(i).then(|| luhn_complete(i as u64 * 7919)))
+        .map(|i| some(i).then(|| luhn::complete(&format!("4{:014}", i as u64 * 7919))))
         .collect();
     // ~120 characters, one or two personal values among plain words.
     let notes: StringArray = (0..ROWS)

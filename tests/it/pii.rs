@@ -14,34 +14,21 @@ use arrow::compute::cast;
 use arrow::datatypes::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use sluice_connectors::demo::broker::{Outgoing, SimpleProducer};
+use sluice_transforms::luhn;
 
 use crate::harness::{Broker, Mock, Workdir};
 
 const CUSTOMERS: usize = 120;
-
-fn luhn_complete(body: &str) -> String {
-    let sum: u32 = body
-        .chars()
-        .rev()
-        .filter_map(|c| c.to_digit(10))
-        .enumerate()
-        .map(|(i, d)| {
-            if i % 2 == 0 {
-                (d * 2) % 9 + u32::from(d == 9) * 9
-            } else {
-                d
-            }
-        })
-        .sum();
-    format!("{body}{}", (10 - sum % 10) % 10)
-}
 
 /// The canaries of customer `i`, by kind.
 fn canaries(i: usize) -> [(&'static str, String); 5] {
     [
         ("name", format!("Zanaria Canarsdottir{i:03}")),
         ("email", format!("canary.{i:03}@canary-mail.example")),
-        ("pan", luhn_complete(&format!("4929{:011}", 31_337_000 + i))),
+        (
+            "pan",
+            luhn::complete(&format!("4929{:011}", 31_337_000 + i)),
+        ),
         ("nino", format!("JG{:06}C", 500_000 + i)),
         ("phone", format!("+44 7700 91{i:04}")),
     ]

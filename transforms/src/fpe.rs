@@ -174,23 +174,20 @@ impl std::fmt::Display for FpeError {
     }
 }
 
-/// The digit that makes `body` followed by it pass the Luhn check.
+/// The Luhn check digit of `body`.
 fn luhn_digit(body: &[u16]) -> u16 {
-    let sum: u32 = body
-        .iter()
-        .rev()
-        .enumerate()
-        .map(|(i, &d)| {
-            let d = u32::from(d);
-            if i % 2 == 0 {
-                let x = d * 2;
-                if x > 9 { x - 9 } else { x }
-            } else {
-                d
-            }
-        })
-        .sum();
-    ((10 - sum % 10) % 10) as u16
+    crate::luhn::check_digit(body.iter().map(|d| u32::from(*d))) as u16
+}
+
+/// FF1 one way or the other over any numeral string. Callers check length and radix
+/// first, so FF1 cannot refuse it.
+fn ff1_run<NS: NumeralString>(ff1: &FF1<Aes256>, ns: NS, encrypt: bool) -> NS {
+    let out = if encrypt {
+        ff1.encrypt(&[], &ns)
+    } else {
+        ff1.decrypt(&[], &ns)
+    };
+    out.unwrap_or_else(|_| unreachable!("length and radix are checked first"))
 }
 
 impl Ff1Cipher {
@@ -246,24 +243,10 @@ impl Ff1Cipher {
             return Ok(value.to_string());
         }
         let ff1 = |ns: Vec<u16>| -> Vec<u16> {
-            // Length and radix were checked above; FF1 cannot refuse them.
             if ns.len() <= 2 * MAX_HALF_DIGITS {
-                let ns = Decimal(ns);
-                let out = if encrypt {
-                    self.ff1.encrypt(&[], &ns)
-                } else {
-                    self.ff1.decrypt(&[], &ns)
-                };
-                out.map(|d| d.0).unwrap_or_else(|_| unreachable!("checked"))
+                ff1_run(&self.ff1, Decimal(ns), encrypt).0
             } else {
-                let ns = FlexibleNumeralString::from(ns);
-                let out = if encrypt {
-                    self.ff1.encrypt(&[], &ns)
-                } else {
-                    self.ff1.decrypt(&[], &ns)
-                };
-                out.map(Vec::from)
-                    .unwrap_or_else(|_| unreachable!("checked"))
+                ff1_run(&self.ff1, FlexibleNumeralString::from(ns), encrypt).into()
             }
         };
         let out = match self.format {

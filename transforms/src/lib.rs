@@ -21,6 +21,7 @@ pub mod fpe;
 pub mod generalize;
 pub mod hash;
 pub mod keys;
+pub mod luhn;
 pub mod mask;
 pub mod memo;
 pub mod path;
