@@ -153,11 +153,10 @@ impl Protection {
                 }
                 plans.insert(batch.table.clone(), (schema, plan));
             }
-            let plan = plans
+            let steps = plans
                 .get(&batch.table)
-                .map(|(_, p)| p.steps.clone())
-                .unwrap_or_default();
-            for i in plan {
+                .map_or(&[][..], |(_, p)| &p.steps[..]);
+            for &i in steps {
                 let t = &chain[i].transform;
                 let rejected = t.reject(&rows)?;
                 if !rejected.is_empty() {
@@ -608,18 +607,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn rejected_rows_become_sealed_dead_letters_with_their_provenance() {
-        let protection = Protection {
+    /// Table `t` with one `RejectOdd` step on `column`.
+    fn reject_odd_on(column: &str, seal: Option<Box<dyn Seal>>) -> Protection {
+        Protection {
             chains: HashMap::from([(
                 "t".to_string(),
                 vec![Step {
-                    column: "v".into(),
+                    column: column.into(),
                     transform: Box::new(RejectOdd),
                 }],
             )]),
-            seal: Some(Box::new(Stamp)),
-        };
+            seal,
+        }
+    }
+
+    #[test]
+    fn rejected_rows_become_sealed_dead_letters_with_their_provenance() {
+        let protection = reject_odd_on("v", Some(Box::new(Stamp)));
         let mut b = rows_batch(vec![2, 3, 4, 5]);
         protection
             .apply(&mut b, &mut HashMap::new())
@@ -640,16 +644,7 @@ mod tests {
 
     #[test]
     fn a_policy_column_missing_from_an_inferred_schema_waits_but_a_declared_one_fails() {
-        let protection = Protection {
-            chains: HashMap::from([(
-                "t".to_string(),
-                vec![Step {
-                    column: "absent".into(),
-                    transform: Box::new(RejectOdd),
-                }],
-            )]),
-            seal: None,
-        };
+        let protection = reject_odd_on("absent", None);
         let schema = rows_batch(vec![1]).rows.expect("rows").schema();
         let plan = protection.plan("t", &schema, false).expect("inferred");
         assert_eq!(plan.missing, vec!["absent".to_string()]);

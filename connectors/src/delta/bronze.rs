@@ -168,31 +168,24 @@ impl BronzeSink {
             )?;
             // Schema evolution and property changes are committed on their own first,
             // so that the data commit is written with the table's own statistics settings.
-            let config = t
+            let current = t
                 .snapshot()
                 .map_err(delta(&s.name, "reading snapshot"))?
                 .metadata()
-                .configuration()
                 .clone();
             let stale: Vec<&(String, String)> = s
                 .properties
                 .iter()
-                .filter(|(k, v)| config.get(k) != Some(v))
+                .filter(|(k, v)| current.configuration().get(k) != Some(v))
                 .collect();
             if target.fields().len() > table_schema.fields().len() || !stale.is_empty() {
                 let kernel: StructType = target
                     .as_ref()
                     .try_into_kernel()
                     .map_err(|e: arrow::error::ArrowError| Error::Arrow(e))?;
-                let mut metadata = t
-                    .snapshot()
-                    .map_err(delta(&s.name, "reading snapshot"))?
-                    .metadata()
-                    .clone()
-                    .with_schema(&kernel)
-                    .map_err(|e| {
-                        Error::Decode(format!("table {}: evolving schema: {e}", s.name))
-                    })?;
+                let mut metadata = current.with_schema(&kernel).map_err(|e| {
+                    Error::Decode(format!("table {}: evolving schema: {e}", s.name))
+                })?;
                 for (k, v) in stale {
                     metadata = metadata.add_config_key(k.clone(), v.clone()).map_err(|e| {
                         Error::Decode(format!("table {}: setting property {k}: {e}", s.name))
