@@ -66,6 +66,7 @@ fn bench(c: &mut Criterion) {
         max_message_bytes: 1 << 20,
         schema_evolution: true,
         max_messages: MESSAGES,
+        envelope: false,
     };
     // Warm the decoder once so the schema is known and the fast path is measured.
     let mut decoder = JsonDecoder::new(config, None);

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use sluice_connectors::delta::bronze::{BronzeSink, BronzeSinkConfig};
+use sluice_connectors::delta::lake::LakeSink;
+use sluice_connectors::delta::silver::{Sequence, SilverSink, SilverSinkConfig, SilverTableSpec};
 use sluice_connectors::kafka::source::{self, KafkaSourceConfig};
 use sluice_pipeline::config::Config;
 use sluice_pipeline::health::Health;
@@ -122,10 +124,21 @@ pub async fn run_pipeline(
         .values()
         .map(|t| (t.clone(), config.partition_by(t)))
         .collect();
+    let mut resume_tables: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (name, t) in &config.silver.tables {
+        for topic in &t.topics {
+            resume_tables
+                .entry(topic.clone())
+                .or_default()
+                .push(SilverSink::location(name));
+        }
+    }
     let source_config = KafkaSourceConfig {
         bootstrap_servers: config.kafka.bootstrap_servers.clone(),
         group_id: config.kafka.group_id(&config.pipeline.name),
         routes,
+        resume_tables,
+        envelope_tables: config.cdc_bronze_tables(),
         auto_offset_reset: config.kafka.auto_offset_reset,
         max_prefetch_bytes: config.kafka.max_prefetch_bytes,
         session_timeout_ms: config.kafka.session_timeout_ms,
@@ -151,7 +164,7 @@ pub async fn run_pipeline(
             0
         },
     };
-    let mut sink = BronzeSink::new(BronzeSinkConfig {
+    let bronze = BronzeSink::new(BronzeSinkConfig {
         lake: lake.to_path_buf(),
         pipeline: config.pipeline.name.clone(),
         partition_by,
@@ -159,6 +172,24 @@ pub async fn run_pipeline(
         target_file_size_bytes: config.bronze.target_file_size_bytes,
         properties: prepared.properties,
     })?;
+    let silver = SilverSink::new(SilverSinkConfig {
+        lake: lake.to_path_buf(),
+        pipeline: config.pipeline.name.clone(),
+        tables: config
+            .silver
+            .tables
+            .iter()
+            .map(|(name, t)| SilverTableSpec {
+                name: name.clone(),
+                topics: t.topics.iter().cloned().collect(),
+                key: t.key.clone(),
+                source_table: t.source_table.clone(),
+                sequence: Sequence::parse(t.sequence()),
+                partition_by: t.partition_by.clone(),
+            })
+            .collect(),
+    });
+    let mut sink = LakeSink { bronze, silver };
     let policy = FlushPolicy {
         max_rows: config.bronze.flush_max_rows,
         max_bytes: config.bronze.flush_max_bytes,

@@ -48,6 +48,13 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("silver table {table}: {context}: {message}")]
+    Silver {
+        table: String,
+        context: String,
+        message: String,
+    },
+
     #[error("demo: {0}")]
     Demo(String),
 }

@@ -69,6 +69,7 @@ pub struct Config {
     pub bronze: BronzeConfig,
     pub pii: crate::pii::PiiConfig,
     pub metrics: MetricsConfig,
+    pub silver: crate::silver::SilverConfig,
 }
 
 /// `[metrics]`: the HTTP endpoint of `sluice run` (`/metrics`, `/healthz`, `/readyz`).
@@ -371,7 +372,7 @@ pub fn table_name_for_topic(topic: &str) -> String {
         .collect()
 }
 
-fn is_identifier(s: &str) -> bool {
+pub(crate) fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
@@ -585,6 +586,7 @@ impl Config {
             ));
         }
         p.extend(self.validate_pii());
+        p.extend(self.validate_silver());
         p
     }
 

@@ -20,6 +20,7 @@ pub mod error;
 pub mod health;
 pub mod pii;
 pub mod runner;
+pub mod silver;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;

@@ -156,7 +156,34 @@ fn is_key_id(s: &str) -> bool {
 
 impl Config {
     /// Column rules by bronze table, topics resolved to their tables.
+    ///
+    /// In tables of change events (Debezium envelopes feeding a silver table) a rule names
+    /// a column of the row and protects it in both images: `email` becomes `before.email`
+    /// and `after.email`. Paths already under `before.`, `after.` or `source.`, and
+    /// `_kafka_key`, are kept as they are.
     pub fn pii_rules(&self) -> BTreeMap<String, BTreeMap<String, ColumnRule>> {
+        let mut out = self.pii_rules_as_written();
+        for table in self.cdc_bronze_tables() {
+            if let Some(rules) = out.get_mut(&table) {
+                let mut expanded = BTreeMap::new();
+                for (path, rule) in std::mem::take(rules) {
+                    let envelope = ["before.", "after.", "source."]
+                        .iter()
+                        .any(|p| path.starts_with(p));
+                    if envelope || path.starts_with('_') {
+                        expanded.insert(path, rule);
+                    } else {
+                        expanded.insert(format!("before.{path}"), rule.clone());
+                        expanded.insert(format!("after.{path}"), rule);
+                    }
+                }
+                *rules = expanded;
+            }
+        }
+        out
+    }
+
+    fn pii_rules_as_written(&self) -> BTreeMap<String, BTreeMap<String, ColumnRule>> {
         let mut out = self.pii.tables.clone();
         let tables = self.bronze_tables();
         for (topic, rules) in &self.pii.topics {

@@ -182,7 +182,10 @@ impl Transform for Generalize {
             .as_string::<i32>()
             .iter()
             .enumerate()
-            .filter(|(_, v)| v.is_some_and(|v| truncate_iso(v, self.to).is_none()))
+            .filter(|(_, v)| {
+                !crate::path::is_unavailable(*v)
+                    && v.is_some_and(|v| truncate_iso(v, self.to).is_none())
+            })
             .map(|(i, _)| (i, format!("column '{}' is not an ISO-8601 date", self.path)))
             .collect())
     }

@@ -109,7 +109,7 @@ pub fn map_column(
         f: &dyn Fn(&ArrayRef) -> Result<ArrayRef>,
     ) -> Result<ArrayRef> {
         if path.is_empty() {
-            return f(array);
+            return keep_unavailable(array, f);
         }
         let s = array.as_struct_opt().ok_or_else(|| {
             schema_error(transform, "path goes through a column that is not a struct")
@@ -144,6 +144,48 @@ pub fn map_column(
         .collect();
     let out = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
     RecordBatch::try_new(out, columns).map_err(|e| arrow_error(transform, e))
+}
+
+/// Debezium's stand-in for an unchanged TOASTed value it did not read. It is not data:
+/// every transform leaves it as it is, so the silver MERGE can recognise it and keep the
+/// real value it stands for.
+pub const UNAVAILABLE: &str = "__debezium_unavailable_value";
+
+/// Whether `v` is Debezium's unavailable-value placeholder.
+pub fn is_unavailable(v: Option<&str>) -> bool {
+    v == Some(UNAVAILABLE)
+}
+
+/// `f(array)`, with Debezium's placeholder kept where a string column held it.
+fn keep_unavailable(
+    array: &ArrayRef,
+    f: &dyn Fn(&ArrayRef) -> Result<ArrayRef>,
+) -> Result<ArrayRef> {
+    let Some(s) = array.as_string_opt::<i32>() else {
+        return f(array);
+    };
+    let n = UNAVAILABLE.len();
+    let offsets = s.value_offsets();
+    let hit = |i: usize| {
+        (offsets[i + 1] - offsets[i]) as usize == n && s.is_valid(i) && s.value(i) == UNAVAILABLE
+    };
+    if !(0..s.len()).any(hit) {
+        return f(array);
+    }
+    let out = f(array)?;
+    let Some(o) = out.as_string_opt::<i32>() else {
+        return Ok(out);
+    };
+    let kept: arrow::array::StringArray = (0..s.len())
+        .map(|i| {
+            if hit(i) {
+                Some(UNAVAILABLE)
+            } else {
+                o.is_valid(i).then(|| o.value(i))
+            }
+        })
+        .collect();
+    Ok(Arc::new(kept))
 }
 
 /// The array at `path` in `batch`.

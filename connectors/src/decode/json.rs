@@ -48,6 +48,10 @@ pub struct JsonDecoderConfig {
     pub schema_evolution: bool,
     /// Most messages buffered before [`JsonDecoder::finish`]; sizes the decoder's buffers.
     pub max_messages: usize,
+    /// The messages are change-event envelopes (`before`/`after` row images): both images
+    /// get one row type, inferred from either, so a first chunk of inserts (no `before`)
+    /// does not fix `before` to a type later deletes cannot fit.
+    pub envelope: bool,
 }
 
 /// Where one message of the current chunk stands.
@@ -97,6 +101,34 @@ pub fn payload_of(table: &Schema) -> SchemaRef {
         .map(|f| f.as_ref().clone())
         .collect();
     Arc::new(Schema::new(fields))
+}
+
+/// The `payload` of a Kafka Connect JSON message written with schemas
+/// (`{"schema": {...}, "payload": {...}}`, as Debezium emits by default); any other
+/// message is returned as it is. A `null` payload reads as an empty object (a tombstone).
+pub fn unwrap_connect_envelope(bytes: &[u8]) -> &[u8] {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        schema: &'a serde_json::value::RawValue,
+        #[serde(borrow)]
+        payload: &'a serde_json::value::RawValue,
+    }
+    let start = bytes.iter().position(|b| !b.is_ascii_whitespace());
+    let rest = start.map_or(&[][..], |i| &bytes[i..]);
+    let after_brace = rest.strip_prefix(b"{").map(|r| r.trim_ascii_start());
+    if !after_brace.is_some_and(|r| r.starts_with(b"\"schema\"") || r.starts_with(b"\"payload\"")) {
+        return bytes;
+    }
+    match serde_json::from_slice::<Envelope<'_>>(bytes) {
+        Ok(e) => {
+            let _ = e.schema;
+            let p = e.payload.get().as_bytes();
+            if p == b"null" { b"{}" } else { p }
+        }
+        Err(_) => bytes,
+    }
 }
 
 /// Decodes the JSON messages bound for one table into [`SourceBatch`]es.
@@ -210,7 +242,7 @@ impl JsonDecoder {
             self.slots.push(Slot::Rejected);
             return;
         }
-        let bytes = m.payload.unwrap_or(b"{}");
+        let bytes = m.payload.map_or(&b"{}"[..], unwrap_connect_envelope);
         let start = self.buf.len();
         self.buf.extend_from_slice(bytes);
         self.slots.push(Slot::Row {
@@ -533,8 +565,26 @@ impl JsonDecoder {
                 Some(current) => Some(merge_fields(&current, &fields).unwrap_or(current)),
             };
         }
-        let fields = acc?;
+        let mut fields = acc?;
+        if self.config.envelope {
+            unify_images(&mut fields);
+        }
         Some(Arc::new(nullable_without_null_types(&Schema::new(fields))))
+    }
+}
+
+/// Give `before` and `after` one row type: the merge of both (each may be all null).
+fn unify_images(fields: &mut [Field]) {
+    let image = |f: &Field| matches!(f.name().as_str(), "before" | "after");
+    let mut row = DataType::Null;
+    for f in fields.iter().filter(|f| image(f)) {
+        match merge_types(&row, f.data_type()) {
+            Some(t) => row = t,
+            None => return,
+        }
+    }
+    for f in fields.iter_mut().filter(|f| image(f)) {
+        *f = Field::new(f.name(), row.clone(), true);
     }
 }
 
@@ -740,6 +790,7 @@ mod tests {
                 max_message_bytes: 1024,
                 schema_evolution: true,
                 max_messages: 1000,
+                envelope: false,
             },
             schema,
         )
@@ -960,6 +1011,7 @@ mod tests {
                 max_message_bytes: 1024,
                 schema_evolution: false,
                 max_messages: 100,
+                envelope: false,
             },
             Some(schema_ab()),
         );
@@ -1012,7 +1064,7 @@ mod proptests {
             ], 1..60)) {
             let schema: SchemaRef = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true), Field::new("b", DataType::Utf8, true)]));
             let mut d = JsonDecoder::new(
-                JsonDecoderConfig { table: "t".into(), max_message_bytes: 1024, schema_evolution: true, max_messages: 100 },
+                JsonDecoderConfig { table: "t".into(), max_message_bytes: 1024, schema_evolution: true, max_messages: 100, envelope: false },
                 Some(schema),
             );
             for (i, p) in payloads.iter().enumerate() {
@@ -1042,6 +1094,7 @@ mod inference_tests {
                 max_message_bytes: 1024,
                 schema_evolution: true,
                 max_messages: 100,
+                envelope: false,
             },
             None,
         );

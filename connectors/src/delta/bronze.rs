@@ -389,7 +389,7 @@ fn castable(from: &Field, to: &Field) -> bool {
 }
 
 /// `batch` with exactly the columns of `target`, in its order; missing columns are null.
-fn conform(table: &str, batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
+pub(crate) fn conform(table: &str, batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
     if batch.schema().as_ref() == target.as_ref() {
         return Ok(batch.clone());
     }

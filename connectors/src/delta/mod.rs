@@ -2,6 +2,8 @@
 
 pub mod bronze;
 pub mod dead_letter;
+pub mod lake;
+pub mod silver;
 pub mod table;
 
 /// Commit attempts against a refreshed table before a sink gives up.

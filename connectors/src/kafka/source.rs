@@ -41,6 +41,11 @@ pub struct KafkaSourceConfig {
     pub group_id: String,
     /// Topic → destination bronze table.
     pub routes: BTreeMap<String, String>,
+    /// Topic → further tables (lake-relative, e.g. `silver/customers`) that hold offsets of
+    /// its partitions: a partition resumes after the lowest offset of all of them.
+    pub resume_tables: BTreeMap<String, Vec<String>>,
+    /// Bronze tables receiving change-event envelopes (Debezium).
+    pub envelope_tables: std::collections::BTreeSet<String>,
     pub auto_offset_reset: OffsetReset,
     pub max_prefetch_bytes: u64,
     pub session_timeout_ms: u64,
@@ -106,6 +111,7 @@ struct Ctx {
     lake: PathBuf,
     pipeline: String,
     routes: BTreeMap<String, String>,
+    resume_tables: BTreeMap<String, Vec<String>>,
     reset: OffsetReset,
     /// Assigned partitions and the offset each was assigned at.
     assigned: Mutex<BTreeMap<TopicPartition, Offset>>,
@@ -260,6 +266,31 @@ impl Ctx {
                 out.extend(table::committed_offsets(name, &t, &self.pipeline, tps).await?);
             }
         }
+        // Other layers fed by the same partitions may be behind bronze (a crash between
+        // their commits) or new: resume from the lowest; none at all means from the start.
+        for tp in parts {
+            for location in self.resume_tables.get(&tp.topic).into_iter().flatten() {
+                let url = table::table_url(&self.lake, location)?;
+                let t = table::open(location, &url).await?;
+                let v = if table::exists(&t) {
+                    table::committed_offsets(location, &t, &self.pipeline, [tp])
+                        .await?
+                        .get(tp)
+                        .copied()
+                } else {
+                    None
+                };
+                match (out.get(tp).copied(), v) {
+                    (Some(b), Some(v)) => {
+                        out.insert(tp.clone(), b.min(v));
+                    }
+                    (Some(_), None) => {
+                        out.remove(tp);
+                    }
+                    (None, _) => {}
+                }
+            }
+        }
         Ok(out)
     }
 }
@@ -331,6 +362,7 @@ pub fn start(
         lake: config.lake.clone(),
         pipeline: config.pipeline.clone(),
         routes: config.routes.clone(),
+        resume_tables: config.resume_tables.clone(),
         reset: config.auto_offset_reset,
         assigned: Mutex::new(BTreeMap::new()),
         revoked: Mutex::new(Vec::new()),
@@ -532,6 +564,7 @@ impl WorkerState {
                 max_message_bytes: self.config.max_message_bytes,
                 schema_evolution: self.config.schema_evolution,
                 max_messages: self.config.decode_batch_max_messages,
+                envelope: self.config.envelope_tables.contains(table_name),
             },
             schema,
         )

@@ -1,0 +1,56 @@
+//! The sink of `sluice run`: bronze for every batch, then silver for change events.
+//!
+//! Both layers commit the same flush: bronze first (with the dead letters), then each
+//! silver table's MERGE, each with its own `txn` per partition. A crash in between leaves
+//! silver behind bronze; the source then resumes from the lower of the two offsets
+//! (see `kafka::source`), bronze drops what it already holds and silver catches up.
+
+use std::collections::BTreeMap;
+
+use sluice_pipeline::{Buffered, CommitOutcome, Sink, SourceBatch, TopicPartition};
+
+use super::bronze::BronzeSink;
+use super::silver::SilverSink;
+
+/// Bronze plus silver.
+pub struct LakeSink {
+    pub bronze: BronzeSink,
+    pub silver: SilverSink,
+}
+
+impl Sink for LakeSink {
+    async fn write(&mut self, batch: SourceBatch) -> sluice_pipeline::Result<()> {
+        self.silver.write(&batch)?;
+        self.bronze.write(batch).await
+    }
+
+    fn buffered(&self) -> Buffered {
+        self.bronze.buffered()
+    }
+
+    async fn commit(&mut self) -> sluice_pipeline::Result<CommitOutcome> {
+        let mut outcome = self.bronze.commit().await?;
+        let mut silver = CommitOutcome::default();
+        let mut silver_fenced: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+        self.silver.commit(&mut silver, &mut silver_fenced).await?;
+        outcome.commits += silver.commits;
+        // A partition may be skipped ahead only as far as every layer it feeds allows:
+        // silver may still need what bronze already holds.
+        outcome.fenced = outcome
+            .fenced
+            .into_iter()
+            .filter_map(|(tp, next)| {
+                if !self.silver.reads(&tp.topic) {
+                    return Some((tp, next));
+                }
+                silver_fenced.get(&tp).map(|s| (tp, next.min(*s)))
+            })
+            .collect();
+        Ok(outcome)
+    }
+
+    fn revoke(&mut self, partitions: &[TopicPartition]) {
+        self.silver.revoke(partitions);
+        self.bronze.revoke(partitions);
+    }
+}

@@ -1,0 +1,947 @@
+//! The silver sink: current state per primary key, maintained by Delta MERGE from the
+//! change events (Debezium envelopes) that land in bronze.
+//!
+//! The sink sees the same batches as bronze, after the PII transforms, so it only ever
+//! holds protected values. On [`SilverSink::write`] the envelopes of each batch become
+//! *change rows*: the row image (`after`, or the key from `before` for a delete), the
+//! operation and the event's sequence. On [`SilverSink::commit`], per silver table:
+//!
+//! 1. fence: drop changes at offsets the silver table already holds (its own `txn`s);
+//! 2. reduce: keep the newest change per key (by sequence, then Kafka offset). A column
+//!    holding Debezium's unavailable-value placeholder (an unchanged TOASTed value) takes
+//!    the value of an older change of the same key in the batch, or keeps the table's;
+//! 3. a truncate (`op = t`) deletes every row older than it; older changes are dropped;
+//! 4. deletes are recorded in `_sluice/tombstones_<table>` (key, sequence), so that a late
+//!    change older than a delete never brings the row back;
+//! 5. MERGE: a newer change updates or deletes the stored row, an insert adds it, an older
+//!    one is ignored (counted). The commit carries one `txn` per partition, like bronze.
+//!
+//! Every step is idempotent by sequence, so replays and out-of-order delivery converge to
+//! the same table, and a crash anywhere re-applies the batch without doubling anything.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray, StructArray,
+    TimestampMicrosecondArray, UInt32Array, new_null_array,
+};
+use arrow::compute::kernels::zip::zip;
+use arrow::compute::{SortColumn, cast, concat_batches, filter_record_batch, lexsort_to_indices};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
+use arrow::row::{RowConverter, SortField};
+use deltalake::DeltaTable;
+use deltalake::datafusion::prelude::SessionContext;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::{Action, Transaction};
+use sluice_pipeline::{CommitOutcome, OffsetRange, SourceBatch, TopicPartition};
+
+use super::bronze::{conform, merged_schema};
+use super::table;
+use crate::decode::json::filter_offsets_above;
+use crate::error::{Error, Result, delta};
+
+/// Debezium's stand-in for an unchanged TOASTed value.
+pub const UNAVAILABLE: &str = "__debezium_unavailable_value";
+
+/// Columns sluice adds to every silver table.
+pub const CDC_COLUMNS: [&str; 4] = ["_cdc_op", "_cdc_sequence", "_cdc_offset", "_cdc_source_ts"];
+
+/// How the changes of one key are ordered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sequence {
+    /// `source.lsn` where the envelope has it, else `source.ts_ms`, else `ts_ms`.
+    Auto,
+    /// An integer field of the envelope, by path.
+    Path(Vec<String>),
+}
+
+impl Sequence {
+    pub fn parse(s: &str) -> Self {
+        if s == "auto" {
+            Sequence::Auto
+        } else {
+            Sequence::Path(s.split('.').map(str::to_string).collect())
+        }
+    }
+}
+
+/// One silver table and where its changes come from.
+#[derive(Debug, Clone)]
+pub struct SilverTableSpec {
+    pub name: String,
+    /// Topics whose events feed the table.
+    pub topics: BTreeSet<String>,
+    /// Primary key columns of the row.
+    pub key: Vec<String>,
+    /// Only events whose `source.table` is this.
+    pub source_table: Option<String>,
+    pub sequence: Sequence,
+    pub partition_by: Vec<String>,
+}
+
+/// Settings of the silver sink.
+#[derive(Debug, Clone)]
+pub struct SilverSinkConfig {
+    pub lake: PathBuf,
+    pub pipeline: String,
+    pub tables: Vec<SilverTableSpec>,
+}
+
+struct State {
+    spec: SilverTableSpec,
+    location: String,
+    table: Option<DeltaTable>,
+    /// Change rows waiting for the next commit.
+    pending: Vec<RecordBatch>,
+    ranges: BTreeMap<TopicPartition, OffsetRange>,
+}
+
+/// Maintains `<lake>/silver/<table>` for each configured table.
+pub struct SilverSink {
+    config: SilverSinkConfig,
+    states: Vec<State>,
+}
+
+/// What one silver commit did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MergeCounts {
+    pub changes: usize,
+    pub inserted: usize,
+    pub updated: usize,
+    pub deleted: usize,
+    /// Changes older than the stored state (or a newer change in the same batch).
+    pub ignored: usize,
+}
+
+impl SilverSink {
+    pub fn new(config: SilverSinkConfig) -> Self {
+        let states = config
+            .tables
+            .iter()
+            .map(|spec| State {
+                location: Self::location(&spec.name),
+                spec: spec.clone(),
+                table: None,
+                pending: Vec::new(),
+                ranges: BTreeMap::new(),
+            })
+            .collect();
+        Self { config, states }
+    }
+
+    /// Relative location of a silver table in the lake.
+    pub fn location(table: &str) -> String {
+        format!("silver/{table}")
+    }
+
+    /// Relative location of a silver table's delete records.
+    pub fn tombstones_location(table: &str) -> String {
+        format!("_sluice/tombstones_{table}")
+    }
+
+    /// Whether any silver table reads `topic`.
+    pub fn reads(&self, topic: &str) -> bool {
+        self.states.iter().any(|s| s.spec.topics.contains(topic))
+    }
+
+    /// Take the change rows of `batch` (already protected) for every table its topics feed.
+    pub fn write(&mut self, batch: &SourceBatch) -> Result<()> {
+        for s in &mut self.states {
+            let ranges: Vec<(TopicPartition, OffsetRange)> = batch
+                .offsets
+                .iter()
+                .filter(|(tp, _)| s.spec.topics.contains(&tp.topic))
+                .map(|(tp, r)| (tp.clone(), *r))
+                .collect();
+            if ranges.is_empty() {
+                continue;
+            }
+            if let Some(rows) = &batch.rows
+                && let Some(changes) = change_rows(rows, &s.spec)?
+                && changes.num_rows() > 0
+            {
+                s.pending.push(changes);
+            }
+            for (tp, r) in ranges {
+                s.ranges.entry(tp).and_modify(|e| e.extend(r)).or_insert(r);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forget what is buffered for partitions this process no longer owns.
+    pub fn revoke(&mut self, partitions: &[TopicPartition]) {
+        let gone: BTreeMap<TopicPartition, i64> =
+            partitions.iter().map(|tp| (tp.clone(), i64::MAX)).collect();
+        for s in &mut self.states {
+            let mut dropped = false;
+            for tp in partitions {
+                dropped |= s.ranges.remove(tp).is_some();
+            }
+            if dropped {
+                s.pending = s
+                    .pending
+                    .iter()
+                    .map(|b| filter_offsets_above(b, &gone).unwrap_or_else(|_| b.clone()))
+                    .filter(|b| b.num_rows() > 0)
+                    .collect();
+            }
+        }
+    }
+
+    /// Merge everything buffered. Partitions whose every change the silver tables already
+    /// hold are reported in `outcome.fenced` only through `fenced`, which the caller
+    /// combines with bronze's.
+    pub async fn commit(
+        &mut self,
+        outcome: &mut CommitOutcome,
+        fenced: &mut BTreeMap<TopicPartition, i64>,
+    ) -> Result<()> {
+        let pipeline = self.config.pipeline.clone();
+        let lake = self.config.lake.clone();
+        for s in &mut self.states {
+            if s.ranges.is_empty() {
+                continue;
+            }
+            let counts = commit_table(&lake, &pipeline, s, outcome, fenced).await?;
+            s.pending.clear();
+            s.ranges.clear();
+            let label = s.spec.name.clone();
+            metrics::counter!("sluice_cdc_changes_total", "table" => label.clone())
+                .increment(counts.changes as u64);
+            metrics::counter!("sluice_cdc_rows_inserted_total", "table" => label.clone())
+                .increment(counts.inserted as u64);
+            metrics::counter!("sluice_cdc_rows_updated_total", "table" => label.clone())
+                .increment(counts.updated as u64);
+            metrics::counter!("sluice_cdc_rows_deleted_total", "table" => label.clone())
+                .increment(counts.deleted as u64);
+            metrics::counter!("sluice_cdc_changes_ignored_total", "table" => label)
+                .increment(counts.ignored as u64);
+            tracing::debug!(table = %s.location, changes = counts.changes, inserted = counts.inserted, updated = counts.updated, deleted = counts.deleted, ignored = counts.ignored, "silver merge");
+        }
+        Ok(())
+    }
+}
+
+fn silver_error(table: &str, context: &str) -> impl FnOnce(String) -> Error {
+    let (table, context) = (table.to_string(), context.to_string());
+    move |message| Error::Silver {
+        table,
+        context,
+        message,
+    }
+}
+
+async fn commit_table(
+    lake: &std::path::Path,
+    pipeline: &str,
+    s: &mut State,
+    outcome: &mut CommitOutcome,
+    fenced_out: &mut BTreeMap<TopicPartition, i64>,
+) -> Result<MergeCounts> {
+    let name = s.location.clone();
+    let url = table::table_url(lake, &name)?;
+    let mut t = match s.table.take() {
+        Some(t) => t,
+        None => table::open(&name, &url).await?,
+    };
+    let mut last_error = String::new();
+    for attempt in 0..super::COMMIT_ATTEMPTS {
+        if attempt > 0 {
+            table::refresh(&name, &mut t).await?;
+        }
+        let mut ranges = s.ranges.clone();
+        let committed = table::committed_offsets(&name, &t, pipeline, ranges.keys()).await?;
+        let fenced = table::fence(&mut ranges, &committed);
+        for (tp, next) in fenced {
+            fenced_out.insert(tp, next);
+        }
+        if ranges.is_empty() {
+            s.table = Some(t);
+            return Ok(MergeCounts::default());
+        }
+        let mut changes: Vec<RecordBatch> = Vec::with_capacity(s.pending.len());
+        for b in &s.pending {
+            let b = filter_offsets_above(b, &committed)?;
+            if b.num_rows() > 0 {
+                changes.push(b);
+            }
+        }
+        let changes = if changes.is_empty() {
+            None
+        } else {
+            let schema = merged_schema(&name, changes.iter().map(|b| b.schema()))?;
+            let conformed = changes
+                .iter()
+                .map(|b| conform(&name, b, &schema))
+                .collect::<Result<Vec<_>>>()?;
+            Some(concat_batches(&schema, &conformed)?)
+        };
+        let mut counts = MergeCounts {
+            changes: changes.as_ref().map_or(0, RecordBatch::num_rows),
+            ..Default::default()
+        };
+        let now = chrono::Utc::now().timestamp_millis();
+        let txns: Vec<Transaction> = ranges
+            .iter()
+            .map(|(tp, r)| {
+                Transaction::new_with_last_update(table::app_id(pipeline, tp), r.last, Some(now))
+            })
+            .collect();
+        let result = apply(
+            lake,
+            pipeline,
+            &name,
+            &s.spec,
+            t,
+            changes,
+            txns,
+            &ranges,
+            &mut counts,
+        )
+        .await;
+        match result {
+            Ok(done) => {
+                t = done;
+                for (tp, r) in &ranges {
+                    outcome.committed.push((tp.clone(), r.last + 1));
+                }
+                outcome.commits += 1;
+                if let Some(v) = t.version() {
+                    metrics::gauge!("sluice_delta_table_version", "table" => s.spec.name.clone())
+                        .set(v as f64);
+                }
+                s.table = Some(t);
+                return Ok(counts);
+            }
+            Err((table, e)) => {
+                metrics::counter!("sluice_delta_commit_conflicts_total", "table" => s.spec.name.clone())
+                    .increment(1);
+                tracing::warn!(table = %name, attempt, error = %e, "silver merge refused, retrying against the refreshed table");
+                last_error = e.to_string();
+                t = match table {
+                    Some(t) => t,
+                    None => table::open(&name, &url).await?,
+                };
+            }
+        }
+    }
+    Err(Error::CommitRetries {
+        table: name,
+        attempts: super::COMMIT_ATTEMPTS,
+        last: last_error,
+    })
+}
+
+/// Apply `changes` to the table and commit `txns` with them. On failure the table is given
+/// back (when still owned) for a retry.
+#[allow(clippy::too_many_arguments)]
+async fn apply(
+    lake: &std::path::Path,
+    pipeline: &str,
+    name: &str,
+    spec: &SilverTableSpec,
+    mut t: DeltaTable,
+    changes: Option<RecordBatch>,
+    txns: Vec<Transaction>,
+    ranges: &BTreeMap<TopicPartition, OffsetRange>,
+    counts: &mut MergeCounts,
+) -> std::result::Result<DeltaTable, (Option<DeltaTable>, Error)> {
+    let fail = |t: Option<DeltaTable>| move |e: Error| (t, e);
+    let Some(changes) = changes else {
+        return commit_offsets_only(name, pipeline, t, ranges).await;
+    };
+    let mut winners = match reduce(&changes, &spec.key) {
+        Ok(w) => w,
+        Err(e) => return Err((Some(t), e)),
+    };
+    // A truncate deletes everything older; changes older than it are moot.
+    if let Some(at) = truncate_point(&winners) {
+        if table::exists(&t) {
+            let predicate = format!("_cdc_sequence < {at}");
+            t = match t.delete().with_predicate(predicate).await {
+                Ok((t, _)) => t,
+                Err(e) => return Err((None, delta(name, "truncating")(e))),
+            };
+        }
+        let keep = newer_than(&winners, at);
+        winners = match filter_record_batch(&winners, &keep) {
+            Ok(w) => w,
+            Err(e) => return Err((Some(t), e.into())),
+        };
+    }
+    counts.ignored = counts.changes - winners.num_rows();
+    let source = match to_silver_rows(&winners) {
+        Ok(s) => s,
+        Err(e) => return Err((Some(t), e)),
+    };
+    if source.num_rows() == 0 {
+        return commit_offsets_only(name, pipeline, t, ranges).await;
+    }
+    if !table::exists(&t) {
+        let url = t.table_url().clone();
+        let schema = Schema::new(
+            source
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
+        );
+        t = table::create(name, &url, &schema, &spec.partition_by, &[])
+            .await
+            .map_err(fail(None))?;
+    }
+    let tombstoned = record_deletes(lake, name, spec, &source)
+        .await
+        .map_err(|e| (None, e))?;
+    let ctx = SessionContext::new();
+    let df = ctx
+        .read_batch(source.clone())
+        .map_err(|e| (None, silver_error(name, "reading changes")(e.to_string())))?;
+    let df = match tombstoned {
+        Some(tombs) => {
+            let provider = tombs.table_provider().await.map_err(|e| {
+                (
+                    None,
+                    silver_error(name, "reading tombstones")(e.to_string()),
+                )
+            })?;
+            let sql = not_tombstoned_sql(&spec.key);
+            let run = async {
+                ctx.register_table("changes", ctx.read_batch(source.clone())?.into_view())?;
+                ctx.register_table("tombstones", provider)?;
+                ctx.sql(&sql).await
+            };
+            run.await.map_err(|e| {
+                (
+                    None,
+                    silver_error(name, "filtering by tombstones")(e.to_string()),
+                )
+            })?
+        }
+        None => df,
+    };
+    let builder = merge_builder(t, df, &source.schema(), &spec.key, txns)
+        .map_err(|e| (None, delta(name, "planning merge")(e)))?;
+    match builder.await {
+        Ok((t, m)) => {
+            counts.inserted = m.num_target_rows_inserted;
+            counts.updated = m.num_target_rows_updated;
+            counts.deleted = m.num_target_rows_deleted;
+            counts.ignored = counts.changes - counts.inserted - counts.updated - counts.deleted;
+            Ok(t)
+        }
+        Err(e) => Err((None, delta(name, "merging")(e))),
+    }
+}
+
+/// A commit holding only the offsets (every change was older, fenced or filtered out).
+async fn commit_offsets_only(
+    name: &str,
+    pipeline: &str,
+    mut t: DeltaTable,
+    ranges: &BTreeMap<TopicPartition, OffsetRange>,
+) -> std::result::Result<DeltaTable, (Option<DeltaTable>, Error)> {
+    if !table::exists(&t) {
+        // No schema to create the table with yet: the offsets are re-read next time and
+        // bronze drops what it already holds.
+        return Ok(t);
+    }
+    match table::commit(name, &mut t, pipeline, Vec::<Action>::new(), ranges, &[]).await {
+        Ok(_) => Ok(t),
+        Err(e) => Err((Some(t), e)),
+    }
+}
+
+fn quote(c: &str) -> String {
+    format!("\"{}\"", c.replace('"', "\"\""))
+}
+
+/// Whether change `s` is newer than the stored row `t`.
+fn newer(s: &str, t: &str) -> String {
+    format!(
+        "({s}._cdc_sequence > {t}._cdc_sequence OR ({s}._cdc_sequence = {t}._cdc_sequence AND {s}._cdc_offset > {t}._cdc_offset))"
+    )
+}
+
+fn not_tombstoned_sql(key: &[String]) -> String {
+    let on: Vec<String> = key
+        .iter()
+        .map(|k| format!("c.{} = d.{}", quote(k), quote(k)))
+        .collect();
+    format!(
+        "SELECT c.* FROM changes c LEFT JOIN tombstones d ON {} \
+         WHERE c._cdc_op = 'd' OR d._cdc_sequence IS NULL OR {}",
+        on.join(" AND "),
+        newer("c", "d")
+    )
+}
+
+fn merge_builder(
+    t: DeltaTable,
+    df: deltalake::datafusion::prelude::DataFrame,
+    schema: &SchemaRef,
+    key: &[String],
+    txns: Vec<Transaction>,
+) -> std::result::Result<deltalake::operations::merge::MergeBuilder, deltalake::DeltaTableError> {
+    let on: Vec<String> = key
+        .iter()
+        .map(|k| format!("t.{} = s.{}", quote(k), quote(k)))
+        .collect();
+    let newer = newer("s", "t");
+    let columns: Vec<(String, bool)> = schema
+        .fields()
+        .iter()
+        .map(|f| (f.name().clone(), f.data_type() == &DataType::Utf8))
+        .collect();
+    let keep = |c: &str, text: bool, fallback: &str| {
+        let q = quote(c);
+        if text && !CDC_COLUMNS.contains(&c) {
+            format!("CASE WHEN s.{q} = '{UNAVAILABLE}' THEN {fallback} ELSE s.{q} END")
+        } else {
+            format!("s.{q}")
+        }
+    };
+    let cols = columns.clone();
+    let cols2 = columns;
+    t.merge(df, on.join(" AND "))
+        .with_source_alias("s")
+        .with_target_alias("t")
+        .with_merge_schema(true)
+        .with_commit_properties(CommitProperties::default().with_application_transactions(txns))
+        .when_matched_delete(|d| d.predicate(format!("s._cdc_op = 'd' AND {newer}")))?
+        .when_matched_update(|mut u| {
+            u = u.predicate(format!("s._cdc_op <> 'd' AND {newer}"));
+            for (c, text) in &cols {
+                u = u.update(quote(c), keep(c, *text, &format!("t.{}", quote(c))));
+            }
+            u
+        })?
+        .when_not_matched_insert(|mut i| {
+            i = i.predicate("s._cdc_op <> 'd'");
+            for (c, text) in &cols2 {
+                i = i.set(quote(c), keep(c, *text, "NULL"));
+            }
+            i
+        })
+}
+
+/// Record the deletes among `rows` in the table's tombstones (newest per key wins);
+/// returns the tombstone table when there is one, for filtering older changes.
+async fn record_deletes(
+    lake: &std::path::Path,
+    silver: &str,
+    spec: &SilverTableSpec,
+    rows: &RecordBatch,
+) -> Result<Option<DeltaTable>> {
+    let location = SilverSink::tombstones_location(&spec.name);
+    let url = table::table_url(lake, &location)?;
+    let mut t = table::open(&location, &url).await?;
+    let ops = rows
+        .column_by_name("_cdc_op")
+        .and_then(|c| c.as_string_opt::<i32>())
+        .ok_or_else(|| silver_error(silver, "recording deletes")("no _cdc_op column".into()))?;
+    let deletes = BooleanArray::from(ops.iter().map(|o| Some(o == Some("d"))).collect::<Vec<_>>());
+    if deletes.true_count() == 0 {
+        return Ok(table::exists(&t).then_some(t));
+    }
+    let mut columns: Vec<usize> = Vec::new();
+    for c in spec
+        .key
+        .iter()
+        .map(String::as_str)
+        .chain(["_cdc_sequence", "_cdc_offset"])
+    {
+        columns.push(rows.schema().index_of(c)?);
+    }
+    let tombs = filter_record_batch(&rows.project(&columns)?, &deletes)?;
+    if !table::exists(&t) {
+        let schema = Schema::new(
+            tombs
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
+        );
+        t = table::create(&location, &url, &schema, &[], &[]).await?;
+    }
+    let on: Vec<String> = spec
+        .key
+        .iter()
+        .map(|k| format!("t.{} = s.{}", quote(k), quote(k)))
+        .collect();
+    let newer = newer("s", "t");
+    let df = SessionContext::new()
+        .read_batch(tombs)
+        .map_err(|e| silver_error(&location, "reading deletes")(e.to_string()))?;
+    let (t, _) = t
+        .merge(df, on.join(" AND "))
+        .with_source_alias("s")
+        .with_target_alias("t")
+        .when_matched_update(|u| {
+            u.predicate(newer.clone())
+                .update("_cdc_sequence", "s._cdc_sequence")
+                .update("_cdc_offset", "s._cdc_offset")
+        })
+        .and_then(|m| {
+            m.when_not_matched_insert(|mut i| {
+                for c in spec
+                    .key
+                    .iter()
+                    .map(String::as_str)
+                    .chain(["_cdc_sequence", "_cdc_offset"])
+                {
+                    i = i.set(quote(c), format!("s.{}", quote(c)));
+                }
+                i
+            })
+        })
+        .map_err(delta(&location, "planning"))?
+        .await
+        .map_err(delta(&location, "recording deletes"))?;
+    Ok(Some(t))
+}
+
+/// The highest sequence of a truncate among `rows`, if any.
+fn truncate_point(rows: &RecordBatch) -> Option<i64> {
+    let ops = rows.column_by_name("_cdc_op")?.as_string_opt::<i32>()?;
+    let seq = rows
+        .column_by_name("_cdc_sequence")?
+        .as_primitive_opt::<Int64Type>()?;
+    (0..rows.num_rows())
+        .filter(|i| ops.value(*i) == "t")
+        .map(|i| seq.value(i))
+        .max()
+}
+
+/// Rows whose sequence is above `at` (and that are not truncates themselves).
+fn newer_than(rows: &RecordBatch, at: i64) -> BooleanArray {
+    let seq = rows
+        .column_by_name("_cdc_sequence")
+        .and_then(|c| c.as_primitive_opt::<Int64Type>().cloned());
+    let ops = rows
+        .column_by_name("_cdc_op")
+        .and_then(|c| c.as_string_opt::<i32>().cloned());
+    (0..rows.num_rows())
+        .map(|i| {
+            let newer = seq.as_ref().is_some_and(|s| s.value(i) > at);
+            let truncate = ops.as_ref().is_some_and(|o| o.value(i) == "t");
+            Some(newer && !truncate)
+        })
+        .collect()
+}
+
+/// The columns a silver table stores: the row, then `_cdc_*` (the Kafka lineage used for
+/// fencing is left out; `_kafka_offset` becomes `_cdc_offset`).
+fn to_silver_rows(winners: &RecordBatch) -> Result<RecordBatch> {
+    let schema = winners.schema();
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for (f, c) in schema.fields().iter().zip(winners.columns()) {
+        match f.name().as_str() {
+            "_kafka_topic" | "_kafka_partition" => {}
+            "_kafka_offset" => {
+                fields.push(Field::new("_cdc_offset", DataType::Int64, true));
+                columns.push(c.clone());
+            }
+            _ => {
+                fields.push(f.as_ref().clone());
+                columns.push(c.clone());
+            }
+        }
+    }
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
+/// The newest change per key of `changes` (by `_cdc_sequence`, then `_kafka_offset`).
+/// Changes without a full key are left out. A text column holding the unavailable-value
+/// placeholder takes the value of the newest older change of the key that had one, back to
+/// the key's last delete; with none in the batch the placeholder stays (the MERGE keeps the
+/// table's value). Truncates are kept as they are, apart from the keys.
+pub fn reduce(changes: &RecordBatch, key: &[String]) -> Result<RecordBatch> {
+    let col = |name: &str| -> Result<ArrayRef> {
+        changes
+            .column_by_name(name)
+            .cloned()
+            .ok_or_else(|| Error::Decode(format!("change rows lack column {name}")))
+    };
+    let ops = col("_cdc_op")?;
+    let ops = ops.as_string::<i32>();
+    let key_columns: Vec<ArrayRef> = key.iter().map(|k| col(k)).collect::<Result<_>>()?;
+    let mut sort: Vec<SortColumn> = key_columns
+        .iter()
+        .map(|c| SortColumn {
+            values: c.clone(),
+            options: None,
+        })
+        .collect();
+    for c in ["_cdc_sequence", "_kafka_offset"] {
+        sort.push(SortColumn {
+            values: col(c)?,
+            options: None,
+        });
+    }
+    let order = lexsort_to_indices(&sort, None)?;
+    let converter = RowConverter::new(
+        key_columns
+            .iter()
+            .map(|c| SortField::new(c.data_type().clone()))
+            .collect(),
+    )?;
+    let keys = converter.convert_columns(&key_columns)?;
+    let full_key = |i: usize| key_columns.iter().all(|c| c.is_valid(i));
+    // Groups of equal keys in sorted order; truncates each form their own group.
+    let mut winners: Vec<u32> = Vec::new();
+    let mut groups: Vec<(usize, usize)> = Vec::new(); // [start, end) into `order`
+    let order: Vec<usize> = order.values().iter().map(|i| *i as usize).collect();
+    let mut start = 0;
+    for pos in 1..=order.len() {
+        let boundary = pos == order.len()
+            || ops.value(order[pos]) == "t"
+            || ops.value(order[pos - 1]) == "t"
+            || keys.row(order[pos]) != keys.row(order[pos - 1]);
+        if boundary {
+            let last = order[pos - 1];
+            if ops.value(last) == "t" || full_key(last) {
+                winners.push(last as u32);
+                groups.push((start, pos));
+            }
+            start = pos;
+        }
+    }
+    let schema = changes.schema();
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for (f, c) in schema.fields().iter().zip(changes.columns()) {
+        let text = c.as_string_opt::<i32>();
+        let fill = match text {
+            Some(s) if !key.contains(f.name()) && !f.name().starts_with('_') => {
+                let mut idx: Vec<u32> = Vec::with_capacity(winners.len());
+                let mut changed = false;
+                for (w, (start, end)) in winners.iter().zip(&groups) {
+                    let w = *w as usize;
+                    let mut chosen = w;
+                    if s.is_valid(w) && s.value(w) == UNAVAILABLE {
+                        for &j in order[*start..*end - 1].iter().rev() {
+                            if ops.value(j) == "d" {
+                                break;
+                            }
+                            if !(s.is_valid(j) && s.value(j) == UNAVAILABLE) {
+                                chosen = j;
+                                changed = true;
+                                break;
+                            }
+                        }
+                    }
+                    idx.push(chosen as u32);
+                }
+                changed.then_some(idx)
+            }
+            _ => None,
+        };
+        let indices = UInt32Array::from(fill.unwrap_or_else(|| winners.clone()));
+        columns.push(arrow::compute::take(c, &indices, None)?);
+    }
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+/// The change rows of a batch of Debezium envelopes bound for `spec`, or `None` when the
+/// batch has no `op` column (not change events).
+pub fn change_rows(batch: &RecordBatch, spec: &SilverTableSpec) -> Result<Option<RecordBatch>> {
+    let Some(op) = batch
+        .column_by_name("op")
+        .and_then(|c| c.as_string_opt::<i32>())
+    else {
+        return Ok(None);
+    };
+    let topic = batch
+        .column_by_name("_kafka_topic")
+        .and_then(|c| c.as_string_opt::<i32>());
+    let source = batch
+        .column_by_name("source")
+        .and_then(|c| c.as_struct_opt());
+    let source_table = source
+        .and_then(|s| s.column_by_name("table"))
+        .and_then(|c| c.as_string_opt::<i32>());
+    let keep: BooleanArray = (0..batch.num_rows())
+        .map(|i| {
+            let op_ok = op.is_valid(i) && matches!(op.value(i), "c" | "u" | "d" | "r" | "t");
+            let topic_ok = topic.is_none_or(|t| spec.topics.contains(t.value(i)));
+            let table_ok = match &spec.source_table {
+                None => true,
+                Some(want) => source_table.is_some_and(|t| t.is_valid(i) && t.value(i) == want),
+            };
+            Some(op_ok && topic_ok && table_ok)
+        })
+        .collect();
+    let batch = filter_record_batch(batch, &keep)?;
+    let n = batch.num_rows();
+    let op = batch
+        .column_by_name("op")
+        .and_then(|c| c.as_string_opt::<i32>())
+        .cloned()
+        .unwrap_or_else(|| StringArray::from(Vec::<Option<&str>>::new()));
+    let image = |name: &str| {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_struct_opt())
+            .cloned()
+    };
+    let after = image("after");
+    let before = image("before");
+    let is_delete =
+        BooleanArray::from((0..n).map(|i| Some(op.value(i) == "d")).collect::<Vec<_>>());
+    // The row's columns: those of `after`, or only the key when no event had one.
+    let mut row_fields: Vec<Field> = match &after {
+        Some(a) => a.fields().iter().map(|f| f.as_ref().clone()).collect(),
+        None => Vec::new(),
+    };
+    for k in &spec.key {
+        if !row_fields.iter().any(|f| f.name() == k) {
+            let dt = before
+                .as_ref()
+                .and_then(|b| b.column_by_name(k))
+                .map(|c| c.data_type().clone())
+                .unwrap_or(DataType::Utf8);
+            row_fields.push(Field::new(k, dt, true));
+        }
+    }
+    let mut fields = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for f in &row_fields {
+        let from = |image: &Option<StructArray>| -> Result<Option<ArrayRef>> {
+            let Some(s) = image else { return Ok(None) };
+            let Some(c) = s.column_by_name(f.name()) else {
+                return Ok(None);
+            };
+            let c = if c.data_type() == f.data_type() {
+                c.clone()
+            } else {
+                cast(c, f.data_type())?
+            };
+            // A child of a null struct may hold anything: null it where the image is null.
+            Ok(Some(match s.logical_nulls() {
+                Some(nulls) if nulls.null_count() > 0 => {
+                    let valid = BooleanArray::from(nulls.inner().clone());
+                    arrow::compute::nullif(&c, &arrow::compute::not(&valid)?)?
+                }
+                _ => c,
+            }))
+        };
+        let a = from(&after)?.unwrap_or_else(|| new_null_array(f.data_type(), n));
+        let column = if spec.key.contains(f.name()) {
+            match from(&before)? {
+                Some(b) => zip(&is_delete, &b, &a)?,
+                None => a,
+            }
+        } else {
+            a
+        };
+        fields.push(f.clone().with_nullable(true));
+        columns.push(column);
+    }
+    let source_ts = source
+        .map(|_| nested_i64(&batch, &["source", "ts_ms"]))
+        .unwrap_or_else(|| nested_i64(&batch, &["ts_ms"]));
+    let sequence = match &spec.sequence {
+        Sequence::Auto => {
+            let lsn = nested_i64(&batch, &["source", "lsn"]);
+            if lsn.null_count() < n {
+                lsn
+            } else {
+                source_ts.clone()
+            }
+        }
+        Sequence::Path(p) => {
+            let p: Vec<&str> = p.iter().map(String::as_str).collect();
+            nested_i64(&batch, &p)
+        }
+    };
+    let sequence: Int64Array = sequence
+        .iter()
+        .map(|v| Some(v.unwrap_or(i64::MIN)))
+        .collect();
+    let micros: TimestampMicrosecondArray = source_ts
+        .iter()
+        .map(|v| v.map(|ms| ms.saturating_mul(1000)))
+        .collect::<TimestampMicrosecondArray>()
+        .with_timezone("UTC");
+    let lineage = |name: &str| -> Result<ArrayRef> {
+        batch
+            .column_by_name(name)
+            .cloned()
+            .ok_or_else(|| Error::Decode(format!("change events lack lineage column {name}")))
+    };
+    let extra: [(Field, ArrayRef); 6] = [
+        (Field::new("_cdc_op", DataType::Utf8, true), Arc::new(op)),
+        (
+            Field::new("_cdc_sequence", DataType::Int64, true),
+            Arc::new(sequence),
+        ),
+        (
+            Field::new(
+                "_cdc_source_ts",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                true,
+            ),
+            Arc::new(micros),
+        ),
+        (
+            Field::new("_kafka_topic", DataType::Utf8, true),
+            lineage("_kafka_topic")?,
+        ),
+        (
+            Field::new("_kafka_partition", DataType::Int32, true),
+            lineage("_kafka_partition")?,
+        ),
+        (
+            Field::new("_kafka_offset", DataType::Int64, true),
+            lineage("_kafka_offset")?,
+        ),
+    ];
+    for (f, c) in extra {
+        fields.push(f);
+        columns.push(c);
+    }
+    Ok(Some(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?))
+}
+
+/// The integer field at `path` (through structs), as Int64; nulls where absent.
+fn nested_i64(batch: &RecordBatch, path: &[&str]) -> Int64Array {
+    let n = batch.num_rows();
+    let mut column = batch.column_by_name(path[0]).cloned();
+    let mut nulls = column.as_ref().and_then(|c| c.logical_nulls());
+    for name in &path[1..] {
+        column = column
+            .as_ref()
+            .and_then(|c| c.as_struct_opt())
+            .and_then(|s| s.column_by_name(name))
+            .cloned();
+        if let Some(c) = &column {
+            nulls = arrow::buffer::NullBuffer::union(nulls.as_ref(), c.logical_nulls().as_ref());
+        }
+    }
+    match column.and_then(|c| cast(&c, &DataType::Int64).ok()) {
+        Some(c) => {
+            let a = c.as_primitive::<Int64Type>();
+            (0..n)
+                .map(|i| {
+                    nulls
+                        .as_ref()
+                        .is_none_or(|m| m.is_valid(i))
+                        .then(|| a.value(i))
+                })
+                .collect()
+        }
+        None => Int64Array::from(vec![None; n]),
+    }
+}

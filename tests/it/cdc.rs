@@ -1,0 +1,341 @@
+//! Debezium change events (Postgres connector, JSON) into bronze and a silver table kept
+//! current by MERGE: snapshot then streaming, updates with unchanged TOASTed columns,
+//! deletes with tombstones, a primary-key change, late and replayed events, truncate.
+
+use serde_json::{Value, json};
+
+use crate::harness::{Broker, Mock, Workdir};
+use sluice_connectors::demo::broker::{Outgoing, SimpleProducer};
+
+const TOAST: &str = "__debezium_unavailable_value";
+
+/// A Debezium Postgres envelope for table `public.customers`.
+fn dbz(op: &str, before: Value, after: Value, lsn: i64) -> Value {
+    json!({
+        "before": before,
+        "after": after,
+        "source": {
+            "version": "2.7.3.Final", "connector": "postgresql", "name": "bank",
+            "ts_ms": 1_767_225_600_000i64 + lsn, "snapshot": if op == "r" { "true" } else { "false" },
+            "db": "bank", "sequence": format!("[null,\"{lsn}\"]"), "schema": "public",
+            "table": "customers", "txId": 700 + lsn, "lsn": lsn, "xmin": null
+        },
+        "op": op,
+        "ts_ms": 1_767_225_600_100i64 + lsn,
+        "transaction": null
+    })
+}
+
+fn row(id: i64, name: &str, email: &str, bio: &str) -> Value {
+    json!({"id": id, "name": name, "email": email, "bio": bio})
+}
+
+/// Produce `(key id, event)` pairs in order; `None` is a tombstone.
+fn send(broker: &dyn Broker, topic: &str, events: &[(i64, Option<Value>)]) {
+    let producer = SimpleProducer::new(&broker.bootstrap()).expect("producer");
+    for (id, e) in events {
+        let key = json!({"id": id}).to_string();
+        let payload = e.as_ref().map(|v| v.to_string().into_bytes());
+        producer
+            .send(&Outgoing {
+                topic,
+                key: Some(key.as_bytes()),
+                payload: payload.as_deref(),
+                timestamp_ms: None,
+            })
+            .expect("send");
+    }
+    producer.flush().expect("flush");
+}
+
+fn config(w: &Workdir, broker: &dyn Broker, extra: &str) {
+    let key = w.dir.path().join("pseudo.key");
+    std::fs::write(&key, "an-integration-test-key-of-32-bytes").expect("key");
+    w.write_config(
+        broker,
+        "cdc",
+        &["bank.public.customers"],
+        &format!(
+            "[bronze.routes]\n\"bank.public.customers\" = \"customers_changes\"\n\
+             [silver.tables.customers]\ntopics = [\"bank.public.customers\"]\nkey = [\"id\"]\n\
+             [pii]\ndead_letters = \"raw\"\n[pii.keys.pseudo]\nfile = {:?}\n\
+             [pii.tables.customers_changes]\nemail = {{ action = \"tokenize\", key = \"pseudo\" }}\n{extra}",
+            key.display().to_string()
+        ),
+    );
+}
+
+fn silver(w: &Workdir) -> Vec<String> {
+    w.sql("select id, name, bio, _cdc_op, email like 'tok_pseudo_%' as email_protected from silver.customers order by id")
+}
+
+#[test]
+fn change_events_keep_silver_equal_to_the_source_table() {
+    let broker = Mock::start();
+    let topic = "bank.public.customers";
+    broker.create_topic(topic, 2);
+    let long = "a long biography that Postgres keeps TOASTed";
+    let events = vec![
+        // Snapshot.
+        (
+            1,
+            Some(dbz(
+                "r",
+                Value::Null,
+                row(1, "Ann", "ann@example.com", long),
+                100,
+            )),
+        ),
+        (
+            2,
+            Some(dbz(
+                "r",
+                Value::Null,
+                row(2, "Bob", "bob@example.com", "b"),
+                100,
+            )),
+        ),
+        (
+            3,
+            Some(dbz(
+                "r",
+                Value::Null,
+                row(3, "Cat", "cat@example.com", "c"),
+                100,
+            )),
+        ),
+        // Streaming.
+        (
+            4,
+            Some(dbz(
+                "c",
+                Value::Null,
+                row(4, "Dan", "dan@example.com", "d0"),
+                200,
+            )),
+        ),
+        // Unchanged TOASTed bio: the placeholder must not overwrite the stored value.
+        (
+            1,
+            Some(dbz(
+                "u",
+                Value::Null,
+                row(1, "Ann B", "ann@example.com", TOAST),
+                210,
+            )),
+        ),
+        // Delete, then its tombstone.
+        (
+            2,
+            Some(dbz(
+                "d",
+                json!({"id": 2, "name": null, "email": null, "bio": null}),
+                Value::Null,
+                220,
+            )),
+        ),
+        (2, None),
+        // Primary-key change 3 → 30: delete + tombstone + create.
+        (
+            3,
+            Some(dbz(
+                "d",
+                json!({"id": 3, "name": null, "email": null, "bio": null}),
+                Value::Null,
+                230,
+            )),
+        ),
+        (3, None),
+        (
+            30,
+            Some(dbz(
+                "c",
+                Value::Null,
+                row(30, "Cat", "cat@example.com", "c"),
+                231,
+            )),
+        ),
+        // Two updates in one flush, the second with the placeholder: the first one's bio wins.
+        (
+            4,
+            Some(dbz(
+                "u",
+                Value::Null,
+                row(4, "Dan", "dan@example.com", "d1"),
+                240,
+            )),
+        ),
+        (
+            4,
+            Some(dbz(
+                "u",
+                Value::Null,
+                row(4, "Dan", "dan@example.com", TOAST),
+                250,
+            )),
+        ),
+    ];
+    send(&broker, topic, &events);
+    // The same update with Kafka Connect's schema/payload wrapper.
+    let wrapped = json!({"schema": {"type": "struct", "optional": false, "name": "bank.public.customers.Envelope"},
+                         "payload": dbz("u", Value::Null, row(30, "Cat C", "cat@example.com", "c"), 260)});
+    send(&broker, topic, &[(30, Some(wrapped))]);
+
+    let w = Workdir::new();
+    config(&w, &broker, "");
+    w.run_ok(&["run", "--until-caught-up"]);
+    let expected = vec![
+        format!("1,Ann B,{long},u,true"),
+        "4,Dan,d1,u,true".to_string(),
+        "30,Cat C,c,u,true".to_string(),
+    ];
+    assert_eq!(silver(&w), expected);
+    // Bronze keeps every event, the email protected in both images.
+    assert_eq!(w.count("bronze.customers_changes"), events.len() + 1);
+    let raw = w.sql(
+        "select count(*) from bronze.customers_changes \
+         where after.email like '%@%' or before.email like '%@%'",
+    );
+    assert_eq!(raw, vec!["0".to_string()], "emails in bronze are tokenised");
+
+    // Late and replayed events: older than what silver holds, so ignored; a change older
+    // than a delete does not bring the row back.
+    send(
+        &broker,
+        topic,
+        &[
+            (
+                1,
+                Some(dbz(
+                    "u",
+                    Value::Null,
+                    row(1, "Ann OLD", "ann@example.com", "old"),
+                    205,
+                )),
+            ),
+            (
+                2,
+                Some(dbz(
+                    "u",
+                    Value::Null,
+                    row(2, "Bob OLD", "bob@example.com", "old"),
+                    215,
+                )),
+            ),
+            (
+                4,
+                Some(dbz(
+                    "u",
+                    Value::Null,
+                    row(4, "Dan", "dan@example.com", "d1"),
+                    240,
+                )),
+            ),
+        ],
+    );
+    w.run_ok(&["run", "--until-caught-up"]);
+    assert_eq!(silver(&w), expected, "late events change nothing");
+
+    // A rerun reads nothing new and changes nothing.
+    w.run_ok(&["run", "--until-caught-up"]);
+    assert_eq!(silver(&w), expected);
+
+    // Truncate, then a new row.
+    send(
+        &broker,
+        topic,
+        &[
+            (0, Some(dbz("t", Value::Null, Value::Null, 300))),
+            (
+                5,
+                Some(dbz(
+                    "c",
+                    Value::Null,
+                    row(5, "Eve", "eve@example.com", "e"),
+                    310,
+                )),
+            ),
+        ],
+    );
+    w.run_ok(&["run", "--until-caught-up"]);
+    assert_eq!(silver(&w), vec!["5,Eve,e,c,true".to_string()]);
+}
+
+#[test]
+fn silver_survives_kills_without_losing_or_reordering_changes() {
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+    use std::time::Duration;
+    const KEYS: i64 = 300;
+    const ROUNDS: i64 = 40;
+    let broker = Mock::start();
+    let topic = "bank.public.customers";
+    broker.create_topic(topic, 3);
+    // Every key is created, then updated ROUNDS times; every 7th key is deleted at the end.
+    let mut events = Vec::new();
+    let mut lsn = 1000;
+    for k in 0..KEYS {
+        lsn += 1;
+        events.push((
+            k,
+            Some(dbz(
+                "c",
+                Value::Null,
+                row(k, "v0", "x@example.com", "b"),
+                lsn,
+            )),
+        ));
+    }
+    for r in 1..=ROUNDS {
+        for k in 0..KEYS {
+            lsn += 1;
+            let name = format!("v{r}");
+            events.push((
+                k,
+                Some(dbz(
+                    "u",
+                    Value::Null,
+                    row(k, &name, "x@example.com", "b"),
+                    lsn,
+                )),
+            ));
+        }
+    }
+    for k in (0..KEYS).step_by(7) {
+        lsn += 1;
+        events.push((k, Some(dbz("d", json!({"id": k}), Value::Null, lsn))));
+        events.push((k, None));
+    }
+    send(&broker, topic, &events);
+    let w = Workdir::new();
+    let mut rng = StdRng::seed_from_u64(4);
+    for attempt in 0..6 {
+        config(
+            &w,
+            &broker,
+            &format!("[kafka.properties]\n\"group.id\" = \"cdc-crash-{attempt}\"\n"),
+        );
+        // Small flushes so that kills land between bronze and silver commits too.
+        let text = std::fs::read_to_string(w.config())
+            .expect("config")
+            .replace("[bronze]\n", "[bronze]\nflush_max_rows = 700\n");
+        std::fs::write(w.config(), text).expect("config");
+        let mut child = w.sluice(&["run"]).spawn().expect("spawn");
+        std::thread::sleep(Duration::from_millis(rng.random_range(1500..5000)));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    config(
+        &w,
+        &broker,
+        "[kafka.properties]\n\"group.id\" = \"cdc-final\"\n",
+    );
+    w.run_ok(&["run", "--until-caught-up"]);
+    let rows = w.sql("select id, name from silver.customers order by id");
+    let expected: Vec<String> = (0..KEYS)
+        .filter(|k| k % 7 != 0)
+        .map(|k| format!("{k},v{ROUNDS}"))
+        .collect();
+    assert_eq!(rows, expected);
+    assert_eq!(w.count("bronze.customers_changes"), events.len());
+}
