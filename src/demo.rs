@@ -41,8 +41,19 @@ schema_evolution = true
 "txn-events" = "card_transactions"
 "touchpoint-events" = "touchpoints"
 
+# Current state of the bank's operational tables, from their Debezium change events (the
+# `customers` and `accounts` topics): one row per key, kept by MERGE.
+[silver.tables.customers]
+topics = ["customers"]
+key = ["customer_id"]
+
+[silver.tables.accounts]
+topics = ["accounts"]
+key = ["account_id"]
+
 # PII policy: every column of personal data is protected before it lands, with every action
-# sluice has. The demo writes random keys into ./sluice-demo-keys/ the first time it runs.
+# sluice has. In change-event tables a rule protects the column in both images (`before`
+# and `after`). The demo writes random keys into ./sluice-demo-keys/ the first time it runs.
 [pii]
 dead_letter_key = "vault"            # dead letters are encrypted (sluice reveal --dead-letters)
 
@@ -105,7 +116,7 @@ fn ensure_demo_keys(config: &Config) -> anyhow::Result<()> {
 /// The query the demo ends with.
 pub const DEMO_QUERY: &str = "select c.segment, count(*) as transactions, \
      cast(round(sum(t.amount_gbp), 2) as decimal(12, 2)) as spend_gbp \
-     from bronze.card_transactions t join bronze.customers c on t.customer_id = c.customer_id \
+     from bronze.card_transactions t join silver.customers c on t.customer_id = c.customer_id \
      where t.status = 'approved' group by c.segment order by spend_gbp desc";
 
 /// Produce the bank data set to an embedded broker, ingest it, report.

@@ -18,11 +18,12 @@ use sluice_pipeline::config::Config;
 use crate::output::Format;
 
 /// Log filter when `SLUICE_LOG` is unset. delta-rs reports expected events loudly (a
-/// skipped statistics column per file, a refused commit that sluice retries); the Delta
+/// skipped statistics column per file, a refused commit that sluice retries, a MERGE metric
+/// it derives itself); the Delta
 /// kernel logs an error for every probe of a table not yet created. Failures still
 /// reach the user as errors.
 const DEFAULT_LOG_FILTER: &str = "info,deltalake=warn,deltalake_core=warn,deltalake_core::writer::stats=error,\
-     deltalake_core::kernel::transaction=off,datafusion=warn,buoyant_kernel=off";
+     deltalake_core::operations::merge=error,deltalake_core::kernel::transaction=off,datafusion=warn,buoyant_kernel=off";
 
 #[derive(Debug, Parser)]
 #[command(

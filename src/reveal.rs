@@ -26,9 +26,10 @@ pub fn column_values(
     values: &[String],
 ) -> anyhow::Result<()> {
     let rules = config.pii_rules();
+    // In a change-event table the rule of `c` protects `after.c` (and `before.c`).
     let rule = rules
         .get(table)
-        .and_then(|r| r.get(column))
+        .and_then(|r| r.get(column).or_else(|| r.get(&format!("after.{column}"))))
         .with_context(|| {
             format!("the policy has no rule for column '{column}' of table '{table}'")
         })?;

@@ -110,7 +110,9 @@ fn demo_is_idempotent_and_ends_with_a_query() {
     let first = run();
     for line in [
         "bronze.card_transactions            40000 rows",
-        "bronze.customers                     2000 rows",
+        "bronze.customers                     2463 rows",
+        "silver.customers                     2060 rows",
+        "silver.accounts                      2894 rows",
         "bronze.touchpoints                  15000 rows",
         "sluice.dead_letters                     4 rows",
         "| segment  | transactions | spend_gbp  |",
@@ -122,13 +124,65 @@ fn demo_is_idempotent_and_ends_with_a_query() {
     let out = sluice()
         .args(["sql", "--format", "csv", "--lake"])
         .arg(&lake)
-        .arg("select customer_id, last_name, notes from bronze.customers order by _kafka_offset limit 1")
+        .arg("select after.customer_id, after.last_name, after.notes from bronze.customers where op = 'r' order by _kafka_offset limit 1")
         .output()
         .expect("sql");
     let row = String::from_utf8_lossy(&out.stdout);
     assert!(
         row.contains("tok_pseudo_") && row.contains(",***,") && row.contains("[PHONE]"),
         "{row}"
+    );
+    // Silver holds exactly the final state of the generated source tables, one row per key.
+    let (_, source) = sluice_connectors::demo::bank::generate_with_tables(
+        sluice_connectors::demo::bank::Scale::default(),
+    );
+    let sql = |q: &str| -> Vec<String> {
+        let out = sluice()
+            .args(["sql", "--format", "csv", "--lake"])
+            .arg(&lake)
+            .arg(q)
+            .output()
+            .expect("sql");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines().skip(1).map(str::to_string).collect()
+    };
+    let accounts =
+        sql("select account_id, product, opened_at from silver.accounts order by account_id");
+    let expected: Vec<String> = source
+        .accounts
+        .iter()
+        .map(|(id, r)| {
+            let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+            format!("{id},{},{}", s("product"), s("opened_at"))
+        })
+        .collect();
+    assert_eq!(accounts, expected);
+    // Customer ids are tokenised in silver: compare the rows by their other columns.
+    let customers = sql(
+        "select created_at, segment, marketing_opt_in, count(distinct customer_id) from silver.customers          group by created_at, segment, marketing_opt_in order by created_at, segment",
+    );
+    let mut expected: Vec<String> = source
+        .customers
+        .values()
+        .map(|r| {
+            format!(
+                "{},{},{},1",
+                r["created_at"].as_str().unwrap_or_default(),
+                r["segment"].as_str().unwrap_or_default(),
+                r["marketing_opt_in"]
+            )
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(customers, expected);
+    assert_eq!(
+        sql("select count(*) = count(distinct customer_id) from silver.customers"),
+        vec!["true".to_string()]
     );
     let second = run();
     assert_eq!(first, second, "a second demo run must add nothing");

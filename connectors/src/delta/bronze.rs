@@ -502,22 +502,7 @@ impl Sink for BronzeSink {
 
     fn revoke(&mut self, partitions: &[TopicPartition]) {
         for s in self.tables.values_mut() {
-            let mut dropped = false;
-            for tp in partitions {
-                dropped |= s.ranges.remove(tp).is_some();
-            }
-            if dropped {
-                let gone: BTreeMap<TopicPartition, i64> =
-                    partitions.iter().map(|tp| (tp.clone(), i64::MAX)).collect();
-                s.pending = s
-                    .pending
-                    .iter()
-                    // On a (theoretical) failure keep the batch: the commit-time fence
-                    // still keeps its rows from landing twice.
-                    .map(|b| filter_offsets_above(b, &gone).unwrap_or_else(|_| b.clone()))
-                    .filter(|b| b.num_rows() > 0)
-                    .collect();
-            }
+            table::forget_partitions(&mut s.pending, &mut s.ranges, partitions);
         }
         self.dead.retain(|(_, d)| {
             !partitions

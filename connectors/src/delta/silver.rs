@@ -173,21 +173,8 @@ impl SilverSink {
 
     /// Forget what is buffered for partitions this process no longer owns.
     pub fn revoke(&mut self, partitions: &[TopicPartition]) {
-        let gone: BTreeMap<TopicPartition, i64> =
-            partitions.iter().map(|tp| (tp.clone(), i64::MAX)).collect();
         for s in &mut self.states {
-            let mut dropped = false;
-            for tp in partitions {
-                dropped |= s.ranges.remove(tp).is_some();
-            }
-            if dropped {
-                s.pending = s
-                    .pending
-                    .iter()
-                    .map(|b| filter_offsets_above(b, &gone).unwrap_or_else(|_| b.clone()))
-                    .filter(|b| b.num_rows() > 0)
-                    .collect();
-            }
+            table::forget_partitions(&mut s.pending, &mut s.ranges, partitions);
         }
     }
 
@@ -372,7 +359,7 @@ async fn apply(
             Err(e) => return Err((Some(t), e.into())),
         };
     }
-    counts.ignored = counts.changes - winners.num_rows();
+    counts.ignored = counts.changes.saturating_sub(winners.num_rows());
     let source = match to_silver_rows(&winners) {
         Ok(s) => s,
         Err(e) => return Err((Some(t), e)),
@@ -382,14 +369,7 @@ async fn apply(
     }
     if !table::exists(&t) {
         let url = t.table_url().clone();
-        let schema = Schema::new(
-            source
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| f.as_ref().clone().with_nullable(true))
-                .collect::<Vec<_>>(),
-        );
+        let schema = table::nullable(&source.schema());
         t = table::create(name, &url, &schema, &spec.partition_by, &[])
             .await
             .map_err(fail(None))?;
@@ -431,7 +411,9 @@ async fn apply(
             counts.inserted = m.num_target_rows_inserted;
             counts.updated = m.num_target_rows_updated;
             counts.deleted = m.num_target_rows_deleted;
-            counts.ignored = counts.changes - counts.inserted - counts.updated - counts.deleted;
+            counts.ignored = counts
+                .changes
+                .saturating_sub(counts.inserted + counts.updated + counts.deleted);
             Ok(t)
         }
         Err(e) => Err((None, delta(name, "merging")(e))),
@@ -559,14 +541,7 @@ async fn record_deletes(
     }
     let tombs = filter_record_batch(&rows.project(&columns)?, &deletes)?;
     if !table::exists(&t) {
-        let schema = Schema::new(
-            tombs
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| f.as_ref().clone().with_nullable(true))
-                .collect::<Vec<_>>(),
-        );
+        let schema = table::nullable(&tombs.schema());
         t = table::create(&location, &url, &schema, &[], &[]).await?;
     }
     let on: Vec<String> = spec
@@ -943,5 +918,169 @@ fn nested_i64(batch: &RecordBatch, path: &[&str]) -> Int64Array {
                 .collect()
         }
         None => Int64Array::from(vec![None; n]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::json::{JsonDecoder, JsonDecoderConfig, RawMessage};
+    use proptest::prelude::*;
+
+    /// One change of key `id`: `Some(name)` an upsert, `None` a delete.
+    type Change = (i64, Option<String>, i64);
+
+    fn envelope((id, name, lsn): &Change) -> String {
+        let image = |n: &str| format!(r#"{{"id": {id}, "name": "{n}", "bio": "{UNAVAILABLE}"}}"#);
+        match name {
+            Some(n) => format!(
+                r#"{{"before": null, "after": {}, "source": {{"table": "t", "lsn": {lsn}}}, "op": "u", "ts_ms": 1}}"#,
+                image(n)
+            ),
+            None => format!(
+                r#"{{"before": {{"id": {id}, "name": null, "bio": null}}, "after": null, "source": {{"table": "t", "lsn": {lsn}}}, "op": "d", "ts_ms": 1}}"#
+            ),
+        }
+    }
+
+    fn spec() -> SilverTableSpec {
+        SilverTableSpec {
+            name: "t".into(),
+            topics: BTreeSet::from(["cdc".to_string()]),
+            key: vec!["id".into()],
+            source_table: None,
+            sequence: Sequence::Auto,
+            partition_by: Vec::new(),
+        }
+    }
+
+    /// Deliver `events` (split into commits at `cuts`) and read the silver table back.
+    async fn deliver(lake: &std::path::Path, events: &[Change], cuts: &[usize]) -> Vec<String> {
+        let mut sink = SilverSink::new(SilverSinkConfig {
+            lake: lake.to_path_buf(),
+            pipeline: "p".into(),
+            tables: vec![spec()],
+        });
+        let config = JsonDecoderConfig {
+            table: "cdc".into(),
+            max_message_bytes: 1 << 20,
+            schema_evolution: true,
+            max_messages: 1000,
+            envelope: true,
+        };
+        let mut decoder = JsonDecoder::new(config, None);
+        for (offset, e) in events.iter().enumerate() {
+            let payload = envelope(e);
+            decoder.push(&RawMessage {
+                topic: "cdc",
+                partition: 0,
+                offset: offset as i64,
+                timestamp_ms: None,
+                key: None,
+                payload: Some(payload.as_bytes()),
+            });
+            if cuts.contains(&offset) || offset + 1 == events.len() {
+                let batch = decoder.finish().expect("decode").expect("batch");
+                assert!(batch.dead_letters.is_empty(), "{:?}", batch.dead_letters);
+                sink.write(&batch).expect("write");
+                let mut outcome = CommitOutcome::default();
+                sink.commit(&mut outcome, &mut BTreeMap::new())
+                    .await
+                    .expect("commit");
+            }
+        }
+        let url = table::table_url(lake, "silver/t").expect("url");
+        let t = table::open("t", &url).await.expect("open");
+        let ctx = SessionContext::new();
+        ctx.register_table("t", t.table_provider().await.expect("provider"))
+            .expect("register");
+        let batches = ctx
+            .sql("select id, name, bio from t order by id")
+            .await
+            .expect("sql")
+            .collect()
+            .await
+            .expect("collect");
+        let mut out = Vec::new();
+        for b in batches {
+            let ids = b.column(0).as_primitive::<Int64Type>();
+            let text = |i: usize| cast(b.column(i), &DataType::Utf8).expect("cast");
+            let (names, bios) = (text(1), text(2));
+            let (names, bios) = (names.as_string::<i32>(), bios.as_string::<i32>());
+            for i in 0..b.num_rows() {
+                let bio = if bios.is_null(i) {
+                    "null"
+                } else {
+                    bios.value(i)
+                };
+                out.push(format!("{}={}/{bio}", ids.value(i), names.value(i)));
+            }
+        }
+        out
+    }
+
+    /// Changes of a few keys with increasing sequences: upserts and deletes.
+    fn history() -> impl Strategy<Value = Vec<Change>> {
+        prop::collection::vec((0i64..4, prop::option::weighted(0.75, "[a-z]{1,3}")), 1..14)
+            .prop_map(|v| {
+                v.into_iter()
+                    .enumerate()
+                    .map(|(i, (id, name))| (id, name, 100 + i as i64))
+                    .collect()
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_permutation_or_duplication_converges_to_the_ordered_result(
+            ordered in history(),
+            shuffle in prop::collection::vec(any::<u32>(), 30),
+            dups in prop::collection::vec(0usize..14, 0..4),
+            cuts in prop::collection::vec(0usize..20, 0..3),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+            let a = tempfile::tempdir().expect("dir");
+            let b = tempfile::tempdir().expect("dir");
+            let mut messy: Vec<Change> = ordered.clone();
+            for d in dups {
+                if let Some(e) = ordered.get(d % ordered.len()) {
+                    messy.push(e.clone());
+                }
+            }
+            for i in (1..messy.len()).rev() {
+                let j = shuffle[i % shuffle.len()] as usize % (i + 1);
+                messy.swap(i, j);
+            }
+            let expected = rt.block_on(deliver(a.path(), &ordered, &[]));
+            let got = rt.block_on(deliver(b.path(), &messy, &cuts));
+            prop_assert_eq!(got, expected);
+        }
+    }
+
+    #[test]
+    fn the_placeholder_takes_the_newest_real_value_of_the_batch() {
+        let rows = RecordBatch::try_from_iter([
+            ("id", Arc::new(Int64Array::from(vec![1, 1, 1])) as ArrayRef),
+            (
+                "bio",
+                Arc::new(StringArray::from(vec!["old", "new", UNAVAILABLE])),
+            ),
+            ("_cdc_op", Arc::new(StringArray::from(vec!["c", "u", "u"]))),
+            ("_cdc_sequence", Arc::new(Int64Array::from(vec![1, 2, 3]))),
+            ("_kafka_offset", Arc::new(Int64Array::from(vec![9, 8, 7]))),
+        ])
+        .expect("batch");
+        let w = reduce(&rows, &["id".to_string()]).expect("reduce");
+        assert_eq!(w.num_rows(), 1);
+        assert_eq!(w.column(1).as_string::<i32>().value(0), "new");
+        assert_eq!(
+            w.column_by_name("_cdc_sequence")
+                .expect("seq")
+                .as_primitive::<Int64Type>()
+                .value(0),
+            3
+        );
     }
 }

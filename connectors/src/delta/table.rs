@@ -160,6 +160,42 @@ pub fn fence(
     fenced
 }
 
+/// Drop what is buffered for `partitions` (revoked): their ranges and their rows.
+pub(crate) fn forget_partitions(
+    pending: &mut Vec<arrow::array::RecordBatch>,
+    ranges: &mut BTreeMap<TopicPartition, OffsetRange>,
+    partitions: &[TopicPartition],
+) {
+    let mut dropped = false;
+    for tp in partitions {
+        dropped |= ranges.remove(tp).is_some();
+    }
+    if dropped {
+        let gone: BTreeMap<TopicPartition, i64> =
+            partitions.iter().map(|tp| (tp.clone(), i64::MAX)).collect();
+        *pending = pending
+            .iter()
+            // On a (theoretical) failure keep the batch: the commit-time fence still keeps
+            // its rows from landing twice.
+            .map(|b| {
+                crate::decode::json::filter_offsets_above(b, &gone).unwrap_or_else(|_| b.clone())
+            })
+            .filter(|b| b.num_rows() > 0)
+            .collect();
+    }
+}
+
+/// `schema` with every field nullable (what a table created by sluice holds).
+pub(crate) fn nullable(schema: &Schema) -> Schema {
+    Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    )
+}
+
 /// Commit `actions` with one `txn` per partition in `ranges` (version = last offset).
 pub async fn commit(
     name: &str,

@@ -121,11 +121,115 @@ fn iso(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// The final rows of the source database's `customers` and `accounts` tables, by key, after
+/// every change the data set streams: what silver must equal.
+#[derive(Debug, Clone, Default)]
+pub struct SourceTables {
+    pub customers: std::collections::BTreeMap<String, serde_json::Value>,
+    pub accounts: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// Emits Debezium change events (Postgres connector, JSON without the schema wrapper) of
+/// the bank's operational database and keeps the table state they lead to.
+struct Cdc {
+    lsn: i64,
+    tables: SourceTables,
+}
+
+impl Cdc {
+    /// One change event; `row` is the new image (`None` for a delete).
+    fn event(
+        &mut self,
+        out: &mut Vec<BankMessage>,
+        table: &'static str,
+        op: &str,
+        id: &str,
+        row: Option<serde_json::Value>,
+        ts: i64,
+    ) {
+        let (topic, key_field) = match table {
+            "customers" => ("customers", "customer_id"),
+            _ => ("accounts", "account_id"),
+        };
+        let state = match table {
+            "customers" => &mut self.tables.customers,
+            _ => &mut self.tables.accounts,
+        };
+        // Snapshot rows share the snapshot's position in the log, as with Debezium.
+        let lsn = if op == "r" { 10_000_000 } else { self.lsn };
+        self.lsn += 8;
+        let before = if op == "d" {
+            json!({ key_field: id })
+        } else {
+            serde_json::Value::Null
+        };
+        match &row {
+            Some(r) => {
+                // An unchanged TOASTed column arrives as a placeholder; the table keeps its value.
+                let mut stored = r.clone();
+                if let (Some(obj), Some(old)) = (stored.as_object_mut(), state.get(id)) {
+                    for (k, v) in obj.iter_mut() {
+                        if v == UNAVAILABLE {
+                            *v = old.get(k).cloned().unwrap_or_default();
+                        }
+                    }
+                }
+                state.insert(id.to_string(), stored);
+            }
+            None => {
+                state.remove(id);
+            }
+        }
+        let envelope = json!({
+            "before": before,
+            "after": row,
+            "source": {
+                "version": "2.7.3.Final", "connector": "postgresql", "name": "bank",
+                "ts_ms": ts, "snapshot": if op == "r" { "true" } else { "false" },
+                "db": "bank", "schema": "public", "table": table,
+                "txId": 5_000 + lsn / 8, "lsn": lsn,
+            },
+            "op": op,
+            "ts_ms": ts + 40,
+        });
+        let key = json!({ key_field: id }).to_string();
+        out.push(BankMessage {
+            topic,
+            key: key.clone(),
+            payload: serde_json::to_vec(&envelope).ok(),
+            timestamp_ms: ts,
+        });
+        if op == "d" {
+            // The tombstone that lets Kafka compact the key away.
+            out.push(BankMessage {
+                topic,
+                key,
+                payload: None,
+                timestamp_ms: ts,
+            });
+        }
+    }
+}
+
+/// Debezium's stand-in for an unchanged TOASTed value.
+const UNAVAILABLE: &str = "__debezium_unavailable_value";
+
 /// Generate the data set, in production order.
 pub fn generate(scale: Scale) -> Vec<BankMessage> {
+    generate_with_tables(scale).0
+}
+
+/// The data set and the source tables its change events lead to.
+pub fn generate_with_tables(scale: Scale) -> (Vec<BankMessage>, SourceTables) {
     let mut rng = StdRng::seed_from_u64(0x5_1u64 << 32 | 0xce);
     let mut out = Vec::with_capacity(scale.customers * 2 + scale.transactions + scale.touchpoints);
     let mut accounts: Vec<(String, String, String)> = Vec::new(); // (account, customer, card)
+    let mut cdc = Cdc {
+        lsn: 20_000_000,
+        tables: SourceTables::default(),
+    };
+    let mut customer_rows: Vec<(String, serde_json::Value, i64)> = Vec::new();
+    let mut account_rows: Vec<(String, serde_json::Value, i64)> = Vec::new();
     for c in 0..scale.customers {
         let id = format!("C{:07}", c + 1);
         let first = FIRST[rng.random_range(0..FIRST.len())];
@@ -152,12 +256,7 @@ pub fn generate(scale: Scale) -> Vec<BankMessage> {
             "created_at": iso(ts),
             "notes": format!("KYC verified by phone on {phone}; prefers {}", CHANNELS[rng.random_range(0..CHANNELS.len())]),
         });
-        out.push(BankMessage {
-            topic: "customers",
-            key: id.clone(),
-            payload: serde_json::to_vec(&customer).ok(),
-            timestamp_ms: ts,
-        });
+        customer_rows.push((id.clone(), customer, ts));
         for a in 0..rng.random_range(1..3) {
             let acc = format!("A{:08}", accounts.len() + 1);
             let card = luhn_complete(&format!(
@@ -178,13 +277,76 @@ pub fn generate(scale: Scale) -> Vec<BankMessage> {
                 "opened_at": iso(ts + 500),
                 "balance_gbp": (rng.random_range(-50_000..2_500_000) as f64) / 100.0,
             });
-            out.push(BankMessage {
-                topic: "accounts",
-                key: acc.clone(),
-                payload: serde_json::to_vec(&account).ok(),
-                timestamp_ms: ts + 500,
-            });
+            account_rows.push((acc.clone(), account, ts + 500));
             accounts.push((acc, id.clone(), card));
+        }
+    }
+    // The initial snapshot of both tables, then a day of changes streamed from the log.
+    for (id, row, ts) in &customer_rows {
+        cdc.event(&mut out, "customers", "r", id, Some(row.clone()), *ts);
+    }
+    for (id, row, ts) in &account_rows {
+        cdc.event(&mut out, "accounts", "r", id, Some(row.clone()), *ts);
+    }
+    let day = EPOCH_MS + 86_400_000;
+    for (i, (id, row, _)) in customer_rows.iter().enumerate() {
+        let ts = day + i as i64 * 37;
+        if i % 10 == 4 {
+            // A segment change; the long notes column is unchanged (TOASTed).
+            let mut r = row.clone();
+            r["segment"] = json!(SEGMENTS[rng.random_range(0..SEGMENTS.len())]);
+            r["notes"] = json!(UNAVAILABLE);
+            cdc.event(&mut out, "customers", "u", id, Some(r), ts);
+        }
+        if i % 25 == 9 {
+            let mut r = cdc
+                .tables
+                .customers
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| row.clone());
+            r["email"] = json!(format!("moved{i}@example.org"));
+            r["marketing_opt_in"] = json!(false);
+            cdc.event(&mut out, "customers", "u", id, Some(r), ts + 5);
+        }
+        if i % 50 == 7 {
+            cdc.event(&mut out, "customers", "d", id, None, ts + 9);
+        }
+    }
+    // New customers, and one primary-key change (delete + tombstone + create).
+    for n in 0..scale.customers / 20 {
+        let id = format!("C{:07}", scale.customers + n + 1);
+        if let Some((_, template, _)) = customer_rows.get(n) {
+            let mut r = template.clone();
+            r["customer_id"] = json!(id);
+            r["created_at"] = json!(iso(day + 3_600_000 + n as i64));
+            cdc.event(
+                &mut out,
+                "customers",
+                "c",
+                &id,
+                Some(r),
+                day + 3_600_000 + n as i64,
+            );
+        }
+    }
+    if let Some((old, row, _)) = customer_rows.get(2)
+        && let Some(mut r) = cdc.tables.customers.get(old).cloned().or(Some(row.clone()))
+    {
+        let new = format!("C9{}", &old[2..]);
+        cdc.event(&mut out, "customers", "d", old, None, day + 7_200_000);
+        r["customer_id"] = json!(new);
+        cdc.event(&mut out, "customers", "c", &new, Some(r), day + 7_200_001);
+    }
+    for (i, (id, row, _)) in account_rows.iter().enumerate() {
+        let ts = day + 10_800_000 + i as i64 * 29;
+        if i % 5 == 1 {
+            let mut r = row.clone();
+            r["balance_gbp"] = json!((rng.random_range(-50_000..2_500_000) as f64) / 100.0);
+            cdc.event(&mut out, "accounts", "u", id, Some(r), ts);
+        }
+        if i % 40 == 11 {
+            cdc.event(&mut out, "accounts", "d", id, None, ts + 3);
         }
     }
     let start = EPOCH_MS + 86_400_000;
@@ -259,7 +421,7 @@ pub fn generate(scale: Scale) -> Vec<BankMessage> {
             });
         }
     }
-    out
+    (out, cdc.tables)
 }
 
 #[cfg(test)]
