@@ -78,7 +78,16 @@ fn deployment_files_parse_and_query_only_exported_metrics() {
     };
     let compose = yaml(&py, "docker-compose.yml");
     let services = compose["services"].as_object().expect("services");
-    for name in ["kafka", "kafka-init", "sluice", "prometheus", "grafana"] {
+    for name in [
+        "kafka",
+        "kafka-init",
+        "postgres",
+        "connect",
+        "connect-init",
+        "sluice",
+        "prometheus",
+        "grafana",
+    ] {
         let s = &services[name];
         assert!(
             s["image"].is_string() || s["build"].is_string(),
@@ -115,6 +124,26 @@ fn deployment_files_parse_and_query_only_exported_metrics() {
         String::from_utf8_lossy(&out.stdout)
     );
 
+    // Debezium's topics (<prefix>.<schema>.<table>) are the ones sluice reads into silver.
+    let connector: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{ROOT}/deploy/debezium/bank-postgres.json"))
+            .expect("connector"),
+    )
+    .expect("connector json");
+    let prefix = connector["topic.prefix"].as_str().expect("prefix");
+    let sluice_config = std::fs::read_to_string(format!("{ROOT}/deploy/sluice.docker.toml"))
+        .expect("sluice config");
+    for table in connector["table.include.list"]
+        .as_str()
+        .expect("tables")
+        .split(',')
+    {
+        let topic = format!("\"{prefix}.{table}\"");
+        assert!(
+            sluice_config.contains(&format!("topics = [{topic}]")),
+            "no silver table reads {topic}"
+        );
+    }
     let prometheus = yaml(&py, "deploy/prometheus/prometheus.yml");
     assert_eq!(
         prometheus["scrape_configs"][0]["static_configs"][0]["targets"][0],
