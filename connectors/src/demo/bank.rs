@@ -11,6 +11,8 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::json;
 
+use crate::delta::silver::UNAVAILABLE;
+
 /// One generated message.
 #[derive(Debug, Clone)]
 pub struct BankMessage {
@@ -210,9 +212,6 @@ impl Cdc {
         }
     }
 }
-
-/// Debezium's stand-in for an unchanged TOASTed value.
-const UNAVAILABLE: &str = "__debezium_unavailable_value";
 
 /// Generate the data set, in production order.
 pub fn generate(scale: Scale) -> Vec<BankMessage> {
