@@ -110,8 +110,8 @@ pub fn unwrap_connect_envelope(bytes: &[u8]) -> &[u8] {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Envelope<'a> {
-        #[serde(borrow)]
-        schema: &'a serde_json::value::RawValue,
+        #[serde(rename = "schema")]
+        _schema: serde::de::IgnoredAny,
         #[serde(borrow)]
         payload: &'a serde_json::value::RawValue,
     }
@@ -123,7 +123,6 @@ pub fn unwrap_connect_envelope(bytes: &[u8]) -> &[u8] {
     }
     match serde_json::from_slice::<Envelope<'_>>(bytes) {
         Ok(e) => {
-            let _ = e.schema;
             let p = e.payload.get().as_bytes();
             if p == b"null" { b"{}" } else { p }
         }

@@ -57,15 +57,7 @@ struct TableState {
     ranges: BTreeMap<TopicPartition, OffsetRange>,
     /// Last offset this process knows the table holds, per partition.
     committed: BTreeMap<TopicPartition, i64>,
-    txns: TxnCache,
-}
-
-/// Transaction versions read from a table (`None`: no offset yet), exact for table
-/// version `at`. Spares a log scan per partition on every commit.
-#[derive(Default)]
-struct TxnCache {
-    versions: BTreeMap<TopicPartition, Option<i64>>,
-    at: Option<i64>,
+    txns: table::TxnCache,
 }
 
 /// Appends batches to `<lake>/bronze/<table>`.
@@ -119,7 +111,7 @@ impl BronzeSink {
                     pending: Vec::new(),
                     ranges: BTreeMap::new(),
                     committed: BTreeMap::new(),
-                    txns: TxnCache::default(),
+                    txns: table::TxnCache::default(),
                 },
             );
         }
@@ -210,15 +202,12 @@ impl BronzeSink {
                 continue;
             }
             let mut ranges = s.ranges.clone();
-            let committed = cached_offsets(
-                &s.name,
-                t,
-                &self.config.pipeline,
-                &mut s.txns,
-                &mut s.committed,
-                &ranges,
-            )
-            .await?;
+            let committed = s
+                .txns
+                .offsets(&s.name, t, &self.config.pipeline, &ranges)
+                .await?;
+            s.committed
+                .extend(committed.iter().map(|(k, v)| (k.clone(), *v)));
             // Rows need filtering only where another writer already landed some of them.
             let overlap = table::overlaps(&ranges, &committed);
             let fenced = table::fence(&mut ranges, &committed);
@@ -275,18 +264,9 @@ impl BronzeSink {
                         .record(started.elapsed().as_secs_f64());
                     metrics::gauge!("sluice_delta_table_version", "table" => label)
                         .set(version as f64);
-                    // Only our commit lies between the versions read and this one: they are
-                    // still exact, with ours applied. Otherwise read them again next time.
-                    let exact = s.txns.at == Some(version - 1);
-                    s.txns.at = exact.then_some(version);
-                    if !exact {
-                        s.txns.versions.clear();
-                    }
+                    s.txns.committed(version, &ranges);
                     for (tp, r) in &ranges {
                         s.committed.insert(tp.clone(), r.last);
-                        if exact {
-                            s.txns.versions.insert(tp.clone(), Some(r.last));
-                        }
                         outcome.committed.push((tp.clone(), r.last + 1));
                     }
                     outcome.fenced.extend(fenced);
@@ -309,49 +289,6 @@ impl BronzeSink {
             last: last_error,
         })
     }
-}
-
-/// Offsets `table` holds for the partitions of `ranges`, as of the table version the next
-/// commit is built on; read from the log only for partitions `cache` does not know at
-/// that version. Also raises `committed`, the floor below which arriving rows are dropped.
-async fn cached_offsets(
-    name: &str,
-    table: &DeltaTable,
-    pipeline: &str,
-    cache: &mut TxnCache,
-    committed: &mut BTreeMap<TopicPartition, i64>,
-    ranges: &BTreeMap<TopicPartition, OffsetRange>,
-) -> Result<BTreeMap<TopicPartition, i64>> {
-    let version = table.version().map(|v| v as i64);
-    if cache.at != version {
-        cache.versions.clear();
-        cache.at = version;
-    }
-    let missing: Vec<TopicPartition> = ranges
-        .keys()
-        .filter(|tp| !cache.versions.contains_key(*tp))
-        .cloned()
-        .collect();
-    if !missing.is_empty() {
-        let read = table::committed_offsets(name, table, pipeline, missing.iter()).await?;
-        for tp in missing {
-            let v = read.get(&tp).copied();
-            cache.versions.insert(tp, v);
-        }
-    }
-    let known: BTreeMap<TopicPartition, i64> = ranges
-        .keys()
-        .filter_map(|tp| {
-            cache
-                .versions
-                .get(tp)
-                .copied()
-                .flatten()
-                .map(|v| (tp.clone(), v))
-        })
-        .collect();
-    committed.extend(known.iter().map(|(k, v)| (k.clone(), *v)));
-    Ok(known)
 }
 
 /// The union of `schemas` by column name; a column in two schemas must have one type.

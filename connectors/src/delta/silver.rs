@@ -96,6 +96,7 @@ struct State {
     /// Change rows waiting for the next commit.
     pending: Vec<RecordBatch>,
     ranges: BTreeMap<TopicPartition, OffsetRange>,
+    txns: table::TxnCache,
 }
 
 /// Maintains `<lake>/silver/<table>` for each configured table.
@@ -126,6 +127,7 @@ impl SilverSink {
                 table: None,
                 pending: Vec::new(),
                 ranges: BTreeMap::new(),
+                txns: table::TxnCache::default(),
             })
             .collect();
         Self { config, states }
@@ -186,13 +188,12 @@ impl SilverSink {
         outcome: &mut CommitOutcome,
         fenced: &mut BTreeMap<TopicPartition, i64>,
     ) -> Result<()> {
-        let pipeline = self.config.pipeline.clone();
-        let lake = self.config.lake.clone();
-        for s in &mut self.states {
+        let Self { config, states } = self;
+        for s in states {
             if s.ranges.is_empty() {
                 continue;
             }
-            let counts = commit_table(&lake, &pipeline, s, outcome, fenced).await?;
+            let counts = commit_table(&config.lake, &config.pipeline, s, outcome, fenced).await?;
             s.pending.clear();
             s.ranges.clear();
             let label = s.spec.name.clone();
@@ -240,7 +241,7 @@ async fn commit_table(
             table::refresh(&name, &mut t).await?;
         }
         let mut ranges = s.ranges.clone();
-        let committed = table::committed_offsets(&name, &t, pipeline, ranges.keys()).await?;
+        let committed = s.txns.offsets(&name, &t, pipeline, &ranges).await?;
         let fenced = table::fence(&mut ranges, &committed);
         for (tp, next) in fenced {
             fenced_out.insert(tp, next);
@@ -297,6 +298,7 @@ async fn commit_table(
                 }
                 outcome.commits += 1;
                 if let Some(v) = t.version() {
+                    s.txns.committed(v as i64, &ranges);
                     metrics::gauge!("sluice_delta_table_version", "table" => s.spec.name.clone())
                         .set(v as f64);
                 }
@@ -336,9 +338,8 @@ async fn apply(
     ranges: &BTreeMap<TopicPartition, OffsetRange>,
     counts: &mut MergeCounts,
 ) -> std::result::Result<DeltaTable, (Option<DeltaTable>, Error)> {
-    let fail = |t: Option<DeltaTable>| move |e: Error| (t, e);
     let Some(changes) = changes else {
-        return commit_offsets_only(name, pipeline, t, ranges).await;
+        return commit_offsets_only(name, pipeline, spec, t, ranges).await;
     };
     let mut winners = match reduce(&changes, &spec.key) {
         Ok(w) => w,
@@ -365,20 +366,20 @@ async fn apply(
         Err(e) => return Err((Some(t), e)),
     };
     if source.num_rows() == 0 {
-        return commit_offsets_only(name, pipeline, t, ranges).await;
+        return commit_offsets_only(name, pipeline, spec, t, ranges).await;
     }
     if !table::exists(&t) {
         let url = t.table_url().clone();
         let schema = table::nullable(&source.schema());
         t = table::create(name, &url, &schema, &spec.partition_by, &[])
             .await
-            .map_err(fail(None))?;
+            .map_err(|e| (None, e))?;
     }
     let tombstoned = record_deletes(lake, name, spec, &source)
         .await
         .map_err(|e| (None, e))?;
     let ctx = SessionContext::new();
-    let df = ctx
+    let changes = ctx
         .read_batch(source.clone())
         .map_err(|e| (None, silver_error(name, "reading changes")(e.to_string())))?;
     let df = match tombstoned {
@@ -391,7 +392,7 @@ async fn apply(
             })?;
             let sql = not_tombstoned_sql(&spec.key);
             let run = async {
-                ctx.register_table("changes", ctx.read_batch(source.clone())?.into_view())?;
+                ctx.register_table("changes", changes.into_view())?;
                 ctx.register_table("tombstones", provider)?;
                 ctx.sql(&sql).await
             };
@@ -402,7 +403,7 @@ async fn apply(
                 )
             })?
         }
-        None => df,
+        None => changes,
     };
     let builder = merge_builder(t, df, &source.schema(), &spec.key, txns)
         .map_err(|e| (None, delta(name, "planning merge")(e)))?;
@@ -424,6 +425,7 @@ async fn apply(
 async fn commit_offsets_only(
     name: &str,
     pipeline: &str,
+    spec: &SilverTableSpec,
     mut t: DeltaTable,
     ranges: &BTreeMap<TopicPartition, OffsetRange>,
 ) -> std::result::Result<DeltaTable, (Option<DeltaTable>, Error)> {
@@ -432,7 +434,8 @@ async fn commit_offsets_only(
         // bronze drops what it already holds.
         return Ok(t);
     }
-    match table::commit(name, &mut t, pipeline, Vec::<Action>::new(), ranges, &[]).await {
+    let actions = Vec::<Action>::new();
+    match table::commit(name, &mut t, pipeline, actions, ranges, &spec.partition_by).await {
         Ok(_) => Ok(t),
         Err(e) => Err((Some(t), e)),
     }

@@ -127,6 +127,74 @@ pub async fn committed_offsets(
     Ok(out)
 }
 
+/// Transaction versions read from a table (`None`: no offset yet), exact for table
+/// version `at`. Spares a log scan per partition on every commit.
+#[derive(Default)]
+pub(crate) struct TxnCache {
+    versions: BTreeMap<TopicPartition, Option<i64>>,
+    at: Option<i64>,
+}
+
+impl TxnCache {
+    /// Offsets `table` holds for the partitions of `ranges`, as of the table version the
+    /// next commit is built on; read from the log only for partitions not known at that
+    /// version.
+    pub(crate) async fn offsets(
+        &mut self,
+        name: &str,
+        table: &DeltaTable,
+        pipeline: &str,
+        ranges: &BTreeMap<TopicPartition, OffsetRange>,
+    ) -> Result<BTreeMap<TopicPartition, i64>> {
+        let version = table.version().map(|v| v as i64);
+        if self.at != version {
+            self.versions.clear();
+            self.at = version;
+        }
+        let missing: Vec<TopicPartition> = ranges
+            .keys()
+            .filter(|tp| !self.versions.contains_key(*tp))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            let read = committed_offsets(name, table, pipeline, missing.iter()).await?;
+            for tp in missing {
+                let v = read.get(&tp).copied();
+                self.versions.insert(tp, v);
+            }
+        }
+        Ok(ranges
+            .keys()
+            .filter_map(|tp| {
+                self.versions
+                    .get(tp)
+                    .copied()
+                    .flatten()
+                    .map(|v| (tp.clone(), v))
+            })
+            .collect())
+    }
+
+    /// This process committed `ranges` as table version `version`. If only that commit
+    /// lies between the versions read and this one, they are still exact with ours
+    /// applied; otherwise they are read again next time.
+    pub(crate) fn committed(
+        &mut self,
+        version: i64,
+        ranges: &BTreeMap<TopicPartition, OffsetRange>,
+    ) {
+        let exact = self.at == Some(version - 1);
+        self.at = exact.then_some(version);
+        if !exact {
+            self.versions.clear();
+            return;
+        }
+        for (tp, r) in ranges {
+            self.versions.insert(tp.clone(), Some(r.last));
+        }
+    }
+}
+
 /// Whether `committed` already holds some offset of `ranges`: only then do rows need
 /// filtering and [`fence`] anything to do.
 pub fn overlaps(
