@@ -268,21 +268,24 @@ impl Ctx {
         }
         // Other layers fed by the same partitions may be behind bronze (a crash between
         // their commits) or new: resume from the lowest; none at all means from the start.
+        let mut by_location: BTreeMap<&str, Vec<&TopicPartition>> = BTreeMap::new();
         for tp in parts {
             for location in self.resume_tables.get(&tp.topic).into_iter().flatten() {
-                let url = table::table_url(&self.lake, location)?;
-                let t = table::open(location, &url).await?;
-                let v = if table::exists(&t) {
-                    table::committed_offsets(location, &t, &self.pipeline, [tp])
-                        .await?
-                        .get(tp)
-                        .copied()
-                } else {
-                    None
-                };
-                match (out.get(tp).copied(), v) {
+                by_location.entry(location.as_str()).or_default().push(tp);
+            }
+        }
+        for (location, tps) in by_location {
+            let url = table::table_url(&self.lake, location)?;
+            let t = table::open(location, &url).await?;
+            let held = if table::exists(&t) {
+                table::committed_offsets(location, &t, &self.pipeline, tps.iter().copied()).await?
+            } else {
+                BTreeMap::new()
+            };
+            for tp in tps {
+                match (out.get(tp).copied(), held.get(tp)) {
                     (Some(b), Some(v)) => {
-                        out.insert(tp.clone(), b.min(v));
+                        out.insert(tp.clone(), b.min(*v));
                     }
                     (Some(_), None) => {
                         out.remove(tp);
