@@ -121,21 +121,6 @@ fn demo_is_idempotent_and_ends_with_a_query() {
     }
     // The demo's policy protected what landed, with keys it created on first use.
     assert!(dir.path().join("sluice-demo-keys/vault.key").exists());
-    let out = sluice()
-        .args(["sql", "--format", "csv", "--lake"])
-        .arg(&lake)
-        .arg("select after.customer_id, after.last_name, after.notes from bronze.customers where op = 'r' order by _kafka_offset limit 1")
-        .output()
-        .expect("sql");
-    let row = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        row.contains("tok_pseudo_") && row.contains(",***,") && row.contains("[PHONE]"),
-        "{row}"
-    );
-    // Silver holds exactly the final state of the generated source tables, one row per key.
-    let (_, source) = sluice_connectors::demo::bank::generate_with_tables(
-        sluice_connectors::demo::bank::Scale::default(),
-    );
     let sql = |q: &str| -> Vec<String> {
         let out = sluice()
             .args(["sql", "--format", "csv", "--lake"])
@@ -151,6 +136,15 @@ fn demo_is_idempotent_and_ends_with_a_query() {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.lines().skip(1).map(str::to_string).collect()
     };
+    let row = sql("select after.customer_id, after.last_name, after.notes from bronze.customers where op = 'r' order by _kafka_offset limit 1").join("\n");
+    assert!(
+        row.contains("tok_pseudo_") && row.contains(",***,") && row.contains("[PHONE]"),
+        "{row}"
+    );
+    // Silver holds exactly the final state of the generated source tables, one row per key.
+    let (_, source) = sluice_connectors::demo::bank::generate_with_tables(
+        sluice_connectors::demo::bank::Scale::default(),
+    );
     let accounts =
         sql("select account_id, product, opened_at from silver.accounts order by account_id");
     let expected: Vec<String> = source
@@ -164,7 +158,8 @@ fn demo_is_idempotent_and_ends_with_a_query() {
     assert_eq!(accounts, expected);
     // Customer ids are tokenised in silver: compare the rows by their other columns.
     let customers = sql(
-        "select created_at, segment, marketing_opt_in, count(distinct customer_id) from silver.customers          group by created_at, segment, marketing_opt_in order by created_at, segment",
+        "select created_at, segment, marketing_opt_in, count(distinct customer_id) from silver.customers \
+         group by created_at, segment, marketing_opt_in order by created_at, segment",
     );
     let mut expected: Vec<String> = source
         .customers
