@@ -1,8 +1,10 @@
-//! decode → Arrow → Parquet on ~300-byte JSON card transactions.
+//! decode → Arrow → Parquet on ~300-byte JSON card transactions, and Avro → Arrow.
 //!
 //! `cargo bench --bench decode`. Three measurements over the same 8192 messages:
 //! JSON → Arrow (the decoder on its fast path, lineage columns included), Arrow →
 //! Parquet (snappy, in memory), and both together. Throughput is in payload bytes.
+//! Then Avro → Arrow: 8192 Confluent-framed records of 20 fields (schema from the
+//! embedded registry, fetched once while warming up); throughput in messages.
 
 use std::hint::black_box;
 
@@ -86,5 +88,129 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// A 20-field card transaction, as a payments service would register it.
+const AVRO_TXN: &str = r#"{"type": "record", "name": "CardTransaction", "namespace": "bank", "fields": [
+    {"name": "txn_id", "type": "string"},
+    {"name": "account_id", "type": "long"},
+    {"name": "customer_id", "type": "string"},
+    {"name": "amount", "type": "double"},
+    {"name": "currency", "type": "string"},
+    {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+    {"name": "merchant", "type": "string"},
+    {"name": "mcc", "type": "int"},
+    {"name": "category", "type": "string"},
+    {"name": "channel", "type": {"type": "enum", "name": "Channel", "symbols": ["POS", "ECOM", "ATM"]}},
+    {"name": "card_present", "type": "boolean"},
+    {"name": "country", "type": "string"},
+    {"name": "city", "type": ["null", "string"], "default": null},
+    {"name": "device_id", "type": ["null", "string"], "default": null},
+    {"name": "auth_code", "type": "string"},
+    {"name": "balance_after", "type": "double"},
+    {"name": "posted_date", "type": {"type": "int", "logicalType": "date"}},
+    {"name": "fraud_score", "type": "float"},
+    {"name": "is_refund", "type": "boolean"},
+    {"name": "reference", "type": ["null", "string"], "default": null}
+]}"#;
+
+fn avro_messages(schema_id: u32) -> Vec<Vec<u8>> {
+    use apache_avro::types::Value;
+    let schema = apache_avro::Schema::parse_str(AVRO_TXN).expect("schema");
+    let s = |v: String| Value::String(v);
+    (0..MESSAGES)
+        .map(|i| {
+            let i64v = i as i64;
+            let fields = vec![
+                ("txn_id", s(format!("T{i:010}"))),
+                ("account_id", Value::Long(10_000 + i64v % 997)),
+                ("customer_id", s(format!("C{:07}", i % 1000))),
+                ("amount", Value::Double(12.5 + (i % 300) as f64)),
+                ("currency", s("GBP".into())),
+                (
+                    "ts",
+                    Value::TimestampMicros(1_767_225_600_000_000 + i64v * 1_000),
+                ),
+                ("merchant", s(format!("Merchant {}", i % 50))),
+                ("mcc", Value::Int(5411)),
+                ("category", s("groceries".into())),
+                (
+                    "channel",
+                    Value::Enum((i % 3) as u32, ["POS", "ECOM", "ATM"][i % 3].into()),
+                ),
+                ("card_present", Value::Boolean(i % 2 == 0)),
+                ("country", s("GB".into())),
+                ("city", Value::Union(1, Box::new(s("Leeds".into())))),
+                ("device_id", Value::Union(0, Box::new(Value::Null))),
+                ("auth_code", s(format!("{:06}", i % 999_999))),
+                ("balance_after", Value::Double(1000.0 - i as f64)),
+                ("posted_date", Value::Date(20_454)),
+                ("fraud_score", Value::Float(0.01)),
+                ("is_refund", Value::Boolean(false)),
+                (
+                    "reference",
+                    Value::Union(1, Box::new(s(format!("ref-{i}")))),
+                ),
+            ];
+            let record = Value::Record(
+                fields
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+            );
+            let mut out = vec![0];
+            out.extend_from_slice(&schema_id.to_be_bytes());
+            out.extend(apache_avro::to_avro_datum(&schema, record).expect("datum"));
+            out
+        })
+        .collect()
+}
+
+fn bench_avro(c: &mut Criterion) {
+    use sluice_connectors::decode::avro::{AvroDecoder, AvroDecoderConfig, AvroSchemas};
+    use sluice_connectors::decode::registry::{RegistryConfig, SchemaRegistry};
+    let registry = sluice_connectors::demo::registry::EmbeddedRegistry::start().expect("registry");
+    let payloads = avro_messages(registry.register(AVRO_TXN));
+    let client = SchemaRegistry::new(RegistryConfig {
+        urls: vec![registry.url().to_string()],
+        username: None,
+        password: None,
+        ca_pem: None,
+        timeout: std::time::Duration::from_secs(5),
+        cache_dir: None,
+        attempts: 1,
+    })
+    .expect("client");
+    let mut decoder = AvroDecoder::new(
+        AvroDecoderConfig {
+            table: "bench".into(),
+            max_message_bytes: 1 << 20,
+            max_messages: MESSAGES,
+            schemas: AvroSchemas::Registry(std::sync::Arc::new(client)),
+        },
+        None,
+    );
+    let mut decode = |payloads: &[Vec<u8>]| {
+        for (i, p) in payloads.iter().enumerate() {
+            decoder.push(&RawMessage {
+                topic: "card-txns",
+                partition: 0,
+                offset: i as i64,
+                timestamp_ms: Some(1_767_225_600_000),
+                key: Some(b"C0000001"),
+                payload: Some(p),
+            });
+        }
+        let batch = decoder.finish().expect("decode").expect("batch");
+        assert!(batch.dead_letters.is_empty());
+        batch.rows.expect("rows")
+    };
+    decode(&payloads);
+    let mut g = c.benchmark_group("avro card-txns x8192");
+    g.throughput(Throughput::Elements(MESSAGES as u64));
+    g.bench_function("avro_to_arrow_20_fields", |b| {
+        b.iter(|| black_box(decode(&payloads)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_avro);
 criterion_main!(benches);

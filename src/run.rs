@@ -7,11 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use sluice_connectors::decode::avro::AvroSchemas;
+use sluice_connectors::decode::registry::{self, RegistryConfig, SchemaRegistry};
 use sluice_connectors::delta::bronze::{BronzeSink, BronzeSinkConfig};
 use sluice_connectors::delta::lake::LakeSink;
 use sluice_connectors::delta::silver::{Sequence, SilverSink, SilverSinkConfig, SilverTableSpec};
 use sluice_connectors::kafka::source::{self, KafkaSourceConfig};
-use sluice_pipeline::config::Config;
+use sluice_pipeline::config::{Config, TopicFormat};
 use sluice_pipeline::health::Health;
 use sluice_pipeline::runner;
 use sluice_pipeline::{FlushPolicy, RunStats};
@@ -98,6 +100,63 @@ pub fn stop_on_signals() -> Arc<AtomicBool> {
     stop
 }
 
+/// The tables whose topics are Avro, with where their writer schemas come from.
+fn avro_tables(config: &Config, lake: &Path) -> anyhow::Result<HashMap<String, AvroSchemas>> {
+    let mut registry: Option<Arc<SchemaRegistry>> = None;
+    let mut tables = HashMap::new();
+    for (topic, table) in config.bronze_tables() {
+        let schemas = match config.decode.topic_format(&topic) {
+            TopicFormat::Json => continue,
+            TopicFormat::AvroFile(path) => {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading Avro schema file {}", path.display()))?;
+                AvroSchemas::File(text.into())
+            }
+            TopicFormat::AvroRegistry => {
+                if registry.is_none() {
+                    let r = config
+                        .decode
+                        .schema_registry
+                        .as_ref()
+                        .context("Avro topics need decode.schema_registry")?;
+                    let urls: Vec<String> =
+                        r.url.split(',').map(|u| u.trim().to_string()).collect();
+                    let env = |key: &str, v: &Option<String>| -> anyhow::Result<Option<String>> {
+                        v.as_ref()
+                            .map(|v| {
+                                std::env::var(v).with_context(|| {
+                                    format!("decode.schema_registry.{key}: environment variable {v} is not set")
+                                })
+                            })
+                            .transpose()
+                    };
+                    let ca_pem = match &r.ca_file {
+                        Some(f) => Some(
+                            std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,
+                        ),
+                        None => None,
+                    };
+                    let cache_dir = lake
+                        .join("_sluice/schema_registry")
+                        .join(registry::cache_dir_name(&urls[0]));
+                    registry = Some(Arc::new(SchemaRegistry::new(RegistryConfig {
+                        urls,
+                        username: env("username_env", &r.username_env)?,
+                        password: env("password_env", &r.password_env)?,
+                        ca_pem,
+                        timeout: Duration::from_millis(r.timeout_ms),
+                        cache_dir: Some(cache_dir),
+                        attempts: 4,
+                    })?));
+                }
+                AvroSchemas::Registry(registry.clone().context("registry")?)
+            }
+        };
+        tables.insert(table, schemas);
+    }
+    Ok(tables)
+}
+
 /// Run the bronze pipeline of `config` into `lake` until stopped (or caught up).
 pub async fn run_pipeline(
     config: &Config,
@@ -133,12 +192,14 @@ pub async fn run_pipeline(
                 .push(SilverSink::location(name));
         }
     }
+    let avro_tables = avro_tables(config, lake)?;
     let source_config = KafkaSourceConfig {
         bootstrap_servers: config.kafka.bootstrap_servers.clone(),
         group_id: config.kafka.group_id(&config.pipeline.name),
         routes,
         resume_tables,
         envelope_tables: config.cdc_bronze_tables(),
+        avro_tables,
         auto_offset_reset: config.kafka.auto_offset_reset,
         max_prefetch_bytes: config.kafka.max_prefetch_bytes,
         session_timeout_ms: config.kafka.session_timeout_ms,

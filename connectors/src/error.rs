@@ -24,6 +24,9 @@ pub enum Error {
     #[error("decode: {0}")]
     Decode(String),
 
+    #[error("schema registry: {0}")]
+    Registry(String),
+
     #[error(
         "table {table}: column '{column}' is {found} in the batch but {expected} in the table; change the table or the producer"
     )]

@@ -13,29 +13,17 @@
 
 use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, BinaryBuilder, BooleanArray, Date32Array, Int32Builder, Int64Builder, RecordBatch,
-    StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
-};
+use arrow::array::{BooleanArray, RecordBatch};
 use arrow::compute::{concat_batches, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use arrow::json::reader::{Decoder, ReaderBuilder, infer_json_schema_from_iterator};
-use sluice_pipeline::{DeadLetter, OffsetRange, SourceBatch, Stage, TopicPartition};
+use sluice_pipeline::{SourceBatch, Stage, TopicPartition};
 
+pub use super::RawMessage;
+use super::chunk::{Chunk, Slot, bisect};
+use super::evolve::{merge_fields, merge_types};
 use crate::error::{Error, Result};
-
-/// A message as the decoder sees it, borrowed from the consumer.
-#[derive(Debug, Clone, Copy)]
-pub struct RawMessage<'a> {
-    pub topic: &'a str,
-    pub partition: i32,
-    pub offset: i64,
-    pub timestamp_ms: Option<i64>,
-    pub key: Option<&'a [u8]>,
-    /// `None` is a tombstone (a key with a null value).
-    pub payload: Option<&'a [u8]>,
-}
 
 /// Settings of a [`JsonDecoder`].
 #[derive(Debug, Clone)]
@@ -52,15 +40,6 @@ pub struct JsonDecoderConfig {
     /// get one row type, inferred from either, so a first chunk of inserts (no `before`)
     /// does not fix `before` to a type later deletes cannot fit.
     pub envelope: bool,
-}
-
-/// Where one message of the current chunk stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Slot {
-    /// Bytes `start..end` of the chunk buffer; tombstones are stored as `{}`.
-    Row { start: usize, end: usize },
-    /// Already a dead letter (oversized, empty); index into `dead`.
-    Rejected,
 }
 
 /// The Arrow type of the lineage column `name`.
@@ -138,22 +117,14 @@ pub struct JsonDecoder {
     decoder: Option<Decoder>,
     /// The fast path failed for this chunk: rebuild it by bisection at `finish`.
     dirty: bool,
-    buf: Vec<u8>,
-    slots: Vec<Slot>,
-    dead: Vec<DeadLetter>,
-    topics: StringBuilder,
-    partitions: Int32Builder,
-    offsets: Int64Builder,
-    timestamps: TimestampMicrosecondBuilder,
-    keys: BinaryBuilder,
-    ranges: std::collections::BTreeMap<TopicPartition, OffsetRange>,
+    chunk: Chunk,
 }
 
 impl std::fmt::Debug for JsonDecoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JsonDecoder")
             .field("table", &self.config.table)
-            .field("buffered", &self.slots.len())
+            .field("buffered", &self.chunk.len())
             .finish()
     }
 }
@@ -176,15 +147,7 @@ impl JsonDecoder {
             schema,
             decoder: None,
             dirty: false,
-            buf: Vec::new(),
-            slots: Vec::new(),
-            dead: Vec::new(),
-            topics: StringBuilder::new(),
-            partitions: Int32Builder::new(),
-            offsets: Int64Builder::new(),
-            timestamps: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
-            keys: BinaryBuilder::new(),
-            ranges: Default::default(),
+            chunk: Chunk::new(),
         }
     }
 
@@ -195,59 +158,22 @@ impl JsonDecoder {
 
     /// Messages buffered since the last [`JsonDecoder::finish`].
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.chunk.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.chunk.len() == 0
     }
 
     /// Buffer one message.
     pub fn push(&mut self, m: &RawMessage<'_>) {
-        let r = OffsetRange {
-            first: m.offset,
-            last: m.offset,
-        };
-        // A chunk spans few partitions: a scan avoids allocating a key per message.
-        match self
-            .ranges
-            .iter_mut()
-            .find(|(tp, _)| tp.partition == m.partition && tp.topic == m.topic)
-        {
-            Some((_, e)) => e.extend(r),
-            None => {
-                self.ranges
-                    .insert(TopicPartition::new(m.topic, m.partition), r);
-            }
-        }
-        self.topics.append_value(m.topic);
-        self.partitions.append_value(m.partition);
-        self.offsets.append_value(m.offset);
-        self.timestamps
-            .append_option(m.timestamp_ms.map(|t| t * 1000));
-        self.keys.append_option(m.key);
-
-        let reject = match m.payload {
-            Some(p) if p.len() > self.config.max_message_bytes => Some(format!(
-                "message of {} bytes exceeds decode.max_message_bytes ({})",
-                p.len(),
-                self.config.max_message_bytes
-            )),
-            Some(p) if p.iter().all(u8::is_ascii_whitespace) => Some("empty payload".to_string()),
-            _ => None,
-        };
-        if let Some(error) = reject {
-            self.dead.push(dead_letter(m, Stage::Decode, error));
-            self.slots.push(Slot::Rejected);
+        if !self.chunk.admit(m, self.config.max_message_bytes) {
             return;
         }
-        let bytes = m.payload.map_or(&b"{}"[..], unwrap_connect_envelope);
-        let start = self.buf.len();
-        self.buf.extend_from_slice(bytes);
-        self.slots.push(Slot::Row {
-            start,
-            end: self.buf.len(),
-        });
+        // A tombstone is a row of nulls: the empty object.
+        let bytes = self
+            .chunk
+            .push_row(m.payload.map_or(&b"{}"[..], unwrap_connect_envelope));
         if self.dirty {
             return;
         }
@@ -278,96 +204,40 @@ impl JsonDecoder {
 
     /// Turn everything buffered into one batch (good rows with lineage, dead letters).
     pub fn finish(&mut self) -> Result<Option<SourceBatch>> {
-        if self.slots.is_empty() {
+        if self.chunk.len() == 0 {
             return Ok(None);
         }
-        let source_bytes = self.buf.len();
+        let any_row = self
+            .chunk
+            .slots
+            .iter()
+            .any(|s| matches!(s, Slot::Row { .. }));
         let fast = if self.dirty {
             None
         } else {
             match self.decoder.take().map(|mut d| d.flush()) {
                 Some(Ok(Some(b))) => Some(b),
-                Some(Ok(None)) if !self.slots.iter().any(|s| matches!(s, Slot::Row { .. })) => None,
+                Some(Ok(None)) if !any_row => None,
                 _ => {
                     self.dirty = true;
                     None
                 }
             }
         };
-        let (rows, good) = match fast {
-            Some(b) => {
-                let good: Vec<bool> = self
-                    .slots
-                    .iter()
-                    .map(|s| matches!(s, Slot::Row { .. }))
-                    .collect();
-                (Some(b), good)
-            }
+        let rows = match fast {
+            Some(b) => Some(b),
             None if self.dirty => self.decode_slow()?,
-            None => (None, vec![false; self.slots.len()]),
-        };
-        tracing::debug!(table = %self.config.table, slots = self.slots.len(), good = good.iter().filter(|g| **g).count(), rows = rows.as_ref().map_or(0, RecordBatch::num_rows), dirty = self.dirty, "chunk decoded");
-        let lineage = self.lineage(&good)?;
-        let rows = match rows {
-            Some(payload) => {
-                let schema = with_lineage(&payload.schema());
-                let mut columns: Vec<ArrayRef> = payload.columns().to_vec();
-                columns.extend(lineage);
-                Some(RecordBatch::try_new(schema, columns)?)
-            }
             None => None,
         };
-        let mut dead = std::mem::take(&mut self.dead);
-        dead.sort_by_key(|d| (d.topic.clone(), d.partition, d.offset));
-        let batch = SourceBatch {
-            table: self.config.table.clone(),
-            rows,
-            offsets: std::mem::take(&mut self.ranges),
-            dead_letters: dead,
-            source_bytes,
-        };
-        self.buf.clear();
-        self.slots.clear();
+        tracing::debug!(table = %self.config.table, slots = self.chunk.len(), rows = rows.as_ref().map_or(0, RecordBatch::num_rows), dirty = self.dirty, "chunk decoded");
         self.dirty = false;
         self.decoder = None;
-        Ok(Some(batch))
+        self.chunk.finish(&self.config.table, rows).map(Some)
     }
 
-    /// Lineage columns of the messages marked good, in message order.
-    fn lineage(&mut self, good: &[bool]) -> Result<Vec<ArrayRef>> {
-        let n = good.len();
-        let micros = chrono::Utc::now().timestamp_micros();
-        let days = micros.div_euclid(86_400_000_000) as i32;
-        let all: Vec<ArrayRef> = vec![
-            Arc::new(self.topics.finish()),
-            Arc::new(self.partitions.finish()),
-            Arc::new(self.offsets.finish()),
-            Arc::new(self.timestamps.finish()),
-            Arc::new(self.keys.finish()),
-            Arc::new(TimestampMicrosecondArray::from(vec![micros; n]).with_timezone("UTC")),
-            Arc::new(Date32Array::from(vec![days; n])),
-        ];
-        if good.iter().all(|g| *g) {
-            return Ok(all);
-        }
-        let mask = BooleanArray::from(good.to_vec());
-        all.iter()
-            .map(|a| arrow::compute::filter(a, &mask).map_err(Error::from))
-            .collect()
-    }
-
-    fn payload(&self, i: usize) -> Option<&[u8]> {
-        match self.slots[i] {
-            Slot::Row { start, end } => Some(&self.buf[start..end]),
-            Slot::Rejected => None,
-        }
-    }
-
-    /// Decode the chunk by bisection; returns the good rows and a per-message good mask.
-    fn decode_slow(&mut self) -> Result<(Option<RecordBatch>, Vec<bool>)> {
-        let candidates: Vec<usize> = (0..self.slots.len())
-            .filter(|i| matches!(self.slots[*i], Slot::Row { .. }))
-            .collect();
+    /// Decode the chunk by bisection; bad messages become dead letters.
+    fn decode_slow(&mut self) -> Result<Option<RecordBatch>> {
+        let candidates = self.chunk.candidates();
         if self.schema.is_none() {
             self.schema = self.infer(&candidates);
         }
@@ -375,15 +245,20 @@ impl JsonDecoder {
             // Nothing parsed as a JSON object: every candidate is a dead letter.
             for i in candidates {
                 let (stage, error) = self.classify(i, None);
-                self.reject(i, stage, error);
+                self.chunk.reject(i, stage, error);
             }
-            return Ok((None, vec![false; self.slots.len()]));
+            return Ok(None);
         };
         // Each evolution adds at least one field, so this loop ends.
         'evolve: loop {
             let mut parts = Vec::new();
             let mut bad = Vec::new();
-            self.bisect(&schema, &candidates, &mut parts, &mut bad);
+            bisect(
+                &candidates,
+                &mut |msgs| self.try_decode(&schema, msgs),
+                &mut parts,
+                &mut bad,
+            );
             let mut rejects = Vec::new();
             for (i, err) in bad {
                 if self.config.schema_evolution
@@ -396,61 +271,15 @@ impl JsonDecoder {
                 let (stage, error) = self.classify(i, Some(err));
                 rejects.push((i, stage, error));
             }
-            let mut good = vec![false; self.slots.len()];
-            for i in &candidates {
-                good[*i] = true;
-            }
             for (i, stage, error) in rejects {
-                good[i] = false;
-                self.reject(i, stage, error);
+                self.chunk.reject(i, stage, error);
             }
-            let rows = if parts.is_empty() {
+            return Ok(if parts.is_empty() {
                 None
             } else {
                 Some(concat_batches(&schema, &parts)?)
-            };
-            return Ok((rows, good));
+            });
         }
-    }
-
-    fn reject(&mut self, i: usize, stage: Stage, error: String) {
-        let tp_offsets = self.offsets.values_slice()[i];
-        let payload = self.payload(i).map(<[u8]>::to_vec);
-        self.dead.push(DeadLetter {
-            topic: self.topics_value(i),
-            partition: self.partitions.values_slice()[i],
-            offset: tp_offsets,
-            timestamp_ms: self.timestamps_value(i),
-            key: self.key_value(i),
-            payload,
-            stage,
-            error,
-        });
-        self.slots[i] = Slot::Rejected;
-    }
-
-    fn topics_value(&self, i: usize) -> String {
-        let offsets = self.topics.offsets_slice();
-        let (s, e) = (offsets[i] as usize, offsets[i + 1] as usize);
-        String::from_utf8_lossy(&self.topics.values_slice()[s..e]).into_owned()
-    }
-
-    fn timestamps_value(&self, i: usize) -> Option<i64> {
-        let valid = self
-            .timestamps
-            .validity_slice()
-            .is_none_or(|v| v[i / 8] & (1 << (i % 8)) != 0);
-        valid.then(|| self.timestamps.values_slice()[i] / 1000)
-    }
-
-    fn key_value(&self, i: usize) -> Option<Vec<u8>> {
-        let valid = self
-            .keys
-            .validity_slice()
-            .is_none_or(|v| v[i / 8] & (1 << (i % 8)) != 0);
-        let offsets = self.keys.offsets_slice();
-        let (s, e) = (offsets[i] as usize, offsets[i + 1] as usize);
-        valid.then(|| self.keys.values_slice()[s..e].to_vec())
     }
 
     /// Decode `msgs` with a fresh decoder; any message not adding exactly one row fails.
@@ -461,7 +290,7 @@ impl JsonDecoder {
     ) -> std::result::Result<RecordBatch, String> {
         let mut d = build_decoder(schema, msgs.len()).map_err(|e| e.to_string())?;
         for (n, i) in msgs.iter().enumerate() {
-            let bytes = self.payload(*i).unwrap_or_default();
+            let bytes = self.chunk.payload(*i).unwrap_or_default();
             let used = d.decode(bytes).map_err(|e| e.to_string())?;
             if used != bytes.len() || d.len() != n + 1 || d.has_partial_record() {
                 return Err("a message must hold exactly one JSON object".into());
@@ -474,30 +303,9 @@ impl JsonDecoder {
         }
     }
 
-    fn bisect(
-        &self,
-        schema: &SchemaRef,
-        msgs: &[usize],
-        parts: &mut Vec<RecordBatch>,
-        bad: &mut Vec<(usize, String)>,
-    ) {
-        if msgs.is_empty() {
-            return;
-        }
-        match self.try_decode(schema, msgs) {
-            Ok(b) => parts.push(b),
-            Err(e) if msgs.len() == 1 => bad.push((msgs[0], e)),
-            Err(_) => {
-                let (l, r) = msgs.split_at(msgs.len() / 2);
-                self.bisect(schema, l, parts, bad);
-                self.bisect(schema, r, parts, bad);
-            }
-        }
-    }
-
     /// Why message `i` cannot be decoded.
     fn classify(&self, i: usize, decode_error: Option<String>) -> (Stage, String) {
-        let bytes = self.payload(i).unwrap_or_default();
+        let bytes = self.chunk.payload(i).unwrap_or_default();
         match serde_json::from_slice::<serde_json::Value>(bytes) {
             Err(e) => (Stage::Decode, format!("malformed JSON: {e}")),
             Ok(v) if !v.is_object() => (
@@ -517,7 +325,7 @@ impl JsonDecoder {
 
     /// The schema widened by the fields message `i` has and `schema` lacks, if any.
     fn widen(&self, schema: &SchemaRef, i: usize) -> Option<SchemaRef> {
-        let value: serde_json::Value = serde_json::from_slice(self.payload(i)?).ok()?;
+        let value: serde_json::Value = serde_json::from_slice(self.chunk.payload(i)?).ok()?;
         let inferred =
             infer_json_schema_from_iterator(std::iter::once(Ok::<_, ArrowError>(value))).ok()?;
         let new: Vec<Field> = inferred
@@ -545,6 +353,7 @@ impl JsonDecoder {
         let mut acc: Option<Vec<Field>> = None;
         for i in msgs {
             let Some(value) = self
+                .chunk
                 .payload(*i)
                 .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
             else {
@@ -585,42 +394,6 @@ fn unify_images(fields: &mut [Field]) {
     for f in fields.iter_mut().filter(|f| image(f)) {
         *f = Field::new(f.name(), row.clone(), true);
     }
-}
-
-/// `a` widened by `b` where that loses nothing (null → any, integer → float, new nested
-/// fields); `None` when a field has incompatible types.
-fn merge_fields(a: &[Field], b: &[Field]) -> Option<Vec<Field>> {
-    let mut out: Vec<Field> = a.to_vec();
-    for f in b {
-        match out.iter_mut().find(|g| g.name() == f.name()) {
-            Some(g) => {
-                let dt = merge_types(g.data_type(), f.data_type())?;
-                *g = Field::new(g.name(), dt, true);
-            }
-            None => out.push(f.clone().with_nullable(true)),
-        }
-    }
-    Some(out)
-}
-
-fn merge_types(a: &DataType, b: &DataType) -> Option<DataType> {
-    use DataType::*;
-    Some(match (a, b) {
-        _ if a == b => a.clone(),
-        (Null, x) | (x, Null) => x.clone(),
-        (Int64, Float64) | (Float64, Int64) => Float64,
-        (Struct(x), Struct(y)) => {
-            let xs: Vec<Field> = x.iter().map(|f| f.as_ref().clone()).collect();
-            let ys: Vec<Field> = y.iter().map(|f| f.as_ref().clone()).collect();
-            Struct(merge_fields(&xs, &ys)?.into())
-        }
-        (List(x), List(y)) => List(Arc::new(Field::new(
-            x.name(),
-            merge_types(x.data_type(), y.data_type())?,
-            true,
-        ))),
-        _ => return None,
-    })
 }
 
 /// Every field nullable; fields only ever seen as `null` become strings (Delta has no null type).
@@ -718,19 +491,6 @@ pub fn scrub_values(error: &str) -> String {
     out
 }
 
-fn dead_letter(m: &RawMessage<'_>, stage: Stage, error: String) -> DeadLetter {
-    DeadLetter {
-        topic: m.topic.to_string(),
-        partition: m.partition,
-        offset: m.offset,
-        timestamp_ms: m.timestamp_ms,
-        key: m.key.map(<[u8]>::to_vec),
-        payload: m.payload.map(<[u8]>::to_vec),
-        stage,
-        error,
-    }
-}
-
 /// Keep the rows of `batch` whose `_kafka_offset` is above the floor of their partition in
 /// `floors` (rows of partitions without a floor are kept).
 pub fn filter_offsets_above(
@@ -761,6 +521,7 @@ pub fn filter_offsets_above(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_pipeline::OffsetRange;
 
     #[test]
     fn errors_keep_field_and_type_names_but_never_values() {

@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{RecordBatch, new_null_array};
-use arrow::compute::cast;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use deltalake::DeltaTable;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
@@ -29,6 +28,7 @@ use sluice_pipeline::{
 
 use super::dead_letter::DeadLetterTable;
 use super::table;
+use crate::decode::evolve::{add_fields, conform_array};
 use crate::decode::json::filter_offsets_above;
 use crate::error::{Error, Result, delta};
 
@@ -170,7 +170,16 @@ impl BronzeSink {
                 .iter()
                 .filter(|(k, v)| current.configuration().get(k) != Some(v))
                 .collect();
-            if target.fields().len() > table_schema.fields().len() || !stale.is_empty() {
+            let evolved = target
+                .fields()
+                .iter()
+                .filter(|f| {
+                    table_schema
+                        .field_with_name(f.name())
+                        .map_or(true, |g| g.data_type() != f.data_type())
+                })
+                .count();
+            if evolved > 0 || !stale.is_empty() {
                 let kernel: StructType = target
                     .as_ref()
                     .try_into_kernel()
@@ -183,7 +192,6 @@ impl BronzeSink {
                         Error::Decode(format!("table {}: setting property {k}: {e}", s.name))
                     })?;
                 }
-                let evolved = target.fields().len() - table_schema.fields().len();
                 match table::commit(
                     &s.name,
                     t,
@@ -195,7 +203,7 @@ impl BronzeSink {
                 .await
                 {
                     Ok(_) => {
-                        tracing::info!(table = %s.name, added_columns = evolved, "table metadata updated")
+                        tracing::info!(table = %s.name, evolved_columns = evolved, "table metadata updated")
                     }
                     Err(e) => last_error = e.to_string(),
                 }
@@ -291,38 +299,30 @@ impl BronzeSink {
     }
 }
 
-/// The union of `schemas` by column name; a column in two schemas must have one type.
+/// The union of `schemas` by column name. A column in several schemas keeps the type it
+/// has first, widened by the struct fields later ones add; a later type that does not fit
+/// it is a conflict.
 pub fn merged_schema(table: &str, schemas: impl Iterator<Item = SchemaRef>) -> Result<SchemaRef> {
     let mut fields: Vec<Field> = Vec::new();
     for schema in schemas {
         for f in schema.fields() {
-            match fields.iter().find(|g| g.name() == f.name()) {
-                Some(g) if g.data_type() != f.data_type() && !castable(f, g) => {
-                    return Err(Error::SchemaConflict {
-                        table: table.to_string(),
-                        column: f.name().clone(),
-                        found: f.data_type().to_string(),
-                        expected: g.data_type().to_string(),
-                    });
-                }
-                Some(_) => {}
+            match fields.iter_mut().find(|g| g.name() == f.name()) {
+                Some(g) => match add_fields(g.data_type(), f.data_type()) {
+                    Some(dt) => *g = g.clone().with_data_type(dt),
+                    None => {
+                        return Err(Error::SchemaConflict {
+                            table: table.to_string(),
+                            column: f.name().clone(),
+                            found: f.data_type().to_string(),
+                            expected: g.data_type().to_string(),
+                        });
+                    }
+                },
                 None => fields.push(f.as_ref().clone().with_nullable(true)),
             }
         }
     }
     Ok(Arc::new(Schema::new(fields)))
-}
-
-fn castable(from: &Field, to: &Field) -> bool {
-    use arrow::datatypes::DataType::*;
-    matches!(
-        (from.data_type(), to.data_type()),
-        (Int32, Int64)
-            | (Int64, Float64)
-            | (Int32, Float64)
-            | (Null, _)
-            | (Int64 | Float64 | Boolean, Utf8)
-    )
 }
 
 /// `batch` with exactly the columns of `target`, in its order; missing columns are null.
@@ -335,7 +335,7 @@ pub(crate) fn conform(table: &str, batch: &RecordBatch, target: &SchemaRef) -> R
         .iter()
         .map(|f| match batch.column_by_name(f.name()) {
             Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
-            Some(c) => cast(c, f.data_type()).map_err(|_| Error::SchemaConflict {
+            Some(c) => conform_array(c, f.data_type()).map_err(|_| Error::SchemaConflict {
                 table: table.to_string(),
                 column: f.name().clone(),
                 found: c.data_type().to_string(),

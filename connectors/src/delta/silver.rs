@@ -482,8 +482,17 @@ fn merge_builder(
         .iter()
         .map(|f| (f.name().clone(), f.data_type() == &DataType::Utf8))
         .collect();
+    // A column the rows add (the source table gained one) has no stored value to keep.
+    let stored: Vec<String> = table::arrow_schema("silver", &t)
+        .map(|s| s.fields().iter().map(|f| f.name().clone()).collect())
+        .unwrap_or_default();
     let keep = |c: &str, text: bool, fallback: &str| {
         let q = quote(c);
+        let fallback = if stored.iter().any(|s| s == c) {
+            fallback
+        } else {
+            "NULL"
+        };
         if text && !CDC_COLUMNS.contains(&c) {
             format!("CASE WHEN s.{q} = '{UNAVAILABLE}' THEN {fallback} ELSE s.{q} END")
         } else {

@@ -2,3 +2,4 @@
 
 pub mod bank;
 pub mod broker;
+pub mod registry;

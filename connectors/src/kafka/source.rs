@@ -30,7 +30,9 @@ use sluice_pipeline::{SourceControl, SourceEvent, TopicPartition};
 use tokio::sync::mpsc;
 
 use super::limit::Limits;
-use crate::decode::json::{JsonDecoder, JsonDecoderConfig, RawMessage, payload_of};
+use crate::decode::avro::{AvroDecoder, AvroDecoderConfig, AvroSchemas};
+use crate::decode::json::{JsonDecoder, JsonDecoderConfig, payload_of};
+use crate::decode::{RawMessage, TableDecoder};
 use crate::delta::{bronze, table};
 use crate::error::{Error, Result, kafka};
 
@@ -46,6 +48,9 @@ pub struct KafkaSourceConfig {
     pub resume_tables: BTreeMap<String, Vec<String>>,
     /// Bronze tables receiving change-event envelopes (Debezium).
     pub envelope_tables: std::collections::BTreeSet<String>,
+    /// Tables whose topics are Avro, with where their writer schemas come from (the
+    /// others are JSON).
+    pub avro_tables: HashMap<String, AvroSchemas>,
     pub auto_offset_reset: OffsetReset,
     pub max_prefetch_bytes: u64,
     pub session_timeout_ms: u64,
@@ -421,7 +426,7 @@ struct WorkerState {
     config: KafkaSourceConfig,
     tx: mpsc::Sender<SourceEvent>,
     /// Decoder per table, with the time its oldest buffered message arrived.
-    decoders: HashMap<String, (JsonDecoder, Option<Instant>)>,
+    decoders: HashMap<String, (TableDecoder, Option<Instant>)>,
     /// Next offset to read per partition, from the messages seen.
     /// (A few entries: scanned, so no key is allocated per message.)
     positions: Vec<(TopicPartition, i64)>,
@@ -560,8 +565,19 @@ fn run(
 }
 
 impl WorkerState {
-    fn new_decoder(&self, table_name: &str, schema: Option<SchemaRef>) -> JsonDecoder {
-        JsonDecoder::new(
+    fn new_decoder(&self, table_name: &str, schema: Option<SchemaRef>) -> TableDecoder {
+        if let Some(schemas) = self.config.avro_tables.get(table_name) {
+            return TableDecoder::Avro(AvroDecoder::new(
+                AvroDecoderConfig {
+                    table: table_name.to_string(),
+                    max_message_bytes: self.config.max_message_bytes,
+                    max_messages: self.config.decode_batch_max_messages,
+                    schemas: schemas.clone(),
+                },
+                schema,
+            ));
+        }
+        TableDecoder::Json(JsonDecoder::new(
             JsonDecoderConfig {
                 table: table_name.to_string(),
                 max_message_bytes: self.config.max_message_bytes,
@@ -570,7 +586,7 @@ impl WorkerState {
                 envelope: self.config.envelope_tables.contains(table_name),
             },
             schema,
-        )
+        ))
     }
 
     fn on_message<M: Message>(&mut self, m: &M) -> Result<()> {

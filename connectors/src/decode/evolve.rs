@@ -1,0 +1,173 @@
+//! Additive schema evolution: widening a schema by another without losing values, and
+//! bringing arrays of the narrower type into the wider one (nested structs by name).
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, ListArray, MapArray, StructArray, new_null_array};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, FieldRef, Fields};
+use arrow::error::ArrowError;
+
+/// `a` widened by `b` where that loses nothing (null → any, integer → wider integer or
+/// float, new nested fields); `None` when a field has incompatible types.
+pub(crate) fn merge_fields(a: &[Field], b: &[Field]) -> Option<Vec<Field>> {
+    let mut out: Vec<Field> = a.to_vec();
+    for f in b {
+        match out.iter_mut().find(|g| g.name() == f.name()) {
+            Some(g) => {
+                let dt = merge_types(g.data_type(), f.data_type())?;
+                *g = Field::new(g.name(), dt, true);
+            }
+            None => out.push(f.clone().with_nullable(true)),
+        }
+    }
+    Some(out)
+}
+
+/// The narrowest type holding values of both `a` and `b`, if any.
+pub(crate) fn merge_types(a: &DataType, b: &DataType) -> Option<DataType> {
+    use DataType::*;
+    Some(match (a, b) {
+        _ if a == b => a.clone(),
+        (Null, x) | (x, Null) => x.clone(),
+        (Int32, Int64) | (Int64, Int32) => Int64,
+        (Int32 | Int64 | Float32, Float64) | (Float64, Int32 | Int64 | Float32) => Float64,
+        (Struct(x), Struct(y)) => {
+            let xs: Vec<Field> = x.iter().map(|f| f.as_ref().clone()).collect();
+            let ys: Vec<Field> = y.iter().map(|f| f.as_ref().clone()).collect();
+            Struct(merge_fields(&xs, &ys)?.into())
+        }
+        (List(x), List(y)) => List(Arc::new(Field::new(
+            x.name(),
+            merge_types(x.data_type(), y.data_type())?,
+            true,
+        ))),
+        (Map(x, sorted), Map(y, _)) => map_of(x, *sorted, y, merge_types)?,
+        _ => return None,
+    })
+}
+
+/// Map `x` with key and value types combined with those of map `y` by `combine`; the
+/// names of `x` are kept (writers name a map's parts differently).
+fn map_of(
+    x: &FieldRef,
+    sorted: bool,
+    y: &FieldRef,
+    combine: fn(&DataType, &DataType) -> Option<DataType>,
+) -> Option<DataType> {
+    let (DataType::Struct(xs), DataType::Struct(ys)) = (x.data_type(), y.data_type()) else {
+        return None;
+    };
+    if xs.len() != 2 || ys.len() != 2 {
+        return None;
+    }
+    let key = combine(xs[0].data_type(), ys[0].data_type())?;
+    let value = combine(xs[1].data_type(), ys[1].data_type())?;
+    let entries = DataType::Struct(Fields::from(vec![
+        xs[0].as_ref().clone().with_data_type(key),
+        xs[1].as_ref().clone().with_data_type(value),
+    ]));
+    Some(DataType::Map(
+        Arc::new(x.as_ref().clone().with_data_type(entries)),
+        sorted,
+    ))
+}
+
+/// `array` as type `to`, which [`merge_types`] made from its type: struct fields are
+/// matched by name and the ones `array` lacks are null.
+pub(crate) fn conform_array(array: &ArrayRef, to: &DataType) -> Result<ArrayRef, ArrowError> {
+    if array.data_type() == to {
+        return Ok(array.clone());
+    }
+    match (array.data_type(), to) {
+        (DataType::Struct(_), DataType::Struct(fields)) => {
+            let s = array.as_struct();
+            let columns = fields
+                .iter()
+                .map(|f| match s.column_by_name(f.name()) {
+                    Some(c) => conform_array(c, f.data_type()),
+                    None => Ok(new_null_array(f.data_type(), s.len())),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let fields: Fields = fields.clone();
+            Ok(Arc::new(StructArray::try_new(
+                fields,
+                columns,
+                s.nulls().cloned(),
+            )?))
+        }
+        (DataType::List(_), DataType::List(item)) => {
+            let l = array.as_list::<i32>();
+            let values = conform_array(l.values(), item.data_type())?;
+            Ok(Arc::new(ListArray::try_new(
+                item.clone(),
+                l.offsets().clone(),
+                values,
+                l.nulls().cloned(),
+            )?))
+        }
+        (DataType::Map(_, _), DataType::Map(entries, sorted)) => {
+            let m = array.as_map();
+            let DataType::Struct(parts) = entries.data_type() else {
+                return cast(array, to);
+            };
+            let keys = conform_array(m.keys(), parts[0].data_type())?;
+            let values = conform_array(m.values(), parts[1].data_type())?;
+            let inner = StructArray::try_new(parts.clone(), vec![keys, values], None)?;
+            Ok(Arc::new(MapArray::try_new(
+                entries.clone(),
+                m.offsets().clone(),
+                inner,
+                m.nulls().cloned(),
+                *sorted,
+            )?))
+        }
+        _ => cast(array, to),
+    }
+}
+
+/// Whether values of type `from` fit a column of type `to` by a cast that loses nothing
+/// a reader would miss (narrower integers, numbers and booleans into strings).
+pub(crate) fn fits(from: &DataType, to: &DataType) -> bool {
+    use DataType::*;
+    from == to
+        || matches!(
+            (from, to),
+            (Int32, Int64)
+                | (Int64, Float64)
+                | (Int32, Float64)
+                | (Float32, Float64)
+                | (Null, _)
+                | (Int64 | Float64 | Boolean, Utf8)
+        )
+}
+
+/// The type of an existing table column `table` after rows of type `rows` are added:
+/// the same type, or the same with struct fields the rows add (at any depth). Never a
+/// change of an existing leaf type, which older data files could not be read as.
+pub(crate) fn add_fields(table: &DataType, rows: &DataType) -> Option<DataType> {
+    match (table, rows) {
+        (DataType::Struct(t), DataType::Struct(r)) => {
+            let mut out: Vec<Field> = Vec::with_capacity(t.len());
+            for f in t {
+                let dt = match r.iter().find(|g| g.name() == f.name()) {
+                    Some(g) => add_fields(f.data_type(), g.data_type())?,
+                    None => f.data_type().clone(),
+                };
+                out.push(f.as_ref().clone().with_data_type(dt));
+            }
+            for g in r.iter().filter(|g| t.find(g.name()).is_none()) {
+                out.push(g.as_ref().clone().with_nullable(true));
+            }
+            Some(DataType::Struct(out.into()))
+        }
+        (DataType::List(t), DataType::List(r)) => Some(DataType::List(Arc::new(
+            t.as_ref()
+                .clone()
+                .with_data_type(add_fields(t.data_type(), r.data_type())?),
+        ))),
+        (DataType::Map(t, sorted), DataType::Map(r, _)) => map_of(t, *sorted, r, add_fields),
+        _ if fits(rows, table) => Some(table.clone()),
+        _ => None,
+    }
+}
