@@ -11,6 +11,7 @@ use sluice_connectors::decode::avro::AvroSchemas;
 use sluice_connectors::decode::registry::{self, RegistryConfig, SchemaRegistry};
 use sluice_connectors::delta::bronze::{BronzeSink, BronzeSinkConfig};
 use sluice_connectors::delta::lake::LakeSink;
+use sluice_connectors::delta::quality::{Expectation, QualityGate};
 use sluice_connectors::delta::silver::{Sequence, SilverSink, SilverSinkConfig, SilverTableSpec};
 use sluice_connectors::kafka::source::{self, KafkaSourceConfig};
 use sluice_pipeline::config::{Config, TopicFormat};
@@ -250,7 +251,30 @@ pub async fn run_pipeline(
             })
             .collect(),
     });
-    let mut sink = LakeSink { bronze, silver };
+    let quality = QualityGate::new(
+        lake.to_path_buf(),
+        &config.pipeline.name,
+        config
+            .quality
+            .iter()
+            .map(|(table, es)| {
+                let es = es
+                    .iter()
+                    .map(|e| Expectation {
+                        name: e.name.clone(),
+                        check: e.check.clone(),
+                        action: e.action,
+                    })
+                    .collect();
+                (table.clone(), es)
+            })
+            .collect(),
+    );
+    let mut sink = LakeSink {
+        quality,
+        bronze,
+        silver,
+    };
     let policy = FlushPolicy {
         max_rows: config.bronze.flush_max_rows,
         max_bytes: config.bronze.flush_max_bytes,

@@ -27,6 +27,13 @@ pub enum Error {
     #[error("schema registry: {0}")]
     Registry(String),
 
+    #[error("table {table}: expectation '{expectation}': {message}")]
+    Quality {
+        table: String,
+        expectation: String,
+        message: String,
+    },
+
     #[error(
         "table {table}: column '{column}' is {found} in the batch but {expected} in the table; change the table or the producer"
     )]

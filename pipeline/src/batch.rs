@@ -61,6 +61,9 @@ pub enum Stage {
     Transform,
     /// The row could not be written.
     Write,
+    /// The row failed a data-quality expectation with action `drop` (it goes to the
+    /// quarantine table, not the dead-letter table).
+    Quality,
 }
 
 impl Stage {
@@ -70,6 +73,7 @@ impl Stage {
             Stage::Schema => "schema",
             Stage::Transform => "transform",
             Stage::Write => "write",
+            Stage::Quality => "quality",
         }
     }
 }

@@ -70,6 +70,8 @@ pub struct Config {
     pub pii: crate::pii::PiiConfig,
     pub metrics: MetricsConfig,
     pub silver: crate::silver::SilverConfig,
+    /// Data-quality expectations by bronze table.
+    pub quality: BTreeMap<String, Vec<crate::quality::ExpectationConfig>>,
 }
 
 /// `[metrics]`: the HTTP endpoint of `sluice run` (`/metrics`, `/healthz`, `/readyz`).
@@ -733,6 +735,7 @@ impl Config {
         }
         p.extend(self.validate_pii());
         p.extend(self.validate_silver());
+        p.extend(self.validate_quality());
         p
     }
 

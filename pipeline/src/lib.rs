@@ -19,6 +19,7 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod pii;
+pub mod quality;
 pub mod runner;
 pub mod silver;
 

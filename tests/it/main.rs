@@ -18,3 +18,4 @@ mod limits;
 mod metrics;
 mod outage;
 mod pii;
+mod quality;

@@ -23,7 +23,7 @@ use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::{Action, MetadataExt, StructType};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use sluice_pipeline::{
-    Buffered, CommitOutcome, DeadLetter, OffsetRange, Sink, SourceBatch, TopicPartition,
+    Buffered, CommitOutcome, DeadLetter, OffsetRange, Sink, SourceBatch, Stage, TopicPartition,
 };
 
 use super::dead_letter::DeadLetterTable;
@@ -67,17 +67,22 @@ pub struct BronzeSink {
     dead: Vec<(String, DeadLetter)>,
     buffered: Buffered,
     dead_letters: DeadLetterTable,
+    /// Rows failing a `drop` expectation (dead letters at stage `quality`).
+    quarantine: DeadLetterTable,
 }
 
 impl BronzeSink {
     pub fn new(config: BronzeSinkConfig) -> Result<Self> {
         let dead_letters = DeadLetterTable::new(&config.lake, &config.pipeline)?;
+        let quarantine =
+            DeadLetterTable::at(&config.lake, &config.pipeline, super::quality::QUARANTINE)?;
         Ok(Self {
             config,
             tables: BTreeMap::new(),
             dead: Vec::new(),
             buffered: Buffered::default(),
             dead_letters,
+            quarantine,
         })
     }
 
@@ -406,16 +411,26 @@ impl Sink for BronzeSink {
         let mut outcome = CommitOutcome::default();
         // Dead letters first, each table's rows after: a crash in between re-reads the batch,
         // and the dead-letter table's own offsets keep its rows from doubling.
-        let dead = std::mem::take(&mut self.dead);
-        if !dead.is_empty() {
+        let (quarantined, dead): (Vec<_>, Vec<_>) = std::mem::take(&mut self.dead)
+            .into_iter()
+            .partition(|(_, d)| d.stage == Stage::Quality);
+        for (letters, quarantine) in [(dead, false), (quarantined, true)] {
+            if letters.is_empty() {
+                continue;
+            }
             let mut ranges: BTreeMap<TopicPartition, OffsetRange> = BTreeMap::new();
-            for (_, d) in &dead {
+            for (_, d) in &letters {
                 let tp = TopicPartition::new(d.topic.clone(), d.partition);
                 if let Some(r) = self.tables.values().find_map(|s| s.ranges.get(&tp)) {
                     ranges.insert(tp, *r);
                 }
             }
-            outcome.dead_letters = self.dead_letters.commit(dead, &ranges).await?;
+            if quarantine {
+                let n = self.quarantine.commit(letters, &ranges).await?;
+                metrics::counter!("sluice_quarantined_rows_total").increment(n as u64);
+            } else {
+                outcome.dead_letters = self.dead_letters.commit(letters, &ranges).await?;
+            }
             outcome.commits += 1;
         }
         let mut tables = std::mem::take(&mut self.tables);

@@ -55,8 +55,9 @@ pub fn schema() -> SchemaRef {
     ]))
 }
 
-/// The dead-letter table of a lake.
+/// The dead-letter table of a lake (or a table of the same shape: the quarantine).
 pub struct DeadLetterTable {
+    location: &'static str,
     pipeline: String,
     url: url::Url,
     table: Option<DeltaTable>,
@@ -64,9 +65,15 @@ pub struct DeadLetterTable {
 
 impl DeadLetterTable {
     pub fn new(lake: &Path, pipeline: &str) -> Result<Self> {
+        Self::at(lake, pipeline, DEAD_LETTERS)
+    }
+
+    /// A table of dead-letter shape at `location` under the lake.
+    pub fn at(lake: &Path, pipeline: &str, location: &'static str) -> Result<Self> {
         Ok(Self {
+            location,
             pipeline: pipeline.to_string(),
-            url: table::table_url(lake, DEAD_LETTERS)?,
+            url: table::table_url(lake, location)?,
             table: None,
         })
     }
@@ -83,7 +90,7 @@ impl DeadLetterTable {
         if self.table.is_none() {
             self.table = Some(
                 table::create(
-                    DEAD_LETTERS,
+                    self.location,
                     &self.url,
                     &schema(),
                     &[],
@@ -101,11 +108,11 @@ impl DeadLetterTable {
         let mut last_error = String::new();
         for attempt in 0..super::COMMIT_ATTEMPTS {
             if attempt > 0 {
-                table::refresh(DEAD_LETTERS, t).await?;
+                table::refresh(self.location, t).await?;
             }
             let mut ranges = ranges.clone();
             let committed =
-                table::committed_offsets(DEAD_LETTERS, t, &self.pipeline, ranges.keys()).await?;
+                table::committed_offsets(self.location, t, &self.pipeline, ranges.keys()).await?;
             table::fence(&mut ranges, &committed);
             let keep: Vec<&(String, DeadLetter)> = letters
                 .iter()
@@ -119,23 +126,23 @@ impl DeadLetterTable {
             }
             let batch = to_batch(&self.pipeline, &keep)?;
             let mut writer =
-                RecordBatchWriter::for_table(t).map_err(delta(DEAD_LETTERS, "opening writer"))?;
+                RecordBatchWriter::for_table(t).map_err(delta(self.location, "opening writer"))?;
             writer
                 .write(batch)
                 .await
-                .map_err(delta(DEAD_LETTERS, "writing"))?;
+                .map_err(delta(self.location, "writing"))?;
             let adds = writer
                 .flush()
                 .await
-                .map_err(delta(DEAD_LETTERS, "writing"))?;
+                .map_err(delta(self.location, "writing"))?;
             let actions = adds.into_iter().map(Action::Add).collect();
-            match table::commit(DEAD_LETTERS, t, &self.pipeline, actions, &ranges, &[]).await {
+            match table::commit(self.location, t, &self.pipeline, actions, &ranges, &[]).await {
                 Ok(_) => return Ok(keep.len()),
                 Err(e) => last_error = e.to_string(),
             }
         }
         Err(crate::error::Error::CommitRetries {
-            table: DEAD_LETTERS.into(),
+            table: self.location.into(),
             attempts: super::COMMIT_ATTEMPTS,
             last: last_error,
         })

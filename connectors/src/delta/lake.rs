@@ -1,4 +1,5 @@
-//! The sink of `sluice run`: bronze for every batch, then silver for change events.
+//! The sink of `sluice run`: data-quality expectations on every batch, then bronze, then
+//! silver for change events.
 //!
 //! Both layers commit the same flush: bronze first (with the dead letters), then each
 //! silver table's MERGE, each with its own `txn` per partition. A crash in between leaves
@@ -10,16 +11,19 @@ use std::collections::BTreeMap;
 use sluice_pipeline::{Buffered, CommitOutcome, Sink, SourceBatch, TopicPartition};
 
 use super::bronze::BronzeSink;
+use super::quality::QualityGate;
 use super::silver::SilverSink;
 
-/// Bronze plus silver.
+/// Expectations, then bronze plus silver.
 pub struct LakeSink {
+    pub quality: QualityGate,
     pub bronze: BronzeSink,
     pub silver: SilverSink,
 }
 
 impl Sink for LakeSink {
     async fn write(&mut self, batch: SourceBatch) -> sluice_pipeline::Result<()> {
+        let batch = self.quality.check(batch).await?;
         self.silver.write(&batch)?;
         self.bronze.write(batch).await
     }
@@ -30,6 +34,7 @@ impl Sink for LakeSink {
 
     async fn commit(&mut self) -> sluice_pipeline::Result<CommitOutcome> {
         let mut outcome = self.bronze.commit().await?;
+        self.quality.commit().await?;
         let mut silver = CommitOutcome::default();
         let mut silver_fenced: BTreeMap<TopicPartition, i64> = BTreeMap::new();
         self.silver.commit(&mut silver, &mut silver_fenced).await?;

@@ -3,6 +3,7 @@
 pub mod bronze;
 pub mod dead_letter;
 pub mod lake;
+pub mod quality;
 pub mod silver;
 pub mod table;
 

@@ -1,0 +1,409 @@
+//! Data-quality expectations, checked on every batch before it reaches bronze and silver.
+//!
+//! Each expectation of the batch's table runs as `SELECT row FROM batch WHERE NOT (check)`
+//! in DataFusion, with the batch registered as table `batch` and any lake table the check
+//! names (`silver.customers`, `bronze.x`, `gold.y`) registered too, so referential checks
+//! work. Rows failing a `drop` expectation leave the batch as dead letters at stage
+//! `quality` (the sink commits them to `_sluice/quarantine`); a failing `fail`
+//! expectation stops the pipeline. Pass and fail counts go to metrics at once and to the
+//! `_sluice/quality` table at every commit, one row per table and expectation.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{
+    Array, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    UInt32Array,
+};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use deltalake::DeltaTable;
+use deltalake::datafusion::common::TableReference;
+use deltalake::datafusion::prelude::SessionContext;
+use deltalake::kernel::Action;
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use sluice_pipeline::quality::QualityAction;
+use sluice_pipeline::{DeadLetter, SourceBatch, Stage};
+
+use super::table;
+use crate::decode::json::payload_of;
+use crate::error::{Error, Result, delta};
+
+/// Where the per-commit quality counts live under the lake.
+pub const QUALITY: &str = "_sluice/quality";
+/// Where rows failing a `drop` expectation go.
+pub const QUARANTINE: &str = "_sluice/quarantine";
+
+/// Column added to the batch to name its rows in the checks' results.
+const ROW: &str = "__sluice_row";
+/// Lake tables a check reads are reopened at most this often.
+const REFRESH: Duration = Duration::from_secs(5);
+
+/// One expectation of a table.
+#[derive(Debug, Clone)]
+pub struct Expectation {
+    pub name: String,
+    pub check: String,
+    pub action: QualityAction,
+}
+
+/// Passed and failed rows of one expectation since the last commit.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    passed: i64,
+    failed: i64,
+}
+
+/// Checks batches against their table's expectations.
+pub struct QualityGate {
+    lake: PathBuf,
+    pipeline: String,
+    expectations: HashMap<String, Vec<Expectation>>,
+    ctx: SessionContext,
+    /// Lake tables registered for the checks, with when they were opened.
+    opened: HashMap<(String, String), Instant>,
+    counts: BTreeMap<(String, String), (QualityAction, Counts)>,
+    table: Option<DeltaTable>,
+}
+
+/// The lake tables (`layer.name`) a check reads.
+fn lake_tables(check: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for layer in ["bronze", "silver", "gold"] {
+        let mut rest = check;
+        while let Some(i) = rest.find(&format!("{layer}.")) {
+            let before = rest[..i].chars().last();
+            let after = &rest[i + layer.len() + 1..];
+            let name: String = after
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty()
+                && !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+            {
+                out.push((layer.to_string(), name));
+            }
+            rest = after;
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+impl QualityGate {
+    pub fn new(
+        lake: PathBuf,
+        pipeline: &str,
+        expectations: HashMap<String, Vec<Expectation>>,
+    ) -> Self {
+        Self {
+            lake,
+            pipeline: pipeline.to_string(),
+            expectations,
+            ctx: SessionContext::new(),
+            opened: HashMap::new(),
+            counts: BTreeMap::new(),
+            table: None,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.expectations.is_empty()
+    }
+
+    /// (Re)register the lake tables `check` reads.
+    async fn register(&mut self, check: &str) -> Result<()> {
+        for (layer, name) in lake_tables(check) {
+            let key = (layer.clone(), name.clone());
+            if self.opened.get(&key).is_some_and(|t| t.elapsed() < REFRESH) {
+                continue;
+            }
+            let location = format!("{layer}/{name}");
+            let url = table::table_url(&self.lake, &location)?;
+            let t = table::open(&location, &url).await?;
+            if !table::exists(&t) {
+                continue;
+            }
+            let provider = t.table_provider().await.map_err(|e| {
+                Error::Decode(format!("{location}: reading for an expectation: {e}"))
+            })?;
+            if self
+                .ctx
+                .catalog("datafusion")
+                .and_then(|c| c.schema(&layer))
+                .is_none()
+                && let Some(c) = self.ctx.catalog("datafusion")
+            {
+                c.register_schema(
+                    &layer,
+                    Arc::new(deltalake::datafusion::catalog::MemorySchemaProvider::new()),
+                )
+                .map_err(|e| Error::Decode(e.to_string()))?;
+            }
+            let reference = TableReference::partial(layer.as_str(), name.as_str());
+            let _ = self.ctx.deregister_table(reference.clone());
+            self.ctx
+                .register_table(reference, provider)
+                .map_err(|e| Error::Decode(e.to_string()))?;
+            self.opened.insert(key, Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Check the rows of `batch`: count, drop to quarantine, or fail.
+    pub async fn check(&mut self, mut batch: SourceBatch) -> Result<SourceBatch> {
+        let Some(expectations) = self.expectations.get(&batch.table).cloned() else {
+            return Ok(batch);
+        };
+        let Some(rows) = batch.rows.take().filter(|r| r.num_rows() > 0) else {
+            return Ok(batch);
+        };
+        let n = rows.num_rows();
+        let mut fields: Vec<Field> = rows
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new(ROW, DataType::UInt32, false));
+        let mut columns = rows.columns().to_vec();
+        columns.push(Arc::new(UInt32Array::from_iter_values(0..n as u32)));
+        let indexed = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+        let _ = self.ctx.deregister_table("batch");
+        self.ctx
+            .register_batch("batch", indexed)
+            .map_err(|e| Error::Decode(e.to_string()))?;
+        // Per row, the `drop` expectations it fails.
+        let mut dropped: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
+        for e in &expectations {
+            self.register(&e.check).await?;
+            let sql = format!("SELECT {ROW} FROM batch WHERE NOT ({})", e.check);
+            let failing = self.failing(&sql).await.map_err(|message| Error::Quality {
+                table: batch.table.clone(),
+                expectation: e.name.clone(),
+                message: format!("cannot evaluate `{}`: {message}", e.check),
+            })?;
+            let failed = failing.len() as i64;
+            let entry = self
+                .counts
+                .entry((batch.table.clone(), e.name.clone()))
+                .or_insert((e.action, Counts::default()));
+            entry.1.passed += n as i64 - failed;
+            entry.1.failed += failed;
+            let labels = [
+                ("table", batch.table.clone()),
+                ("expectation", e.name.clone()),
+            ];
+            metrics::counter!("sluice_expectation_rows_passed_total", &labels)
+                .increment((n as i64 - failed) as u64);
+            metrics::counter!("sluice_expectation_rows_failed_total", &labels)
+                .increment(failed as u64);
+            if failed == 0 {
+                continue;
+            }
+            match e.action {
+                QualityAction::Warn => {
+                    tracing::warn!(table = %batch.table, expectation = %e.name, failed, "rows failed an expectation (kept)");
+                }
+                QualityAction::Drop => {
+                    for i in failing {
+                        dropped.entry(i).or_default().push(&e.name);
+                    }
+                }
+                QualityAction::Fail => {
+                    return Err(Error::Quality {
+                        table: batch.table.clone(),
+                        expectation: e.name.clone(),
+                        message: format!(
+                            "{failed} of {n} rows fail `{}`; the pipeline stops and nothing of this batch is committed",
+                            e.check
+                        ),
+                    });
+                }
+            }
+        }
+        if dropped.is_empty() {
+            batch.rows = Some(rows);
+            return Ok(batch);
+        }
+        batch.dead_letters.extend(quarantine(&rows, &dropped)?);
+        let keep = BooleanArray::from(
+            (0..n)
+                .map(|i| !dropped.contains_key(&i))
+                .collect::<Vec<bool>>(),
+        );
+        batch.rows = Some(filter_record_batch(&rows, &keep)?);
+        Ok(batch)
+    }
+
+    async fn failing(&self, sql: &str) -> std::result::Result<Vec<usize>, String> {
+        let df = self.ctx.sql(sql).await.map_err(|e| e.to_string())?;
+        let batches = df.collect().await.map_err(|e| e.to_string())?;
+        let mut rows = Vec::new();
+        for b in batches {
+            let c = b.column(0).as_primitive::<arrow::datatypes::UInt32Type>();
+            rows.extend(c.values().iter().map(|v| *v as usize));
+        }
+        Ok(rows)
+    }
+
+    /// Append the counts since the last commit to `_sluice/quality`.
+    pub async fn commit(&mut self) -> Result<()> {
+        if self.counts.is_empty() {
+            return Ok(());
+        }
+        let counts = std::mem::take(&mut self.counts);
+        let now = chrono::Utc::now().timestamp_micros();
+        let n = counts.len();
+        let text = |f: fn(&(String, String), &(QualityAction, Counts)) -> String| {
+            Arc::new(StringArray::from_iter_values(
+                counts.iter().map(|(k, v)| f(k, v)),
+            ))
+        };
+        let batch = RecordBatch::try_new(
+            quality_schema(),
+            vec![
+                Arc::new(StringArray::from(vec![self.pipeline.clone(); n])),
+                text(|k, _| k.0.clone()),
+                text(|k, _| k.1.clone()),
+                text(|_, v| v.0.as_str().to_string()),
+                Arc::new(Int64Array::from_iter_values(
+                    counts.values().map(|v| v.1.passed),
+                )),
+                Arc::new(Int64Array::from_iter_values(
+                    counts.values().map(|v| v.1.failed),
+                )),
+                Arc::new(TimestampMicrosecondArray::from(vec![now; n]).with_timezone("UTC")),
+            ],
+        )?;
+        if self.table.is_none() {
+            let url = table::table_url(&self.lake, QUALITY)?;
+            let t = table::open(QUALITY, &url).await?;
+            self.table = Some(if table::exists(&t) {
+                t
+            } else {
+                table::create(QUALITY, &url, &quality_schema(), &[], &[]).await?
+            });
+        }
+        let Some(t) = self.table.as_mut() else {
+            return Ok(());
+        };
+        let mut last = String::new();
+        for attempt in 0..super::COMMIT_ATTEMPTS {
+            if attempt > 0 {
+                table::refresh(QUALITY, t).await?;
+            }
+            let mut writer =
+                RecordBatchWriter::for_table(t).map_err(delta(QUALITY, "opening writer"))?;
+            writer
+                .write(batch.clone())
+                .await
+                .map_err(delta(QUALITY, "writing"))?;
+            let adds = writer.flush().await.map_err(delta(QUALITY, "writing"))?;
+            let actions = adds.into_iter().map(Action::Add).collect();
+            match table::commit(QUALITY, t, &self.pipeline, actions, &BTreeMap::new(), &[]).await {
+                Ok(_) => return Ok(()),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(Error::CommitRetries {
+            table: QUALITY.into(),
+            attempts: super::COMMIT_ATTEMPTS,
+            last,
+        })
+    }
+}
+
+/// Schema of `_sluice/quality`.
+pub fn quality_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("pipeline", DataType::Utf8, true),
+        Field::new("table_name", DataType::Utf8, true),
+        Field::new("expectation", DataType::Utf8, true),
+        Field::new("action", DataType::Utf8, true),
+        Field::new("rows_passed", DataType::Int64, true),
+        Field::new("rows_failed", DataType::Int64, true),
+        Field::new(
+            "checked_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
+    ]))
+}
+
+/// The rows of `rows` named in `dropped`, as quarantine letters: the row (payload
+/// columns, already protected) as JSON, the expectations it failed, its provenance.
+fn quarantine(rows: &RecordBatch, dropped: &BTreeMap<usize, Vec<&str>>) -> Result<Vec<DeadLetter>> {
+    let payload_schema = payload_of(&rows.schema());
+    let indices: Vec<usize> = payload_schema
+        .fields()
+        .iter()
+        .filter_map(|f| rows.schema().index_of(f.name()).ok())
+        .collect();
+    let payload = rows.project(&indices)?;
+    let lineage = |name: &str| rows.column_by_name(name).cloned();
+    let topics = lineage("_kafka_topic");
+    let partitions = lineage("_kafka_partition");
+    let offsets = lineage("_kafka_offset");
+    let timestamps = lineage("_kafka_timestamp");
+    let keys = lineage("_kafka_key");
+    let mut out = Vec::with_capacity(dropped.len());
+    for (&i, names) in dropped {
+        let mut writer = arrow::json::LineDelimitedWriter::new(Vec::new());
+        writer.write(&payload.slice(i, 1))?;
+        writer.finish()?;
+        let mut json = writer.into_inner();
+        if json.last() == Some(&b'\n') {
+            json.pop();
+        }
+        out.push(DeadLetter {
+            topic: topics
+                .as_ref()
+                .map(|c| c.as_string::<i32>().value(i).to_string())
+                .unwrap_or_default(),
+            partition: partitions.as_ref().map_or(0, |c| {
+                c.as_primitive::<arrow::datatypes::Int32Type>().value(i)
+            }),
+            offset: offsets.as_ref().map_or(0, |c| {
+                c.as_primitive::<arrow::datatypes::Int64Type>().value(i)
+            }),
+            timestamp_ms: timestamps.as_ref().and_then(|c| {
+                c.is_valid(i).then(|| {
+                    c.as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                        .value(i)
+                        / 1000
+                })
+            }),
+            key: keys.as_ref().and_then(|c| {
+                c.is_valid(i)
+                    .then(|| c.as_binary::<i32>().value(i).to_vec())
+            }),
+            payload: Some(json),
+            stage: Stage::Quality,
+            error: format!("failed expectation {}", names.join(", ")),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_name_the_lake_tables_they_read() {
+        assert_eq!(
+            lake_tables(
+                "customer_id IN (SELECT customer_id FROM silver.customers) AND x.silver.y = 1 OR gold.daily_spend.a > 0"
+            ),
+            vec![
+                ("gold".to_string(), "daily_spend".to_string()),
+                ("silver".to_string(), "customers".to_string()),
+            ]
+        );
+        assert!(lake_tables("amount >= 0").is_empty());
+    }
+}
