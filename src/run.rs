@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use sluice_connectors::decode::avro::AvroSchemas;
 use sluice_connectors::decode::registry::{self, RegistryConfig, SchemaRegistry};
 use sluice_connectors::delta::bronze::{BronzeSink, BronzeSinkConfig};
+use sluice_connectors::delta::history;
 use sluice_connectors::delta::lake::LakeSink;
 use sluice_connectors::delta::quality::{Expectation, QualityGate};
 use sluice_connectors::delta::silver::{Sequence, SilverSink, SilverSinkConfig, SilverTableSpec};
@@ -191,6 +192,12 @@ pub async fn run_pipeline(
                 .entry(topic.clone())
                 .or_default()
                 .push(SilverSink::location(name));
+            if t.history.is_some() {
+                resume_tables
+                    .entry(topic.clone())
+                    .or_default()
+                    .push(history::location(name));
+            }
         }
     }
     let avro_tables = avro_tables(config, lake)?;
@@ -248,6 +255,7 @@ pub async fn run_pipeline(
                 source_table: t.source_table.clone(),
                 sequence: Sequence::parse(t.sequence()),
                 partition_by: t.partition_by.clone(),
+                history: t.history.as_ref().map(|h| h.tracked.clone()),
             })
             .collect(),
     });

@@ -48,6 +48,17 @@ pub struct SilverTableConfig {
     pub sequence: Option<String>,
     /// Partition columns of the silver table (columns of the row); none by default.
     pub partition_by: Vec<String>,
+    /// Keep an SCD type 2 history in `silver.<name>_history` as well.
+    pub history: Option<HistoryConfig>,
+}
+
+/// `[silver.tables.<name>.history]`: SCD type 2 versions of every row.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct HistoryConfig {
+    /// A change of one of these columns opens a new version; a change of other columns
+    /// updates the current version in place. Empty: every column is tracked.
+    pub tracked: Vec<String>,
 }
 
 /// Fields of a Debezium envelope.
@@ -127,6 +138,14 @@ impl Config {
                     format!("{at}.sequence"),
                     "give `auto` or the dotted path of an integer field, e.g. source.lsn",
                 ));
+            }
+            for c in t.history.iter().flat_map(|h| &h.tracked) {
+                if c.starts_with('_') || c.contains('.') || t.key.contains(c) {
+                    p.push(Problem::new(
+                        format!("{at}.history.tracked"),
+                        format!("'{c}' is not a non-key column of the row"),
+                    ));
+                }
             }
             for c in &t.partition_by {
                 if c.starts_with('_') || c.contains('.') {

@@ -2,6 +2,7 @@
 
 pub mod bronze;
 pub mod dead_letter;
+pub mod history;
 pub mod lake;
 pub mod quality;
 pub mod silver;

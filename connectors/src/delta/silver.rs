@@ -79,6 +79,8 @@ pub struct SilverTableSpec {
     pub source_table: Option<String>,
     pub sequence: Sequence,
     pub partition_by: Vec<String>,
+    /// Tracked columns of an SCD type 2 history table (`None`: no history; empty: all).
+    pub history: Option<Vec<String>>,
 }
 
 /// Settings of the silver sink.
@@ -92,6 +94,8 @@ pub struct SilverSinkConfig {
 struct State {
     spec: SilverTableSpec,
     location: String,
+    /// This state keeps the table's SCD type 2 history (with these tracked columns).
+    history: Option<Vec<String>>,
     table: Option<DeltaTable>,
     /// Change rows waiting for the next commit.
     pending: Vec<RecordBatch>,
@@ -118,16 +122,24 @@ pub struct MergeCounts {
 
 impl SilverSink {
     pub fn new(config: SilverSinkConfig) -> Self {
+        let state = |spec: &SilverTableSpec, history: Option<Vec<String>>| State {
+            location: match history {
+                Some(_) => super::history::location(&spec.name),
+                None => Self::location(&spec.name),
+            },
+            spec: spec.clone(),
+            history,
+            table: None,
+            pending: Vec::new(),
+            ranges: BTreeMap::new(),
+            txns: table::TxnCache::default(),
+        };
         let states = config
             .tables
             .iter()
-            .map(|spec| State {
-                location: Self::location(&spec.name),
-                spec: spec.clone(),
-                table: None,
-                pending: Vec::new(),
-                ranges: BTreeMap::new(),
-                txns: table::TxnCache::default(),
+            .flat_map(|spec| {
+                let history = spec.history.clone().map(|h| state(spec, Some(h)));
+                std::iter::once(state(spec, None)).chain(history)
             })
             .collect();
         Self { config, states }
@@ -189,14 +201,27 @@ impl SilverSink {
         fenced: &mut BTreeMap<TopicPartition, i64>,
     ) -> Result<()> {
         let Self { config, states } = self;
+        // A partition may be skipped ahead only when every table it feeds is fenced, and
+        // only as far as the least advanced one.
+        let mut skip: BTreeMap<TopicPartition, Option<i64>> = BTreeMap::new();
         for s in states {
             if s.ranges.is_empty() {
                 continue;
             }
-            let counts = commit_table(&config.lake, &config.pipeline, s, outcome, fenced).await?;
+            let mut own = BTreeMap::new();
+            let needed: Vec<TopicPartition> = s.ranges.keys().cloned().collect();
+            let counts = commit_table(&config.lake, &config.pipeline, s, outcome, &mut own).await?;
+            for tp in needed {
+                let next = own.get(&tp).copied();
+                let e = skip.entry(tp).or_insert(next);
+                *e = match (*e, next) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    _ => None,
+                };
+            }
             s.pending.clear();
             s.ranges.clear();
-            let label = s.spec.name.clone();
+            let label = s.location.trim_start_matches("silver/").to_string();
             metrics::counter!("sluice_cdc_changes_total", "table" => label.clone())
                 .increment(counts.changes as u64);
             metrics::counter!("sluice_cdc_rows_inserted_total", "table" => label.clone())
@@ -209,6 +234,7 @@ impl SilverSink {
                 .increment(counts.ignored as u64);
             tracing::debug!(table = %s.location, changes = counts.changes, inserted = counts.inserted, updated = counts.updated, deleted = counts.deleted, ignored = counts.ignored, "silver merge");
         }
+        fenced.extend(skip.into_iter().filter_map(|(tp, n)| n.map(|n| (tp, n))));
         Ok(())
     }
 }
@@ -278,18 +304,41 @@ async fn commit_table(
                 Transaction::new_with_last_update(table::app_id(pipeline, tp), r.last, Some(now))
             })
             .collect();
-        let result = apply(
-            lake,
-            pipeline,
-            &name,
-            &s.spec,
-            t,
-            changes,
-            txns,
-            &ranges,
-            &mut counts,
-        )
-        .await;
+        let result = match (&s.history, changes) {
+            (None, changes) => {
+                apply(
+                    lake,
+                    pipeline,
+                    &name,
+                    &s.spec,
+                    t,
+                    changes,
+                    txns,
+                    &ranges,
+                    &mut counts,
+                )
+                .await
+            }
+            (Some(_), None) => commit_offsets_only(&name, pipeline, &s.spec, t, &ranges).await,
+            (Some(tracked), Some(changes)) => {
+                let at = truncate_point(&changes);
+                match super::history::versions(
+                    &name,
+                    &s.spec,
+                    tracked,
+                    &t,
+                    &changes,
+                    at,
+                    &mut counts,
+                )
+                .await
+                {
+                    Ok(Some(v)) => super::history::merge(&name, &s.spec, t, v, txns).await,
+                    Ok(None) => commit_offsets_only(&name, pipeline, &s.spec, t, &ranges).await,
+                    Err(e) => Err((Some(t), e)),
+                }
+            }
+        };
         match result {
             Ok(done) => {
                 t = done;
@@ -441,7 +490,7 @@ async fn commit_offsets_only(
     }
 }
 
-fn quote(c: &str) -> String {
+pub(super) fn quote(c: &str) -> String {
     format!("\"{}\"", c.replace('"', "\"\""))
 }
 
@@ -963,6 +1012,7 @@ mod tests {
             source_table: None,
             sequence: Sequence::Auto,
             partition_by: Vec::new(),
+            history: None,
         }
     }
 
