@@ -82,6 +82,7 @@ fn deployment_files_parse_and_query_only_exported_metrics() {
         "kafka",
         "kafka-init",
         "postgres",
+        "schema-registry",
         "connect",
         "connect-init",
         "sluice",
@@ -131,6 +132,14 @@ fn deployment_files_parse_and_query_only_exported_metrics() {
     )
     .expect("connector json");
     let prefix = connector["topic.prefix"].as_str().expect("prefix");
+    // Debezium writes Avro to the registry sluice reads the schemas from.
+    assert_eq!(
+        connector["value.converter"],
+        "io.confluent.connect.avro.AvroConverter"
+    );
+    let registry = connector["value.converter.schema.registry.url"]
+        .as_str()
+        .expect("registry url");
     let sluice_config = std::fs::read_to_string(format!("{ROOT}/deploy/sluice.docker.toml"))
         .expect("sluice config");
     for table in connector["table.include.list"]
@@ -143,7 +152,15 @@ fn deployment_files_parse_and_query_only_exported_metrics() {
             sluice_config.contains(&format!("topics = [{topic}]")),
             "no silver table reads {topic}"
         );
+        assert!(
+            sluice_config.contains(&format!("[decode.topics.{topic}]\nformat = \"avro\"")),
+            "sluice does not read {topic} as Avro"
+        );
     }
+    assert!(
+        sluice_config.contains(&format!("[decode.schema_registry]\nurl = \"{registry}\"")),
+        "sluice reads schemas from another registry than Debezium writes to"
+    );
     let prometheus = yaml(&py, "deploy/prometheus/prometheus.yml");
     assert_eq!(
         prometheus["scrape_configs"][0]["static_configs"][0]["targets"][0],
