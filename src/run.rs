@@ -201,6 +201,16 @@ pub async fn run_pipeline(
         }
     }
     let avro_tables = avro_tables(config, lake)?;
+    let sizes = config.buffer_sizes();
+    if let Some(budget) = config.pipeline.memory_budget_bytes {
+        tracing::info!(
+            budget_mib = budget / 1_048_576,
+            prefetch_mib = sizes.prefetch_bytes / 1_048_576,
+            flush_max_mib = sizes.flush_max_bytes / 1_048_576,
+            decode_batch_max_messages = sizes.decode_batch_max_messages,
+            "buffers sized to the memory budget"
+        );
+    }
     let source_config = KafkaSourceConfig {
         bootstrap_servers: config.kafka.bootstrap_servers.clone(),
         group_id: config.kafka.group_id(&config.pipeline.name),
@@ -209,9 +219,9 @@ pub async fn run_pipeline(
         envelope_tables: config.cdc_bronze_tables(),
         avro_tables,
         auto_offset_reset: config.kafka.auto_offset_reset,
-        max_prefetch_bytes: config.kafka.max_prefetch_bytes,
+        max_prefetch_bytes: sizes.prefetch_bytes,
         session_timeout_ms: config.kafka.session_timeout_ms,
-        decode_batch_max_messages: config.kafka.decode_batch_max_messages,
+        decode_batch_max_messages: sizes.decode_batch_max_messages,
         decode_batch_max_latency_ms: config.kafka.decode_batch_max_latency_ms,
         properties: config
             .kafka
@@ -282,10 +292,15 @@ pub async fn run_pipeline(
         quality,
         bronze,
         silver,
+        // Test hook: slow Delta writes down to check that memory stays bounded.
+        commit_delay: std::env::var("SLUICE_TEST_COMMIT_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis),
     };
     let policy = FlushPolicy {
         max_rows: config.bronze.flush_max_rows,
-        max_bytes: config.bronze.flush_max_bytes,
+        max_bytes: sizes.flush_max_bytes,
         max_latency: Duration::from_millis(config.bronze.flush_max_latency_ms),
     };
     let (events, control, thread) =

@@ -105,6 +105,10 @@ pub struct PipelineConfig {
     pub name: String,
     /// Root directory of the lake; `--lake` overrides it. Default `./lake`.
     pub lake: Option<PathBuf>,
+    /// Upper bound of the process's resident memory (bytes) that `sluice run` sizes its
+    /// buffers to: the prefetch queue, the batches in flight and the rows waiting for a
+    /// commit. None: the buffer settings apply as they are.
+    pub memory_budget_bytes: Option<u64>,
 }
 
 impl Default for PipelineConfig {
@@ -112,6 +116,51 @@ impl Default for PipelineConfig {
         Self {
             name: "sluice".into(),
             lake: None,
+            memory_budget_bytes: None,
+        }
+    }
+}
+
+/// Resident memory of sluice before any data: the binary, the runtime, the Delta and
+/// DataFusion machinery. A memory budget must leave room above it.
+pub const MEMORY_BASELINE_BYTES: u64 = 96 * 1024 * 1024;
+
+/// Buffer sizes under a memory budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferSizes {
+    /// librdkafka's prefetch queue.
+    pub prefetch_bytes: u64,
+    /// Payload bytes buffered before a commit.
+    pub flush_max_bytes: usize,
+    /// Messages per decoded batch.
+    pub decode_batch_max_messages: usize,
+}
+
+impl Config {
+    /// The buffer sizes `sluice run` uses: the configured ones, lowered to fit
+    /// `pipeline.memory_budget_bytes` when one is set. Above the baseline, a sixteenth of
+    /// the budget goes to the prefetch queue, and the rows waiting for a commit get a
+    /// sixth of it in payload bytes (their Arrow form, the Parquet being written and the
+    /// batches in flight take about three times as much).
+    pub fn buffer_sizes(&self) -> BufferSizes {
+        let configured = BufferSizes {
+            prefetch_bytes: self.kafka.max_prefetch_bytes,
+            flush_max_bytes: self.bronze.flush_max_bytes,
+            decode_batch_max_messages: self.kafka.decode_batch_max_messages,
+        };
+        let Some(budget) = self.pipeline.memory_budget_bytes else {
+            return configured;
+        };
+        let room = budget.saturating_sub(MEMORY_BASELINE_BYTES);
+        BufferSizes {
+            prefetch_bytes: configured.prefetch_bytes.min((room / 16).max(1024 * 1024)),
+            flush_max_bytes: configured
+                .flush_max_bytes
+                .min((room / 6).max(1024 * 1024) as usize),
+            decode_batch_max_messages: configured.decode_batch_max_messages.min(
+                // About 1 KiB per message: four batches in flight stay within a 64th.
+                ((room / 64 / 1024) as usize).max(256),
+            ),
         }
     }
 }
@@ -634,6 +683,18 @@ impl Config {
             p.push(Problem::new(
                 "kafka.decode_batch_max_messages",
                 "must be greater than 0",
+            ));
+        }
+        if let Some(b) = self.pipeline.memory_budget_bytes
+            && b < 2 * MEMORY_BASELINE_BYTES
+        {
+            p.push(Problem::new(
+                "pipeline.memory_budget_bytes",
+                format!(
+                    "must be at least {} (sluice itself needs about {} MiB)",
+                    2 * MEMORY_BASELINE_BYTES,
+                    MEMORY_BASELINE_BYTES / 1024 / 1024
+                ),
             ));
         }
         if self.decode.max_message_bytes == 0 {

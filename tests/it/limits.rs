@@ -31,3 +31,52 @@ fn a_message_rate_limit_holds_within_ten_percent() {
         "{rate:.0} msg/s exceeds the limit by more than 10%"
     );
 }
+
+/// Peak RSS of one `sluice run --until-caught-up` over the backlog of `broker`, with Delta
+/// commits slowed down by `delay_ms`.
+fn peak_rss(broker: &Mock, budget: Option<u64>, delay_ms: u64) -> (f64, f64) {
+    let w = Workdir::new();
+    let budget = budget.map_or(String::new(), |b| format!("memory_budget_bytes = {b}\n"));
+    std::fs::write(
+        w.config(),
+        format!(
+            "[pipeline]\nname = \"budget\"\n{budget}[kafka]\nbootstrap_servers = \"{}\"\ntopics = [\"backlog\"]\n",
+            broker.bootstrap()
+        ),
+    )
+    .expect("config");
+    let out = w
+        .sluice(&["run", "--until-caught-up", "--format", "json"])
+        .env("SLUICE_TEST_COMMIT_DELAY_MS", delay_ms.to_string())
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("summary");
+    assert_eq!(summary["messages"].as_u64(), Some(400_000));
+    (
+        summary["peak_rss_bytes"].as_f64().expect("rss") / 1_048_576.0,
+        summary["commits"].as_f64().expect("commits"),
+    )
+}
+
+#[test]
+fn memory_stays_within_the_budget_while_delta_writes_are_slow() {
+    let broker = Mock::start();
+    broker.create_topic("backlog", 10);
+    produce(&broker, "backlog", 0, 400_000);
+    let budget = 256 * 1_048_576;
+    let (bounded, commits) = peak_rss(&broker, Some(budget), 1_500);
+    let (unbounded, _) = peak_rss(&broker, None, 1_500);
+    eprintln!(
+        "400,000 messages (~40 MB), commits slowed by 1.5 s: peak RSS {bounded:.0} MiB with a \
+         256 MiB budget ({commits} commits), {unbounded:.0} MiB with the default buffers"
+    );
+    assert!(
+        bounded <= 256.0,
+        "peak RSS {bounded:.0} MiB exceeds the 256 MiB budget"
+    );
+}

@@ -19,6 +19,8 @@ pub struct LakeSink {
     pub quality: QualityGate,
     pub bronze: BronzeSink,
     pub silver: SilverSink,
+    /// Added before every commit: a slow object store, for tests of backpressure.
+    pub commit_delay: Option<std::time::Duration>,
 }
 
 impl Sink for LakeSink {
@@ -33,6 +35,9 @@ impl Sink for LakeSink {
     }
 
     async fn commit(&mut self) -> sluice_pipeline::Result<CommitOutcome> {
+        if let Some(d) = self.commit_delay {
+            tokio::time::sleep(d).await;
+        }
         let mut outcome = self.bronze.commit().await?;
         self.quality.commit().await?;
         let mut silver = CommitOutcome::default();
