@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod job;
 mod ops;
 mod output;
 mod policy;
@@ -84,6 +85,17 @@ enum Command {
     },
     /// Measure end-to-end ingest throughput on this machine.
     Bench(bench::BenchArgs),
+    /// Run a batch job once (for cron, a Kubernetes CronJob, Airflow); every run is
+    /// recorded in sluice.job_runs.
+    Job {
+        #[command(subcommand)]
+        job: JobCommand,
+    },
+    /// Audit the lake's records.
+    Audit {
+        #[command(subcommand)]
+        audit: AuditCommand,
+    },
     /// Reverse format-preserving encryption, or open sealed dead letters, with the key.
     ///
     /// `sluice reveal --table T --column C VALUE...` decrypts values of an `encrypt_fpe`
@@ -103,6 +115,24 @@ enum Command {
         #[arg(long = "where", requires = "dead_letters")]
         filter: Option<String>,
     },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+enum JobCommand {
+    /// Retention deletes, compaction to the target file size, vacuum and checkpoints, per
+    /// table as `[maintenance]` says (every table, or those given).
+    Maintain {
+        /// Only this table (`layer.name`, e.g. bronze.card_transactions); repeatable.
+        #[arg(long = "table")]
+        tables: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of sluice.job_runs: exit 1 if a run was changed, removed or
+    /// reordered.
+    Verify,
 }
 
 /// An error with its exit code: 2 for usage and configuration, 1 for everything else.
@@ -260,6 +290,27 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Bench(args) => bench::bench(args.clone()).await?,
+        Command::Job {
+            job: JobCommand::Maintain { tables },
+        } => {
+            // Without a config file, the [maintenance] defaults apply.
+            let config = match config_path(&cli, None) {
+                Some(p) => load_config(&p)?,
+                None => Config::default(),
+            };
+            let lake = lake(&cli, Some(&config));
+            job::maintain(&config, &lake, tables, cli.format).await?;
+        }
+        Command::Audit {
+            audit: AuditCommand::Verify,
+        } => {
+            let config = match config_path(&cli, None) {
+                Some(p) => Some(load_config(&p)?),
+                None => None,
+            };
+            let lake = lake(&cli, config.as_ref());
+            job::verify(&lake).await?;
+        }
         Command::Reveal {
             table,
             column,

@@ -1,4 +1,15 @@
 //! # sluice-jobs
 //!
-//! Batch jobs over the lake (erasure, anonymisation, snapshots, maintenance, gold), run by
-//! `sluice job` or the scheduler. They arrive with the batch-jobs work (issue 5).
+//! Batch jobs over the lake, run once by `sluice job <name>` (from cron, a Kubernetes
+//! CronJob or Airflow). Each job takes a lock per job and table so two runs never
+//! overlap, and appends a row per run to the tamper-evident `_sluice/job_runs`.
+//!
+//! Today: `maintain` (retention deletes, compaction, vacuum, checkpoints). Erasure,
+//! anonymisation, snapshots and the scheduler are the rest of the batch-jobs work.
+
+pub mod error;
+pub mod lock;
+pub mod maintain;
+pub mod runs;
+
+pub use error::{Error, Result};

@@ -72,6 +72,8 @@ pub struct Config {
     pub silver: crate::silver::SilverConfig,
     /// Data-quality expectations by bronze table.
     pub quality: BTreeMap<String, Vec<crate::quality::ExpectationConfig>>,
+    /// What `sluice job maintain` does.
+    pub maintenance: crate::maintenance::MaintenanceConfig,
 }
 
 /// `[metrics]`: the HTTP endpoint of `sluice run` (`/metrics`, `/healthz`, `/readyz`).
@@ -797,6 +799,7 @@ impl Config {
         p.extend(self.validate_pii());
         p.extend(self.validate_silver());
         p.extend(self.validate_quality());
+        p.extend(self.validate_maintenance());
         p
     }
 

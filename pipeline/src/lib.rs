@@ -18,6 +18,7 @@ pub mod batch;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod maintenance;
 pub mod pii;
 pub mod quality;
 pub mod runner;

@@ -14,6 +14,7 @@ mod duckdb;
 mod exactly_once;
 mod group;
 mod harness;
+mod jobs;
 mod limits;
 mod metrics;
 mod outage;
