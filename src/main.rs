@@ -8,6 +8,7 @@ mod output;
 mod policy;
 mod reveal;
 mod run;
+mod schedule;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -91,6 +92,8 @@ enum Command {
         #[command(subcommand)]
         job: JobCommand,
     },
+    /// Run the jobs of [schedule] at their cron times (UTC) until SIGTERM or SIGINT.
+    Schedule,
     /// Audit the lake's records.
     Audit {
         #[command(subcommand)]
@@ -300,6 +303,18 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             };
             let lake = lake(&cli, Some(&config));
             job::maintain(&config, &lake, tables, cli.format).await?;
+        }
+        Command::Schedule => {
+            let path = config_path(&cli, None).ok_or_else(|| {
+                usage(anyhow::anyhow!(
+                    "no configuration: pass --config FILE with a [schedule] section"
+                ))
+            })?;
+            let config = load_config(&path)?;
+            let lake = lake(&cli, Some(&config));
+            schedule::schedule(&config, &lake, run::stop_on_signals())
+                .await
+                .map_err(config_failure)?;
         }
         Command::Audit {
             audit: AuditCommand::Verify,

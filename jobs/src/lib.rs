@@ -4,12 +4,14 @@
 //! CronJob or Airflow). Each job takes a lock per job and table so two runs never
 //! overlap, and appends a row per run to the tamper-evident `_sluice/job_runs`.
 //!
-//! Today: `maintain` (retention deletes, compaction, vacuum, checkpoints). Erasure,
-//! anonymisation, snapshots and the scheduler are the rest of the batch-jobs work.
+//! Today: `maintain` (retention deletes, compaction, vacuum, checkpoints), run once or at
+//! cron times by `sluice schedule`. Erasure, anonymisation and snapshots are the rest of
+//! the batch-jobs work.
 
 pub mod error;
 pub mod lock;
 pub mod maintain;
 pub mod runs;
+pub mod schedule;
 
 pub use error::{Error, Result};

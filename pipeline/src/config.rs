@@ -74,6 +74,8 @@ pub struct Config {
     pub quality: BTreeMap<String, Vec<crate::quality::ExpectationConfig>>,
     /// What `sluice job maintain` does.
     pub maintenance: crate::maintenance::MaintenanceConfig,
+    /// Cron expressions of the jobs `sluice schedule` runs, by job.
+    pub schedule: BTreeMap<String, String>,
 }
 
 /// `[metrics]`: the HTTP endpoint of `sluice run` (`/metrics`, `/healthz`, `/readyz`).
@@ -800,6 +802,7 @@ impl Config {
         p.extend(self.validate_silver());
         p.extend(self.validate_quality());
         p.extend(self.validate_maintenance());
+        p.extend(self.validate_schedule());
         p
     }
 

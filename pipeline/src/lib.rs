@@ -22,6 +22,7 @@ pub mod maintenance;
 pub mod pii;
 pub mod quality;
 pub mod runner;
+pub mod schedule;
 pub mod silver;
 
 use arrow::array::RecordBatch;

@@ -86,6 +86,7 @@ fn deployment_files_parse_and_query_only_exported_metrics() {
         "connect",
         "connect-init",
         "sluice",
+        "scheduler",
         "prometheus",
         "grafana",
     ] {
@@ -211,6 +212,16 @@ fn kubernetes_manifests_probe_the_endpoint_and_carry_a_valid_config() {
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(container["ports"][0]["containerPort"], 9898);
     assert_eq!(container["args"][0], "run");
+    // Nightly maintenance, never two runs at once, on the Deployment's lake and config.
+    let cron = kind("CronJob");
+    assert_eq!(cron["spec"]["concurrencyPolicy"], "Forbid");
+    let pod = &cron["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+    assert_eq!(pod["containers"][0]["args"][0], "job");
+    assert_eq!(pod["containers"][0]["args"][1], "maintain");
+    assert_eq!(
+        pod["volumes"][1]["persistentVolumeClaim"]["claimName"],
+        deployment["spec"]["template"]["spec"]["volumes"][2]["persistentVolumeClaim"]["claimName"]
+    );
     // The embedded sluice.toml is valid apart from its secrets, which live in the cluster.
     let toml = kind("ConfigMap")["data"]["sluice.toml"]
         .as_str()

@@ -2,7 +2,9 @@
 //! written, rows and exactly-once resume untouched; runs recorded in the hash chain that
 //! `sluice audit verify` checks; a run holding the lock refuses a second one.
 
-use crate::harness::{Broker, Mock, Workdir, assert_exactly_once, produce};
+use std::time::Duration;
+
+use crate::harness::{Broker, Mock, Workdir, assert_exactly_once, produce, terminate, wait_until};
 
 fn maintain(w: &Workdir) -> serde_json::Value {
     let out = w.run_ok(&["--format", "json", "job", "maintain"]);
@@ -89,4 +91,51 @@ fn maintain_compacts_vacuums_and_records_its_runs() {
     // The refused run is recorded too, and the chain still holds.
     let out = w.run_ok(&["audit", "verify"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("3 runs, chain intact"));
+}
+
+#[test]
+fn the_scheduler_runs_jobs_at_their_cron_times_until_stopped() {
+    let broker = Mock::start();
+    broker.create_topic("events", 1);
+    produce(&broker, "events", 0, 100);
+    let w = Workdir::new();
+    // Every two seconds (six fields: seconds first).
+    w.write_config(
+        &broker,
+        "jobs",
+        &["events"],
+        "[schedule]\nmaintain = \"*/2 * * * * *\"\n",
+    );
+    w.run_ok(&["run", "--until-caught-up"]);
+    let mut child = w
+        .sluice(&["schedule"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("schedule");
+    let runs = |w: &Workdir| {
+        w.sluice(&["audit", "verify"])
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .and_then(|s| {
+                s.split(": ")
+                    .nth(1)?
+                    .split(' ')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    wait_until(Duration::from_secs(60), "two scheduled runs", || {
+        runs(&w) >= 2
+    });
+    terminate(&child);
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "schedule exits 0 on SIGTERM: {status}");
+    assert_eq!(
+        w.sql("select distinct job, outcome from sluice.job_runs"),
+        vec!["maintain,ok"]
+    );
 }
