@@ -195,16 +195,9 @@ fn avro_change_events_from_a_schema_registry_keep_silver_current() {
         ),
     );
     let run = |w: &Workdir| {
-        let out = w
-            .sluice(&["run", "--until-caught-up"])
-            .env("TEST_SR_USER", "sluice")
-            .env("TEST_SR_PASSWORD", "s3cret")
-            .output()
-            .expect("run");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        w.run_ok_env(
+            &["run", "--until-caught-up"],
+            &[("TEST_SR_USER", "sluice"), ("TEST_SR_PASSWORD", "s3cret")],
         );
     };
     run(&w);

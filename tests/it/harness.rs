@@ -233,6 +233,21 @@ impl Workdir {
         );
         out
     }
+    /// `run_ok` with environment variables set for the child.
+    pub fn run_ok_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let out = self
+            .sluice(args)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run sluice");
+        assert!(
+            out.status.success(),
+            "sluice {args:?} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
     /// Rows of a SQL query as CSV lines, header dropped.
     pub fn sql(&self, query: &str) -> Vec<String> {
         let out = self.run_ok(&["sql", "--format", "csv", query]);

@@ -45,15 +45,10 @@ fn peak_rss(broker: &Mock, budget: Option<u64>, delay_ms: u64) -> (f64, f64) {
         ),
     )
     .expect("config");
-    let out = w
-        .sluice(&["run", "--until-caught-up", "--format", "json"])
-        .env("SLUICE_TEST_COMMIT_DELAY_MS", delay_ms.to_string())
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let delay = delay_ms.to_string();
+    let out = w.run_ok_env(
+        &["run", "--until-caught-up", "--format", "json"],
+        &[("SLUICE_TEST_COMMIT_DELAY_MS", delay.as_str())],
     );
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("summary");
     assert_eq!(summary["messages"].as_u64(), Some(400_000));

@@ -200,15 +200,9 @@ fn no_canary_reaches_the_lake_under_a_policy_and_all_do_without_one() {
     let total = CUSTOMERS + 2;
 
     let protected = workdir_with_policy(&broker, true);
-    let out = protected
-        .sluice(&["run", "--until-caught-up"])
-        .env("SLUICE_TEST_PSEUDONYM_KEY", "0123456789abcdef-pseudonyms")
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = protected.run_ok_env(
+        &["run", "--until-caught-up"],
+        &[("SLUICE_TEST_PSEUDONYM_KEY", "0123456789abcdef-pseudonyms")],
     );
     let logs = String::from_utf8_lossy(&out.stderr);
     let rows = protected.count("bronze.customers");

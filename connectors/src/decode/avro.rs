@@ -633,15 +633,16 @@ mod tests {
         {"name":"code","type":{"type":"fixed","name":"Code","size":4}}
     ]}"#;
 
+    fn record(fields: Vec<(&str, Value)>) -> Value {
+        Value::Record(
+            fields
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        )
+    }
+
     fn all_types_value(id: i64, note: Option<&str>) -> Value {
-        let record = |fields: Vec<(&str, Value)>| {
-            Value::Record(
-                fields
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v))
-                    .collect(),
-            )
-        };
         record(vec![
             ("id", Value::Long(id)),
             ("n", Value::Int(7)),
@@ -882,14 +883,6 @@ mod tests {
                 {"name":"city","type":"string"},{"name":"country","type":"string"}]}},
             {"name":"email","type":["null","string"],"default":null}]}"#;
         let (id1, id2) = (registry.register(v1), registry.register(v2));
-        let record = |fields: Vec<(&str, Value)>| {
-            Value::Record(
-                fields
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v))
-                    .collect(),
-            )
-        };
         let m1 = framed(
             id1,
             &encode(

@@ -34,7 +34,7 @@ use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 
 use super::bronze::conform;
-use super::silver::{MergeCounts, SilverTableSpec, UNAVAILABLE, quote};
+use super::silver::{MergeCounts, SilverTableSpec, UNAVAILABLE, quote, silver_error as error};
 use super::table;
 use crate::error::{Error, Result, delta};
 
@@ -65,15 +65,6 @@ struct Version {
     /// Stored in the table already (the MERGE updates it) or new (inserted).
     stored: bool,
     changed: bool,
-}
-
-fn error(table: &str, context: &str) -> impl FnOnce(String) -> Error {
-    let (table, context) = (table.to_string(), context.to_string());
-    move |message| Error::Silver {
-        table,
-        context,
-        message,
-    }
 }
 
 /// The row columns of change rows: everything but `_cdc_*` and the Kafka lineage.

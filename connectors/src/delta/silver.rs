@@ -239,7 +239,7 @@ impl SilverSink {
     }
 }
 
-fn silver_error(table: &str, context: &str) -> impl FnOnce(String) -> Error {
+pub(super) fn silver_error(table: &str, context: &str) -> impl FnOnce(String) -> Error {
     let (table, context) = (table.to_string(), context.to_string());
     move |message| Error::Silver {
         table,
