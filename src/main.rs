@@ -129,6 +129,10 @@ enum JobCommand {
         #[arg(long = "table")]
         tables: Vec<String>,
     },
+    /// Pin every silver and gold table (as `[snapshot]` says) at its current version,
+    /// record row counts, checksums and the invariants' results in sluice.snapshots;
+    /// exit 1 naming the violating keys when an invariant fails.
+    Snapshot,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -315,6 +319,16 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             schedule::schedule(&config, &lake, run::stop_on_signals())
                 .await
                 .map_err(config_failure)?;
+        }
+        Command::Job {
+            job: JobCommand::Snapshot,
+        } => {
+            let config = match config_path(&cli, None) {
+                Some(p) => load_config(&p)?,
+                None => Config::default(),
+            };
+            let lake = lake(&cli, Some(&config));
+            job::snapshot(&config, &lake, cli.format).await?;
         }
         Command::Audit {
             audit: AuditCommand::Verify,

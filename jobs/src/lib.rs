@@ -4,8 +4,9 @@
 //! CronJob or Airflow). Each job takes a lock per job and table so two runs never
 //! overlap, and appends a row per run to the tamper-evident `_sluice/job_runs`.
 //!
-//! Today: `maintain` (retention deletes, compaction, vacuum, checkpoints), run once or at
-//! cron times by `sluice schedule`. Erasure, anonymisation and snapshots are the rest of
+//! Today: `maintain` (retention deletes, compaction, vacuum, checkpoints) and `snapshot`
+//! (versions pinned, row counts, checksums, invariants), run once or at cron times by
+//! `sluice schedule`. Erasure, anonymisation and snapshots are the rest of
 //! the batch-jobs work.
 
 pub mod error;
@@ -13,5 +14,6 @@ pub mod lock;
 pub mod maintain;
 pub mod runs;
 pub mod schedule;
+pub mod snapshot;
 
 pub use error::{Error, Result};

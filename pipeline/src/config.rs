@@ -76,6 +76,8 @@ pub struct Config {
     pub maintenance: crate::maintenance::MaintenanceConfig,
     /// Cron expressions of the jobs `sluice schedule` runs, by job.
     pub schedule: BTreeMap<String, String>,
+    /// What `sluice job snapshot` pins and checks.
+    pub snapshot: crate::snapshot::SnapshotConfig,
 }
 
 /// `[metrics]`: the HTTP endpoint of `sluice run` (`/metrics`, `/healthz`, `/readyz`).
@@ -803,6 +805,7 @@ impl Config {
         p.extend(self.validate_quality());
         p.extend(self.validate_maintenance());
         p.extend(self.validate_schedule());
+        p.extend(self.validate_snapshot());
         p
     }
 

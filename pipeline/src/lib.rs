@@ -24,6 +24,7 @@ pub mod quality;
 pub mod runner;
 pub mod schedule;
 pub mod silver;
+pub mod snapshot;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;

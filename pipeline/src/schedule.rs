@@ -15,7 +15,7 @@ use cron::Schedule;
 use crate::config::{Config, Problem};
 
 /// Jobs `sluice schedule` can run.
-pub const SCHEDULABLE: [&str; 1] = ["maintain"];
+pub const SCHEDULABLE: [&str; 2] = ["maintain", "snapshot"];
 
 /// Parse a five- or six-field cron expression.
 pub fn parse(expression: &str) -> Result<Schedule, String> {

@@ -95,6 +95,8 @@ pub fn find_tables(lake: &Path) -> Result<Vec<TableRef>> {
 pub struct Catalog {
     ctx: SessionContext,
     tables: Vec<TableRef>,
+    /// Version of each table as registered, by position in `tables`.
+    versions: Vec<i64>,
 }
 
 impl Catalog {
@@ -109,6 +111,7 @@ impl Catalog {
             catalog.register_schema(schema, Arc::new(MemorySchemaProvider::new()))?;
         }
         let tables = find_tables(lake)?;
+        let mut versions = Vec::with_capacity(tables.len());
         for t in &tables {
             let abs = std::path::absolute(&t.path).map_err(|source| Error::Io {
                 path: t.path.clone(),
@@ -127,18 +130,39 @@ impl Catalog {
                     table: t.qualified(),
                     source: Box::new(source),
                 })?;
+            versions.push(table.version().map_or(-1, |v| v as i64));
             let provider = table.table_provider().await?;
             ctx.register_table(
                 datafusion::common::TableReference::partial(t.schema.as_str(), t.name.as_str()),
                 provider,
             )?;
         }
-        Ok(Self { ctx, tables })
+        Ok(Self {
+            ctx,
+            tables,
+            versions,
+        })
     }
 
     /// The tables registered.
     pub fn tables(&self) -> &[TableRef] {
         &self.tables
+    }
+
+    /// The version of `table` this catalog reads (pinned when it was opened).
+    pub fn version(&self, table: &TableRef) -> Option<i64> {
+        self.tables
+            .iter()
+            .position(|t| t == table)
+            .map(|i| self.versions[i])
+    }
+
+    /// Run one SQL statement and stream its result.
+    pub async fn stream(
+        &self,
+        sql: &str,
+    ) -> Result<datafusion::physical_plan::SendableRecordBatchStream> {
+        Ok(self.ctx.sql(sql).await?.execute_stream().await?)
     }
 
     /// Run one SQL statement and collect its result.

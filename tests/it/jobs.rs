@@ -139,3 +139,101 @@ fn the_scheduler_runs_jobs_at_their_cron_times_until_stopped() {
         vec!["maintain,ok"]
     );
 }
+
+#[test]
+fn snapshot_pins_checksums_and_names_the_keys_breaking_an_invariant() {
+    use crate::harness::produce_raw;
+    let broker = Mock::start();
+    broker.create_topic("customers", 1);
+    broker.create_topic("accounts", 1);
+    let w = Workdir::new();
+    w.write_config(
+        &broker,
+        "snap",
+        &["customers", "accounts"],
+        "partition_by = []\n[snapshot]\ntables = [\"bronze\"]\n\
+         [[snapshot.invariants]]\nname = \"account_has_customer\"\n\
+         sql = \"SELECT a.id FROM bronze.accounts a LEFT JOIN bronze.customers c ON a.customer = c.id WHERE c.id IS NULL\"\n\
+         [[snapshot.invariants]]\nname = \"customer_ids_unique\"\n\
+         sql = \"SELECT id FROM bronze.customers GROUP BY id HAVING count(*) > 1\"\n",
+    );
+    produce_raw(
+        &broker,
+        "customers",
+        &[Some(br#"{"id": "C1"}"#), Some(br#"{"id": "C2"}"#)],
+    );
+    produce_raw(
+        &broker,
+        "accounts",
+        &[Some(br#"{"id": "A1", "customer": "C1"}"#)],
+    );
+    w.run_ok(&["run", "--until-caught-up"]);
+    produce_raw(
+        &broker,
+        "accounts",
+        &[Some(br#"{"id": "A2", "customer": "C2"}"#)],
+    );
+    w.run_ok(&["run", "--until-caught-up"]);
+
+    let snap = |w: &Workdir| -> serde_json::Value {
+        let out = w.run_ok(&["--format", "json", "job", "snapshot"]);
+        serde_json::from_slice(&out.stdout).expect("snapshot")
+    };
+    let table = |s: &serde_json::Value, name: &str| {
+        s["tables"]
+            .as_array()
+            .expect("tables")
+            .iter()
+            .find(|t| t["table"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {s}"))
+    };
+    let first = snap(&w);
+    assert_eq!(table(&first, "bronze.accounts")["rows"], 2);
+    assert!(
+        first["invariants"]
+            .as_array()
+            .expect("invariants")
+            .iter()
+            .all(|i| i["violations"] == 0)
+    );
+    // Compaction rewrites the files; the content, hence the checksum, is unchanged.
+    w.run_ok(&["job", "maintain"]);
+    let second = snap(&w);
+    assert_eq!(
+        table(&second, "bronze.accounts")["checksum"],
+        table(&first, "bronze.accounts")["checksum"]
+    );
+    assert_ne!(
+        table(&second, "bronze.accounts")["version"],
+        table(&first, "bronze.accounts")["version"]
+    );
+
+    // A planted inconsistency: an account whose customer does not exist.
+    produce_raw(
+        &broker,
+        "accounts",
+        &[Some(br#"{"id": "A3", "customer": "C9"}"#)],
+    );
+    w.run_ok(&["run", "--until-caught-up"]);
+    let out = w.sluice(&["job", "snapshot"]).output().expect("snapshot");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("account_has_customer (1 rows; first keys: A3)"),
+        "{stderr}"
+    );
+    assert_eq!(
+        w.sql(
+            "select name, violations, violating_keys from sluice.snapshots \
+             where kind = 'invariant' and violations > 0"
+        ),
+        vec!["account_has_customer,1,A3"]
+    );
+    assert_eq!(
+        w.sql("select count(distinct snapshot_id) from sluice.snapshots"),
+        vec!["3"]
+    );
+    let out = w.run_ok(&["audit", "verify"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("4 runs, chain intact"));
+}
