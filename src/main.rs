@@ -196,6 +196,14 @@ fn config_path(cli: &Cli, explicit: Option<&Path>) -> Option<PathBuf> {
         })
 }
 
+/// The configuration if there is one; otherwise the defaults (for jobs, which need none).
+fn config_or_defaults(cli: &Cli) -> Result<Config, Failure> {
+    match config_path(cli, None) {
+        Some(p) => load_config(&p),
+        None => Ok(Config::default()),
+    }
+}
+
 fn load_config(path: &Path) -> Result<Config, Failure> {
     Config::load(path).map_err(|e| usage(anyhow::anyhow!("{}: {e}", path.display())))
 }
@@ -300,11 +308,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
         Command::Job {
             job: JobCommand::Maintain { tables },
         } => {
-            // Without a config file, the [maintenance] defaults apply.
-            let config = match config_path(&cli, None) {
-                Some(p) => load_config(&p)?,
-                None => Config::default(),
-            };
+            let config = config_or_defaults(&cli)?;
             let lake = lake(&cli, Some(&config));
             job::maintain(&config, &lake, tables, cli.format).await?;
         }
@@ -323,10 +327,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
         Command::Job {
             job: JobCommand::Snapshot,
         } => {
-            let config = match config_path(&cli, None) {
-                Some(p) => load_config(&p)?,
-                None => Config::default(),
-            };
+            let config = config_or_defaults(&cli)?;
             let lake = lake(&cli, Some(&config));
             job::snapshot(&config, &lake, cli.format).await?;
         }

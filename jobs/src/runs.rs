@@ -10,12 +10,10 @@ use std::sync::Arc;
 use arrow::array::{Array, AsArray, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use deltalake::datafusion::prelude::SessionContext;
-use deltalake::kernel::Action;
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use sha2::{Digest, Sha256};
 use sluice_connectors::delta::table;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Where the job runs are recorded under the lake.
 pub const JOB_RUNS: &str = "_sluice/job_runs";
@@ -180,11 +178,6 @@ pub async fn append(lake: &Path, mut run: JobRun) -> Result<JobRun> {
     let runs = read(lake).await?;
     run.prev_hash = runs.last().map_or(GENESIS.to_string(), |r| r.hash.clone());
     run.hash = run.compute_hash();
-    let url = table::table_url(lake, JOB_RUNS)?;
-    let mut t = table::open(JOB_RUNS, &url).await?;
-    if !table::exists(&t) {
-        t = table::create(JOB_RUNS, &url, &schema(), &[], &[]).await?;
-    }
     let ts = |v: i64| Arc::new(TimestampMicrosecondArray::from(vec![v]).with_timezone("UTC"));
     let text = |v: &str| Arc::new(StringArray::from(vec![v]));
     let batch = RecordBatch::try_new(
@@ -201,19 +194,8 @@ pub async fn append(lake: &Path, mut run: JobRun) -> Result<JobRun> {
             text(&run.hash),
         ],
     )?;
-    let mut writer = RecordBatchWriter::for_table(&t).map_err(Error::delta(JOB_RUNS))?;
-    writer.write(batch).await.map_err(Error::delta(JOB_RUNS))?;
-    let adds = writer.flush().await.map_err(Error::delta(JOB_RUNS))?;
-    let actions = adds.into_iter().map(Action::Add).collect();
-    table::commit(
-        JOB_RUNS,
-        &mut t,
-        "sluice-jobs",
-        actions,
-        &Default::default(),
-        &[],
-    )
-    .await?;
+    let url = table::table_url(lake, JOB_RUNS)?;
+    table::append_record(JOB_RUNS, &url, &schema(), batch).await?;
     Ok(run)
 }
 

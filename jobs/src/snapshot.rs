@@ -14,8 +14,6 @@ use std::sync::Arc;
 use arrow::array::{Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::row::{RowConverter, SortField};
-use deltalake::kernel::Action;
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use futures::StreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -238,22 +236,6 @@ async fn record(lake: &Path, s: &Snapshot) -> Result<()> {
         ],
     )?;
     let url = table::table_url(lake, SNAPSHOTS)?;
-    let mut t = table::open(SNAPSHOTS, &url).await?;
-    if !table::exists(&t) {
-        t = table::create(SNAPSHOTS, &url, &schema(), &[], &[]).await?;
-    }
-    let mut writer = RecordBatchWriter::for_table(&t).map_err(Error::delta(SNAPSHOTS))?;
-    writer.write(batch).await.map_err(Error::delta(SNAPSHOTS))?;
-    let adds = writer.flush().await.map_err(Error::delta(SNAPSHOTS))?;
-    let actions = adds.into_iter().map(Action::Add).collect();
-    table::commit(
-        SNAPSHOTS,
-        &mut t,
-        "sluice-jobs",
-        actions,
-        &Default::default(),
-        &[],
-    )
-    .await?;
+    table::append_record(SNAPSHOTS, &url, &schema(), batch).await?;
     Ok(())
 }

@@ -10,12 +10,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 use deltalake::DeltaTable;
 use deltalake::kernel::engine::arrow_conversion::{TryIntoArrow, TryIntoKernel};
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, StructType, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use sluice_pipeline::{OffsetRange, TopicPartition};
 
 use crate::error::{Error, Result, delta};
@@ -296,6 +298,25 @@ pub async fn commit(
         .await
         .map_err(delta(name, "reloading after commit"))?;
     Ok(version as i64)
+}
+
+/// Append `batch` to `table` (created with `schema` if it does not exist yet) in one
+/// commit without offsets: the internal record tables (job runs, snapshots).
+pub async fn append_record(
+    name: &str,
+    url: &url::Url,
+    schema: &SchemaRef,
+    batch: RecordBatch,
+) -> Result<i64> {
+    let mut t = open(name, url).await?;
+    if !exists(&t) {
+        t = create(name, url, schema, &[], &[]).await?;
+    }
+    let mut writer = RecordBatchWriter::for_table(&t).map_err(delta(name, "opening writer"))?;
+    writer.write(batch).await.map_err(delta(name, "writing"))?;
+    let adds = writer.flush().await.map_err(delta(name, "writing"))?;
+    let actions = adds.into_iter().map(Action::Add).collect();
+    commit(name, &mut t, "sluice", actions, &BTreeMap::new(), &[]).await
 }
 
 /// Bring the table up to date with other writers.
