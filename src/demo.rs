@@ -47,9 +47,24 @@ schema_evolution = true
 topics = ["customers"]
 key = ["customer_id"]
 
+# Every version of a customer whose segment or email changed (SCD type 2).
+[silver.tables.customers.history]
+tracked = ["segment", "email"]
+
 [silver.tables.accounts]
 topics = ["accounts"]
 key = ["account_id"]
+
+# Data-quality expectations, checked on every batch before it lands (sluice.quality).
+[[quality.card_transactions]]
+name = "amount_positive"
+check = "amount_gbp > 0"
+action = "drop"                      # to sluice.quarantine
+
+[[quality.card_transactions]]
+name = "currency_known"
+check = "currency IN ('GBP', 'EUR', 'USD')"
+action = "warn"
 
 # PII policy: every column of personal data is protected before it lands, with every action
 # sluice has. In change-event tables a rule protects the column in both images (`before`
