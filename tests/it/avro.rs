@@ -5,8 +5,7 @@
 
 use apache_avro::types::Value;
 
-use crate::harness::{Broker, Mock, Workdir};
-use sluice_connectors::demo::broker::{Outgoing, SimpleProducer};
+use crate::harness::{Broker, Mock, Workdir, produce_keyed};
 use sluice_connectors::demo::registry::EmbeddedRegistry;
 
 /// The envelope Debezium's Postgres connector registers for `public.customers`.
@@ -93,22 +92,6 @@ fn event(schema_id: u32, op: &str, before: Value, after: Value, lsn: i64) -> Vec
     out
 }
 
-fn send(broker: &dyn Broker, topic: &str, events: &[(i64, Option<Vec<u8>>)]) {
-    let producer = SimpleProducer::new(&broker.bootstrap()).expect("producer");
-    for (id, payload) in events {
-        let key = format!("{{\"id\":{id}}}");
-        producer
-            .send(&Outgoing {
-                topic,
-                key: Some(key.as_bytes()),
-                payload: payload.as_deref(),
-                timestamp_ms: None,
-            })
-            .expect("send");
-    }
-    producer.flush().expect("flush");
-}
-
 #[test]
 fn avro_change_events_from_a_schema_registry_keep_silver_current() {
     let broker = Mock::start();
@@ -174,7 +157,7 @@ fn avro_change_events_from_a_schema_registry_keep_silver_current() {
         (9, Some(vec![0, 0, 0, 0, 42, 2])),
         (9, Some(b"{\"id\": 9}".to_vec())),
     ];
-    send(&broker, topic, &events);
+    produce_keyed(&broker, topic, &events);
 
     let w = Workdir::new();
     let key = w.dir.path().join("pseudo.key");
@@ -231,7 +214,7 @@ fn avro_change_events_from_a_schema_registry_keep_silver_current() {
 
     // Restart while the registry is down: the schema cached on disk is enough.
     registry.set_down(true);
-    send(
+    produce_keyed(
         &broker,
         topic,
         &[(
@@ -276,7 +259,7 @@ fn avro_change_events_from_a_schema_registry_keep_silver_current() {
     let mut message = vec![0];
     message.extend_from_slice(&id2.to_be_bytes());
     message.extend(apache_avro::to_avro_datum(&schema, value).expect("datum"));
-    send(&broker, topic, &[(3, Some(message))]);
+    produce_keyed(&broker, topic, &[(3, Some(message))]);
     run(&w);
     assert_eq!(
         w.sql("select id, phone from silver.customers order by id"),

@@ -4,8 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{Broker, Mock, Workdir};
-use sluice_connectors::demo::broker::{Outgoing, SimpleProducer};
+use crate::harness::{Broker, Mock, Workdir, produce_keyed};
 
 const TOAST: &str = "__debezium_unavailable_value";
 
@@ -32,20 +31,11 @@ fn row(id: i64, name: &str, email: &str, bio: &str) -> Value {
 
 /// Produce `(key id, event)` pairs in order; `None` is a tombstone.
 fn send(broker: &dyn Broker, topic: &str, events: &[(i64, Option<Value>)]) {
-    let producer = SimpleProducer::new(&broker.bootstrap()).expect("producer");
-    for (id, e) in events {
-        let key = json!({"id": id}).to_string();
-        let payload = e.as_ref().map(|v| v.to_string().into_bytes());
-        producer
-            .send(&Outgoing {
-                topic,
-                key: Some(key.as_bytes()),
-                payload: payload.as_deref(),
-                timestamp_ms: None,
-            })
-            .expect("send");
-    }
-    producer.flush().expect("flush");
+    let events: Vec<(i64, Option<Vec<u8>>)> = events
+        .iter()
+        .map(|(id, e)| (*id, e.as_ref().map(|v| v.to_string().into_bytes())))
+        .collect();
+    produce_keyed(broker, topic, &events);
 }
 
 fn config(w: &Workdir, broker: &dyn Broker, extra: &str) {

@@ -163,6 +163,24 @@ pub fn produce(broker: &dyn Broker, topic: &str, start: usize, count: usize) {
     producer.flush().expect("flush");
 }
 
+/// Produce `(id, payload)` pairs in order, keyed `{"id":<id>}` as Debezium keys a row;
+/// `None` is a tombstone.
+pub fn produce_keyed(broker: &dyn Broker, topic: &str, events: &[(i64, Option<Vec<u8>>)]) {
+    let producer = SimpleProducer::new(&broker.bootstrap()).expect("producer");
+    for (id, payload) in events {
+        let key = format!("{{\"id\":{id}}}");
+        producer
+            .send(&Outgoing {
+                topic,
+                key: Some(key.as_bytes()),
+                payload: payload.as_deref(),
+                timestamp_ms: None,
+            })
+            .expect("send");
+    }
+    producer.flush().expect("flush");
+}
+
 /// Produce raw payloads, in order.
 pub fn produce_raw(broker: &dyn Broker, topic: &str, payloads: &[Option<&[u8]>]) {
     let producer = SimpleProducer::new(&broker.bootstrap()).expect("producer");

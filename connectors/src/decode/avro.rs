@@ -138,11 +138,6 @@ impl AvroDecoder {
         }
     }
 
-    /// The payload schema, once known.
-    pub fn schema(&self) -> Option<&SchemaRef> {
-        self.schema.as_ref()
-    }
-
     /// Messages buffered since the last [`AvroDecoder::finish`].
     pub fn len(&self) -> usize {
         self.chunk.len()

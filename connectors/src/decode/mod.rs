@@ -6,7 +6,6 @@ pub(crate) mod evolve;
 pub mod json;
 pub mod registry;
 
-use arrow::datatypes::SchemaRef;
 use sluice_pipeline::SourceBatch;
 
 use crate::error::Result;
@@ -57,13 +56,5 @@ impl TableDecoder {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// The payload schema, once known.
-    pub fn schema(&self) -> Option<&SchemaRef> {
-        match self {
-            Self::Json(d) => d.schema(),
-            Self::Avro(d) => d.schema(),
-        }
     }
 }

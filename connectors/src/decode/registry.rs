@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -50,7 +49,6 @@ pub struct SchemaRegistry {
     certificates: Vec<reqwest::Certificate>,
     config: RegistryConfig,
     cache: Mutex<HashMap<u32, Lookup>>,
-    fetches: AtomicU64,
 }
 
 impl std::fmt::Debug for SchemaRegistry {
@@ -83,7 +81,6 @@ impl SchemaRegistry {
             certificates,
             config,
             cache: Mutex::new(HashMap::new()),
-            fetches: AtomicU64::new(0),
         })
     }
 
@@ -108,11 +105,6 @@ impl SchemaRegistry {
             .build_with(client)
             .map_err(|e| Error::Registry(format!("configuring the registry client: {e}")))?;
         Ok(self.settings.get_or_init(|| settings))
-    }
-
-    /// Requests made to the registry by this process.
-    pub fn fetches(&self) -> u64 {
-        self.fetches.load(Ordering::Relaxed)
     }
 
     /// The schema of `id`: from memory, else the registry, else the disk cache. An error
@@ -147,7 +139,6 @@ impl SchemaRegistry {
         let mut pause = Duration::from_millis(250);
         let mut last = String::new();
         for attempt in 1..=self.config.attempts.max(1) {
-            self.fetches.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("sluice_schema_registry_requests_total").increment(1);
             match get_schema_by_id(id, self.settings()?) {
                 Ok(s) if s.schema_type != SchemaType::Avro => {

@@ -110,10 +110,6 @@ impl QualityGate {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.expectations.is_empty()
-    }
-
     /// (Re)register the lake tables `check` reads.
     async fn register(&mut self, check: &str) -> Result<()> {
         for (layer, name) in lake_tables(check) {

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
@@ -26,7 +26,6 @@ pub struct EmbeddedRegistry {
     auth: Arc<Mutex<Option<(String, String)>>>,
     down: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
-    requests: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for EmbeddedRegistry {
@@ -54,17 +53,15 @@ impl EmbeddedRegistry {
             auth: Arc::default(),
             down: Arc::default(),
             stop: Arc::default(),
-            requests: Arc::default(),
         };
         listener
             .set_nonblocking(true)
             .map_err(io("registry socket"))?;
-        let (state, auth, down, stop, requests) = (
+        let (state, auth, down, stop) = (
             me.state.clone(),
             me.auth.clone(),
             me.down.clone(),
             me.stop.clone(),
-            me.requests.clone(),
         );
         std::thread::Builder::new()
             .name("sluice-registry".into())
@@ -77,7 +74,6 @@ impl EmbeddedRegistry {
                                 drop(stream);
                                 continue;
                             }
-                            requests.fetch_add(1, Ordering::Relaxed);
                             let _ = serve(stream, &state, &auth);
                         }
                         Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
@@ -104,11 +100,6 @@ impl EmbeddedRegistry {
             .lock()
             .map(|s| s.reads.get(&id).copied().unwrap_or(0))
             .unwrap_or(0)
-    }
-
-    /// Requests of any kind served so far.
-    pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
     }
 
     /// Require basic auth from now on.
