@@ -66,6 +66,12 @@ name = "currency_known"
 check = "currency IN ('GBP', 'EUR', 'USD')"
 action = "warn"
 
+# Right to be forgotten (`sluice job erase`): the columns holding a customer's id, raw or
+# as its pseudonym; certificates carry the subject hashed under the `salt` key.
+[erasure]
+columns = ["customer_id", "after.customer_id", "before.customer_id"]
+certificate_key = "salt"
+
 # PII policy: every column of personal data is protected before it lands, with every action
 # sluice has. In change-event tables a rule protects the column in both images (`before`
 # and `after`). The demo writes random keys into ./sluice-demo-keys/ the first time it runs.

@@ -2,9 +2,13 @@
 //! tamper-evident `_sluice/job_runs`.
 
 use std::path::Path;
+use std::sync::Arc;
 
+use sluice_jobs::erase;
 use sluice_jobs::runs::{self, JobRun};
+use sluice_jobs::subject::Subject;
 use sluice_pipeline::config::Config;
+use sluice_transforms::policy::Policy;
 
 use crate::output::Format;
 
@@ -156,4 +160,194 @@ pub async fn verify(lake: &Path) -> anyhow::Result<()> {
         }
         Err(e) => Err(anyhow::anyhow!("sluice.job_runs: {e}")),
     }
+}
+
+/// The subjects named on the command line and in `file` (one per line, `-`: stdin).
+pub fn subjects(args: &[String], file: Option<&Path>) -> anyhow::Result<Vec<String>> {
+    let mut out: Vec<String> = args.iter().map(|s| s.trim().to_string()).collect();
+    if let Some(file) = file {
+        let text = if file == Path::new("-") {
+            std::io::read_to_string(std::io::stdin())?
+        } else {
+            std::fs::read_to_string(file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?
+        };
+        out.extend(text.lines().map(|l| l.trim().to_string()));
+    }
+    out.retain(|s| !s.is_empty());
+    out.dedup();
+    if out.is_empty() {
+        anyhow::bail!("no subject: give identifiers as arguments or --file FILE");
+    }
+    Ok(out)
+}
+
+/// Every form of each subject under the policy's keys, with dead letters opened.
+fn find_subjects(config: &Config, subjects: &[String]) -> anyhow::Result<Vec<Arc<Subject>>> {
+    if config.erasure.columns.is_empty() && config.erasure.tables.is_empty() {
+        anyhow::bail!(
+            "[erasure] names no subject columns: set `columns` (e.g. [\"customer_id\"]) so the job knows where subjects are"
+        );
+    }
+    let policy = Policy::load(config).map_err(sluice_pipeline::Error::Config)?;
+    let seal = policy.dead_letter_seal().map(Arc::new);
+    Ok(subjects
+        .iter()
+        .map(|raw| {
+            Arc::new(Subject::new(
+                raw,
+                policy.pseudonyms(raw.as_bytes()),
+                seal.clone(),
+            ))
+        })
+        .collect())
+}
+
+/// Run `sluice job erase`: one certificate per subject, each run recorded without the subject.
+pub async fn erase(
+    config: &Config,
+    lake: &Path,
+    subjects: &[String],
+    request_id: Option<&str>,
+    format: Format,
+) -> anyhow::Result<()> {
+    let key_id = config.erasure.certificate_key.as_deref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "[erasure] certificate_key is not set: name a key of [pii.keys] to salt the subject hash in certificates"
+        )
+    })?;
+    let key = config.pii.keys.get(key_id).ok_or_else(|| {
+        anyhow::anyhow!("[erasure] certificate_key '{key_id}' is not a key of [pii.keys]")
+    })?;
+    let secret = sluice_transforms::keys::load(key_id, key).map_err(|e| anyhow::anyhow!(e))?;
+    let found = find_subjects(config, subjects)?;
+    let started = chrono::Utc::now();
+    let request_id = request_id.map_or_else(
+        || format!("erase-{}", started.format("%Y%m%dT%H%M%S%.6fZ")),
+        str::to_string,
+    );
+    let mut certificates = Vec::new();
+    for (raw, subject) in subjects.iter().zip(found) {
+        let started_at = chrono::Utc::now().timestamp_micros();
+        let hash = erase::subject_hash(secret.bytes(), raw);
+        let result = erase::erase(lake, &config.erasure, subject, &request_id, hash).await;
+        let (outcome, touched) = match &result {
+            Ok(c) => (
+                format!(
+                    "{}: {} rows, {} files, {} log entries",
+                    c.outcome(),
+                    c.rows_removed(),
+                    c.files_purged(),
+                    c.logs_purged()
+                ),
+                c.tables
+                    .iter()
+                    .filter(|t| t.version_after != t.version_before || t.files_purged > 0)
+                    .map(|t| format!("{}@{}", t.table, t.version_after))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+            Err(e) => (format!("failed: {e}"), String::new()),
+        };
+        // The run's arguments are the request id only: a hash of a subject id is guessable.
+        record(
+            lake,
+            "erase",
+            std::slice::from_ref(&request_id),
+            started_at,
+            outcome,
+            touched,
+        )
+        .await?;
+        certificates.push(result?);
+    }
+    match format {
+        Format::Json => println!("{}", serde_json::to_string(&certificates)?),
+        _ => {
+            println!(
+                "request\tsubject_hash\toutcome\trows_removed\tfiles_purged\tlog_entries_purged"
+            );
+            for c in &certificates {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    c.request_id,
+                    c.subject_hash,
+                    c.outcome(),
+                    c.rows_removed(),
+                    c.files_purged(),
+                    c.logs_purged()
+                );
+            }
+            eprintln!(
+                "sluice: {} certificate(s) in sluice.erasures; check with `sluice job erase --verify`",
+                certificates.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Run `sluice job erase --verify`: exit 1 if any subject is still somewhere in the lake.
+pub async fn erase_verify(
+    config: &Config,
+    lake: &Path,
+    subjects: &[String],
+    format: Format,
+) -> anyhow::Result<()> {
+    let started_at = chrono::Utc::now().timestamp_micros();
+    let found = find_subjects(config, subjects)?;
+    let mut total = 0u64;
+    let mut all = Vec::new();
+    for (i, subject) in found.iter().enumerate() {
+        let reports = erase::verify(lake, subject)?;
+        total += reports.iter().map(|r| r.occurrences).sum::<u64>();
+        all.push((i + 1, reports));
+    }
+    let outcome = if total == 0 {
+        "ok: 0 occurrences".to_string()
+    } else {
+        format!("failed: {total} occurrences")
+    };
+    record(
+        lake,
+        "erase-verify",
+        &[],
+        started_at,
+        outcome,
+        String::new(),
+    )
+    .await?;
+    match format {
+        Format::Json => {
+            let json: Vec<_> = all
+                .iter()
+                .map(|(i, r)| serde_json::json!({"subject": i, "places": r}))
+                .collect();
+            println!("{}", serde_json::to_string(&json)?);
+        }
+        _ => {
+            println!("subject\tplace\tfiles\tbytes\toccurrences");
+            for (i, reports) in &all {
+                for r in reports {
+                    println!(
+                        "{i}\t{}\t{}\t{}\t{}",
+                        r.place, r.files, r.bytes, r.occurrences
+                    );
+                }
+            }
+        }
+    }
+    if total > 0 {
+        let places: Vec<String> = all
+            .iter()
+            .flat_map(|(i, r)| {
+                r.iter()
+                    .filter(|r| r.occurrences > 0)
+                    .map(move |r| format!("subject {i}: {} ({})", r.place, r.found_in.join(", ")))
+            })
+            .collect();
+        anyhow::bail!("{total} occurrences remain: {}", places.join("; "));
+    }
+    eprintln!("sluice: every byte of every file scanned; 0 occurrences");
+    Ok(())
 }

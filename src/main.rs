@@ -133,6 +133,25 @@ enum JobCommand {
     /// record row counts, checksums and the invariants' results in sluice.snapshots;
     /// exit 1 naming the violating keys when an invariant fails.
     Snapshot,
+    /// Right to be forgotten: remove every row holding each subject from every table,
+    /// purge the files and log entries that held it (older versions included) and write
+    /// a certificate to sluice.erasures. Subjects are found raw or by their pseudonyms
+    /// under the PII policy's keys, in the columns `[erasure]` names.
+    Erase {
+        /// Subject identifiers (e.g. customer ids). Prefer --file: arguments show in
+        /// process listings and shell history.
+        subjects: Vec<String>,
+        /// A file of subject identifiers, one per line (`-`: standard input).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Request id recorded in each certificate (default: erase-<time>).
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Erase nothing: read every byte of every file of the lake (data files decoded,
+        /// log, checkpoints, dead letters opened) and exit 1 if a subject is found.
+        #[arg(long)]
+        verify: bool,
+    },
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -330,6 +349,24 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             let config = config_or_defaults(&cli)?;
             let lake = lake(&cli, Some(&config));
             job::snapshot(&config, &lake, cli.format).await?;
+        }
+        Command::Job {
+            job:
+                JobCommand::Erase {
+                    subjects,
+                    file,
+                    request_id,
+                    verify,
+                },
+        } => {
+            let config = config_or_defaults(&cli)?;
+            let lake = lake(&cli, Some(&config));
+            let subjects = job::subjects(subjects, file.as_deref()).map_err(usage)?;
+            if *verify {
+                job::erase_verify(&config, &lake, &subjects, cli.format).await?;
+            } else {
+                job::erase(&config, &lake, &subjects, request_id.as_deref(), cli.format).await?;
+            }
         }
         Command::Audit {
             audit: AuditCommand::Verify,

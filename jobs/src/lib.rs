@@ -4,16 +4,18 @@
 //! CronJob or Airflow). Each job takes a lock per job and table so two runs never
 //! overlap, and appends a row per run to the tamper-evident `_sluice/job_runs`.
 //!
-//! Today: `maintain` (retention deletes, compaction, vacuum, checkpoints) and `snapshot`
-//! (versions pinned, row counts, checksums, invariants), run once or at cron times by
-//! `sluice schedule`. Erasure, anonymisation and snapshots are the rest of
-//! the batch-jobs work.
+//! Today: `maintain` (retention deletes, compaction, vacuum, checkpoints), `snapshot`
+//! (versions pinned, row counts, checksums, invariants) and `erase` (right to be
+//! forgotten: rows, files and log entries holding a subject purged, certificates, byte-scan
+//! verification), run once or at cron times by `sluice schedule`.
 
+pub mod erase;
 pub mod error;
 pub mod lock;
 pub mod maintain;
 pub mod runs;
 pub mod schedule;
 pub mod snapshot;
+pub mod subject;
 
 pub use error::{Error, Result};

@@ -78,6 +78,8 @@ pub struct Config {
     pub schedule: BTreeMap<String, String>,
     /// What `sluice job snapshot` pins and checks.
     pub snapshot: crate::snapshot::SnapshotConfig,
+    /// Where `sluice job erase` looks for a data subject.
+    pub erasure: crate::erasure::ErasureConfig,
 }
 
 /// `[metrics]`: the HTTP endpoint of `sluice run` (`/metrics`, `/healthz`, `/readyz`).
@@ -806,6 +808,7 @@ impl Config {
         p.extend(self.validate_maintenance());
         p.extend(self.validate_schedule());
         p.extend(self.validate_snapshot());
+        p.extend(self.validate_erasure());
         p
     }
 

@@ -16,6 +16,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod erasure;
 pub mod error;
 pub mod health;
 pub mod maintenance;

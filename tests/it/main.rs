@@ -11,6 +11,7 @@ mod dead_letters;
 mod declared;
 mod deploy;
 mod duckdb;
+mod erase;
 mod exactly_once;
 mod group;
 mod harness;

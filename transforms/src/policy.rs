@@ -139,6 +139,31 @@ impl Policy {
         }
     }
 
+    /// Every form `value` takes in the lake under this policy's one-way rules: its token
+    /// under each `tokenize` key and its hash under each `hash` salt, so a job can find a
+    /// subject in tables that hold only the pseudonym.
+    pub fn pseudonyms(&self, value: &[u8]) -> Vec<String> {
+        let mut out = std::collections::BTreeSet::new();
+        for rule in self.rules.values().flat_map(BTreeMap::values) {
+            let Some(id) = rule.key.as_deref() else {
+                continue;
+            };
+            let Some(secret) = self.secrets.get(id) else {
+                continue;
+            };
+            match rule.action {
+                Action::Tokenize => {
+                    out.insert(crate::tokenize::token(id, secret.bytes(), value));
+                }
+                Action::Hash => {
+                    out.insert(crate::hash::salted_sha256(secret.bytes(), value));
+                }
+                _ => {}
+            }
+        }
+        out.into_iter().collect()
+    }
+
     /// The seal of dead letters, when the policy encrypts them.
     pub fn dead_letter_seal(&self) -> Option<DeadLetterSeal> {
         let id = self.dead_letter_key.as_deref()?;

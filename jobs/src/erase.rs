@@ -1,0 +1,456 @@
+//! `sluice job erase`: the right to be forgotten. For one subject at a time, in every
+//! table of the lake that can hold it (bronze, silver, SCD2 history, gold, dead letters,
+//! quarantine, silver's tombstones, snapshot results):
+//!
+//! 1. the rows holding the subject are deleted (delta-rs rewrites only the files holding
+//!    them; the predicate recorded in the log names a function, never the subject);
+//! 2. exactly the files that held the subject are removed from storage at once, whatever
+//!    the vacuum window: the files the delete replaced, files of older versions still
+//!    awaiting vacuum, and change-data files holding the subject;
+//! 3. log entries and checkpoints mentioning the subject (file statistics, operation
+//!    parameters) are removed after a checkpoint of the new version, so time travel to an
+//!    older version finds nothing or fails, and never brings the subject back;
+//! 4. a certificate row goes to `_sluice/erasures`: request id, salted hash of the
+//!    subject, tables with versions, rows removed, files purged.
+//!
+//! [`verify`] reads every byte of every file of the lake (log JSON, checkpoints, data
+//! files raw and decoded, dead letters opened) and counts what still mentions the subject.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use deltalake::DeltaTable;
+use deltalake::kernel::transaction::CommitProperties;
+use hmac::{Hmac, KeyInit, Mac};
+use serde::Serialize;
+use sha2::Sha256;
+use sluice_connectors::delta::table;
+use sluice_pipeline::erasure::ErasureConfig;
+use sluice_sql::find_tables;
+
+use crate::error::{Error, Result};
+use crate::lock::Lock;
+use crate::subject::{LETTER_COLUMNS, Lookup, Subject, has_path};
+
+/// Where certificates live under the lake.
+pub const ERASURES: &str = "_sluice/erasures";
+
+/// Tables never searched: the job records, which hold hashes only.
+const RECORD_TABLES: [&str; 2] = ["sluice.job_runs", "sluice.erasures"];
+
+/// What the erasure did to one table.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TableErasure {
+    pub table: String,
+    pub version_before: i64,
+    pub version_after: i64,
+    pub rows_removed: u64,
+    /// Files rewritten without the subject's rows.
+    pub files_rewritten: u64,
+    /// Data and change-data files removed from storage.
+    pub files_purged: u64,
+    /// Log entries and checkpoints removed from `_delta_log`.
+    pub logs_purged: u64,
+}
+
+/// The certificate of one erasure.
+#[derive(Debug, Clone, Serialize)]
+pub struct Certificate {
+    pub request_id: String,
+    /// HMAC-SHA256 of the subject under the certificate key: proves which subject was
+    /// erased to whoever holds the key and the identifier, reveals nothing to others.
+    pub subject_hash: String,
+    pub erased_at: i64,
+    pub tables: Vec<TableErasure>,
+}
+
+impl Certificate {
+    pub fn rows_removed(&self) -> u64 {
+        self.tables.iter().map(|t| t.rows_removed).sum()
+    }
+    pub fn files_purged(&self) -> u64 {
+        self.tables.iter().map(|t| t.files_purged).sum()
+    }
+    pub fn logs_purged(&self) -> u64 {
+        self.tables.iter().map(|t| t.logs_purged).sum()
+    }
+    pub fn outcome(&self) -> &'static str {
+        if self.rows_removed() + self.files_purged() + self.logs_purged() == 0 {
+            "nothing to erase"
+        } else {
+            "erased"
+        }
+    }
+}
+
+/// The salted hash of a subject recorded in certificates.
+pub fn subject_hash(certificate_secret: &[u8], subject: &str) -> String {
+    let key = sluice_transforms::keys::derive_key(certificate_secret, b"sluice erasure v1");
+    let mut mac = match <Hmac<Sha256> as KeyInit>::new_from_slice(&key) {
+        Ok(m) => m,
+        Err(_) => unreachable!("HMAC accepts any key length"),
+    };
+    mac.update(subject.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn version(t: &DeltaTable) -> i64 {
+    t.version().map_or(-1, |v| v as i64)
+}
+
+/// Where to look for the subject in a table of `schema`: the configured columns it has,
+/// and its letters when it has the dead-letter shape.
+pub fn lookup_for(config: &ErasureConfig, qualified: &str, schema: &Schema) -> Lookup {
+    let wanted = config.for_table(qualified);
+    Lookup {
+        exact: wanted
+            .exact
+            .into_iter()
+            .filter(|c| has_path(schema, c))
+            .collect(),
+        contains: wanted
+            .contains
+            .into_iter()
+            .filter(|c| has_path(schema, c))
+            .collect(),
+        letters: LETTER_COLUMNS.iter().all(|c| has_path(schema, c)),
+    }
+}
+
+/// Erase `subject` from every table of `lake`.
+pub async fn erase(
+    lake: &Path,
+    config: &ErasureConfig,
+    subject: Arc<Subject>,
+    request_id: &str,
+    subject_hash: String,
+) -> Result<Certificate> {
+    // Files are named by URL in the log: the lake must be absolute.
+    let lake = &std::fs::canonicalize(lake).map_err(|e| Error::io(lake, e))?;
+    let mut tables = Vec::new();
+    for t in find_tables(lake).map_err(|e| Error::Other(e.to_string()))? {
+        let name = t.qualified();
+        if RECORD_TABLES.contains(&name.as_str()) {
+            continue;
+        }
+        // Erasure and maintenance of a table never overlap.
+        let _erase = Lock::acquire(lake, &format!("erase.{name}"))?;
+        let _maintain = Lock::acquire(lake, &format!("maintain.{name}"))?;
+        let relative = t
+            .path
+            .strip_prefix(lake)
+            .map_err(|_| Error::Other(format!("{name} is outside the lake")))?
+            .to_string_lossy()
+            .into_owned();
+        let url = table::table_url(lake, &relative)?;
+        let delta = table::open(&name, &url).await?;
+        let schema = table::arrow_schema(&name, &delta)?;
+        let lookup = lookup_for(config, &name, &schema);
+        if lookup.is_empty() {
+            continue;
+        }
+        let done = erase_table(&t.path, &name, delta, &lookup, &subject, request_id).await?;
+        eprintln!(
+            "erase: {name}: {} rows removed, {} files rewritten, {} files purged, {} log entries purged (version {} → {})",
+            done.rows_removed,
+            done.files_rewritten,
+            done.files_purged,
+            done.logs_purged,
+            done.version_before,
+            done.version_after
+        );
+        tables.push(done);
+    }
+    let certificate = Certificate {
+        request_id: request_id.to_string(),
+        subject_hash,
+        erased_at: chrono::Utc::now().timestamp_micros(),
+        tables,
+    };
+    record(lake, &certificate).await?;
+    Ok(certificate)
+}
+
+async fn erase_table(
+    root: &Path,
+    name: &str,
+    delta: DeltaTable,
+    lookup: &Lookup,
+    subject: &Arc<Subject>,
+    request_id: &str,
+) -> Result<TableErasure> {
+    let started = SystemTime::now();
+    let mut done = TableErasure {
+        table: name.to_string(),
+        version_before: version(&delta),
+        ..Default::default()
+    };
+    let (delta, metrics) = delta
+        .delete()
+        .with_predicate(lookup.predicate(Arc::clone(subject)))
+        .with_commit_properties(CommitProperties::default().with_metadata([(
+            "sluice.erasure".to_string(),
+            serde_json::Value::from(request_id),
+        )]))
+        .await
+        .map_err(Error::delta(name))?;
+    done.version_after = version(&delta);
+    done.rows_removed = metrics.num_deleted_rows.unwrap_or(0) as u64;
+    done.files_rewritten = metrics.num_added_files as u64;
+    let mut purge: Vec<PathBuf> = Vec::new();
+    if done.version_after > done.version_before {
+        purge.extend(replaced_files(root, done.version_after)?);
+    }
+    // Files of older versions not yet vacuumed, and change-data files.
+    let current: HashSet<PathBuf> = delta
+        .get_file_uris()
+        .map_err(Error::delta(name))?
+        .filter_map(|u| url::Url::parse(&u).ok()?.to_file_path().ok())
+        .collect();
+    for file in data_files(root)? {
+        if current.contains(&file) || purge.contains(&file) {
+            continue;
+        }
+        let modified = std::fs::metadata(&file)
+            .and_then(|m| m.modified())
+            .map_err(|e| Error::io(&file, e))?;
+        // A file written since the job started belongs to a commit still in flight.
+        if modified < started && lookup.file_holds(subject, &file)? {
+            purge.push(file);
+        }
+    }
+    for file in &purge {
+        match std::fs::remove_file(file) {
+            Ok(()) => done.files_purged += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(file, e)),
+        }
+    }
+    done.logs_purged = purge_log(root, name, &delta, subject).await?;
+    Ok(done)
+}
+
+/// The files the commit at `version` removed (the ones the delete rewrote).
+fn replaced_files(root: &Path, version: i64) -> Result<Vec<PathBuf>> {
+    let log = root.join("_delta_log").join(format!("{version:020}.json"));
+    let text = std::fs::read_to_string(&log).map_err(|e| Error::io(&log, e))?;
+    let base = url::Url::from_directory_path(root)
+        .map_err(|()| Error::Other(format!("{} is not an absolute path", root.display())))?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let action: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| Error::Other(format!("{}: {e}", log.display())))?;
+        for kind in ["remove", "cdc"] {
+            if let Some(path) = action.get(kind).and_then(|a| a.get("path")?.as_str())
+                && let Some(file) = base.join(path).ok().and_then(|u| u.to_file_path().ok())
+            {
+                out.push(file);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Every file of the table outside `_delta_log`.
+fn data_files(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+            let path = entry.map_err(|e| Error::io(&dir, e))?.path();
+            if path.is_dir() {
+                if path.file_name().is_some_and(|n| n != "_delta_log") {
+                    dirs.push(path);
+                }
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                out.push(path);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The version a log file belongs to (`00000000000000000012.json`, `….checkpoint.parquet`).
+fn log_version(file: &Path) -> Option<i64> {
+    let name = file.file_name()?.to_str()?;
+    let digits = name.get(..20)?;
+    digits
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| digits.parse().ok())?
+}
+
+/// Remove the log entries and checkpoints older than the table's version that mention
+/// the subject, after checkpointing the version so the table still opens.
+async fn purge_log(root: &Path, name: &str, delta: &DeltaTable, subject: &Subject) -> Result<u64> {
+    let current = version(delta);
+    let dir = root.join("_delta_log");
+    let mut hits = Vec::new();
+    for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+        let path = entry.map_err(|e| Error::io(&dir, e))?.path();
+        let Some(v) = log_version(&path) else {
+            continue;
+        };
+        if v >= current || !path.is_file() {
+            continue;
+        }
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let mentioned = subject.mentioned_in(&bytes)
+            || (path.extension().is_some_and(|e| e == "parquet")
+                && subject.count_in_parquet(&path)? > 0);
+        if mentioned {
+            hits.push(path);
+        }
+    }
+    if hits.is_empty() {
+        return Ok(0);
+    }
+    deltalake::protocol::checkpoints::create_checkpoint(delta, None)
+        .await
+        .map_err(Error::delta(name))?;
+    for path in &hits {
+        std::fs::remove_file(path).map_err(|e| Error::io(path, e))?;
+    }
+    Ok(hits.len() as u64)
+}
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("request_id", DataType::Utf8, true),
+        Field::new("subject_hash", DataType::Utf8, true),
+        Field::new(
+            "erased_at",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
+        Field::new("outcome", DataType::Utf8, true),
+        Field::new("rows_removed", DataType::Int64, true),
+        Field::new("files_purged", DataType::Int64, true),
+        Field::new("logs_purged", DataType::Int64, true),
+        Field::new("versions", DataType::Utf8, true),
+        Field::new("tables", DataType::Utf8, true),
+    ]))
+}
+
+/// Append the certificate to `_sluice/erasures`.
+async fn record(lake: &Path, c: &Certificate) -> Result<()> {
+    let versions = c
+        .tables
+        .iter()
+        .map(|t| format!("{}@{}", t.table, t.version_after))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let tables = serde_json::to_string(&c.tables).map_err(|e| Error::Other(e.to_string()))?;
+    let batch = RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(StringArray::from(vec![c.request_id.clone()])),
+            Arc::new(StringArray::from(vec![c.subject_hash.clone()])),
+            Arc::new(TimestampMicrosecondArray::from(vec![c.erased_at]).with_timezone("UTC")),
+            Arc::new(StringArray::from(vec![c.outcome()])),
+            Arc::new(Int64Array::from(vec![c.rows_removed() as i64])),
+            Arc::new(Int64Array::from(vec![c.files_purged() as i64])),
+            Arc::new(Int64Array::from(vec![c.logs_purged() as i64])),
+            Arc::new(StringArray::from(vec![versions])),
+            Arc::new(StringArray::from(vec![tables])),
+        ],
+    )?;
+    let url = table::table_url(lake, ERASURES)?;
+    table::append_record(ERASURES, &url, &schema(), batch).await?;
+    Ok(())
+}
+
+/// What a byte scan found in one table (or other directory) of the lake.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ScanReport {
+    pub place: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub occurrences: u64,
+    /// Files (relative to the lake) holding the subject.
+    pub found_in: Vec<String>,
+}
+
+/// Count every mention of `subject` in every file under `lake`: raw bytes of every file,
+/// and every decoded value of every Parquet file (compressed pages hide raw bytes).
+pub fn verify(lake: &Path, subject: &Subject) -> Result<Vec<ScanReport>> {
+    let mut reports: Vec<ScanReport> = Vec::new();
+    let mut dirs = vec![lake.to_path_buf()];
+    let mut files = Vec::new();
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+            let path = entry.map_err(|e| Error::io(&dir, e))?.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    for file in files {
+        let relative = file.strip_prefix(lake).unwrap_or(&file);
+        // Reports group by table: `<layer>/<name>` (or the first two parts).
+        let place: String = relative
+            .components()
+            .take(2)
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join("/");
+        let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
+        let mut n = subject.count_in(&bytes);
+        if file.extension().is_some_and(|e| e == "parquet") {
+            n += subject.count_in_parquet(&file)?;
+        }
+        let report = match reports.iter_mut().find(|r| r.place == place) {
+            Some(r) => r,
+            None => {
+                reports.push(ScanReport {
+                    place,
+                    ..Default::default()
+                });
+                reports.last_mut().unwrap_or_else(|| unreachable!())
+            }
+        };
+        report.files += 1;
+        report.bytes += bytes.len() as u64;
+        if n > 0 {
+            report.occurrences += n as u64;
+            report
+                .found_in
+                .push(relative.to_string_lossy().into_owned());
+        }
+    }
+    Ok(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_subject_hash_is_keyed_and_stable() {
+        let a = subject_hash(b"0123456789abcdef", "C0000001");
+        assert_eq!(a, subject_hash(b"0123456789abcdef", "C0000001"));
+        assert_ne!(a, subject_hash(b"0123456789abcdeX", "C0000001"));
+        assert_ne!(a, subject_hash(b"0123456789abcdef", "C0000002"));
+        assert!(!a.contains("C0000001"));
+    }
+
+    #[test]
+    fn log_files_are_dated_by_their_version() {
+        assert_eq!(
+            log_version(Path::new("_delta_log/00000000000000000012.json")),
+            Some(12)
+        );
+        assert_eq!(
+            log_version(Path::new("00000000000000000010.checkpoint.parquet")),
+            Some(10)
+        );
+        assert_eq!(log_version(Path::new("_last_checkpoint")), None);
+    }
+}

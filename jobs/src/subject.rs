@@ -1,0 +1,501 @@
+//! A data subject and every form it takes in the lake: the raw identifier and its
+//! pseudonyms under the PII policy's keys. Finds the subject in rows (whole values of key
+//! columns, words of free text, opened dead letters), in Parquet files and in raw bytes.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, RecordBatch, StructArray,
+};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Int32Type, Int64Type, Schema};
+use deltalake::datafusion::common::Result as DfResult;
+use deltalake::datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use deltalake::datafusion::prelude::{Expr, col};
+use memchr::memmem;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use sluice_transforms::seal::{DeadLetterSeal, is_sealed};
+
+use crate::error::{Error, Result};
+
+/// One subject: the forms its identifier takes, never logged.
+pub struct Subject {
+    forms: Vec<String>,
+    exact: HashSet<String>,
+    finders: Vec<memmem::Finder<'static>>,
+    seal: Option<Arc<DeadLetterSeal>>,
+}
+
+impl std::fmt::Debug for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Subject(<{} forms>)", self.forms.len())
+    }
+}
+
+/// Columns of a dead-letter-shaped table (`sluice.dead_letters`, `sluice.quarantine`).
+pub const LETTER_COLUMNS: [&str; 5] = [
+    "kafka_topic",
+    "kafka_partition",
+    "kafka_offset",
+    "kafka_key",
+    "payload",
+];
+
+fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+}
+
+impl Subject {
+    /// `raw` and its `pseudonyms`; `seal` opens sealed dead letters.
+    pub fn new(raw: &str, pseudonyms: Vec<String>, seal: Option<Arc<DeadLetterSeal>>) -> Self {
+        let mut forms = vec![raw.to_string()];
+        forms.extend(pseudonyms.into_iter().filter(|p| p != raw));
+        let finders = forms
+            .iter()
+            .map(|f| memmem::Finder::new(f.as_bytes()).into_owned())
+            .collect();
+        Self {
+            exact: forms.iter().cloned().collect(),
+            forms,
+            finders,
+            seal,
+        }
+    }
+
+    /// How many forms (raw + pseudonyms) are searched.
+    pub fn forms(&self) -> usize {
+        self.forms.len()
+    }
+
+    /// Whether `value` is the subject's identifier in one of its forms.
+    pub fn is(&self, value: &str) -> bool {
+        self.exact.contains(value)
+    }
+
+    /// Occurrences of any form in `hay` standing as a word (not inside a longer identifier).
+    pub fn count_in(&self, hay: &[u8]) -> usize {
+        let mut n = 0;
+        for (form, finder) in self.forms.iter().zip(&self.finders) {
+            for at in finder.find_iter(hay) {
+                let before = at.checked_sub(1).map(|i| hay[i]);
+                let after = hay.get(at + form.len()).copied();
+                if !before.is_some_and(is_word_byte) && !after.is_some_and(is_word_byte) {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    pub fn mentioned_in(&self, hay: &[u8]) -> bool {
+        self.count_in(hay) > 0
+    }
+
+    /// Rows of `array` whose whole value is the subject.
+    pub fn exact_mask(&self, array: &ArrayRef) -> Result<BooleanArray> {
+        let text = as_text(array)?;
+        let s = text.as_string::<i32>();
+        Ok(s.iter()
+            .map(|v| Some(v.is_some_and(|v| self.is(v))))
+            .collect())
+    }
+
+    /// Rows of `array` (text or bytes) mentioning the subject.
+    pub fn contains_mask(&self, array: &ArrayRef) -> Result<BooleanArray> {
+        Ok(match array.data_type() {
+            DataType::Binary => array
+                .as_binary::<i32>()
+                .iter()
+                .map(|v| Some(v.is_some_and(|v| self.mentioned_in(v))))
+                .collect(),
+            _ => {
+                let text = as_text(array)?;
+                text.as_string::<i32>()
+                    .iter()
+                    .map(|v| Some(v.is_some_and(|v| self.mentioned_in(v.as_bytes()))))
+                    .collect()
+            }
+        })
+    }
+
+    /// The plain bytes of a dead letter's key or payload: opened when sealed and the key
+    /// is at hand; a sealed value that cannot be opened is searched as it is.
+    fn plain<'a>(
+        &self,
+        value: &'a [u8],
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> std::borrow::Cow<'a, [u8]> {
+        match &self.seal {
+            Some(seal) if is_sealed(value) => seal
+                .open(value, topic, partition, offset)
+                .map_or(std::borrow::Cow::Borrowed(value), std::borrow::Cow::Owned),
+            _ => std::borrow::Cow::Borrowed(value),
+        }
+    }
+
+    /// Dead letters (columns in [`LETTER_COLUMNS`] order) whose key or payload mentions the subject.
+    pub fn letters_mask(&self, columns: &[ArrayRef]) -> Result<BooleanArray> {
+        let [topic, partition, offset, key, payload] = columns else {
+            return Err(Error::Other("a dead letter needs five columns".into()));
+        };
+        let topic = as_text(topic)?;
+        let topic = topic.as_string::<i32>();
+        let partition = cast(partition, &DataType::Int32)?;
+        let partition = partition.as_primitive::<Int32Type>();
+        let offset = cast(offset, &DataType::Int64)?;
+        let offset = offset.as_primitive::<Int64Type>();
+        let key = cast(key, &DataType::Binary)?;
+        let key = key.as_binary::<i32>();
+        let payload = cast(payload, &DataType::Binary)?;
+        let payload = payload.as_binary::<i32>();
+        let mut out = BooleanBuilder::with_capacity(topic.len());
+        for i in 0..topic.len() {
+            let t = if topic.is_valid(i) {
+                topic.value(i)
+            } else {
+                ""
+            };
+            let (p, o) = (partition.value(i), offset.value(i));
+            let hit = [key, payload]
+                .iter()
+                .any(|c| c.is_valid(i) && self.mentioned_in(&self.plain(c.value(i), t, p, o)));
+            out.append_value(hit);
+        }
+        Ok(out.finish())
+    }
+
+    /// Occurrences in every text and byte value of `batch`, nested values included, with
+    /// dead letters opened.
+    pub fn count_in_batch(&self, batch: &RecordBatch) -> Result<usize> {
+        let schema = batch.schema();
+        let letters: Option<Vec<ArrayRef>> = LETTER_COLUMNS
+            .iter()
+            .map(|c| batch.column_by_name(c).cloned())
+            .collect();
+        let mut n = 0;
+        if let (Some(letters), Some(_)) = (letters, &self.seal) {
+            let (topic, partition, offset) = (&letters[0], &letters[1], &letters[2]);
+            let topic = as_text(topic)?;
+            let topic = topic.as_string::<i32>();
+            let partition = cast(partition, &DataType::Int32)?;
+            let partition = partition.as_primitive::<Int32Type>();
+            let offset = cast(offset, &DataType::Int64)?;
+            let offset = offset.as_primitive::<Int64Type>();
+            for c in &letters[3..] {
+                let c = cast(c, &DataType::Binary)?;
+                let c = c.as_binary::<i32>();
+                for i in 0..c.len() {
+                    if c.is_valid(i) && topic.is_valid(i) {
+                        let plain = self.plain(
+                            c.value(i),
+                            topic.value(i),
+                            partition.value(i),
+                            offset.value(i),
+                        );
+                        n += self.count_in(&plain);
+                    }
+                }
+            }
+            for (field, column) in schema.fields().iter().zip(batch.columns()) {
+                if !matches!(field.name().as_str(), "kafka_key" | "payload") {
+                    n += self.count_in_array(column);
+                }
+            }
+            return Ok(n);
+        }
+        for column in batch.columns() {
+            n += self.count_in_array(column);
+        }
+        Ok(n)
+    }
+
+    fn count_in_array(&self, array: &ArrayRef) -> usize {
+        match array.data_type() {
+            DataType::Utf8 => array
+                .as_string::<i32>()
+                .iter()
+                .flatten()
+                .map(|v| self.count_in(v.as_bytes()))
+                .sum(),
+            DataType::LargeUtf8 => array
+                .as_string::<i64>()
+                .iter()
+                .flatten()
+                .map(|v| self.count_in(v.as_bytes()))
+                .sum(),
+            DataType::Utf8View => array
+                .as_string_view()
+                .iter()
+                .flatten()
+                .map(|v| self.count_in(v.as_bytes()))
+                .sum(),
+            DataType::Binary => array
+                .as_binary::<i32>()
+                .iter()
+                .flatten()
+                .map(|v| self.count_in(v))
+                .sum(),
+            DataType::LargeBinary => array
+                .as_binary::<i64>()
+                .iter()
+                .flatten()
+                .map(|v| self.count_in(v))
+                .sum(),
+            DataType::BinaryView => array
+                .as_binary_view()
+                .iter()
+                .flatten()
+                .map(|v| self.count_in(v))
+                .sum(),
+            DataType::Struct(_) => array
+                .as_struct()
+                .columns()
+                .iter()
+                .map(|c| self.count_in_array(c))
+                .sum(),
+            DataType::List(_) => self.count_in_array(array.as_list::<i32>().values()),
+            DataType::LargeList(_) => self.count_in_array(array.as_list::<i64>().values()),
+            DataType::Map(_, _) => {
+                let m = array.as_map();
+                self.count_in_array(m.keys()) + self.count_in_array(m.values())
+            }
+            DataType::Dictionary(_, _) => {
+                cast(array, &DataType::Utf8).map_or(0, |a| self.count_in_array(&a))
+            }
+            _ => 0,
+        }
+    }
+
+    /// Occurrences in a Parquet file, every value decoded.
+    pub fn count_in_parquet(&self, path: &Path) -> Result<usize> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.build())
+            .map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
+        let mut n = 0;
+        for batch in reader {
+            n += self.count_in_batch(&batch?)?;
+        }
+        Ok(n)
+    }
+}
+
+/// `array` as a nullable Utf8 array.
+fn as_text(array: &ArrayRef) -> Result<ArrayRef> {
+    Ok(match array.data_type() {
+        DataType::Utf8 => Arc::clone(array),
+        _ => cast(array, &DataType::Utf8)?,
+    })
+}
+
+/// The column at dotted `path` of `schema`, if it exists (through structs).
+pub fn has_path(schema: &Schema, path: &str) -> bool {
+    let mut parts = path.split('.');
+    let Some(first) = parts.next() else {
+        return false;
+    };
+    let Ok(mut field) = schema.field_with_name(first) else {
+        return false;
+    };
+    for part in parts {
+        let DataType::Struct(children) = field.data_type() else {
+            return false;
+        };
+        match children.iter().find(|c| c.name() == part) {
+            Some(c) => field = c,
+            None => return false,
+        }
+    }
+    true
+}
+
+/// The column at dotted `path` of `batch`.
+pub fn column_at(batch: &RecordBatch, path: &str) -> Option<ArrayRef> {
+    let mut parts = path.split('.');
+    let mut array = batch.column_by_name(parts.next()?)?.clone();
+    for part in parts {
+        let s: &StructArray = array.as_struct_opt()?;
+        array = s.column_by_name(part)?.clone();
+    }
+    Some(array)
+}
+
+/// An expression reading dotted `path` (struct fields by name).
+pub fn path_expr(path: &str) -> Expr {
+    let mut parts = path.split('.');
+    let first = parts.next().unwrap_or_default();
+    let mut e = col(deltalake::datafusion::common::Column::new_unqualified(
+        first,
+    ));
+    for part in parts {
+        e = deltalake::datafusion::functions::core::expr_fn::get_field(e, part);
+    }
+    e
+}
+
+/// Where the subject is looked for in one table.
+#[derive(Debug, Clone, Default)]
+pub struct Lookup {
+    /// Columns whose whole value identifies a subject.
+    pub exact: Vec<String>,
+    /// Text columns mentioning subjects.
+    pub contains: Vec<String>,
+    /// Whether rows are dead letters (key and payload searched, opened when sealed).
+    pub letters: bool,
+}
+
+impl Lookup {
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.contains.is_empty() && !self.letters
+    }
+
+    /// Rows of `batch` holding the subject; columns the batch lacks hold nothing.
+    pub fn mask(&self, subject: &Subject, batch: &RecordBatch) -> Result<BooleanArray> {
+        let mut hit = BooleanArray::from(vec![false; batch.num_rows()]);
+        for c in &self.exact {
+            if let Some(a) = column_at(batch, c) {
+                hit = arrow::compute::or(&hit, &subject.exact_mask(&a)?)?;
+            }
+        }
+        for c in &self.contains {
+            if let Some(a) = column_at(batch, c) {
+                hit = arrow::compute::or(&hit, &subject.contains_mask(&a)?)?;
+            }
+        }
+        if self.letters {
+            let cols: Option<Vec<ArrayRef>> =
+                LETTER_COLUMNS.iter().map(|c| column_at(batch, c)).collect();
+            if let Some(cols) = cols {
+                hit = arrow::compute::or(&hit, &subject.letters_mask(&cols)?)?;
+            }
+        }
+        Ok(hit)
+    }
+
+    /// Whether any row of the Parquet file at `path` holds the subject.
+    pub fn file_holds(&self, subject: &Subject, path: &Path) -> Result<bool> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.build())
+            .map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
+        for batch in reader {
+            if self.mask(subject, &batch?)?.true_count() > 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// A predicate true on the rows holding the subject. Its text names a function, never
+    /// the subject, so the Delta log's record of the operation holds no identifier.
+    pub fn predicate(&self, subject: Arc<Subject>) -> Expr {
+        let mut args: Vec<Expr> = self.exact.iter().map(|c| path_expr(c)).collect();
+        args.extend(self.contains.iter().map(|c| path_expr(c)));
+        if self.letters {
+            args.extend(LETTER_COLUMNS.iter().map(|c| path_expr(c)));
+        }
+        let udf = ScalarUDF::new_from_impl(SubjectRows {
+            lookup: self.clone(),
+            subject,
+            signature: Signature::variadic_any(Volatility::Immutable),
+        });
+        udf.call(args)
+    }
+}
+
+/// `sluice_erasure_subject(columns…)`: true on rows holding the subject.
+#[derive(Debug)]
+struct SubjectRows {
+    lookup: Lookup,
+    subject: Arc<Subject>,
+    signature: Signature,
+}
+
+impl PartialEq for SubjectRows {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.subject, &other.subject)
+            && self.lookup.exact == other.lookup.exact
+            && self.lookup.contains == other.lookup.contains
+            && self.lookup.letters == other.lookup.letters
+    }
+}
+
+impl Eq for SubjectRows {}
+
+impl std::hash::Hash for SubjectRows {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.lookup.exact.hash(state);
+        self.lookup.contains.hash(state);
+        self.lookup.letters.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for SubjectRows {
+    fn name(&self) -> &str {
+        "sluice_erasure_subject"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Boolean)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let n = args.number_rows;
+        let failed = |e: Error| deltalake::datafusion::error::DataFusionError::External(e.into());
+        let mut hit = BooleanArray::from(vec![false; n]);
+        let (exact, rest) = arrays.split_at(self.lookup.exact.len().min(arrays.len()));
+        let (contains, letters) = rest.split_at(self.lookup.contains.len().min(rest.len()));
+        for a in exact {
+            hit = arrow::compute::or(&hit, &self.subject.exact_mask(a).map_err(failed)?)?;
+        }
+        for a in contains {
+            hit = arrow::compute::or(&hit, &self.subject.contains_mask(a).map_err(failed)?)?;
+        }
+        if self.lookup.letters {
+            hit = arrow::compute::or(&hit, &self.subject.letters_mask(letters).map_err(failed)?)?;
+        }
+        Ok(ColumnarValue::Array(Arc::new(hit)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::StringArray;
+
+    fn subject() -> Subject {
+        Subject::new("C0000001", vec!["tok_k_abc".into()], None)
+    }
+
+    #[test]
+    fn a_subject_is_found_as_a_whole_word_only() {
+        let s = subject();
+        assert_eq!(s.count_in(br#"{"customer_id":"C0000001"}"#), 1);
+        assert_eq!(s.count_in(b"C00000012 xC0000001 C0000001-2"), 0);
+        assert_eq!(s.count_in(b"keys: tok_k_abc, C0000001"), 2);
+        let a: ArrayRef = Arc::new(StringArray::from(vec![Some("tok_k_abc"), None, Some("C1")]));
+        assert_eq!(
+            s.exact_mask(&a).expect("mask"),
+            BooleanArray::from(vec![true, false, false])
+        );
+    }
+
+    #[test]
+    fn numbers_are_compared_as_text() {
+        let s = Subject::new("42", vec![], None);
+        let a: ArrayRef = Arc::new(arrow::array::Int64Array::from(vec![42, 420]));
+        assert_eq!(
+            s.exact_mask(&a).expect("mask"),
+            BooleanArray::from(vec![true, false])
+        );
+    }
+}

@@ -1,0 +1,143 @@
+//! `[erasure]`: where `sluice job erase` looks for a data subject.
+//!
+//! ```toml
+//! [erasure]
+//! # Columns holding a subject's identifier, in every table that has them (exact match of
+//! # the raw value or of its pseudonym under any tokenize/hash key of the PII policy).
+//! columns = ["customer_id", "after.customer_id", "before.customer_id"]
+//! # Key of [pii.keys] for the certificate's salted hash of the subject.
+//! certificate_key = "salt"
+//!
+//! [erasure.tables."gold.fraud_alerts"]
+//! columns = ["customer_id", "counterparty_id"]   # replaces the list above for this table
+//! contains = ["description"]                     # free text mentioning the subject
+//! ```
+//!
+//! The dead-letter and quarantine tables need no entry: a letter is erased when its key
+//! or payload (opened with the dead-letter key when sealed) mentions the subject.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::config::{Config, Problem};
+
+/// `[erasure]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ErasureConfig {
+    /// Subject columns (dotted paths into structs) of every table that has them.
+    pub columns: Vec<String>,
+    /// Key of `[pii.keys]` for the salted subject hash in certificates.
+    pub certificate_key: Option<String>,
+    /// Per table (`layer.name`), columns replacing `columns`, and free-text columns.
+    pub tables: BTreeMap<String, ErasureTable>,
+}
+
+/// `[erasure.tables."<layer>.<name>"]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ErasureTable {
+    /// Columns whose whole value is a subject identifier; none: the default `columns`.
+    pub columns: Option<Vec<String>>,
+    /// Text columns in which a subject identifier may appear among other words.
+    pub contains: Vec<String>,
+}
+
+/// Where to look for the subject in one table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubjectColumns {
+    /// Whole-value matches.
+    pub exact: Vec<String>,
+    /// Substring matches (an identifier standing as a word of its own).
+    pub contains: Vec<String>,
+}
+
+impl ErasureConfig {
+    /// The columns to search in table `qualified`; columns the table lacks are dropped by the job.
+    pub fn for_table(&self, qualified: &str) -> SubjectColumns {
+        let t = self.tables.get(qualified);
+        let exact = t
+            .and_then(|t| t.columns.clone())
+            .unwrap_or_else(|| self.columns.clone());
+        let mut contains = t.map(|t| t.contains.clone()).unwrap_or_default();
+        // Snapshot results list the keys breaking an invariant.
+        if qualified == "sluice.snapshots" && contains.is_empty() {
+            contains.push("violating_keys".into());
+        }
+        SubjectColumns { exact, contains }
+    }
+}
+
+impl Config {
+    pub(crate) fn validate_erasure(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        let e = &self.erasure;
+        if let Some(k) = &e.certificate_key
+            && !self.pii.keys.contains_key(k)
+        {
+            p.push(Problem::new(
+                "erasure.certificate_key",
+                format!("'{k}' is not a key of [pii.keys]"),
+            ));
+        }
+        for (name, t) in &e.tables {
+            let at = format!("erasure.tables.\"{name}\"");
+            let layer = name.split('.').next().unwrap_or_default();
+            if !matches!(layer, "bronze" | "silver" | "gold" | "sluice") || !name.contains('.') {
+                p.push(Problem::new(&at, "not <layer>.<name>"));
+            }
+            let cols = t.columns.iter().flatten().chain(&t.contains);
+            for c in cols {
+                if c.trim().is_empty() {
+                    p.push(Problem::new(&at, "an empty column name"));
+                }
+            }
+        }
+        for c in &e.columns {
+            if c.trim().is_empty() {
+                p.push(Problem::new("erasure.columns", "an empty column name"));
+            }
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn tables_take_the_default_columns_unless_they_name_their_own() {
+        let c = Config::from_toml(
+            "[kafka]\nbootstrap_servers = \"k:9092\"\ntopics = [\"t\"]\n\
+             [erasure]\ncolumns = [\"customer_id\"]\n\
+             [erasure.tables.\"gold.alerts\"]\ncolumns = [\"party\"]\ncontains = [\"note\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(c.erasure.for_table("silver.x").exact, vec!["customer_id"]);
+        let gold = c.erasure.for_table("gold.alerts");
+        assert_eq!(
+            (gold.exact, gold.contains),
+            (vec!["party".into()], vec!["note".into()])
+        );
+        assert_eq!(
+            c.erasure.for_table("sluice.snapshots").contains,
+            vec!["violating_keys"]
+        );
+    }
+
+    #[test]
+    fn a_certificate_key_must_be_a_policy_key_and_tables_must_be_qualified() {
+        let problems = Config::from_toml(
+            "[kafka]\nbootstrap_servers = \"k:9092\"\ntopics = [\"t\"]\n\
+             [erasure]\ncertificate_key = \"nope\"\n\
+             [erasure.tables.customers]\ncolumns = [\"id\"]\n",
+        )
+        .expect_err("invalid");
+        let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        let all = all.join("\n");
+        assert!(all.contains("erasure.certificate_key"), "{all}");
+        assert!(all.contains("erasure.tables.\"customers\""), "{all}");
+    }
+}
