@@ -209,7 +209,7 @@ async fn erase_table(
     let current: HashSet<PathBuf> = delta
         .get_file_uris()
         .map_err(Error::delta(name))?
-        .filter_map(|u| url::Url::parse(&u).ok()?.to_file_path().ok())
+        .filter_map(|u| local_path(&u))
         .collect();
     for file in data_files(root)? {
         if current.contains(&file) || purge.contains(&file) {
@@ -232,6 +232,15 @@ async fn erase_table(
     }
     done.logs_purged = purge_log(root, name, &delta, subject).await?;
     Ok(done)
+}
+
+/// The local file behind a URI delta-rs gives (a `file://` URL or a plain path).
+pub fn local_path(uri: &str) -> Option<PathBuf> {
+    match url::Url::parse(uri) {
+        Ok(u) if u.scheme() == "file" => u.to_file_path().ok(),
+        Ok(_) => None,
+        Err(_) => Some(PathBuf::from(uri)),
+    }
 }
 
 /// The files the commit at `version` removed (the ones the delete rewrote).

@@ -1,0 +1,239 @@
+//! Right-to-be-forgotten erasure of one customer across bronze, silver and gold.
+//!
+//! `cargo bench --bench erase` (defaults: 1 M and 10 M rows in total), or
+//! `cargo bench --bench erase -- --rows 10000000`.
+//!
+//! The lake, written directly: `bronze.card_transactions` (80% of the rows, one file per
+//! `_ingest_date` partition over 30 days, in arrival order), `silver.customers` (10%,
+//! one row per customer, files of 1 M rows sorted by key) and `gold.daily_spend` (10%,
+//! files of 1 M rows sorted by customer). Customer ids are pseudonyms (`tok_pseudo_…`)
+//! as the pipeline writes them; a customer has ~8 transactions, on different days.
+//! One customer is then erased through the job (delete, purge of the files that held
+//! it, log scan, certificate).
+//!
+//! Printed: seconds for the whole erasure, rows removed, files rewritten of the files
+//! in the lake, and the bytes the rewritten files held.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use deltalake::kernel::Action;
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use sluice_connectors::delta::table;
+use sluice_jobs::erase;
+use sluice_jobs::subject::Subject;
+use sluice_pipeline::erasure::ErasureConfig;
+use sluice_transforms::tokenize::token;
+
+const KEY: &[u8] = b"benchmark key of 32 bytes.......";
+const DAYS: usize = 30;
+const ROWS_PER_FILE: usize = 1_000_000;
+
+fn customer(i: usize) -> String {
+    token("pseudo", KEY, format!("C{i:07}").as_bytes())
+}
+
+/// Write `batch` to the table at `relative` (created with `partition_by`), one commit.
+async fn write(lake: &Path, relative: &str, batch: RecordBatch, partition_by: &[String]) {
+    let url = table::table_url(lake, relative).expect("url");
+    let mut t = table::create(relative, &url, &batch.schema(), partition_by, &[])
+        .await
+        .expect("create");
+    let mut writer = RecordBatchWriter::for_table(&t)
+        .expect("writer")
+        .with_target_file_size(1 << 30);
+    writer.write(batch).await.expect("write");
+    let adds = writer.flush().await.expect("flush");
+    let actions = adds.into_iter().map(Action::Add).collect();
+    table::commit(relative, &mut t, "fill", actions, &BTreeMap::new(), &[])
+        .await
+        .expect("commit");
+}
+
+fn transactions(
+    schema: &SchemaRef,
+    day: usize,
+    rows: usize,
+    customers: usize,
+    seq: &mut usize,
+) -> RecordBatch {
+    let ids: Vec<usize> = (0..rows)
+        .map(|_| {
+            *seq += 1;
+            // A customer's transactions fall on every day.
+            (*seq * 7_919) % customers
+        })
+        .collect();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            (0..rows).map(|i| format!("T{day:02}-{i:09}")),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            ids.iter().map(|c| customer(*c)),
+        )),
+        Arc::new(Float64Array::from_iter_values(
+            ids.iter().map(|c| (*c % 500) as f64 + 0.99),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            ids.iter().map(|c| format!("M{:04}", c % 2_000)),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            (0..rows).map(|_| format!("2026-10-{:02}", day + 1)),
+        )),
+    ];
+    RecordBatch::try_new(Arc::clone(schema), columns).expect("batch")
+}
+
+async fn fill(lake: &Path, rows: usize) -> usize {
+    let bronze_rows = rows * 8 / 10;
+    let customers = (rows / 10).max(1);
+    let schema: SchemaRef = Arc::new(Schema::new(vec![
+        Field::new("txn_id", DataType::Utf8, true),
+        Field::new("customer_id", DataType::Utf8, true),
+        Field::new("amount_gbp", DataType::Float64, true),
+        Field::new("merchant", DataType::Utf8, true),
+        Field::new("_ingest_date", DataType::Utf8, true),
+    ]));
+    let mut seq = 0;
+    for day in 0..DAYS {
+        let batch = transactions(&schema, day, bronze_rows / DAYS, customers, &mut seq);
+        write(
+            lake,
+            "bronze/card_transactions",
+            batch,
+            &["_ingest_date".into()],
+        )
+        .await;
+    }
+    // Silver and gold: sorted by customer token, files of ROWS_PER_FILE rows.
+    let mut sorted: Vec<(String, usize)> = (0..customers).map(|c| (customer(c), c)).collect();
+    sorted.sort();
+    for chunk in sorted.chunks(ROWS_PER_FILE) {
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("customer_id", DataType::Utf8, true),
+                Field::new("segment", DataType::Utf8, true),
+                Field::new("postcode", DataType::Utf8, true),
+                Field::new("_cdc_sequence", DataType::Int64, true),
+            ])),
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    chunk.iter().map(|(t, _)| t.clone()),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    chunk
+                        .iter()
+                        .map(|(_, c)| ["mass", "affluent", "premier", "student"][c % 4]),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    chunk.iter().map(|(_, c)| format!("LS{}", c % 30)),
+                )),
+                Arc::new(Int64Array::from_iter_values(
+                    chunk.iter().map(|(_, c)| *c as i64),
+                )),
+            ],
+        )
+        .expect("batch");
+        write(lake, "silver/customers", batch, &[]).await;
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("customer_id", DataType::Utf8, true),
+                Field::new("month", DataType::Utf8, true),
+                Field::new("spend_gbp", DataType::Float64, true),
+            ])),
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    chunk.iter().map(|(t, _)| t.clone()),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    chunk.iter().map(|_| "2026-10"),
+                )),
+                Arc::new(Float64Array::from_iter_values(
+                    chunk.iter().map(|(_, c)| (*c % 900) as f64),
+                )),
+            ],
+        )
+        .expect("batch");
+        write(lake, "gold/daily_spend", batch, &[]).await;
+    }
+    customers
+}
+
+/// Data files and their bytes in the current versions of the lake's tables.
+async fn files(lake: &Path) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for relative in [
+        "bronze/card_transactions",
+        "silver/customers",
+        "gold/daily_spend",
+    ] {
+        let url = table::table_url(lake, relative).expect("url");
+        let t = table::open(relative, &url).await.expect("open");
+        for uri in t.get_file_uris().expect("files") {
+            let path = erase::local_path(&uri).expect("local file");
+            let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            out.insert(uri, bytes);
+        }
+    }
+    out
+}
+
+async fn run(rows: usize) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let lake = dir.path();
+    let started = Instant::now();
+    let customers = fill(lake, rows).await;
+    let fill_secs = started.elapsed().as_secs_f64();
+    let before = files(lake).await;
+    let raw = format!("C{:07}", customers / 2);
+    let subject = Arc::new(Subject::new(&raw, vec![customer(customers / 2)], None));
+    let config = ErasureConfig {
+        columns: vec!["customer_id".into()],
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let cert = erase::erase(lake, &config, subject, "bench", "hash".into())
+        .await
+        .expect("erase");
+    let secs = started.elapsed().as_secs_f64();
+    let after = files(lake).await;
+    let rewritten: Vec<&String> = before.keys().filter(|f| !after.contains_key(*f)).collect();
+    let rewritten_bytes: u64 = rewritten.iter().map(|f| before[*f]).sum();
+    println!(
+        "erase rows={rows}: {secs:.2} s, {} rows removed, files rewritten {} of {} ({:.0} MiB of {:.0} MiB), fill {fill_secs:.1} s",
+        cert.rows_removed(),
+        rewritten.len(),
+        before.len(),
+        rewritten_bytes as f64 / 1048576.0,
+        before.values().sum::<u64>() as f64 / 1048576.0,
+    );
+    for t in &cert.tables {
+        println!(
+            "  {}: {} rows, {} files rewritten, {} purged, {} log entries",
+            t.table, t.rows_removed, t.files_rewritten, t.files_purged, t.logs_purged
+        );
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let rows: Vec<usize> = args
+        .iter()
+        .position(|a| a == "--rows")
+        .and_then(|i| args.get(i + 1))
+        .map_or_else(|| "1000000,10000000".into(), Clone::clone)
+        .split(',')
+        .filter_map(|r| r.parse().ok())
+        .collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for r in rows {
+        runtime.block_on(run(r));
+    }
+}
