@@ -72,6 +72,20 @@ action = "warn"
 columns = ["customer_id", "after.customer_id", "before.customer_id"]
 certificate_key = "salt"
 
+# Aged data (`sluice job anonymise`): customers' change events 90 days old keep no email or
+# phone. Published outside only when every segment has at least 5 customers.
+[anonymise.tables."bronze.customers"]
+after_days = 90
+[anonymise.tables."bronze.customers".columns]
+"after.email" = { action = "drop" }
+"after.phone" = { action = "drop" }
+"before.email" = { action = "drop" }
+"before.phone" = { action = "drop" }
+
+[anonymise.publish."silver.customers"]
+quasi_identifiers = ["segment"]
+k = 5
+
 # PII policy: every column of personal data is protected before it lands, with every action
 # sluice has. In change-event tables a rule protects the column in both images (`before`
 # and `after`). The demo writes random keys into ./sluice-demo-keys/ the first time it runs.

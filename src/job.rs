@@ -88,7 +88,8 @@ pub async fn maintain(
 /// Run `sluice job snapshot` and record it; fails when an invariant does not hold.
 pub async fn snapshot(config: &Config, lake: &Path, format: Format) -> anyhow::Result<()> {
     let started_at = chrono::Utc::now().timestamp_micros();
-    let result = sluice_jobs::snapshot::snapshot(lake, &config.snapshot).await;
+    let keys = config.snapshot.keys(&config.silver);
+    let result = sluice_jobs::snapshot::snapshot(lake, &config.snapshot, &keys).await;
     let (outcome, pinned) = match &result {
         Ok(s) if s.holds() => ("ok".to_string(), pinned(s)),
         Ok(s) => {
@@ -116,6 +117,25 @@ pub async fn snapshot(config: &Config, lake: &Path, format: Format) -> anyhow::R
             }
             for i in &s.invariants {
                 println!("invariant {}: {} violations", i.name, i.violations);
+            }
+            for d in &s.diffs {
+                match &d.unavailable {
+                    Some(why) => println!("since {}: {}: {why}", d.previous_snapshot, d.table),
+                    None => println!(
+                        "since {}: {} {}→{}: {} added, {} changed, {} removed",
+                        d.previous_snapshot,
+                        d.table,
+                        d.previous_version,
+                        d.version,
+                        d.rows_added,
+                        d.rows_changed
+                            .map_or_else(|| "-".to_string(), |n| n.to_string()),
+                        d.rows_removed
+                    ),
+                }
+            }
+            if let Some(m) = &s.manifest {
+                println!("exported: {}", m.display());
             }
         }
     }
@@ -349,5 +369,100 @@ pub async fn erase_verify(
         anyhow::bail!("{total} occurrences remain: {}", places.join("; "));
     }
     eprintln!("sluice: every byte of every file scanned; 0 occurrences");
+    Ok(())
+}
+
+/// Run `sluice job anonymise` and record it; fails when a publication is refused.
+pub async fn anonymise(
+    config: &Config,
+    lake: &Path,
+    tables: &[String],
+    format: Format,
+) -> anyhow::Result<()> {
+    if config.anonymise.tables.is_empty() && config.anonymise.publish.is_empty() {
+        anyhow::bail!("[anonymise] has no tables and no publish checks: nothing to do");
+    }
+    let started = chrono::Utc::now();
+    let result = sluice_jobs::anonymise::anonymise(lake, &config.anonymise, tables, started).await;
+    let (outcome, touched) = match &result {
+        Ok(r) => {
+            let refused: Vec<&str> = r.refused().iter().map(|p| p.table.as_str()).collect();
+            let outcome = if refused.is_empty() {
+                "ok".to_string()
+            } else {
+                format!("refused: {}", refused.join(", "))
+            };
+            let touched = r
+                .tables
+                .iter()
+                .filter(|t| t.version_after != t.version_before)
+                .map(|t| format!("{}@{}", t.table, t.version_after))
+                .collect::<Vec<_>>()
+                .join(", ");
+            (outcome, touched)
+        }
+        Err(e) => (format!("failed: {e}"), String::new()),
+    };
+    record(
+        lake,
+        "anonymise",
+        tables,
+        started.timestamp_micros(),
+        outcome,
+        touched,
+    )
+    .await?;
+    let r = result?;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string(&r)?),
+        _ => {
+            println!(
+                "table\tcutoff\tversion\trows_anonymised\tfiles_rewritten\tfiles_purged\tlog_entries_purged"
+            );
+            for t in &r.tables {
+                println!(
+                    "{}\t{}\t{}→{}\t{}\t{}\t{}\t{}",
+                    t.table,
+                    t.cutoff,
+                    t.version_before,
+                    t.version_after,
+                    t.rows_anonymised,
+                    t.files_rewritten,
+                    t.files_purged,
+                    t.logs_purged
+                );
+            }
+            for p in &r.publications {
+                println!(
+                    "publish {} (version {}): {} rows in {} groups of ({}); smallest group {}, k = {}: {}",
+                    p.table,
+                    p.version,
+                    p.rows,
+                    p.groups,
+                    p.quasi_identifiers.join(", "),
+                    p.smallest_group,
+                    p.k,
+                    match (&p.published_to, p.refused) {
+                        (_, true) => "refused".to_string(),
+                        (Some(to), false) => format!("written to {}", to.display()),
+                        (None, false) => "passes".to_string(),
+                    }
+                );
+            }
+        }
+    }
+    let refused: Vec<String> = r
+        .refused()
+        .iter()
+        .map(|p| {
+            format!(
+                "{}: smallest group {} < k = {} ({} groups, {} rows below k)",
+                p.table, p.smallest_group, p.k, p.groups_below_k, p.rows_below_k
+            )
+        })
+        .collect();
+    if !refused.is_empty() {
+        anyhow::bail!("refusing to publish {}", refused.join("; "));
+    }
     Ok(())
 }

@@ -133,6 +133,14 @@ enum JobCommand {
     /// record row counts, checksums and the invariants' results in sluice.snapshots;
     /// exit 1 naming the violating keys when an invariant fails.
     Snapshot,
+    /// Anonymise aged rows in place as `[anonymise.tables]` says (identifiers nulled,
+    /// quasi-identifiers generalised, older versions purged), then check k-anonymity of
+    /// `[anonymise.publish]` tables and write those that pass; exit 1 if one is refused.
+    Anonymise {
+        /// Only this table (`layer.name`); repeatable.
+        #[arg(long = "table")]
+        tables: Vec<String>,
+    },
     /// Right to be forgotten: remove every row holding each subject from every table,
     /// purge the files and log entries that held it (older versions included) and write
     /// a certificate to sluice.erasures. Subjects are found raw or by their pseudonyms
@@ -349,6 +357,13 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             let config = config_or_defaults(&cli)?;
             let lake = lake(&cli, Some(&config));
             job::snapshot(&config, &lake, cli.format).await?;
+        }
+        Command::Job {
+            job: JobCommand::Anonymise { tables },
+        } => {
+            let config = config_or_defaults(&cli)?;
+            let lake = lake(&cli, Some(&config));
+            job::anonymise(&config, &lake, tables, cli.format).await?;
         }
         Command::Job {
             job:

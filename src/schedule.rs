@@ -27,6 +27,7 @@ pub async fn schedule(config: &Config, lake: &Path, stop: Arc<AtomicBool>) -> an
             let result = match job.as_str() {
                 "maintain" => crate::job::maintain(config, lake, &[], Format::Table).await,
                 "snapshot" => crate::job::snapshot(config, lake, Format::Table).await,
+                "anonymise" => crate::job::anonymise(config, lake, &[], Format::Table).await,
                 other => Err(anyhow::anyhow!("no job '{other}'")),
             };
             match result {

@@ -34,6 +34,7 @@ use sluice_sql::find_tables;
 
 use crate::error::{Error, Result};
 use crate::lock::Lock;
+use crate::purge;
 use crate::subject::{LETTER_COLUMNS, Lookup, Subject, has_path};
 
 /// Where certificates live under the lake.
@@ -203,15 +204,15 @@ async fn erase_table(
     done.files_rewritten = metrics.num_added_files as u64;
     let mut purge: Vec<PathBuf> = Vec::new();
     if done.version_after > done.version_before {
-        purge.extend(replaced_files(root, done.version_after)?);
+        purge.extend(purge::replaced_files(root, done.version_after)?);
     }
     // Files of older versions not yet vacuumed, and change-data files.
     let current: HashSet<PathBuf> = delta
         .get_file_uris()
         .map_err(Error::delta(name))?
-        .filter_map(|u| local_path(&u))
+        .filter_map(|u| purge::local_path(&u))
         .collect();
-    for file in data_files(root)? {
+    for file in purge::data_files(root)? {
         if current.contains(&file) || purge.contains(&file) {
             continue;
         }
@@ -223,108 +224,21 @@ async fn erase_table(
             purge.push(file);
         }
     }
-    for file in &purge {
-        match std::fs::remove_file(file) {
-            Ok(()) => done.files_purged += 1,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(file, e)),
-        }
-    }
+    done.files_purged = purge::remove_files(&purge)?;
     done.logs_purged = purge_log(root, name, &delta, subject).await?;
     Ok(done)
-}
-
-/// The local file behind a URI delta-rs gives (a `file://` URL or a plain path).
-pub fn local_path(uri: &str) -> Option<PathBuf> {
-    match url::Url::parse(uri) {
-        Ok(u) if u.scheme() == "file" => u.to_file_path().ok(),
-        Ok(_) => None,
-        Err(_) => Some(PathBuf::from(uri)),
-    }
-}
-
-/// The files the commit at `version` removed (the ones the delete rewrote).
-fn replaced_files(root: &Path, version: i64) -> Result<Vec<PathBuf>> {
-    let log = root.join("_delta_log").join(format!("{version:020}.json"));
-    let text = std::fs::read_to_string(&log).map_err(|e| Error::io(&log, e))?;
-    let base = url::Url::from_directory_path(root)
-        .map_err(|()| Error::Other(format!("{} is not an absolute path", root.display())))?;
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let action: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| Error::Other(format!("{}: {e}", log.display())))?;
-        for kind in ["remove", "cdc"] {
-            if let Some(path) = action.get(kind).and_then(|a| a.get("path")?.as_str())
-                && let Some(file) = base.join(path).ok().and_then(|u| u.to_file_path().ok())
-            {
-                out.push(file);
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Every file of the table outside `_delta_log`.
-fn data_files(root: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
-            let path = entry.map_err(|e| Error::io(&dir, e))?.path();
-            if path.is_dir() {
-                if path.file_name().is_some_and(|n| n != "_delta_log") {
-                    dirs.push(path);
-                }
-            } else if path.extension().is_some_and(|e| e == "parquet") {
-                out.push(path);
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// The version a log file belongs to (`00000000000000000012.json`, `….checkpoint.parquet`).
-fn log_version(file: &Path) -> Option<i64> {
-    let name = file.file_name()?.to_str()?;
-    let digits = name.get(..20)?;
-    digits
-        .bytes()
-        .all(|b| b.is_ascii_digit())
-        .then(|| digits.parse().ok())?
 }
 
 /// Remove the log entries and checkpoints older than the table's version that mention
 /// the subject, after checkpointing the version so the table still opens.
 async fn purge_log(root: &Path, name: &str, delta: &DeltaTable, subject: &Subject) -> Result<u64> {
-    let current = version(delta);
-    let dir = root.join("_delta_log");
-    let mut hits = Vec::new();
-    for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
-        let path = entry.map_err(|e| Error::io(&dir, e))?.path();
-        let Some(v) = log_version(&path) else {
-            continue;
-        };
-        if v >= current || !path.is_file() {
-            continue;
-        }
-        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        let mentioned = subject.mentioned_in(&bytes)
+    let hits = purge::old_log_files(root, version(delta), &mut |path| {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Ok(subject.mentioned_in(&bytes)
             || (path.extension().is_some_and(|e| e == "parquet")
-                && subject.count_in_parquet(&path)? > 0);
-        if mentioned {
-            hits.push(path);
-        }
-    }
-    if hits.is_empty() {
-        return Ok(0);
-    }
-    deltalake::protocol::checkpoints::create_checkpoint(delta, None)
-        .await
-        .map_err(Error::delta(name))?;
-    for path in &hits {
-        std::fs::remove_file(path).map_err(|e| Error::io(path, e))?;
-    }
-    Ok(hits.len() as u64)
+                && subject.count_in_parquet(path)? > 0))
+    })?;
+    purge::checkpoint_and_remove(name, delta, &hits).await
 }
 
 fn schema() -> SchemaRef {
@@ -453,13 +367,13 @@ mod tests {
     #[test]
     fn log_files_are_dated_by_their_version() {
         assert_eq!(
-            log_version(Path::new("_delta_log/00000000000000000012.json")),
+            purge::log_version(Path::new("_delta_log/00000000000000000012.json")),
             Some(12)
         );
         assert_eq!(
-            log_version(Path::new("00000000000000000010.checkpoint.parquet")),
+            purge::log_version(Path::new("00000000000000000010.checkpoint.parquet")),
             Some(10)
         );
-        assert_eq!(log_version(Path::new("_last_checkpoint")), None);
+        assert_eq!(purge::log_version(Path::new("_last_checkpoint")), None);
     }
 }

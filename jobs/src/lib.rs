@@ -7,12 +7,16 @@
 //! Today: `maintain` (retention deletes, compaction, vacuum, checkpoints), `snapshot`
 //! (versions pinned, row counts, checksums, invariants) and `erase` (right to be
 //! forgotten: rows, files and log entries holding a subject purged, certificates, byte-scan
-//! verification), run once or at cron times by `sluice schedule`.
+//! verification) and `anonymise` (aged rows nulled and generalised in place, old versions
+//! purged, k-anonymity checked before publishing), run once or at cron times by
+//! `sluice schedule`.
 
+pub mod anonymise;
 pub mod erase;
 pub mod error;
 pub mod lock;
 pub mod maintain;
+pub mod purge;
 pub mod runs;
 pub mod schedule;
 pub mod snapshot;

@@ -80,6 +80,8 @@ pub struct Config {
     pub snapshot: crate::snapshot::SnapshotConfig,
     /// Where `sluice job erase` looks for a data subject.
     pub erasure: crate::erasure::ErasureConfig,
+    /// What `sluice job anonymise` does to aged data, and its k-anonymity checks.
+    pub anonymise: crate::anonymise::AnonymiseConfig,
 }
 
 /// `[metrics]`: the HTTP endpoint of `sluice run` (`/metrics`, `/healthz`, `/readyz`).
@@ -809,6 +811,7 @@ impl Config {
         p.extend(self.validate_schedule());
         p.extend(self.validate_snapshot());
         p.extend(self.validate_erasure());
+        p.extend(self.validate_anonymise());
         p
     }
 

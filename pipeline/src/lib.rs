@@ -14,6 +14,7 @@
 //!
 //! [`runner::run`] is the loop tying them together and applying the [`FlushPolicy`].
 
+pub mod anonymise;
 pub mod batch;
 pub mod config;
 pub mod erasure;

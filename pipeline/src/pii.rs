@@ -283,7 +283,7 @@ impl Config {
     }
 }
 
-fn validate_rule(
+pub(crate) fn validate_rule(
     at: &str,
     path: &str,
     rule: &ColumnRule,

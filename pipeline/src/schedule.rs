@@ -15,7 +15,7 @@ use cron::Schedule;
 use crate::config::{Config, Problem};
 
 /// Jobs `sluice schedule` can run.
-pub const SCHEDULABLE: [&str; 2] = ["maintain", "snapshot"];
+pub const SCHEDULABLE: [&str; 3] = ["maintain", "snapshot", "anonymise"];
 
 /// Parse a five- or six-field cron expression.
 pub fn parse(expression: &str) -> Result<Schedule, String> {

@@ -10,9 +10,16 @@
 //! sql = """SELECT a.account_id FROM silver.accounts a
 //!          LEFT JOIN silver.customers c ON a.customer_id = c.customer_id
 //!          WHERE c.customer_id IS NULL"""
+//!
+//! export_to = "/archive/sluice"      # each snapshot as Parquet + manifest.json; optional
+//! diff = true                        # rows added/changed/removed since the previous one
+//!
+//! [snapshot.keys]                    # keys of tables that are not silver (silver: its key)
+//! "gold.daily_spend" = ["segment", "day"]
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
@@ -25,6 +32,12 @@ pub struct SnapshotConfig {
     /// Tables to pin and checksum: a layer (`silver`) or one table (`silver.customers`).
     pub tables: Vec<String>,
     pub invariants: Vec<InvariantConfig>,
+    /// Directory each snapshot is exported to (`<dir>/<snapshot id>/`); none: no export.
+    pub export_to: Option<PathBuf>,
+    /// Compare each table with the previous snapshot.
+    pub diff: bool,
+    /// Keys by table (`layer.name`) for the comparison; silver tables default to theirs.
+    pub keys: BTreeMap<String, Vec<String>>,
 }
 
 impl Default for SnapshotConfig {
@@ -32,6 +45,9 @@ impl Default for SnapshotConfig {
         Self {
             tables: vec!["silver".into(), "gold".into()],
             invariants: Vec::new(),
+            export_to: None,
+            diff: true,
+            keys: BTreeMap::new(),
         }
     }
 }
@@ -44,6 +60,22 @@ pub struct InvariantConfig {
 }
 
 impl SnapshotConfig {
+    /// The key each table's rows are compared by: `[snapshot.keys]`, else the silver
+    /// table's key (and `_valid_from` for its history).
+    pub fn keys(&self, silver: &crate::silver::SilverConfig) -> BTreeMap<String, Vec<String>> {
+        let mut keys = BTreeMap::new();
+        for (name, t) in &silver.tables {
+            keys.insert(format!("silver.{name}"), t.key.clone());
+            if t.history.is_some() {
+                let mut k = t.key.clone();
+                k.push("_valid_from".into());
+                keys.insert(format!("silver.{name}_history"), k);
+            }
+        }
+        keys.extend(self.keys.clone());
+        keys
+    }
+
     /// Whether table `qualified` (`layer.name`) is part of the snapshot.
     pub fn includes(&self, qualified: &str) -> bool {
         let layer = qualified.split('.').next().unwrap_or_default();

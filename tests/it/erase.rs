@@ -25,16 +25,16 @@ const TABLES: [(&str, &str); 7] = [
     ("silver.customers_history", "customer_id = '{t}'"),
 ];
 
-struct Demo {
-    dir: tempfile::TempDir,
+pub(crate) struct Demo {
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Demo {
-    fn lake(&self) -> std::path::PathBuf {
+    pub(crate) fn lake(&self) -> std::path::PathBuf {
         self.dir.path().join("lake")
     }
     /// `sluice <args>` with the demo's config and lake, from the directory holding its keys.
-    fn sluice(&self, args: &[&str]) -> Command {
+    pub(crate) fn sluice(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
         c.args(args)
             .arg("--config")
@@ -45,7 +45,7 @@ impl Demo {
             .env("SLUICE_LOG", "warn,buoyant_kernel=off");
         c
     }
-    fn ok(&self, args: &[&str]) -> Output {
+    pub(crate) fn ok(&self, args: &[&str]) -> Output {
         let out = self.sluice(args).output().expect("run sluice");
         assert!(
             out.status.success(),
@@ -54,7 +54,7 @@ impl Demo {
         );
         out
     }
-    fn count(&self, table: &str, condition: &str) -> u64 {
+    pub(crate) fn count(&self, table: &str, condition: &str) -> u64 {
         let q = format!("select count(*) from {table} where {condition}");
         let out = self.ok(&["sql", "--format", "csv", &q]);
         String::from_utf8_lossy(&out.stdout)
@@ -74,7 +74,7 @@ impl Demo {
     }
 }
 
-fn demo() -> Demo {
+pub(crate) fn demo() -> Demo {
     let demo = Demo {
         dir: tempfile::tempdir().expect("tempdir"),
     };

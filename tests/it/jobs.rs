@@ -147,15 +147,19 @@ fn snapshot_pins_checksums_and_names_the_keys_breaking_an_invariant() {
     broker.create_topic("customers", 1);
     broker.create_topic("accounts", 1);
     let w = Workdir::new();
+    let archive = w.dir.path().join("archive");
     w.write_config(
         &broker,
         "snap",
         &["customers", "accounts"],
-        "partition_by = []\n[snapshot]\ntables = [\"bronze\"]\n\
+        &format!("partition_by = []\n[snapshot]\ntables = [\"bronze\"]\nexport_to = {:?}\n\
+         [snapshot.keys]\n\"bronze.accounts\" = [\"id\"]\n\
          [[snapshot.invariants]]\nname = \"account_has_customer\"\n\
          sql = \"SELECT a.id FROM bronze.accounts a LEFT JOIN bronze.customers c ON a.customer = c.id WHERE c.id IS NULL\"\n\
          [[snapshot.invariants]]\nname = \"customer_ids_unique\"\n\
          sql = \"SELECT id FROM bronze.customers GROUP BY id HAVING count(*) > 1\"\n",
+            archive.display().to_string()
+        ),
     );
     produce_raw(
         &broker,
@@ -190,6 +194,11 @@ fn snapshot_pins_checksums_and_names_the_keys_breaking_an_invariant() {
     };
     let first = snap(&w);
     assert_eq!(table(&first, "bronze.accounts")["rows"], 2);
+    assert_eq!(
+        first["diffs"],
+        serde_json::json!([]),
+        "nothing to compare with yet"
+    );
     assert!(
         first["invariants"]
             .as_array()
@@ -208,6 +217,25 @@ fn snapshot_pins_checksums_and_names_the_keys_breaking_an_invariant() {
         table(&second, "bronze.accounts")["version"],
         table(&first, "bronze.accounts")["version"]
     );
+    // Same content: no difference, by key for accounts, by whole rows for customers.
+    for d in second["diffs"].as_array().expect("diffs") {
+        assert_eq!(
+            (&d["rows_added"], &d["rows_removed"]),
+            (&0.into(), &0.into()),
+            "{d}"
+        );
+    }
+    let accounts = |s: &serde_json::Value| {
+        s["diffs"]
+            .as_array()
+            .expect("diffs")
+            .iter()
+            .find(|d| d["table"] == "bronze.accounts")
+            .cloned()
+            .expect("accounts diff")
+    };
+    assert_eq!(accounts(&second)["rows_changed"], 0);
+    assert_eq!(accounts(&second)["key"], serde_json::json!(["id"]));
 
     // A planted inconsistency: an account whose customer does not exist.
     produce_raw(
@@ -234,6 +262,48 @@ fn snapshot_pins_checksums_and_names_the_keys_breaking_an_invariant() {
         w.sql("select count(distinct snapshot_id) from sluice.snapshots"),
         vec!["3"]
     );
+    // The day-to-day difference names the planted account as the one row added.
+    assert_eq!(
+        w.sql(
+            "select table_name, rows_added, rows_changed, rows_removed from sluice.snapshot_diffs \
+             where taken_at = (select max(taken_at) from sluice.snapshot_diffs) order by table_name"
+        ),
+        vec!["bronze.accounts,1,0,0", "bronze.customers,0,,0"]
+    );
+    // Each snapshot was exported: Parquet per table and a manifest whose SHA-256 match.
+    let exports: Vec<std::path::PathBuf> = std::fs::read_dir(&archive)
+        .expect("archive")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(exports.len(), 3);
+    let last = exports.iter().max().expect("last export");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(last.join("manifest.json")).expect("manifest"))
+            .expect("json");
+    let entry = manifest["tables"]
+        .as_array()
+        .expect("tables")
+        .iter()
+        .find(|t| t["table"] == "bronze.accounts")
+        .cloned()
+        .expect("accounts exported");
+    assert_eq!(entry["rows"], 3);
+    let file = last.join(entry["file"].as_str().expect("file"));
+    let sum = std::process::Command::new("sha256sum")
+        .arg(&file)
+        .output()
+        .expect("sha256sum");
+    let sum = String::from_utf8_lossy(&sum.stdout);
+    assert_eq!(
+        Some(entry["sha256"].as_str().expect("sha")),
+        sum.split_whitespace().next()
+    );
+    let reader = parquet::file::reader::SerializedFileReader::new(
+        std::fs::File::open(&file).expect("export"),
+    )
+    .expect("parquet");
+    use parquet::file::reader::FileReader as _;
+    assert_eq!(reader.metadata().file_metadata().num_rows(), 3);
     let out = w.run_ok(&["audit", "verify"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("4 runs, chain intact"));
 }

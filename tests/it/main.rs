@@ -4,6 +4,7 @@
 //! in-process mock cluster; those marked `*_on_tansu` run against a real broker process
 //! as well (see `harness::Tansu`).
 
+mod anonymise;
 mod avro;
 mod cdc;
 mod cli;

@@ -164,6 +164,23 @@ impl Policy {
         out.into_iter().collect()
     }
 
+    /// The transform of a rule needing no key (drop, mask, mask_partial, redact,
+    /// generalize); none for keyed actions and keep.
+    pub fn keyless_transform(path: &str, rule: &ColumnRule) -> Option<Box<dyn Transform>> {
+        if matches!(
+            rule.action,
+            Action::Hash | Action::Tokenize | Action::EncryptFpe | Action::Keep
+        ) {
+            return None;
+        }
+        let empty = Policy {
+            secrets: BTreeMap::new(),
+            rules: BTreeMap::new(),
+            dead_letter_key: None,
+        };
+        empty.transform(path, rule)
+    }
+
     /// The seal of dead letters, when the policy encrypts them.
     pub fn dead_letter_seal(&self) -> Option<DeadLetterSeal> {
         let id = self.dead_letter_key.as_deref()?;

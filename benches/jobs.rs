@@ -1,7 +1,9 @@
-//! Right-to-be-forgotten erasure of one customer across bronze, silver and gold.
+//! The batch jobs on a lake of N rows: the end-of-day snapshot (checksums of every
+//! table), the next day's snapshot with its difference, and the right-to-be-forgotten
+//! erasure of one customer across bronze, silver and gold.
 //!
-//! `cargo bench --bench erase` (defaults: 1 M and 10 M rows in total), or
-//! `cargo bench --bench erase -- --rows 10000000`.
+//! `cargo bench --bench jobs` (defaults: 1 M and 10 M rows in total), or
+//! `cargo bench --bench jobs -- --rows 10000000`.
 //!
 //! The lake, written directly: `bronze.card_transactions` (80% of the rows, one file per
 //! `_ingest_date` partition over 30 days, in arrival order), `silver.customers` (10%,
@@ -11,8 +13,9 @@
 //! One customer is then erased through the job (delete, purge of the files that held
 //! it, log scan, certificate).
 //!
-//! Printed: seconds for the whole erasure, rows removed, files rewritten of the files
-//! in the lake, and the bytes the rewritten files held.
+//! Printed: seconds of the first snapshot; of the second, taken after one more day of
+//! transactions, with its difference from the first; then seconds for the whole
+//! erasure, rows removed, files rewritten of the files in the lake and the bytes they held.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -27,6 +30,7 @@ use sluice_connectors::delta::table;
 use sluice_jobs::erase;
 use sluice_jobs::subject::Subject;
 use sluice_pipeline::erasure::ErasureConfig;
+use sluice_pipeline::snapshot::SnapshotConfig;
 use sluice_transforms::tokenize::token;
 
 const KEY: &[u8] = b"benchmark key of 32 bytes.......";
@@ -88,16 +92,20 @@ fn transactions(
     RecordBatch::try_new(Arc::clone(schema), columns).expect("batch")
 }
 
-async fn fill(lake: &Path, rows: usize) -> usize {
-    let bronze_rows = rows * 8 / 10;
-    let customers = (rows / 10).max(1);
-    let schema: SchemaRef = Arc::new(Schema::new(vec![
+fn transactions_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
         Field::new("txn_id", DataType::Utf8, true),
         Field::new("customer_id", DataType::Utf8, true),
         Field::new("amount_gbp", DataType::Float64, true),
         Field::new("merchant", DataType::Utf8, true),
         Field::new("_ingest_date", DataType::Utf8, true),
-    ]));
+    ]))
+}
+
+async fn fill(lake: &Path, rows: usize) -> usize {
+    let bronze_rows = rows * 8 / 10;
+    let customers = (rows / 10).max(1);
+    let schema = transactions_schema();
     let mut seq = 0;
     for day in 0..DAYS {
         let batch = transactions(&schema, day, bronze_rows / DAYS, customers, &mut seq);
@@ -174,7 +182,7 @@ async fn files(lake: &Path) -> BTreeMap<String, u64> {
         let url = table::table_url(lake, relative).expect("url");
         let t = table::open(relative, &url).await.expect("open");
         for uri in t.get_file_uris().expect("files") {
-            let path = erase::local_path(&uri).expect("local file");
+            let path = sluice_jobs::purge::local_path(&uri).expect("local file");
             let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             out.insert(uri, bytes);
         }
@@ -188,6 +196,62 @@ async fn run(rows: usize) {
     let started = Instant::now();
     let customers = fill(lake, rows).await;
     let fill_secs = started.elapsed().as_secs_f64();
+    let snapshots = SnapshotConfig {
+        tables: vec!["bronze".into(), "silver".into(), "gold".into()],
+        ..Default::default()
+    };
+    let keys: BTreeMap<String, Vec<String>> = [
+        (
+            "silver.customers".to_string(),
+            vec!["customer_id".to_string()],
+        ),
+        (
+            "gold.daily_spend".to_string(),
+            vec!["customer_id".to_string()],
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let started = Instant::now();
+    let first = sluice_jobs::snapshot::snapshot(lake, &snapshots, &keys)
+        .await
+        .expect("snapshot");
+    let snapshot_secs = started.elapsed().as_secs_f64();
+    let pinned: i64 = first.tables.iter().map(|t| t.rows).sum();
+    println!(
+        "snapshot rows={rows}: {snapshot_secs:.2} s for {pinned} rows in {} tables (checksums)",
+        first.tables.len()
+    );
+    // The next day's transactions, then the next snapshot compares with the first.
+    let day = transactions(
+        &transactions_schema(),
+        DAYS,
+        rows * 8 / 10 / DAYS,
+        customers,
+        &mut (rows * 8 / 10),
+    );
+    write(
+        lake,
+        "bronze/card_transactions",
+        day,
+        &["_ingest_date".into()],
+    )
+    .await;
+    let started = Instant::now();
+    let second = sluice_jobs::snapshot::snapshot(lake, &snapshots, &keys)
+        .await
+        .expect("snapshot");
+    let secs = started.elapsed().as_secs_f64();
+    let added: i64 = second.diffs.iter().map(|d| d.rows_added).sum();
+    println!(
+        "snapshot with difference rows={rows}: {secs:.2} s, {added} rows added since the first{}",
+        second
+            .diffs
+            .iter()
+            .filter_map(|d| d.unavailable.as_deref())
+            .map(|u| format!(" ({u})"))
+            .collect::<String>()
+    );
     let before = files(lake).await;
     let raw = format!("C{:07}", customers / 2);
     let subject = Arc::new(Subject::new(&raw, vec![customer(customers / 2)], None));
