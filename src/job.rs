@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use sluice_connectors::kafka::erasure::{self, KafkaClient};
 use sluice_jobs::erase;
 use sluice_jobs::runs::{self, JobRun};
 use sluice_jobs::subject::Subject;
@@ -202,7 +203,8 @@ pub fn subjects(args: &[String], file: Option<&Path>) -> anyhow::Result<Vec<Stri
     Ok(out)
 }
 
-/// Every form of each subject under the policy's keys, with dead letters opened.
+/// Every form of each subject under the policy's keys (and of its tombstone keys, which
+/// come back from Kafka as `_kafka_key`), with dead letters opened.
 fn find_subjects(config: &Config, subjects: &[String]) -> anyhow::Result<Vec<Arc<Subject>>> {
     if config.erasure.columns.is_empty() && config.erasure.tables.is_empty() {
         anyhow::bail!(
@@ -214,23 +216,21 @@ fn find_subjects(config: &Config, subjects: &[String]) -> anyhow::Result<Vec<Arc
     Ok(subjects
         .iter()
         .map(|raw| {
-            Arc::new(Subject::new(
-                raw,
-                policy.pseudonyms(raw.as_bytes()),
-                seal.clone(),
-            ))
+            let mut forms = policy.pseudonyms(raw.as_bytes());
+            for t in &config.erasure.tombstones {
+                let key = t.key_for(raw);
+                forms.extend(policy.pseudonyms(key.as_bytes()));
+                forms.push(key);
+            }
+            forms.sort();
+            forms.dedup();
+            Arc::new(Subject::new(raw, forms, seal.clone()))
         })
         .collect())
 }
 
-/// Run `sluice job erase`: one certificate per subject, each run recorded without the subject.
-pub async fn erase(
-    config: &Config,
-    lake: &Path,
-    subjects: &[String],
-    request_id: Option<&str>,
-    format: Format,
-) -> anyhow::Result<()> {
+/// The secret salting subject hashes in certificates.
+fn certificate_secret(config: &Config) -> anyhow::Result<sluice_transforms::keys::Secret> {
     let key_id = config.erasure.certificate_key.as_deref().ok_or_else(|| {
         anyhow::anyhow!(
             "[erasure] certificate_key is not set: name a key of [pii.keys] to salt the subject hash in certificates"
@@ -239,63 +239,100 @@ pub async fn erase(
     let key = config.pii.keys.get(key_id).ok_or_else(|| {
         anyhow::anyhow!("[erasure] certificate_key '{key_id}' is not a key of [pii.keys]")
     })?;
-    let secret = sluice_transforms::keys::load(key_id, key).map_err(|e| anyhow::anyhow!(e))?;
-    let found = find_subjects(config, subjects)?;
-    let started = chrono::Utc::now();
-    let request_id = request_id.map_or_else(
-        || format!("erase-{}", started.format("%Y%m%dT%H%M%S%.6fZ")),
-        str::to_string,
-    );
-    let mut certificates = Vec::new();
-    for (raw, subject) in subjects.iter().zip(found) {
-        let started_at = chrono::Utc::now().timestamp_micros();
-        let hash = erase::subject_hash(secret.bytes(), raw);
-        let result = erase::erase(lake, &config.erasure, subject, &request_id, hash).await;
-        let (outcome, touched) = match &result {
-            Ok(c) => (
-                format!(
-                    "{}: {} rows, {} files, {} log entries",
-                    c.outcome(),
-                    c.rows_removed(),
-                    c.files_purged(),
-                    c.logs_purged()
-                ),
-                c.tables
-                    .iter()
-                    .filter(|t| t.version_after != t.version_before || t.files_purged > 0)
-                    .map(|t| format!("{}@{}", t.table, t.version_after))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+    sluice_transforms::keys::load(key_id, key).map_err(|e| anyhow::anyhow!(e))
+}
+
+/// The Kafka client of `[kafka]`, secrets resolved.
+fn kafka_client(config: &Config) -> anyhow::Result<KafkaClient> {
+    Ok(KafkaClient {
+        bootstrap_servers: config.kafka.bootstrap_servers.clone(),
+        properties: config
+            .kafka
+            .resolved_properties()
+            .map_err(sluice_pipeline::Error::Config)?,
+    })
+}
+
+/// Erase one subject: tombstones for its keys, then the lake; the certificate, and the
+/// run recorded with the request id only (a hash of a subject id is guessable).
+async fn erase_one(
+    config: &Config,
+    lake: &Path,
+    secret: &sluice_transforms::keys::Secret,
+    raw: &str,
+    subject: Arc<Subject>,
+    request_id: &str,
+) -> anyhow::Result<erase::Certificate> {
+    let started_at = chrono::Utc::now().timestamp_micros();
+    let tombstones: Vec<(String, Vec<u8>)> = config
+        .erasure
+        .tombstones
+        .iter()
+        .map(|t| (t.topic.clone(), t.key_for(raw).into_bytes()))
+        .collect();
+    let produced = if tombstones.is_empty() {
+        Ok(0)
+    } else {
+        let client = kafka_client(config)?;
+        tokio::task::block_in_place(|| erasure::produce_tombstones(&client, &tombstones))
+    };
+    let result = match produced {
+        Ok(n) => {
+            let hash = erase::subject_hash(secret.bytes(), raw);
+            erase::erase(lake, &config.erasure, subject, request_id, hash, n)
+                .await
+                .map_err(anyhow::Error::from)
+        }
+        Err(e) => Err(anyhow::Error::from(e)),
+    };
+    let (outcome, touched) = match &result {
+        Ok(c) => (
+            format!(
+                "{}: {} rows, {} files, {} log entries, {} tombstones",
+                c.outcome(),
+                c.rows_removed(),
+                c.files_purged(),
+                c.logs_purged(),
+                c.tombstones
             ),
-            Err(e) => (format!("failed: {e}"), String::new()),
-        };
-        // The run's arguments are the request id only: a hash of a subject id is guessable.
-        record(
-            lake,
-            "erase",
-            std::slice::from_ref(&request_id),
-            started_at,
-            outcome,
-            touched,
-        )
-        .await?;
-        certificates.push(result?);
-    }
+            c.tables
+                .iter()
+                .filter(|t| t.version_after != t.version_before || t.files_purged > 0)
+                .map(|t| format!("{}@{}", t.table, t.version_after))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        Err(e) => (format!("failed: {e}"), String::new()),
+    };
+    record(
+        lake,
+        "erase",
+        &[request_id.to_string()],
+        started_at,
+        outcome,
+        touched,
+    )
+    .await?;
+    result
+}
+
+fn print_certificates(certificates: &[erase::Certificate], format: Format) -> anyhow::Result<()> {
     match format {
-        Format::Json => println!("{}", serde_json::to_string(&certificates)?),
+        Format::Json => println!("{}", serde_json::to_string(certificates)?),
         _ => {
             println!(
-                "request\tsubject_hash\toutcome\trows_removed\tfiles_purged\tlog_entries_purged"
+                "request\tsubject_hash\toutcome\trows_removed\tfiles_purged\tlog_entries_purged\ttombstones"
             );
-            for c in &certificates {
+            for c in certificates {
                 println!(
-                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
                     c.request_id,
                     c.subject_hash,
                     c.outcome(),
                     c.rows_removed(),
                     c.files_purged(),
-                    c.logs_purged()
+                    c.logs_purged(),
+                    c.tombstones
                 );
             }
             eprintln!(
@@ -305,6 +342,61 @@ pub async fn erase(
         }
     }
     Ok(())
+}
+
+/// Run `sluice job erase`: one certificate per subject.
+pub async fn erase(
+    config: &Config,
+    lake: &Path,
+    subjects: &[String],
+    request_id: Option<&str>,
+    format: Format,
+) -> anyhow::Result<()> {
+    let secret = certificate_secret(config)?;
+    let found = find_subjects(config, subjects)?;
+    let request_id = request_id.map_or_else(
+        || format!("erase-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ")),
+        str::to_string,
+    );
+    let mut certificates = Vec::new();
+    for (raw, subject) in subjects.iter().zip(found) {
+        certificates.push(erase_one(config, lake, &secret, raw, subject, &request_id).await?);
+    }
+    print_certificates(&certificates, format)
+}
+
+/// Run `sluice job erase --requests`: every request waiting on `[erasure] requests_topic`,
+/// each committed in Kafka once its certificate is written; a malformed request gets a
+/// certificate saying why, and is committed too.
+pub async fn erase_requests(config: &Config, lake: &Path, format: Format) -> anyhow::Result<()> {
+    let topic = config.erasure.requests_topic.as_deref().ok_or_else(|| {
+        anyhow::anyhow!("[erasure] requests_topic is not set: name the topic of erasure requests")
+    })?;
+    let secret = certificate_secret(config)?;
+    let client = kafka_client(config)?;
+    let group = format!("{}-erasure", config.kafka.group_id(&config.pipeline.name));
+    let queue = erasure::RequestQueue::open(&client, &group, topic)?;
+    let pending =
+        tokio::task::block_in_place(|| queue.pending(std::time::Duration::from_secs(10)))?;
+    eprintln!(
+        "sluice: {} erasure request(s) waiting on {topic}",
+        pending.len()
+    );
+    let mut certificates = Vec::new();
+    for request in pending {
+        let certificate = match &request.subject {
+            Ok(raw) => {
+                let subject = find_subjects(config, std::slice::from_ref(raw))?
+                    .pop()
+                    .ok_or_else(|| anyhow::anyhow!("no subject"))?;
+                erase_one(config, lake, &secret, raw, subject, &request.request_id).await?
+            }
+            Err(why) => erase::record_invalid(lake, &request.request_id, why).await?,
+        };
+        tokio::task::block_in_place(|| queue.done(request.partition, request.offset))?;
+        certificates.push(certificate);
+    }
+    print_certificates(&certificates, format)
 }
 
 /// Run `sluice job erase --verify`: exit 1 if any subject is still somewhere in the lake.

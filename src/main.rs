@@ -159,6 +159,10 @@ enum JobCommand {
         /// log, checkpoints, dead letters opened) and exit 1 if a subject is found.
         #[arg(long)]
         verify: bool,
+        /// Carry out the requests waiting on `[erasure] requests_topic`, committing each
+        /// in Kafka once its certificate is written.
+        #[arg(long, conflicts_with_all = ["subjects", "file", "verify", "request_id"])]
+        requests: bool,
     },
 }
 
@@ -372,10 +376,14 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                     file,
                     request_id,
                     verify,
+                    requests,
                 },
         } => {
             let config = config_or_defaults(&cli)?;
             let lake = lake(&cli, Some(&config));
+            if *requests {
+                return Ok(job::erase_requests(&config, &lake, cli.format).await?);
+            }
             let subjects = job::subjects(subjects, file.as_deref()).map_err(usage)?;
             if *verify {
                 job::erase_verify(&config, &lake, &subjects, cli.format).await?;

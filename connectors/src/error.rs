@@ -27,6 +27,9 @@ pub enum Error {
     #[error("schema registry: {0}")]
     Registry(String),
 
+    #[error("erasure requests: {0}")]
+    Requests(String),
+
     #[error("table {table}: expectation '{expectation}': {message}")]
     Quality {
         table: String,

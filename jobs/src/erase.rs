@@ -67,6 +67,10 @@ pub struct Certificate {
     pub subject_hash: String,
     pub erased_at: i64,
     pub tables: Vec<TableErasure>,
+    /// Tombstones produced for the subject's keys on compacted topics.
+    pub tombstones: u64,
+    /// Why the request could not be carried out (a malformed request read from Kafka).
+    pub invalid: Option<String>,
 }
 
 impl Certificate {
@@ -79,11 +83,13 @@ impl Certificate {
     pub fn logs_purged(&self) -> u64 {
         self.tables.iter().map(|t| t.logs_purged).sum()
     }
-    pub fn outcome(&self) -> &'static str {
-        if self.rows_removed() + self.files_purged() + self.logs_purged() == 0 {
-            "nothing to erase"
+    pub fn outcome(&self) -> String {
+        if let Some(why) = &self.invalid {
+            format!("invalid request: {why}")
+        } else if self.rows_removed() + self.files_purged() + self.logs_purged() == 0 {
+            "nothing to erase".into()
         } else {
-            "erased"
+            "erased".into()
         }
     }
 }
@@ -122,13 +128,14 @@ pub fn lookup_for(config: &ErasureConfig, qualified: &str, schema: &Schema) -> L
     }
 }
 
-/// Erase `subject` from every table of `lake`.
+/// Erase `subject` from every table of `lake`; `tombstones` were produced for its keys.
 pub async fn erase(
     lake: &Path,
     config: &ErasureConfig,
     subject: Arc<Subject>,
     request_id: &str,
     subject_hash: String,
+    tombstones: u64,
 ) -> Result<Certificate> {
     // Files are named by URL in the log: the lake must be absolute.
     let lake = &std::fs::canonicalize(lake).map_err(|e| Error::io(lake, e))?;
@@ -171,6 +178,22 @@ pub async fn erase(
         subject_hash,
         erased_at: chrono::Utc::now().timestamp_micros(),
         tables,
+        tombstones,
+        invalid: None,
+    };
+    record(lake, &certificate).await?;
+    Ok(certificate)
+}
+
+/// Record a request that could not be carried out, so it is not lost once skipped.
+pub async fn record_invalid(lake: &Path, request_id: &str, why: &str) -> Result<Certificate> {
+    let certificate = Certificate {
+        request_id: request_id.to_string(),
+        subject_hash: String::new(),
+        erased_at: chrono::Utc::now().timestamp_micros(),
+        tables: Vec::new(),
+        tombstones: 0,
+        invalid: Some(why.to_string()),
     };
     record(lake, &certificate).await?;
     Ok(certificate)
@@ -254,6 +277,7 @@ fn schema() -> SchemaRef {
         Field::new("rows_removed", DataType::Int64, true),
         Field::new("files_purged", DataType::Int64, true),
         Field::new("logs_purged", DataType::Int64, true),
+        Field::new("tombstones", DataType::Int64, true),
         Field::new("versions", DataType::Utf8, true),
         Field::new("tables", DataType::Utf8, true),
     ]))
@@ -278,6 +302,7 @@ async fn record(lake: &Path, c: &Certificate) -> Result<()> {
             Arc::new(Int64Array::from(vec![c.rows_removed() as i64])),
             Arc::new(Int64Array::from(vec![c.files_purged() as i64])),
             Arc::new(Int64Array::from(vec![c.logs_purged() as i64])),
+            Arc::new(Int64Array::from(vec![c.tombstones as i64])),
             Arc::new(StringArray::from(vec![versions])),
             Arc::new(StringArray::from(vec![tables])),
         ],

@@ -13,6 +13,17 @@
 //! contains = ["description"]                     # free text mentioning the subject
 //! ```
 //!
+//! Requests can wait on a Kafka topic (`sluice job erase --requests`), and each erased
+//! subject can leave tombstones for its keys on compacted topics:
+//!
+//! ```toml
+//! [erasure]
+//! requests_topic = "erasure-requests"
+//! [[erasure.tombstones]]
+//! topic = "customers"
+//! key = '{"customer_id":"{subject}"}'
+//! ```
+//!
 //! The dead-letter and quarantine tables need no entry: a letter is erased when its key
 //! or payload (opened with the dead-letter key when sealed) mentions the subject.
 
@@ -32,6 +43,27 @@ pub struct ErasureConfig {
     pub certificate_key: Option<String>,
     /// Per table (`layer.name`), columns replacing `columns`, and free-text columns.
     pub tables: BTreeMap<String, ErasureTable>,
+    /// Topic `sluice job erase --requests` reads requests from.
+    pub requests_topic: Option<String>,
+    /// Tombstones produced for each erased subject.
+    pub tombstones: Vec<TombstoneConfig>,
+}
+
+/// `[[erasure.tombstones]]`: one key of the subject on one compacted topic.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct TombstoneConfig {
+    pub topic: String,
+    /// The record key, `{subject}` standing for the identifier, byte for byte as the
+    /// producer wrote it (e.g. Debezium's `{"id":{subject}}`).
+    pub key: String,
+}
+
+impl TombstoneConfig {
+    /// The key for `subject`.
+    pub fn key_for(&self, subject: &str) -> String {
+        self.key.replace("{subject}", subject)
+    }
 }
 
 /// `[erasure.tables."<layer>.<name>"]`.
@@ -99,6 +131,27 @@ impl Config {
                 p.push(Problem::new("erasure.columns", "an empty column name"));
             }
         }
+        if matches!(&e.requests_topic, Some(t) if t.trim().is_empty()) {
+            p.push(Problem::new(
+                "erasure.requests_topic",
+                "an empty topic name",
+            ));
+        }
+        for (i, t) in e.tombstones.iter().enumerate() {
+            let at = format!("erasure.tombstones[{i}]");
+            if t.topic.trim().is_empty() {
+                p.push(Problem::new(
+                    format!("{at}.topic"),
+                    "missing: the compacted topic",
+                ));
+            }
+            if !t.key.contains("{subject}") {
+                p.push(Problem::new(
+                    format!("{at}.key"),
+                    "the key must contain {subject}, where the identifier goes",
+                ));
+            }
+        }
         p
     }
 }
@@ -132,12 +185,14 @@ mod tests {
         let problems = Config::from_toml(
             "[kafka]\nbootstrap_servers = \"k:9092\"\ntopics = [\"t\"]\n\
              [erasure]\ncertificate_key = \"nope\"\n\
-             [erasure.tables.customers]\ncolumns = [\"id\"]\n",
+             [erasure.tables.customers]\ncolumns = [\"id\"]\n\
+             [[erasure.tombstones]]\ntopic = \"customers\"\nkey = \"id\"\n",
         )
         .expect_err("invalid");
         let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
         let all = all.join("\n");
         assert!(all.contains("erasure.certificate_key"), "{all}");
         assert!(all.contains("erasure.tables.\"customers\""), "{all}");
+        assert!(all.contains("erasure.tombstones[0].key"), "{all}");
     }
 }
