@@ -558,3 +558,41 @@ pub async fn anonymise(
     }
     Ok(())
 }
+
+/// Run `sluice job gold` and record it.
+pub async fn gold(
+    config: &Config,
+    lake: &Path,
+    tables: &[String],
+    format: Format,
+) -> anyhow::Result<()> {
+    let started_at = chrono::Utc::now().timestamp_micros();
+    let result =
+        sluice_jobs::gold::gold(lake, &config.sql.gold_dir, &config.sql.views_dir, tables).await;
+    let (outcome, touched) = match &result {
+        Ok(built) => (
+            "ok".to_string(),
+            built
+                .iter()
+                .map(|t| format!("{}@{}", t.table, t.version))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        Err(e) => (format!("failed: {e}"), String::new()),
+    };
+    record(lake, "gold", tables, started_at, outcome, touched).await?;
+    let built = result?;
+    match format {
+        Format::Json => println!("{}", serde_json::to_string(&built)?),
+        _ => {
+            println!("table\tversion\trows\tdefinition_sha256");
+            for t in &built {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    t.table, t.version, t.rows, t.definition_sha256
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -133,6 +133,13 @@ enum JobCommand {
     /// record row counts, checksums and the invariants' results in sluice.snapshots;
     /// exit 1 naming the violating keys when an invariant fails.
     Snapshot,
+    /// Build every gold table from the definitions in `[sql] gold_dir` (one query per
+    /// `<name>.sql`, views of `views_dir` available), each replaced whole in one commit.
+    Gold {
+        /// Only this table (`gold.<name>`); repeatable.
+        #[arg(long = "table")]
+        tables: Vec<String>,
+    },
     /// Anonymise aged rows in place as `[anonymise.tables]` says (identifiers nulled,
     /// quasi-identifiers generalised, older versions purged), then check k-anonymity of
     /// `[anonymise.publish]` tables and write those that pass; exit 1 if one is refused.
@@ -321,6 +328,13 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             };
             let lake = lake(&cli, config.as_ref());
             let catalog = sluice_sql::Catalog::open(&lake).await?;
+            let views = config.as_ref().map_or_else(
+                || sluice_pipeline::sql::SqlConfig::default().views_dir,
+                |c| c.sql.views_dir.clone(),
+            );
+            for (view, why) in catalog.register_views(&views).await?.skipped {
+                tracing::debug!(view, reason = %why, "view not registered");
+            }
             if *tables {
                 let mut rows = Vec::new();
                 for t in catalog.tables() {
@@ -361,6 +375,13 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             let config = config_or_defaults(&cli)?;
             let lake = lake(&cli, Some(&config));
             job::snapshot(&config, &lake, cli.format).await?;
+        }
+        Command::Job {
+            job: JobCommand::Gold { tables },
+        } => {
+            let config = config_or_defaults(&cli)?;
+            let lake = lake(&cli, Some(&config));
+            job::gold(&config, &lake, tables, cli.format).await?;
         }
         Command::Job {
             job: JobCommand::Anonymise { tables },

@@ -28,6 +28,7 @@ pub async fn schedule(config: &Config, lake: &Path, stop: Arc<AtomicBool>) -> an
                 "maintain" => crate::job::maintain(config, lake, &[], Format::Table).await,
                 "snapshot" => crate::job::snapshot(config, lake, Format::Table).await,
                 "anonymise" => crate::job::anonymise(config, lake, &[], Format::Table).await,
+                "gold" => crate::job::gold(config, lake, &[], Format::Table).await,
                 other => Err(anyhow::anyhow!("no job '{other}'")),
             };
             match result {

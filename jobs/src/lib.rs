@@ -14,6 +14,7 @@
 pub mod anonymise;
 pub mod erase;
 pub mod error;
+pub mod gold;
 pub mod lock;
 pub mod maintain;
 pub mod purge;

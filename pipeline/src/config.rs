@@ -82,6 +82,8 @@ pub struct Config {
     pub erasure: crate::erasure::ErasureConfig,
     /// What `sluice job anonymise` does to aged data, and its k-anonymity checks.
     pub anonymise: crate::anonymise::AnonymiseConfig,
+    /// Where the SQL definitions (views, gold tables) live.
+    pub sql: crate::sql::SqlConfig,
 }
 
 /// `[metrics]`: the HTTP endpoint of `sluice run` (`/metrics`, `/healthz`, `/readyz`).

@@ -27,6 +27,7 @@ pub mod runner;
 pub mod schedule;
 pub mod silver;
 pub mod snapshot;
+pub mod sql;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;

@@ -15,7 +15,7 @@ use cron::Schedule;
 use crate::config::{Config, Problem};
 
 /// Jobs `sluice schedule` can run.
-pub const SCHEDULABLE: [&str; 3] = ["maintain", "snapshot", "anonymise"];
+pub const SCHEDULABLE: [&str; 4] = ["maintain", "snapshot", "anonymise", "gold"];
 
 /// Parse a five- or six-field cron expression.
 pub fn parse(expression: &str) -> Result<Schedule, String> {

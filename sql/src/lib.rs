@@ -7,6 +7,8 @@
 //! internal tables under `<lake>/_sluice/` are registered in the schema `sluice`
 //! (`sluice.dead_letters`).
 
+pub mod definitions;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -31,6 +33,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path}: {message}")]
+    Definition { path: PathBuf, message: String },
 }
 
 /// Result alias for this crate.
@@ -91,6 +95,20 @@ pub fn find_tables(lake: &Path) -> Result<Vec<TableRef>> {
     Ok(out)
 }
 
+/// The views of a session.
+#[derive(Debug, Clone, Default)]
+pub struct Views {
+    pub registered: Vec<String>,
+    /// Views left out, with why (they read a table that is not there).
+    pub skipped: Vec<(String, String)>,
+}
+
+/// Whether planning failed because a table or view does not exist.
+fn is_missing_table(e: &datafusion::error::DataFusionError) -> bool {
+    let text = e.to_string();
+    text.contains("not found") && (text.contains("table") || text.contains("Table"))
+}
+
 /// A DataFusion session with every table of a lake registered.
 pub struct Catalog {
     ctx: SessionContext,
@@ -107,7 +125,7 @@ impl Catalog {
         let catalog = ctx
             .catalog("datafusion")
             .ok_or_else(|| datafusion::error::DataFusionError::Plan("no default catalog".into()))?;
-        for (_, schema) in LAYERS {
+        for schema in LAYERS.iter().map(|(_, s)| *s).chain(["views"]) {
             catalog.register_schema(schema, Arc::new(MemorySchemaProvider::new()))?;
         }
         let tables = find_tables(lake)?;
@@ -142,6 +160,33 @@ impl Catalog {
             tables,
             versions,
         })
+    }
+
+    /// Register each definition of `dir` as the view `views.<name>`; a view may read
+    /// another. A view reading a table this lake (or this role) lacks is skipped, with
+    /// the reason; any other error in a definition fails, naming its file.
+    pub async fn register_views(&self, dir: &Path) -> Result<Views> {
+        let defs = definitions::in_dependency_order(definitions::read_dir(dir)?, "views")?;
+        let mut views = Views::default();
+        for d in defs {
+            match self
+                .ctx
+                .sql(&format!("CREATE VIEW views.{} AS {}", d.name, d.sql))
+                .await
+            {
+                Ok(_) => views.registered.push(format!("views.{}", d.name)),
+                Err(e) if is_missing_table(&e) => views
+                    .skipped
+                    .push((format!("views.{}", d.name), e.to_string())),
+                Err(e) => {
+                    return Err(Error::Definition {
+                        path: d.path.clone(),
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(views)
     }
 
     /// The tables registered.

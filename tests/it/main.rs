@@ -22,3 +22,4 @@ mod metrics;
 mod outage;
 mod pii;
 mod quality;
+mod sql;
