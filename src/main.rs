@@ -83,6 +83,10 @@ enum Command {
         /// List the tables with their row counts.
         #[arg(long)]
         tables: bool,
+        /// Read as this role of `[roles]`: only its tables, without its denied columns
+        /// and rows.
+        #[arg(long)]
+        role: Option<String>,
     },
     /// Measure end-to-end ingest throughput on this machine.
     Bench(bench::BenchArgs),
@@ -200,6 +204,25 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
             error: e.into(),
         }
     }
+}
+
+/// The limits of `[roles.<role>]`, with the column tags the configuration knows.
+fn access_for(config: Option<&Config>, role: &str) -> anyhow::Result<sluice_sql::access::Access> {
+    let config = config.ok_or_else(|| {
+        anyhow::anyhow!("--role needs a configuration with a [roles.{role}] section")
+    })?;
+    let r = config
+        .roles
+        .get(role)
+        .ok_or_else(|| anyhow::anyhow!("no role '{role}' in [roles]"))?;
+    Ok(sluice_sql::access::Access {
+        role: role.to_string(),
+        tables: r.tables.clone(),
+        deny_tags: r.deny_tags.clone(),
+        deny_columns: r.deny_columns.clone(),
+        row_filters: r.row_filters.clone(),
+        tags: config.column_tags(),
+    })
 }
 
 fn usage(error: anyhow::Error) -> Failure {
@@ -321,13 +344,21 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                 }
             }
         }
-        Command::Sql { query, tables } => {
+        Command::Sql {
+            query,
+            tables,
+            role,
+        } => {
             let config = match config_path(&cli, None) {
                 Some(p) => Some(load_config(&p)?),
                 None => None,
             };
             let lake = lake(&cli, config.as_ref());
-            let catalog = sluice_sql::Catalog::open(&lake).await?;
+            let access = match role {
+                None => None,
+                Some(role) => Some(access_for(config.as_ref(), role).map_err(usage)?),
+            };
+            let catalog = sluice_sql::Catalog::open_as(&lake, access).await?;
             let views = config.as_ref().map_or_else(
                 || sluice_pipeline::sql::SqlConfig::default().views_dir,
                 |c| c.sql.views_dir.clone(),

@@ -84,6 +84,8 @@ pub struct Config {
     pub anonymise: crate::anonymise::AnonymiseConfig,
     /// Where the SQL definitions (views, gold tables) live.
     pub sql: crate::sql::SqlConfig,
+    /// What each role may read through SQL.
+    pub roles: BTreeMap<String, crate::roles::RoleConfig>,
 }
 
 /// `[metrics]`: the HTTP endpoint of `sluice run` (`/metrics`, `/healthz`, `/readyz`).
@@ -814,6 +816,7 @@ impl Config {
         p.extend(self.validate_snapshot());
         p.extend(self.validate_erasure());
         p.extend(self.validate_anonymise());
+        p.extend(self.validate_roles());
         p
     }
 

@@ -23,6 +23,7 @@ pub mod health;
 pub mod maintenance;
 pub mod pii;
 pub mod quality;
+pub mod roles;
 pub mod runner;
 pub mod schedule;
 pub mod silver;

@@ -183,7 +183,7 @@ impl Config {
         out
     }
 
-    fn pii_rules_as_written(&self) -> BTreeMap<String, BTreeMap<String, ColumnRule>> {
+    pub(crate) fn pii_rules_as_written(&self) -> BTreeMap<String, BTreeMap<String, ColumnRule>> {
         let mut out = self.pii.tables.clone();
         let tables = self.bronze_tables();
         for (topic, rules) in &self.pii.topics {

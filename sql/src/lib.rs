@@ -7,6 +7,7 @@
 //! internal tables under `<lake>/_sluice/` are registered in the schema `sluice`
 //! (`sluice.dead_letters`).
 
+pub mod access;
 pub mod definitions;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +36,8 @@ pub enum Error {
     },
     #[error("{path}: {message}")]
     Definition { path: PathBuf, message: String },
+    #[error("{0}")]
+    Denied(String),
 }
 
 /// Result alias for this crate.
@@ -115,11 +118,23 @@ pub struct Catalog {
     tables: Vec<TableRef>,
     /// Version of each table as registered, by position in `tables`.
     versions: Vec<i64>,
+    /// The role's limits, when the session is opened for one.
+    access: Option<access::Access>,
+    /// Columns left out for the role.
+    denied: Vec<access::Denied>,
+    /// Tables and views left out for the role.
+    denied_tables: Vec<String>,
 }
 
 impl Catalog {
     /// Register every table of `lake`.
     pub async fn open(lake: &Path) -> Result<Self> {
+        Self::open_as(lake, None).await
+    }
+
+    /// Register the tables of `lake` that `access` lets its role read, each without the
+    /// columns and rows the role may not see; every table when `access` is none.
+    pub async fn open_as(lake: &Path, access: Option<access::Access>) -> Result<Self> {
         let config = SessionConfig::new().with_information_schema(true);
         let ctx = SessionContext::new_with_config(config);
         let catalog = ctx
@@ -128,7 +143,18 @@ impl Catalog {
         for schema in LAYERS.iter().map(|(_, s)| *s).chain(["views"]) {
             catalog.register_schema(schema, Arc::new(MemorySchemaProvider::new()))?;
         }
-        let tables = find_tables(lake)?;
+        let mut tables = find_tables(lake)?;
+        let mut denied_tables = Vec::new();
+        if let Some(a) = &access {
+            tables.retain(|t| {
+                let ok = a.allows_table(&t.qualified());
+                if !ok {
+                    denied_tables.push(t.qualified());
+                }
+                ok
+            });
+        }
+        let mut denied = Vec::new();
         let mut versions = Vec::with_capacity(tables.len());
         for t in &tables {
             let abs = std::path::absolute(&t.path).map_err(|source| Error::Io {
@@ -149,7 +175,14 @@ impl Catalog {
                     source: Box::new(source),
                 })?;
             versions.push(table.version().map_or(-1, |v| v as i64));
-            let provider = table.table_provider().await?;
+            let mut provider = table.table_provider().await?;
+            if let Some(a) = &access {
+                let recorded = table
+                    .snapshot()
+                    .map(|s| access::recorded_tags(s.metadata().configuration().iter()))
+                    .unwrap_or_default();
+                provider = restrict(&ctx, a, &t.qualified(), provider, &recorded, &mut denied)?;
+            }
             ctx.register_table(
                 datafusion::common::TableReference::partial(t.schema.as_str(), t.name.as_str()),
                 provider,
@@ -159,7 +192,55 @@ impl Catalog {
             ctx,
             tables,
             versions,
+            access,
+            denied,
+            denied_tables,
         })
+    }
+
+    /// `e`, said in the role's terms when it comes from a column or table the role may
+    /// not read.
+    fn explain(&self, e: datafusion::error::DataFusionError) -> Error {
+        let Some(a) = &self.access else {
+            return e.into();
+        };
+        let text = e.to_string();
+        if text.contains("No field named") {
+            for d in &self.denied {
+                let named = [
+                    format!("No field named {}", d.column),
+                    format!("No field named \"{}\"", d.column),
+                    format!(".{}.", d.column),
+                    format!("No field named {}.", d.column),
+                ];
+                let hit = named.iter().any(|n| text.contains(n.as_str()))
+                    || text.contains(&format!(".{} ", d.column))
+                    || text.ends_with(&format!(".{}", d.column))
+                    || text.contains(&format!(".{}.", d.column));
+                if hit {
+                    return Error::Denied(format!(
+                        "column {} of {} is not readable by role '{}' ({})",
+                        d.column, d.table, a.role, d.policy
+                    ));
+                }
+            }
+        }
+        if text.contains("not found") {
+            for t in &self.denied_tables {
+                if text.contains(&format!("{t}'")) || text.contains(&format!("{t} ")) {
+                    return Error::Denied(format!(
+                        "table {t} is not readable by role '{}' (roles.{}.tables)",
+                        a.role, a.role
+                    ));
+                }
+            }
+        }
+        e.into()
+    }
+
+    /// Columns the session's role may not read.
+    pub fn denied(&self) -> &[access::Denied] {
+        &self.denied
     }
 
     /// Register each definition of `dir` as the view `views.<name>`; a view may read
@@ -169,15 +250,24 @@ impl Catalog {
         let defs = definitions::in_dependency_order(definitions::read_dir(dir)?, "views")?;
         let mut views = Views::default();
         for d in defs {
+            let name = format!("views.{}", d.name);
+            if let Some(a) = &self.access
+                && !a.allows_table(&name)
+            {
+                views
+                    .skipped
+                    .push((name, format!("not readable by role '{}'", a.role)));
+                continue;
+            }
             match self
                 .ctx
-                .sql(&format!("CREATE VIEW views.{} AS {}", d.name, d.sql))
+                .sql(&format!("CREATE VIEW {name} AS {}", d.sql))
                 .await
             {
-                Ok(_) => views.registered.push(format!("views.{}", d.name)),
-                Err(e) if is_missing_table(&e) => views
-                    .skipped
-                    .push((format!("views.{}", d.name), e.to_string())),
+                Ok(_) => views.registered.push(name),
+                Err(e) if is_missing_table(&e) || self.access.is_some() => {
+                    views.skipped.push((name, e.to_string()))
+                }
                 Err(e) => {
                     return Err(Error::Definition {
                         path: d.path.clone(),
@@ -207,13 +297,14 @@ impl Catalog {
         &self,
         sql: &str,
     ) -> Result<datafusion::physical_plan::SendableRecordBatchStream> {
-        Ok(self.ctx.sql(sql).await?.execute_stream().await?)
+        let df = self.ctx.sql(sql).await.map_err(|e| self.explain(e))?;
+        df.execute_stream().await.map_err(|e| self.explain(e))
     }
 
     /// Run one SQL statement and collect its result.
     pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
-        let df = self.ctx.sql(sql).await?;
-        Ok(df.collect().await?)
+        let df = self.ctx.sql(sql).await.map_err(|e| self.explain(e))?;
+        df.collect().await.map_err(|e| self.explain(e))
     }
 
     /// Row count of a registered table.
@@ -232,6 +323,48 @@ impl Catalog {
             .unwrap_or(0);
         Ok(n as u64)
     }
+}
+
+/// `provider` as `access` lets its role read it: a view over a scan of it, without the
+/// denied columns (recorded in `denied`) and with the role's row filter; `provider`
+/// itself when nothing is restricted.
+fn restrict(
+    ctx: &SessionContext,
+    a: &access::Access,
+    qualified: &str,
+    provider: Arc<dyn datafusion::catalog::TableProvider>,
+    recorded: &std::collections::BTreeMap<String, String>,
+    denied: &mut Vec<access::Denied>,
+) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
+    use datafusion::logical_expr::LogicalPlanBuilder;
+    let schema = provider.schema();
+    let mut keep = Vec::new();
+    for f in schema.fields() {
+        match a.denies(qualified, f.name(), recorded) {
+            Some(policy) => denied.push(access::Denied {
+                table: qualified.to_string(),
+                column: f.name().clone(),
+                policy,
+            }),
+            None => keep.push(datafusion::prelude::ident(f.name())),
+        }
+    }
+    let filter = a.row_filters.get(qualified);
+    if keep.len() == schema.fields().len() && filter.is_none() {
+        return Ok(provider);
+    }
+    let source = datafusion::catalog::default_table_source::provider_as_source(provider);
+    let mut plan = LogicalPlanBuilder::scan(qualified, source, None)?;
+    if let Some(condition) = filter {
+        let expr = ctx.parse_sql_expr(condition, plan.schema()).map_err(|e| {
+            Error::Denied(format!("roles.{}.row_filters.\"{qualified}\": {e}", a.role))
+        })?;
+        plan = plan.filter(expr)?;
+    }
+    let plan = plan.project(keep)?.build()?;
+    Ok(Arc::new(datafusion::catalog::view::ViewTable::new(
+        plan, None,
+    )))
 }
 
 fn url_for(abs: &Path) -> Result<url::Url> {

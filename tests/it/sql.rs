@@ -1,6 +1,6 @@
 //! SQL over the demo bank: `sluice job gold` and views (the definitions under `sql/`
 //! build tables that agree with the layers they summarise; a re-run replaces them
-//! whole).
+//! whole), and roles (only their tables, columns and rows).
 
 use crate::erase::demo;
 
@@ -141,3 +141,108 @@ fn gold_tables_and_views_agree_with_the_layers_and_rebuild_whole() {
     assert!(stderr.contains("oops.sql"), "{stderr}");
 }
 
+const ROLES: &str = r#"
+[roles.analyst]
+tables = ["silver", "gold", "views"]
+deny_tags = ["direct_identifier"]
+deny_columns = ["notes"]
+[roles.analyst.row_filters]
+"silver.accounts" = "product <> 'isa'"
+"#;
+
+#[test]
+fn a_role_reads_only_its_tables_columns_and_rows() {
+    let d = demo();
+    let path = d.dir.path().join("demo.toml");
+    let config = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(&path, format!("{config}\n{ROLES}")).expect("config");
+    let as_analyst = |q: &str| {
+        d.sluice(&["sql", "--format", "csv", "--role", "analyst", q])
+            .output()
+            .expect("sql")
+    };
+    let rows = |out: &std::process::Output| -> Vec<String> {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .map(str::to_string)
+            .collect()
+    };
+
+    // Allowed: a column the policy does not tag.
+    let segments = rows(&as_analyst(
+        "select count(distinct segment) from silver.customers",
+    ));
+    assert_eq!(segments, vec!["4"]);
+    // The tagged and named columns are absent, from `*` and from the schema.
+    let out = as_analyst("select * from silver.customers limit 1");
+    let header = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(header.contains("segment"), "{header}");
+    for hidden in ["email", "customer_id", "phone", "notes", "last_name"] {
+        assert!(
+            !header.split(',').any(|c| c == hidden),
+            "{hidden} in {header}"
+        );
+    }
+    let columns = rows(&as_analyst(
+        "select column_name from information_schema.columns \
+         where table_schema = 'silver' and table_name = 'customers' and column_name = 'email'",
+    ));
+    assert!(columns.is_empty());
+    // Selecting one fails, naming the policy; never a silent null.
+    let out = as_analyst("select email from silver.customers");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("column email of silver.customers is not readable by role 'analyst' (roles.analyst.deny_tags (direct_identifier))"),
+        "{stderr}"
+    );
+    let out = as_analyst("select notes from silver.customers");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("roles.analyst.deny_columns"));
+    // A table outside the role's layers.
+    let out = as_analyst("select count(*) from bronze.card_transactions");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("table bronze.card_transactions is not readable by role 'analyst' (roles.analyst.tables)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The row filter: ISAs are not there for the role, and are for everyone else.
+    assert_eq!(
+        rows(&as_analyst(
+            "select count(*) from silver.accounts where product = 'isa'"
+        )),
+        vec!["0"]
+    );
+    let all = one(
+        &d,
+        "select count(*) from silver.accounts where product <> 'isa'",
+    );
+    assert_eq!(
+        rows(&as_analyst("select count(*) from silver.accounts")),
+        vec![all]
+    );
+    assert_ne!(
+        one(
+            &d,
+            "select count(*) from silver.accounts where product = 'isa'"
+        ),
+        "0"
+    );
+    // An unknown role is refused.
+    let out = d
+        .sluice(&["sql", "--role", "nobody", "select 1"])
+        .output()
+        .expect("sql");
+    assert_eq!(out.status.code(), Some(2));
+}
