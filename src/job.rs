@@ -39,6 +39,20 @@ async fn record(
     .await?)
 }
 
+/// A run's outcome and the tables it wrote (`table@version`), for `sluice.job_runs`.
+fn outcome<T, E: std::fmt::Display>(
+    result: &Result<Vec<T>, E>,
+    written: impl Fn(&T) -> String,
+) -> (String, String) {
+    match result {
+        Ok(items) => (
+            "ok".to_string(),
+            items.iter().map(written).collect::<Vec<_>>().join(", "),
+        ),
+        Err(e) => (format!("failed: {e}"), String::new()),
+    }
+}
+
 /// Run `sluice job maintain` and record it.
 pub async fn maintain(
     config: &Config,
@@ -48,17 +62,7 @@ pub async fn maintain(
 ) -> anyhow::Result<()> {
     let started_at = chrono::Utc::now().timestamp_micros();
     let result = sluice_jobs::maintain::maintain(lake, &config.maintenance, tables).await;
-    let (outcome, touched) = match &result {
-        Ok(reports) => (
-            "ok".to_string(),
-            reports
-                .iter()
-                .map(|r| format!("{}@{}", r.table, r.version_after))
-                .collect::<Vec<_>>()
-                .join(", "),
-        ),
-        Err(e) => (format!("failed: {e}"), String::new()),
-    };
+    let (outcome, touched) = outcome(&result, |r| format!("{}@{}", r.table, r.version_after));
     let run = record(lake, "maintain", tables, started_at, outcome, touched).await?;
     let reports = result?;
     match format {
@@ -569,17 +573,7 @@ pub async fn gold(
     let started_at = chrono::Utc::now().timestamp_micros();
     let result =
         sluice_jobs::gold::gold(lake, &config.sql.gold_dir, &config.sql.views_dir, tables).await;
-    let (outcome, touched) = match &result {
-        Ok(built) => (
-            "ok".to_string(),
-            built
-                .iter()
-                .map(|t| format!("{}@{}", t.table, t.version))
-                .collect::<Vec<_>>()
-                .join(", "),
-        ),
-        Err(e) => (format!("failed: {e}"), String::new()),
-    };
+    let (outcome, touched) = outcome(&result, |t| format!("{}@{}", t.table, t.version));
     record(lake, "gold", tables, started_at, outcome, touched).await?;
     let built = result?;
     match format {

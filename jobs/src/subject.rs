@@ -7,9 +7,7 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, RecordBatch, StructArray,
-};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StructArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int32Type, Int64Type, Schema};
 use deltalake::datafusion::common::Result as DfResult;
@@ -140,8 +138,13 @@ impl Subject {
         }
     }
 
-    /// Dead letters (columns in [`LETTER_COLUMNS`] order) whose key or payload mentions the subject.
-    pub fn letters_mask(&self, columns: &[ArrayRef]) -> Result<BooleanArray> {
+    /// Call `f(row, bytes)` with each key and payload of dead letters (columns in
+    /// [`LETTER_COLUMNS`] order), opened when sealed.
+    fn each_letter_value(
+        &self,
+        columns: &[ArrayRef],
+        f: &mut dyn FnMut(usize, &[u8]),
+    ) -> Result<()> {
         let [topic, partition, offset, key, payload] = columns else {
             return Err(Error::Other("a dead letter needs five columns".into()));
         };
@@ -151,24 +154,35 @@ impl Subject {
         let partition = partition.as_primitive::<Int32Type>();
         let offset = cast(offset, &DataType::Int64)?;
         let offset = offset.as_primitive::<Int64Type>();
-        let key = cast(key, &DataType::Binary)?;
-        let key = key.as_binary::<i32>();
-        let payload = cast(payload, &DataType::Binary)?;
-        let payload = payload.as_binary::<i32>();
-        let mut out = BooleanBuilder::with_capacity(topic.len());
-        for i in 0..topic.len() {
-            let t = if topic.is_valid(i) {
-                topic.value(i)
-            } else {
-                ""
-            };
-            let (p, o) = (partition.value(i), offset.value(i));
-            let hit = [key, payload]
-                .iter()
-                .any(|c| c.is_valid(i) && self.mentioned_in(&self.plain(c.value(i), t, p, o)));
-            out.append_value(hit);
+        for c in [key, payload] {
+            let c = cast(c, &DataType::Binary)?;
+            let c = c.as_binary::<i32>();
+            for i in 0..c.len() {
+                if c.is_valid(i) {
+                    let t = if topic.is_valid(i) {
+                        topic.value(i)
+                    } else {
+                        ""
+                    };
+                    f(
+                        i,
+                        &self.plain(c.value(i), t, partition.value(i), offset.value(i)),
+                    );
+                }
+            }
         }
-        Ok(out.finish())
+        Ok(())
+    }
+
+    /// Dead letters (columns in [`LETTER_COLUMNS`] order) whose key or payload mentions the subject.
+    pub fn letters_mask(&self, columns: &[ArrayRef]) -> Result<BooleanArray> {
+        let mut hit = vec![false; columns.first().map_or(0, |c| c.len())];
+        self.each_letter_value(columns, &mut |i, v| {
+            if self.mentioned_in(v) {
+                hit[i] = true;
+            }
+        })?;
+        Ok(BooleanArray::from(hit))
     }
 
     /// Occurrences in every text and byte value of `batch`, nested values included, with
@@ -181,28 +195,7 @@ impl Subject {
             .collect();
         let mut n = 0;
         if let (Some(letters), Some(_)) = (letters, &self.seal) {
-            let (topic, partition, offset) = (&letters[0], &letters[1], &letters[2]);
-            let topic = as_text(topic)?;
-            let topic = topic.as_string::<i32>();
-            let partition = cast(partition, &DataType::Int32)?;
-            let partition = partition.as_primitive::<Int32Type>();
-            let offset = cast(offset, &DataType::Int64)?;
-            let offset = offset.as_primitive::<Int64Type>();
-            for c in &letters[3..] {
-                let c = cast(c, &DataType::Binary)?;
-                let c = c.as_binary::<i32>();
-                for i in 0..c.len() {
-                    if c.is_valid(i) && topic.is_valid(i) {
-                        let plain = self.plain(
-                            c.value(i),
-                            topic.value(i),
-                            partition.value(i),
-                            offset.value(i),
-                        );
-                        n += self.count_in(&plain);
-                    }
-                }
-            }
+            self.each_letter_value(&letters, &mut |_, v| n += self.count_in(v))?;
             for (field, column) in schema.fields().iter().zip(batch.columns()) {
                 if !matches!(field.name().as_str(), "kafka_key" | "payload") {
                     n += self.count_in_array(column);
@@ -218,42 +211,25 @@ impl Subject {
 
     fn count_in_array(&self, array: &ArrayRef) -> usize {
         match array.data_type() {
-            DataType::Utf8 => array
-                .as_string::<i32>()
-                .iter()
-                .flatten()
-                .map(|v| self.count_in(v.as_bytes()))
-                .sum(),
-            DataType::LargeUtf8 => array
-                .as_string::<i64>()
-                .iter()
-                .flatten()
-                .map(|v| self.count_in(v.as_bytes()))
-                .sum(),
-            DataType::Utf8View => array
-                .as_string_view()
-                .iter()
-                .flatten()
-                .map(|v| self.count_in(v.as_bytes()))
-                .sum(),
-            DataType::Binary => array
-                .as_binary::<i32>()
-                .iter()
-                .flatten()
-                .map(|v| self.count_in(v))
-                .sum(),
-            DataType::LargeBinary => array
-                .as_binary::<i64>()
-                .iter()
-                .flatten()
-                .map(|v| self.count_in(v))
-                .sum(),
-            DataType::BinaryView => array
-                .as_binary_view()
-                .iter()
-                .flatten()
-                .map(|v| self.count_in(v))
-                .sum(),
+            DataType::Utf8
+            | DataType::LargeUtf8
+            | DataType::Utf8View
+            | DataType::Dictionary(_, _) => cast(array, &DataType::Utf8).map_or(0, |a| {
+                a.as_string::<i32>()
+                    .iter()
+                    .flatten()
+                    .map(|v| self.count_in(v.as_bytes()))
+                    .sum()
+            }),
+            DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
+                cast(array, &DataType::Binary).map_or(0, |a| {
+                    a.as_binary::<i32>()
+                        .iter()
+                        .flatten()
+                        .map(|v| self.count_in(v))
+                        .sum()
+                })
+            }
             DataType::Struct(_) => array
                 .as_struct()
                 .columns()
@@ -265,9 +241,6 @@ impl Subject {
             DataType::Map(_, _) => {
                 let m = array.as_map();
                 self.count_in_array(m.keys()) + self.count_in_array(m.values())
-            }
-            DataType::Dictionary(_, _) => {
-                cast(array, &DataType::Utf8).map_or(0, |a| self.count_in_array(&a))
             }
             _ => 0,
         }

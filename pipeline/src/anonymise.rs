@@ -21,7 +21,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::config::{Config, Problem};
+use crate::config::{Config, Problem, is_table_name};
 use crate::pii::{Action, ColumnRule};
 
 /// `[anonymise]`.
@@ -67,7 +67,7 @@ impl Config {
         let mut p = Vec::new();
         for (name, t) in &self.anonymise.tables {
             let at = format!("anonymise.tables.\"{name}\"");
-            if !is_qualified(name) {
+            if !is_table_name(name) {
                 p.push(Problem::new(&at, "not <layer>.<name>"));
             }
             if t.columns.is_empty() {
@@ -99,7 +99,7 @@ impl Config {
         }
         for (name, publish) in &self.anonymise.publish {
             let at = format!("anonymise.publish.\"{name}\"");
-            if !is_qualified(name) {
+            if !is_table_name(name) {
                 p.push(Problem::new(&at, "not <layer>.<name>"));
             }
             if publish.quasi_identifiers.is_empty() {
@@ -117,12 +117,6 @@ impl Config {
         }
         p
     }
-}
-
-fn is_qualified(name: &str) -> bool {
-    let mut parts = name.splitn(2, '.');
-    matches!(parts.next(), Some("bronze" | "silver" | "gold" | "sluice"))
-        && parts.next().is_some_and(|n| !n.is_empty())
 }
 
 #[cfg(test)]

@@ -582,6 +582,13 @@ pub fn table_name_for_topic(topic: &str) -> String {
         .collect()
 }
 
+/// Whether `name` is `<layer>.<table>` with a layer of the lake.
+pub(crate) fn is_table_name(name: &str) -> bool {
+    let mut parts = name.splitn(2, '.');
+    matches!(parts.next(), Some("bronze" | "silver" | "gold" | "sluice"))
+        && parts.next().is_some_and(|n| !n.is_empty())
+}
+
 pub(crate) fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.chars()

@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::config::{Config, Problem};
+use crate::config::{Config, Problem, is_table_name};
 
 /// `[erasure]`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -115,8 +115,7 @@ impl Config {
         }
         for (name, t) in &e.tables {
             let at = format!("erasure.tables.\"{name}\"");
-            let layer = name.split('.').next().unwrap_or_default();
-            if !matches!(layer, "bronze" | "silver" | "gold" | "sluice") || !name.contains('.') {
+            if !is_table_name(name) {
                 p.push(Problem::new(&at, "not <layer>.<name>"));
             }
             let cols = t.columns.iter().flatten().chain(&t.contains);

@@ -45,14 +45,7 @@ fn aged_rows_are_anonymised_in_place_and_k_anonymity_gates_publishing() {
         .expect("toml");
     config.remove("anonymise");
     std::fs::write(&path, format!("{config}\n{POLICY}")).expect("policy");
-    let one = |q: &str| -> String {
-        let out = d.ok(&["sql", "--format", "csv", q]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .nth(1)
-            .unwrap_or_default()
-            .to_string()
-    };
+    let one = |q: &str| d.one(q);
     let kept = "select count(*), count(distinct after.customer_id), count(after.segment), count(after.email) > 0 from bronze.customers";
     let before = one(kept);
     assert!(before.ends_with(",true"), "{before}");

@@ -54,6 +54,15 @@ impl Demo {
         );
         out
     }
+    /// The first row of a query's result, as CSV.
+    pub(crate) fn one(&self, q: &str) -> String {
+        let out = self.ok(&["sql", "--format", "csv", q]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .unwrap_or_default()
+            .to_string()
+    }
     pub(crate) fn count(&self, table: &str, condition: &str) -> u64 {
         let q = format!("select count(*) from {table} where {condition}");
         let out = self.ok(&["sql", "--format", "csv", &q]);

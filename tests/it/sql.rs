@@ -4,15 +4,6 @@
 
 use crate::erase::demo;
 
-fn one(d: &crate::erase::Demo, q: &str) -> String {
-    let out = d.ok(&["sql", "--format", "csv", q]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .nth(1)
-        .unwrap_or_default()
-        .to_string()
-}
-
 #[test]
 fn gold_tables_and_views_agree_with_the_layers_and_rebuild_whole() {
     let d = demo();
@@ -44,47 +35,34 @@ fn gold_tables_and_views_agree_with_the_layers_and_rebuild_whole() {
     );
 
     // The view and the gold tables agree with the layers they read.
-    let approved = one(
-        &d,
+    let approved = d.one(
         "select count(*) from bronze.card_transactions t join silver.customers c \
          on t.customer_id = c.customer_id where t.status = 'approved'",
     );
     assert_eq!(
-        one(&d, "select count(*) from views.approved_card_spend"),
+        d.one("select count(*) from views.approved_card_spend"),
         approved
     );
     assert_eq!(
-        one(
-            &d,
-            "select sum(transactions) from gold.daily_spend_by_segment"
-        ),
+        d.one("select sum(transactions) from gold.daily_spend_by_segment"),
         approved
     );
     assert_eq!(
-        one(
-            &d,
-            "select sum(accounts), sum(balance_gbp) from gold.balances_by_product"
-        ),
-        one(
-            &d,
-            "select count(*), cast(sum(balance_gbp) as decimal(16, 2)) from silver.accounts"
-        )
+        d.one("select sum(accounts), sum(balance_gbp) from gold.balances_by_product"),
+        d.one("select count(*), cast(sum(balance_gbp) as decimal(16, 2)) from silver.accounts")
     );
     assert_eq!(
-        one(
-            &d,
-            "select sum(touchpoints) from gold.touchpoint_channel_mix"
-        ),
-        one(&d, "select count(*) from bronze.touchpoints")
+        d.one("select sum(touchpoints) from gold.touchpoint_channel_mix"),
+        d.one("select count(*) from bronze.touchpoints")
     );
-    let share: f64 = one(&d, "select sum(share_pct) from gold.touchpoint_channel_mix")
+    let share: f64 = d
+        .one("select sum(share_pct) from gold.touchpoint_channel_mix")
         .parse()
         .expect("share");
     assert!((share - 100.0).abs() < 0.2, "{share}");
     // Each burst is five or more transactions of its customer in the ten minutes before it.
     assert_eq!(
-        one(
-            &d,
+        d.one(
             "select count(*) from (select g.txn_id, g.transactions_in_10_min as said, \
              count(t.txn_id) as n from gold.rapid_card_use g join bronze.card_transactions t \
              on t.customer_id = g.customer_id \
@@ -95,17 +73,14 @@ fn gold_tables_and_views_agree_with_the_layers_and_rebuild_whole() {
         "0"
     );
     assert!(
-        one(&d, "select count(*) from gold.rapid_card_use")
+        d.one("select count(*) from gold.rapid_card_use")
             .parse::<u64>()
             .expect("n")
             > 0
     );
 
     // A re-run replaces each table whole: same rows, one version more.
-    let before = one(
-        &d,
-        "select count(*), sum(spend_gbp) from gold.daily_spend_by_segment",
-    );
+    let before = d.one("select count(*), sum(spend_gbp) from gold.daily_spend_by_segment");
     let out = d.ok(&[
         "--format",
         "json",
@@ -118,10 +93,7 @@ fn gold_tables_and_views_agree_with_the_layers_and_rebuild_whole() {
     assert_eq!(again.as_array().expect("built").len(), 1);
     assert_eq!(again[0]["version"], 1);
     assert_eq!(
-        one(
-            &d,
-            "select count(*), sum(spend_gbp) from gold.daily_spend_by_segment"
-        ),
+        d.one("select count(*), sum(spend_gbp) from gold.daily_spend_by_segment"),
         before
     );
 
@@ -224,19 +196,13 @@ fn a_role_reads_only_its_tables_columns_and_rows() {
         )),
         vec!["0"]
     );
-    let all = one(
-        &d,
-        "select count(*) from silver.accounts where product <> 'isa'",
-    );
+    let all = d.one("select count(*) from silver.accounts where product <> 'isa'");
     assert_eq!(
         rows(&as_analyst("select count(*) from silver.accounts")),
         vec![all]
     );
     assert_ne!(
-        one(
-            &d,
-            "select count(*) from silver.accounts where product = 'isa'"
-        ),
+        d.one("select count(*) from silver.accounts where product = 'isa'"),
         "0"
     );
     // An unknown role is refused.
