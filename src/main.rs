@@ -87,6 +87,16 @@ enum Command {
         /// and rows.
         #[arg(long)]
         role: Option<String>,
+        /// Read a table at a version: `layer.name=VERSION`; repeatable.
+        #[arg(long = "version", value_name = "TABLE=VERSION")]
+        versions: Vec<String>,
+        /// Read every other table as it was at this time (RFC 3339, e.g.
+        /// 2026-11-22T10:00:00Z); tables created later are left out.
+        #[arg(long)]
+        as_of: Option<String>,
+        /// Write the result to this file (whole or not at all) instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// Measure end-to-end ingest throughput on this machine.
     Bench(bench::BenchArgs),
@@ -204,6 +214,27 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
             error: e.into(),
         }
     }
+}
+
+/// `--version TABLE=N` and `--as-of TIME`, checked.
+fn time_travel(versions: &[String], as_of: Option<&str>) -> anyhow::Result<sluice_sql::TimeTravel> {
+    let mut travel = sluice_sql::TimeTravel::default();
+    for v in versions {
+        let (table, version) = v
+            .split_once('=')
+            .and_then(|(t, n)| Some((t, n.parse::<u64>().ok()?)))
+            .ok_or_else(|| {
+                anyhow::anyhow!("--version {v}: give layer.name=VERSION, e.g. silver.customers=12")
+            })?;
+        travel.versions.insert(table.to_string(), version);
+    }
+    if let Some(at) = as_of {
+        chrono::DateTime::parse_from_rfc3339(at).map_err(|e| {
+            anyhow::anyhow!("--as-of {at}: not an RFC 3339 time ({e}), e.g. 2026-11-22T10:00:00Z")
+        })?;
+        travel.as_of = Some(at.to_string());
+    }
+    Ok(travel)
 }
 
 /// The limits of `[roles.<role>]`, with the column tags the configuration knows.
@@ -348,6 +379,9 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             query,
             tables,
             role,
+            versions,
+            as_of,
+            out,
         } => {
             let config = match config_path(&cli, None) {
                 Some(p) => Some(load_config(&p)?),
@@ -358,7 +392,8 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                 None => None,
                 Some(role) => Some(access_for(config.as_ref(), role).map_err(usage)?),
             };
-            let catalog = sluice_sql::Catalog::open_as(&lake, access).await?;
+            let travel = time_travel(versions, as_of.as_deref()).map_err(usage)?;
+            let catalog = sluice_sql::Catalog::open_at(&lake, access, &travel).await?;
             let views = config.as_ref().map_or_else(
                 || sluice_pipeline::sql::SqlConfig::default().views_dir,
                 |c| c.sql.views_dir.clone(),
@@ -377,7 +412,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                     .as_deref()
                     .ok_or_else(|| usage(anyhow::anyhow!("give a query, or --tables")))?;
                 let batches = catalog.query(q).await.map_err(|e| usage(e.into()))?;
-                output::print(&batches, cli.format)?;
+                output::print_to(&batches, cli.format, out.as_deref())?;
             }
         }
         Command::Bench(args) => bench::bench(args.clone()).await?,

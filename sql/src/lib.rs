@@ -38,6 +38,18 @@ pub enum Error {
     Definition { path: PathBuf, message: String },
     #[error("{0}")]
     Denied(String),
+    #[error("time travel: {0}")]
+    Travel(String),
+}
+
+/// Which state of each table a session reads: a version per table, and for the others
+/// the version current at a time; the latest when neither is given.
+#[derive(Debug, Clone, Default)]
+pub struct TimeTravel {
+    /// Versions by table (`layer.name`).
+    pub versions: std::collections::BTreeMap<String, u64>,
+    /// RFC 3339 time, e.g. `2026-11-22T10:00:00Z`.
+    pub as_of: Option<String>,
 }
 
 /// Result alias for this crate.
@@ -135,6 +147,15 @@ impl Catalog {
     /// Register the tables of `lake` that `access` lets its role read, each without the
     /// columns and rows the role may not see; every table when `access` is none.
     pub async fn open_as(lake: &Path, access: Option<access::Access>) -> Result<Self> {
+        Self::open_at(lake, access, &TimeTravel::default()).await
+    }
+
+    /// [`Catalog::open_as`], each table read at the state `travel` asks for.
+    pub async fn open_at(
+        lake: &Path,
+        access: Option<access::Access>,
+        travel: &TimeTravel,
+    ) -> Result<Self> {
         let config = SessionConfig::new().with_information_schema(true);
         let ctx = SessionContext::new_with_config(config);
         let catalog = ctx
@@ -144,6 +165,11 @@ impl Catalog {
             catalog.register_schema(schema, Arc::new(MemorySchemaProvider::new()))?;
         }
         let mut tables = find_tables(lake)?;
+        for name in travel.versions.keys() {
+            if !tables.iter().any(|t| &t.qualified() == name) {
+                return Err(Error::Travel(format!("no table {name} in the lake")));
+            }
+        }
         let mut denied_tables = Vec::new();
         if let Some(a) = &access {
             tables.retain(|t| {
@@ -155,6 +181,7 @@ impl Catalog {
             });
         }
         let mut denied = Vec::new();
+        let mut absent = Vec::new();
         let mut versions = Vec::with_capacity(tables.len());
         for t in &tables {
             let abs = std::path::absolute(&t.path).map_err(|source| Error::Io {
@@ -162,12 +189,27 @@ impl Catalog {
                 source,
             })?;
             let url = url_for(&abs)?;
-            let table = deltalake::open_table(url)
-                .await
-                .map_err(|source| Error::Table {
-                    table: t.qualified(),
-                    source: Box::new(source),
-                })?;
+            let table = match (travel.versions.get(&t.qualified()), &travel.as_of) {
+                (Some(v), _) => deltalake::open_table_with_version(url, *v)
+                    .await
+                    .map_err(|e| Error::Travel(format!("{} at version {v}: {e}", t.qualified())))?,
+                (None, Some(at)) => match deltalake::open_table_with_ds(url, at).await {
+                    Ok(table) => table,
+                    // The table did not exist yet: it is not in the session.
+                    Err(_) => {
+                        absent.push(t.qualified());
+                        continue;
+                    }
+                },
+                (None, None) => {
+                    deltalake::open_table(url)
+                        .await
+                        .map_err(|source| Error::Table {
+                            table: t.qualified(),
+                            source: Box::new(source),
+                        })?
+                }
+            };
             table
                 .update_datafusion_session(&ctx.state())
                 .map_err(|source| Error::Table {
@@ -188,6 +230,7 @@ impl Catalog {
                 provider,
             )?;
         }
+        tables.retain(|t| !absent.contains(&t.qualified()));
         Ok(Self {
             ctx,
             tables,

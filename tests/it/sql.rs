@@ -79,6 +79,34 @@ fn gold_tables_and_views_agree_with_the_layers_and_rebuild_whole() {
             > 0
     );
 
+    // Results as JSON lines, and as a Parquet file.
+    let out = d.ok(&[
+        "sql",
+        "--format",
+        "jsonl",
+        "select * from gold.balances_by_product",
+    ]);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one object per line"))
+        .collect();
+    assert_eq!(lines.len(), 4);
+    let file = d.dir.path().join("balances.parquet");
+    d.ok(&[
+        "sql",
+        "--format",
+        "parquet",
+        "--out",
+        &file.display().to_string(),
+        "select * from gold.balances_by_product",
+    ]);
+    let reader = parquet::file::reader::SerializedFileReader::new(
+        std::fs::File::open(&file).expect("parquet file"),
+    )
+    .expect("parquet");
+    use parquet::file::reader::FileReader as _;
+    assert_eq!(reader.metadata().file_metadata().num_rows(), 4);
+
     // A re-run replaces each table whole: same rows, one version more.
     let before = d.one("select count(*), sum(spend_gbp) from gold.daily_spend_by_segment");
     let out = d.ok(&[
