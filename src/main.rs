@@ -9,6 +9,7 @@ mod policy;
 mod reveal;
 mod run;
 mod schedule;
+mod shell;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -78,7 +79,8 @@ enum Command {
     },
     /// Run a SQL query over every table of the lake (`bronze.<table>`, `sluice.dead_letters`, ...).
     Sql {
-        /// The query; omit with --tables.
+        /// The query; without one, a shell reads statements (from a terminal with line
+        /// editing and history, or from standard input).
         query: Option<String>,
         /// List the tables with their row counts.
         #[arg(long)]
@@ -407,12 +409,11 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                     rows.push(format!("{}\t{}", t.qualified(), catalog.count(t).await?));
                 }
                 println!("{}", rows.join("\n"));
-            } else {
-                let q = query
-                    .as_deref()
-                    .ok_or_else(|| usage(anyhow::anyhow!("give a query, or --tables")))?;
+            } else if let Some(q) = query.as_deref() {
                 let batches = catalog.query(q).await.map_err(|e| usage(e.into()))?;
                 output::print_to(&batches, cli.format, out.as_deref())?;
+            } else {
+                shell::shell(&catalog, cli.format).await?;
             }
         }
         Command::Bench(args) => bench::bench(args.clone()).await?,

@@ -107,6 +107,38 @@ fn gold_tables_and_views_agree_with_the_layers_and_rebuild_whole() {
     use parquet::file::reader::FileReader as _;
     assert_eq!(reader.metadata().file_metadata().num_rows(), 4);
 
+    // The shell reads statements from a pipe: meta commands, multi-line statements.
+    let mut shell = d
+        .sluice(&["sql", "--format", "csv"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("shell");
+    {
+        use std::io::Write as _;
+        let mut stdin = shell.stdin.take().expect("stdin");
+        stdin
+            .write_all(
+                b"\\d\n\\d gold.balances_by_product\nselect count(*) AS n\n  from gold.balances_by_product;\nselect nope;\n",
+            )
+            .expect("write");
+    }
+    let out = shell.wait_with_output().expect("shell");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("gold.balances_by_product,base table"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("average_balance_gbp,"), "{stdout}");
+    assert!(stdout.contains("n\n4\n"), "{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the failed statement fails the run"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 statement(s) failed"));
+
     // A re-run replaces each table whole: same rows, one version more.
     let before = d.one("select count(*), sum(spend_gbp) from gold.daily_spend_by_segment");
     let out = d.ok(&[
