@@ -118,6 +118,26 @@ pub struct Views {
     pub skipped: Vec<(String, String)>,
 }
 
+/// The field of DataFusion's "No field named <qualifier>.<column>.", split.
+fn missing_field(text: &str) -> Option<(Option<String>, String)> {
+    let rest = text.split("No field named ").nth(1)?;
+    // The name ends the sentence: "… named c.email.\nValid fields are …".
+    let name = rest.split_whitespace().next()?.trim_end_matches('.');
+    let parts: Vec<&str> = name.split('.').map(|p| p.trim_matches('"')).collect();
+    let (column, qualifier) = parts.split_last()?;
+    Some((
+        (!qualifier.is_empty()).then(|| qualifier.join(".")),
+        (*column).to_string(),
+    ))
+}
+
+/// The table of DataFusion's "table '<catalog>.<layer>.<name>' not found", as `layer.name`.
+fn missing_table(text: &str) -> Option<String> {
+    let rest = text.split("table '").nth(1)?;
+    let name = rest.split("' not found").next()?;
+    Some(name.strip_prefix("datafusion.").unwrap_or(name).to_string())
+}
+
 /// Whether planning failed because a table or view does not exist.
 fn is_missing_table(e: &datafusion::error::DataFusionError) -> bool {
     let text = e.to_string();
@@ -248,35 +268,29 @@ impl Catalog {
             return e.into();
         };
         let text = e.to_string();
-        if text.contains("No field named") {
-            for d in &self.denied {
-                let named = [
-                    format!("No field named {}", d.column),
-                    format!("No field named \"{}\"", d.column),
-                    format!(".{}.", d.column),
-                    format!("No field named {}.", d.column),
-                ];
-                let hit = named.iter().any(|n| text.contains(n.as_str()))
-                    || text.contains(&format!(".{} ", d.column))
-                    || text.ends_with(&format!(".{}", d.column))
-                    || text.contains(&format!(".{}.", d.column));
-                if hit {
-                    return Error::Denied(format!(
-                        "column {} of {} is not readable by role '{}' ({})",
-                        d.column, d.table, a.role, d.policy
-                    ));
-                }
+        if let Some((qualifier, column)) = missing_field(&text) {
+            let same_table = |d: &&&access::Denied| {
+                qualifier
+                    .as_deref()
+                    .is_some_and(|q| d.table == q || d.table.ends_with(&format!(".{q}")))
+            };
+            let named: Vec<&access::Denied> =
+                self.denied.iter().filter(|d| d.column == column).collect();
+            // An alias (`c.email`) names no table: any denied column of that name.
+            if let Some(d) = named.iter().find(same_table).or(named.first()) {
+                return Error::Denied(format!(
+                    "column {} of {} is not readable by role '{}' ({})",
+                    d.column, d.table, a.role, d.policy
+                ));
             }
         }
-        if text.contains("not found") {
-            for t in &self.denied_tables {
-                if text.contains(&format!("{t}'")) || text.contains(&format!("{t} ")) {
-                    return Error::Denied(format!(
-                        "table {t} is not readable by role '{}' (roles.{}.tables)",
-                        a.role, a.role
-                    ));
-                }
-            }
+        if let Some(table) = missing_table(&text)
+            && self.denied_tables.contains(&table)
+        {
+            return Error::Denied(format!(
+                "table {table} is not readable by role '{}' (roles.{}.tables)",
+                a.role, a.role
+            ));
         }
         e.into()
     }
@@ -415,4 +429,25 @@ fn url_for(abs: &Path) -> Result<url::Url> {
         path: abs.to_path_buf(),
         source: std::io::Error::other("not an absolute path"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_missing_field_and_table() {
+        assert_eq!(
+            missing_field("Schema error: No field named c.email. Valid fields are c.segment."),
+            Some((Some("c".into()), "email".into()))
+        );
+        assert_eq!(
+            missing_field("Schema error: No field named email.\nValid fields are x."),
+            Some((None, "email".into()))
+        );
+        assert_eq!(
+            missing_table("Error during planning: table 'datafusion.bronze.t' not found"),
+            Some("bronze.t".into())
+        );
+    }
 }
