@@ -257,28 +257,35 @@ fn kafka_client(config: &Config) -> anyhow::Result<KafkaClient> {
     })
 }
 
+/// The producer of `[[erasure.tombstones]]`, when there are any.
+fn tombstone_producer(config: &Config) -> anyhow::Result<Option<erasure::Tombstones>> {
+    if config.erasure.tombstones.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(erasure::Tombstones::new(&kafka_client(config)?)?))
+}
+
 /// Erase one subject: tombstones for its keys, then the lake; the certificate, and the
 /// run recorded with the request id only (a hash of a subject id is guessable).
 async fn erase_one(
     config: &Config,
     lake: &Path,
     secret: &sluice_transforms::keys::Secret,
+    tombstones: Option<&erasure::Tombstones>,
     raw: &str,
     subject: Arc<Subject>,
     request_id: &str,
 ) -> anyhow::Result<erase::Certificate> {
     let started_at = chrono::Utc::now().timestamp_micros();
-    let tombstones: Vec<(String, Vec<u8>)> = config
+    let keys: Vec<(String, Vec<u8>)> = config
         .erasure
         .tombstones
         .iter()
         .map(|t| (t.topic.clone(), t.key_for(raw).into_bytes()))
         .collect();
-    let produced = if tombstones.is_empty() {
-        Ok(0)
-    } else {
-        let client = kafka_client(config)?;
-        tokio::task::block_in_place(|| erasure::produce_tombstones(&client, &tombstones))
+    let produced = match tombstones {
+        Some(producer) => tokio::task::block_in_place(|| producer.send(&keys)),
+        None => Ok(0),
     };
     let result = match produced {
         Ok(n) => {
@@ -358,13 +365,25 @@ pub async fn erase(
 ) -> anyhow::Result<()> {
     let secret = certificate_secret(config)?;
     let found = find_subjects(config, subjects)?;
+    let tombstones = tombstone_producer(config)?;
     let request_id = request_id.map_or_else(
         || format!("erase-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ")),
         str::to_string,
     );
     let mut certificates = Vec::new();
     for (raw, subject) in subjects.iter().zip(found) {
-        certificates.push(erase_one(config, lake, &secret, raw, subject, &request_id).await?);
+        certificates.push(
+            erase_one(
+                config,
+                lake,
+                &secret,
+                tombstones.as_ref(),
+                raw,
+                subject,
+                &request_id,
+            )
+            .await?,
+        );
     }
     print_certificates(&certificates, format)
 }
@@ -386,14 +405,31 @@ pub async fn erase_requests(config: &Config, lake: &Path, format: Format) -> any
         "sluice: {} erasure request(s) waiting on {topic}",
         pending.len()
     );
+    // The policy's keys are read once for all the requests.
+    let raws: Vec<String> = pending
+        .iter()
+        .filter_map(|r| r.subject.as_ref().ok().cloned())
+        .collect();
+    let mut found = find_subjects(config, &raws)?.into_iter();
+    let tombstones = tombstone_producer(config)?;
     let mut certificates = Vec::new();
     for request in pending {
         let certificate = match &request.subject {
             Ok(raw) => {
-                let subject = find_subjects(config, std::slice::from_ref(raw))?
-                    .pop()
-                    .ok_or_else(|| anyhow::anyhow!("no subject"))?;
-                erase_one(config, lake, &secret, raw, subject, &request.request_id).await?
+                // `found` holds one subject per valid request, in order.
+                let subject = found
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("a request without its subject"))?;
+                erase_one(
+                    config,
+                    lake,
+                    &secret,
+                    tombstones.as_ref(),
+                    raw,
+                    subject,
+                    &request.request_id,
+                )
+                .await?
             }
             Err(why) => erase::record_invalid(lake, &request.request_id, why).await?,
         };

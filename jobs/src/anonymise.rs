@@ -21,7 +21,6 @@ use arrow::compute::{can_cast_types, cast};
 use arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use chrono::{DateTime, Utc};
-use deltalake::DeltaTable;
 use deltalake::datafusion::common::Result as DfResult;
 use deltalake::datafusion::error::DataFusionError;
 use deltalake::datafusion::logical_expr::{
@@ -42,6 +41,7 @@ use crate::error::{Error, Result};
 use crate::lock::Lock;
 use crate::purge;
 use crate::subject::path_expr;
+use crate::{open_found, version};
 
 /// What anonymisation did to one table.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -135,10 +135,6 @@ pub async fn anonymise(
         }
     }
     Ok(report)
-}
-
-fn version(t: &DeltaTable) -> i64 {
-    t.version().map_or(-1, |v| v as i64)
 }
 
 /// `drop` in anonymisation: the value becomes null, the column stays (old rows of a Delta
@@ -308,13 +304,7 @@ async fn anonymise_table(
     policy: &AnonymiseTable,
     now: DateTime<Utc>,
 ) -> Result<TableAnonymised> {
-    let relative = root
-        .strip_prefix(lake)
-        .map_err(|_| Error::Other(format!("{name} is outside the lake")))?
-        .to_string_lossy()
-        .into_owned();
-    let url = table::table_url(lake, &relative)?;
-    let delta = table::open(name, &url).await?;
+    let delta = open_found(lake, root, name).await?;
     let schema = table::arrow_schema(name, &delta)?;
     let steps = column_steps(name, policy, &schema)?;
     let (aged, cutoff) = cutoff(name, policy, &schema, now)?;

@@ -36,6 +36,7 @@ use crate::error::{Error, Result};
 use crate::lock::Lock;
 use crate::purge;
 use crate::subject::{LETTER_COLUMNS, Lookup, Subject, has_path};
+use crate::{open_found, version};
 
 /// Where certificates live under the lake.
 pub const ERASURES: &str = "_sluice/erasures";
@@ -105,10 +106,6 @@ pub fn subject_hash(certificate_secret: &[u8], subject: &str) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
-fn version(t: &DeltaTable) -> i64 {
-    t.version().map_or(-1, |v| v as i64)
-}
-
 /// Where to look for the subject in a table of `schema`: the configured columns it has,
 /// and its letters when it has the dead-letter shape.
 pub fn lookup_for(config: &ErasureConfig, qualified: &str, schema: &Schema) -> Lookup {
@@ -148,14 +145,7 @@ pub async fn erase(
         // Erasure and maintenance of a table never overlap.
         let _erase = Lock::acquire(lake, &format!("erase.{name}"))?;
         let _maintain = Lock::acquire(lake, &format!("maintain.{name}"))?;
-        let relative = t
-            .path
-            .strip_prefix(lake)
-            .map_err(|_| Error::Other(format!("{name} is outside the lake")))?
-            .to_string_lossy()
-            .into_owned();
-        let url = table::table_url(lake, &relative)?;
-        let delta = table::open(&name, &url).await?;
+        let delta = open_found(lake, &t.path, &name).await?;
         let schema = table::arrow_schema(&name, &delta)?;
         let lookup = lookup_for(config, &name, &schema);
         if lookup.is_empty() {
@@ -259,7 +249,7 @@ async fn purge_log(root: &Path, name: &str, delta: &DeltaTable, subject: &Subjec
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         Ok(subject.mentioned_in(&bytes)
             || (path.extension().is_some_and(|e| e == "parquet")
-                && subject.count_in_parquet(path)? > 0))
+                && subject.count_in_parquet(path, bytes)? > 0))
     })?;
     purge::checkpoint_and_remove(name, delta, &hits).await
 }
@@ -327,18 +317,7 @@ pub struct ScanReport {
 /// and every decoded value of every Parquet file (compressed pages hide raw bytes).
 pub fn verify(lake: &Path, subject: &Subject) -> Result<Vec<ScanReport>> {
     let mut reports: Vec<ScanReport> = Vec::new();
-    let mut dirs = vec![lake.to_path_buf()];
-    let mut files = Vec::new();
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
-            let path = entry.map_err(|e| Error::io(&dir, e))?.path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else {
-                files.push(path);
-            }
-        }
-    }
+    let mut files = purge::files_under(lake, &|_| true)?;
     files.sort();
     for file in files {
         let relative = file.strip_prefix(lake).unwrap_or(&file);
@@ -350,9 +329,10 @@ pub fn verify(lake: &Path, subject: &Subject) -> Result<Vec<ScanReport>> {
             .collect::<Vec<_>>()
             .join("/");
         let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
+        let size = bytes.len() as u64;
         let mut n = subject.count_in(&bytes);
         if file.extension().is_some_and(|e| e == "parquet") {
-            n += subject.count_in_parquet(&file)?;
+            n += subject.count_in_parquet(&file, bytes)?;
         }
         let report = match reports.iter_mut().find(|r| r.place == place) {
             Some(r) => r,
@@ -365,7 +345,7 @@ pub fn verify(lake: &Path, subject: &Subject) -> Result<Vec<ScanReport>> {
             }
         };
         report.files += 1;
-        report.bytes += bytes.len() as u64;
+        report.bytes += size;
         if n > 0 {
             report.occurrences += n as u64;
             report

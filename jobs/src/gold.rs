@@ -12,6 +12,7 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema};
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
+use futures::StreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sluice_connectors::delta::table;
@@ -137,31 +138,25 @@ pub async fn gold(
 
 async fn build(lake: &Path, catalog: &Catalog, d: &Definition) -> Result<GoldTable> {
     let name = format!("gold.{}", d.name);
-    let batches = catalog
-        .query(&d.sql)
-        .await
-        .map_err(|e| Error::Other(format!("{}: {e}", d.path.display())))?;
-    let batches = batches
-        .iter()
-        .filter(|b| b.num_rows() > 0)
-        .map(plain)
-        .collect::<Result<Vec<_>>>()?;
+    let failed = |e: &dyn std::fmt::Display| Error::Other(format!("{}: {e}", d.path.display()));
+    let mut stream = catalog.stream(&d.sql).await.map_err(|e| failed(&e))?;
+    let schema = stream.schema();
+    let mut batches = Vec::new();
+    while let Some(b) = stream.next().await {
+        let b = b.map_err(|e| failed(&e))?;
+        if b.num_rows() > 0 {
+            batches.push(plain(&b)?);
+        }
+    }
     let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
     let sha = hex::encode(Sha256::digest(d.sql.as_bytes()));
     let url = table::table_url(lake, &format!("gold/{}", d.name))?;
     let t = table::open(&name, &url).await?;
-    let written = if batches.is_empty() {
+    if batches.is_empty() {
         // An empty result still replaces the table's rows.
-        let schema = catalog
-            .stream(&d.sql)
-            .await
-            .map_err(|e| Error::Other(format!("{}: {e}", d.path.display())))?
-            .schema();
-        let empty = plain(&RecordBatch::new_empty(schema))?;
-        t.write(vec![empty])
-    } else {
-        t.write(batches)
-    };
+        batches.push(plain(&RecordBatch::new_empty(schema))?);
+    }
+    let written = t.write(batches);
     let t = written
         .with_save_mode(SaveMode::Overwrite)
         .with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite)
@@ -174,7 +169,7 @@ async fn build(lake: &Path, catalog: &Catalog, d: &Definition) -> Result<GoldTab
         .map_err(Error::delta(&name))?;
     Ok(GoldTable {
         table: name,
-        version: t.version().map_or(-1, |v| v as i64),
+        version: crate::version(&t),
         rows,
         definition_sha256: sha,
     })

@@ -6,7 +6,6 @@
 use std::num::NonZeroU64;
 use std::path::Path;
 
-use deltalake::DeltaTable;
 use serde::Serialize;
 use sluice_connectors::delta::table;
 use sluice_pipeline::maintenance::{Maintenance, MaintenanceConfig};
@@ -14,6 +13,7 @@ use sluice_sql::find_tables;
 
 use crate::error::{Error, Result};
 use crate::lock::Lock;
+use crate::{open_found, version};
 
 /// What maintenance did to one table.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -27,10 +27,6 @@ pub struct TableReport {
     pub files_vacuumed: u64,
     pub checkpoint: bool,
     pub logs_removed: u64,
-}
-
-fn version(t: &DeltaTable) -> i64 {
-    t.version().map_or(-1, |v| v as i64)
 }
 
 /// Maintain every table of `lake` (or those named in `only`, as `layer.name`).
@@ -70,13 +66,7 @@ async fn maintain_table(
     name: &str,
     m: Maintenance,
 ) -> Result<TableReport> {
-    let relative = path
-        .strip_prefix(lake)
-        .map_err(|_| Error::Other(format!("{name} is outside the lake")))?
-        .to_string_lossy()
-        .into_owned();
-    let url = table::table_url(lake, &relative)?;
-    let mut t = table::open(name, &url).await?;
+    let mut t = open_found(lake, path, name).await?;
     let mut report = TableReport {
         table: name.to_string(),
         version_before: version(&t),

@@ -38,23 +38,30 @@ pub fn replaced_files(root: &Path, version: i64) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Every file of the table outside `_delta_log`.
-pub fn data_files(root: &Path) -> Result<Vec<PathBuf>> {
+/// Every file under `root`, going into the directories `descend` accepts.
+pub fn files_under(root: &Path, descend: &dyn Fn(&Path) -> bool) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut dirs = vec![root.to_path_buf()];
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
             let path = entry.map_err(|e| Error::io(&dir, e))?.path();
             if path.is_dir() {
-                if path.file_name().is_some_and(|n| n != "_delta_log") {
+                if descend(&path) {
                     dirs.push(path);
                 }
-            } else if path.extension().is_some_and(|e| e == "parquet") {
+            } else {
                 out.push(path);
             }
         }
     }
     Ok(out)
+}
+
+/// Every data file of the table (Parquet outside `_delta_log`).
+pub fn data_files(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = files_under(root, &|d| d.file_name().is_some_and(|n| n != "_delta_log"))?;
+    files.retain(|f| f.extension().is_some_and(|e| e == "parquet"));
+    Ok(files)
 }
 
 /// The version a log file belongs to (`00000000000000000012.json`, `….checkpoint.parquet`).

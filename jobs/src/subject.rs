@@ -246,10 +246,10 @@ impl Subject {
         }
     }
 
-    /// Occurrences in a Parquet file, every value decoded.
-    pub fn count_in_parquet(&self, path: &Path) -> Result<usize> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+    /// Occurrences in the Parquet file at `path` whose bytes (already read) are `bytes`,
+    /// every value decoded.
+    pub fn count_in_parquet(&self, path: &Path, bytes: Vec<u8>) -> Result<usize> {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
             .and_then(|b| b.build())
             .map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
         let mut n = 0;

@@ -133,15 +133,17 @@ fn missing_field(text: &str) -> Option<(Option<String>, String)> {
 
 /// The table of DataFusion's "table '<catalog>.<layer>.<name>' not found", as `layer.name`.
 fn missing_table(text: &str) -> Option<String> {
-    let rest = text.split("table '").nth(1)?;
+    let rest = text
+        .split_once("table '")
+        .or_else(|| text.split_once("Table '"))?
+        .1;
     let name = rest.split("' not found").next()?;
     Some(name.strip_prefix("datafusion.").unwrap_or(name).to_string())
 }
 
 /// Whether planning failed because a table or view does not exist.
 fn is_missing_table(e: &datafusion::error::DataFusionError) -> bool {
-    let text = e.to_string();
-    text.contains("not found") && (text.contains("table") || text.contains("Table"))
+    missing_table(&e.to_string()).is_some()
 }
 
 /// A DataFusion session with every table of a lake registered.

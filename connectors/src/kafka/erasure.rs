@@ -197,30 +197,38 @@ impl RequestQueue {
     }
 }
 
-/// Produce a tombstone (key, no value) for each `(topic, key)`, waiting for every
-/// acknowledgement; how many were written.
-pub fn produce_tombstones(client: &KafkaClient, tombstones: &[(String, Vec<u8>)]) -> Result<u64> {
-    if tombstones.is_empty() {
-        return Ok(0);
+/// Produces tombstones (a key, no value) on compacted topics; one producer for a run.
+pub struct Tombstones {
+    producer: ThreadedProducer<DefaultProducerContext>,
+}
+
+impl Tombstones {
+    pub fn new(client: &KafkaClient) -> Result<Self> {
+        let producer = client
+            .config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .create()
+            .map_err(kafka("tombstones"))?;
+        Ok(Self { producer })
     }
-    let producer: ThreadedProducer<DefaultProducerContext> = client
-        .config()
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .create()
-        .map_err(kafka("tombstones"))?;
-    for (topic, key) in tombstones {
-        producer
-            .send(BaseRecord::<[u8], [u8]>::to(topic).key(key.as_slice()))
-            .map_err(|(e, _)| Error::Kafka {
-                context: format!("tombstone to {topic}"),
-                source: Box::new(e),
-            })?;
+
+    /// Produce a tombstone for each `(topic, key)`, waiting for every acknowledgement;
+    /// how many were written.
+    pub fn send(&self, tombstones: &[(String, Vec<u8>)]) -> Result<u64> {
+        for (topic, key) in tombstones {
+            self.producer
+                .send(BaseRecord::<[u8], [u8]>::to(topic).key(key.as_slice()))
+                .map_err(|(e, _)| Error::Kafka {
+                    context: format!("tombstone to {topic}"),
+                    source: Box::new(e),
+                })?;
+        }
+        self.producer
+            .flush(Duration::from_secs(30))
+            .map_err(kafka("tombstones: flush"))?;
+        Ok(tombstones.len() as u64)
     }
-    producer
-        .flush(Duration::from_secs(30))
-        .map_err(kafka("tombstones: flush"))?;
-    Ok(tombstones.len() as u64)
 }
 
 #[cfg(test)]
