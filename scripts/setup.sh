@@ -9,6 +9,8 @@ command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 [ -f /usr/include/curl/curl.h ] || [ -f /usr/include/x86_64-linux-gnu/curl/curl.h ] || need_apt+=(libcurl4-openssl-dev)
 if [ "${1:-}" = "--test" ]; then
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+  # psql: the real Postgres client the tests connect to `sluice serve` with.
+  command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -19,10 +21,12 @@ fi
 if [ "${1:-}" = "--test" ]; then
   cache="${SLUICE_CACHE:-$HOME/.cache}"
   # DuckDB with its Delta extension: the independent reader the tests check tables with;
-  # PyYAML: the parser the deployment files are checked with.
-  if ! "$cache/sluice-venv/bin/python" -c 'import duckdb, duckdb_ext, yaml' >/dev/null 2>&1; then
+  # (pytz: DuckDB's Python results with time zones); PyYAML: the parser the deployment
+  # files are checked with; psycopg: a Postgres driver (extended protocol, binary
+  # results) for `sluice serve`.
+  if ! "$cache/sluice-venv/bin/python" -c 'import duckdb, duckdb_ext, pytz, yaml, psycopg' >/dev/null 2>&1; then
     python3 -m venv "$cache/sluice-venv"
-    "$cache/sluice-venv/bin/pip" install -q duckdb duckdb-ext-delta pyyaml
+    "$cache/sluice-venv/bin/pip" install -q duckdb duckdb-ext-delta pytz pyyaml 'psycopg[binary]'
   fi
   # tansu: a real Kafka-protocol broker (in-memory storage). Cached in ~/.cargo/bin.
   if ! tansu --version >/dev/null 2>&1 && ! "$HOME/.cargo/bin/tansu" --version >/dev/null 2>&1; then

@@ -9,6 +9,7 @@ mod policy;
 mod reveal;
 mod run;
 mod schedule;
+mod serve;
 mod shell;
 
 use std::path::{Path, PathBuf};
@@ -99,6 +100,14 @@ enum Command {
         /// Write the result to this file (whole or not at all) instead of stdout.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+    },
+    /// Serve the lake over the Postgres wire protocol (psql, BI tools, drivers) to the
+    /// users of [serve.users], each reading as its role, until SIGTERM or SIGINT.
+    Serve {
+        /// host:port to listen on (default: [serve] address, else 127.0.0.1:5433; port 0
+        /// picks a free one, printed on start).
+        #[arg(long)]
+        address: Option<String>,
     },
     /// Measure end-to-end ingest throughput on this machine.
     Bench(bench::BenchArgs),
@@ -415,6 +424,16 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             } else {
                 shell::shell(&catalog, cli.format).await?;
             }
+        }
+        Command::Serve { address } => {
+            let path = config_path(&cli, None).ok_or_else(|| {
+                usage(anyhow::anyhow!(
+                    "no configuration: pass --config FILE with [serve.users.<name>] sections"
+                ))
+            })?;
+            let config = load_config(&path)?;
+            let lake = lake(&cli, Some(&config));
+            serve::serve(&config, &lake, address.as_deref(), run::stop_on_signals()).await?;
         }
         Command::Bench(args) => bench::bench(args.clone()).await?,
         Command::Job {

@@ -86,6 +86,8 @@ pub struct Config {
     pub sql: crate::sql::SqlConfig,
     /// What each role may read through SQL.
     pub roles: BTreeMap<String, crate::roles::RoleConfig>,
+    /// The Postgres wire-protocol endpoint of `sluice serve`.
+    pub serve: crate::serve::ServeConfig,
 }
 
 /// `[metrics]`: the HTTP endpoint of `sluice run` (`/metrics`, `/healthz`, `/readyz`).
@@ -824,6 +826,7 @@ impl Config {
         p.extend(self.validate_erasure());
         p.extend(self.validate_anonymise());
         p.extend(self.validate_roles());
+        p.extend(self.validate_serve());
         p
     }
 

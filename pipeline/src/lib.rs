@@ -26,6 +26,7 @@ pub mod quality;
 pub mod roles;
 pub mod runner;
 pub mod schedule;
+pub mod serve;
 pub mod silver;
 pub mod snapshot;
 pub mod sql;

@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod definitions;
+pub mod server;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub enum Error {
     Denied(String),
     #[error("time travel: {0}")]
     Travel(String),
+    #[error("serve: {0}")]
+    Serve(String),
 }
 
 /// Which state of each table a session reads: a version per table, and for the others
@@ -266,11 +269,17 @@ impl Catalog {
     /// `e`, said in the role's terms when it comes from a column or table the role may
     /// not read.
     fn explain(&self, e: datafusion::error::DataFusionError) -> Error {
-        let Some(a) = &self.access else {
-            return e.into();
-        };
-        let text = e.to_string();
-        if let Some((qualifier, column)) = missing_field(&text) {
+        match self.explain_message(&e.to_string()) {
+            Some(m) => Error::Denied(m),
+            None => e.into(),
+        }
+    }
+
+    /// The role's reason for an error whose text names a column or table the role may
+    /// not read (DataFusion only knows it as missing); none for any other error.
+    pub fn explain_message(&self, text: &str) -> Option<String> {
+        let a = self.access.as_ref()?;
+        if let Some((qualifier, column)) = missing_field(text) {
             let same_table = |d: &&&access::Denied| {
                 qualifier
                     .as_deref()
@@ -280,21 +289,26 @@ impl Catalog {
                 self.denied.iter().filter(|d| d.column == column).collect();
             // An alias (`c.email`) names no table: any denied column of that name.
             if let Some(d) = named.iter().find(same_table).or(named.first()) {
-                return Error::Denied(format!(
+                return Some(format!(
                     "column {} of {} is not readable by role '{}' ({})",
                     d.column, d.table, a.role, d.policy
                 ));
             }
         }
-        if let Some(table) = missing_table(&text)
+        if let Some(table) = missing_table(text)
             && self.denied_tables.contains(&table)
         {
-            return Error::Denied(format!(
+            return Some(format!(
                 "table {table} is not readable by role '{}' (roles.{}.tables)",
                 a.role, a.role
             ));
         }
-        e.into()
+        None
+    }
+
+    /// The DataFusion session, for serving it over another protocol.
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
     }
 
     /// Columns the session's role may not read.

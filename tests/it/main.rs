@@ -22,4 +22,5 @@ mod metrics;
 mod outage;
 mod pii;
 mod quality;
+mod serve;
 mod sql;

@@ -1,0 +1,193 @@
+//! `[serve]`: the Postgres wire-protocol endpoint of `sluice serve`.
+//!
+//! ```toml
+//! [serve]
+//! address = "127.0.0.1:5433"
+//! tls_cert = "tls/server.crt"      # PEM; with tls_key, clients may (or must) use TLS
+//! tls_key = "tls/server.key"       # PEM, PKCS#8, PKCS#1 or SEC1
+//! require_tls = false              # refuse clients that do not ask for TLS
+//! refresh_seconds = 10             # how old a session's table versions may get
+//! max_connections = 64
+//!
+//! [serve.users.ana]
+//! role = "analyst"                 # [roles.analyst] applies; none: every table and column
+//! password_env = "SLUICE_PASSWORD_ANA"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::config::{Config, Problem, is_identifier};
+
+/// `[serve]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ServeConfig {
+    /// `host:port` to listen on.
+    pub address: String,
+    /// Server certificate chain (PEM).
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of the certificate (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Refuse connections that do not use TLS.
+    pub require_tls: bool,
+    /// A query reads the tables as they were at most this many seconds ago: sessions
+    /// are reopened (new table versions, new tables) when older.
+    pub refresh_seconds: u64,
+    /// Connections beyond this many are refused.
+    pub max_connections: usize,
+    /// Who may connect, by user name.
+    pub users: BTreeMap<String, ServeUser>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1:5433".into(),
+            tls_cert: None,
+            tls_key: None,
+            require_tls: false,
+            refresh_seconds: 10,
+            max_connections: 64,
+            users: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[serve.users.<name>]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeUser {
+    /// The role of `[roles]` the user reads as; none: every table, every column.
+    pub role: Option<String>,
+    /// Environment variable holding the user's password.
+    pub password_env: String,
+}
+
+impl Config {
+    pub(crate) fn validate_serve(&self) -> Vec<Problem> {
+        let s = &self.serve;
+        let mut p = Vec::new();
+        if s.address.parse::<std::net::SocketAddr>().is_err() {
+            p.push(Problem::new(
+                "serve.address",
+                "not an address: give host:port, e.g. 0.0.0.0:5433",
+            ));
+        }
+        if s.tls_cert.is_some() != s.tls_key.is_some() {
+            p.push(Problem::new(
+                "serve.tls_key",
+                "tls_cert and tls_key go together",
+            ));
+        }
+        if s.require_tls && s.tls_cert.is_none() {
+            p.push(Problem::new(
+                "serve.require_tls",
+                "needs tls_cert and tls_key",
+            ));
+        }
+        if s.refresh_seconds == 0 {
+            p.push(Problem::new("serve.refresh_seconds", "must be at least 1"));
+        }
+        if s.max_connections == 0 {
+            p.push(Problem::new("serve.max_connections", "must be at least 1"));
+        }
+        for (name, user) in &s.users {
+            let at = format!("serve.users.{name}");
+            if !is_identifier(name) {
+                p.push(Problem::new(
+                    &at,
+                    "a user name is an identifier (a-z, 0-9, _)",
+                ));
+            }
+            if let Some(role) = &user.role
+                && !self.roles.contains_key(role)
+            {
+                p.push(Problem::new(
+                    format!("{at}.role"),
+                    format!("no role '{role}' in [roles]"),
+                ));
+            }
+            if user.password_env.trim().is_empty() {
+                p.push(Problem::new(
+                    format!("{at}.password_env"),
+                    "name the environment variable holding the password",
+                ));
+            }
+        }
+        p
+    }
+
+    /// Each user's password, read from the environment; a variable that is not set (or
+    /// empty) is a problem naming the user and the variable, never a value.
+    pub fn serve_passwords(&self) -> Result<BTreeMap<String, String>, Vec<Problem>> {
+        let mut out = BTreeMap::new();
+        let mut problems = Vec::new();
+        for (name, user) in &self.serve.users {
+            match std::env::var(&user.password_env) {
+                Ok(v) if !v.is_empty() => {
+                    out.insert(name.clone(), v);
+                }
+                _ => problems.push(Problem::new(
+                    format!("serve.users.{name}.password_env"),
+                    format!("environment variable {} is not set", user.password_env),
+                )),
+            }
+        }
+        if problems.is_empty() {
+            Ok(out)
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn users_name_known_roles_and_tls_comes_in_pairs() {
+        let problems = Config::from_toml(
+            r#"
+            [kafka]
+            bootstrap_servers = "localhost:9092"
+            topics = ["t"]
+            [roles.analyst]
+            tables = ["gold"]
+            [serve]
+            address = "nowhere"
+            tls_cert = "c.pem"
+            [serve.users.ana]
+            role = "analyst"
+            password_env = "A"
+            [serve.users.bob]
+            role = "auditor"
+            password_env = ""
+            "#,
+        )
+        .expect_err("invalid");
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter().any(|t| t.starts_with("serve.address")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|t| t.starts_with("serve.tls_key")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t == "serve.users.bob.role: no role 'auditor' in [roles]"),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("serve.users.bob.password_env")),
+            "{text:?}"
+        );
+        assert!(!text.iter().any(|t| t.contains("users.ana")), "{text:?}");
+    }
+}
