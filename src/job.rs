@@ -615,10 +615,14 @@ pub async fn gold(
     match format {
         Format::Json => println!("{}", serde_json::to_string(&built)?),
         _ => {
-            println!("table\tversion\trows\tdefinition_sha256");
+            println!("table\tversion\trows\tmode\tdefinition_sha256");
             for t in &built {
+                let mode = match &t.from_watermark {
+                    Some(w) => format!("{} from {w}", t.mode),
+                    None => t.mode.clone(),
+                };
                 println!(
-                    "{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{mode}\t{}",
                     t.table, t.version, t.rows, t.definition_sha256
                 );
             }

@@ -3,6 +3,14 @@
 //! Each table is replaced whole in one Delta commit (a full refresh), so a run, or a
 //! re-run after a failure, leaves each table exactly as its query gives it: never half
 //! written, never doubled. The commit records the SHA-256 of the definition.
+//!
+//! A definition declaring `-- sluice: key = …` and `-- sluice: watermark = …` is built
+//! incrementally once its table exists: the run reads the table's highest watermark W,
+//! computes only the definition's rows with watermark ≥ W (the filter reaches the scans
+//! where it can), and MERGEs them on the key in one commit: rows updated or added, rows
+//! at or after W that the query no longer gives deleted, rows before W untouched. When
+//! the definition's text changed (its SHA-256 differs from the last build's), or the
+//! table is empty, the run is a full refresh.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,6 +18,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema};
+use deltalake::datafusion::scalar::ScalarValue;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
 use futures::StreamExt;
@@ -30,6 +39,10 @@ pub struct GoldTable {
     pub rows: u64,
     /// SHA-256 of the definition's text.
     pub definition_sha256: String,
+    /// `full` (the table replaced) or `incremental` (rows from the watermark MERGEd).
+    pub mode: String,
+    /// The watermark an incremental build started from.
+    pub from_watermark: Option<String>,
 }
 
 /// `dt` as Delta stores it: string and binary views as plain types, timestamps in UTC
@@ -138,6 +151,16 @@ pub async fn gold(
 
 async fn build(lake: &Path, catalog: &Catalog, d: &Definition) -> Result<GoldTable> {
     let name = format!("gold.{}", d.name);
+    let sha = hex::encode(Sha256::digest(d.sql.as_bytes()));
+    let url = table::table_url(lake, &format!("gold/{}", d.name))?;
+    let t = table::open(&name, &url).await?;
+    if let Some(w) = &d.watermark
+        && table::exists(&t)
+        && last_definition(&t).await.as_deref() == Some(sha.as_str())
+        && let Some(from) = high_watermark(catalog, &name, w).await
+    {
+        return incremental(catalog, d, t, sha, w, from).await;
+    }
     let failed = |e: &dyn std::fmt::Display| Error::Other(format!("{}: {e}", d.path.display()));
     let mut stream = catalog.stream(&d.sql).await.map_err(|e| failed(&e))?;
     let schema = stream.schema();
@@ -149,9 +172,6 @@ async fn build(lake: &Path, catalog: &Catalog, d: &Definition) -> Result<GoldTab
         }
     }
     let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
-    let sha = hex::encode(Sha256::digest(d.sql.as_bytes()));
-    let url = table::table_url(lake, &format!("gold/{}", d.name))?;
-    let t = table::open(&name, &url).await?;
     if batches.is_empty() {
         // An empty result still replaces the table's rows.
         batches.push(plain(&RecordBatch::new_empty(schema))?);
@@ -172,5 +192,229 @@ async fn build(lake: &Path, catalog: &Catalog, d: &Definition) -> Result<GoldTab
         version: crate::version(&t),
         rows,
         definition_sha256: sha,
+        mode: "full".into(),
+        from_watermark: None,
     })
+}
+
+fn quote(c: &str) -> String {
+    format!("\"{}\"", c.replace('"', "\"\""))
+}
+
+/// The definition hash recorded by the table's last build.
+async fn last_definition(t: &deltalake::DeltaTable) -> Option<String> {
+    let mut history = t.history(Some(50));
+    while let Some(commit) = history.next().await {
+        let Ok(commit) = commit else { return None };
+        if let Some(v) = commit.info.get("sluice.gold").and_then(|v| v.as_str()) {
+            return Some(v.trim_start_matches("sha256:").to_string());
+        }
+    }
+    None
+}
+
+/// The table's highest watermark; none when the table is empty or lacks the column.
+async fn high_watermark(catalog: &Catalog, name: &str, column: &str) -> Option<ScalarValue> {
+    let batches = catalog
+        .query(&format!("select max({}) from {name}", quote(column)))
+        .await
+        .ok()?;
+    let b = batches.first()?;
+    let v = ScalarValue::try_from_array(b.column(0), 0).ok()?;
+    (!v.is_null()).then_some(v)
+}
+
+/// MERGE the definition's rows at or after `from` into the table, on the key.
+async fn incremental(
+    catalog: &Catalog,
+    d: &Definition,
+    t: deltalake::DeltaTable,
+    sha: String,
+    w: &str,
+    from: ScalarValue,
+) -> Result<GoldTable> {
+    use deltalake::datafusion::prelude::{Column, Expr, SessionContext, col, ident, lit};
+    let name = format!("gold.{}", d.name);
+    let failed = |e: &dyn std::fmt::Display| Error::Other(format!("{}: {e}", d.path.display()));
+    let df = catalog
+        .context()
+        .sql(&d.sql)
+        .await
+        .map_err(|e| failed(&e))?;
+    for c in d.key.iter().map(String::as_str).chain([w]) {
+        if df.schema().field_with_unqualified_name(c).is_err() {
+            return Err(failed(&format!(
+                "the query gives no column {c} (sluice: key / watermark)"
+            )));
+        }
+    }
+    let as_query = df
+        .schema()
+        .field_with_unqualified_name(w)
+        .map(|f| f.data_type().clone())
+        .map_err(|e| failed(&e))?;
+    let start = from.cast_to(&as_query).map_err(|e| failed(&e))?;
+    let df = df
+        .filter(ident(w).gt_eq(lit(start)))
+        .map_err(|e| failed(&e))?;
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    let mut batches = Vec::new();
+    for b in df.collect().await.map_err(|e| failed(&e))? {
+        if b.num_rows() > 0 {
+            batches.push(plain(&b)?);
+        }
+    }
+    if batches.is_empty() {
+        batches.push(plain(&RecordBatch::new_empty(schema))?);
+    }
+    let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+    let columns: Vec<String> = batches[0]
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let source = SessionContext::new()
+        .read_batches(batches)
+        .map_err(|e| failed(&e))?;
+    let on: Vec<String> = d
+        .key
+        .iter()
+        .map(|k| format!("t.{} = s.{}", quote(k), quote(k)))
+        .collect();
+    let stale: Expr = col(Column::new(Some("t"), w)).gt_eq(lit(from.clone()));
+    let (cols, cols2) = (columns.clone(), columns);
+    let (t, _) = t
+        .merge(source, on.join(" AND "))
+        .with_source_alias("s")
+        .with_target_alias("t")
+        .with_commit_properties(CommitProperties::default().with_metadata([
+            (
+                "sluice.gold".to_string(),
+                serde_json::Value::from(format!("sha256:{sha}")),
+            ),
+            (
+                "sluice.gold.from_watermark".to_string(),
+                serde_json::Value::from(from.to_string()),
+            ),
+        ]))
+        .when_matched_update(|mut u| {
+            for c in &cols {
+                u = u.update(quote(c), format!("s.{}", quote(c)));
+            }
+            u
+        })
+        .and_then(|m| {
+            m.when_not_matched_insert(|mut i| {
+                for c in &cols2 {
+                    i = i.set(quote(c), format!("s.{}", quote(c)));
+                }
+                i
+            })
+        })
+        .and_then(|m| m.when_not_matched_by_source_delete(|del| del.predicate(stale)))
+        .map_err(Error::delta(&name))?
+        .await
+        .map_err(Error::delta(&name))?;
+    Ok(GoldTable {
+        table: name,
+        version: crate::version(&t),
+        rows,
+        definition_sha256: sha,
+        mode: "incremental".into(),
+        from_watermark: Some(from.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Date32Array, Float64Array, Int64Array};
+
+    /// Append rows (day as days since the epoch, amount) to `bronze.spend`.
+    async fn append(lake: &Path, rows: &[(i32, f64)]) {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("day", DataType::Date32, true),
+            Field::new("amount", DataType::Float64, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Date32Array::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.1))),
+            ],
+        )
+        .expect("batch");
+        let url = table::table_url(lake, "bronze/spend").expect("url");
+        table::open("bronze.spend", &url)
+            .await
+            .expect("open")
+            .write(vec![batch])
+            .with_save_mode(SaveMode::Append)
+            .await
+            .expect("append");
+    }
+
+    /// (day, n) of gold.daily, by day.
+    async fn daily(lake: &Path) -> Vec<(i32, i64)> {
+        let catalog = Catalog::open(lake).await.expect("catalog");
+        let batches = catalog
+            .query("select day, n from gold.daily order by day")
+            .await
+            .expect("query");
+        let mut out = Vec::new();
+        for b in batches {
+            let days = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<Date32Array>()
+                .expect("day");
+            let n = b
+                .column(1)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("n");
+            out.extend((0..b.num_rows()).map(|i| (days.value(i), n.value(i))));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn incremental_gold_recomputes_from_the_watermark_and_a_new_definition_rebuilds() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let lake = dir.path().join("lake");
+        let defs = dir.path().join("gold");
+        std::fs::create_dir_all(&defs).expect("dir");
+        let definition = "-- sluice: key = day\n-- sluice: watermark = day\n\
+             select day, count(*) as n, sum(amount) as total from bronze.spend group by day";
+        std::fs::write(defs.join("daily.sql"), definition).expect("definition");
+        let views = dir.path().join("views");
+        let (d1, d2, d3) = (20_000, 20_001, 20_002);
+
+        append(&lake, &[(d1, 1.0), (d1, 2.0), (d2, 3.0)]).await;
+        let first = gold(&lake, &defs, &views, &[]).await.expect("gold");
+        assert_eq!((first[0].mode.as_str(), first[0].rows), ("full", 2));
+        assert_eq!(daily(&lake).await, vec![(d1, 2), (d2, 1)]);
+
+        // A late row for the first day, one more for the watermark's day, a new day.
+        append(&lake, &[(d1, 4.0), (d2, 5.0), (d3, 6.0)]).await;
+        let second = gold(&lake, &defs, &views, &[]).await.expect("gold");
+        assert_eq!(
+            (second[0].mode.as_str(), second[0].rows),
+            ("incremental", 2)
+        );
+        assert_eq!(second[0].from_watermark.as_deref(), Some("2024-10-05"));
+        // Days before the watermark are left as they were: the late row is not counted.
+        assert_eq!(daily(&lake).await, vec![(d1, 2), (d2, 2), (d3, 1)]);
+        // A re-run changes nothing but the version.
+        let again = gold(&lake, &defs, &views, &[]).await.expect("gold");
+        assert_eq!(again[0].rows, 1);
+        assert_eq!(daily(&lake).await, vec![(d1, 2), (d2, 2), (d3, 1)]);
+
+        // A changed definition is a full refresh.
+        std::fs::write(defs.join("daily.sql"), format!("-- v2\n{definition}")).expect("v2");
+        let rebuilt = gold(&lake, &defs, &views, &[]).await.expect("gold");
+        assert_eq!(rebuilt[0].mode, "full");
+        assert_eq!(daily(&lake).await, vec![(d1, 3), (d2, 2), (d3, 1)]);
+    }
 }

@@ -1,4 +1,7 @@
--- Card spend per day and customer segment (approved transactions only).
+-- Card spend per day and customer segment (approved transactions only). Incremental:
+-- a run recomputes the last day built and the days after it.
+-- sluice: key = day, segment
+-- sluice: watermark = day
 SELECT day,
        segment,
        count(*) AS transactions,

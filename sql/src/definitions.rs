@@ -2,6 +2,16 @@
 //! as `views.<name>` in every session) and `sql/gold/<name>.sql` (one gold table per file,
 //! materialised as `gold.<name>` by `sluice job gold`). A file holds one query; `--`
 //! comments are allowed.
+//!
+//! A gold definition may declare itself incremental, in comments the query ignores:
+//!
+//! ```sql
+//! -- sluice: key = day, segment
+//! -- sluice: watermark = day
+//! ```
+//!
+//! Its rows are then identified by the key columns, and a run recomputes only the rows
+//! whose watermark column is at or after the table's highest watermark.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +25,56 @@ pub struct Definition {
     pub name: String,
     pub path: PathBuf,
     pub sql: String,
+    /// Columns identifying a row (`-- sluice: key = a, b`); empty: not incremental.
+    pub key: Vec<String>,
+    /// The column only increasing runs build from (`-- sluice: watermark = c`).
+    pub watermark: Option<String>,
+}
+
+/// The `-- sluice: name = value` directives of `sql`: the key and the watermark.
+fn directives(path: &Path, sql: &str) -> Result<(Vec<String>, Option<String>)> {
+    let mut key = Vec::new();
+    let mut watermark = None;
+    for line in sql.lines() {
+        let Some(directive) = line.trim().strip_prefix("--").map(str::trim) else {
+            continue;
+        };
+        let Some(rest) = directive.strip_prefix("sluice:") else {
+            continue;
+        };
+        let (name, value) = rest
+            .split_once('=')
+            .map(|(n, v)| (n.trim(), v.trim()))
+            .ok_or_else(|| invalid(path, format!("'{directive}': write sluice: name = value")))?;
+        let columns: Vec<String> = value
+            .split(',')
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty())
+            .collect();
+        match name {
+            "key" if !columns.is_empty() => key = columns,
+            "watermark" if columns.len() == 1 => watermark = columns.into_iter().next(),
+            "key" | "watermark" => {
+                return Err(invalid(
+                    path,
+                    format!("'{directive}': key names columns, watermark one column"),
+                ));
+            }
+            other => {
+                return Err(invalid(
+                    path,
+                    format!("unknown directive '{other}': key or watermark"),
+                ));
+            }
+        }
+    }
+    if key.is_empty() != watermark.is_none() {
+        return Err(invalid(
+            path,
+            "an incremental definition declares both sluice: key and sluice: watermark",
+        ));
+    }
+    Ok((key, watermark))
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -64,7 +124,14 @@ pub fn read_dir(dir: &Path) -> Result<Vec<Definition>> {
         if sql.is_empty() {
             return Err(invalid(&path, "the file holds no query"));
         }
-        out.push(Definition { name, path, sql });
+        let (key, watermark) = directives(&path, &sql)?;
+        out.push(Definition {
+            name,
+            path,
+            sql,
+            key,
+            watermark,
+        });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
@@ -131,6 +198,8 @@ mod tests {
             name: name.into(),
             path: PathBuf::from(format!("{name}.sql")),
             sql: sql.into(),
+            key: Vec::new(),
+            watermark: None,
         }
     }
 
@@ -182,5 +251,28 @@ mod tests {
                 .expect("none")
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn incremental_definitions_declare_a_key_and_a_watermark() {
+        let p = Path::new("d.sql");
+        assert_eq!(
+            directives(
+                p,
+                "-- spend per day\n-- sluice: key = day, segment\n--sluice: watermark = day\nselect 1"
+            )
+            .expect("valid"),
+            (vec!["day".to_string(), "segment".to_string()], Some("day".into()))
+        );
+        assert_eq!(directives(p, "select 1").expect("plain"), (vec![], None));
+        for bad in [
+            "-- sluice: key = day\nselect 1",
+            "-- sluice: watermark = day\nselect 1",
+            "-- sluice: watermark = a, b\n-- sluice: key = a\nselect 1",
+            "-- sluice: keys = day\nselect 1",
+            "-- sluice: key\nselect 1",
+        ] {
+            assert!(directives(p, bad).is_err(), "{bad}");
+        }
     }
 }
