@@ -87,6 +87,7 @@ fn deployment_files_parse_and_query_only_exported_metrics() {
         "connect-init",
         "sluice",
         "scheduler",
+        "sql",
         "prometheus",
         "grafana",
     ] {
