@@ -163,6 +163,39 @@ pub struct Catalog {
     denied_tables: Vec<String>,
 }
 
+/// DataFusion options sluice sets unless a `DATAFUSION_*` variable sets them.
+///
+/// Lake queries join large fact tables (transactions) to dimension tables (customers,
+/// accounts) of up to a few million rows: one shared hash table of the dimension, the
+/// facts streamed past it, beats hashing every fact row into partitions. Filters run
+/// after decoding, not inside the Parquet reader (DataFusion's own default, which the
+/// Delta scan follows once it is given the session): on columns most rows pass, as lake
+/// filters usually are, decoding a column twice costs more than it saves.
+const DEFAULTS: &[(&str, &str)] = &[
+    ("datafusion.execution.parquet.pushdown_filters", "false"),
+    (
+        "datafusion.optimizer.hash_join_single_partition_threshold",
+        "134217728",
+    ),
+    (
+        "datafusion.optimizer.hash_join_single_partition_threshold_rows",
+        "2000000",
+    ),
+];
+
+/// The session's options: DataFusion's defaults, then [`DEFAULTS`], then the
+/// environment's `DATAFUSION_*` variables (e.g. `DATAFUSION_EXECUTION_TARGET_PARTITIONS`).
+fn session_config() -> Result<SessionConfig> {
+    let mut config = SessionConfig::from_env()?.with_information_schema(true);
+    for (key, value) in DEFAULTS {
+        let variable = key.to_uppercase().replace('.', "_");
+        if std::env::var_os(variable).is_none() {
+            config.options_mut().set(key, value)?;
+        }
+    }
+    Ok(config)
+}
+
 impl Catalog {
     /// Register every table of `lake`.
     pub async fn open(lake: &Path) -> Result<Self> {
@@ -181,7 +214,7 @@ impl Catalog {
         access: Option<access::Access>,
         travel: &TimeTravel,
     ) -> Result<Self> {
-        let config = SessionConfig::new().with_information_schema(true);
+        let config = session_config()?;
         let ctx = SessionContext::new_with_config(config);
         let catalog = ctx
             .catalog("datafusion")
@@ -242,7 +275,11 @@ impl Catalog {
                     source: Box::new(source),
                 })?;
             versions.push(table.version().map_or(-1, |v| v as i64));
-            let mut provider = table.table_provider().await?;
+            // The scan follows the session's options (DATAFUSION_* variables included).
+            let mut provider = table
+                .table_provider()
+                .with_session(Arc::new(ctx.state()))
+                .await?;
             if let Some(a) = &access {
                 let recorded = table
                     .snapshot()
