@@ -24,39 +24,18 @@ use std::time::Instant;
 
 use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use deltalake::kernel::Action;
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use sluice_connectors::delta::table;
 use sluice_jobs::erase;
 use sluice_jobs::subject::Subject;
 use sluice_pipeline::erasure::ErasureConfig;
 use sluice_pipeline::snapshot::SnapshotConfig;
-use sluice_transforms::tokenize::token;
 
-const KEY: &[u8] = b"benchmark key of 32 bytes.......";
+mod common;
+
+use common::{customer, write};
+
 const DAYS: usize = 30;
 const ROWS_PER_FILE: usize = 1_000_000;
-
-fn customer(i: usize) -> String {
-    token("pseudo", KEY, format!("C{i:07}").as_bytes())
-}
-
-/// Write `batch` to the table at `relative` (created with `partition_by`), one commit.
-async fn write(lake: &Path, relative: &str, batch: RecordBatch, partition_by: &[String]) {
-    let url = table::table_url(lake, relative).expect("url");
-    let mut t = table::create(relative, &url, &batch.schema(), partition_by, &[])
-        .await
-        .expect("create");
-    let mut writer = RecordBatchWriter::for_table(&t)
-        .expect("writer")
-        .with_target_file_size(1 << 30);
-    writer.write(batch).await.expect("write");
-    let adds = writer.flush().await.expect("flush");
-    let actions = adds.into_iter().map(Action::Add).collect();
-    table::commit(relative, &mut t, "fill", actions, &BTreeMap::new(), &[])
-        .await
-        .expect("commit");
-}
 
 fn transactions(
     schema: &SchemaRef,
