@@ -425,14 +425,7 @@ async fn run(rows: usize, options: &Options) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let rows: Vec<usize> = args
-        .iter()
-        .position(|a| a == "--rows")
-        .and_then(|i| args.get(i + 1))
-        .map_or_else(|| "10000000".into(), Clone::clone)
-        .split(',')
-        .filter_map(|r| r.parse().ok())
-        .collect();
+    let rows = common::sizes(&args, "10000000");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

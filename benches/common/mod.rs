@@ -33,3 +33,14 @@ pub async fn write(lake: &Path, relative: &str, batch: RecordBatch, partition_by
         .await
         .expect("commit");
 }
+
+/// The sizes `--rows a,b,…` asks for (`default` without it).
+pub fn sizes(args: &[String], default: &str) -> Vec<usize> {
+    args.iter()
+        .position(|a| a == "--rows")
+        .and_then(|i| args.get(i + 1))
+        .map_or(default, String::as_str)
+        .split(',')
+        .filter_map(|r| r.parse().ok())
+        .collect()
+}

@@ -162,20 +162,8 @@ async fn build(lake: &Path, catalog: &Catalog, d: &Definition) -> Result<GoldTab
         return incremental(catalog, d, t, sha, w, from).await;
     }
     let failed = |e: &dyn std::fmt::Display| Error::Other(format!("{}: {e}", d.path.display()));
-    let mut stream = catalog.stream(&d.sql).await.map_err(|e| failed(&e))?;
-    let schema = stream.schema();
-    let mut batches = Vec::new();
-    while let Some(b) = stream.next().await {
-        let b = b.map_err(|e| failed(&e))?;
-        if b.num_rows() > 0 {
-            batches.push(plain(&b)?);
-        }
-    }
-    let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
-    if batches.is_empty() {
-        // An empty result still replaces the table's rows.
-        batches.push(plain(&RecordBatch::new_empty(schema))?);
-    }
+    let stream = catalog.stream(&d.sql).await.map_err(|e| failed(&e))?;
+    let (batches, rows) = plain_rows(d, stream).await?;
     let written = t.write(batches);
     let t = written
         .with_save_mode(SaveMode::Overwrite)
@@ -195,6 +183,27 @@ async fn build(lake: &Path, catalog: &Catalog, d: &Definition) -> Result<GoldTab
         mode: "full".into(),
         from_watermark: None,
     })
+}
+
+/// The query's rows as Delta stores them (see [`plain`]) and their count; an empty result
+/// is one empty batch, so that it still replaces (or merges into) the table's rows.
+async fn plain_rows(
+    d: &Definition,
+    mut stream: deltalake::datafusion::physical_plan::SendableRecordBatchStream,
+) -> Result<(Vec<RecordBatch>, u64)> {
+    let schema = stream.schema();
+    let mut batches = Vec::new();
+    while let Some(b) = stream.next().await {
+        let b = b.map_err(|e| Error::Other(format!("{}: {e}", d.path.display())))?;
+        if b.num_rows() > 0 {
+            batches.push(plain(&b)?);
+        }
+    }
+    let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+    if batches.is_empty() {
+        batches.push(plain(&RecordBatch::new_empty(schema))?);
+    }
+    Ok((batches, rows))
 }
 
 fn quote(c: &str) -> String {
@@ -257,17 +266,8 @@ async fn incremental(
     let df = df
         .filter(ident(w).gt_eq(lit(start)))
         .map_err(|e| failed(&e))?;
-    let schema = Arc::new(df.schema().as_arrow().clone());
-    let mut batches = Vec::new();
-    for b in df.collect().await.map_err(|e| failed(&e))? {
-        if b.num_rows() > 0 {
-            batches.push(plain(&b)?);
-        }
-    }
-    if batches.is_empty() {
-        batches.push(plain(&RecordBatch::new_empty(schema))?);
-    }
-    let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+    let stream = df.execute_stream().await.map_err(|e| failed(&e))?;
+    let (batches, rows) = plain_rows(d, stream).await?;
     let columns: Vec<String> = batches[0]
         .schema()
         .fields()

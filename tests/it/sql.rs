@@ -3,19 +3,28 @@
 //! incrementally where declared; the sqllogictest files of `sql/slt` pass; DuckDB's
 //! Delta extension gets the same results), and roles (only their tables, columns, rows).
 
-use crate::erase::demo;
+use crate::erase::{Demo, demo};
 
-#[test]
-fn gold_tables_and_views_agree_with_the_layers_and_rerun_to_the_same_rows() {
+/// The repository's `sql/` (views, gold definitions, sqllogictest files).
+const SQL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/sql");
+
+/// The demo lake, its config naming the repository's views and gold definitions.
+fn demo_with_sql() -> Demo {
     let d = demo();
-    let sql = concat!(env!("CARGO_MANIFEST_DIR"), "/sql");
     let path = d.dir.path().join("demo.toml");
     let config = std::fs::read_to_string(&path).expect("config");
     std::fs::write(
         &path,
-        format!("{config}\n[sql]\nviews_dir = \"{sql}/views\"\ngold_dir = \"{sql}/gold\"\n"),
+        format!("{config}\n[sql]\nviews_dir = \"{SQL}/views\"\ngold_dir = \"{SQL}/gold\"\n"),
     )
     .expect("config");
+    d
+}
+
+#[test]
+fn gold_tables_and_views_agree_with_the_layers_and_rerun_to_the_same_rows() {
+    let d = demo_with_sql();
+    let sql = SQL;
 
     let out = d.ok(&["--format", "json", "job", "gold"]);
     let built: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
@@ -165,6 +174,7 @@ fn gold_tables_and_views_agree_with_the_layers_and_rerun_to_the_same_rows() {
     let broken = d.dir.path().join("broken");
     std::fs::create_dir_all(&broken).expect("dir");
     std::fs::write(broken.join("oops.sql"), "select nope from silver.customers").expect("sql");
+    let path = d.dir.path().join("demo.toml");
     let config = std::fs::read_to_string(&path).expect("config");
     std::fs::write(
         &path,
@@ -368,15 +378,8 @@ fn analyst_queries_and_gold_tables_agree_with_duckdb() {
     let Some(python) = crate::duckdb::python() else {
         return;
     };
-    let d = demo();
-    let sql = concat!(env!("CARGO_MANIFEST_DIR"), "/sql");
-    let path = d.dir.path().join("demo.toml");
-    let config = std::fs::read_to_string(&path).expect("config");
-    std::fs::write(
-        &path,
-        format!("{config}\n[sql]\nviews_dir = \"{sql}/views\"\ngold_dir = \"{sql}/gold\"\n"),
-    )
-    .expect("config");
+    let d = demo_with_sql();
+    let sql = SQL;
     d.ok(&["job", "gold"]);
 
     // Each query by both engines; each gold table read by both, and its definition
@@ -504,15 +507,8 @@ impl sqllogictest::AsyncDB for Session {
 
 #[test]
 fn views_and_gold_tables_pass_their_sqllogictest_files() {
-    let d = demo();
-    let sql = concat!(env!("CARGO_MANIFEST_DIR"), "/sql");
-    let path = d.dir.path().join("demo.toml");
-    let config = std::fs::read_to_string(&path).expect("config");
-    std::fs::write(
-        &path,
-        format!("{config}\n[sql]\nviews_dir = \"{sql}/views\"\ngold_dir = \"{sql}/gold\"\n"),
-    )
-    .expect("config");
+    let d = demo_with_sql();
+    let sql = SQL;
     d.ok(&["job", "gold"]);
 
     let mut files: Vec<_> = std::fs::read_dir(format!("{sql}/slt"))
