@@ -40,7 +40,7 @@ struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Root of the lake; overrides `pipeline.lake` (default: ./lake).
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, global = true, value_name = "DIR", value_parser = lake_dir)]
     lake: Option<PathBuf>,
     /// Output format for results.
     #[arg(long, global = true, value_enum, default_value_t)]
@@ -311,11 +311,20 @@ fn load_config(path: &Path) -> Result<Config, Failure> {
     Config::load(path).map_err(|e| usage(anyhow::anyhow!("{}: {e}", path.display())))
 }
 
-fn lake(cli: &Cli, config: Option<&Config>) -> PathBuf {
-    cli.lake
+/// `--lake`: a directory, not an object store URL.
+fn lake_dir(s: &str) -> Result<PathBuf, String> {
+    sluice_pipeline::config::local_lake(Path::new(s)).map(Path::to_path_buf)
+}
+
+fn lake(cli: &Cli, config: Option<&Config>) -> Result<PathBuf, Failure> {
+    let lake = cli
+        .lake
         .clone()
         .or_else(|| config.and_then(|c| c.pipeline.lake.clone()))
-        .unwrap_or_else(|| PathBuf::from("lake"))
+        .unwrap_or_else(|| PathBuf::from("lake"));
+    sluice_pipeline::config::local_lake(&lake)
+        .map_err(|e| usage(anyhow::anyhow!("pipeline.lake: {e}")))?;
+    Ok(lake)
 }
 
 async fn execute(cli: Cli) -> Result<(), Failure> {
@@ -327,7 +336,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                 ))
             })?;
             let config = load_config(&path)?;
-            let lake = lake(&cli, Some(&config));
+            let lake = lake(&cli, Some(&config))?;
             let stop = run::stop_on_signals();
             let summary = run::run_pipeline(&config, &lake, *until_caught_up, stop)
                 .await
@@ -354,7 +363,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                 Some(p) => Some(load_config(&p)?),
                 None => None,
             };
-            let lake = lake(&cli, config.as_ref());
+            let lake = lake(&cli, config.as_ref())?;
             demo::demo(config, &lake, cli.format).await?;
         }
         Command::ValidateConfig { file } => {
@@ -398,7 +407,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                 Some(p) => Some(load_config(&p)?),
                 None => None,
             };
-            let lake = lake(&cli, config.as_ref());
+            let lake = lake(&cli, config.as_ref())?;
             let access = match role {
                 None => None,
                 Some(role) => Some(access_for(config.as_ref(), role).map_err(usage)?),
@@ -432,7 +441,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                 ))
             })?;
             let config = load_config(&path)?;
-            let lake = lake(&cli, Some(&config));
+            let lake = lake(&cli, Some(&config))?;
             serve::serve(&config, &lake, address.as_deref(), run::stop_on_signals()).await?;
         }
         Command::Bench(args) => bench::bench(args.clone()).await?,
@@ -440,7 +449,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             job: JobCommand::Maintain { tables },
         } => {
             let config = config_or_defaults(&cli)?;
-            let lake = lake(&cli, Some(&config));
+            let lake = lake(&cli, Some(&config))?;
             job::maintain(&config, &lake, tables, cli.format).await?;
         }
         Command::Schedule => {
@@ -450,7 +459,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                 ))
             })?;
             let config = load_config(&path)?;
-            let lake = lake(&cli, Some(&config));
+            let lake = lake(&cli, Some(&config))?;
             schedule::schedule(&config, &lake, run::stop_on_signals())
                 .await
                 .map_err(config_failure)?;
@@ -459,21 +468,21 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             job: JobCommand::Snapshot,
         } => {
             let config = config_or_defaults(&cli)?;
-            let lake = lake(&cli, Some(&config));
+            let lake = lake(&cli, Some(&config))?;
             job::snapshot(&config, &lake, cli.format).await?;
         }
         Command::Job {
             job: JobCommand::Gold { tables },
         } => {
             let config = config_or_defaults(&cli)?;
-            let lake = lake(&cli, Some(&config));
+            let lake = lake(&cli, Some(&config))?;
             job::gold(&config, &lake, tables, cli.format).await?;
         }
         Command::Job {
             job: JobCommand::Anonymise { tables },
         } => {
             let config = config_or_defaults(&cli)?;
-            let lake = lake(&cli, Some(&config));
+            let lake = lake(&cli, Some(&config))?;
             job::anonymise(&config, &lake, tables, cli.format).await?;
         }
         Command::Job {
@@ -487,7 +496,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                 },
         } => {
             let config = config_or_defaults(&cli)?;
-            let lake = lake(&cli, Some(&config));
+            let lake = lake(&cli, Some(&config))?;
             if *requests {
                 return Ok(job::erase_requests(&config, &lake, cli.format).await?);
             }
@@ -505,7 +514,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                 Some(p) => Some(load_config(&p)?),
                 None => None,
             };
-            let lake = lake(&cli, config.as_ref());
+            let lake = lake(&cli, config.as_ref())?;
             job::verify(&lake).await?;
         }
         Command::Reveal {
@@ -526,7 +535,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                     reveal::column_values(&config, t, c, values).map_err(config_failure)?
                 }
                 (None, None, true) => {
-                    let lake = lake(&cli, Some(&config));
+                    let lake = lake(&cli, Some(&config))?;
                     reveal::dead_letters(&config, &lake, filter.as_deref(), cli.format)
                         .await
                         .map_err(config_failure)?

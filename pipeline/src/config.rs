@@ -637,6 +637,11 @@ impl Config {
     /// Check the values; every problem is returned, none is fatal on its own.
     pub fn validate(&self) -> Vec<Problem> {
         let mut p = Vec::new();
+        if let Some(lake) = &self.pipeline.lake
+            && let Err(e) = local_lake(lake)
+        {
+            p.push(Problem::new("pipeline.lake", e));
+        }
         let name = &self.pipeline.name;
         if name.is_empty()
             || !name
@@ -886,9 +891,38 @@ impl Config {
     }
 }
 
+/// `lake` unless it names an object store: the lake is a directory (local, or a mounted
+/// volume) for now, and a URL taken as a path would become a local directory `s3:`.
+pub fn local_lake(lake: &Path) -> std::result::Result<&Path, String> {
+    match lake.to_str().and_then(|l| l.split_once("://")) {
+        Some((scheme, _)) => Err(format!(
+            "'{scheme}://' is an object store: sluice writes the lake to a directory \
+             (local or a mounted volume) and does not support object stores yet"
+        )),
+        None => Ok(lake),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_object_store_lake_is_refused_not_taken_for_a_directory() {
+        let Err(problems) = Config::from_toml(
+            "[pipeline]\nlake = \"s3://bank/lake\"\n\
+             [kafka]\nbootstrap_servers = \"localhost:9092\"\ntopics = [\"t\"]\n",
+        ) else {
+            panic!("an s3:// lake was accepted");
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let text = problems[0].to_string();
+        assert!(
+            text.starts_with("pipeline.lake: 's3://' is an object store"),
+            "{text}"
+        );
+        assert!(local_lake(Path::new("/data/lake")).is_ok());
+    }
 
     #[test]
     fn minimal_config_is_valid_and_takes_defaults() {

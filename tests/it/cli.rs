@@ -89,6 +89,33 @@ fn run_without_a_config_is_a_usage_error() {
 }
 
 #[test]
+fn an_object_store_lake_is_refused_and_no_directory_is_made_for_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = sluice()
+        .args(["--lake", "s3://bank/lake", "sql", "select 1"])
+        .current_dir(dir.path())
+        .output()
+        .expect("sql");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("'s3://' is an object store"));
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        "[pipeline]\nlake = \"abfss://lake@bank.dfs.core.windows.net/l\"\n\
+         [kafka]\nbootstrap_servers = \"localhost:9092\"\ntopics = [\"t\"]\n",
+    )
+    .expect("config");
+    let out = sluice()
+        .args(["sql", "select 1"])
+        .current_dir(dir.path())
+        .output()
+        .expect("sql");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pipeline.lake"));
+    let made: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").collect();
+    assert_eq!(made.len(), 1, "only the config: {made:?}");
+}
+
+#[test]
 fn demo_is_idempotent_and_ends_with_a_query() {
     let dir = tempfile::tempdir().expect("tempdir");
     let lake = dir.path().join("lake");
