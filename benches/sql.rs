@@ -14,7 +14,9 @@
 //! engine and the fastest is kept (results fetched whole, tables already open).
 //!
 //! Printed per query: seconds for sluice and DuckDB, their ratio and the rows returned;
-//! for the queries naming one day, the data files scanned of the table's files.
+//! for the queries naming one day, the data files scanned of the table's files. Then
+//! `sluice job gold` for the incremental `daily_spend_by_segment`: a full build, a 31st
+//! day appended, the incremental build (`--only incremental` runs this alone).
 
 mod common;
 
@@ -50,86 +52,90 @@ fn strings<I: IntoIterator<Item = S>, S: AsRef<str>>(values: I) -> ArrayRef {
     Arc::new(StringArray::from_iter_values(values))
 }
 
+/// Day `day` (0 = 2026-10-01) of `bronze.card_transactions`: `per_day` transactions.
+async fn write_day(lake: &Path, day: usize, per_day: usize, customers: usize, accounts: usize) {
+    // Transaction k of the lake: account (k * 7919) % accounts, whose customer is
+    // account % customers; except that each 10,007th transaction starts a burst, the
+    // next four on the same account within four seconds (for rapid_card_use to find).
+    let ks: Vec<usize> = (day * per_day..(day + 1) * per_day).collect();
+    let burst = |k: &usize| if k % 10_007 < 5 { k - k % 10_007 } else { *k };
+    let account = |k: &usize| (burst(k) * 7_919) % accounts;
+    let t = batch(vec![
+        ("txn_id", strings(ks.iter().map(|k| format!("T{k:010}")))),
+        (
+            "customer_id",
+            strings(ks.iter().map(|k| customer(account(k) % customers))),
+        ),
+        (
+            "account_id",
+            strings(ks.iter().map(|k| format!("A{:08}", account(k)))),
+        ),
+        (
+            "amount_gbp",
+            Arc::new(Float64Array::from_iter_values(
+                ks.iter().map(|k| ((k * 31) % 50_000) as f64 / 100.0),
+            )),
+        ),
+        (
+            "channel",
+            strings(
+                ks.iter()
+                    .map(|k| ["pos", "online", "contactless", "atm"][k % 4]),
+            ),
+        ),
+        (
+            "merchant",
+            strings(ks.iter().map(|k| format!("M{:04}", (k * 13) % 2_000))),
+        ),
+        (
+            "mcc",
+            Arc::new(Int64Array::from_iter_values(
+                ks.iter().map(|k| 5_000 + (k % 40) as i64),
+            )),
+        ),
+        (
+            "status",
+            strings(
+                ks.iter()
+                    .map(|k| if k % 20 == 0 { "declined" } else { "approved" }),
+            ),
+        ),
+        (
+            "event_time",
+            strings(ks.iter().map(|k| {
+                let s = ((burst(k) % per_day) * 86_400 / per_day.max(1) + k - burst(k)).min(86_399);
+                format!(
+                    "2026-10-{:02}T{:02}:{:02}:{:02}.000Z",
+                    day + 1,
+                    s / 3_600,
+                    s / 60 % 60,
+                    s % 60
+                )
+            })),
+        ),
+        (
+            "_ingest_date",
+            Arc::new(Date32Array::from_iter_values(
+                ks.iter().map(|_| FIRST_DAY + day as i32),
+            )),
+        ),
+    ]);
+    write(
+        lake,
+        "bronze/card_transactions",
+        t,
+        &["_ingest_date".into()],
+    )
+    .await;
+}
+
 /// The tables; returns the customer looked up by the point query.
 async fn fill(lake: &Path, rows: usize) -> String {
     let customers = (rows / 100).max(4);
     let accounts = customers * 3 / 2;
     let per_day = rows / DAYS;
     for day in 0..DAYS {
-        // Transaction k of the lake: account (k * 7919) % accounts, whose customer is
-        // account % customers; except that each 10,007th transaction starts a burst, the
-        // next four on the same account within four seconds (for rapid_card_use to find).
-        let ks: Vec<usize> = (day * per_day..(day + 1) * per_day).collect();
-        let burst = |k: &usize| if k % 10_007 < 5 { k - k % 10_007 } else { *k };
-        let account = |k: &usize| (burst(k) * 7_919) % accounts;
-        let t = batch(vec![
-            ("txn_id", strings(ks.iter().map(|k| format!("T{k:010}")))),
-            (
-                "customer_id",
-                strings(ks.iter().map(|k| customer(account(k) % customers))),
-            ),
-            (
-                "account_id",
-                strings(ks.iter().map(|k| format!("A{:08}", account(k)))),
-            ),
-            (
-                "amount_gbp",
-                Arc::new(Float64Array::from_iter_values(
-                    ks.iter().map(|k| ((k * 31) % 50_000) as f64 / 100.0),
-                )),
-            ),
-            (
-                "channel",
-                strings(
-                    ks.iter()
-                        .map(|k| ["pos", "online", "contactless", "atm"][k % 4]),
-                ),
-            ),
-            (
-                "merchant",
-                strings(ks.iter().map(|k| format!("M{:04}", (k * 13) % 2_000))),
-            ),
-            (
-                "mcc",
-                Arc::new(Int64Array::from_iter_values(
-                    ks.iter().map(|k| 5_000 + (k % 40) as i64),
-                )),
-            ),
-            (
-                "status",
-                strings(
-                    ks.iter()
-                        .map(|k| if k % 20 == 0 { "declined" } else { "approved" }),
-                ),
-            ),
-            (
-                "event_time",
-                strings(ks.iter().map(|k| {
-                    let s =
-                        ((burst(k) % per_day) * 86_400 / per_day.max(1) + k - burst(k)).min(86_399);
-                    format!(
-                        "2026-10-{:02}T{:02}:{:02}:{:02}.000Z",
-                        day + 1,
-                        s / 3_600,
-                        s / 60 % 60,
-                        s % 60
-                    )
-                })),
-            ),
-            (
-                "_ingest_date",
-                Arc::new(Date32Array::from_iter_values(
-                    ks.iter().map(|_| FIRST_DAY + day as i32),
-                )),
-            ),
-        ]);
-        write(
-            lake,
-            "bronze/card_transactions",
-            t,
-            &["_ingest_date".into()],
-        )
-        .await;
+        write_day(lake, day, per_day, customers, accounts).await;
     }
     let tp: Vec<usize> = (0..rows / 10).collect();
     let touchpoints = batch(vec![
@@ -421,6 +427,37 @@ async fn run(rows: usize, options: &Options) {
         };
         println!("  {name:<34} {s:>9.3} {d:>9} {ratio:>7} {n:>9}{files}");
     }
+    if options
+        .only
+        .as_deref()
+        .is_none_or(|o| "incremental".contains(o))
+    {
+        incremental_gold(lake, rows, &sql_dir).await;
+    }
+}
+
+/// `sluice job gold` for the incremental definition: a full build of the 30 days, then a
+/// 31st day and the incremental build it takes.
+async fn incremental_gold(lake: &Path, rows: usize, sql_dir: &Path) {
+    let (gold_dir, views) = (sql_dir.join("gold"), sql_dir.join("views"));
+    let only = ["gold.daily_spend_by_segment".to_string()];
+    let build = || sluice_jobs::gold::gold(lake, &gold_dir, &views, &only);
+    let started = Instant::now();
+    let full = build().await.expect("full build");
+    let full_s = started.elapsed().as_secs_f64();
+    let customers = (rows / 100).max(4);
+    write_day(lake, DAYS, rows / DAYS, customers, customers * 3 / 2).await;
+    let started = Instant::now();
+    let next = build().await.expect("incremental build");
+    let next_s = started.elapsed().as_secs_f64();
+    assert_eq!(next[0].mode, "incremental");
+    println!(
+        "  sluice job gold, daily_spend_by_segment: full build {full_s:.3} s ({} rows); \
+         a 31st day, then an incremental build {next_s:.3} s (from {}, {} rows recomputed)",
+        full[0].rows,
+        next[0].from_watermark.as_deref().unwrap_or("?"),
+        next[0].rows
+    );
 }
 
 fn main() {
