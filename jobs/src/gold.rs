@@ -206,10 +206,6 @@ async fn plain_rows(
     Ok((batches, rows))
 }
 
-fn quote(c: &str) -> String {
-    format!("\"{}\"", c.replace('"', "\"\""))
-}
-
 /// The definition hash recorded by the table's last build.
 async fn last_definition(t: &deltalake::DeltaTable) -> Option<String> {
     let mut history = t.history(Some(50));
@@ -225,7 +221,7 @@ async fn last_definition(t: &deltalake::DeltaTable) -> Option<String> {
 /// The table's highest watermark; none when the table is empty or lacks the column.
 async fn high_watermark(catalog: &Catalog, name: &str, column: &str) -> Option<ScalarValue> {
     let batches = catalog
-        .query(&format!("select max({}) from {name}", quote(column)))
+        .query(&format!("select max({}) from {name}", table::quote(column)))
         .await
         .ok()?;
     let b = batches.first()?;
@@ -280,11 +276,10 @@ async fn incremental(
     let on: Vec<String> = d
         .key
         .iter()
-        .map(|k| format!("t.{} = s.{}", quote(k), quote(k)))
+        .map(|k| format!("t.{} = s.{}", table::quote(k), table::quote(k)))
         .collect();
     let stale: Expr = col(Column::new(Some("t"), w)).gt_eq(lit(from.clone()));
-    let (cols, cols2) = (columns.clone(), columns);
-    let (t, _) = t
+    let merge = t
         .merge(source, on.join(" AND "))
         .with_source_alias("s")
         .with_target_alias("t")
@@ -297,21 +292,8 @@ async fn incremental(
                 "sluice.gold.from_watermark".to_string(),
                 serde_json::Value::from(from.to_string()),
             ),
-        ]))
-        .when_matched_update(|mut u| {
-            for c in &cols {
-                u = u.update(quote(c), format!("s.{}", quote(c)));
-            }
-            u
-        })
-        .and_then(|m| {
-            m.when_not_matched_insert(|mut i| {
-                for c in &cols2 {
-                    i = i.set(quote(c), format!("s.{}", quote(c)));
-                }
-                i
-            })
-        })
+        ]));
+    let (t, _) = table::upsert_all(merge, &columns)
         .and_then(|m| m.when_not_matched_by_source_delete(|del| del.predicate(stale)))
         .map_err(Error::delta(&name))?
         .await

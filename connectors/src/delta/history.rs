@@ -34,8 +34,8 @@ use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 
 use super::bronze::conform;
-use super::silver::{MergeCounts, SilverTableSpec, UNAVAILABLE, quote, silver_error as error};
-use super::table;
+use super::silver::{MergeCounts, SilverTableSpec, UNAVAILABLE, silver_error as error};
+use super::table::{self, quote};
 use crate::error::{Error, Result, delta};
 
 /// Columns a history table adds to the row.
@@ -508,27 +508,16 @@ pub(super) async fn merge(
         .iter()
         .map(|f| f.name().clone())
         .collect();
-    let (update, insert) = (columns.clone(), columns);
-    let builder = t
-        .merge(df, on.join(" AND "))
-        .with_source_alias("s")
-        .with_target_alias("t")
-        .with_merge_schema(true)
-        .with_commit_properties(CommitProperties::default().with_application_transactions(txns))
-        .when_matched_update(|mut u| {
-            for c in &update {
-                u = u.update(quote(c), format!("s.{}", quote(c)));
-            }
-            u
-        })
-        .and_then(|m| {
-            m.when_not_matched_insert(|mut i| {
-                for c in &insert {
-                    i = i.set(quote(c), format!("s.{}", quote(c)));
-                }
-                i
-            })
-        });
+    let builder = table::upsert_all(
+        t.merge(df, on.join(" AND "))
+            .with_source_alias("s")
+            .with_target_alias("t")
+            .with_merge_schema(true)
+            .with_commit_properties(
+                CommitProperties::default().with_application_transactions(txns),
+            ),
+        &columns,
+    );
     match builder {
         Ok(b) => match b.await {
             Ok((t, _)) => Ok(t),

@@ -38,7 +38,7 @@ use deltalake::kernel::{Action, Transaction};
 use sluice_pipeline::{CommitOutcome, OffsetRange, SourceBatch, TopicPartition};
 
 use super::bronze::{conform, merged_schema};
-use super::table;
+use super::table::{self, quote};
 use crate::decode::json::filter_offsets_above;
 use crate::error::{Error, Result, delta};
 
@@ -488,10 +488,6 @@ async fn commit_offsets_only(
         Ok(_) => Ok(t),
         Err(e) => Err((Some(t), e)),
     }
-}
-
-pub(super) fn quote(c: &str) -> String {
-    format!("\"{}\"", c.replace('"', "\"\""))
 }
 
 /// Whether change `s` is newer than the stored row `t`.

@@ -22,6 +22,32 @@ use sluice_pipeline::{OffsetRange, TopicPartition};
 
 use crate::error::{Error, Result, delta};
 
+/// `c` as a SQL identifier (double-quoted), for MERGE predicates and assignments.
+pub fn quote(c: &str) -> String {
+    format!("\"{}\"", c.replace('"', "\"\""))
+}
+
+/// `merge` (source alias `s`) with every one of `columns` taken from the source: matched
+/// rows updated, rows without a match inserted.
+pub fn upsert_all(
+    merge: deltalake::operations::merge::MergeBuilder,
+    columns: &[String],
+) -> std::result::Result<deltalake::operations::merge::MergeBuilder, deltalake::DeltaTableError> {
+    merge
+        .when_matched_update(|mut u| {
+            for c in columns {
+                u = u.update(quote(c), format!("s.{}", quote(c)));
+            }
+            u
+        })?
+        .when_not_matched_insert(|mut i| {
+            for c in columns {
+                i = i.set(quote(c), format!("s.{}", quote(c)));
+            }
+            i
+        })
+}
+
 /// Transaction app id of a partition for a pipeline.
 pub fn app_id(pipeline: &str, tp: &TopicPartition) -> String {
     format!("{pipeline}-{}-{}", tp.topic, tp.partition)
