@@ -316,15 +316,13 @@ fn lake_dir(s: &str) -> Result<PathBuf, String> {
     sluice_pipeline::config::local_lake(Path::new(s)).map(Path::to_path_buf)
 }
 
-fn lake(cli: &Cli, config: Option<&Config>) -> Result<PathBuf, Failure> {
-    let lake = cli
-        .lake
+/// The lake: `--lake`, else `pipeline.lake`, else `./lake` (both checked to be
+/// directories when parsed: `lake_dir` and the config's validation).
+fn lake(cli: &Cli, config: Option<&Config>) -> PathBuf {
+    cli.lake
         .clone()
         .or_else(|| config.and_then(|c| c.pipeline.lake.clone()))
-        .unwrap_or_else(|| PathBuf::from("lake"));
-    sluice_pipeline::config::local_lake(&lake)
-        .map_err(|e| usage(anyhow::anyhow!("pipeline.lake: {e}")))?;
-    Ok(lake)
+        .unwrap_or_else(|| PathBuf::from("lake"))
 }
 
 async fn execute(cli: Cli) -> Result<(), Failure> {
@@ -336,7 +334,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                 ))
             })?;
             let config = load_config(&path)?;
-            let lake = lake(&cli, Some(&config))?;
+            let lake = lake(&cli, Some(&config));
             let stop = run::stop_on_signals();
             let summary = run::run_pipeline(&config, &lake, *until_caught_up, stop)
                 .await
@@ -363,7 +361,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                 Some(p) => Some(load_config(&p)?),
                 None => None,
             };
-            let lake = lake(&cli, config.as_ref())?;
+            let lake = lake(&cli, config.as_ref());
             demo::demo(config, &lake, cli.format).await?;
         }
         Command::ValidateConfig { file } => {
@@ -407,7 +405,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                 Some(p) => Some(load_config(&p)?),
                 None => None,
             };
-            let lake = lake(&cli, config.as_ref())?;
+            let lake = lake(&cli, config.as_ref());
             let access = match role {
                 None => None,
                 Some(role) => Some(access_for(config.as_ref(), role).map_err(usage)?),
@@ -441,7 +439,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                 ))
             })?;
             let config = load_config(&path)?;
-            let lake = lake(&cli, Some(&config))?;
+            let lake = lake(&cli, Some(&config));
             serve::serve(&config, &lake, address.as_deref(), run::stop_on_signals()).await?;
         }
         Command::Bench(args) => bench::bench(args.clone()).await?,
@@ -449,7 +447,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             job: JobCommand::Maintain { tables },
         } => {
             let config = config_or_defaults(&cli)?;
-            let lake = lake(&cli, Some(&config))?;
+            let lake = lake(&cli, Some(&config));
             job::maintain(&config, &lake, tables, cli.format).await?;
         }
         Command::Schedule => {
@@ -459,7 +457,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                 ))
             })?;
             let config = load_config(&path)?;
-            let lake = lake(&cli, Some(&config))?;
+            let lake = lake(&cli, Some(&config));
             schedule::schedule(&config, &lake, run::stop_on_signals())
                 .await
                 .map_err(config_failure)?;
@@ -468,21 +466,21 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             job: JobCommand::Snapshot,
         } => {
             let config = config_or_defaults(&cli)?;
-            let lake = lake(&cli, Some(&config))?;
+            let lake = lake(&cli, Some(&config));
             job::snapshot(&config, &lake, cli.format).await?;
         }
         Command::Job {
             job: JobCommand::Gold { tables },
         } => {
             let config = config_or_defaults(&cli)?;
-            let lake = lake(&cli, Some(&config))?;
+            let lake = lake(&cli, Some(&config));
             job::gold(&config, &lake, tables, cli.format).await?;
         }
         Command::Job {
             job: JobCommand::Anonymise { tables },
         } => {
             let config = config_or_defaults(&cli)?;
-            let lake = lake(&cli, Some(&config))?;
+            let lake = lake(&cli, Some(&config));
             job::anonymise(&config, &lake, tables, cli.format).await?;
         }
         Command::Job {
@@ -496,7 +494,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                 },
         } => {
             let config = config_or_defaults(&cli)?;
-            let lake = lake(&cli, Some(&config))?;
+            let lake = lake(&cli, Some(&config));
             if *requests {
                 return Ok(job::erase_requests(&config, &lake, cli.format).await?);
             }
@@ -514,7 +512,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                 Some(p) => Some(load_config(&p)?),
                 None => None,
             };
-            let lake = lake(&cli, config.as_ref())?;
+            let lake = lake(&cli, config.as_ref());
             job::verify(&lake).await?;
         }
         Command::Reveal {
@@ -535,7 +533,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                     reveal::column_values(&config, t, c, values).map_err(config_failure)?
                 }
                 (None, None, true) => {
-                    let lake = lake(&cli, Some(&config))?;
+                    let lake = lake(&cli, Some(&config));
                     reveal::dead_letters(&config, &lake, filter.as_deref(), cli.format)
                         .await
                         .map_err(config_failure)?
