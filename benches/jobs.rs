@@ -239,7 +239,7 @@ async fn run(rows: usize) {
         ..Default::default()
     };
     let started = Instant::now();
-    let cert = erase::erase(lake, &config, subject, "bench", "hash".into(), 0)
+    let cert = erase::erase(lake, &config, None, subject, "bench", "hash".into(), 0)
         .await
         .expect("erase");
     let secs = started.elapsed().as_secs_f64();

@@ -98,6 +98,8 @@ file = "sluice-demo-keys/pseudonym.key"
 file = "sluice-demo-keys/salt.key"
 [pii.keys.vault]                     # format-preserving encryption and dead letters
 file = "sluice-demo-keys/vault.key"
+[pii.keys.shred]                     # wraps each customer's own data key (crypto-shredding)
+file = "sluice-demo-keys/shred.key"
 
 [pii.tables.customers]
 customer_id = { action = "tokenize", key = "pseudo", tag = "direct_identifier" }
@@ -107,7 +109,9 @@ last_name = { action = "mask", literal = "***", tag = "direct_identifier" }
 email = { action = "hash", key = "salt", tag = "direct_identifier" }
 phone = { action = "encrypt_fpe", format = "digits", key = "vault", tag = "direct_identifier" }
 date_of_birth = { action = "generalize", to = "year", tag = "quasi_identifier" }
-"address.line1" = { action = "mask", tag = "direct_identifier" }
+# Encrypted under the customer's own key, kept in <lake>/_keys/subjects: erasing the
+# customer deletes the key, and every copy of the line anywhere is unreadable.
+"address.line1" = { action = "encrypt", subject = "customer_id", key = "shred", tag = "direct_identifier" }
 "address.postcode" = { action = "generalize", to = "outward", tag = "quasi_identifier" }
 notes = { action = "redact", tag = "free_text" }
 

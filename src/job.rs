@@ -290,9 +290,20 @@ async fn erase_one(
     let result = match produced {
         Ok(n) => {
             let hash = erase::subject_hash(secret.bytes(), raw);
-            erase::erase(lake, &config.erasure, subject, request_id, hash, n)
-                .await
-                .map_err(anyhow::Error::from)
+            let store = config
+                .uses_subject_keys()
+                .then(|| config.subject_key_store(lake));
+            erase::erase(
+                lake,
+                &config.erasure,
+                store.as_deref(),
+                subject,
+                request_id,
+                hash,
+                n,
+            )
+            .await
+            .map_err(anyhow::Error::from)
         }
         Err(e) => Err(anyhow::Error::from(e)),
     };
@@ -451,7 +462,10 @@ pub async fn erase_verify(
     let mut total = 0u64;
     let mut all = Vec::new();
     for (i, subject) in found.iter().enumerate() {
-        let reports = erase::verify(lake, subject)?;
+        let store = config
+            .uses_subject_keys()
+            .then(|| config.subject_key_store(lake));
+        let reports = erase::verify(lake, store.as_deref(), subject)?;
         total += reports.iter().map(|r| r.occurrences).sum::<u64>();
         all.push((i + 1, reports));
     }

@@ -124,10 +124,12 @@ enum Command {
         #[command(subcommand)]
         audit: AuditCommand,
     },
-    /// Reverse format-preserving encryption, or open sealed dead letters, with the key.
+    /// Reverse format-preserving encryption and per-subject encryption, or open sealed dead
+    /// letters, with the key.
     ///
-    /// `sluice reveal --table T --column C VALUE...` decrypts values of an `encrypt_fpe`
-    /// column (from stdin, one per line, when no value is given); `sluice reveal
+    /// `sluice reveal --table T --column C VALUE...` decrypts values of an `encrypt_fpe` or
+    /// `encrypt` column (from stdin, one per line, when no value is given); an `encrypt`
+    /// value whose subject was erased fails to open; `sluice reveal
     /// --dead-letters [--where PREDICATE]` prints dead letters with key and payload opened.
     /// Only the key the command needs is read.
     Reveal {
@@ -530,7 +532,10 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             let config = load_config(&path)?;
             match (table, column, dead_letters) {
                 (Some(t), Some(c), false) => {
-                    reveal::column_values(&config, t, c, values).map_err(config_failure)?
+                    let lake = lake(&cli, Some(&config));
+                    reveal::column_values(&config, &lake, t, c, values)
+                        .await
+                        .map_err(config_failure)?
                 }
                 (None, None, true) => {
                     let lake = lake(&cli, Some(&config));

@@ -2,9 +2,11 @@
 //! every declared schema before anything is consumed.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use sluice_connectors::decode::json::with_lineage;
 use sluice_pipeline::config::{Config, Problem};
+use sluice_pipeline::pii::KeyCache;
 use sluice_pipeline::runner::Protection;
 use sluice_transforms::policy::Policy;
 
@@ -13,6 +15,8 @@ pub struct Prepared {
     pub protection: Protection,
     /// Table properties by table: the policy record and the statistics columns.
     pub properties: HashMap<String, Vec<(String, String)>>,
+    /// The data keys of `encrypt` rules, for the subject key store.
+    pub keyrings: Vec<Arc<dyn KeyCache>>,
 }
 
 /// Load the policy of `config` and check it against the declared schemas. Tables with an
@@ -44,6 +48,11 @@ pub fn prepare(config: &Config) -> Result<Prepared, Vec<Problem>> {
         Ok(Prepared {
             protection,
             properties,
+            keyrings: policy
+                .keyrings()
+                .into_iter()
+                .map(|k| k as Arc<dyn KeyCache>)
+                .collect(),
         })
     } else {
         Err(problems)

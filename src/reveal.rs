@@ -1,8 +1,11 @@
 //! `sluice reveal`: turn protected values back into the originals, for whoever holds the
-//! key. Format-preserving encrypted values of a column are decrypted; sealed dead letters
-//! (key and payload) are opened. Nothing else can be reversed: masks, hashes, tokens,
-//! redactions and generalisations are one-way by design.
+//! key. Format-preserving encrypted values of a column are decrypted, and so are values of
+//! an `encrypt` column while their subject's key is in the subject key store (after an
+//! erasure they never open again); sealed dead letters (key and payload) are opened.
+//! Nothing else can be reversed: masks, hashes, tokens, redactions and generalisations are
+//! one-way by design.
 
+use std::collections::HashMap;
 use std::io::BufRead as _;
 use std::path::Path;
 use std::sync::Arc;
@@ -11,16 +14,22 @@ use anyhow::{Context as _, bail};
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int32Type, Int64Type};
+use sluice_connectors::delta::subject_keys;
 use sluice_pipeline::config::Config;
-use sluice_pipeline::pii::Action;
+use sluice_pipeline::pii::{Action, StoredKey};
+use sluice_transforms::encrypt::parse_value;
 use sluice_transforms::policy::Policy;
 use sluice_transforms::seal::is_sealed;
 
 use crate::output::{self, Format};
 
-/// Decrypt `values` (or stdin, one per line) of the `encrypt_fpe` column `column` of `table`.
-pub fn column_values(
+type Decrypt = dyn Fn(&str) -> anyhow::Result<String>;
+
+/// Decrypt `values` (or stdin, one per line) of the `encrypt_fpe` or `encrypt` column
+/// `column` of `table`.
+pub async fn column_values(
     config: &Config,
+    lake: &Path,
     table: &str,
     column: &str,
     values: &[String],
@@ -33,7 +42,7 @@ pub fn column_values(
         .with_context(|| {
             format!("the policy has no rule for column '{column}' of table '{table}'")
         })?;
-    if rule.action != Action::EncryptFpe {
+    if !matches!(rule.action, Action::EncryptFpe | Action::Encrypt) {
         bail!(
             "column '{column}' of table '{table}' is protected by {}, which cannot be reversed",
             rule.action.as_str()
@@ -42,11 +51,36 @@ pub fn column_values(
     let key = rule.key.clone().unwrap_or_default();
     let policy =
         Policy::load_keys(config, &|id| id == key).map_err(sluice_pipeline::Error::Config)?;
-    let cipher = policy
-        .fpe_cipher(rule)
-        .context("the key of this column could not be loaded")?;
+    let decrypt: Box<Decrypt> = if rule.action == Action::Encrypt {
+        let ring = policy
+            .keyring(&key)
+            .context("the master key of this column could not be loaded")?
+            .clone();
+        let store = config.subject_key_store(lake);
+        let keys: HashMap<String, StoredKey> = subject_keys::read_all(&store)
+            .await
+            .with_context(|| format!("reading the subject key store {}", store.display()))?
+            .into_iter()
+            .map(|k| (k.key_id.clone(), k))
+            .collect();
+        Box::new(move |v| {
+            let (_, key_id, _) =
+                parse_value(v).context("not a value of an encrypt column (enc_…)")?;
+            let stored = keys.get(key_id).with_context(|| {
+                format!(
+                    "data key {key_id} is not in the subject key store: its subject was erased, the value can no longer be decrypted"
+                )
+            })?;
+            ring.open(v, stored).map_err(|e| anyhow::anyhow!(e))
+        })
+    } else {
+        let cipher = policy
+            .fpe_cipher(rule)
+            .context("the key of this column could not be loaded")?;
+        Box::new(move |v| cipher.decrypt(v).map_err(|e| anyhow::anyhow!(e)))
+    };
     let reveal = |v: &str| -> anyhow::Result<()> {
-        match cipher.decrypt(v.trim()) {
+        match decrypt(v.trim()) {
             Ok(plain) => println!("{plain}"),
             Err(e) => bail!("cannot decrypt a value: {e}"),
         }

@@ -14,6 +14,7 @@ use sluice_connectors::delta::history;
 use sluice_connectors::delta::lake::LakeSink;
 use sluice_connectors::delta::quality::{Expectation, QualityGate};
 use sluice_connectors::delta::silver::{Sequence, SilverSink, SilverSinkConfig, SilverTableSpec};
+use sluice_connectors::delta::subject_keys::SubjectKeyStore;
 use sluice_connectors::kafka::source::{self, KafkaSourceConfig};
 use sluice_pipeline::config::{Config, TopicFormat};
 use sluice_pipeline::health::Health;
@@ -288,10 +289,21 @@ pub async fn run_pipeline(
             })
             .collect(),
     );
+    let keys = if prepared.keyrings.is_empty() {
+        None
+    } else {
+        let location = config.subject_key_store(lake);
+        Some(
+            SubjectKeyStore::open(&location, prepared.keyrings.clone())
+                .await
+                .with_context(|| format!("opening the subject key store {}", location.display()))?,
+        )
+    };
     let mut sink = LakeSink {
         quality,
         bronze,
         silver,
+        keys,
         // Test hook: slow Delta writes down to check that memory stays bounded.
         commit_delay: std::env::var("SLUICE_TEST_COMMIT_DELAY_MS")
             .ok()

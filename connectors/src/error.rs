@@ -70,6 +70,9 @@ pub enum Error {
 
     #[error("demo: {0}")]
     Demo(String),
+
+    #[error("subject key store: {0}")]
+    KeyStore(String),
 }
 
 /// Result alias for this crate.

@@ -10,7 +10,10 @@
 //! 3. log entries and checkpoints mentioning the subject (file statistics, operation
 //!    parameters) are removed after a checkpoint of the new version, so time travel to an
 //!    older version finds nothing or fails, and never brings the subject back;
-//! 4. a certificate row goes to `_sluice/erasures`: request id, salted hash of the
+//! 4. under crypto-shredding, the subject's data keys are erased the same way from the
+//!    subject key store, so copies of its encrypted values out of reach (backups,
+//!    exports) can no longer be decrypted;
+//! 5. a certificate row goes to `_sluice/erasures`: request id, salted hash of the
 //!    subject, tables with versions, rows removed, files purged.
 //!
 //! [`verify`] reads every byte of every file of the lake (log JSON, checkpoints, data
@@ -43,6 +46,9 @@ pub const ERASURES: &str = "_sluice/erasures";
 
 /// Tables never searched: the job records, which hold hashes only.
 const RECORD_TABLES: [&str; 2] = ["sluice.job_runs", "sluice.erasures"];
+
+/// How certificates name the subject key store.
+pub const KEY_STORE: &str = "keys.subjects";
 
 /// What the erasure did to one table.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -125,10 +131,26 @@ pub fn lookup_for(config: &ErasureConfig, qualified: &str, schema: &Schema) -> L
     }
 }
 
-/// Erase `subject` from every table of `lake`; `tombstones` were produced for its keys.
+fn report(done: &TableErasure) {
+    eprintln!(
+        "erase: {}: {} rows removed, {} files rewritten, {} files purged, {} log entries purged (version {} → {})",
+        done.table,
+        done.rows_removed,
+        done.files_rewritten,
+        done.files_purged,
+        done.logs_purged,
+        done.version_before,
+        done.version_after
+    );
+}
+
+/// Erase `subject` from every table of `lake`, and its data keys from the subject key
+/// store at `key_store` (when the policy encrypts per subject); `tombstones` were
+/// produced for its keys.
 pub async fn erase(
     lake: &Path,
     config: &ErasureConfig,
+    key_store: Option<&Path>,
     subject: Arc<Subject>,
     request_id: &str,
     subject_hash: String,
@@ -152,15 +174,24 @@ pub async fn erase(
             continue;
         }
         let done = erase_table(&t.path, &name, delta, &lookup, &subject, request_id).await?;
-        eprintln!(
-            "erase: {name}: {} rows removed, {} files rewritten, {} files purged, {} log entries purged (version {} → {})",
-            done.rows_removed,
-            done.files_rewritten,
-            done.files_purged,
-            done.logs_purged,
-            done.version_before,
-            done.version_after
-        );
+        report(&done);
+        tables.push(done);
+    }
+    if let Some(store) = key_store
+        && store.join("_delta_log").is_dir()
+    {
+        let store = std::fs::canonicalize(store).map_err(|e| Error::io(store, e))?;
+        let _erase = Lock::acquire(lake, &format!("erase.{KEY_STORE}"))?;
+        let url = url::Url::from_directory_path(&store)
+            .map_err(|()| Error::Other(format!("{} is not a table path", store.display())))?;
+        let delta = table::open(KEY_STORE, &url).await?;
+        let lookup = Lookup {
+            exact: vec!["subject".into()],
+            contains: Vec::new(),
+            letters: false,
+        };
+        let done = erase_table(&store, KEY_STORE, delta, &lookup, &subject, request_id).await?;
+        report(&done);
         tables.push(done);
     }
     let certificate = Certificate {
@@ -313,14 +344,29 @@ pub struct ScanReport {
     pub found_in: Vec<String>,
 }
 
-/// Count every mention of `subject` in every file under `lake`: raw bytes of every file,
-/// and every decoded value of every Parquet file (compressed pages hide raw bytes).
-pub fn verify(lake: &Path, subject: &Subject) -> Result<Vec<ScanReport>> {
+/// Count every mention of `subject` in every file under `lake` (and under `key_store`
+/// when it lies outside the lake): raw bytes of every file, and every decoded value of
+/// every Parquet file (compressed pages hide raw bytes).
+pub fn verify(lake: &Path, key_store: Option<&Path>, subject: &Subject) -> Result<Vec<ScanReport>> {
     let mut reports: Vec<ScanReport> = Vec::new();
-    let mut files = purge::files_under(lake, &|_| true)?;
+    let mut files: Vec<(PathBuf, &Path)> = purge::files_under(lake, &|_| true)?
+        .into_iter()
+        .map(|f| (f, lake))
+        .collect();
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    if let Some(store) =
+        key_store.filter(|s| s.is_dir() && !canonical(s).starts_with(canonical(lake)))
+    {
+        let root = store.parent().unwrap_or(store);
+        files.extend(
+            purge::files_under(store, &|_| true)?
+                .into_iter()
+                .map(|f| (f, root)),
+        );
+    }
     files.sort();
-    for file in files {
-        let relative = file.strip_prefix(lake).unwrap_or(&file);
+    for (file, root) in files {
+        let relative = file.strip_prefix(root).unwrap_or(&file);
         // Reports group by table: `<layer>/<name>` (or the first two parts).
         let place: String = relative
             .components()

@@ -79,13 +79,15 @@ impl Config {
             for (path, rule) in &t.columns {
                 let col = format!("{at}.columns.\"{path}\"");
                 match rule.action {
-                    Action::Hash | Action::Tokenize | Action::EncryptFpe => p.push(Problem::new(
+                    Action::Hash | Action::Tokenize | Action::EncryptFpe | Action::Encrypt => {
+                        p.push(Problem::new(
                         &col,
                         format!(
                             "{} is pseudonymisation, not anonymisation: use drop, mask, mask_partial, redact or generalize",
                             rule.action.as_str()
                         ),
-                    )),
+                    ))
+                    }
                     Action::Keep => p.push(Problem::new(&col, "keep anonymises nothing")),
                     _ => p.extend(crate::pii::validate_rule(
                         &col,

@@ -17,7 +17,15 @@
 //!
 //! [pii.topics.card-payments]                 # by topic: applies to the topic's table
 //! pan = { action = "encrypt_fpe", format = "pan", key = "vault", tag = "sensitive" }
+//!
+//! [pii.tables.accounts]                      # crypto-shredding: each customer's own key
+//! holder_name = { action = "encrypt", subject = "customer_id", key = "shred" }
 //! ```
+//!
+//! `encrypt` keeps a random data key per subject in the subject key store (a Delta table,
+//! `subject_keys` below or `<lake>/_keys/subjects`), each key wrapped under the master
+//! key named by `key`. Erasing the subject deletes its keys, so every copy of the values
+//! left anywhere (backups, exports, older files) can no longer be decrypted.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -40,6 +48,9 @@ pub struct PiiConfig {
     pub tables: BTreeMap<String, BTreeMap<String, ColumnRule>>,
     /// Rules by topic, applied to the table the topic lands in.
     pub topics: BTreeMap<String, BTreeMap<String, ColumnRule>>,
+    /// Directory of the subject key store of `encrypt` rules; default `<lake>/_keys/subjects`.
+    /// Keep it out of the lake's backups: a restored key would undo an erasure.
+    pub subject_keys: Option<PathBuf>,
 }
 
 /// Where a secret comes from: exactly one of `env` and `file`.
@@ -73,6 +84,8 @@ pub enum Action {
     Hash,
     Tokenize,
     EncryptFpe,
+    /// AES-256-GCM under the data key of the row's subject (crypto-shredding).
+    Encrypt,
     Redact,
     Generalize,
     /// Classified PII deliberately kept as it is (the table must be restricted).
@@ -88,13 +101,17 @@ impl Action {
             Action::Hash => "hash",
             Action::Tokenize => "tokenize",
             Action::EncryptFpe => "encrypt_fpe",
+            Action::Encrypt => "encrypt",
             Action::Redact => "redact",
             Action::Generalize => "generalize",
             Action::Keep => "keep",
         }
     }
     fn needs_key(&self) -> bool {
-        matches!(self, Action::Hash | Action::Tokenize | Action::EncryptFpe)
+        matches!(
+            self,
+            Action::Hash | Action::Tokenize | Action::EncryptFpe | Action::Encrypt
+        )
     }
 }
 
@@ -124,8 +141,11 @@ impl Tag {
 pub struct ColumnRule {
     pub action: Action,
     pub tag: Option<Tag>,
-    /// Key id: the salt of `hash`, the key of `tokenize` and `encrypt_fpe`.
+    /// Key id: the salt of `hash`, the key of `tokenize` and `encrypt_fpe`, the master key
+    /// wrapping the subject keys of `encrypt`.
     pub key: Option<String>,
+    /// `encrypt`: the column (of the same row) identifying the data subject.
+    pub subject: Option<String>,
     /// `mask`: replacement of strings instead of `""`.
     pub literal: Option<String>,
     /// `mask_partial`: characters kept at the end (default 4).
@@ -147,6 +167,57 @@ impl PiiConfig {
             .values()
             .chain(self.topics.values())
             .any(|r| !r.is_empty())
+    }
+}
+
+/// Where the subject key store lives under `lake` unless `[pii] subject_keys` says otherwise.
+pub const SUBJECT_KEYS: &str = "_keys/subjects";
+
+/// One data key of the subject key store, as stored: never the key itself, never the
+/// subject's identifier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    /// Id of the master key (`[pii.keys]`) wrapping it.
+    pub master: String,
+    /// Keyed hash of the subject's identifier under the master key (hex).
+    pub subject: String,
+    /// Random id the encrypted values carry (hex).
+    pub key_id: String,
+    /// The data key encrypted under the master key, bound to master, subject and key id
+    /// (base64 of nonce and ciphertext).
+    pub wrapped: String,
+    /// When it was created (microseconds since the epoch).
+    pub created_at: i64,
+}
+
+/// The in-memory side of the subject key store, kept by the `encrypt` transforms: keys
+/// they create must be stored before any row encrypted under them commits.
+pub trait KeyCache: Send + Sync {
+    /// Keys created since the last call.
+    fn take_new(&self) -> Vec<StoredKey>;
+    /// Cache keys read from the store (those of this cache's master key); an error names
+    /// the key id that cannot be unwrapped (wrong master key), never a key.
+    fn load(&self, keys: &[StoredKey]) -> std::result::Result<(), String>;
+    /// Forget every cached key whose id is not in `present`: the store lost it to an
+    /// erasure, and nothing more may be encrypted under it.
+    fn retain(&self, present: &std::collections::HashSet<String>);
+}
+
+impl Config {
+    /// Whether any rule encrypts per subject (and so needs the subject key store).
+    pub fn uses_subject_keys(&self) -> bool {
+        self.pii_rules_as_written()
+            .values()
+            .flat_map(BTreeMap::values)
+            .any(|r| r.action == Action::Encrypt)
+    }
+
+    /// The subject key store of `lake`.
+    pub fn subject_key_store(&self, lake: &std::path::Path) -> PathBuf {
+        self.pii
+            .subject_keys
+            .clone()
+            .unwrap_or_else(|| lake.join(SUBJECT_KEYS))
     }
 }
 
@@ -173,8 +244,19 @@ impl Config {
                     if envelope || path.starts_with('_') {
                         expanded.insert(path, rule);
                     } else {
-                        expanded.insert(format!("before.{path}"), rule.clone());
-                        expanded.insert(format!("after.{path}"), rule);
+                        for image in ["before", "after"] {
+                            let mut rule = rule.clone();
+                            // The subject of an image's column is in the same image.
+                            if let Some(s) = &rule.subject
+                                && !s.starts_with('_')
+                                && !["before.", "after.", "source."]
+                                    .iter()
+                                    .any(|p| s.starts_with(p))
+                            {
+                                rule.subject = Some(format!("{image}.{s}"));
+                            }
+                            expanded.insert(format!("{image}.{path}"), rule);
+                        }
                     }
                 }
                 *rules = expanded;
@@ -256,6 +338,30 @@ impl Config {
                         format!("pii.topics.{topic}.{path}"),
                         format!("table '{table}' has another rule for this column"),
                     ));
+                }
+            }
+        }
+        // Encrypted values differ every time (a fresh nonce): they cannot identify a row or
+        // tell a change.
+        let written = self.pii_rules_as_written();
+        for (name, t) in &self.silver.tables {
+            for topic in &t.topics {
+                let Some(rules) = tables.get(topic).and_then(|b| written.get(b)) else {
+                    continue;
+                };
+                let tracked = t.history.iter().flat_map(|h| &h.tracked);
+                for column in t.key.iter().chain(tracked) {
+                    if rules
+                        .get(column)
+                        .is_some_and(|r| r.action == Action::Encrypt)
+                    {
+                        p.push(Problem::new(
+                            format!("silver.tables.{name}"),
+                            format!(
+                                "column '{column}' is a key or tracked column but the policy encrypts it per subject (a different value every time); use tokenize for it"
+                            ),
+                        ));
+                    }
                 }
             }
         }
@@ -351,6 +457,20 @@ pub(crate) fn validate_rule(
         &mut p,
     );
     only(rule.format.is_some(), "format", Action::EncryptFpe, &mut p);
+    only(rule.subject.is_some(), "subject", Action::Encrypt, &mut p);
+    if a == Action::Encrypt {
+        match rule.subject.as_deref() {
+            None => p.push(Problem::new(
+                at,
+                "encrypt needs `subject`, the column identifying whose data the row holds",
+            )),
+            Some(s) if s == path || s.split('.').any(str::is_empty) => p.push(Problem::new(
+                at,
+                "`subject` must be another column of the row (`name` or `parent.child`)",
+            )),
+            Some(_) => {}
+        }
+    }
     only(rule.to.is_some(), "to", Action::Generalize, &mut p);
     only(rule.width.is_some(), "width", Action::Generalize, &mut p);
     if let Some(f) = &rule.format
@@ -411,6 +531,62 @@ pan = {{ action = \"encrypt_fpe\", format = \"pan\", key = \"vault\" }}
         let rules = c.pii_rules();
         assert_eq!(rules["customers"].len(), 2);
         assert!(rules["card_payments"].contains_key("pan"));
+    }
+
+    #[test]
+    fn encrypt_needs_a_subject_and_cannot_key_silver() {
+        let problems = Config::from_toml(&format!(
+            "{BASE}
+[pii]
+dead_letter_key = \"shred\"
+[pii.keys.shred]
+env = \"K\"
+[pii.tables.customers]
+customer_id = {{ action = \"encrypt\", subject = \"email\", key = \"shred\" }}
+name = {{ action = \"encrypt\", key = \"shred\" }}
+phone = {{ action = \"encrypt\", subject = \"phone\", key = \"shred\" }}
+email = {{ action = \"tokenize\", subject = \"x\", key = \"shred\" }}
+[silver.tables.customers]
+topics = [\"customers\"]
+key = [\"customer_id\"]
+"
+        ))
+        .expect_err("invalid");
+        let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        let all = all.join("\n");
+        for needle in [
+            "\"name\": encrypt needs `subject`",
+            "\"phone\": `subject` must be another column",
+            "\"email\": `subject` applies only to encrypt",
+            "silver.tables.customers: column 'customer_id' is a key or tracked column",
+        ] {
+            assert!(all.contains(needle), "{needle} missing from:\n{all}");
+        }
+        // In change-event tables the subject follows the column into each image.
+        let c = Config::from_toml(&format!(
+            "{BASE}
+[pii]
+dead_letter_key = \"shred\"
+[pii.keys.shred]
+env = \"K\"
+[pii.tables.customers]
+name = {{ action = \"encrypt\", subject = \"customer_id\", key = \"shred\" }}
+[silver.tables.customers]
+topics = [\"customers\"]
+key = [\"customer_id\"]
+"
+        ))
+        .expect("valid");
+        assert!(c.uses_subject_keys());
+        let rules = &c.pii_rules()["customers"];
+        assert_eq!(
+            rules["after.name"].subject.as_deref(),
+            Some("after.customer_id")
+        );
+        assert_eq!(
+            rules["before.name"].subject.as_deref(),
+            Some("before.customer_id")
+        );
     }
 
     #[test]

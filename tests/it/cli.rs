@@ -64,7 +64,7 @@ fn validate_config_accepts_the_demo_config() {
     );
     let keys = dir.path().join("sluice-demo-keys");
     std::fs::create_dir(&keys).expect("mkdir");
-    for k in ["pseudonym", "salt", "vault"] {
+    for k in ["pseudonym", "salt", "vault", "shred"] {
         std::fs::write(keys.join(format!("{k}.key")), "0123456789abcdef0123").expect("key");
     }
     let out = validate();

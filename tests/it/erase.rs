@@ -1,6 +1,7 @@
 //! `sluice job erase` on the demo bank: a customer present in every table before is absent
 //! after, at every older version too; every byte of the lake is clean; the certificate is
-//! written; other customers are untouched; a second run is a no-op with its own certificate.
+//! written; other customers are untouched; a second run is a no-op with its own certificate;
+//! copies of the customer's encrypted values no longer open (crypto-shredding).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -192,6 +193,41 @@ fn erasure_removes_a_customer_everywhere_and_leaves_a_certificate() {
         "C0000002"
     };
 
+    // Crypto-shredding: the address line is encrypted under the customer's own key. Copies
+    // of the values taken now (what a backup or an export holds) open until the erasure.
+    let line = |t: &str| {
+        d.one(&format!(
+            "select address.line1 from silver.customers where customer_id = '{t}'"
+        ))
+    };
+    let reveal = |v: &str| {
+        d.sluice(&[
+            "reveal",
+            "--table",
+            "customers",
+            "--column",
+            "address.line1",
+            v,
+        ])
+        .output()
+        .expect("reveal")
+    };
+    let (mine, theirs) = (line(&tok), line(&token(other)));
+    assert!(mine.starts_with("enc_shred_"), "{mine}");
+    let opened = |out: &Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let (my_line, their_line) = (opened(&reveal(&mine)), opened(&reveal(&theirs)));
+    assert!(
+        !my_line.is_empty() && !my_line.starts_with("enc_"),
+        "{my_line}"
+    );
+
     let before = d.counts(&tok);
     for t in [
         "bronze.customers",
@@ -251,6 +287,22 @@ fn erasure_removes_a_customer_everywhere_and_leaves_a_certificate() {
         !mentioned(&logs),
         "log entries naming the subject are purged"
     );
+    // The subject's data key is gone: its copied values never open again; others still do.
+    let keys = cert["tables"]
+        .as_array()
+        .expect("tables")
+        .iter()
+        .find(|t| t["table"] == "keys.subjects")
+        .unwrap_or_else(|| panic!("the key store is in the certificate: {cert}"));
+    assert_eq!(keys["rows_removed"], 1, "{keys}");
+    let shredded = reveal(&mine);
+    assert!(!shredded.status.success());
+    assert!(
+        String::from_utf8_lossy(&shredded.stderr).contains("its subject was erased"),
+        "{}",
+        String::from_utf8_lossy(&shredded.stderr)
+    );
+    assert_eq!(opened(&reveal(&theirs)), their_line);
 
     // Absent now, other customers untouched, totals down by the subject's rows only.
     let after = d.counts(&tok);

@@ -11,12 +11,14 @@
 //! [`redact::Redact`] (typed placeholders for emails, cards, IBANs, NINOs, IPs, phones
 //! and postcodes in free text) and [`generalize::Generalize`] (dates to year or month,
 //! numbers to buckets, postcodes to outward codes) and [`fpe::EncryptFpe`] (FF1
-//! format-preserving encryption, Luhn-valid for card numbers). [`policy::Policy`] builds
+//! format-preserving encryption, Luhn-valid for card numbers) and [`encrypt::Encrypt`]
+//! (crypto-shredding: AES-256-GCM under a data key of the row's subject). [`policy::Policy`] builds
 //! them from the `[pii]` config, with the keys it names and the [`seal::DeadLetterSeal`]
 //! that encrypts dead letters. Secrets are
 //! never printed: their `Debug` forms hide them.
 
 pub mod drop;
+pub mod encrypt;
 pub mod fpe;
 pub mod generalize;
 pub mod hash;
@@ -42,9 +44,11 @@ mod tests {
     use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
     use proptest::prelude::*;
 
+    use crate::encrypt::{Encrypt, Keyring};
     use crate::fpe::{EncryptFpe, Ff1Cipher, FpeFormat};
     use crate::generalize::{Generalization, Generalize};
     use crate::hash::Hash;
+    use crate::keys::Secret;
     use crate::mask::{Mask, MaskPartial};
     use crate::memo::Memo;
     use crate::redact::{Redact, Redactor};
@@ -96,6 +100,11 @@ mod tests {
             Box::new(Generalize {
                 path: path(),
                 to: Generalization::Outward,
+            }),
+            Box::new(Encrypt {
+                path: path(),
+                subject: path(),
+                keyring: Arc::new(Keyring::new("k", &Secret::new(key.clone()))),
             }),
         ]
     }

@@ -5,6 +5,7 @@
 //! with a message naming the variable or file, never the value.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use sluice_pipeline::config::{Config, LINEAGE_COLUMNS, Problem};
 use sluice_pipeline::pii::{Action, ColumnRule, DeadLetterMode};
@@ -12,6 +13,7 @@ use sluice_pipeline::runner::{Protection, Step};
 use sluice_pipeline::{Seal, Transform};
 
 use crate::drop::Drop;
+use crate::encrypt::{Encrypt, Keyring};
 use crate::fpe::{EncryptFpe, Ff1Cipher, FpeFormat};
 use crate::generalize::{Generalization, Generalize};
 use crate::hash::Hash;
@@ -32,6 +34,8 @@ pub struct Policy {
     secrets: BTreeMap<String, Secret>,
     rules: BTreeMap<String, BTreeMap<String, ColumnRule>>,
     dead_letter_key: Option<String>,
+    /// Data keys of `encrypt` rules, by master key id.
+    keyrings: BTreeMap<String, Arc<Keyring>>,
 }
 
 impl std::fmt::Debug for Policy {
@@ -99,16 +103,38 @@ impl Policy {
         if !problems.is_empty() {
             return Err(problems);
         }
+        let keyrings = rules
+            .values()
+            .flat_map(BTreeMap::values)
+            .filter(|r| r.action == Action::Encrypt)
+            .filter_map(|r| r.key.as_deref())
+            .filter_map(|id| Some((id.to_string(), secrets.get(id)?)))
+            .map(|(id, secret)| {
+                let ring = Arc::new(Keyring::new(&id, secret));
+                (id, ring)
+            })
+            .collect();
         Ok(Self {
             secrets,
             rules,
             dead_letter_key,
+            keyrings,
         })
     }
 
     /// The secret of key `id`, if the policy uses it.
     pub fn secret(&self, id: &str) -> Option<&Secret> {
         self.secrets.get(id)
+    }
+
+    /// The keyrings of the `encrypt` rules: the subject key store loads and saves them.
+    pub fn keyrings(&self) -> Vec<Arc<Keyring>> {
+        self.keyrings.values().cloned().collect()
+    }
+
+    /// The keyring of master key `id`.
+    pub fn keyring(&self, id: &str) -> Option<&Arc<Keyring>> {
+        self.keyrings.get(id)
     }
 
     /// The rule for `path` in `table`.
@@ -120,8 +146,13 @@ impl Policy {
     pub fn protection(&self) -> Protection {
         let mut chains: HashMap<String, Vec<Step>> = HashMap::new();
         for (table, rules) in &self.rules {
-            let chain = rules
-                .iter()
+            // `encrypt` goes first: it must see the raw subject, before a rule of the
+            // subject column pseudonymises it.
+            let (first, rest): (Vec<_>, Vec<_>) =
+                rules.iter().partition(|(_, r)| r.action == Action::Encrypt);
+            let chain = first
+                .into_iter()
+                .chain(rest)
                 .filter_map(|(path, rule)| {
                     Some(Step {
                         column: path.clone(),
@@ -161,6 +192,10 @@ impl Policy {
                 _ => {}
             }
         }
+        // How the subject key store names the subject.
+        for ring in self.keyrings.values() {
+            out.insert(ring.subject_id(value));
+        }
         out.into_iter().collect()
     }
 
@@ -169,7 +204,7 @@ impl Policy {
     pub fn keyless_transform(path: &str, rule: &ColumnRule) -> Option<Box<dyn Transform>> {
         if matches!(
             rule.action,
-            Action::Hash | Action::Tokenize | Action::EncryptFpe | Action::Keep
+            Action::Hash | Action::Tokenize | Action::EncryptFpe | Action::Encrypt | Action::Keep
         ) {
             return None;
         }
@@ -177,6 +212,7 @@ impl Policy {
             secrets: BTreeMap::new(),
             rules: BTreeMap::new(),
             dead_letter_key: None,
+            keyrings: BTreeMap::new(),
         };
         empty.transform(path, rule)
     }
@@ -236,9 +272,14 @@ impl Policy {
                 cipher: self.fpe_cipher(rule)?,
                 memo: Memo::default(),
             }),
+            Action::Encrypt => Box::new(Encrypt {
+                path,
+                subject: ColumnPath::parse(rule.subject.as_deref()?)?,
+                keyring: Arc::clone(self.keyrings.get(rule.key.as_deref()?)?),
+            }),
             Action::Redact => Box::new(Redact {
                 path,
-                redactor: std::sync::Arc::new(Redactor::new()),
+                redactor: Arc::new(Redactor::new()),
             }),
             Action::Generalize => Box::new(Generalize {
                 path,
@@ -279,6 +320,9 @@ impl Policy {
             let mut record = rule.action.as_str().to_string();
             if let Some(k) = &rule.key {
                 record.push_str(&format!(" key={k}"));
+            }
+            if let Some(s) = &rule.subject {
+                record.push_str(&format!(" subject={s}"));
             }
             if let Some(t) = rule.tag {
                 record.push_str(&format!(" tag={}", t.as_str()));

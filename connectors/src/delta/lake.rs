@@ -5,6 +5,9 @@
 //! silver table's MERGE, each with its own `txn` per partition. A crash in between leaves
 //! silver behind bronze; the source then resumes from the lower of the two offsets
 //! (see `kafka::source`), bronze drops what it already holds and silver catches up.
+//!
+//! Under crypto-shredding the subject keys created for the flush are stored before
+//! either layer commits, so no committed row lacks its key.
 
 use std::collections::BTreeMap;
 
@@ -13,12 +16,15 @@ use sluice_pipeline::{Buffered, CommitOutcome, Sink, SourceBatch, TopicPartition
 use super::bronze::BronzeSink;
 use super::quality::QualityGate;
 use super::silver::SilverSink;
+use super::subject_keys::SubjectKeyStore;
 
 /// Expectations, then bronze plus silver.
 pub struct LakeSink {
     pub quality: QualityGate,
     pub bronze: BronzeSink,
     pub silver: SilverSink,
+    /// The subject key store of `encrypt` rules, when the policy has any.
+    pub keys: Option<SubjectKeyStore>,
     /// Added before every commit: a slow object store, for tests of backpressure.
     pub commit_delay: Option<std::time::Duration>,
 }
@@ -37,6 +43,9 @@ impl Sink for LakeSink {
     async fn commit(&mut self) -> sluice_pipeline::Result<CommitOutcome> {
         if let Some(d) = self.commit_delay {
             tokio::time::sleep(d).await;
+        }
+        if let Some(keys) = &mut self.keys {
+            keys.persist().await?;
         }
         let mut outcome = self.bronze.commit().await?;
         self.quality.commit().await?;
