@@ -164,7 +164,7 @@ async fn counts(lake: &std::path::Path) -> (i64, i64) {
 
 fn sink(lake: &std::path::Path) -> SilverSink {
     SilverSink::new(SilverSinkConfig {
-        lake: lake.to_path_buf(),
+        lake: sluice_pipeline::lake::Lake::Local(lake.to_path_buf()),
         pipeline: "bench".into(),
         tables: vec![SilverTableSpec {
             name: "customers".into(),

@@ -1,11 +1,10 @@
 //! `sluice demo`: the whole pipeline on an embedded broker and synthetic bank data.
 
-use std::path::Path;
-
 use anyhow::Context as _;
 use sluice_connectors::demo::bank::{self, Scale};
 use sluice_connectors::demo::broker::{EmbeddedBroker, Outgoing, SimpleProducer};
 use sluice_pipeline::config::Config;
+use sluice_pipeline::lake::Lake;
 
 use crate::output::{self, Format};
 use crate::run;
@@ -159,7 +158,7 @@ pub const DEMO_QUERY: &str = "select c.segment, count(*) as transactions, \
      where t.status = 'approved' group by c.segment order by spend_gbp desc";
 
 /// Produce the bank data set to an embedded broker, ingest it, report.
-pub async fn demo(config: Option<Config>, lake: &Path, format: Format) -> anyhow::Result<()> {
+pub async fn demo(config: Option<Config>, lake: &Lake, format: Format) -> anyhow::Result<()> {
     let mut config = match config {
         Some(c) => c,
         None => Config::from_toml(DEMO_CONFIG)
@@ -186,7 +185,7 @@ pub async fn demo(config: Option<Config>, lake: &Path, format: Format) -> anyhow
         "demo: produced {} messages to an embedded Kafka broker in {:.1}s; ingesting into {}",
         messages.len(),
         started.elapsed().as_secs_f64(),
-        lake.display()
+        lake
     );
     config.kafka.bootstrap_servers = broker.bootstrap_servers();
     let stop = run::stop_on_signals();
@@ -206,7 +205,7 @@ pub async fn demo(config: Option<Config>, lake: &Path, format: Format) -> anyhow
     for t in catalog.tables() {
         counts.push((t.qualified(), catalog.count(t).await?));
     }
-    println!("Tables in {}:", lake.display());
+    println!("Tables in {lake}:");
     for (name, n) in &counts {
         println!("  {name:<32} {n:>8} rows");
     }

@@ -1,7 +1,7 @@
 //! `sluice job …` and `sluice audit verify`: batch jobs, each run recorded in the
 //! tamper-evident `_sluice/job_runs`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sluice_connectors::kafka::erasure::{self, KafkaClient};
@@ -9,13 +9,14 @@ use sluice_jobs::erase;
 use sluice_jobs::runs::{self, JobRun};
 use sluice_jobs::subject::Subject;
 use sluice_pipeline::config::Config;
+use sluice_pipeline::lake::Lake;
 use sluice_transforms::policy::Policy;
 
 use crate::output::Format;
 
 /// Record a run of `job` that started at `started_at` (microseconds) in `_sluice/job_runs`.
 async fn record(
-    lake: &Path,
+    lake: impl Into<Lake>,
     job: &str,
     args: &[String],
     started_at: i64,
@@ -23,7 +24,7 @@ async fn record(
     tables: String,
 ) -> anyhow::Result<JobRun> {
     Ok(runs::append(
-        lake,
+        &lake.into(),
         JobRun {
             run_id: runs::run_id(job, started_at),
             job: job.into(),
@@ -56,7 +57,7 @@ fn outcome<T, E: std::fmt::Display>(
 /// Run `sluice job maintain` and record it.
 pub async fn maintain(
     config: &Config,
-    lake: &Path,
+    lake: &Lake,
     tables: &[String],
     format: Format,
 ) -> anyhow::Result<()> {
@@ -176,7 +177,7 @@ fn pinned(s: &sluice_jobs::snapshot::Snapshot) -> String {
 }
 
 /// Check the chain of `_sluice/job_runs`.
-pub async fn verify(lake: &Path) -> anyhow::Result<()> {
+pub async fn verify(lake: &Lake) -> anyhow::Result<()> {
     let all = runs::read(lake).await?;
     match runs::verify(&all) {
         Ok(n) => {
@@ -231,6 +232,19 @@ fn find_subjects(config: &Config, subjects: &[String]) -> anyhow::Result<Vec<Arc
             Arc::new(Subject::new(raw, forms, seal.clone()))
         })
         .collect())
+}
+
+/// The subject key store, when the policy encrypts per subject (the job erases its keys,
+/// so it must be local like the lake).
+fn key_store(config: &Config, lake: &Path) -> anyhow::Result<Option<PathBuf>> {
+    if !config.uses_subject_keys() {
+        return Ok(None);
+    }
+    let store = config.subject_key_store(&Lake::from(lake));
+    let dir = store
+        .require_local("erasing subject keys")
+        .map_err(|e| anyhow::anyhow!("[pii] subject_keys: {e}"))?;
+    Ok(Some(dir.to_path_buf()))
 }
 
 /// The secret salting subject hashes in certificates.
@@ -290,9 +304,7 @@ async fn erase_one(
     let result = match produced {
         Ok(n) => {
             let hash = erase::subject_hash(secret.bytes(), raw);
-            let store = config
-                .uses_subject_keys()
-                .then(|| config.subject_key_store(lake));
+            let store = key_store(config, lake)?;
             erase::erase(
                 lake,
                 &config.erasure,
@@ -462,9 +474,7 @@ pub async fn erase_verify(
     let mut total = 0u64;
     let mut all = Vec::new();
     for (i, subject) in found.iter().enumerate() {
-        let store = config
-            .uses_subject_keys()
-            .then(|| config.subject_key_store(lake));
+        let store = key_store(config, lake)?;
         let reports = erase::verify(lake, store.as_deref(), subject)?;
         total += reports.iter().map(|r| r.occurrences).sum::<u64>();
         all.push((i + 1, reports));

@@ -18,6 +18,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sluice_pipeline::config::Config;
+use sluice_pipeline::lake::Lake;
 
 use crate::output::Format;
 
@@ -39,9 +40,11 @@ struct Cli {
     /// Configuration file (default: ./sluice.toml if present).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Root of the lake; overrides `pipeline.lake` (default: ./lake).
-    #[arg(long, global = true, value_name = "DIR", value_parser = lake_dir)]
-    lake: Option<PathBuf>,
+    /// Root of the lake: a directory, or an object store (s3://bucket/prefix,
+    /// abfss://container@account.dfs.core.windows.net/prefix, gs://bucket/prefix);
+    /// overrides `pipeline.lake` (default: ./lake). `SLUICE_LAKE` in the environment sets it too.
+    #[arg(long, global = true, env = "SLUICE_LAKE", value_name = "DIR|URL", value_parser = Lake::parse)]
+    lake: Option<Lake>,
     /// Output format for results.
     #[arg(long, global = true, value_enum, default_value_t)]
     format: Format,
@@ -313,18 +316,25 @@ fn load_config(path: &Path) -> Result<Config, Failure> {
     Config::load(path).map_err(|e| usage(anyhow::anyhow!("{}: {e}", path.display())))
 }
 
-/// `--lake`: a directory, not an object store URL.
-fn lake_dir(s: &str) -> Result<PathBuf, String> {
-    sluice_pipeline::config::local_lake(Path::new(s)).map(Path::to_path_buf)
-}
-
-/// The lake: `--lake`, else `pipeline.lake`, else `./lake` (both checked to be
-/// directories when parsed: `lake_dir` and the config's validation).
-fn lake(cli: &Cli, config: Option<&Config>) -> PathBuf {
+/// The lake: `--lake`, else `pipeline.lake`, else `./lake` (both checked when parsed: by
+/// the argument's parser and the config's validation).
+fn lake(cli: &Cli, config: Option<&Config>) -> Lake {
     cli.lake
         .clone()
-        .or_else(|| config.and_then(|c| c.pipeline.lake.clone()))
-        .unwrap_or_else(|| PathBuf::from("lake"))
+        .or_else(|| {
+            config
+                .and_then(|c| c.pipeline.lake.as_deref())
+                .and_then(|l| Lake::parse(l).ok())
+        })
+        .unwrap_or_else(|| Lake::Local(PathBuf::from("lake")))
+}
+
+/// The lake's directory, for a command that needs one (the batch jobs, the demo).
+fn local_lake(cli: &Cli, config: Option<&Config>, what: &str) -> Result<PathBuf, Failure> {
+    let lake = lake(cli, config);
+    lake.require_local(what)
+        .map(Path::to_path_buf)
+        .map_err(|e| usage(anyhow::anyhow!(e)))
 }
 
 async fn execute(cli: Cli) -> Result<(), Failure> {
@@ -468,21 +478,21 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             job: JobCommand::Snapshot,
         } => {
             let config = config_or_defaults(&cli)?;
-            let lake = lake(&cli, Some(&config));
+            let lake = local_lake(&cli, Some(&config), "sluice job snapshot")?;
             job::snapshot(&config, &lake, cli.format).await?;
         }
         Command::Job {
             job: JobCommand::Gold { tables },
         } => {
             let config = config_or_defaults(&cli)?;
-            let lake = lake(&cli, Some(&config));
+            let lake = local_lake(&cli, Some(&config), "sluice job gold")?;
             job::gold(&config, &lake, tables, cli.format).await?;
         }
         Command::Job {
             job: JobCommand::Anonymise { tables },
         } => {
             let config = config_or_defaults(&cli)?;
-            let lake = lake(&cli, Some(&config));
+            let lake = local_lake(&cli, Some(&config), "sluice job anonymise")?;
             job::anonymise(&config, &lake, tables, cli.format).await?;
         }
         Command::Job {
@@ -496,7 +506,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                 },
         } => {
             let config = config_or_defaults(&cli)?;
-            let lake = lake(&cli, Some(&config));
+            let lake = local_lake(&cli, Some(&config), "sluice job erase")?;
             if *requests {
                 return Ok(job::erase_requests(&config, &lake, cli.format).await?);
             }

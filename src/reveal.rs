@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::io::BufRead as _;
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
@@ -16,6 +15,7 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int32Type, Int64Type};
 use sluice_connectors::delta::subject_keys;
 use sluice_pipeline::config::Config;
+use sluice_pipeline::lake::Lake;
 use sluice_pipeline::pii::{Action, StoredKey};
 use sluice_transforms::encrypt::parse_value;
 use sluice_transforms::policy::Policy;
@@ -29,7 +29,7 @@ type Decrypt = dyn Fn(&str) -> anyhow::Result<String>;
 /// `column` of `table`.
 pub async fn column_values(
     config: &Config,
-    lake: &Path,
+    lake: &Lake,
     table: &str,
     column: &str,
     values: &[String],
@@ -59,7 +59,7 @@ pub async fn column_values(
         let store = config.subject_key_store(lake);
         let keys: HashMap<String, StoredKey> = subject_keys::read_all(&store)
             .await
-            .with_context(|| format!("reading the subject key store {}", store.display()))?
+            .with_context(|| format!("reading the subject key store {store}"))?
             .into_iter()
             .map(|k| (k.key_id.clone(), k))
             .collect();
@@ -101,7 +101,7 @@ pub async fn column_values(
 /// Print the dead letters matching `filter` (a SQL predicate) with key and payload opened.
 pub async fn dead_letters(
     config: &Config,
-    lake: &Path,
+    lake: &Lake,
     filter: Option<&str>,
     format: Format,
 ) -> anyhow::Result<()> {

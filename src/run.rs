@@ -1,7 +1,6 @@
 //! `sluice run`: assemble the Kafka source, the runner and the bronze sink.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -18,6 +17,7 @@ use sluice_connectors::delta::subject_keys::SubjectKeyStore;
 use sluice_connectors::kafka::source::{self, KafkaSourceConfig};
 use sluice_pipeline::config::{Config, TopicFormat};
 use sluice_pipeline::health::Health;
+use sluice_pipeline::lake::Lake;
 use sluice_pipeline::runner;
 use sluice_pipeline::{FlushPolicy, RunStats};
 
@@ -104,7 +104,7 @@ pub fn stop_on_signals() -> Arc<AtomicBool> {
 }
 
 /// The tables whose topics are Avro, with where their writer schemas come from.
-fn avro_tables(config: &Config, lake: &Path) -> anyhow::Result<HashMap<String, AvroSchemas>> {
+fn avro_tables(config: &Config, lake: &Lake) -> anyhow::Result<HashMap<String, AvroSchemas>> {
     let mut registry: Option<Arc<SchemaRegistry>> = None;
     let mut tables = HashMap::new();
     for (topic, table) in config.bronze_tables() {
@@ -139,16 +139,18 @@ fn avro_tables(config: &Config, lake: &Path) -> anyhow::Result<HashMap<String, A
                         ),
                         None => None,
                     };
-                    let cache_dir = lake
-                        .join("_sluice/schema_registry")
-                        .join(registry::cache_dir_name(&urls[0]));
+                    // Schemas survive a registry outage on disk, in a local lake only.
+                    let cache_dir = lake.local().map(|l| {
+                        l.join("_sluice/schema_registry")
+                            .join(registry::cache_dir_name(&urls[0]))
+                    });
                     registry = Some(Arc::new(SchemaRegistry::new(RegistryConfig {
                         urls,
                         username: env("username_env", &r.username_env)?,
                         password: env("password_env", &r.password_env)?,
                         ca_pem,
                         timeout: Duration::from_millis(r.timeout_ms),
-                        cache_dir: Some(cache_dir),
+                        cache_dir,
                         attempts: 4,
                     })?));
                 }
@@ -163,7 +165,7 @@ fn avro_tables(config: &Config, lake: &Path) -> anyhow::Result<HashMap<String, A
 /// Run the bronze pipeline of `config` into `lake` until stopped (or caught up).
 pub async fn run_pipeline(
     config: &Config,
-    lake: &Path,
+    lake: &Lake,
     until_caught_up: bool,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<Summary> {
@@ -229,7 +231,7 @@ pub async fn run_pipeline(
             .resolved_properties()
             .map_err(sluice_pipeline::Error::Config)?,
         pipeline: config.pipeline.name.clone(),
-        lake: lake.to_path_buf(),
+        lake: lake.clone(),
         declared,
         max_message_bytes: config.decode.max_message_bytes,
         schema_evolution: config.bronze.schema_evolution,
@@ -245,7 +247,7 @@ pub async fn run_pipeline(
         },
     };
     let bronze = BronzeSink::new(BronzeSinkConfig {
-        lake: lake.to_path_buf(),
+        lake: lake.clone(),
         pipeline: config.pipeline.name.clone(),
         partition_by,
         default_partition_by: config.bronze.partition_by.clone(),
@@ -253,7 +255,7 @@ pub async fn run_pipeline(
         properties: prepared.properties,
     })?;
     let silver = SilverSink::new(SilverSinkConfig {
-        lake: lake.to_path_buf(),
+        lake: lake.clone(),
         pipeline: config.pipeline.name.clone(),
         tables: config
             .silver
@@ -271,7 +273,7 @@ pub async fn run_pipeline(
             .collect(),
     });
     let quality = QualityGate::new(
-        lake.to_path_buf(),
+        lake.clone(),
         &config.pipeline.name,
         config
             .quality
@@ -296,7 +298,7 @@ pub async fn run_pipeline(
         Some(
             SubjectKeyStore::open(&location, prepared.keyrings.clone())
                 .await
-                .with_context(|| format!("opening the subject key store {}", location.display()))?,
+                .with_context(|| format!("opening the subject key store {location}"))?,
         )
     };
     let mut sink = LakeSink {

@@ -1,6 +1,5 @@
 //! `sluice schedule`: run the configured jobs at their cron times until SIGTERM.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -8,17 +7,35 @@ use std::time::Duration;
 use chrono::Utc;
 use sluice_jobs::schedule::Scheduler;
 use sluice_pipeline::config::Config;
+use sluice_pipeline::lake::Lake;
 
 use crate::output::Format;
 
 /// Run the jobs of `config.schedule` at their times until `stop` is set. A failed run is
 /// logged and recorded in `sluice.job_runs`; the scheduler goes on.
-pub async fn schedule(config: &Config, lake: &Path, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+pub async fn schedule(config: &Config, lake: &Lake, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     if config.schedule.is_empty() {
         anyhow::bail!(
             "nothing to schedule: add a [schedule] section, e.g. maintain = \"0 3 * * *\""
         );
     }
+    // Only maintenance runs on an object store yet: refuse the others now, not at 3 am.
+    let local_only: Vec<&String> = config
+        .schedule
+        .keys()
+        .filter(|j| j.as_str() != "maintain")
+        .collect();
+    if lake.local().is_none() && !local_only.is_empty() {
+        anyhow::bail!(
+            "[schedule]: {} work on a local lake (a directory or a mounted volume); {lake} is an object store (only maintain runs there)",
+            local_only
+                .iter()
+                .map(|j| format!("sluice job {j}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let dir = lake.local().unwrap_or(std::path::Path::new(""));
     let mut scheduler = Scheduler::new(&config.schedule, Utc::now())?;
     tracing::info!(jobs = ?config.schedule, next = ?scheduler.next_due(), "scheduler started");
     while !stop.load(Ordering::Relaxed) {
@@ -26,9 +43,9 @@ pub async fn schedule(config: &Config, lake: &Path, stop: Arc<AtomicBool>) -> an
             tracing::info!(job = %job, "job due");
             let result = match job.as_str() {
                 "maintain" => crate::job::maintain(config, lake, &[], Format::Table).await,
-                "snapshot" => crate::job::snapshot(config, lake, Format::Table).await,
-                "anonymise" => crate::job::anonymise(config, lake, &[], Format::Table).await,
-                "gold" => crate::job::gold(config, lake, &[], Format::Table).await,
+                "snapshot" => crate::job::snapshot(config, dir, Format::Table).await,
+                "anonymise" => crate::job::anonymise(config, dir, &[], Format::Table).await,
+                "gold" => crate::job::gold(config, dir, &[], Format::Table).await,
                 other => Err(anyhow::anyhow!("no job '{other}'")),
             };
             match result {

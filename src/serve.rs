@@ -1,17 +1,17 @@
 //! `sluice serve`: the lake over the Postgres wire protocol, users and TLS from `[serve]`.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sluice_pipeline::config::Config;
+use sluice_pipeline::lake::Lake;
 use sluice_sql::server::{Settings, User};
 
 /// Serve `lake` as `[serve]` says (its address overridden by `address`) until `stop`.
 pub async fn serve(
     config: &Config,
-    lake: &Path,
+    lake: &Lake,
     address: Option<&str>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
@@ -58,7 +58,7 @@ pub async fn serve(
         local.port()
     );
     let settings = Settings {
-        lake: lake.to_path_buf(),
+        lake: lake.clone(),
         views_dir: config.sql.views_dir.clone(),
         users,
         tls: s.tls_cert.clone().zip(s.tls_key.clone()),

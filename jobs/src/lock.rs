@@ -1,19 +1,109 @@
 //! One run at a time per job and table: a lock file under `<lake>/_sluice/locks`, created
 //! exclusively and removed when the run ends. A lock whose process is gone (a crash, a
 //! killed pod on the same volume) is taken over.
+//!
+//! In an object-store lake the lock is an object written with a conditional put (created
+//! only if absent, as Delta commits are), holding the holder's host, process and start
+//! time; one older than [`LEASE`] (its holder died without releasing it) is taken over.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::{ObjectStore, ObjectStoreExt as _, PutMode, PutOptions};
+use sluice_pipeline::lake::Lake;
 
 use crate::error::{Error, Result};
 
+/// How long an object-store lock is honoured without its holder releasing it.
+pub const LEASE: Duration = Duration::from_secs(6 * 3600);
+
 /// A held lock; released on drop.
 #[derive(Debug)]
-pub struct Lock {
-    path: PathBuf,
+pub enum Lock {
+    File(PathBuf),
+    Object {
+        store: Arc<dyn ObjectStore>,
+        path: object_store::path::Path,
+    },
 }
 
 impl Lock {
+    /// Take the lock `name` of `lake` (local or object store).
+    pub async fn acquire_in(lake: &Lake, name: &str) -> Result<Self> {
+        let root = match lake {
+            Lake::Local(dir) => return Self::acquire(dir, name),
+            Lake::ObjectStore(root) => root,
+        };
+        let store = sluice_connectors::delta::table::lake_store(root)?;
+        let path = object_store::path::Path::from(format!(
+            "_sluice/locks/{}.lock",
+            name.replace(['/', '.'], "_")
+        ));
+        let now = chrono::Utc::now();
+        let holder = format!(
+            "{}:{} since {}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "?".into()),
+            std::process::id(),
+            now.to_rfc3339()
+        );
+        let object_error = |e: object_store::Error| Error::Other(format!("lock {name}: {e}"));
+        for _ in 0..2 {
+            let put = store
+                .put_opts(
+                    &path,
+                    holder.clone().into_bytes().into(),
+                    object_store_create(),
+                )
+                .await;
+            match put {
+                Ok(_) => return Ok(Lock::Object { store, path }),
+                Err(object_store::Error::AlreadyExists { .. })
+                | Err(object_store::Error::Precondition { .. }) => {
+                    let meta = match store.head(&path).await {
+                        Ok(m) => m,
+                        // Released meanwhile: try again.
+                        Err(object_store::Error::NotFound { .. }) => continue,
+                        Err(e) => return Err(object_error(e)),
+                    };
+                    let age = (now - meta.last_modified).to_std().unwrap_or_default();
+                    if age < LEASE {
+                        let held = match store.get(&path).await {
+                            Ok(r) => r
+                                .bytes()
+                                .await
+                                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                                .unwrap_or_default(),
+                            Err(_) => String::new(),
+                        };
+                        return Err(Error::Locked {
+                            name: name.to_string(),
+                            holder: held,
+                        });
+                    }
+                    // The lease ran out: the holder is gone.
+                    store.delete(&path).await.map_err(object_error)?;
+                }
+                Err(e) => return Err(object_error(e)),
+            }
+        }
+        Err(Error::Locked {
+            name: name.to_string(),
+            holder: "unknown".into(),
+        })
+    }
+
+    /// Release the lock now (an object-store lock is otherwise released in the background
+    /// when dropped).
+    pub async fn release(mut self) {
+        if let Lock::Object { store, path } = &self {
+            let _ = store.delete(path).await;
+            self = Lock::File(PathBuf::new());
+        }
+        drop(self);
+    }
+
     /// Take the lock `name` of `lake`, or fail naming the process holding it.
     pub fn acquire(lake: &Path, name: &str) -> Result<Self> {
         let dir = crate::runs::locks_dir(lake);
@@ -27,7 +117,7 @@ impl Lock {
             {
                 Ok(mut f) => {
                     writeln!(f, "{}", std::process::id()).map_err(|e| Error::io(&path, e))?;
-                    return Ok(Self { path });
+                    return Ok(Lock::File(path));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     let holder = std::fs::read_to_string(&path).unwrap_or_default();
@@ -52,9 +142,30 @@ impl Lock {
     }
 }
 
+/// Put only if absent.
+fn object_store_create() -> PutOptions {
+    PutOptions {
+        mode: PutMode::Create,
+        ..Default::default()
+    }
+}
+
 impl Drop for Lock {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        match self {
+            Lock::File(path) if !path.as_os_str().is_empty() => {
+                let _ = std::fs::remove_file(path);
+            }
+            Lock::File(_) => {}
+            Lock::Object { store, path } => {
+                let (store, path) = (Arc::clone(store), path.clone());
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    handle.spawn(async move {
+                        let _ = store.delete(&path).await;
+                    });
+                }
+            }
+        }
     }
 }
 

@@ -2,18 +2,19 @@
 //! file size, vacuum of files no longer referenced (after a retention window), and a
 //! checkpoint with expired log files removed. Each table is locked while it is maintained;
 //! the pipeline may keep writing (compaction commits are conflict-checked by delta-rs).
+//! Works on a local lake and on an object store alike.
 
 use std::num::NonZeroU64;
-use std::path::Path;
 
 use serde::Serialize;
 use sluice_connectors::delta::table;
+use sluice_pipeline::lake::Lake;
 use sluice_pipeline::maintenance::{Maintenance, MaintenanceConfig};
-use sluice_sql::find_tables;
+use sluice_sql::find_tables_in;
 
 use crate::error::{Error, Result};
 use crate::lock::Lock;
-use crate::{open_found, version};
+use crate::version;
 
 /// What maintenance did to one table.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -31,12 +32,14 @@ pub struct TableReport {
 
 /// Maintain every table of `lake` (or those named in `only`, as `layer.name`).
 pub async fn maintain(
-    lake: &Path,
+    lake: &Lake,
     config: &MaintenanceConfig,
     only: &[String],
 ) -> Result<Vec<TableReport>> {
     let mut reports = Vec::new();
-    let tables = find_tables(lake).map_err(|e| Error::Other(e.to_string()))?;
+    let tables = find_tables_in(lake)
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?;
     for t in tables {
         let name = t.qualified();
         if !only.is_empty() && !only.contains(&name) {
@@ -46,9 +49,10 @@ pub async fn maintain(
         if name == "sluice.job_runs" {
             continue;
         }
-        let _lock = Lock::acquire(lake, &format!("maintain.{name}"))?;
+        let lock = Lock::acquire_in(lake, &format!("maintain.{name}")).await?;
         let settings = config.for_table(&name);
-        let report = maintain_table(lake, &t.path, &name, settings).await?;
+        let report = maintain_table(&t.url, &name, settings).await?;
+        lock.release().await;
         tracing::info!(table = %name, version = report.version_after, compacted = report.files_compacted, vacuumed = report.files_vacuumed, deleted = report.rows_deleted, "maintained");
         reports.push(report);
     }
@@ -60,13 +64,8 @@ pub async fn maintain(
     Ok(reports)
 }
 
-async fn maintain_table(
-    lake: &Path,
-    path: &Path,
-    name: &str,
-    m: Maintenance,
-) -> Result<TableReport> {
-    let mut t = open_found(lake, path, name).await?;
+async fn maintain_table(url: &url::Url, name: &str, m: Maintenance) -> Result<TableReport> {
+    let mut t = table::open(name, url).await?;
     let mut report = TableReport {
         table: name.to_string(),
         version_before: version(&t),

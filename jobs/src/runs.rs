@@ -12,6 +12,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use deltalake::datafusion::prelude::SessionContext;
 use sha2::{Digest, Sha256};
 use sluice_connectors::delta::table;
+use sluice_pipeline::lake::Lake;
 
 use crate::error::Result;
 
@@ -84,8 +85,8 @@ fn schema() -> SchemaRef {
 }
 
 /// Every recorded run, in chain order.
-pub async fn read(lake: &Path) -> Result<Vec<JobRun>> {
-    let url = table::table_url(lake, JOB_RUNS)?;
+pub async fn read(lake: &Lake) -> Result<Vec<JobRun>> {
+    let url = table::lake_url(lake, JOB_RUNS)?;
     let t = table::open(JOB_RUNS, &url).await?;
     if !table::exists(&t) {
         return Ok(Vec::new());
@@ -173,8 +174,8 @@ pub fn verify(runs: &[JobRun]) -> std::result::Result<usize, String> {
 }
 
 /// Append `run` (its `prev_hash` and `hash` are set here) under the `job_runs` lock.
-pub async fn append(lake: &Path, mut run: JobRun) -> Result<JobRun> {
-    let _lock = crate::lock::Lock::acquire(lake, "job_runs")?;
+pub async fn append(lake: &Lake, mut run: JobRun) -> Result<JobRun> {
+    let lock = crate::lock::Lock::acquire_in(lake, "job_runs").await?;
     let runs = read(lake).await?;
     run.prev_hash = runs.last().map_or(GENESIS.to_string(), |r| r.hash.clone());
     run.hash = run.compute_hash();
@@ -194,8 +195,9 @@ pub async fn append(lake: &Path, mut run: JobRun) -> Result<JobRun> {
             text(&run.hash),
         ],
     )?;
-    let url = table::table_url(lake, JOB_RUNS)?;
+    let url = table::lake_url(lake, JOB_RUNS)?;
     table::append_record(JOB_RUNS, &url, &schema(), batch).await?;
+    lock.release().await;
     Ok(run)
 }
 

@@ -12,6 +12,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::lake::Lake;
 
 /// Lineage columns every bronze table carries, in this order, after the payload columns.
 pub const LINEAGE_COLUMNS: [&str; 7] = [
@@ -119,8 +120,9 @@ pub struct PipelineConfig {
     /// Name of the pipeline; part of every Delta transaction id (`<name>-<topic>-<partition>`).
     /// Two pipelines with different names keep separate offsets in the same table.
     pub name: String,
-    /// Root directory of the lake; `--lake` overrides it. Default `./lake`.
-    pub lake: Option<PathBuf>,
+    /// Root of the lake: a directory, or an object store URL (`s3://bucket/prefix`,
+    /// `abfss://…`, `gs://…`); `--lake` overrides it. Default `./lake`.
+    pub lake: Option<String>,
     /// Upper bound of the process's resident memory (bytes) that `sluice run` sizes its
     /// buffers to: the prefetch queue, the batches in flight and the rows waiting for a
     /// commit. None: the buffer settings apply as they are.
@@ -638,7 +640,7 @@ impl Config {
     pub fn validate(&self) -> Vec<Problem> {
         let mut p = Vec::new();
         if let Some(lake) = &self.pipeline.lake
-            && let Err(e) = local_lake(lake)
+            && let Err(e) = Lake::parse(lake)
         {
             p.push(Problem::new("pipeline.lake", e));
         }
@@ -891,37 +893,28 @@ impl Config {
     }
 }
 
-/// `lake` unless it names an object store: the lake is a directory (local, or a mounted
-/// volume) for now, and a URL taken as a path would become a local directory `s3:`.
-pub fn local_lake(lake: &Path) -> std::result::Result<&Path, String> {
-    match lake.to_str().and_then(|l| l.split_once("://")) {
-        Some((scheme, _)) => Err(format!(
-            "'{scheme}://' is an object store: sluice writes the lake to a directory \
-             (local or a mounted volume) and does not support object stores yet"
-        )),
-        None => Ok(lake),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn an_object_store_lake_is_refused_not_taken_for_a_directory() {
-        let Err(problems) = Config::from_toml(
-            "[pipeline]\nlake = \"s3://bank/lake\"\n\
-             [kafka]\nbootstrap_servers = \"localhost:9092\"\ntopics = [\"t\"]\n",
-        ) else {
-            panic!("an s3:// lake was accepted");
+    fn an_unknown_lake_scheme_is_refused_and_object_stores_accepted() {
+        let config = |lake: &str| {
+            Config::from_toml(&format!(
+                "[pipeline]\nlake = \"{lake}\"\n\
+                 [kafka]\nbootstrap_servers = \"localhost:9092\"\ntopics = [\"t\"]\n"
+            ))
+        };
+        let Err(problems) = config("ftp://bank/lake") else {
+            panic!("an ftp:// lake was accepted");
         };
         assert_eq!(problems.len(), 1, "{problems:?}");
         let text = problems[0].to_string();
         assert!(
-            text.starts_with("pipeline.lake: 's3://' is an object store"),
+            text.starts_with("pipeline.lake: 'ftp://' is not a supported lake location"),
             "{text}"
         );
-        assert!(local_lake(Path::new("/data/lake")).is_ok());
+        assert!(config("s3://bank/lake").is_ok());
     }
 
     #[test]

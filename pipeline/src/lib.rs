@@ -20,6 +20,7 @@ pub mod config;
 pub mod erasure;
 pub mod error;
 pub mod health;
+pub mod lake;
 pub mod maintenance;
 pub mod pii;
 pub mod quality;

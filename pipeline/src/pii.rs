@@ -33,6 +33,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::config::{Config, LINEAGE_COLUMNS, Problem};
+use crate::lake::Lake;
 
 /// `[pii]`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -48,9 +49,10 @@ pub struct PiiConfig {
     pub tables: BTreeMap<String, BTreeMap<String, ColumnRule>>,
     /// Rules by topic, applied to the table the topic lands in.
     pub topics: BTreeMap<String, BTreeMap<String, ColumnRule>>,
-    /// Directory of the subject key store of `encrypt` rules; default `<lake>/_keys/subjects`.
-    /// Keep it out of the lake's backups: a restored key would undo an erasure.
-    pub subject_keys: Option<PathBuf>,
+    /// Location (a directory or an object-store URL) of the subject key store of
+    /// `encrypt` rules; default `<lake>/_keys/subjects`. Keep it out of the lake's
+    /// backups: a restored key would undo an erasure.
+    pub subject_keys: Option<String>,
 }
 
 /// Where a secret comes from: exactly one of `env` and `file`.
@@ -212,12 +214,18 @@ impl Config {
             .any(|r| r.action == Action::Encrypt)
     }
 
-    /// The subject key store of `lake`.
-    pub fn subject_key_store(&self, lake: &std::path::Path) -> PathBuf {
-        self.pii
-            .subject_keys
-            .clone()
-            .unwrap_or_else(|| lake.join(SUBJECT_KEYS))
+    /// Where the subject key store of `lake` lives (a directory or an object-store URL).
+    pub fn subject_key_store(&self, lake: &Lake) -> Lake {
+        if let Some(Ok(at)) = self.pii.subject_keys.as_deref().map(Lake::parse) {
+            return at;
+        }
+        match lake {
+            Lake::Local(dir) => Lake::Local(dir.join(SUBJECT_KEYS)),
+            Lake::ObjectStore(_) => match lake.object_url(SUBJECT_KEYS) {
+                Some(url) => Lake::ObjectStore(url),
+                None => lake.clone(),
+            },
+        }
     }
 }
 
@@ -292,6 +300,9 @@ impl Config {
                 (Some(_), None) | (None, Some(_)) => {}
                 _ => p.push(Problem::new(&at, "give exactly one of `env` and `file`")),
             }
+        }
+        if let Some(Err(e)) = pii.subject_keys.as_deref().map(Lake::parse) {
+            p.push(Problem::new("pii.subject_keys", e));
         }
         let known_key = |id: &str| pii.keys.contains_key(id);
         if pii.is_active() && pii.dead_letters == DeadLetterMode::Encrypt {

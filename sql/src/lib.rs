@@ -14,6 +14,8 @@ pub mod server;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use sluice_pipeline::lake::Lake;
+
 use arrow::array::RecordBatch;
 use datafusion::catalog::MemorySchemaProvider;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -43,6 +45,8 @@ pub enum Error {
     Travel(String),
     #[error("serve: {0}")]
     Serve(String),
+    #[error("listing the lake at {lake}: {message}")]
+    Listing { lake: String, message: String },
 }
 
 /// Which state of each table a session reads: a version per table, and for the others
@@ -72,7 +76,10 @@ pub struct TableRef {
     /// SQL schema (`bronze`, `silver`, `gold`, `sluice`).
     pub schema: String,
     pub name: String,
+    /// The directory, in a local lake (in an object store: the path under the bucket).
     pub path: PathBuf,
+    /// The table's URL (`file://…` or the object store's).
+    pub url: url::Url,
 }
 
 impl TableRef {
@@ -104,11 +111,69 @@ pub fn find_tables(lake: &Path) -> Result<Vec<TableRef>> {
             .filter_map(|p| Some((p.file_name()?.to_str()?.to_string(), p)))
             .collect();
         names.sort();
-        out.extend(names.into_iter().map(|(name, path)| TableRef {
-            schema: schema.to_string(),
-            name,
-            path,
-        }));
+        for (name, path) in names {
+            let abs = std::path::absolute(&path).map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+            out.push(TableRef {
+                schema: schema.to_string(),
+                name,
+                url: url_for(&abs)?,
+                path,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Every Delta table of `lake`, local or in an object store, in a stable order.
+pub async fn find_tables_in(lake: &Lake) -> Result<Vec<TableRef>> {
+    let root = match lake {
+        Lake::Local(dir) => return find_tables(dir),
+        Lake::ObjectStore(root) => root,
+    };
+    let failed = |message: String| Error::Listing {
+        lake: lake.to_string(),
+        message,
+    };
+    let store = deltalake::DeltaTableBuilder::from_url(root.clone())
+        .and_then(|b| b.build_storage())
+        .map_err(|e| failed(e.to_string()))?
+        .object_store(None);
+    let mut out = Vec::new();
+    for (dir, schema) in LAYERS {
+        let listed = store
+            .list_with_delimiter(Some(&deltalake::Path::from(dir)))
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let mut names = Vec::new();
+        for prefix in listed.common_prefixes {
+            let Some(name) = prefix.filename().map(str::to_string) else {
+                continue;
+            };
+            // A table has a log; a directory without one (a lock, a leftover) is not a table.
+            let log = store
+                .list_with_delimiter(Some(&prefix.clone().join("_delta_log")))
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            if !log.objects.is_empty() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        for name in names {
+            let relative = format!("{dir}/{name}");
+            let url = lake
+                .object_url(&relative)
+                .ok_or_else(|| failed(format!("{relative} is not a table path")))?;
+            out.push(TableRef {
+                schema: schema.to_string(),
+                name,
+                path: PathBuf::from(url.path()),
+                url,
+            });
+        }
     }
     Ok(out)
 }
@@ -197,20 +262,20 @@ fn session_config() -> Result<SessionConfig> {
 }
 
 impl Catalog {
-    /// Register every table of `lake`.
-    pub async fn open(lake: &Path) -> Result<Self> {
+    /// Register every table of `lake` (a directory, or an object store's [`Lake`]).
+    pub async fn open(lake: impl Into<Lake>) -> Result<Self> {
         Self::open_as(lake, None).await
     }
 
     /// Register the tables of `lake` that `access` lets its role read, each without the
     /// columns and rows the role may not see; every table when `access` is none.
-    pub async fn open_as(lake: &Path, access: Option<access::Access>) -> Result<Self> {
+    pub async fn open_as(lake: impl Into<Lake>, access: Option<access::Access>) -> Result<Self> {
         Self::open_at(lake, access, &TimeTravel::default()).await
     }
 
     /// [`Catalog::open_as`], each table read at the state `travel` asks for.
     pub async fn open_at(
-        lake: &Path,
+        lake: impl Into<Lake>,
         access: Option<access::Access>,
         travel: &TimeTravel,
     ) -> Result<Self> {
@@ -222,7 +287,7 @@ impl Catalog {
         for schema in LAYERS.iter().map(|(_, s)| *s).chain(["views"]) {
             catalog.register_schema(schema, Arc::new(MemorySchemaProvider::new()))?;
         }
-        let mut tables = find_tables(lake)?;
+        let mut tables = find_tables_in(&lake.into()).await?;
         for name in travel.versions.keys() {
             if !tables.iter().any(|t| &t.qualified() == name) {
                 return Err(Error::Travel(format!("no table {name} in the lake")));
@@ -242,11 +307,7 @@ impl Catalog {
         let mut absent = Vec::new();
         let mut versions = Vec::with_capacity(tables.len());
         for t in &tables {
-            let abs = std::path::absolute(&t.path).map_err(|source| Error::Io {
-                path: t.path.clone(),
-                source,
-            })?;
-            let url = url_for(&abs)?;
+            let url = t.url.clone();
             let table = match (travel.versions.get(&t.qualified()), &travel.as_of) {
                 (Some(v), _) => deltalake::open_table_with_version(url, *v)
                     .await

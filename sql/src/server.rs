@@ -17,6 +17,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
+
+use crate::Lake;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -70,7 +72,7 @@ pub struct User {
 /// What `sluice serve` serves, and how.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub lake: PathBuf,
+    pub lake: Lake,
     /// View definitions registered in every session.
     pub views_dir: PathBuf,
     pub users: BTreeMap<String, User>,

@@ -197,15 +197,22 @@ pub fn produce_raw(broker: &dyn Broker, topic: &str, payloads: &[Option<&[u8]>])
     producer.flush().expect("flush");
 }
 
-/// A scratch directory with a config file and a lake.
+/// A scratch directory with a config file and a lake (in the directory, or elsewhere:
+/// an object store's URL, with the environment its client needs).
 pub struct Workdir {
     pub dir: tempfile::TempDir,
+    /// `--lake` when the lake is not `<dir>/lake`.
+    pub lake_url: Option<String>,
+    /// Environment of every `sluice` the workdir starts.
+    pub env: Vec<(String, String)>,
 }
 
 impl Workdir {
     pub fn new() -> Self {
         Workdir {
             dir: tempfile::tempdir().expect("tempdir"),
+            lake_url: None,
+            env: Vec::new(),
         }
     }
     pub fn lake(&self) -> PathBuf {
@@ -235,9 +242,13 @@ impl Workdir {
         c.args(args)
             .arg("--config")
             .arg(self.config())
-            .arg("--lake")
-            .arg(self.lake());
+            .arg("--lake");
+        match &self.lake_url {
+            Some(url) => c.arg(url),
+            None => c.arg(self.lake()),
+        };
         c.env("SLUICE_LOG", "warn,buoyant_kernel=off");
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
     /// Run to completion and return the output, failing the test on a non-zero exit.

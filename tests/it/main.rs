@@ -19,6 +19,7 @@ mod harness;
 mod jobs;
 mod limits;
 mod metrics;
+mod object_store;
 mod outage;
 mod pii;
 mod quality;

@@ -13,7 +13,6 @@
 //! Dead letters of the batch are committed to `_sluice/dead_letters` before the rows.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{RecordBatch, new_null_array};
@@ -22,6 +21,7 @@ use deltalake::DeltaTable;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::{Action, MetadataExt, StructType};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use sluice_pipeline::lake::Lake;
 use sluice_pipeline::{
     Buffered, CommitOutcome, DeadLetter, OffsetRange, Sink, SourceBatch, Stage, TopicPartition,
 };
@@ -35,7 +35,7 @@ use crate::error::{Error, Result, delta};
 /// Settings of the bronze sink.
 #[derive(Debug, Clone)]
 pub struct BronzeSinkConfig {
-    pub lake: PathBuf,
+    pub lake: Lake,
     /// Pipeline name: the prefix of every transaction app id.
     pub pipeline: String,
     /// Partition columns per table (tables not listed: `default_partition_by`).
@@ -99,7 +99,7 @@ impl BronzeSink {
                 .get(name)
                 .cloned()
                 .unwrap_or_else(|| self.config.default_partition_by.clone());
-            let url = table::table_url(&self.config.lake, &Self::location(name))?;
+            let url = table::lake_url(&self.config.lake, &Self::location(name))?;
             self.tables.insert(
                 name.to_string(),
                 TableState {
@@ -476,8 +476,8 @@ impl Sink for BronzeSink {
 }
 
 /// Open the bronze tables a config routes to, for reading offsets.
-pub async fn open_for_offsets(lake: &Path, table_name: &str) -> Result<Option<DeltaTable>> {
-    let url = table::table_url(lake, &BronzeSink::location(table_name))?;
+pub async fn open_for_offsets(lake: &Lake, table_name: &str) -> Result<Option<DeltaTable>> {
+    let url = table::lake_url(lake, &BronzeSink::location(table_name))?;
     let t = table::open(table_name, &url).await?;
     Ok(table::exists(&t).then_some(t))
 }

@@ -6,7 +6,6 @@
 //! dead letters already landed instead of writing them twice.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -17,6 +16,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use deltalake::DeltaTable;
 use deltalake::kernel::Action;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use sluice_pipeline::lake::Lake;
 use sluice_pipeline::{DeadLetter, OffsetRange, TopicPartition};
 
 use super::table;
@@ -64,16 +64,16 @@ pub struct DeadLetterTable {
 }
 
 impl DeadLetterTable {
-    pub fn new(lake: &Path, pipeline: &str) -> Result<Self> {
+    pub fn new(lake: &Lake, pipeline: &str) -> Result<Self> {
         Self::at(lake, pipeline, DEAD_LETTERS)
     }
 
     /// A table of dead-letter shape at `location` under the lake.
-    pub fn at(lake: &Path, pipeline: &str, location: &'static str) -> Result<Self> {
+    pub fn at(lake: &Lake, pipeline: &str, location: &'static str) -> Result<Self> {
         Ok(Self {
             location,
             pipeline: pipeline.to_string(),
-            url: table::table_url(lake, location)?,
+            url: table::lake_url(lake, location)?,
             table: None,
         })
     }

@@ -9,7 +9,6 @@
 //! `_sluice/quality` table at every commit, one row per table and expectation.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +23,7 @@ use deltalake::datafusion::common::TableReference;
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::kernel::Action;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use sluice_pipeline::lake::Lake;
 use sluice_pipeline::quality::QualityAction;
 use sluice_pipeline::{DeadLetter, SourceBatch, Stage};
 
@@ -58,7 +58,7 @@ struct Counts {
 
 /// Checks batches against their table's expectations.
 pub struct QualityGate {
-    lake: PathBuf,
+    lake: Lake,
     pipeline: String,
     expectations: HashMap<String, Vec<Expectation>>,
     ctx: SessionContext,
@@ -95,7 +95,7 @@ fn lake_tables(check: &str) -> Vec<(String, String)> {
 
 impl QualityGate {
     pub fn new(
-        lake: PathBuf,
+        lake: Lake,
         pipeline: &str,
         expectations: HashMap<String, Vec<Expectation>>,
     ) -> Self {
@@ -118,7 +118,7 @@ impl QualityGate {
                 continue;
             }
             let location = format!("{layer}/{name}");
-            let url = table::table_url(&self.lake, &location)?;
+            let url = table::lake_url(&self.lake, &location)?;
             let t = table::open(&location, &url).await?;
             if !table::exists(&t) {
                 continue;
@@ -276,7 +276,7 @@ impl QualityGate {
             ],
         )?;
         if self.table.is_none() {
-            let url = table::table_url(&self.lake, QUALITY)?;
+            let url = table::lake_url(&self.lake, QUALITY)?;
             let t = table::open(QUALITY, &url).await?;
             self.table = Some(if table::exists(&t) {
                 t

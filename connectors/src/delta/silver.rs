@@ -20,7 +20,6 @@
 //! the same table, and a crash anywhere re-applies the batch without doubling anything.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -35,6 +34,7 @@ use deltalake::DeltaTable;
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::{Action, Transaction};
+use sluice_pipeline::lake::Lake;
 use sluice_pipeline::{CommitOutcome, OffsetRange, SourceBatch, TopicPartition};
 
 use super::bronze::{conform, merged_schema};
@@ -86,7 +86,7 @@ pub struct SilverTableSpec {
 /// Settings of the silver sink.
 #[derive(Debug, Clone)]
 pub struct SilverSinkConfig {
-    pub lake: PathBuf,
+    pub lake: Lake,
     pub pipeline: String,
     pub tables: Vec<SilverTableSpec>,
 }
@@ -249,14 +249,14 @@ pub(super) fn silver_error(table: &str, context: &str) -> impl FnOnce(String) ->
 }
 
 async fn commit_table(
-    lake: &std::path::Path,
+    lake: &Lake,
     pipeline: &str,
     s: &mut State,
     outcome: &mut CommitOutcome,
     fenced_out: &mut BTreeMap<TopicPartition, i64>,
 ) -> Result<MergeCounts> {
     let name = s.location.clone();
-    let url = table::table_url(lake, &name)?;
+    let url = table::lake_url(lake, &name)?;
     let mut t = match s.table.take() {
         Some(t) => t,
         None => table::open(&name, &url).await?,
@@ -377,7 +377,7 @@ async fn commit_table(
 /// back (when still owned) for a retry.
 #[allow(clippy::too_many_arguments)]
 async fn apply(
-    lake: &std::path::Path,
+    lake: &Lake,
     pipeline: &str,
     name: &str,
     spec: &SilverTableSpec,
@@ -571,13 +571,13 @@ fn merge_builder(
 /// Record the deletes among `rows` in the table's tombstones (newest per key wins);
 /// returns the tombstone table when there is one, for filtering older changes.
 async fn record_deletes(
-    lake: &std::path::Path,
+    lake: &Lake,
     silver: &str,
     spec: &SilverTableSpec,
     rows: &RecordBatch,
 ) -> Result<Option<DeltaTable>> {
     let location = SilverSink::tombstones_location(&spec.name);
-    let url = table::table_url(lake, &location)?;
+    let url = table::lake_url(lake, &location)?;
     let mut t = table::open(&location, &url).await?;
     let ops = rows
         .column_by_name("_cdc_op")
@@ -1015,7 +1015,7 @@ mod tests {
     /// Deliver `events` (split into commits at `cuts`) and read the silver table back.
     async fn deliver(lake: &std::path::Path, events: &[Change], cuts: &[usize]) -> Vec<String> {
         let mut sink = SilverSink::new(SilverSinkConfig {
-            lake: lake.to_path_buf(),
+            lake: Lake::Local(lake.to_path_buf()),
             pipeline: "p".into(),
             tables: vec![spec()],
         });

@@ -10,7 +10,6 @@
 //! more is encrypted under an erased key.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch, StringArray, TimestampMicrosecondArray};
@@ -20,6 +19,7 @@ use deltalake::datafusion::prelude::SessionContext;
 use deltalake::kernel::Action;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use futures::StreamExt as _;
+use sluice_pipeline::lake::Lake;
 use sluice_pipeline::pii::{KeyCache, StoredKey};
 
 use super::table;
@@ -46,18 +46,9 @@ fn failure(context: &str, e: impl std::fmt::Display) -> Error {
     Error::KeyStore(format!("{context}: {e}"))
 }
 
-/// The table at `location` as a URL (the directory is created).
-fn url(location: &Path) -> Result<url::Url> {
-    let abs = std::path::absolute(location).map_err(|source| Error::Io {
-        context: format!("resolving {}", location.display()),
-        source,
-    })?;
-    std::fs::create_dir_all(&abs).map_err(|source| Error::Io {
-        context: format!("creating {}", abs.display()),
-        source,
-    })?;
-    url::Url::from_directory_path(&abs)
-        .map_err(|()| Error::Decode(format!("{} is not a usable table path", abs.display())))
+/// The table at `location` as a URL (a local directory is created).
+fn url(location: &Lake) -> Result<url::Url> {
+    table::lake_url(location, "")
 }
 
 /// Every key of the table.
@@ -109,7 +100,7 @@ async fn read(t: &DeltaTable) -> Result<Vec<StoredKey>> {
 }
 
 /// Every key stored at `location` (for `sluice reveal`).
-pub async fn read_all(location: &Path) -> Result<Vec<StoredKey>> {
+pub async fn read_all(location: &Lake) -> Result<Vec<StoredKey>> {
     let t = table::open(NAME, &url(location)?).await?;
     read(&t).await
 }
@@ -134,7 +125,7 @@ impl std::fmt::Debug for SubjectKeyStore {
 
 impl SubjectKeyStore {
     /// Open the store at `location` and load every key into `caches`.
-    pub async fn open(location: &Path, caches: Vec<Arc<dyn KeyCache>>) -> Result<Self> {
+    pub async fn open(location: &Lake, caches: Vec<Arc<dyn KeyCache>>) -> Result<Self> {
         let url = url(location)?;
         let table = table::open(NAME, &url).await?;
         let keys = read(&table).await?;
@@ -296,7 +287,7 @@ mod tests {
     #[tokio::test]
     async fn keys_are_stored_reloaded_and_erasures_by_others_are_followed() {
         let dir = tempfile::tempdir().expect("dir");
-        let location = dir.path().join("keys");
+        let location = Lake::Local(dir.path().join("keys"));
         let fake = Arc::new(Fake::default());
         let mut store = SubjectKeyStore::open(&location, vec![fake.clone()])
             .await

@@ -18,6 +18,7 @@ use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, StructType, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use sluice_pipeline::lake::Lake;
 use sluice_pipeline::{OffsetRange, TopicPartition};
 
 use crate::error::{Error, Result, delta};
@@ -51,6 +52,28 @@ pub fn upsert_all(
 /// Transaction app id of a partition for a pipeline.
 pub fn app_id(pipeline: &str, tp: &TopicPartition) -> String {
     format!("{pipeline}-{}-{}", tp.topic, tp.partition)
+}
+
+/// `<lake>/<relative>` as a table URL: in a local lake the directory is created; in an
+/// object store there are no directories to make.
+pub fn lake_url(lake: &Lake, relative: &str) -> Result<url::Url> {
+    match lake {
+        Lake::Local(dir) => table_url(dir, relative),
+        Lake::ObjectStore(_) => lake.object_url(relative).ok_or_else(|| {
+            Error::Decode(format!(
+                "{relative} is not a usable table path under {lake}"
+            ))
+        }),
+    }
+}
+
+/// The object store holding an object-store lake rooted at `root`, paths relative to it;
+/// credentials and endpoint from the environment, as for its tables.
+pub fn lake_store(root: &url::Url) -> Result<std::sync::Arc<dyn deltalake::ObjectStore>> {
+    let store = deltalake::DeltaTableBuilder::from_url(root.clone())
+        .and_then(|b| b.build_storage())
+        .map_err(delta(root.as_str(), "opening the object store"))?;
+    Ok(store.object_store(None))
 }
 
 /// `<lake>/<relative>` as a table URL, creating the directory.

@@ -11,7 +11,6 @@
 //! group afterwards so that standard lag tools see progress.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
@@ -26,6 +25,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, error::KafkaError};
 use sluice_pipeline::config::OffsetReset;
 use sluice_pipeline::health::Health;
+use sluice_pipeline::lake::Lake;
 use sluice_pipeline::{SourceControl, SourceEvent, TopicPartition};
 use tokio::sync::mpsc;
 
@@ -58,7 +58,7 @@ pub struct KafkaSourceConfig {
     pub decode_batch_max_latency_ms: u64,
     pub properties: BTreeMap<String, String>,
     pub pipeline: String,
-    pub lake: PathBuf,
+    pub lake: Lake,
     /// Declared payload schemas by table.
     pub declared: HashMap<String, SchemaRef>,
     pub max_message_bytes: usize,
@@ -113,7 +113,7 @@ const CAUGHT_UP_SILENCE: Duration = Duration::from_secs(5);
 
 struct Ctx {
     handle: tokio::runtime::Handle,
-    lake: PathBuf,
+    lake: Lake,
     pipeline: String,
     routes: BTreeMap<String, String>,
     resume_tables: BTreeMap<String, Vec<String>>,
@@ -280,7 +280,7 @@ impl Ctx {
             }
         }
         for (location, tps) in by_location {
-            let url = table::table_url(&self.lake, location)?;
+            let url = table::lake_url(&self.lake, location)?;
             let t = table::open(location, &url).await?;
             let held = if table::exists(&t) {
                 table::committed_offsets(location, &t, &self.pipeline, tps.iter().copied()).await?

@@ -1,0 +1,400 @@
+//! A lake in an object store. moto's S3 server (from PyPI, in the tests' Python
+//! environment) stands in for S3 and S3-compatible stores such as MinIO; Azurite (from
+//! npm) for Azure Blob Storage. Both honour conditional writes (`If-None-Match: *`), which
+//! delta-rs commits with, so concurrent writers are tested for real: two `sluice run`
+//! processes share one lake exactly once, in each store.
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::duckdb::python;
+use crate::harness::{Broker, Mock, Workdir, assert_exactly_once, produce, terminate, wait_until};
+
+/// An object store server the tests write a lake to.
+trait Store {
+    /// `--lake` for a lake under `bucket`.
+    fn lake(&self, bucket: &str) -> String;
+    /// What a `sluice` process needs to reach the server, from the environment as in
+    /// production.
+    fn env(&self) -> Vec<(String, String)>;
+    /// Object names under `prefix` of `bucket`.
+    fn keys(&self, bucket: &str, prefix: &str) -> Vec<String>;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Run `script` with the tests' Python; its stdout.
+fn run_python(python: &str, script: &str) -> String {
+    let out = Command::new(python)
+        .args(["-c", script])
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A moto S3 server on a free port, with one bucket; stopped on drop.
+struct S3 {
+    child: Child,
+    endpoint: String,
+    python: String,
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl S3 {
+    fn start(bucket: &str) -> Option<Self> {
+        let python = python()?;
+        let bin = std::path::Path::new(&python)
+            .parent()
+            .expect("the python's directory")
+            .join("moto_server");
+        let port = free_port();
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{} (scripts/setup.sh --test installs it): {e}",
+                    bin.display()
+                )
+            });
+        let s3 = S3 {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            python,
+        };
+        wait_for_port(port, "moto_server");
+        s3.boto(&format!("s3.create_bucket(Bucket='{bucket}')"));
+        Some(s3)
+    }
+
+    /// Run `statement` with `s3` a boto3 client of this server; its stdout.
+    fn boto(&self, statement: &str) -> String {
+        let script = format!(
+            "import boto3\ns3 = boto3.client('s3', endpoint_url='{}', aws_access_key_id='test', \
+             aws_secret_access_key='test', region_name='us-east-1')\n{statement}\n",
+            self.endpoint
+        );
+        run_python(&self.python, &script)
+    }
+}
+
+impl Store for S3 {
+    fn lake(&self, bucket: &str) -> String {
+        format!("s3://{bucket}/lake")
+    }
+
+    fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        self.boto(&format!(
+            "p = s3.get_paginator('list_objects_v2')\n\
+             for page in p.paginate(Bucket='{bucket}', Prefix='{prefix}'):\n    \
+             for o in page.get('Contents', []): print(o['Key'])"
+        ))
+        .lines()
+        .map(str::to_string)
+        .collect()
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ALLOW_HTTP", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+}
+
+/// Azurite's Blob service on a free port, with one container; stopped on drop.
+struct Azurite {
+    child: Child,
+    endpoint: String,
+    python: String,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Azurite's well-known development account.
+const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+impl Azurite {
+    fn start(container: &str) -> Option<Self> {
+        let python = python()?;
+        let cache = std::env::var("SLUICE_CACHE")
+            .map(std::path::PathBuf::from)
+            .or_else(|_| std::env::var("HOME").map(|h| std::path::Path::new(&h).join(".cache")))
+            .expect("HOME");
+        let bin = cache.join("sluice-npm/node_modules/.bin/azurite-blob");
+        if !bin.exists() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{} is missing (scripts/setup.sh --test installs it)",
+                bin.display()
+            );
+            eprintln!(
+                "SKIPPED: no {} (scripts/setup.sh --test installs it)",
+                bin.display()
+            );
+            return None;
+        }
+        let data = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let child = Command::new(&bin)
+            .args([
+                "--silent",
+                "--disableTelemetry",
+                "--skipApiVersionCheck",
+                "--loose",
+            ])
+            .args([
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                &port.to_string(),
+                "--location",
+            ])
+            .arg(data.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+        let az = Azurite {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            python,
+            _data: data,
+        };
+        wait_for_port(port, "azurite");
+        az.blob(&format!("c.create_container('{container}')"));
+        Some(az)
+    }
+
+    /// Run `statement` with `c` a Blob service client of this server; its stdout.
+    fn blob(&self, statement: &str) -> String {
+        let connection = format!(
+            "DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};\
+             AccountKey={AZURITE_KEY};BlobEndpoint={}/{AZURITE_ACCOUNT};",
+            self.endpoint
+        );
+        let script = format!(
+            "from azure.storage.blob import BlobServiceClient\n\
+             c = BlobServiceClient.from_connection_string('{connection}')\n{statement}\n"
+        );
+        run_python(&self.python, &script)
+    }
+}
+
+impl Store for Azurite {
+    fn lake(&self, container: &str) -> String {
+        format!("az://{container}/lake")
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AZURE_STORAGE_USE_EMULATOR", "true"),
+            ("AZURITE_BLOB_STORAGE_URL", self.endpoint.as_str()),
+            ("AZURE_STORAGE_ACCOUNT_NAME", AZURITE_ACCOUNT),
+            ("AZURE_STORAGE_ACCOUNT_KEY", AZURITE_KEY),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    fn keys(&self, container: &str, prefix: &str) -> Vec<String> {
+        self.blob(&format!(
+            "for b in c.get_container_client('{container}').list_blobs(name_starts_with='{prefix}'): print(b.name)"
+        ))
+        .lines()
+        .map(str::to_string)
+        .collect()
+    }
+}
+
+fn workdir(store: &dyn Store, broker: &dyn Broker, bucket: &str, topics: &[&str]) -> Workdir {
+    let mut w = Workdir::new();
+    w.lake_url = Some(store.lake(bucket));
+    w.env = store.env();
+    w.write_config(broker, "shared", topics, "");
+    w
+}
+
+/// Two `sluice run` processes in one group write the same tables of a lake in `store`.
+fn two_processes_share_a_lake_exactly_once(store: &dyn Store, bucket: &str) {
+    let broker = Mock::start();
+    broker.create_topic("events", 4);
+    let w = workdir(store, &broker, bucket, &["events"]);
+    let spawn = || {
+        w.sluice(&["run", "--format", "json"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    };
+    let a = spawn();
+    let b = spawn();
+    std::thread::sleep(Duration::from_secs(4));
+    produce(&broker, "events", 0, 20_000);
+    wait_until(Duration::from_secs(180), "all rows landed", || {
+        w.count("bronze.events") >= 20_000
+    });
+    terminate(&a);
+    terminate(&b);
+    let mut commits = 0;
+    for c in [a, b] {
+        let out = c.wait_with_output().expect("wait");
+        assert!(out.status.success(), "run exited {}", out.status);
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("summary");
+        commits += summary["commits"].as_u64().expect("commits");
+    }
+    assert!(commits >= 2, "both processes committed to the one table");
+    // Every message once, though both wrote the same table through conditional puts.
+    assert_exactly_once(&w, "bronze.events", "events", 4, 20_000);
+    let keys = store.keys(bucket, "lake/bronze/events/_delta_log/");
+    assert!(
+        keys.iter().filter(|k| k.ends_with(".json")).count() as u64 > commits,
+        "one log entry per commit (plus the table's creation): {keys:?}"
+    );
+    assert!(
+        !w.lake().exists(),
+        "nothing was written to a local directory"
+    );
+}
+
+#[test]
+fn two_processes_share_an_s3_lake_exactly_once() {
+    if let Some(s3) = S3::start("shared") {
+        two_processes_share_a_lake_exactly_once(&s3, "shared");
+    }
+}
+
+#[test]
+fn two_processes_share_an_azure_lake_exactly_once() {
+    if let Some(az) = Azurite::start("shared") {
+        two_processes_share_a_lake_exactly_once(&az, "shared");
+    }
+}
+
+#[test]
+fn the_demo_lands_in_s3_resumes_there_and_is_maintained_there() {
+    let Some(s3) = S3::start("bank") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let demo = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .current_dir(dir.path())
+            .envs(s3.env())
+            .env("SLUICE_LOG", "warn,buoyant_kernel=off")
+            .output()
+            .expect("sluice");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = demo(&["demo", "--lake", "s3://bank/lake"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("Tables in s3://bank/lake/"), "{stdout}");
+    assert!(stdout.contains("silver.customers"), "{stdout}");
+    let keys = s3.keys("bank", "lake/");
+    for table in ["bronze/customers", "silver/customers", "_keys/subjects"] {
+        assert!(
+            keys.iter()
+                .any(|k| k.starts_with(&format!("lake/{table}/_delta_log/"))),
+            "{table} has no log in the bucket"
+        );
+    }
+    // A second run resumes from the offsets in the bucket's tables: nothing new.
+    let (code, _, stderr) = demo(&["demo", "--lake", "s3://bank/lake"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("demo: 0 new messages"), "{stderr}");
+    // SQL reads the bucket directly.
+    let (code, stdout, stderr) = demo(&[
+        "sql",
+        "--lake",
+        "s3://bank/lake",
+        "--format",
+        "csv",
+        "select count(*) from silver.customers",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let n: u64 = stdout
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("a count");
+    assert!(n > 1_000, "{stdout}");
+    // Maintenance runs there, under locks that are objects, and records its run.
+    let (code, stdout, stderr) = demo(&["job", "maintain", "--lake", "s3://bank/lake"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("silver.customers"), "{stdout}");
+    assert!(
+        s3.keys("bank", "lake/_sluice/locks/").is_empty(),
+        "locks are released"
+    );
+    let (code, stdout, stderr) = demo(&["audit", "verify", "--lake", "s3://bank/lake"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("1 runs, chain intact"), "{stdout}");
+    // A lock held by another run (another host) is respected.
+    s3.boto(
+        "s3.put_object(Bucket='bank', Key='lake/_sluice/locks/maintain_silver_customers.lock', \
+         Body=b'other-host:42 since 2026-11-23T00:00:00Z')",
+    );
+    let (code, _, stderr) = demo(&["job", "maintain", "--lake", "s3://bank/lake"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "another run holds the lock 'maintain.silver.customers' (process other-host:42"
+        ),
+        "{stderr}"
+    );
+    // The jobs that purge files directly say they need a local lake, exit 2.
+    let (code, _, stderr) = demo(&["job", "snapshot", "--lake", "s3://bank/lake"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("works on a local lake") && stderr.contains("s3://bank/lake/"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("lake").exists());
+    assert!(!dir.path().join("s3:").exists());
+}
