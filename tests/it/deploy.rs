@@ -90,6 +90,8 @@ fn deployment_files_parse_and_query_only_exported_metrics() {
         "sql",
         "prometheus",
         "grafana",
+        "minio",
+        "minio-init",
     ] {
         let s = &services[name];
         assert!(
@@ -97,6 +99,31 @@ fn deployment_files_parse_and_query_only_exported_metrics() {
             "{name}: image or build"
         );
     }
+    // The lake is in MinIO: every sluice service reads and writes the same S3 lake through
+    // MinIO's endpoint, and minio-init creates its bucket.
+    let lake = services["sluice"]["environment"]["SLUICE_LAKE"]
+        .as_str()
+        .expect("SLUICE_LAKE");
+    let bucket = lake
+        .strip_prefix("s3://")
+        .and_then(|r| r.split('/').next())
+        .expect("an s3:// lake");
+    for name in ["sluice", "scheduler", "sql"] {
+        let env = &services[name]["environment"];
+        assert_eq!(env["SLUICE_LAKE"], lake, "{name}");
+        assert_eq!(env["AWS_ENDPOINT_URL"], "http://minio:9000", "{name}");
+        assert_eq!(
+            env["AWS_ACCESS_KEY_ID"], services["minio"]["environment"]["MINIO_ROOT_USER"],
+            "{name}"
+        );
+        let command = services[name]["command"].as_array().expect("command");
+        assert!(
+            !command.iter().any(|a| a == "--lake"),
+            "{name}: the lake comes from SLUICE_LAKE"
+        );
+    }
+    let init = services["minio-init"]["command"][0].as_str().expect("init");
+    assert!(init.contains(&format!("local/{bucket}")), "{init}");
     // Every bind mount's source is in the repository.
     for (name, s) in services {
         for v in s["volumes"].as_array().into_iter().flatten() {
