@@ -161,7 +161,10 @@ async fn files(lake: &Path) -> BTreeMap<String, u64> {
         let url = table::table_url(lake, relative).expect("url");
         let t = table::open(relative, &url).await.expect("open");
         for uri in t.get_file_uris().expect("files") {
-            let path = sluice_jobs::purge::local_path(&uri).expect("local file");
+            let path = url::Url::parse(&uri)
+                .ok()
+                .and_then(|u| u.to_file_path().ok())
+                .expect("local file");
             let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             out.insert(uri, bytes);
         }
@@ -239,9 +242,17 @@ async fn run(rows: usize) {
         ..Default::default()
     };
     let started = Instant::now();
-    let cert = erase::erase(lake, &config, None, subject, "bench", "hash".into(), 0)
-        .await
-        .expect("erase");
+    let cert = erase::erase(
+        &lake.into(),
+        &config,
+        None,
+        subject,
+        "bench",
+        "hash".into(),
+        0,
+    )
+    .await
+    .expect("erase");
     let secs = started.elapsed().as_secs_f64();
     let after = files(lake).await;
     let rewritten: Vec<&String> = before.keys().filter(|f| !after.contains_key(*f)).collect();

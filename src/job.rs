@@ -1,7 +1,7 @@
 //! `sluice job …` and `sluice audit verify`: batch jobs, each run recorded in the
 //! tamper-evident `_sluice/job_runs`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use sluice_connectors::kafka::erasure::{self, KafkaClient};
@@ -92,7 +92,7 @@ pub async fn maintain(
 }
 
 /// Run `sluice job snapshot` and record it; fails when an invariant does not hold.
-pub async fn snapshot(config: &Config, lake: &Path, format: Format) -> anyhow::Result<()> {
+pub async fn snapshot(config: &Config, lake: &Lake, format: Format) -> anyhow::Result<()> {
     let started_at = chrono::Utc::now().timestamp_micros();
     let keys = config.snapshot.keys(&config.silver);
     let result = sluice_jobs::snapshot::snapshot(lake, &config.snapshot, &keys).await;
@@ -234,17 +234,12 @@ fn find_subjects(config: &Config, subjects: &[String]) -> anyhow::Result<Vec<Arc
         .collect())
 }
 
-/// The subject key store, when the policy encrypts per subject (the job erases its keys,
-/// so it must be local like the lake).
-fn key_store(config: &Config, lake: &Path) -> anyhow::Result<Option<PathBuf>> {
-    if !config.uses_subject_keys() {
-        return Ok(None);
-    }
-    let store = config.subject_key_store(&Lake::from(lake));
-    let dir = store
-        .require_local("erasing subject keys")
-        .map_err(|e| anyhow::anyhow!("[pii] subject_keys: {e}"))?;
-    Ok(Some(dir.to_path_buf()))
+/// The subject key store, when the policy encrypts per subject (erasure deletes the
+/// subject's keys from it).
+fn key_store(config: &Config, lake: &Lake) -> Option<Lake> {
+    config
+        .uses_subject_keys()
+        .then(|| config.subject_key_store(lake))
 }
 
 /// The secret salting subject hashes in certificates.
@@ -283,7 +278,7 @@ fn tombstone_producer(config: &Config) -> anyhow::Result<Option<erasure::Tombsto
 /// run recorded with the request id only (a hash of a subject id is guessable).
 async fn erase_one(
     config: &Config,
-    lake: &Path,
+    lake: &Lake,
     secret: &sluice_transforms::keys::Secret,
     tombstones: Option<&erasure::Tombstones>,
     raw: &str,
@@ -304,11 +299,11 @@ async fn erase_one(
     let result = match produced {
         Ok(n) => {
             let hash = erase::subject_hash(secret.bytes(), raw);
-            let store = key_store(config, lake)?;
+            let store = key_store(config, lake);
             erase::erase(
                 lake,
                 &config.erasure,
-                store.as_deref(),
+                store.as_ref(),
                 subject,
                 request_id,
                 hash,
@@ -381,7 +376,7 @@ fn print_certificates(certificates: &[erase::Certificate], format: Format) -> an
 /// Run `sluice job erase`: one certificate per subject.
 pub async fn erase(
     config: &Config,
-    lake: &Path,
+    lake: &Lake,
     subjects: &[String],
     request_id: Option<&str>,
     format: Format,
@@ -414,7 +409,7 @@ pub async fn erase(
 /// Run `sluice job erase --requests`: every request waiting on `[erasure] requests_topic`,
 /// each committed in Kafka once its certificate is written; a malformed request gets a
 /// certificate saying why, and is committed too.
-pub async fn erase_requests(config: &Config, lake: &Path, format: Format) -> anyhow::Result<()> {
+pub async fn erase_requests(config: &Config, lake: &Lake, format: Format) -> anyhow::Result<()> {
     let topic = config.erasure.requests_topic.as_deref().ok_or_else(|| {
         anyhow::anyhow!("[erasure] requests_topic is not set: name the topic of erasure requests")
     })?;
@@ -465,7 +460,7 @@ pub async fn erase_requests(config: &Config, lake: &Path, format: Format) -> any
 /// Run `sluice job erase --verify`: exit 1 if any subject is still somewhere in the lake.
 pub async fn erase_verify(
     config: &Config,
-    lake: &Path,
+    lake: &Lake,
     subjects: &[String],
     format: Format,
 ) -> anyhow::Result<()> {
@@ -474,8 +469,8 @@ pub async fn erase_verify(
     let mut total = 0u64;
     let mut all = Vec::new();
     for (i, subject) in found.iter().enumerate() {
-        let store = key_store(config, lake)?;
-        let reports = erase::verify(lake, store.as_deref(), subject)?;
+        let store = key_store(config, lake);
+        let reports = erase::verify(lake, store.as_ref(), subject).await?;
         total += reports.iter().map(|r| r.occurrences).sum::<u64>();
         all.push((i + 1, reports));
     }
@@ -531,7 +526,7 @@ pub async fn erase_verify(
 /// Run `sluice job anonymise` and record it; fails when a publication is refused.
 pub async fn anonymise(
     config: &Config,
-    lake: &Path,
+    lake: &Lake,
     tables: &[String],
     format: Format,
 ) -> anyhow::Result<()> {
@@ -626,7 +621,7 @@ pub async fn anonymise(
 /// Run `sluice job gold` and record it.
 pub async fn gold(
     config: &Config,
-    lake: &Path,
+    lake: &Lake,
     tables: &[String],
     format: Format,
 ) -> anyhow::Result<()> {

@@ -329,14 +329,6 @@ fn lake(cli: &Cli, config: Option<&Config>) -> Lake {
         .unwrap_or_else(|| Lake::Local(PathBuf::from("lake")))
 }
 
-/// The lake's directory, for a command that needs one (the batch jobs, the demo).
-fn local_lake(cli: &Cli, config: Option<&Config>, what: &str) -> Result<PathBuf, Failure> {
-    let lake = lake(cli, config);
-    lake.require_local(what)
-        .map(Path::to_path_buf)
-        .map_err(|e| usage(anyhow::anyhow!(e)))
-}
-
 async fn execute(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Run { until_caught_up } => {
@@ -478,21 +470,21 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             job: JobCommand::Snapshot,
         } => {
             let config = config_or_defaults(&cli)?;
-            let lake = local_lake(&cli, Some(&config), "sluice job snapshot")?;
+            let lake = lake(&cli, Some(&config));
             job::snapshot(&config, &lake, cli.format).await?;
         }
         Command::Job {
             job: JobCommand::Gold { tables },
         } => {
             let config = config_or_defaults(&cli)?;
-            let lake = local_lake(&cli, Some(&config), "sluice job gold")?;
+            let lake = lake(&cli, Some(&config));
             job::gold(&config, &lake, tables, cli.format).await?;
         }
         Command::Job {
             job: JobCommand::Anonymise { tables },
         } => {
             let config = config_or_defaults(&cli)?;
-            let lake = local_lake(&cli, Some(&config), "sluice job anonymise")?;
+            let lake = lake(&cli, Some(&config));
             job::anonymise(&config, &lake, tables, cli.format).await?;
         }
         Command::Job {
@@ -506,7 +498,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                 },
         } => {
             let config = config_or_defaults(&cli)?;
-            let lake = local_lake(&cli, Some(&config), "sluice job erase")?;
+            let lake = lake(&cli, Some(&config));
             if *requests {
                 return Ok(job::erase_requests(&config, &lake, cli.format).await?);
             }

@@ -19,23 +19,6 @@ pub async fn schedule(config: &Config, lake: &Lake, stop: Arc<AtomicBool>) -> an
             "nothing to schedule: add a [schedule] section, e.g. maintain = \"0 3 * * *\""
         );
     }
-    // Only maintenance runs on an object store yet: refuse the others now, not at 3 am.
-    let local_only: Vec<&String> = config
-        .schedule
-        .keys()
-        .filter(|j| j.as_str() != "maintain")
-        .collect();
-    if lake.local().is_none() && !local_only.is_empty() {
-        anyhow::bail!(
-            "[schedule]: {} work on a local lake (a directory or a mounted volume); {lake} is an object store (only maintain runs there)",
-            local_only
-                .iter()
-                .map(|j| format!("sluice job {j}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    let dir = lake.local().unwrap_or(std::path::Path::new(""));
     let mut scheduler = Scheduler::new(&config.schedule, Utc::now())?;
     tracing::info!(jobs = ?config.schedule, next = ?scheduler.next_due(), "scheduler started");
     while !stop.load(Ordering::Relaxed) {
@@ -43,9 +26,9 @@ pub async fn schedule(config: &Config, lake: &Lake, stop: Arc<AtomicBool>) -> an
             tracing::info!(job = %job, "job due");
             let result = match job.as_str() {
                 "maintain" => crate::job::maintain(config, lake, &[], Format::Table).await,
-                "snapshot" => crate::job::snapshot(config, dir, Format::Table).await,
-                "anonymise" => crate::job::anonymise(config, dir, &[], Format::Table).await,
-                "gold" => crate::job::gold(config, dir, &[], Format::Table).await,
+                "snapshot" => crate::job::snapshot(config, lake, Format::Table).await,
+                "anonymise" => crate::job::anonymise(config, lake, &[], Format::Table).await,
+                "gold" => crate::job::gold(config, lake, &[], Format::Table).await,
                 other => Err(anyhow::anyhow!("no job '{other}'")),
             };
             match result {

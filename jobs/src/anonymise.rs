@@ -32,16 +32,17 @@ use serde::Serialize;
 use sluice_connectors::delta::table;
 use sluice_pipeline::Transform;
 use sluice_pipeline::anonymise::{AnonymiseConfig, AnonymiseTable, PublishConfig};
+use sluice_pipeline::lake::Lake;
 use sluice_pipeline::pii::Action;
-use sluice_sql::{Catalog, find_tables};
+use sluice_sql::{Catalog, find_tables_in};
 use sluice_transforms::path::{ColumnPath, map_column};
 use sluice_transforms::policy::Policy;
 
 use crate::error::{Error, Result};
 use crate::lock::Lock;
-use crate::purge;
+use crate::purge::TableFiles;
 use crate::subject::path_expr;
-use crate::{open_found, version};
+use crate::version;
 
 /// What anonymisation did to one table.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -90,13 +91,15 @@ impl Report {
 /// Anonymise the aged rows of every configured table (or those in `only`), then check
 /// every publication, as of `now`.
 pub async fn anonymise(
-    lake: &Path,
+    lake: impl Into<Lake>,
     config: &AnonymiseConfig,
     only: &[String],
     now: DateTime<Utc>,
 ) -> Result<Report> {
-    let lake = &std::fs::canonicalize(lake).map_err(|e| Error::io(lake, e))?;
-    let tables = find_tables(lake).map_err(|e| Error::Other(e.to_string()))?;
+    let lake = &lake.into();
+    let tables = find_tables_in(lake)
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?;
     let mut report = Report::default();
     for (name, policy) in &config.tables {
         if !only.is_empty() && !only.contains(name) {
@@ -106,9 +109,11 @@ pub async fn anonymise(
             .iter()
             .find(|t| &t.qualified() == name)
             .ok_or_else(|| Error::Other(format!("no table {name} in the lake")))?;
-        let _anonymise = Lock::acquire(lake, &format!("anonymise.{name}"))?;
-        let _maintain = Lock::acquire(lake, &format!("maintain.{name}"))?;
-        let done = anonymise_table(lake, &t.path, name, policy, now).await?;
+        let anonymising = Lock::acquire_in(lake, &format!("anonymise.{name}")).await?;
+        let maintaining = Lock::acquire_in(lake, &format!("maintain.{name}")).await?;
+        let done = anonymise_table(&t.url, name, policy, now).await?;
+        maintaining.release().await;
+        anonymising.release().await;
         eprintln!(
             "anonymise: {name}: {} rows dated {} or before anonymised, {} files rewritten, {} purged, {} log entries purged (version {} → {})",
             done.rows_anonymised,
@@ -298,13 +303,12 @@ fn cutoff(
 }
 
 async fn anonymise_table(
-    lake: &Path,
-    root: &Path,
+    url: &url::Url,
     name: &str,
     policy: &AnonymiseTable,
     now: DateTime<Utc>,
 ) -> Result<TableAnonymised> {
-    let delta = open_found(lake, root, name).await?;
+    let delta = table::open(name, url).await?;
     let schema = table::arrow_schema(name, &delta)?;
     let steps = column_steps(name, policy, &schema)?;
     let (aged, cutoff) = cutoff(name, policy, &schema, now)?;
@@ -339,12 +343,13 @@ async fn anonymise_table(
     done.rows_anonymised = metrics.num_updated_rows as u64;
     done.files_rewritten = metrics.num_added_files as u64;
     if done.version_after > done.version_before {
-        let replaced = purge::replaced_files(root, done.version_after)?;
-        done.files_purged = purge::remove_files(&replaced)?;
+        let files = TableFiles::of(name, &delta);
+        let replaced = files.replaced_files(done.version_after).await?;
+        done.files_purged = files.remove(&replaced).await?;
         // Older versions still describe the identifiable rows (their files' statistics):
         // the log before the update goes, after a checkpoint of it.
-        let old = purge::old_log_files(root, done.version_after, &mut |_| Ok(true))?;
-        done.logs_purged = purge::checkpoint_and_remove(name, &delta, &old).await?;
+        let old = files.old_log_files(done.version_after).await?;
+        done.logs_purged = files.checkpoint_and_remove(&delta, &old).await?;
     }
     Ok(done)
 }

@@ -20,26 +20,28 @@
 //! files raw and decoded, dead letters opened) and counts what still mentions the subject.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use deltalake::DeltaTable;
 use deltalake::kernel::transaction::CommitProperties;
+use futures::TryStreamExt as _;
 use hmac::{Hmac, KeyInit, Mac};
+use object_store::ObjectStoreExt as _;
 use serde::Serialize;
 use sha2::Sha256;
 use sluice_connectors::delta::table;
 use sluice_pipeline::erasure::ErasureConfig;
-use sluice_sql::find_tables;
+use sluice_pipeline::lake::Lake;
+use sluice_sql::find_tables_in;
 
 use crate::error::{Error, Result};
 use crate::lock::Lock;
-use crate::purge;
+use crate::purge::TableFiles;
 use crate::subject::{LETTER_COLUMNS, Lookup, Subject, has_path};
-use crate::{open_found, version};
+use crate::version;
 
 /// Where certificates live under the lake.
 pub const ERASURES: &str = "_sluice/erasures";
@@ -148,51 +150,50 @@ fn report(done: &TableErasure) {
 /// store at `key_store` (when the policy encrypts per subject); `tombstones` were
 /// produced for its keys.
 pub async fn erase(
-    lake: &Path,
+    lake: &Lake,
     config: &ErasureConfig,
-    key_store: Option<&Path>,
+    key_store: Option<&Lake>,
     subject: Arc<Subject>,
     request_id: &str,
     subject_hash: String,
     tombstones: u64,
 ) -> Result<Certificate> {
-    // Files are named by URL in the log: the lake must be absolute.
-    let lake = &std::fs::canonicalize(lake).map_err(|e| Error::io(lake, e))?;
     let mut tables = Vec::new();
-    for t in find_tables(lake).map_err(|e| Error::Other(e.to_string()))? {
+    for t in find_tables_in(lake)
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?
+    {
         let name = t.qualified();
         if RECORD_TABLES.contains(&name.as_str()) {
             continue;
         }
         // Erasure and maintenance of a table never overlap.
-        let _erase = Lock::acquire(lake, &format!("erase.{name}"))?;
-        let _maintain = Lock::acquire(lake, &format!("maintain.{name}"))?;
-        let delta = open_found(lake, &t.path, &name).await?;
+        let erasing = Lock::acquire_in(lake, &format!("erase.{name}")).await?;
+        let maintaining = Lock::acquire_in(lake, &format!("maintain.{name}")).await?;
+        let delta = table::open(&name, &t.url).await?;
         let schema = table::arrow_schema(&name, &delta)?;
         let lookup = lookup_for(config, &name, &schema);
-        if lookup.is_empty() {
-            continue;
+        if !lookup.is_empty() {
+            let done = erase_table(&name, delta, &lookup, &subject, request_id).await?;
+            report(&done);
+            tables.push(done);
         }
-        let done = erase_table(&t.path, &name, delta, &lookup, &subject, request_id).await?;
-        report(&done);
-        tables.push(done);
+        maintaining.release().await;
+        erasing.release().await;
     }
     if let Some(store) = key_store
-        && store.join("_delta_log").is_dir()
+        && let Some(delta) = open_key_store(store).await?
     {
-        let store = std::fs::canonicalize(store).map_err(|e| Error::io(store, e))?;
-        let _erase = Lock::acquire(lake, &format!("erase.{KEY_STORE}"))?;
-        let url = url::Url::from_directory_path(&store)
-            .map_err(|()| Error::Other(format!("{} is not a table path", store.display())))?;
-        let delta = table::open(KEY_STORE, &url).await?;
+        let erasing = Lock::acquire_in(lake, &format!("erase.{KEY_STORE}")).await?;
         let lookup = Lookup {
             exact: vec!["subject".into()],
             contains: Vec::new(),
             letters: false,
         };
-        let done = erase_table(&store, KEY_STORE, delta, &lookup, &subject, request_id).await?;
+        let done = erase_table(KEY_STORE, delta, &lookup, &subject, request_id).await?;
         report(&done);
         tables.push(done);
+        erasing.release().await;
     }
     let certificate = Certificate {
         request_id: request_id.to_string(),
@@ -206,8 +207,19 @@ pub async fn erase(
     Ok(certificate)
 }
 
+/// The subject key store at `store`, if it holds a table.
+async fn open_key_store(store: &Lake) -> Result<Option<DeltaTable>> {
+    if let Lake::Local(dir) = store
+        && !dir.join("_delta_log").is_dir()
+    {
+        return Ok(None);
+    }
+    let delta = table::open(KEY_STORE, &table::lake_url(store, "")?).await?;
+    Ok(table::exists(&delta).then_some(delta))
+}
+
 /// Record a request that could not be carried out, so it is not lost once skipped.
-pub async fn record_invalid(lake: &Path, request_id: &str, why: &str) -> Result<Certificate> {
+pub async fn record_invalid(lake: &Lake, request_id: &str, why: &str) -> Result<Certificate> {
     let certificate = Certificate {
         request_id: request_id.to_string(),
         subject_hash: String::new(),
@@ -221,14 +233,13 @@ pub async fn record_invalid(lake: &Path, request_id: &str, why: &str) -> Result<
 }
 
 async fn erase_table(
-    root: &Path,
     name: &str,
     delta: DeltaTable,
     lookup: &Lookup,
     subject: &Arc<Subject>,
     request_id: &str,
 ) -> Result<TableErasure> {
-    let started = SystemTime::now();
+    let started = chrono::Utc::now();
     let mut done = TableErasure {
         table: name.to_string(),
         version_before: version(&delta),
@@ -246,43 +257,47 @@ async fn erase_table(
     done.version_after = version(&delta);
     done.rows_removed = metrics.num_deleted_rows.unwrap_or(0) as u64;
     done.files_rewritten = metrics.num_added_files as u64;
-    let mut purge: Vec<PathBuf> = Vec::new();
+    let files = TableFiles::of(name, &delta);
+    let mut purge = Vec::new();
     if done.version_after > done.version_before {
-        purge.extend(purge::replaced_files(root, done.version_after)?);
+        purge.extend(files.replaced_files(done.version_after).await?);
     }
     // Files of older versions not yet vacuumed, and change-data files.
-    let current: HashSet<PathBuf> = delta
+    let current: HashSet<_> = delta
         .get_file_uris()
         .map_err(Error::delta(name))?
-        .filter_map(|u| purge::local_path(&u))
+        .filter_map(|u| files.relative(&u))
         .collect();
-    for file in purge::data_files(root)? {
-        if current.contains(&file) || purge.contains(&file) {
+    for file in files.data_files().await? {
+        if current.contains(&file.location) || purge.contains(&file.location) {
             continue;
         }
-        let modified = std::fs::metadata(&file)
-            .and_then(|m| m.modified())
-            .map_err(|e| Error::io(&file, e))?;
         // A file written since the job started belongs to a commit still in flight.
-        if modified < started && lookup.file_holds(subject, &file)? {
-            purge.push(file);
+        if file.last_modified < started
+            && lookup.holds_in(subject, &file.location, files.read(&file.location).await?)?
+        {
+            purge.push(file.location);
         }
     }
-    done.files_purged = purge::remove_files(&purge)?;
-    done.logs_purged = purge_log(root, name, &delta, subject).await?;
+    done.files_purged = files.remove(&purge).await?;
+    done.logs_purged = purge_log(&files, &delta, subject).await?;
     Ok(done)
 }
 
 /// Remove the log entries and checkpoints older than the table's version that mention
 /// the subject, after checkpointing the version so the table still opens.
-async fn purge_log(root: &Path, name: &str, delta: &DeltaTable, subject: &Subject) -> Result<u64> {
-    let hits = purge::old_log_files(root, version(delta), &mut |path| {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        Ok(subject.mentioned_in(&bytes)
-            || (path.extension().is_some_and(|e| e == "parquet")
-                && subject.count_in_parquet(path, bytes)? > 0))
-    })?;
-    purge::checkpoint_and_remove(name, delta, &hits).await
+async fn purge_log(files: &TableFiles, delta: &DeltaTable, subject: &Subject) -> Result<u64> {
+    let mut hits = Vec::new();
+    for path in files.old_log_files(version(delta)).await? {
+        let bytes = files.read(&path).await?;
+        if subject.mentioned_in(&bytes)
+            || (path.as_ref().ends_with(".parquet")
+                && subject.count_in_parquet(path.as_ref(), bytes)? > 0)
+        {
+            hits.push(path);
+        }
+    }
+    files.checkpoint_and_remove(delta, &hits).await
 }
 
 fn schema() -> SchemaRef {
@@ -305,7 +320,7 @@ fn schema() -> SchemaRef {
 }
 
 /// Append the certificate to `_sluice/erasures`.
-async fn record(lake: &Path, c: &Certificate) -> Result<()> {
+async fn record(lake: &Lake, c: &Certificate) -> Result<()> {
     let versions = c
         .tables
         .iter()
@@ -328,7 +343,7 @@ async fn record(lake: &Path, c: &Certificate) -> Result<()> {
             Arc::new(StringArray::from(vec![tables])),
         ],
     )?;
-    let url = table::table_url(lake, ERASURES)?;
+    let url = table::lake_url(lake, ERASURES)?;
     table::append_record(ERASURES, &url, &schema(), batch).await?;
     Ok(())
 }
@@ -347,56 +362,61 @@ pub struct ScanReport {
 /// Count every mention of `subject` in every file under `lake` (and under `key_store`
 /// when it lies outside the lake): raw bytes of every file, and every decoded value of
 /// every Parquet file (compressed pages hide raw bytes).
-pub fn verify(lake: &Path, key_store: Option<&Path>, subject: &Subject) -> Result<Vec<ScanReport>> {
+pub async fn verify(
+    lake: &Lake,
+    key_store: Option<&Lake>,
+    subject: &Subject,
+) -> Result<Vec<ScanReport>> {
     let mut reports: Vec<ScanReport> = Vec::new();
-    let mut files: Vec<(PathBuf, &Path)> = purge::files_under(lake, &|_| true)?
-        .into_iter()
-        .map(|f| (f, lake))
-        .collect();
-    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    if let Some(store) =
-        key_store.filter(|s| s.is_dir() && !canonical(s).starts_with(canonical(lake)))
-    {
-        let root = store.parent().unwrap_or(store);
-        files.extend(
-            purge::files_under(store, &|_| true)?
-                .into_iter()
-                .map(|f| (f, root)),
-        );
-    }
-    files.sort();
-    for (file, root) in files {
-        let relative = file.strip_prefix(root).unwrap_or(&file);
-        // Reports group by table: `<layer>/<name>` (or the first two parts).
-        let place: String = relative
-            .components()
-            .take(2)
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join("/");
-        let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
-        let size = bytes.len() as u64;
-        let mut n = subject.count_in(&bytes);
-        if file.extension().is_some_and(|e| e == "parquet") {
-            n += subject.count_in_parquet(&file, bytes)?;
+    let mut places = vec![(table::lake_root_store(lake)?, String::new())];
+    let outside = match (lake, key_store) {
+        (Lake::Local(l), Some(Lake::Local(k))) => {
+            let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+            k.is_dir() && !canonical(k).starts_with(canonical(l))
         }
-        let report = match reports.iter_mut().find(|r| r.place == place) {
-            Some(r) => r,
-            None => {
-                reports.push(ScanReport {
-                    place,
-                    ..Default::default()
-                });
-                reports.last_mut().unwrap_or_else(|| unreachable!())
+        (Lake::ObjectStore(l), Some(Lake::ObjectStore(k))) => !k.as_str().starts_with(l.as_str()),
+        (_, Some(Lake::Local(k))) => k.is_dir(),
+        (_, Some(Lake::ObjectStore(_))) => true,
+        (_, None) => false,
+    };
+    if let Some(store) = key_store.filter(|_| outside) {
+        places.push((table::lake_root_store(store)?, "subject_keys/".to_string()));
+    }
+    for (store, label) in places {
+        let mut files: Vec<object_store::ObjectMeta> = store
+            .list(None)
+            .try_collect()
+            .await
+            .map_err(|e| Error::Other(format!("listing {lake}: {e}")))?;
+        files.sort_by(|a, b| a.location.cmp(&b.location));
+        for file in files {
+            let relative = format!("{label}{}", file.location);
+            // Reports group by table: `<layer>/<name>` (or the first two parts).
+            let place = relative.split('/').take(2).collect::<Vec<_>>().join("/");
+            let failed = |e: object_store::Error| Error::Other(format!("{relative}: {e}"));
+            let got = store.get(&file.location).await.map_err(failed)?;
+            let bytes = got.bytes().await.map_err(failed)?;
+            let size = bytes.len() as u64;
+            let mut n = subject.count_in(&bytes);
+            if relative.ends_with(".parquet") {
+                n += subject.count_in_parquet(&relative, bytes)?;
             }
-        };
-        report.files += 1;
-        report.bytes += size;
-        if n > 0 {
-            report.occurrences += n as u64;
-            report
-                .found_in
-                .push(relative.to_string_lossy().into_owned());
+            let report = match reports.iter_mut().find(|r| r.place == place) {
+                Some(r) => r,
+                None => {
+                    reports.push(ScanReport {
+                        place,
+                        ..Default::default()
+                    });
+                    reports.last_mut().unwrap_or_else(|| unreachable!())
+                }
+            };
+            report.files += 1;
+            report.bytes += size;
+            if n > 0 {
+                report.occurrences += n as u64;
+                report.found_in.push(relative);
+            }
         }
     }
     Ok(reports)
@@ -418,13 +438,13 @@ mod tests {
     #[test]
     fn log_files_are_dated_by_their_version() {
         assert_eq!(
-            purge::log_version(Path::new("_delta_log/00000000000000000012.json")),
+            crate::purge::log_version("00000000000000000012.json"),
             Some(12)
         );
         assert_eq!(
-            purge::log_version(Path::new("00000000000000000010.checkpoint.parquet")),
+            crate::purge::log_version("00000000000000000010.checkpoint.parquet"),
             Some(10)
         );
-        assert_eq!(purge::log_version(Path::new("_last_checkpoint")), None);
+        assert_eq!(crate::purge::log_version("_last_checkpoint"), None);
     }
 }

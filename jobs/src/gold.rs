@@ -25,6 +25,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sluice_connectors::delta::table;
+use sluice_pipeline::lake::Lake;
 use sluice_sql::Catalog;
 use sluice_sql::definitions::{self, Definition};
 
@@ -105,11 +106,12 @@ fn plain(batch: &RecordBatch) -> Result<RecordBatch> {
 /// Build the gold tables of `gold_dir` (or those named in `only`, as `gold.<name>`),
 /// with the views of `views_dir` registered.
 pub async fn gold(
-    lake: &Path,
+    lake: impl Into<Lake>,
     gold_dir: &Path,
     views_dir: &Path,
     only: &[String],
 ) -> Result<Vec<GoldTable>> {
+    let lake = &lake.into();
     let defs = definitions::read_dir(gold_dir).map_err(|e| Error::Other(e.to_string()))?;
     if defs.is_empty() {
         return Err(Error::Other(format!(
@@ -133,7 +135,7 @@ pub async fn gold(
         if !only.is_empty() && !only.contains(&name) {
             continue;
         }
-        let _lock = Lock::acquire(lake, &format!("gold.{}", d.name))?;
+        let lock = Lock::acquire_in(lake, &format!("gold.{}", d.name)).await?;
         // A fresh catalog: the gold tables built before this one are read as they are now.
         let catalog = Catalog::open(lake)
             .await
@@ -143,16 +145,17 @@ pub async fn gold(
             .await
             .map_err(|e| Error::Other(e.to_string()))?;
         let t = build(lake, &catalog, &d).await?;
+        lock.release().await;
         eprintln!("gold: {} ({} rows, version {})", t.table, t.rows, t.version);
         built.push(t);
     }
     Ok(built)
 }
 
-async fn build(lake: &Path, catalog: &Catalog, d: &Definition) -> Result<GoldTable> {
+async fn build(lake: &Lake, catalog: &Catalog, d: &Definition) -> Result<GoldTable> {
     let name = format!("gold.{}", d.name);
     let sha = hex::encode(Sha256::digest(d.sql.as_bytes()));
-    let url = table::table_url(lake, &format!("gold/{}", d.name))?;
+    let url = table::lake_url(lake, &format!("gold/{}", d.name))?;
     let t = table::open(&name, &url).await?;
     if let Some(w) = &d.watermark
         && table::exists(&t)

@@ -25,22 +25,9 @@ pub mod subject;
 
 pub use error::{Error, Result};
 
-use std::path::Path;
-
 use deltalake::DeltaTable;
 
 /// A table's version, -1 before its first commit.
 pub(crate) fn version(t: &DeltaTable) -> i64 {
     t.version().map_or(-1, |v| v as i64)
-}
-
-/// Open the table `name` found at `path` under `lake`.
-pub(crate) async fn open_found(lake: &Path, path: &Path, name: &str) -> Result<DeltaTable> {
-    let relative = path
-        .strip_prefix(lake)
-        .map_err(|_| Error::Other(format!("{name} is outside the lake")))?
-        .to_string_lossy()
-        .into_owned();
-    let url = sluice_connectors::delta::table::table_url(lake, &relative)?;
-    Ok(sluice_connectors::delta::table::open(name, &url).await?)
 }

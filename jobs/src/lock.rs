@@ -21,12 +21,16 @@ pub const LEASE: Duration = Duration::from_secs(6 * 3600);
 
 /// A held lock; released on drop.
 #[derive(Debug)]
-pub enum Lock {
+pub struct Lock(Held);
+
+#[derive(Debug)]
+enum Held {
     File(PathBuf),
     Object {
         store: Arc<dyn ObjectStore>,
         path: object_store::path::Path,
     },
+    Released,
 }
 
 impl Lock {
@@ -58,7 +62,7 @@ impl Lock {
                 )
                 .await;
             match put {
-                Ok(_) => return Ok(Lock::Object { store, path }),
+                Ok(_) => return Ok(Lock(Held::Object { store, path })),
                 Err(object_store::Error::AlreadyExists { .. })
                 | Err(object_store::Error::Precondition { .. }) => {
                     let meta = match store.head(&path).await {
@@ -94,14 +98,17 @@ impl Lock {
         })
     }
 
-    /// Release the lock now (an object-store lock is otherwise released in the background
-    /// when dropped).
+    /// Release the lock now, without blocking a thread on an object store.
     pub async fn release(mut self) {
-        if let Lock::Object { store, path } = &self {
-            let _ = store.delete(path).await;
-            self = Lock::File(PathBuf::new());
+        match std::mem::replace(&mut self.0, Held::Released) {
+            Held::Object { store, path } => {
+                let _ = store.delete(&path).await;
+            }
+            Held::File(path) => {
+                let _ = std::fs::remove_file(path);
+            }
+            Held::Released => {}
         }
-        drop(self);
     }
 
     /// Take the lock `name` of `lake`, or fail naming the process holding it.
@@ -117,7 +124,7 @@ impl Lock {
             {
                 Ok(mut f) => {
                     writeln!(f, "{}", std::process::id()).map_err(|e| Error::io(&path, e))?;
-                    return Ok(Lock::File(path));
+                    return Ok(Lock(Held::File(path)));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     let holder = std::fs::read_to_string(&path).unwrap_or_default();
@@ -152,19 +159,27 @@ fn object_store_create() -> PutOptions {
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        match self {
-            Lock::File(path) if !path.as_os_str().is_empty() => {
+        match std::mem::replace(&mut self.0, Held::Released) {
+            Held::File(path) => {
                 let _ = std::fs::remove_file(path);
             }
-            Lock::File(_) => {}
-            Lock::Object { store, path } => {
-                let (store, path) = (Arc::clone(store), path.clone());
-                if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                    handle.spawn(async move {
-                        let _ = store.delete(&path).await;
-                    });
+            // Dropped on an early return (a failed run): the delete must happen before the
+            // process exits, or the next run waits out the lease.
+            Held::Object { store, path } => {
+                let delete = async move {
+                    let _ = store.delete(&path).await;
+                };
+                match tokio::runtime::Handle::try_current() {
+                    Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                        tokio::task::block_in_place(|| h.block_on(delete));
+                    }
+                    Ok(h) => {
+                        h.spawn(delete);
+                    }
+                    Err(_) => {}
                 }
             }
+            Held::Released => {}
         }
     }
 }

@@ -1,122 +1,155 @@
 //! Physical removal shared by the jobs that must make data unrecoverable (erasure,
 //! anonymisation): the files a commit replaced, files of older versions, and log entries
 //! older than a version, after a checkpoint so the table still opens.
+//!
+//! Everything goes through the table's own object store (a local directory is one too),
+//! so the same code purges a local lake and one in S3, Azure or GCS.
 
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use bytes::Bytes;
 use deltalake::DeltaTable;
+use futures::TryStreamExt as _;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt as _};
 
 use crate::error::{Error, Result};
 
-/// The local file behind a URI delta-rs gives (a `file://` URL or a plain path).
-pub fn local_path(uri: &str) -> Option<PathBuf> {
-    match url::Url::parse(uri) {
-        Ok(u) if u.scheme() == "file" => u.to_file_path().ok(),
-        Ok(_) => None,
-        Err(_) => Some(PathBuf::from(uri)),
-    }
+/// The files of one table, paths relative to its root.
+pub struct TableFiles {
+    name: String,
+    store: Arc<dyn ObjectStore>,
+    /// The table's URL, ending in `/`.
+    url: String,
 }
 
-/// The files the commit at `version` removed (the ones the delete rewrote).
-pub fn replaced_files(root: &Path, version: i64) -> Result<Vec<PathBuf>> {
-    let log = root.join("_delta_log").join(format!("{version:020}.json"));
-    let text = std::fs::read_to_string(&log).map_err(|e| Error::io(&log, e))?;
-    let base = url::Url::from_directory_path(root)
-        .map_err(|()| Error::Other(format!("{} is not an absolute path", root.display())))?;
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let action: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| Error::Other(format!("{}: {e}", log.display())))?;
-        for kind in ["remove", "cdc"] {
-            if let Some(path) = action.get(kind).and_then(|a| a.get("path")?.as_str())
-                && let Some(file) = base.join(path).ok().and_then(|u| u.to_file_path().ok())
-            {
-                out.push(file);
-            }
+impl TableFiles {
+    /// The files of `delta` (named `name` in errors).
+    pub fn of(name: &str, delta: &DeltaTable) -> Self {
+        let mut url = delta.table_url().to_string();
+        if !url.ends_with('/') {
+            url.push('/');
+        }
+        Self {
+            name: name.to_string(),
+            store: delta.log_store().object_store(None),
+            url,
         }
     }
-    Ok(out)
-}
 
-/// Every file under `root`, going into the directories `descend` accepts.
-pub fn files_under(root: &Path, descend: &dyn Fn(&Path) -> bool) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
-            let path = entry.map_err(|e| Error::io(&dir, e))?.path();
-            if path.is_dir() {
-                if descend(&path) {
-                    dirs.push(path);
+    fn failed(&self, e: impl std::fmt::Display) -> Error {
+        Error::Other(format!("{}: {e}", self.name))
+    }
+
+    /// The bytes of `path`.
+    pub async fn read(&self, path: &ObjectPath) -> Result<Bytes> {
+        let got = self.store.get(path).await.map_err(|e| self.failed(e))?;
+        got.bytes().await.map_err(|e| self.failed(e))
+    }
+
+    /// `uri` (as delta-rs gives a file: the table's URL and the file's path) relative to
+    /// the table.
+    pub fn relative(&self, uri: &str) -> Option<ObjectPath> {
+        let rest = uri.strip_prefix(&self.url)?;
+        ObjectPath::from_url_path(rest).ok()
+    }
+
+    /// The data and change-data files the commit at `version` removed (the ones a delete
+    /// or update rewrote).
+    pub async fn replaced_files(&self, version: i64) -> Result<Vec<ObjectPath>> {
+        let log = ObjectPath::from(format!("_delta_log/{version:020}.json"));
+        let bytes = self.read(&log).await?;
+        let text = String::from_utf8_lossy(&bytes);
+        let mut out = Vec::new();
+        for line in text.lines() {
+            let action: serde_json::Value =
+                serde_json::from_str(line).map_err(|e| self.failed(format!("{log}: {e}")))?;
+            for kind in ["remove", "cdc"] {
+                if let Some(path) = action.get(kind).and_then(|a| a.get("path")?.as_str())
+                    && let Ok(file) = ObjectPath::from_url_path(path)
+                {
+                    out.push(file);
                 }
-            } else {
-                out.push(path);
             }
         }
+        Ok(out)
     }
-    Ok(out)
-}
 
-/// Every data file of the table (Parquet outside `_delta_log`).
-pub fn data_files(root: &Path) -> Result<Vec<PathBuf>> {
-    let mut files = files_under(root, &|d| d.file_name().is_some_and(|n| n != "_delta_log"))?;
-    files.retain(|f| f.extension().is_some_and(|e| e == "parquet"));
-    Ok(files)
+    /// Every data file of the table (Parquet outside `_delta_log`), with its metadata.
+    pub async fn data_files(&self) -> Result<Vec<ObjectMeta>> {
+        let all: Vec<ObjectMeta> = self
+            .store
+            .list(None)
+            .try_collect()
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(all
+            .into_iter()
+            .filter(|m| {
+                m.location.as_ref().ends_with(".parquet")
+                    && !m.location.as_ref().starts_with("_delta_log/")
+            })
+            .collect())
+    }
+
+    /// Remove `files` from storage; the number actually removed.
+    pub async fn remove(&self, files: &[ObjectPath]) -> Result<u64> {
+        let mut n = 0;
+        for file in files {
+            match self.store.delete(file).await {
+                Ok(()) => n += 1,
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.failed(e)),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Log entries and checkpoints older than version `before`.
+    pub async fn old_log_files(&self, before: i64) -> Result<Vec<ObjectPath>> {
+        let prefix = ObjectPath::from("_delta_log");
+        let listed: Vec<ObjectMeta> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(listed
+            .into_iter()
+            .filter(|m| {
+                m.location
+                    .filename()
+                    .and_then(log_version)
+                    .is_some_and(|v| v < before)
+            })
+            .map(|m| m.location)
+            .collect())
+    }
+
+    /// Checkpoint the table's version, then remove `old` log files (all older than it).
+    pub async fn checkpoint_and_remove(
+        &self,
+        delta: &DeltaTable,
+        old: &[ObjectPath],
+    ) -> Result<u64> {
+        if old.is_empty() {
+            return Ok(0);
+        }
+        deltalake::protocol::checkpoints::create_checkpoint(delta, None)
+            .await
+            .map_err(Error::delta(&self.name))?;
+        for path in old {
+            self.store.delete(path).await.map_err(|e| self.failed(e))?;
+        }
+        Ok(old.len() as u64)
+    }
 }
 
 /// The version a log file belongs to (`00000000000000000012.json`, `….checkpoint.parquet`).
-pub fn log_version(file: &Path) -> Option<i64> {
-    let name = file.file_name()?.to_str()?;
+pub fn log_version(name: &str) -> Option<i64> {
     let digits = name.get(..20)?;
     digits
         .bytes()
         .all(|b| b.is_ascii_digit())
         .then(|| digits.parse().ok())?
-}
-
-/// Remove `files` from storage; the number actually removed.
-pub fn remove_files(files: &[PathBuf]) -> Result<u64> {
-    let mut n = 0;
-    for file in files {
-        match std::fs::remove_file(file) {
-            Ok(()) => n += 1,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(file, e)),
-        }
-    }
-    Ok(n)
-}
-
-/// Log entries and checkpoints of `root` older than version `before` that `remove` picks.
-pub fn old_log_files(
-    root: &Path,
-    before: i64,
-    remove: &mut dyn FnMut(&Path) -> Result<bool>,
-) -> Result<Vec<PathBuf>> {
-    let dir = root.join("_delta_log");
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
-        let path = entry.map_err(|e| Error::io(&dir, e))?.path();
-        let Some(v) = log_version(&path) else {
-            continue;
-        };
-        if v < before && path.is_file() && remove(&path)? {
-            out.push(path);
-        }
-    }
-    Ok(out)
-}
-
-/// Checkpoint the table's version, then remove `old` log files (all older than it).
-pub async fn checkpoint_and_remove(name: &str, delta: &DeltaTable, old: &[PathBuf]) -> Result<u64> {
-    if old.is_empty() {
-        return Ok(0);
-    }
-    deltalake::protocol::checkpoints::create_checkpoint(delta, None)
-        .await
-        .map_err(Error::delta(name))?;
-    for path in old {
-        std::fs::remove_file(path).map_err(|e| Error::io(path, e))?;
-    }
-    Ok(old.len() as u64)
 }

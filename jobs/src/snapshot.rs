@@ -26,6 +26,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sluice_connectors::delta::table;
+use sluice_pipeline::lake::Lake;
 use sluice_pipeline::snapshot::SnapshotConfig;
 use sluice_sql::Catalog;
 
@@ -94,10 +95,11 @@ impl Snapshot {
 /// Take the snapshot of `lake` and record it; `keys` gives the key of tables that have one
 /// (silver tables, from their config), for the difference with the previous snapshot.
 pub async fn snapshot(
-    lake: &Path,
+    lake: impl Into<Lake>,
     config: &SnapshotConfig,
     keys: &BTreeMap<String, Vec<String>>,
 ) -> Result<Snapshot> {
+    let lake = &lake.into();
     let taken_at = chrono::Utc::now().timestamp_micros();
     let catalog = Catalog::open(lake)
         .await
@@ -167,13 +169,13 @@ pub async fn snapshot(
                 continue;
             };
             let key = keys.get(&t.table).cloned().unwrap_or_default();
-            let path = catalog
+            let url = catalog
                 .tables()
                 .iter()
                 .find(|r| r.qualified() == t.table)
-                .map(|r| r.path.clone())
+                .map(|r| r.url.clone())
                 .ok_or_else(|| Error::Other(format!("{} left the lake", t.table)))?;
-            snapshot.diffs.push(diff(&path, &id, prev, t, key).await?);
+            snapshot.diffs.push(diff(&url, &id, prev, t, key).await?);
         }
     }
     if let Some(dir) = &config.export_to {
@@ -231,12 +233,10 @@ async fn previous(catalog: &Catalog) -> Result<Option<(String, BTreeMap<String, 
 /// Rows of a table at one version, by digest: key → row when keyed, row → count otherwise.
 type RowMap = HashMap<u64, u64>;
 
-async fn row_map(path: &Path, version: i64, key: &[String]) -> Result<RowMap> {
+async fn row_map(url: &url::Url, version: i64, key: &[String]) -> Result<RowMap> {
     use deltalake::datafusion::prelude::SessionContext;
-    let url = url::Url::from_directory_path(path)
-        .map_err(|()| Error::Other(format!("{} is not an absolute path", path.display())))?;
-    let name = path.display().to_string();
-    let table = deltalake::open_table_with_version(url, version.max(0) as u64)
+    let name = url.to_string();
+    let table = deltalake::open_table_with_version(url.clone(), version.max(0) as u64)
         .await
         .map_err(Error::delta(&name))?;
     let ctx = SessionContext::new();
@@ -298,7 +298,7 @@ fn compare(before: &RowMap, after: &RowMap, keyed: bool) -> (i64, Option<i64>, i
 }
 
 async fn diff(
-    path: &Path,
+    url: &url::Url,
     previous_snapshot: &str,
     prev: &TableSnapshot,
     now: &TableSnapshot,
@@ -317,7 +317,7 @@ async fn diff(
     if prev.checksum == now.checksum && prev.rows == now.rows {
         return Ok(d);
     }
-    let before = match row_map(path, prev.version, &d.key).await {
+    let before = match row_map(url, prev.version, &d.key).await {
         Ok(m) => m,
         Err(e) => {
             tracing::warn!(table = %now.table, version = prev.version, error = %e, "previous version unreadable");
@@ -329,7 +329,7 @@ async fn diff(
             return Ok(d);
         }
     };
-    let after = row_map(path, now.version, &d.key).await?;
+    let after = row_map(url, now.version, &d.key).await?;
     let (added, changed, removed) = compare(&before, &after, !d.key.is_empty());
     d.rows_added = added;
     d.rows_changed = changed;
@@ -471,7 +471,7 @@ fn schema() -> SchemaRef {
 }
 
 /// Append the snapshot's rows to `_sluice/snapshots`.
-async fn record(lake: &Path, s: &Snapshot) -> Result<()> {
+async fn record(lake: &Lake, s: &Snapshot) -> Result<()> {
     let n = s.tables.len() + s.invariants.len();
     if n == 0 {
         return Ok(());
@@ -515,7 +515,7 @@ async fn record(lake: &Path, s: &Snapshot) -> Result<()> {
             Arc::new(StringArray::from(keys)),
         ],
     )?;
-    let url = table::table_url(lake, SNAPSHOTS)?;
+    let url = table::lake_url(lake, SNAPSHOTS)?;
     table::append_record(SNAPSHOTS, &url, &schema(), batch).await?;
     Ok(())
 }
@@ -541,7 +541,7 @@ fn diff_schema() -> SchemaRef {
 }
 
 /// Append the snapshot's differences to `_sluice/snapshot_diffs`.
-async fn record_diffs(lake: &Path, s: &Snapshot) -> Result<()> {
+async fn record_diffs(lake: &Lake, s: &Snapshot) -> Result<()> {
     let n = s.diffs.len();
     if n == 0 {
         return Ok(());
@@ -575,7 +575,7 @@ async fn record_diffs(lake: &Path, s: &Snapshot) -> Result<()> {
             )),
         ],
     )?;
-    let url = table::table_url(lake, DIFFS)?;
+    let url = table::lake_url(lake, DIFFS)?;
     table::append_record(DIFFS, &url, &diff_schema(), batch).await?;
     Ok(())
 }

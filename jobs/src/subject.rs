@@ -3,8 +3,6 @@
 //! columns, words of free text, opened dead letters), in Parquet files and in raw bytes.
 
 use std::collections::HashSet;
-use std::fs::File;
-use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StructArray};
@@ -246,12 +244,11 @@ impl Subject {
         }
     }
 
-    /// Occurrences in the Parquet file at `path` whose bytes (already read) are `bytes`,
-    /// every value decoded.
-    pub fn count_in_parquet(&self, path: &Path, bytes: Vec<u8>) -> Result<usize> {
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+    /// Occurrences in the Parquet file `name` whose bytes are `bytes`, every value decoded.
+    pub fn count_in_parquet(&self, name: &str, bytes: bytes::Bytes) -> Result<usize> {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
             .and_then(|b| b.build())
-            .map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
+            .map_err(|e| Error::Other(format!("{name}: {e}")))?;
         let mut n = 0;
         for batch in reader {
             n += self.count_in_batch(&batch?)?;
@@ -352,12 +349,17 @@ impl Lookup {
         Ok(hit)
     }
 
-    /// Whether any row of the Parquet file at `path` holds the subject.
-    pub fn file_holds(&self, subject: &Subject, path: &Path) -> Result<bool> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+    /// Whether any row of the Parquet file `name`, whose bytes are `bytes`, holds the
+    /// subject.
+    pub fn holds_in(
+        &self,
+        subject: &Subject,
+        name: &impl std::fmt::Display,
+        bytes: bytes::Bytes,
+    ) -> Result<bool> {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
             .and_then(|b| b.build())
-            .map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
+            .map_err(|e| Error::Other(format!("{name}: {e}")))?;
         for batch in reader {
             if self.mask(subject, &batch?)?.true_count() > 0 {
                 return Ok(true);

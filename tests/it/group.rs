@@ -7,10 +7,9 @@ use crate::harness::{
     Broker, Mock, Tansu, Workdir, assert_exactly_once, produce, terminate, wait_until,
 };
 
-fn two_processes_split_the_partitions(broker: &dyn Broker) {
-    broker.create_topic("events", 4);
-    let w = Workdir::new();
-    w.write_config(broker, "grp", &["events"], "");
+/// Two `sluice run` processes of `w` in one consumer group ingest 20,000 messages of the
+/// 4-partition topic `events`; every message lands exactly once. Their JSON summaries.
+pub(crate) fn two_processes_ingest(broker: &dyn Broker, w: &Workdir) -> Vec<serde_json::Value> {
     let spawn = || {
         w.sluice(&["run", "--format", "json"])
             .stdout(Stdio::piped())
@@ -27,7 +26,7 @@ fn two_processes_split_the_partitions(broker: &dyn Broker) {
     });
     terminate(&a);
     terminate(&b);
-    let summaries: Vec<serde_json::Value> = [a, b]
+    let summaries = [a, b]
         .into_iter()
         .map(|c| {
             let out = c.wait_with_output().expect("wait");
@@ -35,6 +34,15 @@ fn two_processes_split_the_partitions(broker: &dyn Broker) {
             serde_json::from_slice(&out.stdout).expect("summary json")
         })
         .collect();
+    assert_exactly_once(w, "bronze.events", "events", 4, 20_000);
+    summaries
+}
+
+fn two_processes_split_the_partitions(broker: &dyn Broker) {
+    broker.create_topic("events", 4);
+    let w = Workdir::new();
+    w.write_config(broker, "grp", &["events"], "");
+    let summaries = two_processes_ingest(broker, &w);
     let per_process: Vec<u64> = summaries
         .iter()
         .map(|s| s["rows"].as_u64().expect("rows"))
@@ -44,7 +52,6 @@ fn two_processes_split_the_partitions(broker: &dyn Broker) {
         "both processes must ingest: {per_process:?}"
     );
     assert_eq!(per_process.iter().sum::<u64>(), 20_000, "{per_process:?}");
-    assert_exactly_once(&w, "bronze.events", "events", 4, 20_000);
 }
 
 #[test]

@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::duckdb::python;
-use crate::harness::{Broker, Mock, Workdir, assert_exactly_once, produce, terminate, wait_until};
+use crate::group::two_processes_ingest;
+use crate::harness::{Broker, Mock, Workdir};
 
 /// An object store server the tests write a lake to.
 trait Store {
@@ -262,31 +263,13 @@ fn two_processes_share_a_lake_exactly_once(store: &dyn Store, bucket: &str) {
     let broker = Mock::start();
     broker.create_topic("events", 4);
     let w = workdir(store, &broker, bucket, &["events"]);
-    let spawn = || {
-        w.sluice(&["run", "--format", "json"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn")
-    };
-    let a = spawn();
-    let b = spawn();
-    std::thread::sleep(Duration::from_secs(4));
-    produce(&broker, "events", 0, 20_000);
-    wait_until(Duration::from_secs(180), "all rows landed", || {
-        w.count("bronze.events") >= 20_000
-    });
-    terminate(&a);
-    terminate(&b);
-    let mut commits = 0;
-    for c in [a, b] {
-        let out = c.wait_with_output().expect("wait");
-        assert!(out.status.success(), "run exited {}", out.status);
-        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("summary");
-        commits += summary["commits"].as_u64().expect("commits");
-    }
-    assert!(commits >= 2, "both processes committed to the one table");
     // Every message once, though both wrote the same table through conditional puts.
-    assert_exactly_once(&w, "bronze.events", "events", 4, 20_000);
+    let summaries = two_processes_ingest(&broker, &w);
+    let commits: u64 = summaries
+        .iter()
+        .map(|s| s["commits"].as_u64().expect("commits"))
+        .sum();
+    assert!(commits >= 2, "both processes committed to the one table");
     let keys = store.keys(bucket, "lake/bronze/events/_delta_log/");
     assert!(
         keys.iter().filter(|k| k.ends_with(".json")).count() as u64 > commits,
@@ -313,7 +296,7 @@ fn two_processes_share_an_azure_lake_exactly_once() {
 }
 
 #[test]
-fn the_demo_lands_in_s3_resumes_there_and_is_maintained_there() {
+fn the_demo_lands_in_s3_resumes_there_and_every_job_runs_there() {
     let Some(s3) = S3::start("bank") else {
         return;
     };
@@ -364,35 +347,69 @@ fn the_demo_lands_in_s3_resumes_there_and_is_maintained_there() {
         .and_then(|l| l.trim().parse().ok())
         .expect("a count");
     assert!(n > 1_000, "{stdout}");
-    // Maintenance runs there, under locks that are objects, and records its run.
-    let (code, stdout, stderr) = demo(&["job", "maintain", "--lake", "s3://bank/lake"]);
+    // The batch jobs run there too, under locks that are objects, and record their runs.
+    let config = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["demo", "--print-config"])
+        .output()
+        .expect("config");
+    std::fs::write(dir.path().join("demo.toml"), &config.stdout).expect("config");
+    std::os::unix::fs::symlink(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/sql"),
+        dir.path().join("sql"),
+    )
+    .expect("the gold definitions");
+    let job = |args: &[&str]| {
+        let mut all = vec!["--config", "demo.toml", "--lake", "s3://bank/lake"];
+        all.extend_from_slice(args);
+        demo(&all)
+    };
+    let (code, stdout, stderr) = job(&["job", "maintain"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("silver.customers"), "{stdout}");
+    let (code, stdout, stderr) = job(&["job", "gold"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("gold.daily_spend_by_segment"), "{stdout}");
+    let (code, _, stderr) = job(&["job", "snapshot"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    // Erasure: found before, purged from the bucket's files and logs, clean after.
+    let (code, _, stderr) = job(&["job", "erase", "--verify", "C0000002"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    let (code, stdout, stderr) = job(&["job", "erase", "--request-id", "S3-1", "C0000002"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("S3-1") && stdout.contains("erased"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("erase: keys.subjects: 1 rows removed"),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = job(&["job", "erase", "--verify", "C0000002"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("0 occurrences") || stderr.contains("0 occurrences"),
+        "{stdout}{stderr}"
+    );
+    let (code, _, stderr) = job(&["job", "anonymise"]);
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(
         s3.keys("bank", "lake/_sluice/locks/").is_empty(),
         "locks are released"
     );
-    let (code, stdout, stderr) = demo(&["audit", "verify", "--lake", "s3://bank/lake"]);
+    let (code, stdout, stderr) = job(&["audit", "verify"]);
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(stdout.contains("1 runs, chain intact"), "{stdout}");
+    assert!(stdout.contains("7 runs, chain intact"), "{stdout}");
     // A lock held by another run (another host) is respected.
     s3.boto(
         "s3.put_object(Bucket='bank', Key='lake/_sluice/locks/maintain_silver_customers.lock', \
          Body=b'other-host:42 since 2026-11-23T00:00:00Z')",
     );
-    let (code, _, stderr) = demo(&["job", "maintain", "--lake", "s3://bank/lake"]);
+    let (code, _, stderr) = job(&["job", "maintain"]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains(
             "another run holds the lock 'maintain.silver.customers' (process other-host:42"
         ),
-        "{stderr}"
-    );
-    // The jobs that purge files directly say they need a local lake, exit 2.
-    let (code, _, stderr) = demo(&["job", "snapshot", "--lake", "s3://bank/lake"]);
-    assert_eq!(code, Some(2), "{stderr}");
-    assert!(
-        stderr.contains("works on a local lake") && stderr.contains("s3://bank/lake/"),
         "{stderr}"
     );
     assert!(!dir.path().join("lake").exists());

@@ -76,6 +76,11 @@ pub fn lake_store(root: &url::Url) -> Result<std::sync::Arc<dyn deltalake::Objec
     Ok(store.object_store(None))
 }
 
+/// The object store of a lake (or any location: a directory too), paths relative to it.
+pub fn lake_root_store(lake: &Lake) -> Result<std::sync::Arc<dyn deltalake::ObjectStore>> {
+    lake_store(&lake_url(lake, "")?)
+}
+
 /// `<lake>/<relative>` as a table URL, creating the directory.
 pub fn table_url(lake: &Path, relative: &str) -> Result<url::Url> {
     let path = lake.join(relative);
