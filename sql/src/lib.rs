@@ -76,8 +76,6 @@ pub struct TableRef {
     /// SQL schema (`bronze`, `silver`, `gold`, `sluice`).
     pub schema: String,
     pub name: String,
-    /// The directory, in a local lake (in an object store: the path under the bucket).
-    pub path: PathBuf,
     /// The table's URL (`file://…` or the object store's).
     pub url: url::Url,
 }
@@ -120,7 +118,6 @@ pub fn find_tables(lake: &Path) -> Result<Vec<TableRef>> {
                 schema: schema.to_string(),
                 name,
                 url: url_for(&abs)?,
-                path,
             });
         }
     }
@@ -170,7 +167,6 @@ pub async fn find_tables_in(lake: &Lake) -> Result<Vec<TableRef>> {
             out.push(TableRef {
                 schema: schema.to_string(),
                 name,
-                path: PathBuf::from(url.path()),
                 url,
             });
         }
