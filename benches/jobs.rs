@@ -161,10 +161,11 @@ async fn files(lake: &Path) -> BTreeMap<String, u64> {
         let url = table::table_url(lake, relative).expect("url");
         let t = table::open(relative, &url).await.expect("open");
         for uri in t.get_file_uris().expect("files") {
-            let path = url::Url::parse(&uri)
-                .ok()
-                .and_then(|u| u.to_file_path().ok())
-                .expect("local file");
+            // A `file://` URL, or a plain path.
+            let path = match url::Url::parse(&uri) {
+                Ok(u) => u.to_file_path().expect("local file"),
+                Err(_) => std::path::PathBuf::from(&uri),
+            };
             let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             out.insert(uri, bytes);
         }
