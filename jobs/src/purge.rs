@@ -47,11 +47,15 @@ impl TableFiles {
         got.bytes().await.map_err(|e| self.failed(e))
     }
 
-    /// `uri` (as delta-rs gives a file: the table's URL and the file's path) relative to
-    /// the table.
+    /// `uri` (as delta-rs gives a file: the table's URL and the file's path, or for a
+    /// local table a plain path) relative to the table.
     pub fn relative(&self, uri: &str) -> Option<ObjectPath> {
-        let rest = uri.strip_prefix(&self.url)?;
-        ObjectPath::from_url_path(rest).ok()
+        if let Some(rest) = uri.strip_prefix(&self.url) {
+            return ObjectPath::from_url_path(rest).ok();
+        }
+        let root = url::Url::parse(&self.url).ok()?.to_file_path().ok()?;
+        let rest = std::path::Path::new(uri).strip_prefix(&root).ok()?;
+        Some(ObjectPath::from(rest.to_str()?))
     }
 
     /// The data and change-data files the commit at `version` removed (the ones a delete
@@ -152,4 +156,53 @@ pub fn log_version(name: &str) -> Option<i64> {
         .bytes()
         .all(|b| b.is_ascii_digit())
         .then(|| digits.parse().ok())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, RecordBatch};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use sluice_connectors::delta::table;
+
+    #[tokio::test]
+    async fn every_current_file_is_known_by_the_name_the_store_lists() {
+        let dir = tempfile::tempdir().expect("dir");
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
+        let url = table::table_url(dir.path(), "bronze/t").expect("url");
+        for n in 0..2 {
+            let batch = RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![Arc::new(Int64Array::from(vec![n]))],
+            )
+            .expect("batch");
+            table::append_record("t", &url, &schema, batch)
+                .await
+                .expect("append");
+        }
+        let delta = table::open("t", &url).await.expect("open");
+        let files = TableFiles::of("t", &delta);
+        let listed: Vec<ObjectPath> = files
+            .data_files()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|m| m.location)
+            .collect();
+        let current: Vec<ObjectPath> = delta
+            .get_file_uris()
+            .expect("uris")
+            .map(|u| {
+                files
+                    .relative(&u)
+                    .unwrap_or_else(|| panic!("{u} is not under the table"))
+            })
+            .collect();
+        assert_eq!(current.len(), 2);
+        for c in &current {
+            assert!(listed.contains(c), "{c} not among {listed:?}");
+        }
+    }
 }
