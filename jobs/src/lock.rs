@@ -37,7 +37,7 @@ impl Lock {
     /// Take the lock `name` of `lake` (local or object store).
     pub async fn acquire_in(lake: &Lake, name: &str) -> Result<Self> {
         let root = match lake {
-            Lake::Local(dir) => return Self::acquire(dir, name),
+            Lake::Local(dir) => return Self::acquire_file(dir, name),
             Lake::ObjectStore(root) => root,
         };
         let store = sluice_connectors::delta::table::lake_store(root)?;
@@ -111,8 +111,8 @@ impl Lock {
         }
     }
 
-    /// Take the lock `name` of `lake`, or fail naming the process holding it.
-    pub fn acquire(lake: &Path, name: &str) -> Result<Self> {
+    /// Take the lock file `name` of the local `lake`, or fail naming the process holding it.
+    fn acquire_file(lake: &Path, name: &str) -> Result<Self> {
         let dir = crate::runs::locks_dir(lake);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let path = dir.join(format!("{}.lock", name.replace(['/', '.'], "_")));
@@ -191,14 +191,14 @@ mod tests {
     #[test]
     fn a_second_run_is_refused_while_the_first_holds_the_lock() {
         let lake = tempfile::tempdir().expect("tmp");
-        let first = Lock::acquire(lake.path(), "maintain.bronze.t").expect("first");
-        let second = Lock::acquire(lake.path(), "maintain.bronze.t").expect_err("held");
+        let first = Lock::acquire_file(lake.path(), "maintain.bronze.t").expect("first");
+        let second = Lock::acquire_file(lake.path(), "maintain.bronze.t").expect_err("held");
         assert!(second.to_string().contains(&std::process::id().to_string()));
         drop(first);
-        Lock::acquire(lake.path(), "maintain.bronze.t").expect("released");
+        Lock::acquire_file(lake.path(), "maintain.bronze.t").expect("released");
         // A lock left by a process that is gone is taken over.
         let dir = crate::runs::locks_dir(lake.path());
         std::fs::write(dir.join("maintain_bronze_t.lock"), "4000000000\n").expect("stale");
-        Lock::acquire(lake.path(), "maintain.bronze.t").expect("stale lock taken over");
+        Lock::acquire_file(lake.path(), "maintain.bronze.t").expect("stale lock taken over");
     }
 }

@@ -32,9 +32,19 @@ impl Broker for Mock {
     }
 }
 
+/// A child process (a server the test started), killed and reaped when dropped.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A real broker process: tansu with in-memory storage, on a free loopback port.
 pub struct Tansu {
-    child: Child,
+    _child: KillOnDrop,
     url: String,
     bootstrap: String,
 }
@@ -76,17 +86,10 @@ impl Tansu {
             std::thread::sleep(Duration::from_millis(100));
         }
         Some(Tansu {
-            child,
+            _child: KillOnDrop(child),
             url,
             bootstrap: format!("127.0.0.1:{port}"),
         })
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

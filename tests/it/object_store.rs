@@ -5,12 +5,12 @@
 //! processes share one lake exactly once, in each store.
 
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::duckdb::python;
 use crate::group::two_processes_ingest;
-use crate::harness::{Broker, Mock, Workdir};
+use crate::harness::{Broker, KillOnDrop, Mock, Workdir};
 
 /// An object store server the tests write a lake to.
 trait Store {
@@ -54,16 +54,9 @@ fn run_python(python: &str, script: &str) -> String {
 
 /// A moto S3 server on a free port, with one bucket; stopped on drop.
 struct S3 {
-    child: Child,
+    _child: KillOnDrop,
     endpoint: String,
     python: String,
-}
-
-impl Drop for S3 {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl S3 {
@@ -86,7 +79,7 @@ impl S3 {
                 )
             });
         let s3 = S3 {
-            child,
+            _child: KillOnDrop(child),
             endpoint: format!("http://127.0.0.1:{port}"),
             python,
         };
@@ -138,17 +131,10 @@ impl Store for S3 {
 
 /// Azurite's Blob service on a free port, with one container; stopped on drop.
 struct Azurite {
-    child: Child,
+    _child: KillOnDrop,
     endpoint: String,
     python: String,
     _data: tempfile::TempDir,
-}
-
-impl Drop for Azurite {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Azurite's well-known development account.
@@ -198,7 +184,7 @@ impl Azurite {
             .spawn()
             .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
         let az = Azurite {
-            child,
+            _child: KillOnDrop(child),
             endpoint: format!("http://127.0.0.1:{port}"),
             python,
             _data: data,

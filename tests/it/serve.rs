@@ -4,9 +4,10 @@
 //! user and as a role.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
 use crate::erase::{Demo, demo};
+use crate::harness::KillOnDrop;
 
 const USERS_MARK: &str = "\n# serve test\n";
 const USERS: &str = r#"
@@ -28,15 +29,8 @@ password_env = "SLUICE_TEST_PASSWORD_ANA"
 "#;
 
 struct Server {
-    child: Child,
+    _child: KillOnDrop,
     port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// `sluice serve` on a free port, with the two users' passwords in its environment;
@@ -73,7 +67,10 @@ fn serve(d: &Demo, extra: &str) -> Server {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no port in {line:?}"));
-    Server { child, port }
+    Server {
+        _child: KillOnDrop(child),
+        port,
+    }
 }
 
 /// Debian's psql; outside CI the test skips without it.
