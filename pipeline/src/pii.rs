@@ -36,9 +36,16 @@ use crate::config::{Config, LINEAGE_COLUMNS, Problem};
 use crate::lake::Lake;
 
 /// `[pii]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct PiiConfig {
+    /// Longest value (bytes) an action that reads values — hash, tokenize, encrypt,
+    /// encrypt_fpe, redact — processes; a longer one makes its row a dead letter at stage
+    /// `transform`, so no value costs more than a bounded amount of work.
+    pub max_value_bytes: usize,
+    /// Most digits `encrypt_fpe` encrypts in one value (its cost grows with the square of
+    /// the digits beyond 38); more make the row a dead letter at stage `transform`.
+    pub max_fpe_digits: usize,
     /// Named secrets, by key id (letters and digits).
     pub keys: BTreeMap<String, KeyConfig>,
     /// What happens to the raw bytes of dead letters when a policy is set.
@@ -53,6 +60,21 @@ pub struct PiiConfig {
     /// `encrypt` rules; default `<lake>/_keys/subjects`. Keep it out of the lake's
     /// backups: a restored key would undo an erasure.
     pub subject_keys: Option<String>,
+}
+
+impl Default for PiiConfig {
+    fn default() -> Self {
+        Self {
+            max_value_bytes: 64 * 1024,
+            max_fpe_digits: 64,
+            keys: BTreeMap::new(),
+            dead_letters: DeadLetterMode::default(),
+            dead_letter_key: None,
+            tables: BTreeMap::new(),
+            topics: BTreeMap::new(),
+            subject_keys: None,
+        }
+    }
 }
 
 /// Where a secret comes from: exactly one of `env` and `file`.
@@ -291,6 +313,18 @@ impl Config {
     pub(crate) fn validate_pii(&self) -> Vec<Problem> {
         let mut p = Vec::new();
         let pii = &self.pii;
+        if pii.max_value_bytes == 0 {
+            p.push(Problem::new(
+                "pii.max_value_bytes",
+                "must be greater than 0",
+            ));
+        }
+        if pii.max_fpe_digits < 7 {
+            p.push(Problem::new(
+                "pii.max_fpe_digits",
+                "must be at least 7 (a card number's body needs six digits and its check digit)",
+            ));
+        }
         for (id, k) in &pii.keys {
             let at = format!("pii.keys.{id}");
             if !is_key_id(id) {

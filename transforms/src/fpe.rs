@@ -31,6 +31,11 @@ use crate::path::{ColumnPath, check, column_at, map_column};
 /// Fewest digits FF1 encrypts with radix 10 (10^6 = the minimum domain size).
 pub const MIN_DIGITS: usize = 6;
 
+/// Most digits encrypted in one value unless configured otherwise (`pii.max_fpe_digits`):
+/// beyond 38 digits FF1 runs on big integers and its cost grows with the square of the
+/// length, so a hostile value of 200,000 digits would take a minute.
+pub const DEFAULT_MAX_DIGITS: usize = 64;
+
 /// Which digits are encrypted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FpeFormat {
@@ -147,6 +152,7 @@ impl NumeralString for Decimal {
 pub struct Ff1Cipher {
     ff1: Arc<FF1<Aes256>>,
     format: FpeFormat,
+    max_digits: usize,
 }
 
 impl std::fmt::Debug for Ff1Cipher {
@@ -161,6 +167,7 @@ impl std::fmt::Debug for Ff1Cipher {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FpeError {
     TooFewDigits { digits: usize, min: usize },
+    TooManyDigits { digits: usize, max: usize },
 }
 
 impl std::fmt::Display for FpeError {
@@ -170,6 +177,9 @@ impl std::fmt::Display for FpeError {
                 f,
                 "{digits} digit(s) to encrypt; format-preserving encryption needs at least {min}"
             ),
+            FpeError::TooManyDigits { digits, max } => {
+                write!(f, "{digits} digits to encrypt; pii.max_fpe_digits is {max}")
+            }
         }
     }
 }
@@ -199,7 +209,14 @@ impl Ff1Cipher {
         Self {
             ff1: Arc::new(ff1),
             format,
+            max_digits: DEFAULT_MAX_DIGITS,
         }
+    }
+
+    /// The same cipher, refusing values with more than `max` digits.
+    pub fn with_max_digits(mut self, max: usize) -> Self {
+        self.max_digits = max;
+        self
     }
 
     fn min_digits(&self) -> usize {
@@ -212,7 +229,12 @@ impl Ff1Cipher {
     /// Whether `value` can be encrypted.
     pub fn check(&self, value: &str) -> std::result::Result<(), FpeError> {
         let digits = value.bytes().filter(u8::is_ascii_digit).count();
-        if digits == 0 || digits >= self.min_digits() {
+        if digits > self.max_digits {
+            Err(FpeError::TooManyDigits {
+                digits,
+                max: self.max_digits,
+            })
+        } else if digits == 0 || digits >= self.min_digits() {
             Ok(())
         } else {
             Err(FpeError::TooFewDigits {
@@ -396,6 +418,37 @@ mod tests {
         assert!(s.value(0).starts_with('+') && s.value(0).chars().nth(3) == Some(' '));
         assert_ne!(s.value(0), "+44 7700 900123");
         assert!(s.is_null(1));
+    }
+
+    #[test]
+    fn values_with_too_many_digits_are_rejected_before_any_work() {
+        let t = EncryptFpe {
+            path: ColumnPath::parse("n").expect("path"),
+            cipher: Ff1Cipher::new(SECRET, FpeFormat::Digits).with_max_digits(64),
+            memo: Memo::default(),
+        };
+        let huge = "9".repeat(200_000);
+        let b = RecordBatch::try_from_iter([(
+            "n",
+            Arc::new(StringArray::from(vec![
+                Some(huge.as_str()),
+                Some(&huge[..64]),
+                Some(&huge[..65]),
+            ])) as ArrayRef,
+        )])
+        .expect("batch");
+        let rejected = t.reject(&b).expect("reject");
+        assert_eq!(
+            rejected.iter().map(|r| r.0).collect::<Vec<_>>(),
+            vec![0, 2],
+            "64 digits pass, 65 and 200,000 do not"
+        );
+        assert!(
+            rejected[0].1.contains("pii.max_fpe_digits"),
+            "{}",
+            rejected[0].1
+        );
+        assert!(t.cipher.encrypt(&huge[..64]).is_ok());
     }
 
     proptest! {

@@ -37,30 +37,47 @@ pub struct Generalize {
 
 const DAYS_FROM_CE_TO_EPOCH: i32 = 719_163;
 
-fn truncate_days(days: i32, to: Generalization) -> i32 {
+/// Days since the epoch cut to the first of their year or month; `None` beyond the
+/// calendar's range (such rows are rejected).
+fn truncate_days(days: i32, to: Generalization) -> Option<i32> {
     use chrono::Datelike;
-    let Some(d) = chrono::NaiveDate::from_num_days_from_ce_opt(days + DAYS_FROM_CE_TO_EPOCH) else {
-        return days;
-    };
+    let d = chrono::NaiveDate::from_num_days_from_ce_opt(days.checked_add(DAYS_FROM_CE_TO_EPOCH)?)?;
     let first = match to {
         Generalization::Year => d.with_day(1).and_then(|d| d.with_month(1)),
         _ => d.with_day(1),
-    };
-    first.map_or(days, |f| f.num_days_from_ce() - DAYS_FROM_CE_TO_EPOCH)
+    }?;
+    Some(first.num_days_from_ce() - DAYS_FROM_CE_TO_EPOCH)
 }
 
-/// The outward code of a UK postcode: everything before the last three characters.
+/// An epoch timestamp in units of which `per_day` make a day, cut the same way.
+fn truncate_timestamp(v: i64, per_day: i64, to: Generalization) -> Option<i64> {
+    let days = i32::try_from(v.div_euclid(per_day)).ok()?;
+    i64::from(truncate_days(days, to)?).checked_mul(per_day)
+}
+
+fn per_day(unit: TimeUnit) -> i64 {
+    match unit {
+        TimeUnit::Second => 86_400,
+        TimeUnit::Millisecond => 86_400_000,
+        TimeUnit::Microsecond => 86_400_000_000,
+        TimeUnit::Nanosecond => 86_400_000_000_000,
+    }
+}
+
+/// The outward code of a UK postcode: everything before the last three characters
+/// (characters, not bytes: any text may arrive in a postcode field).
 pub fn outward_code(postcode: &str) -> String {
-    let compact: String = postcode
+    let compact: Vec<char> = postcode
         .chars()
         .filter(|c| !c.is_whitespace())
-        .collect::<String>()
-        .to_uppercase();
-    if compact.len() > 3 {
-        compact[..compact.len() - 3].to_string()
+        .flat_map(char::to_uppercase)
+        .collect();
+    let keep = if compact.len() > 3 {
+        compact.len() - 3
     } else {
-        compact
-    }
+        compact.len()
+    };
+    compact[..keep].iter().collect()
 }
 
 /// An ISO-8601 date or timestamp in text (`1985-07-23`, `1985-07-23T10:00:00Z`) cut to
@@ -96,23 +113,19 @@ impl Generalize {
         let err = |e| arrow_error("generalize", e);
         Ok(match (to, a.data_type()) {
             (Generalization::Year | Generalization::Month, DataType::Date32) => {
+                // Out-of-range dates were rejected; the fallback is never reached.
                 let d: Date32Array = a
                     .as_primitive::<Date32Type>()
-                    .unary(|v| truncate_days(v, to));
+                    .unary(|v| truncate_days(v, to).unwrap_or(i32::MIN));
                 Arc::new(d)
             }
             (Generalization::Year | Generalization::Month, DataType::Timestamp(unit, _)) => {
                 // On the epoch integers: to whole days, truncate, back; type and zone kept.
-                let per_day: i64 = match unit {
-                    TimeUnit::Second => 86_400,
-                    TimeUnit::Millisecond => 86_400_000,
-                    TimeUnit::Microsecond => 86_400_000_000,
-                    TimeUnit::Nanosecond => 86_400_000_000_000,
-                };
+                let per_day = per_day(*unit);
                 let raw = cast(a, &DataType::Int64).map_err(err)?;
                 let out: Int64Array = raw
                     .as_primitive::<arrow::datatypes::Int64Type>()
-                    .unary(|v| truncate_days(v.div_euclid(per_day) as i32, to) as i64 * per_day);
+                    .unary(|v| truncate_timestamp(v, per_day, to).unwrap_or(i64::MIN));
                 let data = out
                     .into_data()
                     .into_builder()
@@ -126,7 +139,7 @@ impl Generalize {
                 let w = w.max(1.0) as i64;
                 let out: Int64Array = v
                     .as_primitive::<arrow::datatypes::Int64Type>()
-                    .unary(|x| x.div_euclid(w) * w);
+                    .unary(|x| x.div_euclid(w).saturating_mul(w));
                 cast(&(Arc::new(out) as ArrayRef), dt).map_err(err)?
             }
             (Generalization::Bucket(w), dt) => {
@@ -172,11 +185,46 @@ impl Transform for Generalize {
     }
     fn reject(&self, batch: &RecordBatch) -> Result<Vec<(usize, String)>> {
         // Dates in text must look like dates; anything else would be kept as it is.
+        // Dates and timestamps must lie in the calendar's range.
         let column = column_at(batch, &self.path, self.name())?;
-        if !matches!(self.to, Generalization::Year | Generalization::Month)
-            || column.data_type() != &DataType::Utf8
-        {
+        if !matches!(self.to, Generalization::Year | Generalization::Month) {
             return Ok(Vec::new());
+        }
+        let out_of_range = |i: usize| {
+            (
+                i,
+                format!(
+                    "column '{}' holds a date beyond the calendar's range",
+                    self.path
+                ),
+            )
+        };
+        match column.data_type() {
+            DataType::Date32 => {
+                return Ok(column
+                    .as_primitive::<Date32Type>()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| v.is_some_and(|v| truncate_days(v, self.to).is_none()))
+                    .map(|(i, _)| out_of_range(i))
+                    .collect());
+            }
+            DataType::Timestamp(unit, _) => {
+                let per_day = per_day(*unit);
+                let raw =
+                    cast(&column, &DataType::Int64).map_err(|e| arrow_error("generalize", e))?;
+                return Ok(raw
+                    .as_primitive::<arrow::datatypes::Int64Type>()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| {
+                        v.is_some_and(|v| truncate_timestamp(v, per_day, self.to).is_none())
+                    })
+                    .map(|(i, _)| out_of_range(i))
+                    .collect());
+            }
+            DataType::Utf8 => {}
+            _ => return Ok(Vec::new()),
         }
         Ok(column
             .as_string::<i32>()
@@ -269,6 +317,45 @@ mod tests {
             out.as_string::<i32>().iter().collect::<Vec<_>>(),
             vec![Some("1985-01-01"), None]
         );
+    }
+
+    #[test]
+    fn outward_codes_cut_characters_not_bytes() {
+        for (input, expected) in [
+            ("££", "££"),
+            ("ÄÖÜ", "ÄÖÜ"),
+            ("M1 ¹AA", "M1"),
+            ("ÄÖÜ é1X", "ÄÖÜ"),
+            ("sw1a 1aa", "SW1A"),
+            ("", ""),
+            ("😀😀😀😀", "😀"),
+        ] {
+            assert_eq!(outward_code(input), expected, "{input}");
+        }
+    }
+
+    #[test]
+    fn boundary_dates_and_numbers_never_overflow() {
+        let g = Generalize {
+            path: ColumnPath::parse("d").expect("p"),
+            to: Generalization::Year,
+        };
+        let dates: ArrayRef = Arc::new(Date32Array::from(vec![i32::MAX, i32::MIN, 0]));
+        let b = RecordBatch::try_from_iter([("d", dates)]).expect("batch");
+        let rejected: Vec<usize> = g.reject(&b).expect("reject").iter().map(|r| r.0).collect();
+        assert_eq!(rejected, vec![0, 1], "beyond the calendar: dead letters");
+        let ts: ArrayRef = Arc::new(
+            arrow::array::TimestampNanosecondArray::from(vec![i64::MAX, i64::MIN, 0])
+                .with_timezone("UTC"),
+        );
+        let b = RecordBatch::try_from_iter([("d", ts.clone())]).expect("batch");
+        assert!(g.reject(&b).expect("reject").len() <= 2);
+        one(ts, Generalization::Month);
+        let n: ArrayRef = Arc::new(Int64Array::from(vec![i64::MIN, i64::MAX]));
+        let out = one(n, Generalization::Bucket(10.0));
+        let out = out.as_primitive::<arrow::datatypes::Int64Type>();
+        assert_eq!(out.value(0), i64::MIN, "the lowest bucket saturates");
+        assert_eq!(out.value(1), 9_223_372_036_854_775_800);
     }
 
     #[test]

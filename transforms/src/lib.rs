@@ -23,6 +23,7 @@ pub mod fpe;
 pub mod generalize;
 pub mod hash;
 pub mod keys;
+pub mod limit;
 pub mod luhn;
 pub mod mask;
 pub mod memo;
@@ -113,7 +114,15 @@ mod tests {
         #[test]
         fn every_action_keeps_rows_and_nulls(
             values in proptest::collection::vec(
-                proptest::option::of("[0-9]{7,19}|[A-Z]{1,2}[0-9] [0-9][A-Z]{2}|[a-z .@]{0,30}"),
+                // Shapes the actions look for, and any text at all: every character of
+                // Unicode, any length (up to a kilobyte).
+                proptest::option::of(prop_oneof![
+                    "[0-9]{7,19}|[A-Z]{1,2}[0-9] [0-9][A-Z]{2}|[a-z .@]{0,30}",
+                    "\\PC{0,40}",
+                    any::<String>(),
+                    "[0-9\\p{Nd} -]{0,80}",
+                    "\\PC{0,1024}",
+                ]),
                 0..60,
             )
         ) {

@@ -18,6 +18,11 @@ use std::sync::{Mutex, MutexGuard};
 /// Number of slots (a power of two).
 pub const SLOTS: usize = 1 << 16;
 
+/// Longest value kept: identifiers are short, and a slot keeps the longest value it ever
+/// held, so longer ones (a megabyte of text in a tokenised field) are computed without
+/// the memo. A memo thus holds at most `SLOTS × (MAX_VALUE_BYTES + output)` bytes.
+pub const MAX_VALUE_BYTES: usize = 64;
+
 #[derive(Default)]
 struct Slot {
     used: bool,
@@ -95,7 +100,7 @@ impl Locked<'_> {
     /// The output for `value`, computed by `f` unless the memo holds it.
     pub fn get_or(&mut self, value: &[u8], f: impl FnOnce() -> Option<String>) -> Option<&str> {
         let t = &mut *self.0;
-        if t.rest > 0 {
+        if t.rest > 0 || value.len() > MAX_VALUE_BYTES {
             t.scratch = f()?;
             return Some(&t.scratch);
         }
@@ -140,6 +145,25 @@ mod tests {
             assert_eq!(out, Some(i.to_string()));
         }
         assert_eq!(m.0.slots.len(), SLOTS);
+    }
+
+    #[test]
+    fn long_values_are_computed_but_never_kept() {
+        let memo = Memo::default();
+        let mut m = memo.lock();
+        let long = vec![b'x'; MAX_VALUE_BYTES + 1];
+        let mut calls = 0;
+        for _ in 0..2 {
+            let out = m
+                .get_or(&long, || {
+                    calls += 1;
+                    Some("out".into())
+                })
+                .map(str::to_string);
+            assert_eq!(out.as_deref(), Some("out"));
+        }
+        assert_eq!(calls, 2, "computed each time");
+        assert!(m.0.slots.iter().all(|s| s.value.len() <= MAX_VALUE_BYTES));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::fpe::{EncryptFpe, Ff1Cipher, FpeFormat};
 use crate::generalize::{Generalization, Generalize};
 use crate::hash::Hash;
 use crate::keys::{self, Secret};
+use crate::limit::Limited;
 use crate::mask::{Mask, MaskPartial};
 use crate::memo::Memo;
 use crate::path::ColumnPath;
@@ -36,6 +37,9 @@ pub struct Policy {
     dead_letter_key: Option<String>,
     /// Data keys of `encrypt` rules, by master key id.
     keyrings: BTreeMap<String, Arc<Keyring>>,
+    /// `pii.max_value_bytes` and `pii.max_fpe_digits`.
+    max_value_bytes: usize,
+    max_fpe_digits: usize,
 }
 
 impl std::fmt::Debug for Policy {
@@ -119,6 +123,8 @@ impl Policy {
             rules,
             dead_letter_key,
             keyrings,
+            max_value_bytes: pii.max_value_bytes,
+            max_fpe_digits: pii.max_fpe_digits,
         })
     }
 
@@ -208,11 +214,14 @@ impl Policy {
         ) {
             return None;
         }
+        let defaults = sluice_pipeline::pii::PiiConfig::default();
         let empty = Policy {
             secrets: BTreeMap::new(),
             rules: BTreeMap::new(),
             dead_letter_key: None,
             keyrings: BTreeMap::new(),
+            max_value_bytes: defaults.max_value_bytes,
+            max_fpe_digits: defaults.max_fpe_digits,
         };
         empty.transform(path, rule)
     }
@@ -233,10 +242,28 @@ impl Policy {
             Some("pan") => FpeFormat::Pan,
             _ => FpeFormat::Digits,
         };
-        Some(Ff1Cipher::new(secret.bytes(), format))
+        Some(Ff1Cipher::new(secret.bytes(), format).with_max_digits(self.max_fpe_digits))
     }
 
+    /// The transform of `rule` on `path`; actions that read whole values (keyed ones and
+    /// redact) refuse values longer than `pii.max_value_bytes`.
     fn transform(&self, path: &str, rule: &ColumnRule) -> Option<Box<dyn Transform>> {
+        let action = self.action(path, rule)?;
+        Some(match rule.action {
+            Action::Hash
+            | Action::Tokenize
+            | Action::EncryptFpe
+            | Action::Encrypt
+            | Action::Redact => Box::new(Limited {
+                inner: action,
+                path: ColumnPath::parse(path)?,
+                max_bytes: self.max_value_bytes,
+            }),
+            _ => action,
+        })
+    }
+
+    fn action(&self, path: &str, rule: &ColumnRule) -> Option<Box<dyn Transform>> {
         let path = ColumnPath::parse(path)?;
         let secret = || {
             rule.key

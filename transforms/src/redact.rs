@@ -59,13 +59,14 @@ pub fn luhn_valid(s: &str) -> bool {
 
 /// ISO 7064 mod-97 check of an IBAN (spaces ignored).
 pub fn iban_valid(s: &str) -> bool {
-    let compact: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    // Characters, not bytes: the pattern's `\d` also matches digits of other scripts.
+    let compact: Vec<char> = s.chars().filter(|c| !c.is_whitespace()).collect();
     if compact.len() < 15 || compact.len() > 34 {
         return false;
     }
     let (head, tail) = compact.split_at(4);
     let mut rem: u64 = 0;
-    for c in tail.chars().chain(head.chars()) {
+    for &c in tail.iter().chain(head) {
         let v = match c.to_digit(36) {
             Some(v) => v as u64,
             None => return false,
