@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use sluice_connectors::decode::avro::AvroSchemas;
+use sluice_connectors::decode::limits::DecodeLimits;
 use sluice_connectors::decode::registry::{self, RegistryConfig, SchemaRegistry};
 use sluice_connectors::delta::bronze::{BronzeSink, BronzeSinkConfig};
 use sluice_connectors::delta::history;
@@ -233,7 +234,7 @@ pub async fn run_pipeline(
         pipeline: config.pipeline.name.clone(),
         lake: lake.clone(),
         declared,
-        max_message_bytes: config.decode.max_message_bytes,
+        limits: DecodeLimits::from_config(&config.decode),
         schema_evolution: config.bronze.schema_evolution,
         until_caught_up,
         channel_capacity: 4,

@@ -59,6 +59,9 @@ pub enum Stage {
     Schema,
     /// A transform rejected the row.
     Transform,
+    /// The message is beyond a configured limit (nesting depth, fields per message,
+    /// columns a table may gain, length of a value an action processes).
+    Limit,
     /// The row could not be written.
     Write,
     /// The row failed a data-quality expectation with action `drop` (it goes to the
@@ -72,6 +75,7 @@ impl Stage {
             Stage::Decode => "decode",
             Stage::Schema => "schema",
             Stage::Transform => "transform",
+            Stage::Limit => "limit",
             Stage::Write => "write",
             Stage::Quality => "quality",
         }
@@ -105,7 +109,8 @@ pub struct SourceBatch {
     /// Offsets covered per partition, good and rejected messages alike.
     pub offsets: BTreeMap<TopicPartition, OffsetRange>,
     pub dead_letters: Vec<DeadLetter>,
-    /// Bytes of the payloads the batch was decoded from.
+    /// Bytes of the messages the batch was made from, held until the commit: payloads
+    /// (those of dead letters too) and keys. They count against the flush's byte budget.
     pub source_bytes: usize,
 }
 

@@ -25,6 +25,34 @@ pub const LINEAGE_COLUMNS: [&str; 7] = [
     "_ingest_date",
 ];
 
+/// Most levels of nesting a table schema may have: delta-rs cannot read back a Delta
+/// schema whose JSON nests deeper than its parser's recursion limit (128), and every level
+/// of a schema takes up to three levels of that JSON.
+pub const MAX_NESTING_DEPTH: usize = 40;
+
+/// Prefixes of the columns sluice adds to its tables (lineage, change-event bookkeeping,
+/// history versions). A payload field whose name starts with one of them, in any case,
+/// would shadow or collide with them, so it is never made a column: its message goes to
+/// the dead letters at stage `schema`.
+pub const RESERVED_PREFIXES: [&str; 7] = [
+    "_kafka_",
+    "_ingest",
+    "_cdc_",
+    "_valid_",
+    "_is_current",
+    "_sluice",
+    "__sluice",
+];
+
+/// Whether a payload field called `name` would collide with a column sluice adds (see
+/// [`RESERVED_PREFIXES`]; compared without regard to ASCII case, as Delta readers
+/// resolve column names).
+pub fn is_reserved_name(name: &str) -> bool {
+    RESERVED_PREFIXES.iter().any(|p| {
+        name.len() >= p.len() && name.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+    })
+}
+
 /// One problem found in a configuration: where it is and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -346,8 +374,24 @@ pub enum Format {
 pub struct DecodeConfig {
     /// Format of every topic not listed in `decode.topics`.
     pub format: Format,
-    /// A larger message goes to the dead-letter table whole, at stage `decode`.
+    /// A larger message (key and value together) goes to the dead-letter table whole, at
+    /// stage `limit`.
     pub max_message_bytes: usize,
+    /// Objects and arrays nested inside a message's top-level object, at most (a message
+    /// deeper than this goes to the dead letters at stage `limit`). Also bounds the
+    /// nesting of every table schema sluice creates or evolves; at most
+    /// [`MAX_NESTING_DEPTH`].
+    pub max_nesting_depth: usize,
+    /// Fields of one message, counted at every level of nesting, at most (beyond: stage
+    /// `limit`).
+    pub max_fields: usize,
+    /// Columns a table may hold, counted at every level of nesting: a message that would
+    /// widen a table beyond this goes to the dead letters at stage `schema`.
+    pub max_columns: usize,
+    /// Columns one decoded batch may add to a table (beyond: stage `schema`), so a
+    /// producer inventing a field name per message cannot make every message a schema
+    /// change.
+    pub max_new_columns_per_batch: usize,
     /// Where Avro writer schemas are fetched by id.
     pub schema_registry: Option<SchemaRegistryConfig>,
     /// Per-topic settings, by topic name.
@@ -359,6 +403,10 @@ impl Default for DecodeConfig {
         Self {
             format: Format::Json,
             max_message_bytes: 1024 * 1024,
+            max_nesting_depth: 32,
+            max_fields: 2_000,
+            max_columns: 2_000,
+            max_new_columns_per_batch: 100,
             schema_registry: None,
             topics: BTreeMap::new(),
         }
@@ -727,10 +775,25 @@ impl Config {
                 ),
             ));
         }
-        if self.decode.max_message_bytes == 0 {
+        for (key, v) in [
+            ("decode.max_message_bytes", self.decode.max_message_bytes),
+            ("decode.max_fields", self.decode.max_fields),
+            ("decode.max_columns", self.decode.max_columns),
+            (
+                "decode.max_new_columns_per_batch",
+                self.decode.max_new_columns_per_batch,
+            ),
+        ] {
+            if v == 0 {
+                p.push(Problem::new(key, "must be greater than 0"));
+            }
+        }
+        if self.decode.max_nesting_depth > MAX_NESTING_DEPTH {
             p.push(Problem::new(
-                "decode.max_message_bytes",
-                "must be greater than 0",
+                "decode.max_nesting_depth",
+                format!(
+                    "at most {MAX_NESTING_DEPTH}: deeper table schemas cannot be read back from the Delta log"
+                ),
             ));
         }
         p.extend(self.decode.validate(&k.topics, &self.bronze_tables()));

@@ -44,3 +44,59 @@ pub enum Error {
 
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `error` with the message values it quotes replaced by `<value>`: double-quoted
+/// strings, `{...}` and `[...]` fragments and numbers. Field names (single-quoted) and
+/// type names stay, so the error still says what is wrong and where.
+pub fn scrub_values(error: &str) -> String {
+    let mut out = String::with_capacity(error.len());
+    let mut chars = error.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                let mut escaped = false;
+                for c in chars.by_ref() {
+                    if c == '"' && !escaped {
+                        break;
+                    }
+                    escaped = c == '\\' && !escaped;
+                }
+                out.push_str("<value>");
+            }
+            '{' | '[' => {
+                let mut depth = 1;
+                for c in chars.by_ref() {
+                    match c {
+                        '{' | '[' => depth += 1,
+                        '}' | ']' => depth -= 1,
+                        _ => {}
+                    }
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                out.push_str("<value>");
+            }
+            c if (c.is_ascii_digit() || c == '-')
+                && !out.ends_with(|p: char| p.is_alphanumeric() || p == '_') =>
+            {
+                let mut token = String::from(c);
+                while let Some(&n) = chars.peek() {
+                    if n.is_ascii_alphanumeric() || matches!(n, '.' | '+' | '-' | ':') {
+                        token.push(n);
+                        chars.next();
+                    } else {
+                        break;
+                    }
+                }
+                if token.chars().any(|c| c.is_ascii_digit()) {
+                    out.push_str("<value>");
+                } else {
+                    out.push_str(&token);
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}

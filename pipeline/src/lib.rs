@@ -22,6 +22,7 @@ pub mod error;
 pub mod health;
 pub mod lake;
 pub mod maintenance;
+pub mod panic;
 pub mod pii;
 pub mod quality;
 pub mod roles;

@@ -15,6 +15,8 @@ use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{Int32Type, Int64Type, SchemaRef, TimestampMicrosecondType};
 
+use crate::error::scrub_values;
+use crate::panic::guard;
 use crate::{
     DeadLetter, Error, Result, Seal, Sink, SourceBatch, SourceControl, SourceEvent, Stage,
     Transform,
@@ -157,14 +159,7 @@ impl Protection {
                 .get(&batch.table)
                 .map_or(&[][..], |(_, p)| &p.steps[..]);
             for &i in steps {
-                let t = &chain[i].transform;
-                let rejected = t.reject(&rows)?;
-                if !rejected.is_empty() {
-                    let (kept, letters) = split_rejected(rows, &rejected, t.name())?;
-                    batch.dead_letters.extend(letters);
-                    rows = kept;
-                }
-                rows = t.apply(rows)?;
+                rows = run_step(chain[i].transform.as_ref(), rows, &mut batch.dead_letters)?;
             }
             batch.rows = (rows.num_rows() > 0).then_some(rows);
         }
@@ -175,6 +170,92 @@ impl Protection {
         }
         Ok(())
     }
+}
+
+/// Apply `protection` to one batch as the runner does, planning its chain on the way (for
+/// benchmarks and tests of the protected path outside a run).
+pub fn protect(protection: &Protection, batch: &mut SourceBatch) -> Result<()> {
+    protection.apply(batch, &mut HashMap::new())
+}
+
+/// One step over `rows`: the rows the transform rejects become dead letters, the rest are
+/// rewritten. Should the transform fail or panic on the batch, the batch is bisected down
+/// to the rows it fails on alone, which become dead letters at stage `transform` naming
+/// the failure (never a value); the others go on. A transform that fails on every row
+/// thus dead-letters them all rather than stopping the run: nothing is lost either way.
+fn run_step(
+    t: &dyn Transform,
+    rows: RecordBatch,
+    dead: &mut Vec<DeadLetter>,
+) -> Result<RecordBatch> {
+    let attempt =
+        |rows: RecordBatch| -> std::result::Result<(RecordBatch, Vec<DeadLetter>), String> {
+            guard(|| {
+                let rejected = t.reject(&rows)?;
+                let (kept, letters) = if rejected.is_empty() {
+                    (rows, Vec::new())
+                } else {
+                    split_rejected(rows, &rejected, t.name())?
+                };
+                Ok::<_, Error>((t.apply(kept)?, letters))
+            })
+            .map_err(|p| p.to_string())
+            .and_then(|r| r.map_err(|e| scrub_values(&e.to_string())))
+        };
+    let n = rows.num_rows();
+    match attempt(rows.clone()) {
+        Ok((out, letters)) => {
+            dead.extend(letters);
+            Ok(out)
+        }
+        Err(error) => {
+            tracing::warn!(
+                transform = t.name(),
+                rows = n,
+                "Transform failed on a batch; isolating the rows it fails on."
+            );
+            let output = t.output_schema(&rows.schema())?;
+            let mut parts = Vec::new();
+            bisect_step(&attempt, rows, error, t.name(), &mut parts, dead)?;
+            Ok(
+                arrow::compute::concat_batches(&output, &parts).map_err(|source| {
+                    Error::Transform {
+                        transform: t.name().to_string(),
+                        source,
+                    }
+                })?,
+            )
+        }
+    }
+}
+
+/// `rows` failed with `error` as a whole: try each half, down to single rows, which
+/// become dead letters.
+fn bisect_step(
+    attempt: &dyn Fn(RecordBatch) -> std::result::Result<(RecordBatch, Vec<DeadLetter>), String>,
+    rows: RecordBatch,
+    error: String,
+    transform: &str,
+    parts: &mut Vec<RecordBatch>,
+    dead: &mut Vec<DeadLetter>,
+) -> Result<()> {
+    let n = rows.num_rows();
+    if n <= 1 {
+        let failed: Vec<(usize, String)> = (0..n).map(|i| (i, error.clone())).collect();
+        let (_, letters) = split_rejected(rows, &failed, transform)?;
+        dead.extend(letters);
+        return Ok(());
+    }
+    for half in [rows.slice(0, n / 2), rows.slice(n / 2, n - n / 2)] {
+        match attempt(half.clone()) {
+            Ok((out, letters)) => {
+                parts.push(out);
+                dead.extend(letters);
+            }
+            Err(error) => bisect_step(attempt, half, error, transform, parts, dead)?,
+        }
+    }
+    Ok(())
 }
 
 /// Remove `rejected` rows from `rows`, turning each into a dead letter whose payload is
@@ -638,6 +719,93 @@ mod tests {
         assert_eq!(
             b.message_count(),
             4,
+            "every message is a row or a dead letter"
+        );
+    }
+
+    /// Panics on the value 13, fails (an error) on 7, doubles the rest.
+    struct Fragile;
+    impl Transform for Fragile {
+        fn name(&self) -> &str {
+            "fragile"
+        }
+        fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef> {
+            Ok(input.clone())
+        }
+        fn apply(&self, batch: RecordBatch) -> Result<RecordBatch> {
+            use arrow::array::{ArrayRef, Int64Array};
+            let v = batch
+                .column_by_name("v")
+                .map(|c| c.as_primitive::<Int64Type>().clone())
+                .expect("v");
+            if v.iter().any(|x| x == Some(7)) {
+                return Err(Error::Transform {
+                    transform: "fragile".into(),
+                    source: arrow::error::ArrowError::ComputeError(
+                        "cannot handle \"secret-7\"".into(),
+                    ),
+                });
+            }
+            let doubled: Int64Array = v
+                .iter()
+                .map(|x| {
+                    x.map(|x| {
+                        assert!(x != 13, "a value that must not reach a log: 13");
+                        x * 2
+                    })
+                })
+                .collect();
+            let mut columns = batch.columns().to_vec();
+            columns[0] = Arc::new(doubled) as ArrayRef;
+            Ok(RecordBatch::try_new(batch.schema(), columns).expect("batch"))
+        }
+    }
+
+    #[test]
+    fn a_transform_panicking_or_failing_on_some_rows_dead_letters_only_those() {
+        let protection = Protection {
+            chains: HashMap::from([(
+                "t".to_string(),
+                vec![Step {
+                    column: "v".into(),
+                    transform: Box::new(Fragile),
+                }],
+            )]),
+            seal: None,
+        };
+        let mut b = rows_batch(vec![1, 13, 2, 7, 3, 4, 13, 5]);
+        protection
+            .apply(&mut b, &mut HashMap::new())
+            .expect("the run goes on");
+        let rows = b.rows.as_ref().expect("rows");
+        let v: Vec<i64> = rows.column(0).as_primitive::<Int64Type>().values().to_vec();
+        assert_eq!(
+            v,
+            vec![2, 4, 6, 8, 10],
+            "the other rows, in order, transformed"
+        );
+        let mut dead: Vec<(i64, String)> = b
+            .dead_letters
+            .iter()
+            .map(|d| (d.offset, d.error.clone()))
+            .collect();
+        dead.sort();
+        assert_eq!(
+            dead.iter().map(|d| d.0).collect::<Vec<_>>(),
+            vec![101, 103, 106],
+            "offsets of 13, 7 and 13"
+        );
+        for (_, e) in &dead {
+            assert!(e.starts_with("fragile: "), "{e}");
+            assert!(
+                !e.contains("13") && !e.contains("secret"),
+                "no value in {e}"
+            );
+        }
+        assert!(dead[0].1.contains("internal error"), "{}", dead[0].1);
+        assert_eq!(
+            b.message_count(),
+            8,
             "every message is a row or a dead letter"
         );
     }

@@ -35,10 +35,12 @@ use sluice_pipeline::{SourceBatch, Stage};
 
 use super::RawMessage;
 use super::chunk::{Chunk, Slot, bisect};
-use super::evolve::{conform_array, merge_fields, merge_types};
+use super::evolve::{add_fields, conform_array, extend_fields, merge_fields, merge_types};
 use super::json::scrub_values;
+use super::limits::{DecodeLimits, count_fields, name_problem};
 use super::registry::{Lookup, SchemaRegistry};
 use crate::error::Result;
+use sluice_pipeline::panic::guard;
 
 /// Where the writer schemas come from.
 #[derive(Debug, Clone)]
@@ -54,8 +56,12 @@ pub enum AvroSchemas {
 pub struct AvroDecoderConfig {
     /// Destination table of the rows.
     pub table: String,
-    /// Larger payloads are dead letters at stage `decode`.
-    pub max_message_bytes: usize,
+    /// Message size, nesting, fields and columns a writer schema may bring (beyond: its
+    /// messages are dead letters).
+    pub limits: DecodeLimits,
+    /// The messages are change-event envelopes: the names of `before`/`after` fields
+    /// become silver columns and are checked as such.
+    pub envelope: bool,
     /// Most messages buffered before [`AvroDecoder::finish`].
     pub max_messages: usize,
     pub schemas: AvroSchemas,
@@ -147,9 +153,18 @@ impl AvroDecoder {
         self.chunk.len() == 0
     }
 
+    pub(crate) fn chunk_mut(&mut self) -> &mut Chunk {
+        &mut self.chunk
+    }
+
+    /// The destination table.
+    pub fn table(&self) -> &str {
+        &self.config.table
+    }
+
     /// Buffer one message.
     pub fn push(&mut self, m: &RawMessage<'_>) {
-        if !self.chunk.admit(m, self.config.max_message_bytes) {
+        if !self.chunk.admit(m, self.config.limits.max_message_bytes) {
             return;
         }
         match m.payload {
@@ -215,16 +230,20 @@ impl AvroDecoder {
         }
     }
 
-    /// Feed message `i` to `d`; true when it added exactly one row and used every byte.
+    /// Feed message `i` to `d`; true when it added exactly one row and used every byte
+    /// (false on a panic too: the caller then drops `d`).
     fn feed(&self, d: &mut Decoder, i: usize) -> bool {
         let bytes = self.chunk.payload(i).unwrap_or_default();
         let file = matches!(self.config.schemas, AvroSchemas::File(_));
         let prefix = [0u8; HEADER_LEN];
-        let room = d.capacity();
-        if file && !matches!(d.decode(&prefix), Ok(HEADER_LEN)) {
-            return false;
-        }
-        matches!(d.decode(bytes), Ok(n) if n == bytes.len()) && d.capacity() + 1 == room
+        guard(|| {
+            let room = d.capacity();
+            if file && !matches!(d.decode(&prefix), Ok(HEADER_LEN)) {
+                return false;
+            }
+            matches!(d.decode(bytes), Ok(n) if n == bytes.len()) && d.capacity() + 1 == room
+        })
+        .unwrap_or(false)
     }
 
     /// Decode the messages `msgs`, all written with schema `id`, into `parts`.
@@ -258,7 +277,7 @@ impl AvroDecoder {
                 // Fast path: the whole run through the kept decoder.
                 if let Some(d) = decoder.as_mut()
                     && msgs.iter().all(|&i| self.feed(d, i))
-                    && let Ok(Some(b)) = d.flush()
+                    && let Ok(Ok(Some(b))) = guard(|| d.flush())
                 {
                     let rows = self.normalise_part(id, &msgs, &b);
                     if let Some(rows) = rows {
@@ -286,10 +305,11 @@ impl AvroDecoder {
                 if !run.iter().all(|&i| self.feed(&mut d, i)) {
                     return Err("not a single Avro record of the writer schema".into());
                 }
-                match d.flush() {
-                    Ok(Some(b)) => Ok(b),
-                    Ok(None) => Err("no rows".into()),
-                    Err(e) => Err(e.to_string()),
+                match guard(|| d.flush()) {
+                    Ok(Ok(Some(b))) => Ok(b),
+                    Ok(Ok(None)) => Err("no rows".into()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(p) => Err(p.to_string()),
                 }
             },
             &mut batches,
@@ -317,18 +337,54 @@ impl AvroDecoder {
         Ok(())
     }
 
-    /// `b` in Delta-compatible types; on failure its messages are dead letters.
+    /// `b` in Delta-compatible types, within the limits on nesting and fields and with
+    /// names that may become columns; otherwise its messages are dead letters.
     fn normalise_part(&mut self, id: u32, msgs: &[usize], b: &RecordBatch) -> Option<RecordBatch> {
-        match normalise(b) {
-            Ok(rows) => Some(rows),
-            Err(e) => {
-                let error = format!("Avro schema id {id} has a type sluice cannot store: {e}");
-                for &i in msgs {
-                    self.chunk.reject(i, Stage::Schema, error.clone());
+        let refused = match guard(|| normalise(b)) {
+            Ok(Ok(rows)) => {
+                let fields: Vec<Field> = rows
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone())
+                    .collect();
+                let known = self
+                    .schema
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(Schema::empty()));
+                let new: Vec<Field> = fields
+                    .iter()
+                    .filter(|f| known.field_with_name(f.name()).is_err())
+                    .cloned()
+                    .collect();
+                // Every field's characters are checked, the new ones' names against the table's.
+                let problem = name_problem(&fields, &known, self.config.envelope)
+                    .or_else(|| name_problem(&new, &known, self.config.envelope));
+                match self
+                    .config
+                    .limits
+                    .check_message_fields(rows.schema().fields())
+                {
+                    Err((stage, error)) => Some((stage, error)),
+                    Ok(()) => match problem {
+                        Some(problem) => Some((Stage::Schema, problem)),
+                        None => return Some(rows),
+                    },
                 }
-                None
+            }
+            Ok(Err(e)) => Some((
+                Stage::Schema,
+                format!("has a type sluice cannot store: {e}"),
+            )),
+            Err(p) => Some((Stage::Decode, p.to_string())),
+        };
+        if let Some((stage, error)) = refused {
+            let error = format!("Avro schema id {id}: {error}");
+            for &i in msgs {
+                self.chunk.reject(i, stage, error.clone());
             }
         }
+        None
     }
 
     /// The writer schema `id`, from the registry.
@@ -352,12 +408,27 @@ impl AvroDecoder {
     }
 
     /// One batch of the parts in message order, under the table schema widened by theirs.
+    /// Before the table has a schema, parts may widen each other's types (int → long);
+    /// after, a column's type is fixed (Delta cannot widen it, and batches already
+    /// decoded carry it) and only new fields are added: a part whose type does not fit is
+    /// a dead letter (`schema`).
     fn assemble(&mut self, parts: Vec<Part>) -> Result<Option<RecordBatch>> {
+        let fixed = self.schema.is_some();
+        let merge = |a: &[Field], b: &[Field]| {
+            if fixed {
+                extend_fields(a, b)
+            } else {
+                merge_fields(a, b)
+            }
+        };
         let mut fields: Vec<Field> = self
             .schema
             .as_ref()
             .map(|s| s.fields().iter().map(|f| f.as_ref().clone()).collect())
             .unwrap_or_default();
+        let limits = self.config.limits;
+        let mut columns = count_fields(&fields.clone().into());
+        let mut added = 0;
         let mut kept = Vec::with_capacity(parts.len());
         for part in parts {
             let Some(rows) = &part.rows else {
@@ -370,8 +441,40 @@ impl AvroDecoder {
                 .iter()
                 .map(|f| f.as_ref().clone())
                 .collect();
-            match merge_fields(&fields, &theirs) {
+            match merge(&fields, &theirs) {
                 Some(m) => {
+                    // As for JSON: the first part bringing columns may bring any number
+                    // within `max_columns`, later ones at most the batch's allowance.
+                    let wider = count_fields(&m.clone().into());
+                    let n = wider.saturating_sub(columns);
+                    let over = if added > 0 && added + n > limits.max_new_columns_per_batch {
+                        Some(format!(
+                            "would add {n} column(s) to table '{}' after {added} this batch; decode.max_new_columns_per_batch is {}",
+                            self.config.table, limits.max_new_columns_per_batch
+                        ))
+                    } else if wider > limits.max_columns {
+                        Some(format!(
+                            "would widen table '{}' to {wider} columns; decode.max_columns is {}",
+                            self.config.table, limits.max_columns
+                        ))
+                    } else {
+                        None
+                    };
+                    if let Some(error) = over {
+                        let error = format!(
+                            "Avro schema id {}: {error}",
+                            part.schema_id.unwrap_or_default()
+                        );
+                        metrics::counter!("sluice_columns_refused_total", "table" => self.config.table.clone())
+                            .increment(part.msgs.len() as u64);
+                        tracing::warn!(table = %self.config.table, messages = part.msgs.len(), "Messages refused: their writer schema would break a limit on the table's columns (see the dead letters).");
+                        for i in part.msgs {
+                            self.chunk.reject(i, Stage::Schema, error.clone());
+                        }
+                        continue;
+                    }
+                    added += n;
+                    columns = wider;
                     fields = m;
                     kept.push(part);
                 }
@@ -381,7 +484,11 @@ impl AvroDecoder {
                         .find(|f| {
                             fields.iter().any(|g| {
                                 g.name() == f.name()
-                                    && merge_types(g.data_type(), f.data_type()).is_none()
+                                    && if fixed {
+                                        add_fields(g.data_type(), f.data_type()).is_none()
+                                    } else {
+                                        merge_types(g.data_type(), f.data_type()).is_none()
+                                    }
                             })
                         })
                         .map_or_else(String::new, |f| f.name().clone());
@@ -721,7 +828,8 @@ mod tests {
         AvroDecoder::new(
             AvroDecoderConfig {
                 table: "accounts".into(),
-                max_message_bytes: 1 << 20,
+                limits: DecodeLimits::default(),
+                envelope: false,
                 max_messages: 100,
                 schemas: AvroSchemas::File(schema.into()),
             },
@@ -746,7 +854,8 @@ mod tests {
         AvroDecoder::new(
             AvroDecoderConfig {
                 table: "accounts".into(),
-                max_message_bytes: 1 << 20,
+                limits: DecodeLimits::default(),
+                envelope: false,
                 max_messages: 100,
                 schemas: AvroSchemas::Registry(Arc::new(client)),
             },
@@ -864,6 +973,49 @@ mod tests {
         d.push(&msg(5, Some(&good)));
         let batch = d.finish().expect("finish").expect("batch");
         assert_eq!(batch.rows.expect("rows").num_rows(), 1);
+    }
+
+    #[test]
+    fn a_later_schema_widening_a_column_the_table_has_is_a_schema_dead_letter() {
+        // Once a table's column is an int, a long cannot land in it (Delta cannot widen
+        // the column, and batches already decoded carry the int): the run must go on.
+        let registry = EmbeddedRegistry::start().expect("registry");
+        let v1 = r#"{"type":"record","name":"C","fields":[{"name":"id","type":"int"}]}"#;
+        let v2 = r#"{"type":"record","name":"C","fields":[{"name":"id","type":"long"},
+            {"name":"email","type":["null","string"],"default":null}]}"#;
+        let (id1, id2) = (registry.register(v1), registry.register(v2));
+        let m1 = framed(id1, &encode(v1, record(vec![("id", Value::Int(1))])));
+        let m2 = framed(
+            id2,
+            &encode(
+                v2,
+                record(vec![
+                    ("id", Value::Long(1 << 40)),
+                    ("email", Value::Union(0, Box::new(Value::Null))),
+                ]),
+            ),
+        );
+        let mut d = registry_decoder(&registry, None);
+        d.push(&msg(0, Some(&m1)));
+        let first = d.finish().expect("finish").expect("batch");
+        assert_eq!(first.rows.expect("rows").num_rows(), 1);
+        d.push(&msg(1, Some(&m2)));
+        d.push(&msg(2, Some(&m1)));
+        let second = d.finish().expect("finish").expect("batch");
+        let rows = second.rows.expect("rows");
+        assert_eq!(rows.num_rows(), 1);
+        assert_eq!(
+            rows.schema().field_with_name("id").expect("id").data_type(),
+            &DataType::Int32,
+            "the table's type stays"
+        );
+        assert_eq!(second.dead_letters.len(), 1);
+        assert_eq!(second.dead_letters[0].stage, Stage::Schema);
+        assert!(
+            second.dead_letters[0].error.contains("'id'"),
+            "{}",
+            second.dead_letters[0].error
+        );
     }
 
     #[test]

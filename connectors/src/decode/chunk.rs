@@ -37,6 +37,10 @@ pub(crate) struct Chunk {
     timestamps: TimestampMicrosecondBuilder,
     keys: BinaryBuilder,
     ranges: BTreeMap<TopicPartition, OffsetRange>,
+    /// Bytes held beside `buf`: keys and the payloads of messages refused at admission.
+    held_bytes: usize,
+    /// A panic escaped the decoder while buffering: the chunk is abandoned at the flush.
+    pub poisoned: Option<String>,
 }
 
 impl Chunk {
@@ -51,6 +55,8 @@ impl Chunk {
             timestamps: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
             keys: BinaryBuilder::new(),
             ranges: BTreeMap::new(),
+            held_bytes: 0,
+            poisoned: None,
         }
     }
 
@@ -79,17 +85,26 @@ impl Chunk {
         self.timestamps
             .append_option(m.timestamp_ms.map(|t| t * 1000));
         self.keys.append_option(m.key);
+        // The key counts: a megabyte key costs what a megabyte value does.
+        let size = m.payload.map_or(0, <[u8]>::len) + m.key.map_or(0, <[u8]>::len);
         let refused = match m.payload {
-            Some(p) if p.len() > max_message_bytes => Some(format!(
-                "message of {} bytes exceeds decode.max_message_bytes ({max_message_bytes})",
-                p.len(),
+            _ if size > max_message_bytes => Some((
+                Stage::Limit,
+                format!(
+                    "message of {size} bytes (key and value) exceeds decode.max_message_bytes ({max_message_bytes})",
+                ),
             )),
-            Some(p) if p.iter().all(u8::is_ascii_whitespace) => Some("empty payload".to_string()),
+            Some(p) if p.iter().all(u8::is_ascii_whitespace) => {
+                Some((Stage::Decode, "empty payload".to_string()))
+            }
             _ => None,
         };
+        // Keys and refused payloads are held until the flush too: they count.
+        self.held_bytes += m.key.map_or(0, <[u8]>::len);
         match refused {
-            Some(error) => {
-                self.dead.push(dead_letter(m, Stage::Decode, error));
+            Some((stage, error)) => {
+                self.held_bytes += m.payload.map_or(0, <[u8]>::len);
+                self.dead.push(dead_letter(m, stage, error));
                 self.slots.push(Slot::Rejected);
                 false
             }
@@ -114,6 +129,26 @@ impl Chunk {
 
     pub fn len(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Whether message `i` is a dead letter already.
+    pub fn is_rejected(&self, i: usize) -> bool {
+        matches!(self.slots.get(i), Some(Slot::Rejected))
+    }
+
+    /// Bytes the chunk holds for its messages: payloads, keys, refused payloads.
+    pub fn bytes(&self) -> usize {
+        self.buf.len() + self.held_bytes
+    }
+
+    /// Give up on decoding: every message not rejected yet becomes a dead letter at
+    /// `stage` with `error`, and the batch holds no rows. For a decoder that failed in a
+    /// way it could not isolate to messages; nothing is lost.
+    pub fn abandon(&mut self, table: &str, stage: Stage, error: &str) -> Result<SourceBatch> {
+        for i in self.candidates() {
+            self.reject(i, stage, error.to_string());
+        }
+        self.finish(table, None)
     }
 
     pub fn payload(&self, i: usize) -> Option<&[u8]> {
@@ -171,10 +206,11 @@ impl Chunk {
             rows,
             offsets: std::mem::take(&mut self.ranges),
             dead_letters: dead,
-            source_bytes: self.buf.len(),
+            source_bytes: self.bytes(),
         };
         self.buf.clear();
         self.slots.clear();
+        self.held_bytes = 0;
         Ok(batch)
     }
 

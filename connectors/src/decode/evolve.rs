@@ -142,6 +142,18 @@ pub(crate) fn fits(from: &DataType, to: &DataType) -> bool {
         )
 }
 
+/// The columns `table` with the fields of `rows` it lacks added (at any depth) and no
+/// existing type changed, or `None` when a row type does not fit its column (see
+/// [`add_fields`]).
+pub(crate) fn extend_fields(table: &[Field], rows: &[Field]) -> Option<Vec<Field>> {
+    let t = DataType::Struct(table.to_vec().into());
+    let r = DataType::Struct(rows.to_vec().into());
+    match add_fields(&t, &r)? {
+        DataType::Struct(f) => Some(f.iter().map(|f| f.as_ref().clone()).collect()),
+        _ => None,
+    }
+}
+
 /// The type of an existing table column `table` after rows of type `rows` are added:
 /// the same type, or the same with struct fields the rows add (at any depth). Never a
 /// change of an existing leaf type, which older data files could not be read as.

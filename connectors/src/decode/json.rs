@@ -8,8 +8,14 @@
 //! When a chunk fails (a malformed message, a wrong type, an unknown field), the chunk is
 //! decoded again by bisection, which isolates each bad message in `O(k log n)` decodes
 //! for `k` bad messages among `n`. A bad message is then classified: not JSON, empty or
-//! not an object → stage `decode`; a JSON object with fields the table lacks → the schema
-//! is widened with them (additive evolution) if allowed; otherwise → stage `schema`.
+//! not an object → stage `decode`; beyond a limit (nesting depth, fields: see
+//! [`super::limits`]) → stage `limit`; a JSON object with fields the table lacks → the
+//! schema is widened with them (additive evolution) if allowed, once per chunk for all such
+//! messages together and within the limits on columns; a field named like a column sluice
+//! adds, or differing from another only in case, and anything else → stage `schema`.
+//!
+//! Every call into the JSON machinery runs under [`guard`]: a panic on some message
+//! fails its decode like an error does, and bisection isolates the message.
 
 use std::sync::Arc;
 
@@ -23,15 +29,19 @@ use sluice_pipeline::{SourceBatch, Stage, TopicPartition};
 pub use super::RawMessage;
 use super::chunk::{Chunk, Slot, bisect};
 use super::evolve::{merge_fields, merge_types};
+use super::limits::{DecodeLimits, count_fields, json_depth, name_problem};
 use crate::error::{Error, Result};
+pub use sluice_pipeline::error::scrub_values;
+use sluice_pipeline::panic::guard;
 
 /// Settings of a [`JsonDecoder`].
 #[derive(Debug, Clone)]
 pub struct JsonDecoderConfig {
     /// Destination table of the rows.
     pub table: String,
-    /// Larger payloads are dead letters at stage `decode`.
-    pub max_message_bytes: usize,
+    /// Message size, nesting, fields and columns a message may bring (beyond: a dead
+    /// letter).
+    pub limits: DecodeLimits,
     /// Widen the schema with new fields of well-formed messages.
     pub schema_evolution: bool,
     /// Most messages buffered before [`JsonDecoder::finish`]; sizes the decoder's buffers.
@@ -165,9 +175,18 @@ impl JsonDecoder {
         self.chunk.len() == 0
     }
 
+    pub(crate) fn chunk_mut(&mut self) -> &mut Chunk {
+        &mut self.chunk
+    }
+
+    /// The destination table.
+    pub fn table(&self) -> &str {
+        &self.config.table
+    }
+
     /// Buffer one message.
     pub fn push(&mut self, m: &RawMessage<'_>) {
-        if !self.chunk.admit(m, self.config.max_message_bytes) {
+        if !self.chunk.admit(m, self.config.limits.max_message_bytes) {
             return;
         }
         // A tombstone is a row of nulls: the empty object.
@@ -192,9 +211,12 @@ impl JsonDecoder {
         }
         if let Some(d) = self.decoder.as_mut() {
             let before = d.len();
-            let ok = matches!(d.decode(bytes), Ok(n) if n == bytes.len())
-                && d.len() == before + 1
-                && !d.has_partial_record();
+            let ok = guard(|| {
+                matches!(d.decode(bytes), Ok(n) if n == bytes.len())
+                    && d.len() == before + 1
+                    && !d.has_partial_record()
+            })
+            .unwrap_or(false);
             if !ok {
                 self.dirty = true;
                 self.decoder = None;
@@ -215,7 +237,10 @@ impl JsonDecoder {
         let fast = if self.dirty {
             None
         } else {
-            match self.decoder.take().map(|mut d| d.flush()) {
+            match self.decoder.take().map(|mut d| {
+                guard(move || d.flush())
+                    .unwrap_or_else(|p| Err(ArrowError::ExternalError(Box::new(p))))
+            }) {
                 Some(Ok(Some(b))) => Some(b),
                 Some(Ok(None)) if !any_row => None,
                 _ => {
@@ -235,22 +260,25 @@ impl JsonDecoder {
         self.chunk.finish(&self.config.table, rows).map(Some)
     }
 
-    /// Decode the chunk by bisection; bad messages become dead letters.
+    /// Decode the chunk by bisection; bad messages become dead letters. With evolution
+    /// on, the fields the bad messages bring widen the schema once, and the chunk is
+    /// decoded again against it.
     fn decode_slow(&mut self) -> Result<Option<RecordBatch>> {
-        let candidates = self.chunk.candidates();
         if self.schema.is_none() {
-            self.schema = self.infer(&candidates);
+            self.schema = self.infer(&self.chunk.candidates());
         }
         let Some(mut schema) = self.schema.clone() else {
-            // Nothing parsed as a JSON object: every candidate is a dead letter.
-            for i in candidates {
+            // Nothing parsed as a JSON object within the limits: every candidate is a dead
+            // letter.
+            for i in self.chunk.candidates() {
                 let (stage, error) = self.classify(i, None);
                 self.chunk.reject(i, stage, error);
             }
             return Ok(None);
         };
-        // Each evolution adds at least one field, so this loop ends.
-        'evolve: loop {
+        let mut widened = false;
+        loop {
+            let candidates = self.chunk.candidates();
             let mut parts = Vec::new();
             let mut bad = Vec::new();
             bisect(
@@ -259,19 +287,23 @@ impl JsonDecoder {
                 &mut parts,
                 &mut bad,
             );
-            let mut rejects = Vec::new();
-            for (i, err) in bad {
-                if self.config.schema_evolution
-                    && let Some(wider) = self.widen(&schema, i)
-                {
+            if !widened && self.config.schema_evolution && !bad.is_empty() {
+                widened = true;
+                let (wider, refused) = self.widen(&schema, &bad);
+                for (i, stage, error) in refused {
+                    self.chunk.reject(i, stage, error);
+                }
+                if let Some(wider) = wider {
                     schema = wider;
                     self.schema = Some(schema.clone());
-                    continue 'evolve;
+                    continue;
+                }
+            }
+            for (i, err) in bad {
+                if self.chunk.is_rejected(i) {
+                    continue;
                 }
                 let (stage, error) = self.classify(i, Some(err));
-                rejects.push((i, stage, error));
-            }
-            for (i, stage, error) in rejects {
                 self.chunk.reject(i, stage, error);
             }
             return Ok(if parts.is_empty() {
@@ -282,96 +314,218 @@ impl JsonDecoder {
         }
     }
 
-    /// Decode `msgs` with a fresh decoder; any message not adding exactly one row fails.
+    /// Decode `msgs` with a fresh decoder; any message not adding exactly one row fails,
+    /// and so does a panic.
     fn try_decode(
         &self,
         schema: &SchemaRef,
         msgs: &[usize],
     ) -> std::result::Result<RecordBatch, String> {
-        let mut d = build_decoder(schema, msgs.len()).map_err(|e| e.to_string())?;
-        for (n, i) in msgs.iter().enumerate() {
-            let bytes = self.chunk.payload(*i).unwrap_or_default();
-            let used = d.decode(bytes).map_err(|e| e.to_string())?;
-            if used != bytes.len() || d.len() != n + 1 || d.has_partial_record() {
-                return Err("a message must hold exactly one JSON object".into());
+        guard(|| {
+            let mut d = build_decoder(schema, msgs.len()).map_err(|e| e.to_string())?;
+            for (n, i) in msgs.iter().enumerate() {
+                let bytes = self.chunk.payload(*i).unwrap_or_default();
+                let used = d.decode(bytes).map_err(|e| e.to_string())?;
+                if used != bytes.len() || d.len() != n + 1 || d.has_partial_record() {
+                    return Err("a message must hold exactly one JSON object".into());
+                }
             }
-        }
-        match d.flush() {
-            Ok(Some(b)) => Ok(b),
-            Ok(None) => Err("no rows".into()),
-            Err(e) => Err(e.to_string()),
-        }
+            match d.flush() {
+                Ok(Some(b)) => Ok(b),
+                Ok(None) => Err("no rows".into()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .unwrap_or_else(|p| Err(p.to_string()))
+    }
+
+    /// The fields of message `i` as inferred, or why it is refused before any attempt to
+    /// fit it to the table: not JSON, not an object (stage `decode`); too deep or too
+    /// many fields (stage `limit`).
+    fn inspect(&self, i: usize) -> std::result::Result<Vec<Field>, (Stage, String)> {
+        let bytes = self.chunk.payload(i).unwrap_or_default();
+        let limits = &self.config.limits;
+        limits.check_depth(json_depth(bytes))?;
+        let parsed = guard(|| {
+            let value: serde_json::Value = serde_json::from_slice(bytes)
+                .map_err(|e| (Stage::Decode, format!("malformed JSON: {e}")))?;
+            if !value.is_object() {
+                return Err((
+                    Stage::Decode,
+                    format!("expected a JSON object, found {}", json_kind(&value)),
+                ));
+            }
+            infer_json_schema_from_iterator(std::iter::once(Ok::<_, ArrowError>(value))).map_err(
+                |e| {
+                    (
+                        Stage::Schema,
+                        format!(
+                            "cannot infer column types: {}",
+                            scrub_values(&e.to_string())
+                        ),
+                    )
+                },
+            )
+        })
+        .unwrap_or_else(|p| Err((Stage::Decode, p.to_string())))?;
+        limits.check_message_fields(parsed.fields())?;
+        Ok(parsed.fields().iter().map(|f| f.as_ref().clone()).collect())
     }
 
     /// Why message `i` cannot be decoded.
     fn classify(&self, i: usize, decode_error: Option<String>) -> (Stage, String) {
-        let bytes = self.chunk.payload(i).unwrap_or_default();
-        match serde_json::from_slice::<serde_json::Value>(bytes) {
-            Err(e) => (Stage::Decode, format!("malformed JSON: {e}")),
-            Ok(v) if !v.is_object() => (
-                Stage::Decode,
-                format!("expected a JSON object, found {}", json_kind(&v)),
-            ),
-            Ok(_) => (
-                Stage::Schema,
-                format!(
-                    "does not fit the schema of table '{}': {}",
-                    self.config.table,
-                    decode_error.map_or_else(|| "no schema".into(), |e| scrub_values(&e))
-                ),
-            ),
+        let fields = match self.inspect(i) {
+            Ok(f) => f,
+            Err(refused) => return refused,
+        };
+        if let Some(schema) = &self.schema {
+            let new: Vec<Field> = fields
+                .into_iter()
+                .filter(|f| schema.field_with_name(f.name()).is_err())
+                .collect();
+            if let Some(problem) = name_problem(&new, schema, self.config.envelope) {
+                return (Stage::Schema, problem);
+            }
         }
+        (
+            Stage::Schema,
+            format!(
+                "does not fit the schema of table '{}': {}",
+                self.config.table,
+                decode_error.map_or_else(|| "no schema".into(), |e| scrub_values(&e))
+            ),
+        )
     }
 
-    /// The schema widened by the fields message `i` has and `schema` lacks, if any.
-    fn widen(&self, schema: &SchemaRef, i: usize) -> Option<SchemaRef> {
-        let value: serde_json::Value = serde_json::from_slice(self.chunk.payload(i)?).ok()?;
-        let inferred =
-            infer_json_schema_from_iterator(std::iter::once(Ok::<_, ArrowError>(value))).ok()?;
-        let new: Vec<Field> = inferred
-            .fields()
-            .iter()
-            .filter(|f| {
-                schema.field_with_name(f.name()).is_err() && f.data_type() != &DataType::Null
-            })
-            .map(|f| f.as_ref().clone().with_nullable(true))
-            .collect();
-        if new.is_empty() {
-            return None;
-        }
+    /// The schema widened by the fields the `bad` messages have and `schema` lacks, all
+    /// at once, and the messages refused because their fields would break a limit or a
+    /// naming rule. A message's fields are added only if it then fits; the first message
+    /// bringing new fields may bring any number within `decode.max_columns`, after it the
+    /// chunk adds at most `decode.max_new_columns_per_batch`.
+    fn widen(
+        &self,
+        schema: &SchemaRef,
+        bad: &[(usize, String)],
+    ) -> (Option<SchemaRef>, Vec<(usize, Stage, String)>) {
+        let limits = &self.config.limits;
+        let table = &self.config.table;
         let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-        fields.extend(new);
-        let wider: SchemaRef = Arc::new(Schema::new(fields));
-        // Only keep the widening if the message then fits.
-        self.try_decode(&wider, &[i]).ok().map(|_| wider)
+        let mut columns = count_fields(schema.fields());
+        let mut added = 0;
+        let mut attempts = 0;
+        let mut refused = Vec::new();
+        for (i, _) in bad {
+            let Ok(theirs) = self.inspect(*i) else {
+                continue;
+            };
+            let new: Vec<Field> = theirs
+                .into_iter()
+                .filter(|f| {
+                    f.data_type() != &DataType::Null && !fields.iter().any(|g| g.name() == f.name())
+                })
+                .map(|f| f.with_nullable(true))
+                .collect();
+            if new.is_empty() {
+                continue;
+            }
+            let current = Schema::new(fields.clone());
+            if let Some(problem) = name_problem(&new, &current, self.config.envelope) {
+                refused.push((*i, Stage::Schema, problem));
+                continue;
+            }
+            let n = count_fields(&new.clone().into());
+            let error = if added > 0 && added + n > limits.max_new_columns_per_batch {
+                Some(format!(
+                    "would add {n} column(s) to table '{table}' after {added} this batch; decode.max_new_columns_per_batch is {}",
+                    limits.max_new_columns_per_batch
+                ))
+            } else if columns + n > limits.max_columns {
+                Some(format!(
+                    "would widen table '{table}' to {} columns; decode.max_columns is {}",
+                    columns + n,
+                    limits.max_columns
+                ))
+            } else {
+                None
+            };
+            if let Some(error) = error {
+                refused.push((*i, Stage::Schema, error));
+                continue;
+            }
+            // A message whose other fields do not fit either must not leave columns behind:
+            // each candidate is tried alone (a bounded number of times per chunk).
+            if attempts >= 2 * limits.max_new_columns_per_batch.max(1) {
+                continue;
+            }
+            attempts += 1;
+            let mut candidate = fields.clone();
+            candidate.extend(new.iter().cloned());
+            let candidate: SchemaRef =
+                Arc::new(nullable_without_null_types(&Schema::new(candidate)));
+            if self.try_decode(&candidate, &[*i]).is_ok() {
+                fields = candidate
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone())
+                    .collect();
+                columns += n;
+                added += n;
+            }
+        }
+        if !refused.is_empty() {
+            metrics::counter!("sluice_columns_refused_total", "table" => table.clone())
+                .increment(refused.len() as u64);
+            tracing::warn!(
+                table = %table,
+                messages = refused.len(),
+                columns = columns,
+                "Messages refused: their new fields break a naming rule or a limit on the table's columns (see the dead letters)."
+            );
+        }
+        let wider = (added > 0).then(|| Arc::new(Schema::new(fields)) as SchemaRef);
+        (wider, refused)
     }
 
     /// Infer a payload schema from the well-formed objects among `msgs`, message by
     /// message: the first object sets the types and each later one may only widen them
-    /// losslessly; a message that conflicts is left out (it becomes a dead letter).
+    /// losslessly; a message that conflicts, or would break a limit or a naming rule, is
+    /// left out (it becomes a dead letter).
     fn infer(&self, msgs: &[usize]) -> Option<SchemaRef> {
+        let limits = &self.config.limits;
         let mut acc: Option<Vec<Field>> = None;
+        let mut added = 0;
         for i in msgs {
-            let Some(value) = self
-                .chunk
-                .payload(*i)
-                .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
-            else {
+            let Ok(fields) = self.inspect(*i) else {
                 continue;
             };
-            if value.as_object().is_none_or(|o| o.is_empty()) {
+            if fields.is_empty() {
                 continue;
             }
-            let Ok(one) =
-                infer_json_schema_from_iterator(std::iter::once(Ok::<_, ArrowError>(value)))
-            else {
+            let current = Schema::new(acc.clone().unwrap_or_default());
+            let new: Vec<Field> = fields
+                .iter()
+                .filter(|f| current.field_with_name(f.name()).is_err())
+                .cloned()
+                .collect();
+            let merged = match &acc {
+                None => Some(fields),
+                Some(current) => merge_fields(current, &fields),
+            };
+            let Some(merged) = merged else {
                 continue;
             };
-            let fields: Vec<Field> = one.fields().iter().map(|f| f.as_ref().clone()).collect();
-            acc = match acc {
-                None => Some(fields),
-                Some(current) => Some(merge_fields(&current, &fields).unwrap_or(current)),
-            };
+            // Checked against the merge: the row images of change events gain fields too.
+            if name_problem(&new, &Schema::new(merged.clone()), self.config.envelope).is_some() {
+                continue;
+            }
+            let n = count_fields(&new.into());
+            if (added > 0 && added + n > limits.max_new_columns_per_batch)
+                || count_fields(&merged.clone().into()) > limits.max_columns
+            {
+                continue;
+            }
+            added += n;
+            acc = Some(merged);
         }
         let mut fields = acc?;
         if self.config.envelope {
@@ -435,62 +589,6 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
-/// `error` with the message values it quotes replaced by `<value>`: double-quoted
-/// strings, `{...}` and `[...]` fragments and numbers. Field names (single-quoted) and
-/// type names stay, so the error still says what is wrong and where.
-pub fn scrub_values(error: &str) -> String {
-    let mut out = String::with_capacity(error.len());
-    let mut chars = error.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => {
-                let mut escaped = false;
-                for c in chars.by_ref() {
-                    if c == '"' && !escaped {
-                        break;
-                    }
-                    escaped = c == '\\' && !escaped;
-                }
-                out.push_str("<value>");
-            }
-            '{' | '[' => {
-                let mut depth = 1;
-                for c in chars.by_ref() {
-                    match c {
-                        '{' | '[' => depth += 1,
-                        '}' | ']' => depth -= 1,
-                        _ => {}
-                    }
-                    if depth == 0 {
-                        break;
-                    }
-                }
-                out.push_str("<value>");
-            }
-            c if (c.is_ascii_digit() || c == '-')
-                && !out.ends_with(|p: char| p.is_alphanumeric() || p == '_') =>
-            {
-                let mut token = String::from(c);
-                while let Some(&n) = chars.peek() {
-                    if n.is_ascii_alphanumeric() || matches!(n, '.' | '+' | '-' | ':') {
-                        token.push(n);
-                        chars.next();
-                    } else {
-                        break;
-                    }
-                }
-                if token.chars().any(|c| c.is_ascii_digit()) {
-                    out.push_str("<value>");
-                } else {
-                    out.push_str(&token);
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// Keep the rows of `batch` whose `_kafka_offset` is above the floor of their partition in
 /// `floors` (rows of partitions without a floor are kept).
 pub fn filter_offsets_above(
@@ -547,7 +645,10 @@ mod tests {
         JsonDecoder::new(
             JsonDecoderConfig {
                 table: "t".into(),
-                max_message_bytes: 1024,
+                limits: DecodeLimits {
+                    max_message_bytes: 1024,
+                    ..DecodeLimits::default()
+                },
                 schema_evolution: true,
                 max_messages: 1000,
                 envelope: false,
@@ -768,7 +869,10 @@ mod tests {
         let mut d = JsonDecoder::new(
             JsonDecoderConfig {
                 table: "t".into(),
-                max_message_bytes: 1024,
+                limits: DecodeLimits {
+                    max_message_bytes: 1024,
+                    ..DecodeLimits::default()
+                },
                 schema_evolution: false,
                 max_messages: 100,
                 envelope: false,
@@ -821,10 +925,17 @@ mod proptests {
                 Just(b"".to_vec()),
                 Just(b"{".to_vec()),
                 proptest::collection::vec(any::<u8>(), 0..40),
+                // Any Unicode in names and values, any key, nested.
+                (any::<String>(), "\\PC{0,30}", any::<i64>()).prop_map(|(k, v, n)| {
+                    let mut o = serde_json::Map::new();
+                    o.insert(k, serde_json::json!({"v": v, "n": n}));
+                    o.insert("a".into(), serde_json::json!(n));
+                    serde_json::Value::Object(o).to_string().into_bytes()
+                }),
             ], 1..60)) {
             let schema: SchemaRef = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true), Field::new("b", DataType::Utf8, true)]));
             let mut d = JsonDecoder::new(
-                JsonDecoderConfig { table: "t".into(), max_message_bytes: 1024, schema_evolution: true, max_messages: 100, envelope: false },
+                JsonDecoderConfig { table: "t".into(), limits: DecodeLimits { max_message_bytes: 1024, ..DecodeLimits::default() }, schema_evolution: true, max_messages: 100, envelope: false },
                 Some(schema),
             );
             for (i, p) in payloads.iter().enumerate() {
@@ -851,7 +962,10 @@ mod inference_tests {
         let mut d = JsonDecoder::new(
             JsonDecoderConfig {
                 table: "t".into(),
-                max_message_bytes: 1024,
+                limits: DecodeLimits {
+                    max_message_bytes: 1024,
+                    ..DecodeLimits::default()
+                },
                 schema_evolution: true,
                 max_messages: 100,
                 envelope: false,
@@ -893,5 +1007,272 @@ mod inference_tests {
                 .data_type(),
             &DataType::Float64
         );
+    }
+}
+
+#[cfg(test)]
+mod hostile_tests {
+    //! Messages chosen to break the decoder: each becomes a dead letter at its stage, or a
+    //! row, and never stops the others.
+
+    use super::*;
+    use arrow::array::AsArray;
+    use arrow::datatypes::Int64Type;
+
+    fn decoder(schema: Option<SchemaRef>, limits: DecodeLimits, envelope: bool) -> JsonDecoder {
+        JsonDecoder::new(
+            JsonDecoderConfig {
+                table: "t".into(),
+                limits,
+                schema_evolution: true,
+                max_messages: 10_000,
+                envelope,
+            },
+            schema,
+        )
+    }
+
+    fn push_all(d: &mut JsonDecoder, payloads: &[Vec<u8>]) -> SourceBatch {
+        for (i, p) in payloads.iter().enumerate() {
+            d.push(&RawMessage {
+                topic: "t",
+                partition: 0,
+                offset: i as i64,
+                timestamp_ms: None,
+                key: None,
+                payload: Some(p),
+            });
+        }
+        d.finish().expect("finish").expect("batch")
+    }
+
+    fn offsets(b: &SourceBatch) -> Vec<i64> {
+        b.rows.as_ref().map_or_else(Vec::new, |r| {
+            r.column_by_name("_kafka_offset")
+                .expect("lineage")
+                .as_primitive::<Int64Type>()
+                .values()
+                .to_vec()
+        })
+    }
+
+    fn dead(b: &SourceBatch) -> Vec<(i64, Stage, String)> {
+        b.dead_letters
+            .iter()
+            .map(|d| (d.offset, d.stage, d.error.clone()))
+            .collect()
+    }
+
+    fn schema_id() -> SchemaRef {
+        Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]))
+    }
+
+    #[test]
+    fn fields_named_like_sluice_columns_are_schema_dead_letters_in_any_case() {
+        for schema in [None, Some(schema_id())] {
+            let mut d = decoder(schema, DecodeLimits::default(), false);
+            let b = push_all(
+                &mut d,
+                &[
+                    br#"{"id": 1}"#.to_vec(),
+                    br#"{"id": 2, "_kafka_topic": 1}"#.to_vec(),
+                    br#"{"id": 3, "_ingest_date": "2099-01-01"}"#.to_vec(),
+                    br#"{"id": 4, "_KAFKA_OFFSET": 9}"#.to_vec(),
+                    br#"{"id": 5, "ID": 5}"#.to_vec(),
+                    br#"{"id": 6}"#.to_vec(),
+                ],
+            );
+            assert_eq!(offsets(&b), vec![0, 5]);
+            let dead = dead(&b);
+            assert_eq!(
+                dead.iter().map(|d| d.0).collect::<Vec<_>>(),
+                vec![1, 2, 3, 4]
+            );
+            for (o, stage, error) in &dead {
+                assert_eq!(*stage, Stage::Schema, "{o}: {error}");
+            }
+            assert!(dead[0].2.contains("reserved"), "{}", dead[0].2);
+            assert!(dead[3].2.contains("differs only in case"), "{}", dead[3].2);
+            let rows = b.rows.expect("rows");
+            let names: Vec<&str> = rows
+                .schema_ref()
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>()
+                .into_iter()
+                .collect();
+            assert_eq!(
+                names
+                    .iter()
+                    .filter(|n| n.eq_ignore_ascii_case("_kafka_topic"))
+                    .count(),
+                1,
+                "only the lineage column: {names:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn change_events_may_not_bring_columns_named_like_silver_bookkeeping() {
+        let mut d = decoder(None, DecodeLimits::default(), true);
+        let b = push_all(
+            &mut d,
+            &[
+                br#"{"op": "c", "after": {"id": 1, "name": "a"}}"#.to_vec(),
+                br#"{"op": "c", "after": {"id": 2, "_cdc_op": "x"}}"#.to_vec(),
+            ],
+        );
+        assert_eq!(offsets(&b), vec![0]);
+        assert_eq!(dead(&b)[0].1, Stage::Schema);
+    }
+
+    #[test]
+    fn nesting_beyond_the_limit_is_a_limit_dead_letter() {
+        let deep = |n: usize| {
+            format!(
+                "{{\"id\": 1, \"x\": {}1{}}}",
+                "{\"a\":".repeat(n),
+                "}".repeat(n)
+            )
+            .into_bytes()
+        };
+        let limits = DecodeLimits::default();
+        for schema in [None, Some(schema_id())] {
+            let mut d = decoder(schema, limits, false);
+            let b = push_all(
+                &mut d,
+                &[
+                    deep(120),
+                    deep(200),
+                    deep(limits.max_nesting_depth),
+                    br#"{"id": 2}"#.to_vec(),
+                ],
+            );
+            assert_eq!(offsets(&b), vec![2, 3], "{:?}", dead(&b));
+            for (_, stage, error) in dead(&b) {
+                assert_eq!(stage, Stage::Limit, "{error}");
+                assert!(error.contains("decode.max_nesting_depth"), "{error}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_new_field_per_message_widens_a_table_a_bounded_amount_per_batch() {
+        let limits = DecodeLimits {
+            max_new_columns_per_batch: 10,
+            max_columns: 30,
+            ..DecodeLimits::default()
+        };
+        let mut d = decoder(Some(schema_id()), limits, false);
+        let payloads: Vec<Vec<u8>> = (0..500)
+            .map(|i| format!("{{\"id\": {i}, \"f{i}\": 1}}").into_bytes())
+            .collect();
+        let b = push_all(&mut d, &payloads);
+        assert_eq!(offsets(&b).len(), 10, "ten new columns this batch");
+        assert_eq!(d.schema().expect("schema").fields().len(), 11);
+        assert_eq!(b.dead_letters.len(), 490);
+        assert!(
+            b.dead_letters.iter().all(|l| l.stage == Stage::Schema
+                && l.error.contains("decode.max_new_columns_per_batch"))
+        );
+        // Later batches go on, up to the table's total.
+        for _ in 0..5 {
+            push_all(&mut d, &payloads);
+        }
+        assert_eq!(d.schema().expect("schema").fields().len(), 30);
+        let fresh: Vec<Vec<u8>> = (0..50)
+            .map(|i| format!("{{\"id\": {i}, \"g{i}\": 1}}").into_bytes())
+            .collect();
+        let b = push_all(&mut d, &fresh);
+        assert!(offsets(&b).is_empty(), "no more columns");
+        assert!(
+            b.dead_letters
+                .iter()
+                .any(|l| l.error.contains("decode.max_columns"))
+        );
+        // Messages with the known fields still land.
+        let b = push_all(&mut d, &[br#"{"id": 7, "f3": 2}"#.to_vec()]);
+        assert_eq!(offsets(&b), vec![0]);
+    }
+
+    #[test]
+    fn one_message_may_bring_many_columns_at_once_within_the_totals() {
+        let limits = DecodeLimits {
+            max_new_columns_per_batch: 10,
+            ..DecodeLimits::default()
+        };
+        let mut d = decoder(Some(schema_id()), limits, false);
+        let wide: String = (0..150).map(|i| format!(",\"c{i}\": {i}")).collect();
+        let b = push_all(
+            &mut d,
+            &[
+                format!("{{\"id\": 1{wide}}}").into_bytes(),
+                br#"{"id": 2, "late": 1}"#.to_vec(),
+            ],
+        );
+        assert_eq!(offsets(&b), vec![0], "{:?}", dead(&b));
+        assert_eq!(d.schema().expect("schema").fields().len(), 151);
+        assert_eq!(
+            dead(&b)[0].1,
+            Stage::Schema,
+            "the second message waits for a batch of its own"
+        );
+    }
+
+    #[test]
+    fn too_many_fields_in_one_message_is_a_limit_dead_letter() {
+        let wide: String = (0..3000).map(|i| format!(",\"c{i}\": 1")).collect();
+        let mut d = decoder(None, DecodeLimits::default(), false);
+        let b = push_all(
+            &mut d,
+            &[
+                format!("{{\"id\": 1{wide}}}").into_bytes(),
+                br#"{"id": 2}"#.to_vec(),
+            ],
+        );
+        assert_eq!(offsets(&b), vec![1]);
+        assert_eq!(dead(&b)[0].1, Stage::Limit);
+        assert!(dead(&b)[0].2.contains("decode.max_fields"));
+    }
+
+    #[test]
+    fn boundary_numbers_wrong_shapes_and_odd_bytes_never_stop_the_batch() {
+        let mut d = decoder(None, DecodeLimits::default(), false);
+        let mut payloads: Vec<Vec<u8>> = vec![
+            br#"{"id": 1, "obj": {"a": 1}, "s": "x", "f": 1.5}"#.to_vec(),
+            br#"{"id": 99999999999999999999999}"#.to_vec(),
+            br#"{"id": 2, "f": 1e400}"#.to_vec(),
+            br#"{"id": 3, "obj": "a string"}"#.to_vec(),
+            br#"{"id": 4, "s": {"an": "object"}}"#.to_vec(),
+            b"{\"id\": 5, \"s\": \"\xff\xfe\"}".to_vec(),
+            b"\xc3\x28\xa0\xa1".to_vec(),
+            format!("{{\"id\": 6, \"s\": \"{}\"}}", "x".repeat(1 << 20)).into_bytes(),
+            br#"{"id": -9223372036854775808, "f": -0.0}"#.to_vec(),
+            "{\"id\": 7, \"s\": \"名前 😀 \\u0000 \\ud800\"}"
+                .as_bytes()
+                .to_vec(),
+            br#"{"id": 8}"#.to_vec(),
+        ];
+        payloads.push(br#"{"": 1, "id": 9}"#.to_vec());
+        let b = push_all(&mut d, &payloads);
+        let landed = offsets(&b);
+        let mut all: Vec<i64> = landed.clone();
+        all.extend(b.dead_letters.iter().map(|d| d.offset));
+        all.sort_unstable();
+        assert_eq!(
+            all,
+            (0..payloads.len() as i64).collect::<Vec<_>>(),
+            "each once"
+        );
+        for must_land in [0, 8, 10] {
+            assert!(landed.contains(&must_land), "{must_land}: {:?}", dead(&b));
+        }
+        for (o, _, error) in dead(&b) {
+            assert!(
+                !error.contains("9999999") && !error.contains("an\""),
+                "{o}: {error}"
+            );
+        }
     }
 }

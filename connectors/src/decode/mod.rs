@@ -4,9 +4,11 @@ pub mod avro;
 mod chunk;
 pub(crate) mod evolve;
 pub mod json;
+pub mod limits;
 pub mod registry;
 
-use sluice_pipeline::SourceBatch;
+use sluice_pipeline::panic::guard;
+use sluice_pipeline::{SourceBatch, Stage};
 
 use crate::error::Result;
 
@@ -31,18 +33,62 @@ pub enum TableDecoder {
 
 impl TableDecoder {
     /// Buffer one message.
+    ///
+    /// The decoders contain panics of the code they call per message; should one escape
+    /// them anyway, the buffered messages are kept for [`TableDecoder::finish`], which
+    /// makes them dead letters.
     pub fn push(&mut self, m: &RawMessage<'_>) {
-        match self {
+        let pushed = guard(|| match self {
             Self::Json(d) => d.push(m),
             Self::Avro(d) => d.push(m),
+        });
+        if let Err(p) = pushed {
+            self.chunk().poisoned.get_or_insert(p.to_string());
         }
     }
 
     /// Everything buffered as one batch: rows with lineage, and dead letters.
+    ///
+    /// A panic the decoder did not isolate to messages makes every message of the batch a
+    /// dead letter at stage `decode` naming the internal error: the run goes on and
+    /// nothing is lost.
     pub fn finish(&mut self) -> Result<Option<SourceBatch>> {
-        match self {
+        if let Some(error) = self.chunk().poisoned.take() {
+            return self.abandon(&error);
+        }
+        match guard(|| match self {
             Self::Json(d) => d.finish(),
             Self::Avro(d) => d.finish(),
+        }) {
+            Ok(result) => result,
+            Err(p) => self.abandon(&p.to_string()),
+        }
+    }
+
+    fn abandon(&mut self, error: &str) -> Result<Option<SourceBatch>> {
+        tracing::error!(
+            error,
+            "A decoder failed on a whole batch; its messages go to the dead letters."
+        );
+        let table = self.table().to_string();
+        let chunk = self.chunk();
+        if chunk.len() == 0 {
+            return Ok(None);
+        }
+        chunk.abandon(&table, Stage::Decode, error).map(Some)
+    }
+
+    fn chunk(&mut self) -> &mut chunk::Chunk {
+        match self {
+            Self::Json(d) => d.chunk_mut(),
+            Self::Avro(d) => d.chunk_mut(),
+        }
+    }
+
+    fn table(&self) -> &str {
+        match self {
+            Self::Json(d) => d.table(),
+            Self::Avro(d) => d.table(),
         }
     }
 

@@ -30,6 +30,9 @@ pub struct RegistryConfig {
     pub attempts: u32,
 }
 
+/// Unknown or unusable schema ids remembered at most (then forgotten all at once).
+const MAX_UNUSABLE_IDS: usize = 1024;
+
 /// What the registry says about an id.
 #[derive(Debug, Clone)]
 pub enum Lookup {
@@ -130,6 +133,16 @@ impl SchemaRegistry {
             },
         };
         if let Ok(mut c) = self.cache.lock() {
+            // Ids are the producers' to choose: the ones the registry does not know are
+            // remembered only up to a bound, so random ids cannot grow memory.
+            if matches!(found, Lookup::Unusable(_))
+                && c.values()
+                    .filter(|l| matches!(l, Lookup::Unusable(_)))
+                    .count()
+                    >= MAX_UNUSABLE_IDS
+            {
+                c.retain(|_, l| matches!(l, Lookup::Found(_)));
+            }
             c.insert(id, found.clone());
         }
         Ok(found)

@@ -168,20 +168,22 @@ impl QualityGate {
         let mut columns = rows.columns().to_vec();
         columns.push(Arc::new(UInt32Array::from_iter_values(0..n as u32)));
         let indexed = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
-        let _ = self.ctx.deregister_table("batch");
-        self.ctx
-            .register_batch("batch", indexed)
-            .map_err(|e| Error::Decode(e.to_string()))?;
         // Per row, the `drop` expectations it fails.
         let mut dropped: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
         for e in &expectations {
             self.register(&e.check).await?;
             let sql = format!("SELECT {ROW} FROM batch WHERE NOT ({})", e.check);
-            let failing = self.failing(&sql).await.map_err(|message| Error::Quality {
-                table: batch.table.clone(),
-                expectation: e.name.clone(),
-                message: format!("cannot evaluate `{}`: {message}", e.check),
-            })?;
+            let (failing, unevaluable) =
+                self.failing(&sql, &indexed)
+                    .await
+                    .map_err(|message| Error::Quality {
+                        table: batch.table.clone(),
+                        expectation: e.name.clone(),
+                        message: format!("cannot evaluate `{}`: {message}", e.check),
+                    })?;
+            if unevaluable > 0 {
+                tracing::warn!(table = %batch.table, expectation = %e.name, rows = unevaluable, "The check cannot be evaluated on some rows (an error such as a division by zero); they count as failing it.");
+            }
             let failed = failing.len() as i64;
             let entry = self
                 .counts
@@ -235,15 +237,59 @@ impl QualityGate {
         Ok(batch)
     }
 
-    async fn failing(&self, sql: &str) -> std::result::Result<Vec<usize>, String> {
+    /// Rows of `indexed` that `sql` (a check, negated) selects, and how many of them were
+    /// selected because the check cannot be evaluated on them. A check whose evaluation
+    /// fails on the batch (a division by zero, a failing cast: errors of the data) is
+    /// evaluated again on halves, down to the rows it fails on alone, which count as
+    /// failing it, so no row can stop the pipeline. A check that cannot be planned (it
+    /// names a column the table lacks) is an error of the configuration: `Err`.
+    async fn failing(
+        &self,
+        sql: &str,
+        indexed: &RecordBatch,
+    ) -> std::result::Result<(Vec<usize>, usize), String> {
+        let mut rows = Vec::new();
+        let mut unevaluable = 0;
+        let mut stack = vec![(0, indexed.num_rows())];
+        while let Some((start, len)) = stack.pop() {
+            match self.evaluate(sql, indexed.slice(start, len)).await? {
+                Ok(failed) => rows.extend(failed),
+                Err(()) if len <= 1 => {
+                    rows.push(start);
+                    unevaluable += 1;
+                }
+                Err(()) => {
+                    stack.push((start + len / 2, len - len / 2));
+                    stack.push((start, len / 2));
+                }
+            }
+        }
+        rows.sort_unstable();
+        Ok((rows, unevaluable))
+    }
+
+    /// The row numbers `sql` selects from `part`, registered as the table `batch`:
+    /// `Err` when it cannot be planned, `Ok(Err(()))` when its execution fails (the
+    /// error, which may quote values, is dropped).
+    async fn evaluate(
+        &self,
+        sql: &str,
+        part: RecordBatch,
+    ) -> std::result::Result<std::result::Result<Vec<usize>, ()>, String> {
+        let _ = self.ctx.deregister_table("batch");
+        self.ctx
+            .register_batch("batch", part)
+            .map_err(|e| e.to_string())?;
         let df = self.ctx.sql(sql).await.map_err(|e| e.to_string())?;
-        let batches = df.collect().await.map_err(|e| e.to_string())?;
+        let Ok(batches) = df.collect().await else {
+            return Ok(Err(()));
+        };
         let mut rows = Vec::new();
         for b in batches {
             let c = b.column(0).as_primitive::<arrow::datatypes::UInt32Type>();
             rows.extend(c.values().iter().map(|v| *v as usize));
         }
-        Ok(rows)
+        Ok(Ok(rows))
     }
 
     /// Append the counts since the last commit to `_sluice/quality`.

@@ -173,7 +173,7 @@ impl SilverSink {
                 continue;
             }
             if let Some(rows) = &batch.rows
-                && let Some(changes) = change_rows(rows, &s.spec)?
+                && let Some(changes) = changes_of(rows, &s.spec, &s.location)?
                 && changes.num_rows() > 0
             {
                 s.pending.push(changes);
@@ -783,6 +783,68 @@ pub fn reduce(changes: &RecordBatch, key: &[String]) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(schema, columns)?)
 }
 
+/// The change rows of `rows` for `spec`, checked to reduce. Rows the change rows cannot
+/// be made of (a panic or an error on them alone, found by bisection) stay in bronze but
+/// are left out of silver, counted and logged with their provenance (never their values),
+/// so no event can stop the pipeline.
+fn changes_of(
+    rows: &RecordBatch,
+    spec: &SilverTableSpec,
+    location: &str,
+) -> Result<Option<RecordBatch>> {
+    let attempt = |b: &RecordBatch| -> std::result::Result<Option<RecordBatch>, ()> {
+        sluice_pipeline::panic::guard(|| {
+            let changes = change_rows(b, spec)?;
+            if let Some(c) = &changes {
+                reduce(c, &spec.key)?;
+            }
+            Ok::<_, Error>(changes)
+        })
+        .map_err(|_| ())
+        .and_then(|r| r.map_err(|_| ()))
+    };
+    if let Ok(changes) = attempt(rows) {
+        return Ok(changes);
+    }
+    let mut parts: Vec<RecordBatch> = Vec::new();
+    let mut refused: Vec<usize> = Vec::new();
+    let mut stack = vec![(0, rows.num_rows())];
+    while let Some((start, len)) = stack.pop() {
+        match attempt(&rows.slice(start, len)) {
+            Ok(Some(c)) => parts.push(c),
+            Ok(None) => {}
+            Err(()) if len <= 1 => refused.extend(start..start + len),
+            Err(()) => {
+                stack.push((start + len / 2, len - len / 2));
+                stack.push((start, len / 2));
+            }
+        }
+    }
+    let offsets = rows
+        .column_by_name("_kafka_offset")
+        .and_then(|c| c.as_primitive_opt::<Int64Type>())
+        .map(|o| refused.iter().map(|i| o.value(*i)).collect::<Vec<_>>())
+        .unwrap_or_default();
+    metrics::counter!("sluice_cdc_changes_refused_total", "table" => location.to_string())
+        .increment(refused.len() as u64);
+    tracing::warn!(
+        table = %location,
+        events = refused.len(),
+        offsets = ?offsets.iter().take(20).collect::<Vec<_>>(),
+        "Change events that cannot be applied to silver (they are kept in bronze)."
+    );
+    if parts.is_empty() {
+        return Ok(None);
+    }
+    // (The left half is always taken first: the parts are in row order.)
+    let schema = merged_schema(location, parts.iter().map(RecordBatch::schema))?;
+    let conformed = parts
+        .iter()
+        .map(|b| conform(location, b, &schema))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(concat_batches(&schema, &conformed)?))
+}
+
 /// The change rows of a batch of Debezium envelopes bound for `spec`, or `None` when the
 /// batch has no `op` column (not change events).
 pub fn change_rows(batch: &RecordBatch, spec: &SilverTableSpec) -> Result<Option<RecordBatch>> {
@@ -1021,7 +1083,7 @@ mod tests {
         });
         let config = JsonDecoderConfig {
             table: "cdc".into(),
-            max_message_bytes: 1 << 20,
+            limits: crate::decode::limits::DecodeLimits::default(),
             schema_evolution: true,
             max_messages: 1000,
             envelope: true,

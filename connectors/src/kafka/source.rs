@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 use super::limit::Limits;
 use crate::decode::avro::{AvroDecoder, AvroDecoderConfig, AvroSchemas};
 use crate::decode::json::{JsonDecoder, JsonDecoderConfig, payload_of};
+use crate::decode::limits::DecodeLimits;
 use crate::decode::{RawMessage, TableDecoder};
 use crate::delta::{bronze, table};
 use crate::error::{Error, Result, kafka};
@@ -61,7 +62,8 @@ pub struct KafkaSourceConfig {
     pub lake: Lake,
     /// Declared payload schemas by table.
     pub declared: HashMap<String, SchemaRef>,
-    pub max_message_bytes: usize,
+    /// Limits every message is held to (beyond: a dead letter).
+    pub limits: DecodeLimits,
     pub schema_evolution: bool,
     /// Stop once every assigned partition is read to its end.
     pub until_caught_up: bool,
@@ -179,6 +181,9 @@ impl ConsumerContext for Ctx {
                         let mut starts = Vec::new();
                         for tp in &parts {
                             let offset = match offsets.get(tp) {
+                                // A table fed by the partition holds nothing yet, while
+                                // another does: that one needs the whole backlog.
+                                Some(v) if *v < 0 => Offset::Beginning,
                                 Some(v) => Offset::Offset(v + 1),
                                 None if self.reset == OffsetReset::Latest => Offset::End,
                                 None => Offset::Beginning,
@@ -287,13 +292,16 @@ impl Ctx {
             } else {
                 BTreeMap::new()
             };
+            // A table without offsets for a partition bronze has read needs it from the
+            // start (-1: before the first offset), whatever `auto_offset_reset` says:
+            // that setting is for partitions no table has read yet.
             for tp in tps {
                 match (out.get(tp).copied(), held.get(tp)) {
                     (Some(b), Some(v)) => {
                         out.insert(tp.clone(), b.min(*v));
                     }
                     (Some(_), None) => {
-                        out.remove(tp);
+                        out.insert(tp.clone(), -1);
                     }
                     (None, _) => {}
                 }
@@ -483,7 +491,7 @@ fn run(
     let limits = Limits::new(
         state.config.max_messages_per_second,
         state.config.max_bytes_per_second,
-        state.config.max_message_bytes,
+        state.config.limits.max_message_bytes,
     );
     let mut throttled = Duration::ZERO;
     while !stop.load(Ordering::Relaxed) {
@@ -570,7 +578,8 @@ impl WorkerState {
             return TableDecoder::Avro(AvroDecoder::new(
                 AvroDecoderConfig {
                     table: table_name.to_string(),
-                    max_message_bytes: self.config.max_message_bytes,
+                    limits: self.config.limits,
+                    envelope: self.config.envelope_tables.contains(table_name),
                     max_messages: self.config.decode_batch_max_messages,
                     schemas: schemas.clone(),
                 },
@@ -580,7 +589,7 @@ impl WorkerState {
         TableDecoder::Json(JsonDecoder::new(
             JsonDecoderConfig {
                 table: table_name.to_string(),
-                max_message_bytes: self.config.max_message_bytes,
+                limits: self.config.limits,
                 schema_evolution: self.config.schema_evolution,
                 max_messages: self.config.decode_batch_max_messages,
                 envelope: self.config.envelope_tables.contains(table_name),
