@@ -65,7 +65,7 @@ fn bench(c: &mut Criterion) {
     let bytes: usize = payloads.iter().map(Vec::len).sum();
     let config = JsonDecoderConfig {
         table: "bench".into(),
-        max_message_bytes: 1 << 20,
+        limits: sluice_connectors::decode::limits::DecodeLimits::default(),
         schema_evolution: true,
         max_messages: MESSAGES,
         envelope: false,
@@ -182,7 +182,8 @@ fn bench_avro(c: &mut Criterion) {
     let mut decoder = AvroDecoder::new(
         AvroDecoderConfig {
             table: "bench".into(),
-            max_message_bytes: 1 << 20,
+            limits: sluice_connectors::decode::limits::DecodeLimits::default(),
+            envelope: false,
             max_messages: MESSAGES,
             schemas: AvroSchemas::Registry(std::sync::Arc::new(client)),
         },
@@ -212,5 +213,109 @@ fn bench_avro(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench, bench_avro);
+/// What one hostile message costs: chunks of 1,000 transactions of which every tenth is
+/// of one hostile kind (`demo::hostile`), decoded into a table that knows the ordinary
+/// schema, then protected with the demo's card policy (tokenize the customer, format-
+/// preserving encryption of the card number) — against the same chunk without them. The
+/// difference over 100 hostile messages is one message's cost (the goal: under 10 ms).
+fn bench_hostile(c: &mut Criterion) {
+    use sluice_connectors::demo::hostile::KINDS;
+    use sluice_pipeline::runner::{Protection, Step};
+    use sluice_transforms::ColumnPath;
+    use sluice_transforms::fpe::{EncryptFpe, Ff1Cipher, FpeFormat};
+    use sluice_transforms::limit::Limited;
+    use sluice_transforms::memo::Memo;
+    use sluice_transforms::tokenize::Tokenize;
+    let ordinary: Vec<Vec<u8>> = messages().into_iter().take(1000).collect();
+    let key = b"bench secret of enough bytes".to_vec();
+    let step = |column: &str, t: Box<dyn sluice_pipeline::Transform>| Step {
+        column: column.into(),
+        transform: Box::new(Limited {
+            inner: t,
+            path: ColumnPath::parse(column).expect("path"),
+            max_bytes: 64 * 1024,
+        }),
+    };
+    let protection = Protection {
+        chains: [(
+            "bench".to_string(),
+            vec![
+                step(
+                    "customer_id",
+                    Box::new(Tokenize {
+                        path: ColumnPath::parse("customer_id").expect("path"),
+                        key_id: "k".into(),
+                        key: key.clone(),
+                        memo: Memo::default(),
+                    }),
+                ),
+                step(
+                    "card_number",
+                    Box::new(EncryptFpe {
+                        path: ColumnPath::parse("card_number").expect("path"),
+                        cipher: Ff1Cipher::new(&key, FpeFormat::Pan),
+                        memo: Memo::default(),
+                    }),
+                ),
+            ],
+        )]
+        .into_iter()
+        .collect(),
+        seal: None,
+    };
+    let config = JsonDecoderConfig {
+        table: "bench".into(),
+        limits: sluice_connectors::decode::limits::DecodeLimits::default(),
+        schema_evolution: true,
+        max_messages: 1000,
+        envelope: false,
+    };
+    let mut warm = JsonDecoder::new(config.clone(), None);
+    decode(&ordinary, &mut warm);
+    let schema = warm.schema().cloned();
+    let run = |payloads: &[Vec<u8>]| {
+        // A fresh decoder each time: "a new field name" must not widen the table for good.
+        let mut d = JsonDecoder::new(config.clone(), schema.clone());
+        for (i, p) in payloads.iter().enumerate() {
+            d.push(&RawMessage {
+                topic: "txn-events",
+                partition: 0,
+                offset: i as i64,
+                timestamp_ms: Some(1_767_225_600_000),
+                key: Some(b"C0000001"),
+                payload: Some(p),
+            });
+        }
+        let mut batch = d.finish().expect("decode").expect("batch");
+        sluice_pipeline::runner::protect(&protection, &mut batch).expect("protect");
+        batch
+    };
+    let mut g = c.benchmark_group("hostile: 1,000 transactions, every tenth hostile");
+    g.sample_size(10);
+    g.bench_function("none hostile", |b| b.iter(|| black_box(run(&ordinary))));
+    for kind in &KINDS {
+        let mixed: Vec<Vec<u8>> = ordinary
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                if i % 10 == 9 {
+                    (kind.make)(i)
+                } else {
+                    p.clone()
+                }
+            })
+            .collect();
+        let batch = run(&mixed);
+        assert_eq!(
+            batch.message_count(),
+            1000,
+            "{}: every message accounted for",
+            kind.name
+        );
+        g.bench_function(kind.name, |b| b.iter(|| black_box(run(&mixed))));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_avro, bench_hostile);
 criterion_main!(benches);

@@ -49,7 +49,7 @@ fn decode(events: &[String], first_offset: i64) -> sluice_pipeline::SourceBatch 
     let mut decoder = JsonDecoder::new(
         JsonDecoderConfig {
             table: "customers_changes".into(),
-            max_message_bytes: 1 << 20,
+            limits: sluice_connectors::decode::limits::DecodeLimits::default(),
             schema_evolution: true,
             max_messages: events.len(),
             envelope: true,

@@ -40,6 +40,12 @@ pub struct BenchArgs {
     /// more means fewer repeated values for the policy's memos.
     #[arg(long, default_value_t = 10_000)]
     pub customers: usize,
+    /// Replace every N-th transaction by a hostile message (cycling through the kinds of
+    /// `demo::hostile`: non-ASCII, lineage-named fields, deep nesting, 200,000 digits,
+    /// invalid UTF-8, huge numbers, a new field name each, wrong shapes, 3,000 fields, not
+    /// JSON), to compare the cost of a hostile mix with an ordinary one.
+    #[arg(long, value_name = "N")]
+    pub hostile_every: Option<usize>,
 }
 
 /// The demo's card-transaction policy, for `table`, with keys under `dir`.
@@ -82,15 +88,26 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     };
     let producer = SimpleProducer::new(&brokers)?;
     let mut bytes = 0usize;
-    for m in bank::generate(scale)
+    let mut hostile = 0usize;
+    for (i, m) in bank::generate(scale)
         .iter()
         .filter(|m| m.topic == "txn-events")
+        .enumerate()
     {
-        bytes += m.payload.as_ref().map_or(0, Vec::len);
+        let replaced = args
+            .hostile_every
+            .filter(|n| *n > 0 && i % n == n - 1)
+            .map(|_| {
+                hostile += 1;
+                let kinds = &sluice_connectors::demo::hostile::KINDS;
+                (kinds[hostile % kinds.len()].make)(hostile)
+            });
+        let payload = replaced.as_deref().or(m.payload.as_deref());
+        bytes += payload.map_or(0, <[u8]>::len);
         producer.send(&Outgoing {
             topic: &args.topic,
             key: Some(m.key.as_bytes()),
-            payload: m.payload.as_deref(),
+            payload,
             timestamp_ms: Some(m.timestamp_ms),
         })?;
     }
@@ -104,7 +121,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     eprintln!(
-        "bench: pre-loaded {} messages ({:.1} MB) into {} partitions",
+        "bench: pre-loaded {} messages ({:.1} MB, {hostile} hostile) into {} partitions",
         args.messages,
         bytes as f64 / 1e6,
         args.partitions
@@ -139,9 +156,10 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(out.status.success(), "sluice run failed: {}", out.status);
     let s: Summary = serde_json::from_slice(&out.stdout).context("reading the run summary")?;
     anyhow::ensure!(
-        s.rows as usize == args.messages,
-        "drained {} rows of {}",
+        (s.rows + s.dead_letters) as usize == args.messages,
+        "drained {} rows and {} dead letters of {} messages",
         s.rows,
+        s.dead_letters,
         args.messages
     );
     let secs = s.active_seconds.max(1e-9);
@@ -165,6 +183,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "peak RSS MiB       {:.0}",
         s.peak_rss_bytes as f64 / 1048576.0
     );
+    println!("dead letters       {}", s.dead_letters);
     println!("commits            {}", s.commits);
     drop(embedded);
     Ok(())

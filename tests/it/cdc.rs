@@ -451,3 +451,55 @@ fn history_keeps_a_version_per_change_of_tracked_columns() {
     w.run_ok(&["run", "--until-caught-up"]);
     assert_eq!(w.count("silver.customers_history"), 4);
 }
+
+#[test]
+fn a_silver_table_added_later_reads_the_backlog_even_when_new_partitions_start_at_the_end() {
+    let broker = Mock::start();
+    let topic = "bank.public.customers";
+    broker.create_topic(topic, 2);
+    let events: Vec<(i64, Option<Value>)> = (1..=6)
+        .map(|id| {
+            let name = format!("C{id}");
+            (
+                id,
+                Some(dbz(
+                    "c",
+                    Value::Null,
+                    row(id, &name, "c@example.com", "b"),
+                    100 + id,
+                )),
+            )
+        })
+        .collect();
+    send(&broker, topic, &events);
+    let w = Workdir::new();
+    // Bronze alone first.
+    w.write_config(
+        &broker,
+        "cdc",
+        &[topic],
+        "[bronze.routes]\n\"bank.public.customers\" = \"customers_changes\"\n",
+    );
+    w.run_ok(&["run", "--until-caught-up"]);
+    assert_eq!(w.count("bronze.customers_changes"), 6);
+    // Then a silver table, with partitions no table has read starting at the end: silver
+    // holds nothing of these partitions yet, so they are read from the start for it.
+    config(&w, &broker, "");
+    let text = std::fs::read_to_string(w.config()).expect("config");
+    std::fs::write(
+        w.config(),
+        text.replacen("[kafka]\n", "[kafka]\nauto_offset_reset = \"latest\"\n", 1),
+    )
+    .expect("latest");
+    w.run_ok(&["run", "--until-caught-up"]);
+    assert_eq!(
+        w.sql("select count(*) from silver.customers"),
+        vec!["6".to_string()],
+        "silver caught up with the backlog bronze already held"
+    );
+    assert_eq!(
+        w.count("bronze.customers_changes"),
+        6,
+        "and bronze took nothing twice"
+    );
+}

@@ -2,7 +2,9 @@
 //! take at least ~10 s. Only the upper bound of the rate is asserted, so a slow machine
 //! cannot make the test fail; the measured rate is printed.
 
-use crate::harness::{Broker, Mock, Workdir, produce};
+use sluice_connectors::demo::broker::{Outgoing, SimpleProducer};
+
+use crate::harness::{Broker, Mock, Workdir, event, produce};
 
 #[test]
 fn a_message_rate_limit_holds_within_ten_percent() {
@@ -58,20 +60,47 @@ fn peak_rss(broker: &Mock, budget: Option<u64>, delay_ms: u64) -> (f64, f64) {
     )
 }
 
+/// `count` events of ~400 bytes (the usual event and a 300-character note).
+fn produce_padded(broker: &Mock, topic: &str, count: usize) {
+    let producer = SimpleProducer::new(&broker.bootstrap()).expect("producer");
+    let note = "ü".repeat(150);
+    for i in 0..count {
+        let mut payload = event(i);
+        payload.pop();
+        payload.extend_from_slice(format!(r#", "note": "{note}"}}"#).as_bytes());
+        producer
+            .send(&Outgoing {
+                topic,
+                key: Some(format!("k{i}").as_bytes()),
+                payload: Some(&payload),
+                timestamp_ms: None,
+            })
+            .expect("send");
+    }
+    producer.flush().expect("flush");
+}
+
 #[test]
 fn memory_stays_within_the_budget_while_delta_writes_are_slow() {
     let broker = Mock::start();
-    broker.create_topic("backlog", 10);
-    produce(&broker, "backlog", 0, 400_000);
+    // ~160 MB: more than the default buffers hold before their first commit, over enough
+    // partitions that none passes the ~5 MB a partition of the mock cluster keeps.
+    broker.create_topic("backlog", 48);
+    produce_padded(&broker, "backlog", 400_000);
     let budget = 256 * 1_048_576;
     let (bounded, commits) = peak_rss(&broker, Some(budget), 1_500);
     let (unbounded, _) = peak_rss(&broker, None, 1_500);
     eprintln!(
-        "400,000 messages (~40 MB), commits slowed by 1.5 s: peak RSS {bounded:.0} MiB with a \
+        "400,000 messages (~160 MB), commits slowed by 1.5 s: peak RSS {bounded:.0} MiB with a \
          256 MiB budget ({commits} commits), {unbounded:.0} MiB with the default buffers"
     );
     assert!(
         bounded <= 256.0,
         "peak RSS {bounded:.0} MiB exceeds the 256 MiB budget"
+    );
+    // Without a budget the buffers take their defaults: the budget is what kept it lower.
+    assert!(
+        unbounded > bounded,
+        "the budget did not lower the peak ({bounded:.0} MiB with it, {unbounded:.0} MiB without)"
     );
 }

@@ -88,6 +88,8 @@ impl SimpleProducer {
             .set("queue.buffering.max.messages", "1000000")
             .set("queue.buffering.max.kbytes", "1048576")
             .set("batch.num.messages", "10000")
+            // Room for the megabyte keys and values the hostile-input tests send.
+            .set("message.max.bytes", "4194304")
             .create()
             .map_err(kafka("creating a producer"))?;
         Ok(Self { producer })
