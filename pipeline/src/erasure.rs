@@ -24,6 +24,12 @@
 //! key = '{"customer_id":"{subject}"}'
 //! ```
 //!
+//! Identifiers are checked before anything is searched: `min_subject_length` (default 6)
+//! and `subject_pattern` (a regular expression matched whole), and placeholder words
+//! (`null`, `none`, `true`, …) are refused. Purging stays clear of files another writer
+//! may still commit: a file no commit names is removed only when older than
+//! `orphan_min_age_secs` (default 24 h) plus `clock_skew_margin_secs` (default 300).
+//!
 //! The dead-letter and quarantine tables need no entry: a letter is erased when its key
 //! or payload (opened with the dead-letter key when sealed) mentions the subject.
 
@@ -34,7 +40,7 @@ use serde::Deserialize;
 use crate::config::{Config, Problem, is_table_name};
 
 /// `[erasure]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct ErasureConfig {
     /// Subject columns (dotted paths into structs) of every table that has them.
@@ -47,6 +53,42 @@ pub struct ErasureConfig {
     pub requests_topic: Option<String>,
     /// Tombstones produced for each erased subject.
     pub tombstones: Vec<TombstoneConfig>,
+    /// Shortest subject identifier accepted (default 6): a request for `1` would match
+    /// the word `1` in every dead letter and log entry.
+    pub min_subject_length: usize,
+    /// A regular expression every subject identifier must match whole (e.g.
+    /// `C[0-9]{7}`); none: any identifier of `min_subject_length` or more that is not a
+    /// placeholder word (`null`, `none`, `true`, …).
+    pub subject_pattern: Option<String>,
+    /// Files no commit names, younger than this, may belong to a commit still in flight
+    /// (another writer's): erasure leaves them and counts them as deferred (default 24 h).
+    pub orphan_min_age_secs: u64,
+    /// Allowance for the difference between this host's clock and the object store's, added
+    /// to `orphan_min_age_secs` (default 300 s).
+    pub clock_skew_margin_secs: u64,
+}
+
+/// Default of `[erasure] min_subject_length`.
+pub const MIN_SUBJECT_LENGTH: usize = 6;
+/// Default of `[erasure] orphan_min_age_secs`.
+pub const ORPHAN_MIN_AGE_SECS: u64 = 24 * 3600;
+/// Default of `[erasure] clock_skew_margin_secs`.
+pub const CLOCK_SKEW_MARGIN_SECS: u64 = 300;
+
+impl Default for ErasureConfig {
+    fn default() -> Self {
+        Self {
+            columns: Vec::new(),
+            certificate_key: None,
+            tables: BTreeMap::new(),
+            requests_topic: None,
+            tombstones: Vec::new(),
+            min_subject_length: MIN_SUBJECT_LENGTH,
+            subject_pattern: None,
+            orphan_min_age_secs: ORPHAN_MIN_AGE_SECS,
+            clock_skew_margin_secs: CLOCK_SKEW_MARGIN_SECS,
+        }
+    }
 }
 
 /// `[[erasure.tombstones]]`: one key of the subject on one compacted topic.
@@ -129,6 +171,18 @@ impl Config {
             if c.trim().is_empty() {
                 p.push(Problem::new("erasure.columns", "an empty column name"));
             }
+        }
+        if e.min_subject_length == 0 {
+            p.push(Problem::new(
+                "erasure.min_subject_length",
+                "must be at least 1",
+            ));
+        }
+        if matches!(&e.subject_pattern, Some(t) if t.trim().is_empty()) {
+            p.push(Problem::new(
+                "erasure.subject_pattern",
+                "an empty pattern: remove it, or give the shape of an identifier",
+            ));
         }
         if matches!(&e.requests_topic, Some(t) if t.trim().is_empty()) {
             p.push(Problem::new(
