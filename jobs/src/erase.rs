@@ -382,7 +382,8 @@ pub async fn erase(
         let schema = table::arrow_schema(&name, &delta)?;
         let lookup = lookup_for(config, &name, &schema);
         if !lookup.is_empty() {
-            let done = erase_table(&name, delta, &lookup, &all, requests, options).await?;
+            let mut done = erase_table(&name, delta, &lookup, &all, requests, options).await?;
+            done.shared.rows_removed = done.per_request.iter().map(|r| r.0).sum();
             report(&done.shared, options.dry_run);
             outcomes.push(done);
         }
@@ -407,7 +408,8 @@ pub async fn erase(
             contains: Vec::new(),
             letters: false,
         };
-        let done = erase_table(KEY_STORE, delta, &lookup, &all, requests, options).await?;
+        let mut done = erase_table(KEY_STORE, delta, &lookup, &all, requests, options).await?;
+        done.shared.rows_removed = done.per_request.iter().map(|r| r.0).sum();
         report(&done.shared, options.dry_run);
         outcomes.push(done);
         if let Some(l) = erasing {

@@ -196,7 +196,8 @@ impl TableFiles {
     ///   partition values or tags);
     /// - each commit entry read is rewritten in place without file statistics, without the
     ///   partition values of purged or removed files, and without commit parameters
-    ///   (predicates of other engines may hold values) or request ids. Entries are never
+    ///   (predicates of other engines may hold values) or request ids; the protocol action
+    ///   goes too, so that versions before the checkpoint no longer open. Entries are never
     ///   deleted: a writer still holding an older snapshot then meets the existing entry and
     ///   retries on the new checkpoint, instead of committing into a hole below it;
     /// - older checkpoints and checksum files are deleted when `drop_old_checkpoints`.
@@ -374,6 +375,13 @@ pub fn scrub_entry(bytes: &[u8], purged: &HashSet<String>) -> Option<Vec<u8>> {
                 continue;
             }
         };
+        // Without its protocol the log up to here no longer opens as a table: time travel
+        // before the scrub fails rather than reading a version whose files or statistics
+        // are gone. Readers and writers go through the checkpoint, which has it.
+        if action.get("protocol").is_some() {
+            changed = true;
+            continue;
+        }
         let mut touched = false;
         if let Some(o) = action.as_object_mut() {
             for (kind, a) in o.iter_mut() {
@@ -641,6 +649,12 @@ mod tests {
             .filter(|p| p.extension().is_some_and(|x| x == "json"))
             .count();
         assert_eq!(entries as i64, crate::version(&t) + 1);
+        // Versions before the erasure no longer open (their log lost its protocol).
+        assert!(
+            deltalake::open_table_with_version(url.clone(), 1)
+                .await
+                .is_err()
+        );
         // The stale writer's append lands above the erasure, not in a hole below it.
         // Refused as any append racing a delete is (a sink then refreshes and retries):
         // the refresh reads the new checkpoint, and the retry lands.
@@ -700,6 +714,8 @@ mod tests {
             "\n",
             r#"{"txn":{"appId":"demo-t-0","version":41}}"#,
             "\n",
+            r#"{"protocol":{"minReaderVersion":1,"minWriterVersion":2}}"#,
+            "\n",
             r#"{"add":{"path":"a.parquet","partitionValues":{"d":"2026-01-01"},"size":1,"modificationTime":1,"dataChange":true,"stats":"{\"minValues\":{\"id\":\"C1\"}}"}}"#,
             "\n",
             r#"{"remove":{"path":"b.parquet","deletionTimestamp":1,"dataChange":true,"extendedFileMetadata":true,"partitionValues":{"d":"2026-01-02"},"size":1,"stats":"{}"}}"#,
@@ -717,6 +733,7 @@ mod tests {
             "secretday",
             "stats",
             "predicate",
+            "protocol",
         ] {
             assert!(!text.contains(gone), "{gone} in {text}");
         }
