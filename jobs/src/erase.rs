@@ -32,8 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray,
+    Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -212,10 +211,10 @@ pub fn text_values(array: &ArrayRef, out: &mut dyn FnMut(usize, &str)) {
             DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
                 if let Ok(a) = cast(array, &DataType::Binary) {
                     for (i, v) in a.as_binary::<i32>().iter().enumerate() {
-                        if let Some(v) = v.and_then(|v| std::str::from_utf8(v).ok()) {
-                            if long(v) {
-                                out(rows(i), v);
-                            }
+                        if let Some(v) = v.and_then(|v| std::str::from_utf8(v).ok())
+                            && long(v)
+                        {
+                            out(rows(i), v);
                         }
                     }
                 }
@@ -357,6 +356,7 @@ pub async fn erase(
 ) -> Result<Vec<Certificate>> {
     let subjects: Vec<Arc<Subject>> = requests.iter().map(|r| Arc::clone(&r.subject)).collect();
     let all = Arc::new(Subject::union(&subjects));
+    let owners = owners(requests);
     let mut outcomes: Vec<TableOutcome> = Vec::new();
     for t in find_tables_in(lake)
         .await
@@ -382,8 +382,7 @@ pub async fn erase(
         let schema = table::arrow_schema(&name, &delta)?;
         let lookup = lookup_for(config, &name, &schema);
         if !lookup.is_empty() {
-            let mut done = erase_table(&name, delta, &lookup, &all, requests, options).await?;
-            done.shared.rows_removed = done.per_request.iter().map(|r| r.0).sum();
+            let done = erase_table(&name, delta, &lookup, &all, requests, &owners, options).await?;
             report(&done.shared, options.dry_run);
             outcomes.push(done);
         }
@@ -408,8 +407,7 @@ pub async fn erase(
             contains: Vec::new(),
             letters: false,
         };
-        let mut done = erase_table(KEY_STORE, delta, &lookup, &all, requests, options).await?;
-        done.shared.rows_removed = done.per_request.iter().map(|r| r.0).sum();
+        let done = erase_table(KEY_STORE, delta, &lookup, &all, requests, &owners, options).await?;
         report(&done.shared, options.dry_run);
         outcomes.push(done);
         if let Some(l) = erasing {
@@ -517,17 +515,35 @@ async fn delete_rows(
     )))
 }
 
+/// Which requests each form of an identifier belongs to.
+type Owners = std::collections::HashMap<String, Vec<usize>>;
+
+fn owners(requests: &[Request]) -> Owners {
+    let mut out = Owners::new();
+    for (i, r) in requests.iter().enumerate() {
+        for f in r.subject.form_list() {
+            out.entry(f.clone()).or_default().push(i);
+        }
+    }
+    out
+}
+
 /// For each request, the rows of the Parquet file `bytes` holding its subject (among the
-/// rows holding any of them) and the salted hashes of their text values.
+/// rows holding any of them) and the salted hashes of their text values. A row belongs to
+/// every request whose subject it holds (in a subject column, a text column or a dead
+/// letter), found in one pass for all of them.
+#[allow(clippy::too_many_arguments)]
 fn attribute(
     name: &str,
     bytes: bytes::Bytes,
     lookup: &Lookup,
     all: &Subject,
     requests: &[Request],
+    owners: &Owners,
     key: &[u8],
     out: &mut [(u64, HashSet<String>)],
-) -> Result<()> {
+) -> Result<u64> {
+    let mut found = 0;
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
         .and_then(|b| b.build())
         .map_err(|e| Error::Other(format!("{name}: {e}")))?;
@@ -538,36 +554,50 @@ fn attribute(
             continue;
         }
         let rows = filter_record_batch(&batch, &any)?;
-        let single = requests.len() == 1;
-        for (i, r) in requests.iter().enumerate() {
-            let mine: BooleanArray = if single {
-                BooleanArray::from(vec![true; rows.num_rows()])
-            } else {
-                lookup.mask(&r.subject, &rows)?
-            };
-            let n = mine.true_count();
-            if n == 0 {
-                continue;
-            }
-            out[i].0 += n as u64;
-            for column in rows.columns() {
-                text_values(column, &mut |row, v| {
-                    if mine.value(row) {
-                        out[i].1.insert(value_hash(key, v));
-                    }
-                });
+        let n = rows.num_rows();
+        found += n as u64;
+        let mut row_owners: Vec<Vec<usize>> = vec![Vec::new(); n];
+        if requests.len() == 1 {
+            row_owners.iter_mut().for_each(|o| o.push(0));
+        } else {
+            // One pass over the rows for every subject at once: each form found names
+            // the requests it belongs to (a row may belong to several).
+            lookup.forms_per_row(all, &rows, &mut |row, form| {
+                if let Some(o) = owners.get(form) {
+                    row_owners[row].extend(o);
+                }
+            })?;
+            for o in &mut row_owners {
+                o.sort_unstable();
+                o.dedup();
             }
         }
+        for o in row_owners.iter().flatten() {
+            out[*o].0 += 1;
+        }
+        for column in rows.columns() {
+            text_values(column, &mut |row, v| {
+                if row_owners[row].is_empty() {
+                    return;
+                }
+                let h = value_hash(key, v);
+                for o in &row_owners[row] {
+                    out[*o].1.insert(h.clone());
+                }
+            });
+        }
     }
-    Ok(())
+    Ok(found)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn erase_table(
     name: &str,
     delta: DeltaTable,
     lookup: &Lookup,
     all: &Arc<Subject>,
     requests: &[Request],
+    owners: &Owners,
     options: &Options,
 ) -> Result<TableOutcome> {
     let started = chrono::Utc::now();
@@ -604,12 +634,13 @@ async fn erase_table(
         for file in &before_files {
             let bytes = files.read(file).await?;
             if lookup.holds_in(all, file, bytes.clone())? {
-                attribute(
+                shared.rows_removed += attribute(
                     name,
                     bytes,
                     lookup,
                     all,
                     requests,
+                    owners,
                     &options.value_key,
                     &mut per_request,
                 )?;
@@ -621,12 +652,13 @@ async fn erase_table(
             let change_data = file.as_ref().starts_with("_change_data/");
             if !change_data && !current.contains(&file) {
                 let bytes = files.read(&file).await?;
-                attribute(
+                shared.rows_removed += attribute(
                     name,
                     bytes,
                     lookup,
                     all,
                     requests,
+                    owners,
                     &options.value_key,
                     &mut per_request,
                 )?;
@@ -658,6 +690,7 @@ async fn erase_table(
                 lookup,
                 all,
                 requests,
+                owners,
                 &options.value_key,
                 &mut ignored,
             )?;
@@ -1087,6 +1120,264 @@ pub async fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_values_of_eight_characters_or_more_are_found_in_nested_columns_per_row() {
+        use arrow::array::{ListArray, StructArray};
+        use arrow::datatypes::Int32Type;
+        let names: ArrayRef = Arc::new(StringArray::from(vec![Some("Zoë Ünalü"), Some("short")]));
+        let tags: ArrayRef = Arc::new(ListArray::from_iter_primitive::<Int32Type, _, _>(vec![
+            Some(vec![Some(1)]),
+            None,
+        ]));
+        let inner = StructArray::from(vec![(
+            Arc::new(Field::new("line1", DataType::Utf8, true)),
+            Arc::new(StringArray::from(vec![None, Some("135 High Street")])) as ArrayRef,
+        )]);
+        let mut found = Vec::new();
+        for a in [names, tags, Arc::new(inner) as ArrayRef] {
+            text_values(&a, &mut |row, v| found.push((row, v.to_string())));
+        }
+        // Characters, not bytes: "Zoë Ünalü" has 9.
+        assert_eq!(
+            found,
+            vec![
+                (0, "Zoë Ünalü".to_string()),
+                (1, "135 High Street".to_string())
+            ]
+        );
+        let key = value_key(b"0123456789abcdef");
+        let h = value_hash(&key, "135 High Street");
+        assert_eq!(h.len(), 32);
+        assert_ne!(
+            h,
+            value_hash(&value_key(b"0123456789abcdeX"), "135 High Street")
+        );
+        // A value inside statistics (JSON in a JSON string) is a candidate too.
+        let entry = br#"{"add":{"stats":"{\"minValues\":{\"line1\":\"135 High Street\"}}"}}"#;
+        assert!(candidates(entry, None).contains(&"135 High Street".to_string()));
+    }
+
+    /// Every byte of every file under `dir`, Parquet decoded, as one lossy text.
+    fn everything(dir: &Path) -> String {
+        let mut out = String::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).expect("dir") {
+                let p = e.expect("entry").path();
+                if p.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                let bytes = std::fs::read(&p).expect("read");
+                out.push_str(&String::from_utf8_lossy(&bytes));
+                if p.extension().is_some_and(|x| x == "parquet") {
+                    let reader =
+                        ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+                            .and_then(|b| b.build())
+                            .expect("parquet");
+                    for b in reader {
+                        for c in b.expect("batch").columns() {
+                            text_values(c, &mut |_, v| {
+                                out.push_str(v);
+                                out.push('\n');
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn change_data_files_and_older_files_holding_a_subject_are_purged() {
+        let dir = tempfile::tempdir().expect("dir");
+        let lake = Lake::Local(dir.path().to_path_buf());
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("customer_id", DataType::Utf8, true),
+            Field::new("note", DataType::Utf8, true),
+        ]));
+        let url = table::lake_url(&lake, "bronze/t").expect("url");
+        // Change data feed on: every delete writes the deleted rows to `_change_data`.
+        let mut t = table::create(
+            "bronze/t",
+            &url,
+            &schema,
+            &[],
+            &[("delta.enableChangeDataFeed".into(), "true".into())],
+        )
+        .await
+        .expect("create");
+        for (id, note) in [
+            ("C0000001", "first visit Qxsecret1"),
+            ("C0000002", "other customer"),
+            ("C0000001", "second visit Qxsecret2"),
+        ] {
+            t = t
+                .write(vec![
+                    RecordBatch::try_new(
+                        Arc::clone(&schema),
+                        vec![
+                            Arc::new(StringArray::from(vec![id])),
+                            Arc::new(StringArray::from(vec![note])),
+                        ],
+                    )
+                    .expect("batch"),
+                ])
+                .await
+                .expect("write");
+        }
+        // Another engine already deleted one of the subject's rows: its old file and a
+        // change-data file still hold it.
+        let (_, m) = t
+            .delete()
+            .with_predicate("note = 'first visit Qxsecret1'")
+            .await
+            .expect("delete");
+        assert!(m.num_deleted_rows.unwrap_or(0) == 1);
+        assert!(everything(dir.path()).contains("Qxsecret1"));
+        let config = ErasureConfig {
+            columns: vec!["customer_id".into()],
+            ..Default::default()
+        };
+        let requests = [Request {
+            subject: Arc::new(Subject::new("C0000001", vec![], None)),
+            request_id: "T-1".into(),
+            subject_hash: "h".into(),
+            tombstones: 0,
+        }];
+        let mut options = Options::from_config(&config, value_key(b"0123456789abcdef"));
+        // Every file is fresh here: the window would defer the ones no commit names.
+        options.orphan_min_age = Duration::from_secs(3600);
+        let certs = erase(&lake, &config, None, &requests, &options)
+            .await
+            .expect("erase");
+        let t = &certs[0].tables[0];
+        assert_eq!(t.rows_removed, 1, "{t:?}");
+        assert!(t.files_purged >= 3, "{t:?}");
+        assert_eq!(
+            t.files_deferred, 0,
+            "committed files are never deferred: {t:?}"
+        );
+        assert!(t.history_from_version.is_some());
+        assert!(
+            t.value_hashes
+                .contains(&value_hash(&options.value_key, "second visit Qxsecret2"))
+        );
+        let all = everything(dir.path());
+        for gone in ["Qxsecret1", "Qxsecret2"] {
+            assert!(!all.contains(gone), "{gone} remains");
+        }
+        assert!(all.contains("other customer"));
+        // A file no commit names (a writer's, not committed yet) holding the subject is
+        // left alone while younger than the window.
+        let orphan = dir.path().join("bronze/t/part-99999-orphan.parquet");
+        {
+            let mut w = parquet::arrow::ArrowWriter::try_new(
+                std::fs::File::create(&orphan).expect("create"),
+                Arc::clone(&schema),
+                None,
+            )
+            .expect("writer");
+            w.write(
+                &RecordBatch::try_new(
+                    Arc::clone(&schema),
+                    vec![
+                        Arc::new(StringArray::from(vec!["C0000001"])),
+                        Arc::new(StringArray::from(vec!["in flight"])),
+                    ],
+                )
+                .expect("batch"),
+            )
+            .expect("write");
+            w.close().expect("close");
+        }
+        let certs = erase(&lake, &config, None, &requests, &options)
+            .await
+            .expect("erase");
+        assert_eq!(certs[0].tables[0].files_deferred, 1);
+        assert!(orphan.exists(), "a file a writer may still commit is kept");
+        options.orphan_min_age = Duration::ZERO;
+        let certs = erase(&lake, &config, None, &requests, &options)
+            .await
+            .expect("erase");
+        assert_eq!(certs[0].tables[0].files_deferred, 0);
+        assert!(!orphan.exists(), "older than the window: purged");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_request_of_several_subjects_certifies_each_its_own_rows_and_values() {
+        let dir = tempfile::tempdir().expect("dir");
+        let lake = Lake::Local(dir.path().to_path_buf());
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("customer_id", DataType::Utf8, true),
+            Field::new("note", DataType::Utf8, true),
+        ]));
+        let url = table::lake_url(&lake, "silver/t").expect("url");
+        let t = table::create("silver/t", &url, &schema, &[], &[])
+            .await
+            .expect("create");
+        let rows = [
+            ("C0000001", "note of one, first"),
+            ("C0000002", "note of two, only"),
+            ("C0000001", "note of one, second"),
+            ("C0000003", "note of three"),
+            ("C0000003", "three wrote: ask C0000002 or tok_C0000001"),
+        ];
+        t.write(vec![
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+                ],
+            )
+            .expect("batch"),
+        ])
+        .await
+        .expect("write");
+        let mut config = ErasureConfig {
+            columns: vec!["customer_id".into()],
+            ..Default::default()
+        };
+        config.tables.insert(
+            "silver.t".into(),
+            sluice_pipeline::erasure::ErasureTable {
+                columns: None,
+                contains: vec!["note".into()],
+            },
+        );
+        let request = |raw: &str| Request {
+            subject: Arc::new(Subject::new(raw, vec![format!("tok_{raw}")], None)),
+            request_id: "R".into(),
+            subject_hash: raw.into(),
+            tombstones: 0,
+        };
+        let options = Options::from_config(&config, value_key(b"0123456789abcdef"));
+        let certs = erase(
+            &lake,
+            &config,
+            None,
+            &[request("C0000001"), request("C0000002")],
+            &options,
+        )
+        .await
+        .expect("erase");
+        let (one, two) = (&certs[0].tables[0], &certs[1].tables[0]);
+        // The row naming both in free text (one by its pseudonym) belongs to both.
+        assert_eq!((one.rows_removed, two.rows_removed), (3, 2));
+        let h = |v: &str| value_hash(&options.value_key, v);
+        assert!(one.value_hashes.contains(&h("note of one, second")));
+        assert!(!one.value_hashes.contains(&h("note of two, only")));
+        assert!(two.value_hashes.contains(&h("note of two, only")));
+        assert!(!two.value_hashes.contains(&h("note of three")));
+        let both = h("three wrote: ask C0000002 or tok_C0000001");
+        assert!(one.value_hashes.contains(&both) && two.value_hashes.contains(&both));
+        // Files and log are the request's, shared by its certificates.
+        assert_eq!(one.files_purged, two.files_purged);
+        assert!(one.files_purged > 0);
+    }
 
     #[test]
     fn the_subject_hash_is_keyed_and_stable() {

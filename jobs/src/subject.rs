@@ -86,6 +86,11 @@ impl Subject {
         self.forms.len()
     }
 
+    /// The forms searched (raw and pseudonyms), never to be logged.
+    pub fn form_list(&self) -> &[String] {
+        &self.forms
+    }
+
     /// Whether `value` is the subject's identifier in one of its forms.
     pub fn is(&self, value: &str) -> bool {
         self.exact.contains(value)
@@ -108,6 +113,24 @@ impl Subject {
 
     pub fn mentioned_in(&self, hay: &[u8]) -> bool {
         self.count_in(hay) > 0
+    }
+
+    /// Call `f` with each form found in `hay` standing as a word (as [`Self::count_in`]
+    /// counts them), once per occurrence.
+    pub fn forms_in(&self, hay: &[u8], f: &mut dyn FnMut(&str)) {
+        let Some(finder) = &self.finder else {
+            return;
+        };
+        for m in finder.find_overlapping_iter(hay) {
+            let before = m.start().checked_sub(1).map(|i| hay[i]);
+            let after = hay.get(m.end()).copied();
+            if !before.is_some_and(is_word_byte)
+                && !after.is_some_and(is_word_byte)
+                && let Some(form) = self.forms.get(m.pattern().as_usize())
+            {
+                f(form);
+            }
+        }
     }
 
     /// Rows of `array` whose whole value is the subject.
@@ -407,6 +430,55 @@ impl Lookup {
             }
         }
         Ok(hit)
+    }
+
+    /// Call `f(row, form)` for each form of `subject` that makes a row of `batch` hold it:
+    /// whole values of the exact columns, words of the text columns, words of opened dead
+    /// letters. A row [`Self::mask`] finds gets at least one call.
+    pub fn forms_per_row(
+        &self,
+        subject: &Subject,
+        batch: &RecordBatch,
+        f: &mut dyn FnMut(usize, &str),
+    ) -> Result<()> {
+        for c in &self.exact {
+            if let Some(a) = column_at(batch, c) {
+                let text = as_text(&a)?;
+                for (i, v) in text.as_string::<i32>().iter().enumerate() {
+                    if let Some(v) = v.filter(|v| subject.is(v)) {
+                        f(i, v);
+                    }
+                }
+            }
+        }
+        for c in &self.contains {
+            if let Some(a) = column_at(batch, c) {
+                if a.data_type() == &DataType::Binary {
+                    for (i, v) in a.as_binary::<i32>().iter().enumerate() {
+                        if let Some(v) = v {
+                            subject.forms_in(v, &mut |form| f(i, form));
+                        }
+                    }
+                } else {
+                    let text = as_text(&a)?;
+                    for (i, v) in text.as_string::<i32>().iter().enumerate() {
+                        if let Some(v) = v {
+                            subject.forms_in(v.as_bytes(), &mut |form| f(i, form));
+                        }
+                    }
+                }
+            }
+        }
+        if self.letters {
+            let cols: Option<Vec<ArrayRef>> =
+                LETTER_COLUMNS.iter().map(|c| column_at(batch, c)).collect();
+            if let Some(cols) = cols {
+                subject.each_letter_value(&cols, &mut |i, v| {
+                    subject.forms_in(v, &mut |form| f(i, form));
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// Whether any row of the Parquet file `name`, whose bytes are `bytes`, holds the
