@@ -15,7 +15,10 @@
 //!    and older checkpoints are deleted. Entries are rewritten, never deleted, so a
 //!    writer holding an older snapshot still meets them and retries, instead of
 //!    committing below the checkpoint. Time travel before the erasure is given up, and
-//!    the certificate says from which version each table still reads;
+//!    the certificate says from which version each table still reads. The log is
+//!    scrubbed before the files of step 2 are removed: a run stopped in between leaves
+//!    files still holding a subject, which the next run finds and purges (stopped the
+//!    other way round, it would leave statistics of files already gone);
 //! 4. under crypto-shredding, the subjects' data keys are erased the same way from the
 //!    subject key store (which carries no file statistics at all);
 //! 5. a certificate row per subject goes to `_sluice/erasures`: request id, salted hash
@@ -732,9 +735,12 @@ async fn erase_table(
             shared.files_deferred += 1;
         }
     }
-    shared.files_purged = files.remove(&purge).await?;
-    let purged: HashSet<ObjectPath> = purge.into_iter().collect();
+    // The log first, the files after: an erasure stopped in between leaves files that
+    // still hold a subject, which the next run finds and purges. The other way round, it
+    // would leave statistics of files already gone, with nothing left to find them by.
+    let purged: HashSet<ObjectPath> = purge.iter().cloned().collect();
     shared.logs_purged = files.scrub(&log, &purged, true).await?;
+    shared.files_purged = files.remove(&purge).await?;
     shared.history_from_version = Some(log.version);
     shared.log_seconds = log_started.elapsed().as_secs_f64();
     Ok(TableOutcome {
@@ -1304,6 +1310,89 @@ mod tests {
             .expect("erase");
         assert_eq!(certs[0].tables[0].files_deferred, 0);
         assert!(!orphan.exists(), "older than the window: purged");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_erasure_stopped_after_its_delete_is_finished_by_the_next_run() {
+        let dir = tempfile::tempdir().expect("dir");
+        let lake = Lake::Local(dir.path().to_path_buf());
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("customer_id", DataType::Utf8, true),
+            Field::new("note", DataType::Utf8, true),
+        ]));
+        let url = table::lake_url(&lake, "silver/t").expect("url");
+        // Statistics on every column (a table made by another engine): the note of the
+        // erased row sits in the log beside its file.
+        let t = table::create("silver/t", &url, &schema, &[], &[])
+            .await
+            .expect("create");
+        let t = t
+            .write(vec![
+                RecordBatch::try_new(
+                    Arc::clone(&schema),
+                    vec![
+                        Arc::new(StringArray::from(vec!["C0000001", "C0000002"])),
+                        Arc::new(StringArray::from(vec![
+                            "Zoë's secret Qxstopped1",
+                            "another customer",
+                        ])),
+                    ],
+                )
+                .expect("batch"),
+            ])
+            .await
+            .expect("write");
+        let config = ErasureConfig {
+            columns: vec!["customer_id".into()],
+            ..Default::default()
+        };
+        let subject = Arc::new(Subject::new("C0000001", vec![], None));
+        let lookup = lookup_for(&config, "silver.t", &schema);
+        // A first run committed its delete and was killed: its file, the log's statistics
+        // and no certificate are left.
+        let (_, m) = t
+            .delete()
+            .with_predicate(lookup.predicate(Arc::clone(&subject)))
+            .await
+            .expect("delete");
+        assert_eq!(m.num_deleted_rows, Some(1));
+        assert!(everything(dir.path()).contains("Qxstopped1"));
+        let requests = [Request {
+            subject: Arc::clone(&subject),
+            request_id: "K-1".into(),
+            subject_hash: "h-stopped".into(),
+            tombstones: 0,
+        }];
+        let options = Options::from_config(&config, value_key(b"0123456789abcdef"));
+        let certs = erase(&lake, &config, None, &requests, &options)
+            .await
+            .expect("erase");
+        let done = &certs[0].tables[0];
+        assert!(done.files_purged >= 1, "{done:?}");
+        assert!(done.history_from_version.is_some(), "{done:?}");
+        assert!(
+            done.value_hashes
+                .contains(&value_hash(&options.value_key, "Zoë's secret Qxstopped1"))
+        );
+        let all = everything(dir.path());
+        assert!(
+            !all.contains("Qxstopped1"),
+            "the stopped run's residue remains"
+        );
+        assert!(all.contains("another customer"));
+        // --verify agrees, from the certificate of the second run.
+        let values = ErasedValues::of(&lake, options.value_key, "h-stopped")
+            .await
+            .expect("values");
+        assert!(!values.hashes.is_empty());
+        let reports = verify(&lake, None, &[Check { subject, values }])
+            .await
+            .expect("verify");
+        let found: u64 = reports[0]
+            .iter()
+            .map(|r| r.occurrences + r.value_occurrences)
+            .sum();
+        assert_eq!(found, 0, "{reports:?}");
     }
 
     #[tokio::test(flavor = "multi_thread")]

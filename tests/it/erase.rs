@@ -944,3 +944,56 @@ fn two_hosts_racing_for_a_stale_lock_one_wins() {
         "the winner released it"
     );
 }
+
+#[test]
+fn an_erasure_killed_at_any_moment_is_finished_by_the_next_run() {
+    use crate::residue;
+    let d = demo();
+    let key =
+        std::fs::read_to_string(d.dir.path().join("sluice-demo-keys/pseudonym.key")).expect("key");
+    let token = sluice_transforms::tokenize::token("pseudo", key.trim().as_bytes(), b"C0000010");
+    let before = residue::record(&d.lake());
+    // Killed ever later: in the deletes, between a delete and its log scrub, in the purge,
+    // before the certificate. Each run takes over the dead one's locks at once.
+    for (i, after_ms) in [250u64, 700, 1_300, 2_200, 3_500].into_iter().enumerate() {
+        let id = format!("KILL-{i}");
+        let mut child = d
+            .sluice(&["job", "erase", "--request-id", &id, "C0000010"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("erase");
+        std::thread::sleep(std::time::Duration::from_millis(after_ms));
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || out.status.code().is_none(),
+            "run {i} failed rather than being killed: {err}"
+        );
+    }
+    d.ok(&["job", "erase", "--request-id", "KILL-last", "C0000010"]);
+    // Every table reads, the customer is gone, and so is every value its rows held.
+    let after = residue::record(&d.lake());
+    let gone = residue::disappeared(&before, &after);
+    assert!(
+        gone.contains_key("silver/accounts"),
+        "nothing disappeared from silver/accounts: {:?}",
+        gone.keys()
+    );
+    for (t, _) in TABLES {
+        let table = t.replace('.', "/");
+        assert_eq!(residue::count_mentions(&after, &table, &token), 0, "{t}");
+    }
+    let values = residue::distinctive(&gone, &after);
+    assert!(values.contains(&token));
+    let hits = residue::scan(&d.lake(), &values);
+    assert!(
+        hits.is_empty(),
+        "{} of {} values of the erased rows remain after a killed erasure: {:?}",
+        hits.len(),
+        values.len(),
+        hits.iter().take(20).collect::<Vec<_>>()
+    );
+    d.ok(&["job", "erase", "--verify", "C0000010"]);
+}
