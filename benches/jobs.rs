@@ -10,12 +10,14 @@
 //! one row per customer, files of 1 M rows sorted by key) and `gold.daily_spend` (10%,
 //! files of 1 M rows sorted by customer). Customer ids are pseudonyms (`tok_pseudo_…`)
 //! as the pipeline writes them; a customer has ~8 transactions, on different days.
-//! One customer is then erased through the job (delete, purge of the files that held
-//! it, log scan, certificate).
+//! The bronze table then gets 500 small commits (a live pipeline's log), one customer is
+//! erased through the job (delete, purge of the files that held it, checkpoint and log
+//! rewrite, certificate), then 1,000 customers in one request.
 //!
 //! Printed: seconds of the first snapshot; of the second, taken after one more day of
 //! transactions, with its difference from the first; then seconds for the whole
-//! erasure, rows removed, files rewritten of the files in the lake and the bytes they held.
+//! erasure of one subject with the log rewrite's share, rows removed, files rewritten of
+//! the files in the lake and the bytes they held; then seconds for the 1,000 subjects.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -36,6 +38,10 @@ use common::{customer, write};
 
 const DAYS: usize = 30;
 const ROWS_PER_FILE: usize = 1_000_000;
+/// Small commits added before the erasures, so that the log has entries to rewrite.
+const LOG_COMMITS: usize = 500;
+/// Subjects of the batch request.
+const SUBJECTS: usize = 1_000;
 
 fn transactions(
     schema: &SchemaRef,
@@ -235,31 +241,54 @@ async fn run(rows: usize) {
             .map(|u| format!(" ({u})"))
             .collect::<String>()
     );
-    let before = files(lake).await;
-    let raw = format!("C{:07}", customers / 2);
-    let subject = Arc::new(Subject::new(&raw, vec![customer(customers / 2)], None));
+    // A live table's log: many small commits (the pipeline's flushes), whose entries the
+    // erasure rewrites.
+    let small = transactions(&transactions_schema(), DAYS, 10, customers, &mut 0);
+    let started = Instant::now();
+    for _ in 0..LOG_COMMITS {
+        write(
+            lake,
+            "bronze/card_transactions",
+            small.clone(),
+            &["_ingest_date".into()],
+        )
+        .await;
+    }
+    println!(
+        "log: {LOG_COMMITS} more commits to bronze.card_transactions in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let config = ErasureConfig {
         columns: vec!["customer_id".into()],
         ..Default::default()
     };
+    let options = erase::Options::from_config(&config, [7u8; 32]);
+    let request = |i: usize| erase::Request {
+        subject: Arc::new(Subject::new(&format!("C{i:07}"), vec![customer(i)], None)),
+        request_id: "bench".into(),
+        subject_hash: format!("hash-{i}"),
+        tombstones: 0,
+    };
+    // One subject.
+    let before = files(lake).await;
     let started = Instant::now();
-    let cert = erase::erase(
+    let certs = erase::erase(
         &lake.into(),
         &config,
         None,
-        subject,
-        "bench",
-        "hash".into(),
-        0,
+        &[request(customers / 2)],
+        &options,
     )
     .await
     .expect("erase");
     let secs = started.elapsed().as_secs_f64();
     let after = files(lake).await;
+    let cert = &certs[0];
     let rewritten: Vec<&String> = before.keys().filter(|f| !after.contains_key(*f)).collect();
     let rewritten_bytes: u64 = rewritten.iter().map(|f| before[*f]).sum();
+    let log_secs: f64 = cert.tables.iter().map(|t| t.log_seconds).sum();
     println!(
-        "erase rows={rows}: {secs:.2} s, {} rows removed, files rewritten {} of {} ({:.0} MiB of {:.0} MiB), fill {fill_secs:.1} s",
+        "erase 1 subject rows={rows}: {secs:.2} s (of which log rewrite {log_secs:.2} s), {} rows removed, files rewritten {} of {} ({:.0} MiB of {:.0} MiB), fill {fill_secs:.1} s",
         cert.rows_removed(),
         rewritten.len(),
         before.len(),
@@ -268,10 +297,32 @@ async fn run(rows: usize) {
     );
     for t in &cert.tables {
         println!(
-            "  {}: {} rows, {} files rewritten, {} purged, {} log entries",
-            t.table, t.rows_removed, t.files_rewritten, t.files_purged, t.logs_purged
+            "  {}: {} rows, {} files rewritten, {} purged, {} log files rewritten ({:.2} s)",
+            t.table,
+            t.rows_removed,
+            t.files_rewritten,
+            t.files_purged,
+            t.logs_purged,
+            t.log_seconds
         );
     }
+    // A thousand subjects in one request, over the same lake.
+    let many: Vec<erase::Request> = (0..SUBJECTS)
+        .map(|k| request((k * 104_729 + 1) % customers))
+        .collect();
+    let started = Instant::now();
+    let certs = erase::erase(&lake.into(), &config, None, &many, &options)
+        .await
+        .expect("erase");
+    let secs = started.elapsed().as_secs_f64();
+    let rows_removed: u64 = certs.iter().map(erase::Certificate::rows_removed).sum();
+    let log_secs: f64 = certs
+        .first()
+        .map_or(0.0, |c| c.tables.iter().map(|t| t.log_seconds).sum());
+    println!(
+        "erase {} subjects in one request rows={rows}: {secs:.2} s (of which log rewrite {log_secs:.2} s), {rows_removed} rows removed",
+        many.len()
+    );
 }
 
 fn main() {

@@ -174,6 +174,7 @@ fn sink(lake: &std::path::Path) -> SilverSink {
             sequence: Sequence::Auto,
             partition_by: Vec::new(),
             history: None,
+            stats: Default::default(),
         }],
     })
 }

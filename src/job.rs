@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use sluice_connectors::delta::stats::StatsPolicy;
 use sluice_connectors::kafka::erasure::{self, KafkaClient};
 use sluice_jobs::erase;
 use sluice_jobs::runs::{self, JobRun};
@@ -274,74 +275,101 @@ fn tombstone_producer(config: &Config) -> anyhow::Result<Option<erasure::Tombsto
     Ok(Some(erasure::Tombstones::new(&kafka_client(config)?)?))
 }
 
-/// Erase one subject: tombstones for its keys, then the lake; the certificate, and the
-/// run recorded with the request id only (a hash of a subject id is guessable).
-async fn erase_one(
+/// Check every requested identifier against `[erasure]`'s rules before anything runs.
+pub fn check_subjects(config: &Config, subjects: &[String]) -> anyhow::Result<()> {
+    for (i, raw) in subjects.iter().enumerate() {
+        sluice_jobs::subject::check_identifier(&config.erasure, raw).map_err(|why| {
+            anyhow::anyhow!("subject {} of {}: refused: {why}", i + 1, subjects.len())
+        })?;
+    }
+    Ok(())
+}
+
+/// Erase the subjects of one request: tombstones for their keys, then the lake in one
+/// pass; a certificate per subject, and the run recorded with the request ids only (a
+/// hash of a subject id is guessable). A dry run sends, changes and records nothing.
+async fn erase_all(
     config: &Config,
     lake: &Lake,
     secret: &sluice_transforms::keys::Secret,
     tombstones: Option<&erasure::Tombstones>,
-    raw: &str,
-    subject: Arc<Subject>,
-    request_id: &str,
-) -> anyhow::Result<erase::Certificate> {
+    subjects: &[(String, Arc<Subject>, String)],
+    dry_run: bool,
+) -> anyhow::Result<Vec<erase::Certificate>> {
     let started_at = chrono::Utc::now().timestamp_micros();
-    let keys: Vec<(String, Vec<u8>)> = config
-        .erasure
-        .tombstones
-        .iter()
-        .map(|t| (t.topic.clone(), t.key_for(raw).into_bytes()))
-        .collect();
-    let produced = match tombstones {
-        Some(producer) => tokio::task::block_in_place(|| producer.send(&keys)),
-        None => Ok(0),
-    };
-    let result = match produced {
-        Ok(n) => {
-            let hash = erase::subject_hash(secret.bytes(), raw);
+    let mut requests = Vec::new();
+    let mut produced_all: anyhow::Result<()> = Ok(());
+    for (raw, subject, request_id) in subjects {
+        let keys: Vec<(String, Vec<u8>)> = config
+            .erasure
+            .tombstones
+            .iter()
+            .map(|t| (t.topic.clone(), t.key_for(raw).into_bytes()))
+            .collect();
+        let produced = match tombstones {
+            Some(producer) if !dry_run => tokio::task::block_in_place(|| producer.send(&keys)),
+            _ => Ok(0),
+        };
+        let n = match produced {
+            Ok(n) => n,
+            Err(e) => {
+                produced_all = Err(anyhow::Error::from(e));
+                break;
+            }
+        };
+        requests.push(erase::Request {
+            subject: Arc::clone(subject),
+            request_id: request_id.clone(),
+            subject_hash: erase::subject_hash(secret.bytes(), raw),
+            tombstones: n,
+        });
+    }
+    let mut options =
+        erase::Options::from_config(&config.erasure, erase::value_key(secret.bytes()));
+    options.dry_run = dry_run;
+    let result = match produced_all {
+        Ok(()) => {
             let store = key_store(config, lake);
-            erase::erase(
-                lake,
-                &config.erasure,
-                store.as_ref(),
-                subject,
-                request_id,
-                hash,
-                n,
-            )
-            .await
-            .map_err(anyhow::Error::from)
+            erase::erase(lake, &config.erasure, store.as_ref(), &requests, &options)
+                .await
+                .map_err(anyhow::Error::from)
         }
-        Err(e) => Err(anyhow::Error::from(e)),
+        Err(e) => Err(e),
     };
+    if dry_run {
+        return result;
+    }
     let (outcome, touched) = match &result {
-        Ok(c) => (
-            format!(
-                "{}: {} rows, {} files, {} log entries, {} tombstones",
-                c.outcome(),
-                c.rows_removed(),
-                c.files_purged(),
-                c.logs_purged(),
-                c.tombstones
-            ),
-            c.tables
-                .iter()
-                .filter(|t| t.version_after != t.version_before || t.files_purged > 0)
-                .map(|t| format!("{}@{}", t.table, t.version_after))
-                .collect::<Vec<_>>()
-                .join(", "),
-        ),
+        Ok(certs) => {
+            let rows: u64 = certs.iter().map(erase::Certificate::rows_removed).sum();
+            let first = certs.first();
+            let erased = certs.iter().filter(|c| c.outcome() == "erased").count();
+            (
+                format!(
+                    "{erased} of {} subjects erased: {rows} rows, {} files, {} log entries, {} deferred, {} tombstones",
+                    certs.len(),
+                    first.map_or(0, erase::Certificate::files_purged),
+                    first.map_or(0, erase::Certificate::logs_purged),
+                    first.map_or(0, erase::Certificate::files_deferred),
+                    certs.iter().map(|c| c.tombstones).sum::<u64>(),
+                ),
+                first
+                    .map(|c| {
+                        c.tables
+                            .iter()
+                            .filter(|t| t.version_after != t.version_before || t.files_purged > 0)
+                            .map(|t| format!("{}@{}", t.table, t.version_after))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default(),
+            )
+        }
         Err(e) => (format!("failed: {e}"), String::new()),
     };
-    record(
-        lake,
-        "erase",
-        &[request_id.to_string()],
-        started_at,
-        outcome,
-        touched,
-    )
-    .await?;
+    let mut ids: Vec<String> = subjects.iter().map(|(_, _, r)| r.clone()).collect();
+    ids.dedup();
+    record(lake, "erase", &ids, started_at, outcome, touched).await?;
     result
 }
 
@@ -350,24 +378,56 @@ fn print_certificates(certificates: &[erase::Certificate], format: Format) -> an
         Format::Json => println!("{}", serde_json::to_string(certificates)?),
         _ => {
             println!(
-                "request\tsubject_hash\toutcome\trows_removed\tfiles_purged\tlog_entries_purged\ttombstones"
+                "request\tsubject_hash\toutcome\trows_removed\tfiles_purged\tlog_entries_purged\tfiles_deferred\ttombstones\thistory_from"
             );
             for c in certificates {
                 println!(
-                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
                     c.request_id,
                     c.subject_hash,
                     c.outcome(),
                     c.rows_removed(),
                     c.files_purged(),
                     c.logs_purged(),
-                    c.tombstones
+                    c.files_deferred(),
+                    c.tombstones,
+                    c.history_lost().join(", ")
                 );
             }
-            eprintln!(
-                "sluice: {} certificate(s) in sluice.erasures; check with `sluice job erase --verify`",
-                certificates.len()
-            );
+            if certificates.iter().any(|c| c.dry_run) {
+                eprintln!("sluice: dry run: nothing was changed, nothing recorded");
+                for c in certificates {
+                    for t in c
+                        .tables
+                        .iter()
+                        .filter(|t| t.rows_removed + t.files_purged > 0)
+                    {
+                        println!(
+                            "would go: {}: {} rows, {} files rewritten, {} older files purged, {} log files rewritten",
+                            t.table,
+                            t.rows_removed,
+                            t.files_rewritten,
+                            t.files_purged,
+                            t.logs_purged
+                        );
+                    }
+                }
+            } else {
+                eprintln!(
+                    "sluice: {} certificate(s) in sluice.erasures; check with `sluice job erase --verify`",
+                    certificates.len()
+                );
+                let lost: Vec<String> = certificates
+                    .first()
+                    .map(erase::Certificate::history_lost)
+                    .unwrap_or_default();
+                if !lost.is_empty() {
+                    eprintln!(
+                        "sluice: time travel before the erasure is given up for {}",
+                        lost.join(", ")
+                    );
+                }
+            }
         }
     }
     Ok(())
@@ -379,36 +439,33 @@ pub async fn erase(
     lake: &Lake,
     subjects: &[String],
     request_id: Option<&str>,
+    dry_run: bool,
     format: Format,
 ) -> anyhow::Result<()> {
     let secret = certificate_secret(config)?;
     let found = find_subjects(config, subjects)?;
-    let tombstones = tombstone_producer(config)?;
+    let tombstones = if dry_run {
+        None
+    } else {
+        tombstone_producer(config)?
+    };
     let request_id = request_id.map_or_else(
         || format!("erase-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ")),
         str::to_string,
     );
-    let mut certificates = Vec::new();
-    for (raw, subject) in subjects.iter().zip(found) {
-        certificates.push(
-            erase_one(
-                config,
-                lake,
-                &secret,
-                tombstones.as_ref(),
-                raw,
-                subject,
-                &request_id,
-            )
-            .await?,
-        );
-    }
+    let all: Vec<(String, Arc<Subject>, String)> = subjects
+        .iter()
+        .zip(found)
+        .map(|(raw, subject)| (raw.clone(), subject, request_id.clone()))
+        .collect();
+    let certificates = erase_all(config, lake, &secret, tombstones.as_ref(), &all, dry_run).await?;
     print_certificates(&certificates, format)
 }
 
 /// Run `sluice job erase --requests`: every request waiting on `[erasure] requests_topic`,
-/// each committed in Kafka once its certificate is written; a malformed request gets a
-/// certificate saying why, and is committed too.
+/// carried out in one pass over the lake, each committed in Kafka once its certificate is
+/// written; a malformed request (or an identifier the rules refuse) gets a certificate
+/// saying why, and is committed too.
 pub async fn erase_requests(config: &Config, lake: &Lake, format: Format) -> anyhow::Result<()> {
     let topic = config.erasure.requests_topic.as_deref().ok_or_else(|| {
         anyhow::anyhow!("[erasure] requests_topic is not set: name the topic of erasure requests")
@@ -423,32 +480,44 @@ pub async fn erase_requests(config: &Config, lake: &Lake, format: Format) -> any
         "sluice: {} erasure request(s) waiting on {topic}",
         pending.len()
     );
-    // The policy's keys are read once for all the requests.
-    let raws: Vec<String> = pending
+    let checked: Vec<Result<String, String>> = pending
         .iter()
-        .filter_map(|r| r.subject.as_ref().ok().cloned())
+        .map(|r| {
+            let raw = r.subject.clone()?;
+            sluice_jobs::subject::check_identifier(&config.erasure, &raw)?;
+            Ok(raw)
+        })
         .collect();
-    let mut found = find_subjects(config, &raws)?.into_iter();
+    // The policy's keys are read once for all the requests.
+    let raws: Vec<String> = checked
+        .iter()
+        .filter_map(|r| r.as_ref().ok().cloned())
+        .collect();
+    let found = find_subjects(config, &raws)?;
     let tombstones = tombstone_producer(config)?;
+    let valid: Vec<(String, Arc<Subject>, String)> = pending
+        .iter()
+        .zip(&checked)
+        .filter_map(|(r, c)| {
+            c.as_ref()
+                .ok()
+                .map(|raw| (raw.clone(), r.request_id.clone()))
+        })
+        .zip(found)
+        .map(|((raw, id), subject)| (raw, subject, id))
+        .collect();
+    let mut erased = if valid.is_empty() {
+        Vec::new()
+    } else {
+        erase_all(config, lake, &secret, tombstones.as_ref(), &valid, false).await?
+    }
+    .into_iter();
     let mut certificates = Vec::new();
-    for request in pending {
-        let certificate = match &request.subject {
-            Ok(raw) => {
-                // `found` holds one subject per valid request, in order.
-                let subject = found
-                    .next()
-                    .ok_or_else(|| anyhow::anyhow!("a request without its subject"))?;
-                erase_one(
-                    config,
-                    lake,
-                    &secret,
-                    tombstones.as_ref(),
-                    raw,
-                    subject,
-                    &request.request_id,
-                )
-                .await?
-            }
+    for (request, check) in pending.iter().zip(&checked) {
+        let certificate = match check {
+            Ok(_) => erased
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("a request without its certificate"))?,
             Err(why) => erase::record_invalid(lake, &request.request_id, why).await?,
         };
         tokio::task::block_in_place(|| queue.done(request.partition, request.offset))?;
@@ -457,7 +526,8 @@ pub async fn erase_requests(config: &Config, lake: &Lake, format: Format) -> any
     print_certificates(&certificates, format)
 }
 
-/// Run `sluice job erase --verify`: exit 1 if any subject is still somewhere in the lake.
+/// Run `sluice job erase --verify`: exit 1 if any subject, or any value its erased rows
+/// held that no remaining row holds, is still somewhere in the lake.
 pub async fn erase_verify(
     config: &Config,
     lake: &Lake,
@@ -466,13 +536,27 @@ pub async fn erase_verify(
 ) -> anyhow::Result<()> {
     let started_at = chrono::Utc::now().timestamp_micros();
     let found = find_subjects(config, subjects)?;
+    let secret = certificate_secret(config)?;
+    let key = erase::value_key(secret.bytes());
+    let mut checks = Vec::new();
+    for (raw, subject) in subjects.iter().zip(&found) {
+        let values =
+            erase::ErasedValues::of(lake, key, &erase::subject_hash(secret.bytes(), raw)).await?;
+        checks.push(erase::Check {
+            subject: Arc::clone(subject),
+            values,
+        });
+    }
+    let store = key_store(config, lake);
+    let reports = erase::verify(lake, store.as_ref(), &checks).await?;
     let mut total = 0u64;
     let mut all = Vec::new();
-    for (i, subject) in found.iter().enumerate() {
-        let store = key_store(config, lake);
-        let reports = erase::verify(lake, store.as_ref(), subject).await?;
-        total += reports.iter().map(|r| r.occurrences).sum::<u64>();
-        all.push((i + 1, reports));
+    for (i, (check, reports)) in checks.iter().zip(reports).enumerate() {
+        total += reports
+            .iter()
+            .map(|r| r.occurrences + r.value_occurrences)
+            .sum::<u64>();
+        all.push((i + 1, check.values.hashes.len(), reports));
     }
     let outcome = if total == 0 {
         "ok: 0 occurrences".to_string()
@@ -492,17 +576,17 @@ pub async fn erase_verify(
         Format::Json => {
             let json: Vec<_> = all
                 .iter()
-                .map(|(i, r)| serde_json::json!({"subject": i, "places": r}))
+                .map(|(i, v, r)| serde_json::json!({"subject": i, "erased_values": v, "places": r}))
                 .collect();
             println!("{}", serde_json::to_string(&json)?);
         }
         _ => {
-            println!("subject\tplace\tfiles\tbytes\toccurrences");
-            for (i, reports) in &all {
+            println!("subject\tplace\tfiles\tbytes\toccurrences\tvalue_occurrences");
+            for (i, _, reports) in &all {
                 for r in reports {
                     println!(
-                        "{i}\t{}\t{}\t{}\t{}",
-                        r.place, r.files, r.bytes, r.occurrences
+                        "{i}\t{}\t{}\t{}\t{}\t{}",
+                        r.place, r.files, r.bytes, r.occurrences, r.value_occurrences
                     );
                 }
             }
@@ -511,15 +595,18 @@ pub async fn erase_verify(
     if total > 0 {
         let places: Vec<String> = all
             .iter()
-            .flat_map(|(i, r)| {
+            .flat_map(|(i, _, r)| {
                 r.iter()
-                    .filter(|r| r.occurrences > 0)
+                    .filter(|r| r.occurrences + r.value_occurrences > 0)
                     .map(move |r| format!("subject {i}: {} ({})", r.place, r.found_in.join(", ")))
             })
             .collect();
         anyhow::bail!("{total} occurrences remain: {}", places.join("; "));
     }
-    eprintln!("sluice: every byte of every file scanned; 0 occurrences");
+    let values: usize = all.iter().map(|(_, v, _)| v).sum();
+    eprintln!(
+        "sluice: every byte of every file scanned for the identifiers and {values} erased values; 0 occurrences"
+    );
     Ok(())
 }
 
@@ -626,8 +713,14 @@ pub async fn gold(
     format: Format,
 ) -> anyhow::Result<()> {
     let started_at = chrono::Utc::now().timestamp_micros();
-    let result =
-        sluice_jobs::gold::gold(lake, &config.sql.gold_dir, &config.sql.views_dir, tables).await;
+    let result = sluice_jobs::gold::gold(
+        lake,
+        &config.sql.gold_dir,
+        &config.sql.views_dir,
+        tables,
+        &StatsPolicy::from_config(config),
+    )
+    .await;
     let (outcome, touched) = outcome(&result, |t| format!("{}@{}", t.table, t.version));
     record(lake, "gold", tables, started_at, outcome, touched).await?;
     let built = result?;

@@ -200,6 +200,9 @@ enum JobCommand {
         /// in Kafka once its certificate is written.
         #[arg(long, conflicts_with_all = ["subjects", "file", "verify", "request_id"])]
         requests: bool,
+        /// Change nothing: list, per table, the rows, files and log entries that would go.
+        #[arg(long, conflicts_with_all = ["verify", "requests"])]
+        dry_run: bool,
     },
 }
 
@@ -495,6 +498,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                     request_id,
                     verify,
                     requests,
+                    dry_run,
                 },
         } => {
             let config = config_or_defaults(&cli)?;
@@ -503,10 +507,19 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                 return Ok(job::erase_requests(&config, &lake, cli.format).await?);
             }
             let subjects = job::subjects(subjects, file.as_deref()).map_err(usage)?;
+            job::check_subjects(&config, &subjects).map_err(usage)?;
             if *verify {
                 job::erase_verify(&config, &lake, &subjects, cli.format).await?;
             } else {
-                job::erase(&config, &lake, &subjects, request_id.as_deref(), cli.format).await?;
+                job::erase(
+                    &config,
+                    &lake,
+                    &subjects,
+                    request_id.as_deref(),
+                    *dry_run,
+                    cli.format,
+                )
+                .await?;
             }
         }
         Command::Audit {

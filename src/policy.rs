@@ -13,7 +13,7 @@ use sluice_transforms::policy::Policy;
 /// What a run needs from the policy.
 pub struct Prepared {
     pub protection: Protection,
-    /// Table properties by table: the policy record and the statistics columns.
+    /// Table properties by table: the policy record.
     pub properties: HashMap<String, Vec<(String, String)>>,
     /// The data keys of `encrypt` rules, for the subject key store.
     pub keyrings: Vec<Arc<dyn KeyCache>>,
@@ -35,13 +35,10 @@ pub fn prepare(config: &Config) -> Result<Prepared, Vec<Problem>> {
                 message: e.to_string(),
             });
         }
+        // Statistics columns are decided by the sinks from each table's schema
+        // (`sluice_connectors::delta::stats`); the policy record goes here.
         if let Some(settings) = policy.table_settings(table) {
-            let mut props = settings.properties;
-            props.push((
-                "delta.dataSkippingStatsColumns".into(),
-                settings.stats_columns.join(","),
-            ));
-            properties.insert(table.clone(), props);
+            properties.insert(table.clone(), settings.properties);
         }
     }
     if problems.is_empty() {

@@ -14,6 +14,7 @@ use sluice_connectors::delta::history;
 use sluice_connectors::delta::lake::LakeSink;
 use sluice_connectors::delta::quality::{Expectation, QualityGate};
 use sluice_connectors::delta::silver::{Sequence, SilverSink, SilverSinkConfig, SilverTableSpec};
+use sluice_connectors::delta::stats::StatsPolicy;
 use sluice_connectors::delta::subject_keys::SubjectKeyStore;
 use sluice_connectors::kafka::source::{self, KafkaSourceConfig};
 use sluice_pipeline::config::{Config, TopicFormat};
@@ -247,6 +248,7 @@ pub async fn run_pipeline(
             0
         },
     };
+    let stats = Arc::new(StatsPolicy::from_config(config));
     let bronze = BronzeSink::new(BronzeSinkConfig {
         lake: lake.clone(),
         pipeline: config.pipeline.name.clone(),
@@ -254,6 +256,7 @@ pub async fn run_pipeline(
         default_partition_by: config.bronze.partition_by.clone(),
         target_file_size_bytes: config.bronze.target_file_size_bytes,
         properties: prepared.properties,
+        stats: Arc::clone(&stats),
     })?;
     let silver = SilverSink::new(SilverSinkConfig {
         lake: lake.clone(),
@@ -270,6 +273,7 @@ pub async fn run_pipeline(
                 sequence: Sequence::parse(t.sequence()),
                 partition_by: t.partition_by.clone(),
                 history: t.history.as_ref().map(|h| h.tracked.clone()),
+                stats: Arc::clone(&stats),
             })
             .collect(),
     });

@@ -110,7 +110,13 @@ pub async fn anonymise(
             .find(|t| &t.qualified() == name)
             .ok_or_else(|| Error::Other(format!("no table {name} in the lake")))?;
         let anonymising = Lock::acquire_in(lake, &format!("anonymise.{name}")).await?;
-        let maintaining = Lock::acquire_in(lake, &format!("maintain.{name}")).await?;
+        // A maintenance or erasure of the table finishes first.
+        let maintaining = Lock::acquire_waiting(
+            lake,
+            &crate::lock::table_lock(name),
+            std::time::Duration::from_secs(600),
+        )
+        .await?;
         let done = anonymise_table(&t.url, name, policy, now).await?;
         maintaining.release().await;
         anonymising.release().await;
@@ -345,11 +351,14 @@ async fn anonymise_table(
     if done.version_after > done.version_before {
         let files = TableFiles::of(name, &delta);
         let replaced = files.replaced_files(done.version_after).await?;
-        done.files_purged = files.remove(&replaced).await?;
         // Older versions still describe the identifiable rows (their files' statistics):
-        // the log before the update goes, after a checkpoint of it.
-        let old = files.old_log_files(done.version_after).await?;
-        done.logs_purged = files.checkpoint_and_remove(&delta, &old).await?;
+        // the log up to the update is scrubbed of them, after a checkpoint of it (see
+        // `purge::TableFiles::scrub`: entries rewritten, never deleted, so live writers
+        // are safe).
+        let log = files.checkpoint_and_read(&delta).await?;
+        done.files_purged = files.remove(&replaced).await?;
+        let purged = replaced.into_iter().collect();
+        done.logs_purged = files.scrub(&log, &purged, true).await?;
     }
     Ok(done)
 }

@@ -24,6 +24,7 @@ use deltalake::protocol::SaveMode;
 use futures::StreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use sluice_connectors::delta::stats::{self, StatsPolicy, TableKind};
 use sluice_connectors::delta::table;
 use sluice_pipeline::lake::Lake;
 use sluice_sql::Catalog;
@@ -110,6 +111,7 @@ pub async fn gold(
     gold_dir: &Path,
     views_dir: &Path,
     only: &[String],
+    stats: &StatsPolicy,
 ) -> Result<Vec<GoldTable>> {
     let lake = &lake.into();
     let defs = definitions::read_dir(gold_dir).map_err(|e| Error::Other(e.to_string()))?;
@@ -144,7 +146,7 @@ pub async fn gold(
             .register_views(views_dir)
             .await
             .map_err(|e| Error::Other(e.to_string()))?;
-        let t = build(lake, &catalog, &d).await?;
+        let t = build(lake, &catalog, &d, stats).await?;
         lock.release().await;
         eprintln!("gold: {} ({} rows, version {})", t.table, t.rows, t.version);
         built.push(t);
@@ -152,7 +154,12 @@ pub async fn gold(
     Ok(built)
 }
 
-async fn build(lake: &Lake, catalog: &Catalog, d: &Definition) -> Result<GoldTable> {
+async fn build(
+    lake: &Lake,
+    catalog: &Catalog,
+    d: &Definition,
+    stats: &StatsPolicy,
+) -> Result<GoldTable> {
     let name = format!("gold.{}", d.name);
     let sha = hex::encode(Sha256::digest(d.sql.as_bytes()));
     let url = table::lake_url(lake, &format!("gold/{}", d.name))?;
@@ -162,11 +169,12 @@ async fn build(lake: &Lake, catalog: &Catalog, d: &Definition) -> Result<GoldTab
         && last_definition(&t).await.as_deref() == Some(sha.as_str())
         && let Some(from) = high_watermark(catalog, &name, w).await
     {
-        return incremental(catalog, d, t, sha, w, from).await;
+        return incremental(catalog, d, t, sha, w, from, stats).await;
     }
     let failed = |e: &dyn std::fmt::Display| Error::Other(format!("{}: {e}", d.path.display()));
     let stream = catalog.stream(&d.sql).await.map_err(|e| failed(&e))?;
     let (batches, rows) = plain_rows(d, stream).await?;
+    let t = with_statistics(&name, t, &url, &batches[0].schema(), stats).await?;
     let written = t.write(batches);
     let t = written
         .with_save_mode(SaveMode::Overwrite)
@@ -186,6 +194,24 @@ async fn build(lake: &Lake, catalog: &Catalog, d: &Definition) -> Result<GoldTab
         mode: "full".into(),
         from_watermark: None,
     })
+}
+
+/// The table at `url` ready for rows of `schema`: created with the statistics `stats`
+/// allows for them, or its settings brought up to date.
+async fn with_statistics(
+    name: &str,
+    mut t: deltalake::DeltaTable,
+    url: &url::Url,
+    schema: &Schema,
+    stats: &StatsPolicy,
+) -> Result<deltalake::DeltaTable> {
+    let properties = stats.properties(TableKind::Derived, schema);
+    if table::exists(&t) {
+        stats::ensure(name, &mut t, &properties, None).await?;
+        Ok(t)
+    } else {
+        Ok(table::create(name, url, schema, &[], &properties).await?)
+    }
 }
 
 /// The query's rows as Delta stores them (see [`plain`]) and their count; an empty result
@@ -240,6 +266,7 @@ async fn incremental(
     sha: String,
     w: &str,
     from: ScalarValue,
+    stats: &StatsPolicy,
 ) -> Result<GoldTable> {
     use deltalake::datafusion::prelude::{Column, Expr, SessionContext, col, ident, lit};
     let name = format!("gold.{}", d.name);
@@ -273,6 +300,8 @@ async fn incremental(
         .iter()
         .map(|f| f.name().clone())
         .collect();
+    let url = t.table_url().clone();
+    let t = with_statistics(&name, t, &url, &batches[0].schema(), stats).await?;
     let source = SessionContext::new()
         .read_batches(batches)
         .map_err(|e| failed(&e))?;
@@ -377,13 +406,17 @@ mod tests {
         let (d1, d2, d3) = (20_000, 20_001, 20_002);
 
         append(&lake, &[(d1, 1.0), (d1, 2.0), (d2, 3.0)]).await;
-        let first = gold(&lake, &defs, &views, &[]).await.expect("gold");
+        let first = gold(&lake, &defs, &views, &[], &StatsPolicy::default())
+            .await
+            .expect("gold");
         assert_eq!((first[0].mode.as_str(), first[0].rows), ("full", 2));
         assert_eq!(daily(&lake).await, vec![(d1, 2), (d2, 1)]);
 
         // A late row for the first day, one more for the watermark's day, a new day.
         append(&lake, &[(d1, 4.0), (d2, 5.0), (d3, 6.0)]).await;
-        let second = gold(&lake, &defs, &views, &[]).await.expect("gold");
+        let second = gold(&lake, &defs, &views, &[], &StatsPolicy::default())
+            .await
+            .expect("gold");
         assert_eq!(
             (second[0].mode.as_str(), second[0].rows),
             ("incremental", 2)
@@ -392,13 +425,17 @@ mod tests {
         // Days before the watermark are left as they were: the late row is not counted.
         assert_eq!(daily(&lake).await, vec![(d1, 2), (d2, 2), (d3, 1)]);
         // A re-run changes nothing but the version.
-        let again = gold(&lake, &defs, &views, &[]).await.expect("gold");
+        let again = gold(&lake, &defs, &views, &[], &StatsPolicy::default())
+            .await
+            .expect("gold");
         assert_eq!(again[0].rows, 1);
         assert_eq!(daily(&lake).await, vec![(d1, 2), (d2, 2), (d3, 1)]);
 
         // A changed definition is a full refresh.
         std::fs::write(defs.join("daily.sql"), format!("-- v2\n{definition}")).expect("v2");
-        let rebuilt = gold(&lake, &defs, &views, &[]).await.expect("gold");
+        let rebuilt = gold(&lake, &defs, &views, &[], &StatsPolicy::default())
+            .await
+            .expect("gold");
         assert_eq!(rebuilt[0].mode, "full");
         assert_eq!(daily(&lake).await, vec![(d1, 3), (d2, 2), (d3, 1)]);
     }

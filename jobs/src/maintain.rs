@@ -13,8 +13,11 @@ use sluice_pipeline::maintenance::{Maintenance, MaintenanceConfig};
 use sluice_sql::find_tables_in;
 
 use crate::error::{Error, Result};
-use crate::lock::Lock;
+use crate::lock::{Lock, table_lock};
 use crate::version;
+
+/// How long maintenance waits for an erasure of a table to finish before giving up.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// What maintenance did to one table.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -49,9 +52,13 @@ pub async fn maintain(
         if name == "sluice.job_runs" {
             continue;
         }
+        // Another maintenance run is refused; an erasure or anonymisation of the table
+        // finishes first.
         let lock = Lock::acquire_in(lake, &format!("maintain.{name}")).await?;
+        let rewriting = Lock::acquire_waiting(lake, &table_lock(&name), LOCK_WAIT).await?;
         let settings = config.for_table(&name);
         let report = maintain_table(&t.url, &name, settings).await?;
+        rewriting.release().await;
         lock.release().await;
         tracing::info!(table = %name, version = report.version_after, compacted = report.files_compacted, vacuumed = report.files_vacuumed, deleted = report.rows_deleted, "maintained");
         reports.push(report);

@@ -18,6 +18,17 @@ use crate::error::Result;
 
 /// Where the job runs are recorded under the lake.
 pub const JOB_RUNS: &str = "_sluice/job_runs";
+/// Columns of `sluice.job_runs` with file statistics: all but the outcome's free text.
+const STATS_COLUMNS: [&str; 8] = [
+    "run_id",
+    "job",
+    "args_hash",
+    "started_at",
+    "ended_at",
+    "tables",
+    "prev_hash",
+    "hash",
+];
 /// `prev_hash` of the first row.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -173,9 +184,12 @@ pub fn verify(runs: &[JobRun]) -> std::result::Result<usize, String> {
     Ok(runs.len())
 }
 
-/// Append `run` (its `prev_hash` and `hash` are set here) under the `job_runs` lock.
+/// Append `run` (its `prev_hash` and `hash` are set here) under the `job_runs` lock,
+/// waiting for another job recording its own run.
 pub async fn append(lake: &Lake, mut run: JobRun) -> Result<JobRun> {
-    let lock = crate::lock::Lock::acquire_in(lake, "job_runs").await?;
+    let lock =
+        crate::lock::Lock::acquire_waiting(lake, "job_runs", std::time::Duration::from_secs(120))
+            .await?;
     let runs = read(lake).await?;
     run.prev_hash = runs.last().map_or(GENESIS.to_string(), |r| r.hash.clone());
     run.hash = run.compute_hash();
@@ -196,7 +210,7 @@ pub async fn append(lake: &Lake, mut run: JobRun) -> Result<JobRun> {
         ],
     )?;
     let url = table::lake_url(lake, JOB_RUNS)?;
-    table::append_record(JOB_RUNS, &url, &schema(), batch).await?;
+    table::append_record(JOB_RUNS, &url, &schema(), batch, &STATS_COLUMNS).await?;
     lock.release().await;
     Ok(run)
 }

@@ -36,6 +36,30 @@ use crate::error::{Error, Result};
 pub const SNAPSHOTS: &str = "_sluice/snapshots";
 /// Where the day-to-day differences are recorded.
 pub const DIFFS: &str = "_sluice/snapshot_diffs";
+/// Columns of `sluice.snapshots` with file statistics: all but the violating keys.
+const SNAPSHOT_STATS: [&str; 8] = [
+    "snapshot_id",
+    "taken_at",
+    "kind",
+    "name",
+    "table_version",
+    "row_count",
+    "checksum",
+    "violations",
+];
+/// Columns of `sluice.snapshot_diffs` with file statistics: all but the free text.
+const DIFF_STATS: [&str; 10] = [
+    "snapshot_id",
+    "taken_at",
+    "table_name",
+    "previous_snapshot_id",
+    "previous_version",
+    "table_version",
+    "key",
+    "rows_added",
+    "rows_changed",
+    "rows_removed",
+];
 /// Most violating keys kept per invariant.
 const KEYS_SHOWN: usize = 20;
 
@@ -516,7 +540,7 @@ async fn record(lake: &Lake, s: &Snapshot) -> Result<()> {
         ],
     )?;
     let url = table::lake_url(lake, SNAPSHOTS)?;
-    table::append_record(SNAPSHOTS, &url, &schema(), batch).await?;
+    table::append_record(SNAPSHOTS, &url, &schema(), batch, &SNAPSHOT_STATS).await?;
     Ok(())
 }
 
@@ -576,7 +600,7 @@ async fn record_diffs(lake: &Lake, s: &Snapshot) -> Result<()> {
         ],
     )?;
     let url = table::lake_url(lake, DIFFS)?;
-    table::append_record(DIFFS, &url, &diff_schema(), batch).await?;
+    table::append_record(DIFFS, &url, &diff_schema(), batch, &DIFF_STATS).await?;
     Ok(())
 }
 

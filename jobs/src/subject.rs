@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use aho_corasick::{AhoCorasick, MatchKind};
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StructArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int32Type, Int64Type, Schema};
@@ -13,17 +14,19 @@ use deltalake::datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 use deltalake::datafusion::prelude::{Expr, col};
-use memchr::memmem;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use sluice_pipeline::erasure::ErasureConfig;
 use sluice_transforms::seal::{DeadLetterSeal, is_sealed};
 
 use crate::error::{Error, Result};
 
-/// One subject: the forms its identifier takes, never logged.
+/// One subject (or every subject of a request at once): the forms its identifier takes,
+/// never logged.
 pub struct Subject {
     forms: Vec<String>,
     exact: HashSet<String>,
-    finders: Vec<memmem::Finder<'static>>,
+    /// Every form at once; `None` when there is none to search.
+    finder: Option<AhoCorasick>,
     seal: Option<Arc<DeadLetterSeal>>,
 }
 
@@ -51,21 +54,41 @@ impl Subject {
     pub fn new(raw: &str, pseudonyms: Vec<String>, seal: Option<Arc<DeadLetterSeal>>) -> Self {
         let mut forms = vec![raw.to_string()];
         forms.extend(pseudonyms.into_iter().filter(|p| p != raw));
-        let finders = forms
-            .iter()
-            .map(|f| memmem::Finder::new(f.as_bytes()).into_owned())
-            .collect();
+        Self::of_forms(forms, seal)
+    }
+
+    fn of_forms(mut forms: Vec<String>, seal: Option<Arc<DeadLetterSeal>>) -> Self {
+        forms.retain(|f| !f.is_empty());
+        let finder = AhoCorasick::builder()
+            .match_kind(MatchKind::Standard)
+            .build(&forms)
+            .ok()
+            .filter(|_| !forms.is_empty());
         Self {
             exact: forms.iter().cloned().collect(),
             forms,
-            finders,
+            finder,
             seal,
         }
+    }
+
+    /// Every subject of `all` at once: rows holding any of them match.
+    pub fn union(all: &[Arc<Subject>]) -> Self {
+        let mut forms: Vec<String> = all.iter().flat_map(|s| s.forms.iter().cloned()).collect();
+        forms.sort();
+        forms.dedup();
+        let seal = all.iter().find_map(|s| s.seal.clone());
+        Self::of_forms(forms, seal)
     }
 
     /// How many forms (raw + pseudonyms) are searched.
     pub fn forms(&self) -> usize {
         self.forms.len()
+    }
+
+    /// The forms searched (raw and pseudonyms), never to be logged.
+    pub fn form_list(&self) -> &[String] {
+        &self.forms
     }
 
     /// Whether `value` is the subject's identifier in one of its forms.
@@ -75,21 +98,39 @@ impl Subject {
 
     /// Occurrences of any form in `hay` standing as a word (not inside a longer identifier).
     pub fn count_in(&self, hay: &[u8]) -> usize {
-        let mut n = 0;
-        for (form, finder) in self.forms.iter().zip(&self.finders) {
-            for at in finder.find_iter(hay) {
-                let before = at.checked_sub(1).map(|i| hay[i]);
-                let after = hay.get(at + form.len()).copied();
-                if !before.is_some_and(is_word_byte) && !after.is_some_and(is_word_byte) {
-                    n += 1;
-                }
-            }
-        }
-        n
+        let Some(finder) = &self.finder else {
+            return 0;
+        };
+        finder
+            .find_overlapping_iter(hay)
+            .filter(|m| {
+                let before = m.start().checked_sub(1).map(|i| hay[i]);
+                let after = hay.get(m.end()).copied();
+                !before.is_some_and(is_word_byte) && !after.is_some_and(is_word_byte)
+            })
+            .count()
     }
 
     pub fn mentioned_in(&self, hay: &[u8]) -> bool {
         self.count_in(hay) > 0
+    }
+
+    /// Call `f` with each form found in `hay` standing as a word (as [`Self::count_in`]
+    /// counts them), once per occurrence.
+    pub fn forms_in(&self, hay: &[u8], f: &mut dyn FnMut(&str)) {
+        let Some(finder) = &self.finder else {
+            return;
+        };
+        for m in finder.find_overlapping_iter(hay) {
+            let before = m.start().checked_sub(1).map(|i| hay[i]);
+            let after = hay.get(m.end()).copied();
+            if !before.is_some_and(is_word_byte)
+                && !after.is_some_and(is_word_byte)
+                && let Some(form) = self.forms.get(m.pattern().as_usize())
+            {
+                f(form);
+            }
+        }
     }
 
     /// Rows of `array` whose whole value is the subject.
@@ -257,6 +298,48 @@ impl Subject {
     }
 }
 
+/// Words that stand for no identifier at all: a request naming one is refused.
+const PLACEHOLDERS: [&str; 10] = [
+    "null",
+    "none",
+    "nil",
+    "true",
+    "false",
+    "undefined",
+    "nan",
+    "unknown",
+    "n/a",
+    "na",
+];
+
+/// Check a requested identifier against `[erasure]`'s rules: at least
+/// `min_subject_length` characters, no placeholder word, no control character, and the
+/// whole of `subject_pattern` when one is set. The error says why, never the identifier.
+pub fn check_identifier(config: &ErasureConfig, raw: &str) -> std::result::Result<(), String> {
+    let chars = raw.chars().count();
+    if chars < config.min_subject_length {
+        return Err(format!(
+            "an identifier of {chars} characters; [erasure] min_subject_length is {} (a short identifier matches words everywhere)",
+            config.min_subject_length
+        ));
+    }
+    if raw.chars().any(char::is_control) {
+        return Err("an identifier with a control character".into());
+    }
+    if PLACEHOLDERS.contains(&raw.trim().to_ascii_lowercase().as_str()) {
+        return Err("a placeholder word, not an identifier".into());
+    }
+    if let Some(pattern) = &config.subject_pattern {
+        let re = regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+            format!("[erasure] subject_pattern is not a valid regular expression: {e}")
+        })?;
+        if !re.is_match(raw) {
+            return Err("an identifier not matching [erasure] subject_pattern".into());
+        }
+    }
+    Ok(())
+}
+
 /// `array` as a nullable Utf8 array.
 fn as_text(array: &ArrayRef) -> Result<ArrayRef> {
     Ok(match array.data_type() {
@@ -347,6 +430,55 @@ impl Lookup {
             }
         }
         Ok(hit)
+    }
+
+    /// Call `f(row, form)` for each form of `subject` that makes a row of `batch` hold it:
+    /// whole values of the exact columns, words of the text columns, words of opened dead
+    /// letters. A row [`Self::mask`] finds gets at least one call.
+    pub fn forms_per_row(
+        &self,
+        subject: &Subject,
+        batch: &RecordBatch,
+        f: &mut dyn FnMut(usize, &str),
+    ) -> Result<()> {
+        for c in &self.exact {
+            if let Some(a) = column_at(batch, c) {
+                let text = as_text(&a)?;
+                for (i, v) in text.as_string::<i32>().iter().enumerate() {
+                    if let Some(v) = v.filter(|v| subject.is(v)) {
+                        f(i, v);
+                    }
+                }
+            }
+        }
+        for c in &self.contains {
+            if let Some(a) = column_at(batch, c) {
+                if a.data_type() == &DataType::Binary {
+                    for (i, v) in a.as_binary::<i32>().iter().enumerate() {
+                        if let Some(v) = v {
+                            subject.forms_in(v, &mut |form| f(i, form));
+                        }
+                    }
+                } else {
+                    let text = as_text(&a)?;
+                    for (i, v) in text.as_string::<i32>().iter().enumerate() {
+                        if let Some(v) = v {
+                            subject.forms_in(v.as_bytes(), &mut |form| f(i, form));
+                        }
+                    }
+                }
+            }
+        }
+        if self.letters {
+            let cols: Option<Vec<ArrayRef>> =
+                LETTER_COLUMNS.iter().map(|c| column_at(batch, c)).collect();
+            if let Some(cols) = cols {
+                subject.each_letter_value(&cols, &mut |i, v| {
+                    subject.forms_in(v, &mut |form| f(i, form));
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// Whether any row of the Parquet file `name`, whose bytes are `bytes`, holds the
@@ -462,6 +594,50 @@ mod tests {
             s.exact_mask(&a).expect("mask"),
             BooleanArray::from(vec![true, false, false])
         );
+    }
+
+    #[test]
+    fn identifiers_too_short_placeholders_and_off_pattern_are_refused() {
+        let mut c = ErasureConfig::default();
+        assert!(check_identifier(&c, "C0000001").is_ok());
+        for bad in ["1", "C001", "null", "NULL ", "undefined", "C00\n0001"] {
+            check_identifier(&c, bad).expect_err(bad);
+        }
+        c.subject_pattern = Some("C[0-9]{7}".into());
+        assert!(check_identifier(&c, "C0000001").is_ok());
+        assert!(check_identifier(&c, "C00000012").is_err(), "matched whole");
+        assert!(check_identifier(&c, "xC0000001").is_err());
+        c.subject_pattern = Some("(".into());
+        assert!(
+            check_identifier(&c, "C0000001")
+                .expect_err("bad pattern")
+                .contains("subject_pattern")
+        );
+        // Non-ASCII identifiers count characters, not bytes.
+        c.subject_pattern = None;
+        assert!(check_identifier(&c, "Zoë-Ünal").is_ok());
+        assert!(check_identifier(&c, "Zoë").is_err());
+    }
+
+    #[test]
+    fn many_subjects_are_found_at_once_each_as_a_whole_word() {
+        let all: Vec<Arc<Subject>> = (0..1_000)
+            .map(|i| {
+                Arc::new(Subject::new(
+                    &format!("C{i:07}"),
+                    vec![format!("tok_{i}")],
+                    None,
+                ))
+            })
+            .collect();
+        let u = Subject::union(&all);
+        assert_eq!(u.forms(), 2_000);
+        assert_eq!(
+            u.count_in(b"C0000999 and tok_5, not C00009990 nor tok_50x"),
+            2
+        );
+        assert!(u.is("tok_777"));
+        assert!(!u.is("tok_1000"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! copies of the customer's encrypted values no longer open (crypto-shredding).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use deltalake::datafusion::prelude::SessionContext;
@@ -466,4 +466,534 @@ fn erasure_requests_from_kafka_are_certified_once_and_leave_tombstones() {
     w.run_ok(&["job", "erase", "7100002", "7100004"]);
     w.run_ok(&["job", "erase", "--verify", "7100002", "7100004"]);
     assert_eq!(w.count("bronze.events"), 3);
+}
+
+/// The raw customer id behind `token` among the demo's customers.
+fn raw_of(token: &dyn Fn(&str) -> String, wanted: &str) -> String {
+    (1..=3_000)
+        .map(|i| format!("C{i:07}"))
+        .chain((1..=9).map(|i| format!("C900000{i}")))
+        .find(|raw| token(raw) == wanted)
+        .unwrap_or_else(|| panic!("no demo customer has the token {wanted}"))
+}
+
+#[test]
+fn erasure_leaves_no_value_of_the_erased_rows_anywhere_and_statistics_stay_safe() {
+    use crate::residue;
+    let d = demo();
+    std::os::unix::fs::symlink(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/sql"),
+        d.dir.path().join("sql"),
+    )
+    .expect("the gold definitions");
+    d.ok(&["job", "gold"]);
+    d.ok(&["job", "snapshot"]);
+    // Every table the demo made keeps statistics to safe columns.
+    residue::assert_safe_statistics(&d.lake());
+
+    let key =
+        std::fs::read_to_string(d.dir.path().join("sluice-demo-keys/pseudonym.key")).expect("key");
+    let token = |raw: &str| {
+        sluice_transforms::tokenize::token("pseudo", key.trim().as_bytes(), raw.as_bytes())
+    };
+    // One customer with accounts, one found only among card transactions (no customer or
+    // account row left in silver), one with a dead letter (the demo's broken messages are
+    // keyed by the first customers).
+    let with_accounts = "C0000010".to_string();
+    assert!(
+        d.count(
+            "silver.accounts",
+            &format!("customer_id = '{}'", token(&with_accounts))
+        ) > 0
+    );
+    let only_cards = d.one(
+        "select t.customer_id from bronze.card_transactions t \
+         where t.customer_id not in (select customer_id from silver.accounts where customer_id is not null) \
+         and t.customer_id not in (select customer_id from silver.customers where customer_id is not null) \
+         order by 1 limit 1",
+    );
+    let only_cards = raw_of(&token, only_cards.trim());
+    let with_letter = "C0000002".to_string();
+    let subjects = [
+        with_accounts.clone(),
+        only_cards.clone(),
+        with_letter.clone(),
+    ];
+
+    // Identifiers that would match words everywhere are refused before anything runs.
+    for bad in ["1", "null", "C01"] {
+        let out = d.sluice(&["job", "erase", bad]).output().expect("erase");
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("refused"));
+    }
+    // A dry run lists what would go and changes nothing.
+    let listing = || -> Vec<(PathBuf, u64)> {
+        let mut all: Vec<(PathBuf, u64)> = residue::files_under(&d.lake())
+            .into_iter()
+            .map(|p| {
+                let n = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                (p, n)
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    let files_before = listing();
+    let mut args = vec!["job", "erase", "--dry-run"];
+    args.extend(subjects.iter().map(String::as_str));
+    let out = d.ok(&args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("dry run") && text.contains("would go: bronze.card_transactions"),
+        "{text}"
+    );
+    assert_eq!(listing(), files_before, "a dry run changes no file");
+
+    let before = residue::record(&d.lake());
+    let mut args = vec!["--format", "json", "job", "erase", "--request-id", "RES-1"];
+    args.extend(subjects.iter().map(String::as_str));
+    let out = d.ok(&args);
+    let certs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(certs.len(), 3);
+    for c in &certs {
+        assert_eq!(c["request_id"], "RES-1");
+        let tables = c["tables"].as_array().expect("tables");
+        let cards = tables
+            .iter()
+            .find(|t| t["table"] == "bronze.card_transactions")
+            .expect("card transactions");
+        assert!(cards["history_from_version"].as_i64().is_some(), "{cards}");
+        let text = c.to_string();
+        for s in &subjects {
+            assert!(
+                !text.contains(s.as_str()) && !text.contains(&token(s)),
+                "{text}"
+            );
+        }
+    }
+    let after = residue::record(&d.lake());
+    let gone = residue::disappeared(&before, &after);
+    for t in [
+        "bronze/card_transactions",
+        "silver/accounts",
+        "silver/customers",
+        "_sluice/dead_letters",
+        "_keys/subjects",
+    ] {
+        assert!(
+            gone.contains_key(t),
+            "nothing disappeared from {t}: {:?}",
+            gone.keys()
+        );
+    }
+    let values = residue::distinctive(&gone, &after);
+    for s in &subjects {
+        if s != &with_letter {
+            assert!(
+                values.contains(&token(s)),
+                "{s}'s token is among the values"
+            );
+        }
+    }
+    // The wrapped data keys of the erased customers are among them: nowhere in the key
+    // store's files or log after.
+    let wrapped: Vec<&String> = values
+        .iter()
+        .filter(|v| {
+            gone["_keys/subjects"]
+                .iter()
+                .any(|r| r.contains(&format!("\"wrapped\":\"{v}\"")))
+        })
+        .collect();
+    assert!(!wrapped.is_empty(), "the key store lost the subjects' keys");
+    let hits = residue::scan(&d.lake(), &values);
+    assert!(
+        hits.is_empty(),
+        "{} of {} values of the erased rows remain: {:?}",
+        hits.len(),
+        values.len(),
+        hits.iter().take(20).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        residue::count_mentions(&after, "bronze/card_transactions", &token(&only_cards)),
+        0
+    );
+    // --verify finds neither identifiers nor values.
+    let mut args = vec!["job", "erase", "--verify"];
+    args.extend(subjects.iter().map(String::as_str));
+    d.ok(&args);
+    // A value of an erased row planted back in a log entry's statistics is found.
+    let txn = gone["bronze/card_transactions"]
+        .iter()
+        .filter_map(|r| {
+            let v: serde_json::Value = serde_json::from_str(r).ok()?;
+            v["txn_id"].as_str().map(str::to_string)
+        })
+        .find(|t| values.contains(t))
+        .expect("a distinctive transaction id");
+    let planted = d
+        .lake()
+        .join("bronze/card_transactions/_delta_log/_planted.json");
+    std::fs::write(
+        &planted,
+        format!(
+            "{{\"add\":{{\"path\":\"x.parquet\",\"stats\":\"{{\\\"minValues\\\":{{\\\"txn_id\\\":\\\"{txn}\\\"}}}}\"}}}}\n"
+        ),
+    )
+    .expect("plant");
+    let mut args = vec!["job", "erase", "--verify"];
+    args.extend(subjects.iter().map(String::as_str));
+    let found = d.sluice(&args).output().expect("verify");
+    let err = String::from_utf8_lossy(&found.stderr);
+    assert_eq!(found.status.code(), Some(1), "{err}");
+    assert!(err.contains("_planted.json"), "{err}");
+    std::fs::remove_file(&planted).expect("unplant");
+}
+
+/// `(partition, offset)` of every row of `table` from `topic`, and of the topic's dead
+/// letters.
+fn offsets(w: &crate::harness::Workdir, table: &str, topic: &str) -> Vec<(i32, i64)> {
+    let mut out: Vec<(i32, i64)> = Vec::new();
+    let mut queries = vec![format!(
+        "select _kafka_partition, _kafka_offset from {table} where _kafka_topic = '{topic}'"
+    )];
+    // The dead-letter table exists once a first message failed.
+    if w.lake().join("_sluice/dead_letters/_delta_log").is_dir() {
+        queries.push(format!(
+            "select kafka_partition, kafka_offset from sluice.dead_letters where kafka_topic = '{topic}'"
+        ));
+    }
+    for q in queries {
+        for r in w.sql(&q) {
+            let (p, o) = r.split_once(',').expect("two columns");
+            out.push((p.parse().expect("partition"), o.parse().expect("offset")));
+        }
+    }
+    out
+}
+
+/// Every offset of every partition from 0, once.
+fn assert_contiguous(topic: &str, mut seen: Vec<(i32, i64)>, produced: usize) {
+    seen.sort_unstable();
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    for (p, o) in &seen {
+        let want = next.entry(*p).or_insert(0);
+        assert_eq!(
+            *o, *want,
+            "{topic}[{p}]: offset {o} where {want} was due (a gap or a duplicate)"
+        );
+        *want += 1;
+    }
+    assert_eq!(seen.len(), produced, "{topic}: every message once");
+}
+
+#[test]
+fn erasure_during_a_live_run_and_maintenance_keeps_every_table_whole_and_every_offset_once() {
+    use crate::harness::{Broker, Mock, Workdir, terminate, wait_until};
+    use sluice_connectors::demo::bank::{self, Scale};
+    use sluice_connectors::demo::broker::{Outgoing, SimpleProducer};
+    use std::time::Duration;
+
+    let broker = Mock::start();
+    for (topic, partitions) in bank::TOPICS {
+        broker.create_topic(topic, partitions);
+    }
+    let w = Workdir::new();
+    let config = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["demo", "--print-config"])
+        .output()
+        .expect("config");
+    let config = String::from_utf8(config.stdout)
+        .expect("utf-8")
+        .replace("\"embedded\"", &format!("\"{}\"", broker.bootstrap()))
+        .replace("flush_max_latency_ms = 2000", "flush_max_latency_ms = 300");
+    std::fs::write(w.config(), config).expect("config");
+    std::fs::create_dir_all(w.dir.path().join("sluice-demo-keys")).expect("keys");
+    for (i, k) in ["pseudonym", "salt", "vault", "shred"].iter().enumerate() {
+        std::fs::write(
+            w.dir.path().join(format!("sluice-demo-keys/{k}.key")),
+            format!("{:064x}", 0x5eed_0000 + i),
+        )
+        .expect("key");
+    }
+    let sluice = |args: &[&str]| {
+        let mut c = w.sluice(args);
+        c.current_dir(w.dir.path());
+        c
+    };
+    let ok = |args: &[&str]| {
+        let out = sluice(args).output().expect("sluice");
+        assert!(
+            out.status.success(),
+            "sluice {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    // The subject's messages all come first; the rest arrives while the erasure runs.
+    let subject = "C0000010";
+    let messages = bank::generate(Scale {
+        customers: 300,
+        transactions: 6_000,
+        touchpoints: 2_000,
+        with_bad_messages: true,
+    });
+    let mentions = |m: &bank::BankMessage| {
+        m.key.contains(subject)
+            || m.payload
+                .as_ref()
+                .is_some_and(|p| String::from_utf8_lossy(p).contains(subject))
+    };
+    let (mut first, mut second): (Vec<_>, Vec<_>) = (Vec::new(), Vec::new());
+    let others: Vec<&bank::BankMessage> = messages.iter().filter(|m| !mentions(m)).collect();
+    first.extend(messages.iter().filter(|m| mentions(m)));
+    first.extend(&others[..others.len() / 2]);
+    second.extend(&others[others.len() / 2..]);
+    let bootstrap = broker.bootstrap();
+    let produce = |batch: &[&bank::BankMessage]| {
+        let producer = SimpleProducer::new(&bootstrap).expect("producer");
+        for m in batch {
+            producer
+                .send(&Outgoing {
+                    topic: m.topic,
+                    key: Some(m.key.as_bytes()),
+                    payload: m.payload.as_deref(),
+                    timestamp_ms: Some(m.timestamp_ms),
+                })
+                .expect("send");
+        }
+        producer.flush().expect("flush");
+    };
+    produce(&first);
+    ok(&["run", "--until-caught-up"]);
+    let key = format!("{:064x}", 0x5eed_0000);
+    let token = sluice_transforms::tokenize::token("pseudo", key.as_bytes(), subject.as_bytes());
+    let tables = [
+        (
+            "bronze.customers",
+            "customers",
+            "after.customer_id = '{t}' or before.customer_id = '{t}'",
+        ),
+        (
+            "bronze.accounts",
+            "accounts",
+            "after.customer_id = '{t}' or before.customer_id = '{t}'",
+        ),
+        (
+            "bronze.card_transactions",
+            "txn-events",
+            "customer_id = '{t}'",
+        ),
+        (
+            "bronze.touchpoints",
+            "touchpoint-events",
+            "customer_id = '{t}'",
+        ),
+    ];
+    // The subject's offsets, which the erasure removes.
+    let mut erased: BTreeMap<&str, Vec<(i32, i64)>> = BTreeMap::new();
+    for (table, topic, cond) in tables {
+        let q = format!(
+            "select _kafka_partition, _kafka_offset from {table} where {}",
+            cond.replace("{t}", &token)
+        );
+        let rows: Vec<(i32, i64)> = w
+            .sql(&q)
+            .iter()
+            .map(|r| {
+                let (p, o) = r.split_once(',').expect("two");
+                (p.parse().expect("p"), o.parse().expect("o"))
+            })
+            .collect();
+        erased.insert(topic, rows);
+    }
+    assert!(
+        erased.values().map(Vec::len).sum::<usize>() > 0,
+        "the subject landed"
+    );
+
+    // A live run with slowed commits; the rest of the stream arrives while it runs.
+    let run = sluice(&["run"])
+        .env("SLUICE_TEST_COMMIT_DELAY_MS", "400")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("run");
+    let run = crate::harness::KillOnDrop(run);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for chunk in second.chunks(second.len() / 8 + 1) {
+                produce(chunk);
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(800));
+        // An erasure and a maintenance run beside it, at the same time.
+        let erase = sluice(&["job", "erase", "--request-id", "LIVE-1", subject])
+            .output()
+            .expect("spawn erase");
+        let maintain = scope.spawn(|| sluice(&["job", "maintain"]).output().expect("maintain"));
+        assert!(
+            erase.status.success(),
+            "erase: {}",
+            String::from_utf8_lossy(&erase.stderr)
+        );
+        let maintain = maintain.join().expect("maintain thread");
+        assert!(
+            maintain.status.success(),
+            "maintain: {}",
+            String::from_utf8_lossy(&maintain.stderr)
+        );
+    });
+    let produced = |topic: &str| messages.iter().filter(|m| m.topic == topic).count();
+    wait_until(Duration::from_secs(240), "the whole stream landed", || {
+        tables.iter().all(|(table, topic, _)| {
+            offsets(&w, table, topic).len() + erased[topic].len() >= produced(topic)
+        })
+    });
+    terminate(&run.0);
+    let mut run = run;
+    let status = run.0.wait().expect("wait");
+    assert!(status.success(), "run exited {status}");
+
+    // Every table reads (no missing file), every offset landed once (the erased ones
+    // aside), silver keeps one row per key, and the subject is nowhere.
+    crate::residue::record(&w.lake());
+    for (table, topic, _) in tables {
+        let mut seen = offsets(&w, table, topic);
+        for o in &erased[topic] {
+            assert!(!seen.contains(o), "{table}: an erased row is back at {o:?}");
+        }
+        seen.extend(&erased[topic]);
+        assert_contiguous(topic, seen, produced(topic));
+    }
+    for (t, k) in [
+        ("silver.customers", "customer_id"),
+        ("silver.accounts", "account_id"),
+    ] {
+        let r = w.sql(&format!("select count(*), count(distinct {k}) from {t}"));
+        let (n, d) = r[0].split_once(',').expect("two");
+        assert_eq!(n, d, "{t}: a key twice");
+    }
+    ok(&["job", "erase", "--verify", subject]);
+}
+
+#[test]
+fn two_hosts_racing_for_a_stale_lock_one_wins() {
+    use crate::harness::{Mock, Workdir};
+    let broker = Mock::start();
+    let w = Workdir::new();
+    let gold = w.dir.path().join("gold");
+    std::fs::create_dir_all(&gold).expect("gold");
+    std::fs::create_dir_all(w.dir.path().join("views")).expect("views");
+    std::fs::write(gold.join("numbers.sql"), "select 1 as n").expect("definition");
+    w.write_config(
+        &broker,
+        "race",
+        &["t"],
+        &format!(
+            "[sql]\ngold_dir = {:?}\nviews_dir = {:?}\n",
+            gold.display().to_string(),
+            w.dir.path().join("views").display().to_string()
+        ),
+    );
+    let locks = w.lake().join("_sluice/locks");
+    std::fs::create_dir_all(&locks).expect("locks");
+    // A lock of a host that stopped renewing it an hour ago.
+    std::fs::write(
+        locks.join("gold_numbers.lock"),
+        serde_json::json!({
+            "host": "crashed-host", "pid": 7, "started": 1, "nonce": "dead",
+            "acquired_at": "2026-01-01T00:00:00Z", "expires_at": "2026-01-01T00:02:00Z"
+        })
+        .to_string(),
+    )
+    .expect("stale lock");
+    // Both read the stale lock, wait, then race to take it over.
+    let racer = |host: &str| {
+        w.sluice(&["job", "gold"])
+            .env("SLUICE_HOST_ID", host)
+            .env("SLUICE_TEST_LOCK_TAKEOVER_DELAY_MS", "1500")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    };
+    let (a, b) = (racer("host-a"), racer("host-b"));
+    let outs = [
+        a.wait_with_output().expect("a"),
+        b.wait_with_output().expect("b"),
+    ];
+    let won: Vec<&Output> = outs.iter().filter(|o| o.status.success()).collect();
+    assert_eq!(
+        won.len(),
+        1,
+        "exactly one wins: {:?}",
+        outs.iter()
+            .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+            .collect::<Vec<_>>()
+    );
+    let lost = outs.iter().find(|o| !o.status.success()).expect("a loser");
+    assert_eq!(lost.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&lost.stderr).contains("holds the lock 'gold.numbers'"),
+        "{}",
+        String::from_utf8_lossy(&lost.stderr)
+    );
+    assert!(
+        !locks.join("gold_numbers.lock").exists(),
+        "the winner released it"
+    );
+}
+
+#[test]
+fn an_erasure_killed_at_any_moment_is_finished_by_the_next_run() {
+    use crate::residue;
+    let d = demo();
+    let key =
+        std::fs::read_to_string(d.dir.path().join("sluice-demo-keys/pseudonym.key")).expect("key");
+    let token = sluice_transforms::tokenize::token("pseudo", key.trim().as_bytes(), b"C0000010");
+    let before = residue::record(&d.lake());
+    // Killed ever later: in the deletes, between a delete and its log scrub, in the purge,
+    // before the certificate. Each run takes over the dead one's locks at once.
+    for (i, after_ms) in [250u64, 700, 1_300, 2_200, 3_500].into_iter().enumerate() {
+        let id = format!("KILL-{i}");
+        let mut child = d
+            .sluice(&["job", "erase", "--request-id", &id, "C0000010"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("erase");
+        std::thread::sleep(std::time::Duration::from_millis(after_ms));
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || out.status.code().is_none(),
+            "run {i} failed rather than being killed: {err}"
+        );
+    }
+    d.ok(&["job", "erase", "--request-id", "KILL-last", "C0000010"]);
+    // Every table reads, the customer is gone, and so is every value its rows held.
+    let after = residue::record(&d.lake());
+    let gone = residue::disappeared(&before, &after);
+    assert!(
+        gone.contains_key("silver/accounts"),
+        "nothing disappeared from silver/accounts: {:?}",
+        gone.keys()
+    );
+    for (t, _) in TABLES {
+        let table = t.replace('.', "/");
+        assert_eq!(residue::count_mentions(&after, &table, &token), 0, "{t}");
+    }
+    let values = residue::distinctive(&gone, &after);
+    assert!(values.contains(&token));
+    let hits = residue::scan(&d.lake(), &values);
+    assert!(
+        hits.is_empty(),
+        "{} of {} values of the erased rows remain after a killed erasure: {:?}",
+        hits.len(),
+        values.len(),
+        hits.iter().take(20).collect::<Vec<_>>()
+    );
+    d.ok(&["job", "erase", "--verify", "C0000010"]);
 }

@@ -25,5 +25,6 @@ mod object_store;
 mod outage;
 mod pii;
 mod quality;
+mod residue;
 mod serve;
 mod sql;

@@ -99,6 +99,23 @@ impl S3 {
     }
 }
 
+impl S3 {
+    /// Copy every object under `prefix` of `bucket` into `dir` (paths after the prefix).
+    fn download(&self, bucket: &str, prefix: &str, dir: &std::path::Path) {
+        self.boto(&format!(
+            "import os\n\
+             p = s3.get_paginator('list_objects_v2')\n\
+             for page in p.paginate(Bucket='{bucket}', Prefix='{prefix}'):\n    \
+             for o in page.get('Contents', []):\n        \
+             k = o['Key']\n        \
+             dest = os.path.join({dir:?}, k[len('{prefix}'):])\n        \
+             os.makedirs(os.path.dirname(dest), exist_ok=True)\n        \
+             s3.download_file('{bucket}', k, dest)",
+            dir = dir.display().to_string()
+        ));
+    }
+}
+
 impl Store for S3 {
     fn lake(&self, bucket: &str) -> String {
         format!("s3://{bucket}/lake")
@@ -357,9 +374,14 @@ fn the_demo_lands_in_s3_resumes_there_and_every_job_runs_there() {
     assert!(stdout.contains("gold.daily_spend_by_segment"), "{stdout}");
     let (code, _, stderr) = job(&["job", "snapshot"]);
     assert_eq!(code, Some(0), "{stderr}");
-    // Erasure: found before, purged from the bucket's files and logs, clean after.
+    // Erasure: found before, purged from the bucket's files and logs, clean after: the
+    // rows that disappeared left none of their values in any object (copied out and
+    // read as the local residue test reads a lake).
     let (code, _, stderr) = job(&["job", "erase", "--verify", "C0000002"]);
     assert_eq!(code, Some(1), "{stderr}");
+    let copy_before = tempfile::tempdir().expect("tempdir");
+    s3.download("bank", "lake/", copy_before.path());
+    let before = crate::residue::record(copy_before.path());
     let (code, stdout, stderr) = job(&["job", "erase", "--request-id", "S3-1", "C0000002"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
@@ -369,6 +391,23 @@ fn the_demo_lands_in_s3_resumes_there_and_every_job_runs_there() {
     assert!(
         stderr.contains("erase: keys.subjects: 1 rows removed"),
         "{stderr}"
+    );
+    let copy_after = tempfile::tempdir().expect("tempdir");
+    s3.download("bank", "lake/", copy_after.path());
+    let after = crate::residue::record(copy_after.path());
+    let gone = crate::residue::disappeared(&before, &after);
+    assert!(gone.contains_key("_keys/subjects"), "{:?}", gone.keys());
+    assert!(
+        gone.contains_key("bronze/card_transactions"),
+        "{:?}",
+        gone.keys()
+    );
+    let values = crate::residue::distinctive(&gone, &after);
+    assert!(!values.is_empty());
+    let hits = crate::residue::scan(copy_after.path(), &values);
+    assert!(
+        hits.is_empty(),
+        "values of erased rows remain in the bucket: {hits:?}"
     );
     let (code, stdout, stderr) = job(&["job", "erase", "--verify", "C0000002"]);
     assert_eq!(code, Some(0), "{stderr}");

@@ -27,6 +27,7 @@ use sluice_pipeline::{
 };
 
 use super::dead_letter::DeadLetterTable;
+use super::stats::{self, StatsPolicy, TableKind};
 use super::table;
 use crate::decode::evolve::{add_fields, conform_array};
 use crate::decode::json::filter_offsets_above;
@@ -42,13 +43,18 @@ pub struct BronzeSinkConfig {
     pub partition_by: HashMap<String, Vec<String>>,
     pub default_partition_by: Vec<String>,
     pub target_file_size_bytes: u64,
-    /// Table properties per table name (PII record, `delta.dataSkippingStatsColumns`): set
-    /// at creation and brought up to date on existing tables before their next write.
+    /// Table properties per table name (the PII record): set at creation and brought up
+    /// to date on existing tables before their next write.
     pub properties: HashMap<String, Vec<(String, String)>>,
+    /// Which columns carry file statistics (see [`super::stats`]); the statistics
+    /// properties follow each table's schema as it evolves.
+    pub stats: Arc<StatsPolicy>,
 }
 
 struct TableState {
     name: String,
+    /// The table's name in the configuration (`<name>` of `bronze/<name>`).
+    configured: String,
     url: url::Url,
     table: Option<DeltaTable>,
     partition_by: Vec<String>,
@@ -104,6 +110,7 @@ impl BronzeSink {
                 name.to_string(),
                 TableState {
                     name: Self::location(name),
+                    configured: name.to_string(),
                     url,
                     table: None,
                     partition_by,
@@ -137,15 +144,15 @@ impl BronzeSink {
                 // keep a re-read from landing them twice.
                 return Ok(());
             } else {
+                let mut properties = s.properties.clone();
+                properties.extend(
+                    self.config
+                        .stats
+                        .properties(TableKind::Bronze(&s.configured), &batch_schema),
+                );
                 s.table = Some(
-                    table::create(
-                        &s.name,
-                        &s.url,
-                        &batch_schema,
-                        &s.partition_by,
-                        &s.properties,
-                    )
-                    .await?,
+                    table::create(&s.name, &s.url, &batch_schema, &s.partition_by, &properties)
+                        .await?,
                 );
             }
         }
@@ -170,11 +177,18 @@ impl BronzeSink {
                 .map_err(delta(&s.name, "reading snapshot"))?
                 .metadata()
                 .clone();
-            let stale: Vec<&(String, String)> = s
-                .properties
+            let mut wanted = s.properties.clone();
+            wanted.extend(
+                self.config
+                    .stats
+                    .properties(TableKind::Bronze(&s.configured), &target),
+            );
+            let stale: Vec<&(String, String)> = wanted
                 .iter()
                 .filter(|(k, v)| current.configuration().get(k) != Some(v))
                 .collect();
+            let drop_list = !wanted.iter().any(|(k, _)| k == stats::STATS_COLUMNS)
+                && current.configuration().contains_key(stats::STATS_COLUMNS);
             let evolved = target
                 .fields()
                 .iter()
@@ -184,7 +198,7 @@ impl BronzeSink {
                         .map_or(true, |g| g.data_type() != f.data_type())
                 })
                 .count();
-            if evolved > 0 || !stale.is_empty() {
+            if evolved > 0 || !stale.is_empty() || drop_list {
                 let kernel: StructType = target
                     .as_ref()
                     .try_into_kernel()
@@ -192,6 +206,13 @@ impl BronzeSink {
                 let mut metadata = current.with_schema(&kernel).map_err(|e| {
                     Error::Decode(format!("table {}: evolving schema: {e}", s.name))
                 })?;
+                if drop_list {
+                    metadata = metadata
+                        .remove_config_key(stats::STATS_COLUMNS)
+                        .map_err(|e| {
+                            Error::Decode(format!("table {}: dropping statistics: {e}", s.name))
+                        })?;
+                }
                 for (k, v) in stale {
                     metadata = metadata.add_config_key(k.clone(), v.clone()).map_err(|e| {
                         Error::Decode(format!("table {}: setting property {k}: {e}", s.name))

@@ -88,19 +88,12 @@ impl DeadLetterTable {
             return Ok(0);
         }
         if self.table.is_none() {
-            self.table = Some(
-                table::create(
-                    self.location,
-                    &self.url,
-                    &schema(),
-                    &[],
-                    &[(
-                        "delta.dataSkippingStatsColumns".into(),
-                        STATS_COLUMNS.join(","),
-                    )],
-                )
-                .await?,
-            );
+            let properties = super::stats::only(&schema(), &STATS_COLUMNS);
+            let mut t =
+                table::create(self.location, &self.url, &schema(), &[], &properties).await?;
+            // A table made by an older version: its settings brought up to date.
+            super::stats::ensure(self.location, &mut t, &properties, None).await?;
+            self.table = Some(t);
         }
         let Some(t) = self.table.as_mut() else {
             return Ok(0);

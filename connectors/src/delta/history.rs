@@ -485,13 +485,9 @@ pub(super) async fn merge(
     source: RecordBatch,
     txns: Vec<Transaction>,
 ) -> std::result::Result<DeltaTable, (Option<DeltaTable>, Error)> {
-    if !table::exists(&t) {
-        let url = t.table_url().clone();
-        let schema = table::nullable(&source.schema());
-        t = table::create(name, &url, &schema, &spec.partition_by, &[])
-            .await
-            .map_err(|e| (None, e))?;
-    }
+    t = super::silver::prepared(name, spec, t, &source.schema(), &spec.partition_by)
+        .await
+        .map_err(|e| (None, e))?;
     let df = match SessionContext::new().read_batch(source.clone()) {
         Ok(df) => df,
         Err(e) => return Err((Some(t), error(name, "reading versions")(e.to_string()))),

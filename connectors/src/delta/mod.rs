@@ -6,6 +6,7 @@ pub mod history;
 pub mod lake;
 pub mod quality;
 pub mod silver;
+pub mod stats;
 pub mod subject_keys;
 pub mod table;
 

@@ -324,10 +324,13 @@ impl QualityGate {
         if self.table.is_none() {
             let url = table::lake_url(&self.lake, QUALITY)?;
             let t = table::open(QUALITY, &url).await?;
+            let properties = super::stats::only(&quality_schema(), &QUALITY_STATS);
             self.table = Some(if table::exists(&t) {
+                let mut t = t;
+                super::stats::ensure(QUALITY, &mut t, &properties, None).await?;
                 t
             } else {
-                table::create(QUALITY, &url, &quality_schema(), &[], &[]).await?
+                table::create(QUALITY, &url, &quality_schema(), &[], &properties).await?
             });
         }
         let Some(t) = self.table.as_mut() else {
@@ -358,6 +361,18 @@ impl QualityGate {
         })
     }
 }
+
+/// Columns of `_sluice/quality` with file statistics: all of them (counts and names,
+/// never a row's value).
+const QUALITY_STATS: [&str; 7] = [
+    "pipeline",
+    "table_name",
+    "expectation",
+    "action",
+    "rows_passed",
+    "rows_failed",
+    "checked_at",
+];
 
 /// Schema of `_sluice/quality`.
 pub fn quality_schema() -> SchemaRef {

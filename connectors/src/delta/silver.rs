@@ -38,6 +38,7 @@ use sluice_pipeline::lake::Lake;
 use sluice_pipeline::{CommitOutcome, OffsetRange, SourceBatch, TopicPartition};
 
 use super::bronze::{conform, merged_schema};
+use super::stats::StatsPolicy;
 use super::table::{self, quote};
 use crate::decode::json::filter_offsets_above;
 use crate::error::{Error, Result, delta};
@@ -81,6 +82,43 @@ pub struct SilverTableSpec {
     pub partition_by: Vec<String>,
     /// Tracked columns of an SCD type 2 history table (`None`: no history; empty: all).
     pub history: Option<Vec<String>>,
+    /// Which columns carry file statistics (the table, its history and tombstones).
+    pub stats: Arc<StatsPolicy>,
+}
+
+impl SilverTableSpec {
+    /// The statistics properties of this table's tables with `schema`.
+    pub fn stats_properties(&self, schema: &Schema) -> Vec<(String, String)> {
+        self.stats
+            .properties(super::stats::TableKind::Silver(&self.name), schema)
+    }
+}
+
+/// Create the table at `t`'s location with `schema` and the statistics `spec` allows, or
+/// bring an existing table's statistics settings up to date for rows of `schema`.
+pub(super) async fn prepared(
+    name: &str,
+    spec: &SilverTableSpec,
+    mut t: DeltaTable,
+    schema: &Schema,
+    partition_by: &[String],
+) -> Result<DeltaTable> {
+    if table::exists(&t) {
+        let stored = table::arrow_schema(name, &t)?;
+        let wider = merged_schema(name, [stored, Arc::new(schema.clone())].into_iter())?;
+        super::stats::ensure(name, &mut t, &spec.stats_properties(&wider), None).await?;
+        return Ok(t);
+    }
+    let url = t.table_url().clone();
+    let schema = table::nullable(schema);
+    table::create(
+        name,
+        &url,
+        &schema,
+        partition_by,
+        &spec.stats_properties(&schema),
+    )
+    .await
 }
 
 /// Settings of the silver sink.
@@ -417,13 +455,9 @@ async fn apply(
     if source.num_rows() == 0 {
         return commit_offsets_only(name, pipeline, spec, t, ranges).await;
     }
-    if !table::exists(&t) {
-        let url = t.table_url().clone();
-        let schema = table::nullable(&source.schema());
-        t = table::create(name, &url, &schema, &spec.partition_by, &[])
-            .await
-            .map_err(|e| (None, e))?;
-    }
+    t = prepared(name, spec, t, &source.schema(), &spec.partition_by)
+        .await
+        .map_err(|e| (None, e))?;
     let tombstoned = record_deletes(lake, name, spec, &source)
         .await
         .map_err(|e| (None, e))?;
@@ -578,7 +612,7 @@ async fn record_deletes(
 ) -> Result<Option<DeltaTable>> {
     let location = SilverSink::tombstones_location(&spec.name);
     let url = table::lake_url(lake, &location)?;
-    let mut t = table::open(&location, &url).await?;
+    let t = table::open(&location, &url).await?;
     let ops = rows
         .column_by_name("_cdc_op")
         .and_then(|c| c.as_string_opt::<i32>())
@@ -597,10 +631,7 @@ async fn record_deletes(
         columns.push(rows.schema().index_of(c)?);
     }
     let tombs = filter_record_batch(&rows.project(&columns)?, &deletes)?;
-    if !table::exists(&t) {
-        let schema = table::nullable(&tombs.schema());
-        t = table::create(&location, &url, &schema, &[], &[]).await?;
-    }
+    let t = prepared(&location, spec, t, &tombs.schema(), &[]).await?;
     let on: Vec<String> = spec
         .key
         .iter()
@@ -1071,6 +1102,7 @@ mod tests {
             sequence: Sequence::Auto,
             partition_by: Vec::new(),
             history: None,
+            stats: Arc::default(),
         }
     }
 

@@ -112,6 +112,8 @@ pub struct SubjectKeyStore {
     caches: Vec<Arc<dyn KeyCache>>,
     /// The last version whose content the caches reflect.
     seen: Option<u64>,
+    /// Whether the table's statistics settings were checked by this process.
+    settled: bool,
 }
 
 impl std::fmt::Debug for SubjectKeyStore {
@@ -138,6 +140,7 @@ impl SubjectKeyStore {
             seen: table.version(),
             table,
             caches,
+            settled: false,
         })
     }
 
@@ -149,10 +152,21 @@ impl SubjectKeyStore {
         if new.is_empty() {
             return Ok(0);
         }
+        let properties = super::stats::properties_for(&[]);
         if !table::exists(&self.table) {
-            self.table = table::create(NAME, &self.url, &schema(), &[], &[]).await?;
+            self.table = table::create(NAME, &self.url, &schema(), &[], &properties).await?;
             self.seen = self.table.version();
+        } else if !self.settled {
+            // No statistics at all: a wrapped key in a file's min/max would outlive its
+            // row. A store made by an older version is brought up to date first.
+            let before = self.table.version();
+            if super::stats::ensure(NAME, &mut self.table, &properties, None).await?
+                && before == self.seen
+            {
+                self.seen = self.table.version();
+            }
         }
+        self.settled = true;
         let batch = RecordBatch::try_new(
             schema(),
             vec![

@@ -355,16 +355,21 @@ pub async fn commit(
 }
 
 /// Append `batch` to `table` (created with `schema` if it does not exist yet) in one
-/// commit without offsets: the internal record tables (job runs, snapshots).
+/// commit without offsets: the internal record tables (job runs, snapshots). Only the
+/// top-level `stats_columns` carry file statistics.
 pub async fn append_record(
     name: &str,
     url: &url::Url,
     schema: &SchemaRef,
     batch: RecordBatch,
+    stats_columns: &[&str],
 ) -> Result<i64> {
     let mut t = open(name, url).await?;
-    if !exists(&t) {
-        t = create(name, url, schema, &[], &[]).await?;
+    let properties = super::stats::only(schema, stats_columns);
+    if exists(&t) {
+        super::stats::ensure(name, &mut t, &properties, None).await?;
+    } else {
+        t = create(name, url, schema, &[], &properties).await?;
     }
     let mut writer = RecordBatchWriter::for_table(&t).map_err(delta(name, "opening writer"))?;
     writer.write(batch).await.map_err(delta(name, "writing"))?;
