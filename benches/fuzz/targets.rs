@@ -174,8 +174,14 @@ impl Mutator {
                     6
                 };
                 let mut out = String::new();
-                // At most this many values: deep or wide, never both at once.
-                let mut budget = 4000;
+                // At most this many values: deep or wide, never both at once. Most inputs
+                // are small (they are what makes millions of inputs affordable); one in
+                // ten generated ones may be large.
+                let mut budget = if self.rng.random_range(0..10) == 0 {
+                    4000
+                } else {
+                    200
+                };
                 self.value(&mut out, depth, true, &mut budget);
                 out.into_bytes()
             }
@@ -258,7 +264,7 @@ impl Mutator {
 
     /// JSON string contents (escaped), of any length up to a few kilobytes.
     fn text(&mut self, out: &mut String) {
-        let n = match self.rng.random_range(0..20) {
+        let n = match self.rng.random_range(0..100) {
             0 => self.rng.random_range(1000..5000),
             _ => self.rng.random_range(0..24),
         };

@@ -978,17 +978,7 @@ mod inference_tests {
             br#"{"id": 3, "amount": 2.5}"#,
             br#"{"id": 4}"#,
         ];
-        for (i, p) in payloads.iter().enumerate() {
-            d.push(&RawMessage {
-                topic: "t",
-                partition: 0,
-                offset: i as i64,
-                timestamp_ms: None,
-                key: None,
-                payload: Some(p),
-            });
-        }
-        let batch = d.finish().expect("finish").expect("batch");
+        let batch = push_all(&mut d, &payloads);
         assert_eq!(batch.rows.as_ref().map(RecordBatch::num_rows), Some(3));
         assert_eq!(batch.dead_letters.len(), 1);
         assert_eq!(
@@ -1032,7 +1022,7 @@ mod hostile_tests {
         )
     }
 
-    fn push_all(d: &mut JsonDecoder, payloads: &[Vec<u8>]) -> SourceBatch {
+    fn push_all(d: &mut JsonDecoder, payloads: &[impl AsRef<[u8]>]) -> SourceBatch {
         for (i, p) in payloads.iter().enumerate() {
             d.push(&RawMessage {
                 topic: "t",
@@ -1040,7 +1030,7 @@ mod hostile_tests {
                 offset: i as i64,
                 timestamp_ms: None,
                 key: None,
-                payload: Some(p),
+                payload: Some(p.as_ref()),
             });
         }
         d.finish().expect("finish").expect("batch")
