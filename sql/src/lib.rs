@@ -6,19 +6,43 @@
 //! `<layer>.<table>`: `bronze.txn_events`, `silver.customers`, `gold.daily_spend`. The
 //! internal tables under `<lake>/_sluice/` are registered in the schema `sluice`
 //! (`sluice.dead_letters`).
+//!
+//! Every session is read-only ([`readonly`]): statements and plans that write are
+//! refused, tables and object stores refuse writes. A session opened for a role reads
+//! each table as [`restricted`] says, and its errors never quote values; limits on
+//! memory and time come from [`limits`].
 
 pub mod access;
 pub mod definitions;
+pub mod limits;
+pub mod readonly;
+pub mod restricted;
 pub mod server;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use sluice_pipeline::lake::Lake;
 
 use arrow::array::RecordBatch;
 use datafusion::catalog::MemorySchemaProvider;
+use datafusion::common::DFSchema;
+use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::TaskContext;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::MemoryPool;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::TryStreamExt;
+
+use crate::limits::{Guarded, QueryPool, TimedOut};
+use crate::readonly::{ReadOnlyStores, ReadOnlyTable, Refusal};
+use crate::restricted::RestrictedTable;
 
 /// Errors of `sluice-sql`.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +71,94 @@ pub enum Error {
     Serve(String),
     #[error("listing the lake at {lake}: {message}")]
     Listing { lake: String, message: String },
+    /// Refused, cancelled or over its memory, or a role's error without its values.
+    #[error("{message}")]
+    Sql {
+        sqlstate: &'static str,
+        message: String,
+    },
+}
+
+impl Error {
+    /// The Postgres SQLSTATE of the error, when it has a precise one.
+    pub fn sqlstate(&self) -> Option<&'static str> {
+        match self {
+            Error::Sql { sqlstate, .. } => Some(sqlstate),
+            Error::Denied(_) => Some(readonly::PRIVILEGE),
+            Error::Query(e) => limits::sqlstate(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<Refusal> for Error {
+    fn from(r: Refusal) -> Self {
+        Error::Sql {
+            sqlstate: r.sqlstate,
+            message: r.message,
+        }
+    }
+}
+
+/// What a session may take. The defaults: no limit; operators may spill to temporary
+/// files unless the session reads as a role.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Memory one query may hold (in operators that buffer: sorts, joins, aggregates).
+    pub query_memory_bytes: Option<usize>,
+    /// The pool every query's memory is also drawn from.
+    pub total_memory: Option<Arc<dyn MemoryPool>>,
+    /// How long a statement may run, planning and reading its rows included.
+    pub statement_timeout: Option<Duration>,
+    /// Whether operators may spill to temporary files when memory runs short.
+    pub spill: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            query_memory_bytes: None,
+            total_memory: None,
+            statement_timeout: None,
+            spill: true,
+        }
+    }
+}
+
+/// When a statement must be done by, and the timeout that set it (for its message).
+pub type Deadline = (tokio::time::Instant, Duration);
+
+/// What running a statement gave.
+pub enum Ran {
+    /// Rows (a query, `EXPLAIN`, `EXECUTE`).
+    Rows(SendableRecordBatchStream),
+    /// A session statement done, with its command tag (`PREPARE`, `SET`, …).
+    Done(&'static str),
+}
+
+impl std::fmt::Debug for Ran {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ran::Rows(_) => f.write_str("Rows"),
+            Ran::Done(tag) => write!(f, "Done({tag})"),
+        }
+    }
+}
+
+/// `fut`, failing with SQLSTATE 57014 once `deadline` passes.
+async fn within<T>(
+    deadline: Option<Deadline>,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match deadline {
+        None => fut.await,
+        Some((at, after)) => tokio::time::timeout_at(at, fut)
+            .await
+            .map_err(|_| Error::Sql {
+                sqlstate: limits::CANCELED,
+                message: TimedOut(after.as_millis()).to_string(),
+            })?,
+    }
 }
 
 /// Which state of each table a session reads: a version per table, and for the others
@@ -222,6 +334,7 @@ pub struct Catalog {
     denied: Vec<access::Denied>,
     /// Tables and views left out for the role.
     denied_tables: Vec<String>,
+    limits: Limits,
 }
 
 /// DataFusion options sluice sets unless a `DATAFUSION_*` variable sets them.
@@ -275,8 +388,35 @@ impl Catalog {
         access: Option<access::Access>,
         travel: &TimeTravel,
     ) -> Result<Self> {
+        Self::open_with(lake, access, travel, Limits::default()).await
+    }
+
+    /// [`Catalog::open_at`] with `limits` on every query.
+    pub async fn open_with(
+        lake: impl Into<Lake>,
+        access: Option<access::Access>,
+        travel: &TimeTravel,
+        limits: Limits,
+    ) -> Result<Self> {
         let config = session_config()?;
-        let ctx = SessionContext::new_with_config(config);
+        // No spill files for a role, or when the caller says so.
+        let mut disk = DiskManagerBuilder::default();
+        if access.is_some() || !limits.spill {
+            disk = disk.with_mode(DiskManagerMode::Disabled);
+        }
+        let runtime = RuntimeEnvBuilder::new()
+            .with_object_store_registry(Arc::new(ReadOnlyStores::default()))
+            .with_disk_manager_builder(disk)
+            .build_arc()?;
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            // No CREATE EXTERNAL TABLE: nothing reads a file by its path.
+            .with_table_factories(HashMap::new())
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        readonly::keep_safe_table_functions(&ctx);
         let catalog = ctx
             .catalog("datafusion")
             .ok_or_else(|| datafusion::error::DataFusionError::Plan("no default catalog".into()))?;
@@ -337,12 +477,15 @@ impl Catalog {
                 .table_provider()
                 .with_session(Arc::new(ctx.state()))
                 .await?;
-            if let Some(a) = &access {
-                let recorded = table
-                    .snapshot()
-                    .map(|s| access::recorded_tags(s.metadata().configuration().iter()))
-                    .unwrap_or_default();
-                provider = restrict(&ctx, a, &t.qualified(), provider, &recorded, &mut denied)?;
+            match &access {
+                Some(a) => {
+                    let recorded = table
+                        .snapshot()
+                        .map(|s| access::recorded_tags(s.metadata().configuration().iter()))
+                        .unwrap_or_default();
+                    provider = restrict(&ctx, a, &t.qualified(), provider, &recorded, &mut denied)?;
+                }
+                None => provider = Arc::new(ReadOnlyTable::new(t.qualified(), provider)),
             }
             ctx.register_table(
                 datafusion::common::TableReference::partial(t.schema.as_str(), t.name.as_str()),
@@ -357,16 +500,141 @@ impl Catalog {
             access,
             denied,
             denied_tables,
+            limits,
         })
     }
 
     /// `e`, said in the role's terms when it comes from a column or table the role may
-    /// not read.
-    fn explain(&self, e: datafusion::error::DataFusionError) -> Error {
+    /// not read; with its SQLSTATE when it is a refusal, a timeout or over memory.
+    pub fn explain(&self, e: DataFusionError) -> Error {
+        if let Some(sqlstate) = limits::sqlstate(&e) {
+            return Error::Sql {
+                sqlstate,
+                message: limits::message(&e),
+            };
+        }
         match self.explain_message(&e.to_string()) {
             Some(m) => Error::Denied(m),
             None => e.into(),
         }
+    }
+
+    /// The role the session reads as, if any.
+    pub fn role(&self) -> Option<&str> {
+        self.access.as_ref().map(|a| a.role.as_str())
+    }
+
+    /// A new session over this catalog's tables and views, with its own settings and
+    /// prepared statements (`SET`/`PREPARE` in it affect no other session).
+    pub fn session(&self) -> SessionContext {
+        let state = SessionStateBuilder::new_from_existing(self.ctx.state()).build();
+        SessionContext::new_with_state(state)
+    }
+
+    /// Refuse `plan` unless it reads (see [`readonly::check_plan`]).
+    pub fn check(&self, plan: &LogicalPlan) -> Result<()> {
+        Ok(readonly::check_plan(plan, self.role())?)
+    }
+
+    /// Plan one parsed statement in `ctx` (a session of this catalog), refusing anything
+    /// but reads and session statements.
+    pub async fn plan(
+        &self,
+        ctx: &SessionContext,
+        statement: &datafusion::sql::sqlparser::ast::Statement,
+    ) -> Result<LogicalPlan> {
+        readonly::check_statement(statement, self.role())?;
+        let plan = ctx
+            .state()
+            .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
+                statement.clone(),
+            )))
+            .await
+            .map_err(|e| self.explain(e))?;
+        self.check(&plan)?;
+        Ok(plan)
+    }
+
+    /// Parse (in the session's dialect) and plan one statement of `sql`, as [`Catalog::plan`].
+    pub async fn plan_sql(&self, ctx: &SessionContext, sql: &str) -> Result<LogicalPlan> {
+        let state = ctx.state();
+        let dialect = state.config().options().sql_parser.dialect;
+        let statement = state
+            .sql_to_statement(sql, &dialect)
+            .map_err(|e| self.explain(e))?;
+        readonly::check_df_statement(&statement, self.role())?;
+        let plan = state
+            .statement_to_plan(statement)
+            .await
+            .map_err(|e| self.explain(e))?;
+        self.check(&plan)?;
+        Ok(plan)
+    }
+
+    /// Run a plan of [`Catalog::plan`] in `ctx`: a session statement changes the session;
+    /// anything else streams its rows, with this catalog's limits on memory, cancelled at
+    /// `deadline`, its errors scrubbed of values for a role.
+    pub async fn run(
+        &self,
+        ctx: &SessionContext,
+        plan: LogicalPlan,
+        deadline: Option<Deadline>,
+    ) -> Result<Ran> {
+        use datafusion::logical_expr::Statement as S;
+        self.check(&plan)?;
+        let tag = match &plan {
+            LogicalPlan::Statement(S::Prepare(_)) => Some("PREPARE"),
+            LogicalPlan::Statement(S::Deallocate(_)) => Some("DEALLOCATE"),
+            LogicalPlan::Statement(S::SetVariable(_) | S::ResetVariable(_)) => Some("SET"),
+            LogicalPlan::Statement(S::TransactionStart(_)) => return Ok(Ran::Done("BEGIN")),
+            LogicalPlan::Statement(S::TransactionEnd(_)) => return Ok(Ran::Done("COMMIT")),
+            _ => None,
+        };
+        let planned = within(deadline, async {
+            let df = ctx
+                .execute_logical_plan(plan)
+                .await
+                .map_err(|e| self.explain(e))?;
+            if tag.is_some() {
+                return Ok(None);
+            }
+            let (state, plan) = df.into_parts();
+            // EXECUTE gave the prepared plan: it is checked as it runs.
+            self.check(&plan)?;
+            let physical = state
+                .create_physical_plan(&plan)
+                .await
+                .map_err(|e| self.explain(e))?;
+            let runtime = self.query_runtime(state.runtime_env())?;
+            let task = TaskContext::from(&state).with_runtime(runtime);
+            Ok(Some(
+                datafusion::physical_plan::execute_stream(physical, Arc::new(task))
+                    .map_err(|e| self.explain(e))?,
+            ))
+        })
+        .await?;
+        match (planned, tag) {
+            (Some(stream), _) => {
+                let role = self.role().map(str::to_string);
+                Ok(Ran::Rows(Box::pin(Guarded::new(stream, deadline, role))))
+            }
+            (None, tag) => Ok(Ran::Done(tag.unwrap_or("SELECT"))),
+        }
+    }
+
+    /// The runtime of one query: `base` with the query's own memory pool.
+    fn query_runtime(&self, base: &Arc<RuntimeEnv>) -> Result<Arc<RuntimeEnv>> {
+        let l = &self.limits;
+        if l.query_memory_bytes.is_none() && l.total_memory.is_none() {
+            return Ok(base.clone());
+        }
+        let pool = QueryPool::new(
+            l.query_memory_bytes.unwrap_or(usize::MAX),
+            l.total_memory.clone(),
+        );
+        Ok(RuntimeEnvBuilder::from_runtime_env(base)
+            .with_memory_pool(Arc::new(pool))
+            .build_arc()?)
     }
 
     /// The role's reason for an error whose text names a column or table the role may
@@ -459,19 +727,27 @@ impl Catalog {
             .map(|i| self.versions[i])
     }
 
-    /// Run one SQL statement and stream its result.
-    pub async fn stream(
-        &self,
-        sql: &str,
-    ) -> Result<datafusion::physical_plan::SendableRecordBatchStream> {
-        let df = self.ctx.sql(sql).await.map_err(|e| self.explain(e))?;
-        df.execute_stream().await.map_err(|e| self.explain(e))
+    /// Run one SQL statement (read-only, see [`readonly`]) and stream its result.
+    pub async fn stream(&self, sql: &str) -> Result<SendableRecordBatchStream> {
+        let deadline = self
+            .limits
+            .statement_timeout
+            .map(|d| (tokio::time::Instant::now() + d, d));
+        let plan = within(deadline, self.plan_sql(&self.ctx, sql)).await?;
+        match self.run(&self.ctx, plan, deadline).await? {
+            Ran::Rows(rows) => Ok(rows),
+            Ran::Done(_) => Ok(Box::pin(
+                datafusion::physical_plan::EmptyRecordBatchStream::new(Arc::new(
+                    arrow::datatypes::Schema::empty(),
+                )),
+            )),
+        }
     }
 
     /// Run one SQL statement and collect its result.
     pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
-        let df = self.ctx.sql(sql).await.map_err(|e| self.explain(e))?;
-        df.collect().await.map_err(|e| self.explain(e))
+        let rows = self.stream(sql).await?;
+        rows.try_collect().await.map_err(|e| self.explain(e))
     }
 
     /// Row count of a registered table.
@@ -492,9 +768,9 @@ impl Catalog {
     }
 }
 
-/// `provider` as `access` lets its role read it: a view over a scan of it, without the
-/// denied columns (recorded in `denied`) and with the role's row filter; `provider`
-/// itself when nothing is restricted.
+/// `provider` as `access` lets its role read it: a [`RestrictedTable`] without the denied
+/// columns (recorded in `denied`) and with the role's row filter; `provider` itself,
+/// read-only, when nothing is restricted.
 fn restrict(
     ctx: &SessionContext,
     a: &access::Access,
@@ -503,7 +779,6 @@ fn restrict(
     recorded: &std::collections::BTreeMap<String, String>,
     denied: &mut Vec<access::Denied>,
 ) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
-    use datafusion::logical_expr::LogicalPlanBuilder;
     let schema = provider.schema();
     let mut keep = Vec::new();
     for f in schema.fields() {
@@ -513,25 +788,25 @@ fn restrict(
                 column: f.name().clone(),
                 policy,
             }),
-            None => keep.push(datafusion::prelude::ident(f.name())),
+            None => keep.push(f.name().clone()),
         }
     }
     let filter = a.row_filters.get(qualified);
     if keep.len() == schema.fields().len() && filter.is_none() {
-        return Ok(provider);
+        return Ok(Arc::new(ReadOnlyTable::new(qualified, provider)));
     }
-    let source = datafusion::catalog::default_table_source::provider_as_source(provider);
-    let mut plan = LogicalPlanBuilder::scan(qualified, source, None)?;
-    if let Some(condition) = filter {
-        let expr = ctx.parse_sql_expr(condition, plan.schema()).map_err(|e| {
-            Error::Denied(format!("roles.{}.row_filters.\"{qualified}\": {e}", a.role))
-        })?;
-        plan = plan.filter(expr)?;
-    }
-    let plan = plan.project(keep)?.build()?;
-    Ok(Arc::new(datafusion::catalog::view::ViewTable::new(
-        plan, None,
-    )))
+    let filter = match filter {
+        Some(condition) => {
+            let columns = DFSchema::try_from(schema.as_ref().clone())?;
+            Some(ctx.parse_sql_expr(condition, &columns).map_err(|e| {
+                Error::Denied(format!("roles.{}.row_filters.\"{qualified}\": {e}", a.role))
+            })?)
+        }
+        None => None,
+    };
+    Ok(Arc::new(RestrictedTable::new(
+        qualified, provider, &keep, filter,
+    )?))
 }
 
 fn url_for(abs: &Path) -> Result<url::Url> {

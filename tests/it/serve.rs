@@ -165,7 +165,8 @@ fn psql_and_a_driver_query_the_lake_as_their_role() {
         d.one("select count(*) from bronze.card_transactions")
     );
 
-    // SQL-level prepared statement (simple protocol).
+    // SQL-level prepared statement (simple protocol); PREPARE answers with its command
+    // tag, as Postgres does.
     let out = psql(
         &s,
         "ops",
@@ -176,7 +177,7 @@ fn psql_and_a_driver_query_the_lake_as_their_role() {
             "EXECUTE by_product('isa')",
         ],
     );
-    assert_eq!(lines(&out), vec![isa.clone()]);
+    assert_eq!(lines(&out), vec!["PREPARE".to_string(), isa.clone()]);
 
     // A wrong password, and an unknown user, are refused.
     for (user, password) in [("ops", "guess"), ("mallory", "ops-secret")] {
@@ -292,4 +293,278 @@ with psycopg.connect(url + " user=ana password=ana-secret") as c:
     assert!(stderr.contains("requires TLS"), "{stderr}");
     let out = psql(&s, "ops", "ops-secret", "require", &["select 1"]);
     assert_eq!(lines(&out), vec!["1"]);
+}
+
+/// Every file under `dir` with its size (the lake's logs and data included).
+fn files(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).expect("read dir").flatten() {
+            let path = e.path();
+            match e.metadata() {
+                Ok(m) if m.is_dir() => todo.push(path),
+                Ok(m) => {
+                    out.insert(path, m.len());
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    out
+}
+
+/// Entries of /tmp whose name holds `marker`.
+fn in_tmp(marker: &str) -> Vec<String> {
+    std::fs::read_dir("/tmp")
+        .expect("/tmp")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(marker))
+        .collect()
+}
+
+/// Statements that would write (rows, files, objects, the catalog, the session's runtime),
+/// bare and wrapped in every form a client can send: `EXPLAIN`, `EXPLAIN ANALYZE`,
+/// `PREPARE`, a CTE, a cursor.
+fn write_attempts(lake: &std::path::Path, marker: &str) -> Vec<String> {
+    let commit = lake.join("bronze/touchpoints/_delta_log/00000000000000000999.json");
+    let copy = |s: &str| format!("COPY ({s}) TO '{}'", commit.display());
+    let writes = vec![
+        "INSERT INTO bronze.touchpoints SELECT * FROM bronze.touchpoints LIMIT 1".to_string(),
+        "INSERT INTO bronze.touchpoints (channel) VALUES ('web')".to_string(),
+        "UPDATE bronze.touchpoints SET channel = 'x'".to_string(),
+        "DELETE FROM bronze.touchpoints WHERE channel <> ''".to_string(),
+        "MERGE INTO bronze.touchpoints t USING bronze.touchpoints s ON t._kafka_offset = s._kafka_offset \
+         WHEN MATCHED THEN DELETE"
+            .to_string(),
+        format!("COPY (SELECT 1 AS x) TO '{marker}-copy.csv'"),
+        format!("COPY (SELECT 1 AS x) TO '/tmp/{marker}-copy.csv'"),
+        format!("COPY bronze.touchpoints TO '/tmp/{marker}-table.parquet'"),
+        copy("SELECT '{\"commitInfo\":{}}' AS line"),
+    ];
+    let mut all = Vec::new();
+    for (i, w) in writes.iter().enumerate() {
+        all.push(w.clone());
+        all.push(format!("EXPLAIN {w}"));
+        all.push(format!("EXPLAIN ANALYZE {w}"));
+        all.push(format!("EXPLAIN (ANALYZE, VERBOSE) {w}"));
+        all.push(format!("PREPARE w{i} AS {w}"));
+    }
+    all.extend([
+        "WITH a AS (SELECT 1 AS x) INSERT INTO bronze.touchpoints SELECT * FROM bronze.touchpoints LIMIT 1"
+            .to_string(),
+        "WITH a AS (INSERT INTO bronze.touchpoints SELECT * FROM bronze.touchpoints LIMIT 1 RETURNING *) \
+         SELECT count(*) FROM a"
+            .to_string(),
+        "WITH a AS (DELETE FROM bronze.touchpoints RETURNING *) SELECT count(*) FROM a".to_string(),
+        "EXPLAIN ANALYZE WITH a AS (UPDATE bronze.touchpoints SET channel = 'x' RETURNING *) SELECT * FROM a"
+            .to_string(),
+        "DECLARE w CURSOR FOR WITH a AS (DELETE FROM bronze.touchpoints RETURNING *) SELECT * FROM a"
+            .to_string(),
+        "CREATE TABLE bronze.scratch AS SELECT 1 AS x".to_string(),
+        "CREATE VIEW views.scratch AS SELECT 1 AS x".to_string(),
+        "CREATE SCHEMA scratch".to_string(),
+        "CREATE INDEX i ON bronze.touchpoints (channel)".to_string(),
+        "CREATE FUNCTION f() RETURNS INT AS 'select 1' LANGUAGE SQL".to_string(),
+        "DROP TABLE bronze.touchpoints".to_string(),
+        "DROP VIEW views.approved_card_spend".to_string(),
+        "DROP SCHEMA bronze CASCADE".to_string(),
+        "ALTER TABLE bronze.touchpoints ADD COLUMN x INT".to_string(),
+        "TRUNCATE bronze.touchpoints".to_string(),
+        "VACUUM".to_string(),
+        format!("SET datafusion.runtime.temp_directory = '/tmp/{marker}-spill'"),
+        "SET datafusion.runtime.memory_limit = '64G'".to_string(),
+        "SELECT * FROM read_csv('/etc/passwd')".to_string(),
+        format!("SELECT * FROM read_parquet('{}')", lake.join("bronze/touchpoints").display()),
+    ]);
+    all
+}
+
+/// psql (simple protocol) runs `statements` as `user`, each on its line of a script, and
+/// says the SQLSTATE each failed with (none: it ran).
+fn psql_sqlstates(
+    s: &Server,
+    user: &str,
+    password: &str,
+    statements: &[String],
+) -> Vec<Option<String>> {
+    let dir = tempfile::tempdir().expect("dir");
+    let script = dir.path().join("attempts.sql");
+    let mut text = String::from("\\set VERBOSITY verbose\n");
+    for st in statements {
+        text.push_str(&st.replace('\n', " "));
+        text.push_str(";\n");
+    }
+    std::fs::write(&script, text).expect("script");
+    let out = Command::new(psql_binary().expect("checked at the start"))
+        .arg(format!(
+            "host=127.0.0.1 port={} user={user} dbname=lake sslmode=disable connect_timeout=10",
+            s.port
+        ))
+        .args(["-X", "-A", "-t", "-q", "-f"])
+        .arg(&script)
+        .env("PGPASSWORD", password)
+        .output()
+        .expect("psql");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut codes = vec![None; statements.len()];
+    for line in stderr.lines() {
+        // psql:<script>:<line>: ERROR:  25006: …
+        let Some(rest) = line.strip_prefix(&format!("psql:{}:", script.display())) else {
+            continue;
+        };
+        let Some((n, message)) = rest.split_once(':') else {
+            continue;
+        };
+        let code = message
+            .trim()
+            .strip_prefix("ERROR:")
+            .map(str::trim)
+            .and_then(|m| m.split(':').next())
+            .map(str::to_string);
+        if let (Ok(n), Some(code)) = (n.parse::<usize>(), code)
+            && n >= 2
+            && n - 2 < codes.len()
+        {
+            codes[n - 2] = Some(code);
+        }
+    }
+    codes
+}
+
+/// psycopg (extended protocol: Parse/Bind/Execute, named prepared statements, a named
+/// server-side cursor) runs `statements` as `user`; the SQLSTATE each failed with.
+fn psycopg_sqlstates(
+    python: &str,
+    s: &Server,
+    user: &str,
+    password: &str,
+    statements: &[String],
+) -> Vec<Option<String>> {
+    let script = format!(
+        r#"
+import json, sys, psycopg
+statements = json.load(sys.stdin)
+url = "host=127.0.0.1 port={port} dbname=lake sslmode=disable user={user} password={password}"
+out = []
+with psycopg.connect(url, autocommit=True) as c:
+    for st in statements:
+        try:
+            if st.startswith("CURSOR "):
+                with c.transaction():
+                    cur = c.cursor(name="w")
+                    cur.execute(st[len("CURSOR "):])
+                    cur.fetchall()
+            else:
+                cur = c.cursor()
+                cur.execute(st, prepare=True)
+                if cur.description is not None:
+                    cur.fetchall()
+            out.append(None)
+        except psycopg.Error as e:
+            out.append(e.sqlstate)
+print(json.dumps(out))
+"#,
+        port = s.port
+    );
+    let mut child = Command::new(python)
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python");
+    serde_json::to_writer(child.stdin.take().expect("stdin"), statements).expect("statements");
+    let out = child.wait_with_output().expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+#[test]
+fn writes_in_any_form_and_protocol_are_refused_and_change_nothing() {
+    if psql_binary().is_none() {
+        return;
+    }
+    let d = demo();
+    let s = serve(&d, "");
+    let marker = format!("sluice-w{}", std::process::id());
+    let before = files(d.dir.path());
+    let rows = d.one("select count(*) from bronze.touchpoints");
+    let attempts = write_attempts(&d.lake(), &marker);
+
+    let mut refused = 0;
+    for (user, password) in [("ops", "ops-secret"), ("ana", "ana-secret")] {
+        let codes = psql_sqlstates(&s, user, password, &attempts);
+        for (st, code) in attempts.iter().zip(&codes) {
+            assert!(
+                matches!(code.as_deref(), Some("25006" | "42501")),
+                "psql as {user}: {st} gave {code:?}"
+            );
+            refused += 1;
+        }
+        if let Some(python) = crate::duckdb::python() {
+            let mut extended = attempts.clone();
+            extended.push(
+                "CURSOR WITH a AS (DELETE FROM bronze.touchpoints RETURNING *) SELECT * FROM a"
+                    .to_string(),
+            );
+            extended.push(format!(
+                "CURSOR SELECT * FROM read_csv('/tmp/{marker}-nothing.csv')"
+            ));
+            let codes = psycopg_sqlstates(&python, &s, user, password, &extended);
+            for (st, code) in extended.iter().zip(&codes) {
+                assert!(
+                    matches!(code.as_deref(), Some("25006" | "42501")),
+                    "psycopg as {user}: {st} gave {code:?}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused >= 2 * attempts.len(), "{refused}");
+
+    // Nothing was written: not in the server's directory, not in the lake (every table's
+    // log and files as they were), not in /tmp.
+    assert_eq!(files(d.dir.path()), before);
+    assert_eq!(in_tmp(&marker), Vec::<String>::new());
+    assert_eq!(d.one("select count(*) from bronze.touchpoints"), rows);
+
+    // Reading still works in all those forms, and the role has no EXPLAIN ANALYZE.
+    let out = psql(
+        &s,
+        "ops",
+        "ops-secret",
+        "disable",
+        &[
+            "EXPLAIN ANALYZE SELECT count(*) FROM bronze.touchpoints",
+            "WITH a AS (SELECT count(*) AS n FROM bronze.touchpoints) SELECT n FROM a",
+            "BEGIN",
+            "DECLARE r CURSOR FOR SELECT channel FROM bronze.touchpoints ORDER BY _kafka_offset",
+            "FETCH 2 FROM r",
+            "CLOSE r",
+            "COMMIT",
+        ],
+    );
+    let got = lines(&out);
+    assert!(got.iter().any(|l| l.contains("output_rows")), "{got:?}");
+    assert!(got.contains(&rows), "{got:?}");
+    let out = psql(
+        &s,
+        "ana",
+        "ana-secret",
+        "disable",
+        &["EXPLAIN ANALYZE SELECT count(*) FROM silver.accounts"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("EXPLAIN ANALYZE is not available to role 'analyst'"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -536,3 +536,106 @@ fn views_and_gold_tables_pass_their_sqllogictest_files() {
             .unwrap_or_else(|e| panic!("{}: {}", file.display(), e.display(true)));
     }
 }
+
+#[test]
+fn sql_sessions_write_nothing_with_or_without_a_role() {
+    let d = demo();
+    let path = d.dir.path().join("demo.toml");
+    let config = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(&path, format!("{config}\n{ROLES}")).expect("config");
+    let marker = format!("sluice-cli{}", std::process::id());
+    let lake = d.lake();
+    let commit = lake.join("bronze/touchpoints/_delta_log/00000000000000000999.json");
+    let attempts = [
+        "INSERT INTO bronze.touchpoints SELECT * FROM bronze.touchpoints LIMIT 1".to_string(),
+        "EXPLAIN ANALYZE INSERT INTO bronze.touchpoints SELECT * FROM bronze.touchpoints LIMIT 1"
+            .to_string(),
+        "DELETE FROM bronze.touchpoints".to_string(),
+        "UPDATE bronze.touchpoints SET channel = 'x'".to_string(),
+        format!("COPY (SELECT 1 AS x) TO '{marker}.csv'"),
+        format!("EXPLAIN ANALYZE COPY (SELECT 1 AS x) TO '/tmp/{marker}.csv'"),
+        format!(
+            "COPY (SELECT 'x' AS line) TO '{}' STORED AS CSV",
+            commit.display()
+        ),
+        format!(
+            "CREATE EXTERNAL TABLE leak STORED AS CSV LOCATION '{}'",
+            lake.join("bronze/touchpoints/_delta_log").display()
+        ),
+        "CREATE VIEW views.scratch AS SELECT 1 AS x".to_string(),
+        "CREATE TABLE scratch AS SELECT 1 AS x".to_string(),
+        "DROP TABLE bronze.touchpoints".to_string(),
+        format!("SET datafusion.runtime.temp_directory = '/tmp/{marker}'"),
+        "PREPARE p AS INSERT INTO bronze.touchpoints SELECT * FROM bronze.touchpoints LIMIT 1"
+            .to_string(),
+        "SELECT * FROM read_csv('/etc/passwd')".to_string(),
+    ];
+    let before = d.one("select count(*) from bronze.touchpoints");
+    let files = |dir: &std::path::Path| {
+        let mut out = Vec::new();
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(p) = todo.pop() {
+            for e in std::fs::read_dir(&p).expect("dir").flatten() {
+                if e.path().is_dir() {
+                    todo.push(e.path());
+                } else {
+                    out.push((e.path(), e.metadata().map(|m| m.len()).unwrap_or(0)));
+                }
+            }
+        }
+        out.sort();
+        out
+    };
+    let tree = files(d.dir.path());
+    for role in [None, Some("analyst")] {
+        for q in &attempts {
+            let mut args = vec!["sql"];
+            if let Some(r) = role {
+                args.extend(["--role", r]);
+            }
+            args.push(q);
+            let out = d.sluice(&args).output().expect("sql");
+            assert!(!out.status.success(), "{role:?}: {q} ran");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains("read-only")
+                    || stderr.contains("not readable by role")
+                    || stderr.contains("cannot be changed")
+                    || stderr.contains("is not available"),
+                "{role:?}: {q}: {stderr}"
+            );
+        }
+        // The shell: PREPARE of a write is refused, so EXECUTE finds nothing to run.
+        let mut args = vec!["sql", "--format", "csv"];
+        if let Some(r) = role {
+            args.extend(["--role", r]);
+        }
+        let mut shell = d
+            .sluice(&args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("shell");
+        {
+            use std::io::Write as _;
+            let mut stdin = shell.stdin.take().expect("stdin");
+            stdin
+                .write_all(
+                    b"PREPARE w AS INSERT INTO bronze.touchpoints SELECT * FROM bronze.touchpoints LIMIT 1;\nEXECUTE w;\nPREPARE r(INT) AS SELECT $1 + 1 AS n;\nEXECUTE r(41);\n",
+                )
+                .expect("write");
+        }
+        let out = shell.wait_with_output().expect("shell");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("n\n42\n"));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("2 statement(s) failed"));
+    }
+    assert_eq!(files(d.dir.path()), tree);
+    assert_eq!(d.one("select count(*) from bronze.touchpoints"), before);
+    let leftovers: Vec<_> = std::fs::read_dir("/tmp")
+        .expect("/tmp")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(&marker))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
