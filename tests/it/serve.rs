@@ -16,6 +16,7 @@ tables = ["silver", "gold", "views"]
 deny_tags = ["direct_identifier"]
 [roles.analyst.row_filters]
 "silver.accounts" = "product <> 'isa'"
+"silver.customers" = "segment <> 'premier'"
 
 [serve]
 tls_cert = "tls/server.crt"
@@ -26,6 +27,9 @@ password_env = "SLUICE_TEST_PASSWORD_OPS"
 [serve.users.ana]
 role = "analyst"
 password_env = "SLUICE_TEST_PASSWORD_ANA"
+[serve.users.ann]
+role = "analyst"
+password_env = "SLUICE_TEST_PASSWORD_ANN"
 "#;
 
 struct Server {
@@ -55,6 +59,7 @@ fn serve(d: &Demo, extra: &str) -> Server {
         .sluice(&["serve", "--address", "127.0.0.1:0"])
         .env("SLUICE_TEST_PASSWORD_OPS", "ops-secret")
         .env("SLUICE_TEST_PASSWORD_ANA", "ana-secret")
+        .env("SLUICE_TEST_PASSWORD_ANN", "ann-secret")
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn sluice serve");
@@ -567,4 +572,243 @@ fn writes_in_any_form_and_protocol_are_refused_and_change_nothing() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Run a Python script (psycopg) against the server; its standard output as JSON.
+fn python_json(python: &str, script: &str) -> serde_json::Value {
+    let out = Command::new(python)
+        .args(["-c", script])
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+#[test]
+fn connections_have_their_own_sessions_limits_and_no_sight_of_hidden_rows() {
+    if psql_binary().is_none() {
+        return;
+    }
+    let Some(python) = crate::duckdb::python() else {
+        return;
+    };
+    let d = demo();
+    let s = serve(
+        &d,
+        "max_connections = 4\nstatement_timeout_ms = 4000\nquery_memory_bytes = 16777216\n\
+         total_memory_bytes = 33554432\nauth_timeout_ms = 3000\nmax_unauthenticated_per_peer = 8\n",
+    );
+    let not_isa = d.one("select count(*) from silver.accounts where product <> 'isa'");
+    let touchpoints = d.one("select count(*) from bronze.touchpoints");
+    let url = format!("host=127.0.0.1 port={} dbname=lake sslmode=disable", s.port);
+
+    // One user's SET, prepared statements and cursors are not another's, though both
+    // read as the same role.
+    let got = python_json(
+        &python,
+        &format!(
+            r#"
+import json, psycopg
+url = "{url}"
+a = psycopg.connect(url + " user=ana password=ana-secret", autocommit=True)
+b = psycopg.connect(url + " user=ann password=ann-secret", autocommit=True)
+setting = "select value from information_schema.df_settings where name = 'datafusion.execution.time_zone'"
+out = {{}}
+out["b_zone_before"] = b.execute(setting).fetchone()[0]
+a.execute("SET datafusion.execution.time_zone = '+05:00'")
+out["a_zone"] = a.execute(setting).fetchone()[0]
+out["b_zone"] = b.execute(setting).fetchone()[0]
+a.execute("PREPARE mine AS SELECT 41 + 1")
+out["a_execute"] = a.execute("EXECUTE mine").fetchone()[0]
+try:
+    b.execute("EXECUTE mine")
+    out["b_execute"] = "ran"
+except psycopg.Error as e:
+    out["b_execute"] = "refused"
+with a.transaction():
+    a.execute("DECLARE c CURSOR FOR SELECT product FROM silver.accounts")
+    out["a_fetch"] = len(a.execute("FETCH 3 FROM c").fetchall())
+    try:
+        with b.transaction():
+            b.execute("FETCH 1 FROM c")
+        out["b_fetch"] = "ran"
+    except psycopg.Error as e:
+        out["b_fetch"] = e.sqlstate
+a.execute("SET statement_timeout = 1")
+out["b_after_a_timeout"] = b.execute("select count(*) from silver.accounts").fetchone()[0]
+print(json.dumps(out))
+"#
+        ),
+    );
+    assert_eq!(got["a_zone"], "+05:00", "{got}");
+    assert_eq!(got["b_zone"], got["b_zone_before"], "{got}");
+    assert_eq!(got["a_execute"], 42, "{got}");
+    assert_eq!(got["b_execute"], "refused", "{got}");
+    assert_eq!(got["a_fetch"], 3, "{got}");
+    assert_eq!(got["b_fetch"], "34000", "{got}");
+    assert_eq!(got["b_after_a_timeout"].to_string(), not_isa, "{got}");
+
+    // A role's queries never meet a hidden row, and its errors quote no value; through
+    // both protocols.
+    let only_hidden_fail = "select count(*) from silver.accounts \
+        where cast(case when product = 'isa' then 'x' || account_id else '1' end as int) = 1";
+    let out = psql(&s, "ana", "ana-secret", "disable", &[only_hidden_fail]);
+    assert_eq!(lines(&out), vec![not_isa.clone()]);
+    let out = psql(&s, "ops", "ops-secret", "disable", &[only_hidden_fail]);
+    assert!(
+        !out.status.success(),
+        "the role-less user meets the hidden rows"
+    );
+    let out = psql(
+        &s,
+        "ana",
+        "ana-secret",
+        "disable",
+        &["select count(*) from silver.customers_history where segment = 'premier'"],
+    );
+    assert_eq!(lines(&out), vec!["0"]);
+    let got = python_json(
+        &python,
+        &format!(
+            r#"
+import json, psycopg
+out = {{}}
+with psycopg.connect("{url} user=ana password=ana-secret", autocommit=True) as c:
+    try:
+        c.execute("select cast(product as int) from silver.accounts where product <> %s", ("none",))
+        out["cast"] = "ran"
+    except psycopg.Error as e:
+        out["cast"] = [e.sqlstate, str(e)]
+    out["hidden"] = c.execute("select sum(1 / (case when product = %s then 0 else 1 end)) from silver.accounts", ("isa",)).fetchone()[0]
+print(json.dumps(out))
+"#
+        ),
+    );
+    let message = got["cast"][1].as_str().unwrap_or_default();
+    assert_eq!(got["cast"][0], "22P02", "{got}");
+    for value in ["current", "savings", "credit_card"] {
+        assert!(!message.contains(value), "{value} in {message}");
+    }
+    assert_eq!(got["hidden"].to_string(), not_isa, "{got}");
+
+    // Limits: a memory-hungry query (53200) and a slow one (57014, though its user asked
+    // for an hour) are cancelled while another user's query runs; the server lives on.
+    let got = python_json(
+        &python,
+        &format!(
+            r#"
+import json, threading, time, psycopg
+url = "{url}"
+out = {{}}
+def run(key, user, sql, setup=None):
+    started = time.monotonic()
+    try:
+        with psycopg.connect(url + f" user={{user}} password={{user}}-secret", autocommit=True) as c:
+            if setup:
+                c.execute(setup)
+            out[key] = ["ok", c.execute(sql).fetchone()[0]]
+    except psycopg.Error as e:
+        out[key] = [e.sqlstate, str(e)]
+    out[key].append(time.monotonic() - started)
+threads = [
+    threading.Thread(target=run, args=("memory", "ana", "select count(*) from (select value % 10000000 as k, count(*) as n from generate_series(1, 40000000) group by 1)")),
+    threading.Thread(target=run, args=("slow", "ann", "select sum(value) from generate_series(1, 100000000000)", "SET statement_timeout = '1h'")),
+]
+for t in threads:
+    t.start()
+time.sleep(0.5)
+run("other", "ops", "select count(*) from bronze.touchpoints")
+for t in threads:
+    t.join()
+run("after", "ops", "select count(*) from bronze.touchpoints")
+print(json.dumps(out))
+"#
+        ),
+    );
+    assert_eq!(got["memory"][0], "53200", "{got}");
+    assert!(
+        got["memory"][1]
+            .as_str()
+            .unwrap_or_default()
+            .contains("query_memory_bytes"),
+        "{got}"
+    );
+    assert_eq!(got["slow"][0], "57014", "{got}");
+    let slow = got["slow"][2].as_f64().unwrap_or_default();
+    assert!(
+        (3.5..30.0).contains(&slow),
+        "cancelled after {slow} s: {got}"
+    );
+    assert_eq!(got["other"][0], "ok", "{got}");
+    assert_eq!(got["other"][1].to_string(), touchpoints, "{got}");
+    assert_eq!(got["after"][1].to_string(), touchpoints, "{got}");
+
+    // 200 idle sockets take no session: a user still logs in. max_connections counts
+    // authenticated sessions, and the fifth is refused.
+    let idle: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", s.port)).expect("connect"))
+        .collect();
+    let out = psql(
+        &s,
+        "ops",
+        "ops-secret",
+        "disable",
+        &["select count(*) from bronze.touchpoints"],
+    );
+    assert_eq!(lines(&out), vec![touchpoints.clone()]);
+    let got = python_json(
+        &python,
+        &format!(
+            r#"
+import json, time, psycopg
+url = "{url} user=ops password=ops-secret"
+held = []
+deadline = time.monotonic() + 10
+# Sessions of earlier clients end as the server notices they left.
+while len(held) < 4 and time.monotonic() < deadline:
+    try:
+        held.append(psycopg.connect(url))
+    except psycopg.Error:
+        time.sleep(0.1)
+try:
+    psycopg.connect(url)
+    out = "connected"
+except psycopg.Error as e:
+    out = e.sqlstate or str(e)
+for c in held:
+    c.close()
+print(json.dumps(out))
+"#
+        ),
+    );
+    assert!(
+        got.as_str()
+            .is_some_and(|g| g == "53300" || g.contains("too many connections")),
+        "{got}"
+    );
+    // The idle sockets were closed: evicted by newer ones, or at auth_timeout_ms.
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    let closed = idle
+        .into_iter()
+        .filter(|socket| {
+            use std::io::Read;
+            let mut socket = socket;
+            socket
+                .set_read_timeout(Some(std::time::Duration::from_millis(200)))
+                .expect("timeout");
+            match socket.read(&mut [0u8; 16]) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) => !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+            }
+        })
+        .count();
+    assert_eq!(closed, 200);
 }
