@@ -277,6 +277,58 @@ mod tests {
     use datafusion::datasource::MemTable;
     use datafusion::prelude::SessionContext;
 
+    /// A table that applies every filter pushed into it row by row, as a Delta scan with
+    /// `datafusion.execution.parquet.pushdown_filters` does.
+    #[derive(Debug)]
+    struct Exact(Arc<MemTable>);
+
+    #[async_trait]
+    impl TableProvider for Exact {
+        fn schema(&self) -> SchemaRef {
+            self.0.schema()
+        }
+
+        fn table_type(&self) -> TableType {
+            TableType::Base
+        }
+
+        fn supports_filters_pushdown(
+            &self,
+            filters: &[&Expr],
+        ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
+            Ok(vec![TableProviderFilterPushDown::Exact; filters.len()])
+        }
+
+        async fn scan(
+            &self,
+            state: &dyn Session,
+            projection: Option<&Vec<usize>>,
+            filters: &[Expr],
+            limit: Option<usize>,
+        ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+            let all: Vec<usize> = (0..self.0.schema().fields().len()).collect();
+            let mut plan = self.0.scan(state, Some(&all), &[], limit).await?;
+            if let Some(f) = datafusion::logical_expr::utils::conjunction(filters.to_vec()) {
+                let schema = DFSchema::try_from(plan.schema().as_ref().clone())?;
+                let predicate = state.create_physical_expr(f, &schema)?;
+                plan = Arc::new(FilterExec::try_new(predicate, plan)?);
+            }
+            let scanned = plan.schema();
+            let columns = projection
+                .cloned()
+                .unwrap_or(all)
+                .iter()
+                .map(|i| {
+                    let name = self.0.schema().field(*i).name().clone();
+                    let expr: Arc<dyn PhysicalExpr> =
+                        Arc::new(Column::new(&name, scanned.index_of(&name)?));
+                    Ok((expr, name))
+                })
+                .collect::<datafusion::error::Result<Vec<_>>>()?;
+            Ok(Arc::new(ProjectionExec::try_new(columns, plan)?))
+        }
+    }
+
     /// `accounts(id, product, secret)`: rows 1 and 2 are visible; row 3 (an `isa`) is
     /// hidden and holds values no expression of the user's may fail on.
     fn session() -> SessionContext {
@@ -296,7 +348,9 @@ mod tests {
             ],
         )
         .expect("batch");
-        let inner = Arc::new(MemTable::try_new(schema, vec![vec![batch]]).expect("table"));
+        let inner = Arc::new(Exact(Arc::new(
+            MemTable::try_new(schema, vec![vec![batch]]).expect("table"),
+        )));
         let ctx = SessionContext::new();
         let filter = ctx
             .parse_sql_expr(

@@ -657,12 +657,10 @@ impl Conn {
     async fn execute(
         &self,
         client: &dyn HookClient,
-        base: &Base,
-        ctx: &SessionContext,
+        (base, ctx, deadline): (&Base, &SessionContext, Option<Deadline>),
         statement: &Statement,
         plan: LogicalPlan,
         format: &Format,
-        deadline: Option<Deadline>,
     ) -> PgWireResult<Response> {
         let ran = base
             .catalog
@@ -821,12 +819,10 @@ impl Conn {
         let plan = self.plan(&base, &ctx, statement, deadline).await?;
         self.execute(
             client,
-            &base,
-            &ctx,
+            (&base, &ctx, deadline),
             statement,
             plan,
             &Format::UnifiedText,
-            deadline,
         )
         .await
     }
@@ -892,12 +888,10 @@ impl Conn {
             .map_err(|e| sql_error(Error::Query(e)))?;
         self.execute(
             client,
-            &base,
-            &ctx,
+            (&base, &ctx, deadline),
             statement,
             plan,
             &portal.result_column_format,
-            deadline,
         )
         .await
     }
