@@ -66,6 +66,7 @@ pub async fn serve(
         refresh: Duration::from_secs(s.refresh_seconds),
         max_connections: s.max_connections,
         statement_timeout: Duration::from_millis(s.statement_timeout_ms),
+        max_statement_bytes: s.max_statement_bytes,
         query_memory_bytes: s.query_memory_bytes,
         total_memory_bytes: s.total_memory_bytes,
         auth_timeout: Duration::from_millis(s.auth_timeout_ms),

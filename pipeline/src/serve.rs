@@ -9,6 +9,7 @@
 //! refresh_seconds = 10             # how old a session's table versions may get
 //! max_connections = 64             # authenticated sessions at once
 //! statement_timeout_ms = 300000    # a statement running longer is cancelled (57014)
+//! max_statement_bytes = 4194304    # longer SQL text is refused (54000)
 //! query_memory_bytes = 536870912   # one query's memory (53200 beyond it)
 //! total_memory_bytes = 2147483648  # all queries' memory together
 //! auth_timeout_ms = 10000          # a connection not logged in by then is closed
@@ -48,6 +49,9 @@ pub struct ServeConfig {
     /// A statement (planning and reading its rows) running longer is cancelled; a user
     /// may `SET statement_timeout` lower, not higher.
     pub statement_timeout_ms: u64,
+    /// SQL text longer than this is refused (SQLSTATE 54000) before it is parsed: parsing
+    /// and planning take many times a statement's size in memory, outside any query's.
+    pub max_statement_bytes: usize,
     /// Memory one query may hold in the operators that buffer (sorts, joins, aggregates,
     /// windows); beyond it the query fails with SQLSTATE 53200. Nothing spills to disk.
     pub query_memory_bytes: usize,
@@ -73,6 +77,7 @@ impl Default for ServeConfig {
             refresh_seconds: 10,
             max_connections: 64,
             statement_timeout_ms: 300_000,
+            max_statement_bytes: 4 * 1024 * 1024,
             query_memory_bytes: 512 * 1024 * 1024,
             total_memory_bytes: 2 * 1024 * 1024 * 1024,
             auth_timeout_ms: 10_000,
@@ -121,6 +126,7 @@ impl Config {
         for (key, value) in [
             ("max_connections", s.max_connections as u64),
             ("statement_timeout_ms", s.statement_timeout_ms),
+            ("max_statement_bytes", s.max_statement_bytes as u64),
             ("query_memory_bytes", s.query_memory_bytes as u64),
             ("auth_timeout_ms", s.auth_timeout_ms),
             (

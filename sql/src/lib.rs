@@ -10,9 +10,11 @@
 //! Every session is read-only ([`readonly`]): statements and plans that write are
 //! refused, tables and object stores refuse writes. A session opened for a role reads
 //! each table as [`restricted`] says, and its errors never quote values; limits on
-//! memory and time come from [`limits`].
+//! memory and time come from [`limits`], and functions whose result can outgrow a
+//! query's memory are bounded by [`amplify`].
 
 pub mod access;
+pub mod amplify;
 pub mod definitions;
 pub mod limits;
 pub mod lineage;
@@ -588,6 +590,7 @@ impl Catalog {
 
     /// Parse (in the session's dialect) and plan one statement of `sql`, as [`Catalog::plan`].
     pub async fn plan_sql(&self, ctx: &SessionContext, sql: &str) -> Result<LogicalPlan> {
+        limits::check_nesting(sql)?;
         let state = ctx.state();
         let dialect = state.config().options().sql_parser.dialect;
         let statement = state
@@ -632,40 +635,52 @@ impl Catalog {
             let (state, plan) = df.into_parts();
             // EXECUTE gave the prepared plan: it is checked as it runs.
             self.check(&plan)?;
+            // A function's result is not in the memory pool: bound those that can grow.
+            let plan = match self.limits.query_memory_bytes {
+                Some(limit) => amplify::guard(plan, limit).map_err(|e| self.explain(e))?,
+                None => plan,
+            };
             let physical = state
                 .create_physical_plan(&plan)
                 .await
                 .map_err(|e| self.explain(e))?;
-            let runtime = self.query_runtime(state.runtime_env())?;
+            let (runtime, pool) = self.query_runtime(state.runtime_env())?;
             let task = TaskContext::from(&state).with_runtime(runtime);
-            Ok(Some(
+            Ok(Some((
                 datafusion::physical_plan::execute_stream(physical, Arc::new(task))
                     .map_err(|e| self.explain(e))?,
-            ))
+                pool,
+            )))
         })
         .await?;
         match (planned, tag) {
-            (Some(stream), _) => {
+            (Some((stream, pool)), _) => {
                 let role = self.role().map(str::to_string);
-                Ok(Ran::Rows(Box::pin(Guarded::new(stream, deadline, role))))
+                Ok(Ran::Rows(Box::pin(
+                    Guarded::new(stream, deadline, role).with_memory(pool),
+                )))
             }
             (None, tag) => Ok(Ran::Done(tag.unwrap_or("SELECT"))),
         }
     }
 
-    /// The runtime of one query: `base` with the query's own memory pool.
-    fn query_runtime(&self, base: &Arc<RuntimeEnv>) -> Result<Arc<RuntimeEnv>> {
+    /// The runtime of one query: `base` with the query's own memory pool (returned too).
+    fn query_runtime(
+        &self,
+        base: &Arc<RuntimeEnv>,
+    ) -> Result<(Arc<RuntimeEnv>, Option<Arc<QueryPool>>)> {
         let l = &self.limits;
         if l.query_memory_bytes.is_none() && l.total_memory.is_none() {
-            return Ok(base.clone());
+            return Ok((base.clone(), None));
         }
-        let pool = QueryPool::new(
+        let pool = Arc::new(QueryPool::new(
             l.query_memory_bytes.unwrap_or(usize::MAX),
             l.total_memory.clone(),
-        );
-        Ok(RuntimeEnvBuilder::from_runtime_env(base)
-            .with_memory_pool(Arc::new(pool))
-            .build_arc()?)
+        ));
+        let runtime = RuntimeEnvBuilder::from_runtime_env(base)
+            .with_memory_pool(pool.clone())
+            .build_arc()?;
+        Ok((runtime, Some(pool)))
     }
 
     /// The role's reason for an error whose text names a column or table the role may

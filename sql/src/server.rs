@@ -15,9 +15,11 @@
 //!   reach another. The tables behind them are shared by the users of a role and reopened
 //!   when older than the refresh interval, so new versions and new tables show up;
 //! - limits: each query's memory (`query_memory_bytes`, drawn from `total_memory_bytes`;
-//!   53200 beyond it), a statement timeout (57014), an authentication timeout, a cap on
-//!   connections still authenticating per peer and in all (the oldest is closed when a
-//!   new one arrives), and `max_connections` counting authenticated sessions only;
+//!   53200 beyond it), a statement timeout (57014), the length of a statement's text
+//!   (`max_statement_bytes`, 54000) and how deep it nests (54001), an authentication
+//!   timeout, a cap on connections still authenticating per peer and in all (the oldest
+//!   is closed when a new one arrives), and `max_connections` counting authenticated
+//!   sessions only;
 //! - TLS, optional or required.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -107,6 +109,8 @@ pub struct Settings {
     pub max_connections: usize,
     /// The longest a statement may run (a user may `SET statement_timeout` lower).
     pub statement_timeout: Duration,
+    /// Longer SQL text is refused before it is parsed (54000).
+    pub max_statement_bytes: usize,
     /// Memory one query may hold.
     pub query_memory_bytes: usize,
     /// Memory all queries together may hold.
@@ -584,6 +588,19 @@ struct Conn {
 
 impl Conn {
     fn parse(&self, sql: &str) -> PgWireResult<Vec<Statement>> {
+        // Parsing and planning take many times the text's size, outside any query's pool.
+        let most = self.shared.settings.max_statement_bytes;
+        if sql.len() > most {
+            return Err(user_error(
+                limits::TOO_LONG,
+                format!(
+                    "the statement is {} bytes long, more than max_statement_bytes ({most})",
+                    sql.len()
+                ),
+            ));
+        }
+        // Before any syntax tree: one too deep overflows the stack of whatever walks it.
+        limits::check_nesting(sql).map_err(|r| sql_error(r.into()))?;
         self.parser.parse(sql).map_err(syntax_error)
     }
 

@@ -600,7 +600,8 @@ fn connections_have_their_own_sessions_limits_and_no_sight_of_hidden_rows() {
     let s = serve(
         &d,
         "max_connections = 4\nstatement_timeout_ms = 4000\nquery_memory_bytes = 16777216\n\
-         total_memory_bytes = 33554432\nauth_timeout_ms = 3000\nmax_unauthenticated_per_peer = 8\n",
+         total_memory_bytes = 33554432\nauth_timeout_ms = 3000\nmax_unauthenticated_per_peer = 8\n\
+         max_statement_bytes = 1048576\n",
     );
     let not_isa = d.one("select count(*) from silver.accounts where product <> 'isa'");
     let touchpoints = d.one("select count(*) from bronze.touchpoints");
@@ -694,6 +695,58 @@ print(json.dumps(out))
         assert!(!message.contains(value), "{value} in {message}");
     }
     assert_eq!(got["hidden"].to_string(), not_isa, "{got}");
+
+    // Statements nested deeper than a thread's stack holds (each level of `1+1+…` or of a
+    // UNION chain is a frame of every tree walk) are refused from their tokens, through
+    // both protocols; they used to overflow the stack and end the server for everyone.
+    let deep = vec![
+        format!("select 1{}", "+1".repeat(100_000)),
+        format!("select 1 as x{}", " union all select 1".repeat(2_000)),
+        format!(
+            "select count(*) from silver.accounts where {}",
+            vec!["product || 'é' = 'x'"; 3_000].join(" or ")
+        ),
+    ];
+    for user in ["ana", "ops"] {
+        let codes = psql_sqlstates(&s, user, &format!("{user}-secret"), &deep);
+        assert_eq!(codes, vec![Some("54001".to_string()); deep.len()], "{user}");
+    }
+    let codes = psycopg_sqlstates(&python, &s, "ana", "ana-secret", &deep);
+    assert_eq!(codes, vec![Some("54001".to_string()); deep.len()]);
+    // Text longer than max_statement_bytes is refused before it is parsed (the same
+    // megabyte less a few bytes runs).
+    let long = |n: usize| format!("select length('{}') as n", "é".repeat(n / 2));
+    let codes = psql_sqlstates(&s, "ana", "ana-secret", &[long(1_100_000), long(1_000_000)]);
+    assert_eq!(codes, vec![Some("54000".to_string()), None]);
+    // A function whose result outgrows the query's memory (the pool counts operators, not
+    // function results) fails before it is made: this one grew the server by 8 GB.
+    let grow = vec![
+        "select length(arrow_cast(repeat('x', 2000000000), 'LargeUtf8'))".to_string(),
+        "select length(lpad(product, 1000000000)) from silver.accounts".to_string(),
+        "select cardinality(array_repeat(product, 100000000)) from silver.accounts".to_string(),
+        "select count(*) from silver.accounts where length(repeat(product, 100)) > 0".to_string(),
+    ];
+    for user in ["ana", "ops"] {
+        let codes = psql_sqlstates(&s, user, &format!("{user}-secret"), &grow);
+        assert_eq!(
+            codes,
+            vec![
+                Some("53200".to_string()),
+                Some("53200".to_string()),
+                Some("53200".to_string()),
+                None
+            ],
+            "{user}"
+        );
+    }
+    let out = psql(
+        &s,
+        "ana",
+        "ana-secret",
+        "disable",
+        &["select count(*) from silver.accounts"],
+    );
+    assert_eq!(lines(&out), vec![not_isa.clone()]);
 
     // Limits: a memory-hungry query (53200) and a slow one (57014, though its user asked
     // for an hour) are cancelled while another user's query runs; the server lives on.

@@ -630,6 +630,19 @@ fn sql_sessions_write_nothing_with_or_without_a_role() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("n\n42\n"));
         assert!(String::from_utf8_lossy(&out.stderr).contains("2 statement(s) failed"));
     }
+    // A statement nested deeper than the stack holds is refused, not a crash.
+    let deep = format!("select 1{}", "+1".repeat(100_000));
+    for role in [None, Some("analyst")] {
+        let mut args = vec!["sql"];
+        if let Some(r) = role {
+            args.extend(["--role", r]);
+        }
+        args.push(&deep);
+        let out = d.sluice(&args).output().expect("sql");
+        assert_eq!(out.status.code(), Some(1), "{role:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("nests too deeply"), "{role:?}: {stderr}");
+    }
     assert_eq!(files(d.dir.path()), tree);
     assert_eq!(d.one("select count(*) from bronze.touchpoints"), before);
     let leftovers: Vec<_> = std::fs::read_dir("/tmp")
