@@ -15,8 +15,16 @@ use sluice_transforms::policy::Policy;
 
 use crate::output::Format;
 
-/// Record a run of `job` that started at `started_at` (microseconds) in `_sluice/job_runs`.
+/// The audit key of `[audit]`, if one is configured.
+pub fn audit_key(config: &Config) -> anyhow::Result<Option<runs::AuditKey>> {
+    let key = config.audit_key().map_err(|p| anyhow::anyhow!("{p}"))?;
+    Ok(key.map(|k| runs::AuditKey::new(&k)))
+}
+
+/// Record a run of `job` that started at `started_at` (microseconds) in `_sluice/job_runs`,
+/// sealed with the audit key when one is configured.
 async fn record(
+    config: &Config,
     lake: impl Into<Lake>,
     job: &str,
     args: &[String],
@@ -24,6 +32,7 @@ async fn record(
     outcome: String,
     tables: String,
 ) -> anyhow::Result<JobRun> {
+    let key = audit_key(config)?;
     Ok(runs::append(
         &lake.into(),
         JobRun {
@@ -37,6 +46,7 @@ async fn record(
             prev_hash: String::new(),
             hash: String::new(),
         },
+        key.as_ref(),
     )
     .await?)
 }
@@ -65,7 +75,10 @@ pub async fn maintain(
     let started_at = chrono::Utc::now().timestamp_micros();
     let result = sluice_jobs::maintain::maintain(lake, &config.maintenance, tables).await;
     let (outcome, touched) = outcome(&result, |r| format!("{}@{}", r.table, r.version_after));
-    let run = record(lake, "maintain", tables, started_at, outcome, touched).await?;
+    let run = record(
+        config, lake, "maintain", tables, started_at, outcome, touched,
+    )
+    .await?;
     let reports = result?;
     match format {
         Format::Json => println!("{}", serde_json::to_string(&reports)?),
@@ -113,7 +126,7 @@ pub async fn snapshot(config: &Config, lake: &Lake, format: Format) -> anyhow::R
         }
         Err(e) => (format!("failed: {e}"), String::new()),
     };
-    record(lake, "snapshot", &[], started_at, outcome, pinned).await?;
+    record(config, lake, "snapshot", &[], started_at, outcome, pinned).await?;
     let s = result?;
     match format {
         Format::Json => println!("{}", serde_json::to_string(&s)?),
@@ -177,16 +190,57 @@ fn pinned(s: &sluice_jobs::snapshot::Snapshot) -> String {
         .join(", ")
 }
 
-/// Check the chain of `_sluice/job_runs`.
-pub async fn verify(lake: &Lake) -> anyhow::Result<()> {
+/// Check the chain of `_sluice/job_runs` (with the audit key when one is configured),
+/// and that it holds `head`, a seal exported earlier by `sluice audit head`.
+pub async fn verify(config: &Config, lake: &Lake, head: Option<&str>) -> anyhow::Result<()> {
+    let key = audit_key(config)?;
     let all = runs::read(lake).await?;
-    match runs::verify(&all) {
-        Ok(n) => {
-            println!("sluice.job_runs: {n} runs, chain intact");
-            Ok(())
+    let found =
+        runs::verify(&all, key.as_ref()).map_err(|e| anyhow::anyhow!("sluice.job_runs: {e}"))?;
+    let after = match head {
+        Some(h) => {
+            Some(runs::find_head(&all, h).map_err(|e| anyhow::anyhow!("sluice.job_runs: {e}"))?)
         }
-        Err(e) => Err(anyhow::anyhow!("sluice.job_runs: {e}")),
+        None => None,
+    };
+    let mut line = format!("sluice.job_runs: {} runs, chain intact", found.runs);
+    if found.keyed > 0 {
+        line.push_str(&format!("; {} sealed with the audit key", found.keyed));
     }
+    if found.unkeyed > 0 && (key.is_some() || found.keyed > 0) {
+        line.push_str(&format!(
+            "; the first {} unkeyed (recorded before [audit] key_env was set, or rewritten whole by someone without the key: only an exported head vouches for them)",
+            found.unkeyed
+        ));
+    }
+    if let Some(after) = after {
+        line.push_str(&format!(
+            "; the exported head is there, {after} run(s) after it"
+        ));
+    }
+    println!("{line}");
+    Ok(())
+}
+
+/// Print the chain's head (its last seal), to keep outside the lake for `sluice audit
+/// verify --head`.
+pub async fn head(lake: &Lake, format: Format) -> anyhow::Result<()> {
+    let all = runs::read(lake).await?;
+    let last = all.last();
+    let seal = last.map_or(runs::GENESIS, |r| r.hash.as_str());
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({
+                "runs": all.len(),
+                "run_id": last.map(|r| r.run_id.as_str()),
+                "head": seal,
+                "keyed": runs::is_keyed(seal),
+            })
+        ),
+        _ => println!("{seal}"),
+    }
+    Ok(())
 }
 
 /// The subjects named on the command line and in `file` (one per line, `-`: stdin).
@@ -369,7 +423,7 @@ async fn erase_all(
     };
     let mut ids: Vec<String> = subjects.iter().map(|(_, _, r)| r.clone()).collect();
     ids.dedup();
-    record(lake, "erase", &ids, started_at, outcome, touched).await?;
+    record(config, lake, "erase", &ids, started_at, outcome, touched).await?;
     result
 }
 
@@ -564,6 +618,7 @@ pub async fn erase_verify(
         format!("failed: {total} occurrences")
     };
     record(
+        config,
         lake,
         "erase-verify",
         &[],
@@ -642,6 +697,7 @@ pub async fn anonymise(
         Err(e) => (format!("failed: {e}"), String::new()),
     };
     record(
+        config,
         lake,
         "anonymise",
         tables,
@@ -722,7 +778,7 @@ pub async fn gold(
     )
     .await;
     let (outcome, touched) = outcome(&result, |t| format!("{}@{}", t.table, t.version));
-    record(lake, "gold", tables, started_at, outcome, touched).await?;
+    record(config, lake, "gold", tables, started_at, outcome, touched).await?;
     let built = result?;
     match format {
         Format::Json => println!("{}", serde_json::to_string(&built)?),

@@ -208,9 +208,18 @@ enum JobCommand {
 
 #[derive(Debug, Clone, Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain of sluice.job_runs: exit 1 if a run was changed, removed or
-    /// reordered.
-    Verify,
+    /// Check the chain of sluice.job_runs (seals under the audit key of [audit] key_env
+    /// when set): exit 1 if a run was changed, removed or reordered, or resealed without
+    /// the key.
+    Verify {
+        /// A seal printed earlier by `sluice audit head`: the chain must still hold it
+        /// (so runs cut off the end, or a chain rewritten whole, are found).
+        #[arg(long, value_name = "SEAL")]
+        head: Option<String>,
+    },
+    /// Print the seal of the last run of sluice.job_runs, to keep outside the lake (with
+    /// --format json: the number of runs, the last run's id and whether it is keyed).
+    Head,
 }
 
 /// An error with its exit code: 2 for usage and configuration, 1 for everything else.
@@ -272,6 +281,10 @@ fn access_for(config: Option<&Config>, role: &str) -> anyhow::Result<sluice_sql:
         deny_columns: r.deny_columns.clone(),
         row_filters: r.row_filters.clone(),
         tags: config.column_tags(),
+        sources: config.table_sources(),
+        allow_derived: r.allow_derived.clone(),
+        gold_dir: Some(config.sql.gold_dir.clone()),
+        views_dir: Some(config.sql.views_dir.clone()),
     })
 }
 
@@ -522,15 +535,15 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                 .await?;
             }
         }
-        Command::Audit {
-            audit: AuditCommand::Verify,
-        } => {
-            let config = match config_path(&cli, None) {
-                Some(p) => Some(load_config(&p)?),
-                None => None,
-            };
-            let lake = lake(&cli, config.as_ref());
-            job::verify(&lake).await?;
+        Command::Audit { audit } => {
+            let config = config_or_defaults(&cli)?;
+            let lake = lake(&cli, Some(&config));
+            match audit {
+                AuditCommand::Verify { head } => {
+                    job::verify(&config, &lake, head.as_deref()).await?
+                }
+                AuditCommand::Head => job::head(&lake, cli.format).await?,
+            }
         }
         Command::Reveal {
             table,

@@ -65,6 +65,13 @@ pub async fn serve(
         require_tls: s.require_tls,
         refresh: Duration::from_secs(s.refresh_seconds),
         max_connections: s.max_connections,
+        statement_timeout: Duration::from_millis(s.statement_timeout_ms),
+        max_statement_bytes: s.max_statement_bytes,
+        query_memory_bytes: s.query_memory_bytes,
+        total_memory_bytes: s.total_memory_bytes,
+        auth_timeout: Duration::from_millis(s.auth_timeout_ms),
+        max_unauthenticated_per_peer: s.max_unauthenticated_per_peer,
+        max_unauthenticated: s.max_unauthenticated,
     };
     let stopped = async move {
         while !stop.load(Ordering::Relaxed) {

@@ -402,6 +402,7 @@ fn json(inputs: u64, seed: u64, envelope: bool) -> Report {
         sequence: Sequence::Auto,
         partition_by: Vec::new(),
         history: None,
+        stats: Default::default(),
     };
     let new_decoder = || {
         JsonDecoder::new(

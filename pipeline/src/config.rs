@@ -117,6 +117,8 @@ pub struct Config {
     pub roles: BTreeMap<String, crate::roles::RoleConfig>,
     /// The Postgres wire-protocol endpoint of `sluice serve`.
     pub serve: crate::serve::ServeConfig,
+    /// The key sealing the job-run chain.
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// `[metrics]`: the HTTP endpoint of `sluice run` (`/metrics`, `/healthz`, `/readyz`).
@@ -897,6 +899,7 @@ impl Config {
         p.extend(self.validate_anonymise());
         p.extend(self.validate_roles());
         p.extend(self.validate_serve());
+        p.extend(self.validate_audit());
         p
     }
 

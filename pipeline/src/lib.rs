@@ -15,6 +15,7 @@
 //! [`runner::run`] is the loop tying them together and applying the [`FlushPolicy`].
 
 pub mod anonymise;
+pub mod audit;
 pub mod batch;
 pub mod config;
 pub mod erasure;

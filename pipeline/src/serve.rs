@@ -7,7 +7,14 @@
 //! tls_key = "tls/server.key"       # PEM, PKCS#8, PKCS#1 or SEC1
 //! require_tls = false              # refuse clients that do not ask for TLS
 //! refresh_seconds = 10             # how old a session's table versions may get
-//! max_connections = 64
+//! max_connections = 64             # authenticated sessions at once
+//! statement_timeout_ms = 300000    # a statement running longer is cancelled (57014)
+//! max_statement_bytes = 4194304    # longer SQL text is refused (54000)
+//! query_memory_bytes = 536870912   # one query's memory (53200 beyond it)
+//! total_memory_bytes = 2147483648  # all queries' memory together
+//! auth_timeout_ms = 10000          # a connection not logged in by then is closed
+//! max_unauthenticated_per_peer = 8 # logins in progress from one address (oldest closed)
+//! max_unauthenticated = 256        # logins in progress in all (oldest closed)
 //!
 //! [serve.users.ana]
 //! role = "analyst"                 # [roles.analyst] applies; none: every table and column
@@ -23,7 +30,7 @@ use crate::config::{Config, Problem, is_identifier};
 
 /// `[serve]`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServeConfig {
     /// `host:port` to listen on.
     pub address: String,
@@ -36,8 +43,26 @@ pub struct ServeConfig {
     /// A query reads the tables as they were at most this many seconds ago: sessions
     /// are reopened (new table versions, new tables) when older.
     pub refresh_seconds: u64,
-    /// Connections beyond this many are refused.
+    /// Authenticated sessions beyond this many are refused (SQLSTATE 53300); connections
+    /// still logging in do not count.
     pub max_connections: usize,
+    /// A statement (planning and reading its rows) running longer is cancelled; a user
+    /// may `SET statement_timeout` lower, not higher.
+    pub statement_timeout_ms: u64,
+    /// SQL text longer than this is refused (SQLSTATE 54000) before it is parsed: parsing
+    /// and planning take many times a statement's size in memory, outside any query's.
+    pub max_statement_bytes: usize,
+    /// Memory one query may hold in the operators that buffer (sorts, joins, aggregates,
+    /// windows); beyond it the query fails with SQLSTATE 53200. Nothing spills to disk.
+    pub query_memory_bytes: usize,
+    /// Memory all queries together may hold.
+    pub total_memory_bytes: usize,
+    /// A connection that has not logged in within this time is closed.
+    pub auth_timeout_ms: u64,
+    /// Connections still logging in from one address; a new one closes the oldest.
+    pub max_unauthenticated_per_peer: usize,
+    /// Connections still logging in from all addresses; a new one closes the oldest.
+    pub max_unauthenticated: usize,
     /// Who may connect, by user name.
     pub users: BTreeMap<String, ServeUser>,
 }
@@ -51,6 +76,13 @@ impl Default for ServeConfig {
             require_tls: false,
             refresh_seconds: 10,
             max_connections: 64,
+            statement_timeout_ms: 300_000,
+            max_statement_bytes: 4 * 1024 * 1024,
+            query_memory_bytes: 512 * 1024 * 1024,
+            total_memory_bytes: 2 * 1024 * 1024 * 1024,
+            auth_timeout_ms: 10_000,
+            max_unauthenticated_per_peer: 8,
+            max_unauthenticated: 256,
             users: BTreeMap::new(),
         }
     }
@@ -91,8 +123,27 @@ impl Config {
         if s.refresh_seconds == 0 {
             p.push(Problem::new("serve.refresh_seconds", "must be at least 1"));
         }
-        if s.max_connections == 0 {
-            p.push(Problem::new("serve.max_connections", "must be at least 1"));
+        for (key, value) in [
+            ("max_connections", s.max_connections as u64),
+            ("statement_timeout_ms", s.statement_timeout_ms),
+            ("max_statement_bytes", s.max_statement_bytes as u64),
+            ("query_memory_bytes", s.query_memory_bytes as u64),
+            ("auth_timeout_ms", s.auth_timeout_ms),
+            (
+                "max_unauthenticated_per_peer",
+                s.max_unauthenticated_per_peer as u64,
+            ),
+            ("max_unauthenticated", s.max_unauthenticated as u64),
+        ] {
+            if value == 0 {
+                p.push(Problem::new(format!("serve.{key}"), "must be at least 1"));
+            }
+        }
+        if s.total_memory_bytes < s.query_memory_bytes {
+            p.push(Problem::new(
+                "serve.total_memory_bytes",
+                "must be at least query_memory_bytes",
+            ));
         }
         for (name, user) in &s.users {
             let at = format!("serve.users.{name}");
@@ -160,6 +211,9 @@ mod tests {
             [serve]
             address = "nowhere"
             tls_cert = "c.pem"
+            query_memory_bytes = 1000
+            total_memory_bytes = 10
+            statement_timeout_ms = 0
             [serve.users.ana]
             role = "analyst"
             password_env = "A"
@@ -189,5 +243,14 @@ mod tests {
             "{text:?}"
         );
         assert!(!text.iter().any(|t| t.contains("users.ana")), "{text:?}");
+        for key in ["serve.total_memory_bytes", "serve.statement_timeout_ms"] {
+            assert!(text.iter().any(|t| t.starts_with(key)), "{key}: {text:?}");
+        }
+        // Limits have units in their names; a misspelt one is an error, not a default.
+        let unknown = Config::from_toml(
+            "[kafka]\nbootstrap_servers = \"k:9092\"\ntopics = [\"t\"]\n\
+             [serve]\nstatement_timeout = 5\n",
+        );
+        assert!(unknown.is_err(), "an unknown [serve] key is refused");
     }
 }

@@ -6,19 +6,46 @@
 //! `<layer>.<table>`: `bronze.txn_events`, `silver.customers`, `gold.daily_spend`. The
 //! internal tables under `<lake>/_sluice/` are registered in the schema `sluice`
 //! (`sluice.dead_letters`).
+//!
+//! Every session is read-only ([`readonly`]): statements and plans that write are
+//! refused, tables and object stores refuse writes. A session opened for a role reads
+//! each table as [`restricted`] says, and its errors never quote values; limits on
+//! memory and time come from [`limits`], and functions whose result can outgrow a
+//! query's memory are bounded by [`amplify`].
 
 pub mod access;
+pub mod amplify;
 pub mod definitions;
+pub mod limits;
+pub mod lineage;
+pub mod readonly;
+pub mod restricted;
 pub mod server;
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use sluice_pipeline::lake::Lake;
 
 use arrow::array::RecordBatch;
 use datafusion::catalog::MemorySchemaProvider;
+use datafusion::common::DFSchema;
+use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::TaskContext;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::MemoryPool;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::TryStreamExt;
+
+use crate::limits::{Guarded, QueryPool, TimedOut};
+use crate::readonly::{ReadOnlyStores, ReadOnlyTable, Refusal};
+use crate::restricted::RestrictedTable;
 
 /// Errors of `sluice-sql`.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +74,94 @@ pub enum Error {
     Serve(String),
     #[error("listing the lake at {lake}: {message}")]
     Listing { lake: String, message: String },
+    /// Refused, cancelled or over its memory, or a role's error without its values.
+    #[error("{message}")]
+    Sql {
+        sqlstate: &'static str,
+        message: String,
+    },
+}
+
+impl Error {
+    /// The Postgres SQLSTATE of the error, when it has a precise one.
+    pub fn sqlstate(&self) -> Option<&'static str> {
+        match self {
+            Error::Sql { sqlstate, .. } => Some(sqlstate),
+            Error::Denied(_) => Some(readonly::PRIVILEGE),
+            Error::Query(e) => limits::sqlstate(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<Refusal> for Error {
+    fn from(r: Refusal) -> Self {
+        Error::Sql {
+            sqlstate: r.sqlstate,
+            message: r.message,
+        }
+    }
+}
+
+/// What a session may take. The defaults: no limit; operators may spill to temporary
+/// files unless the session reads as a role.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Memory one query may hold (in operators that buffer: sorts, joins, aggregates).
+    pub query_memory_bytes: Option<usize>,
+    /// The pool every query's memory is also drawn from.
+    pub total_memory: Option<Arc<dyn MemoryPool>>,
+    /// How long a statement may run, planning and reading its rows included.
+    pub statement_timeout: Option<Duration>,
+    /// Whether operators may spill to temporary files when memory runs short.
+    pub spill: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            query_memory_bytes: None,
+            total_memory: None,
+            statement_timeout: None,
+            spill: true,
+        }
+    }
+}
+
+/// When a statement must be done by, and the timeout that set it (for its message).
+pub type Deadline = (tokio::time::Instant, Duration);
+
+/// What running a statement gave.
+pub enum Ran {
+    /// Rows (a query, `EXPLAIN`, `EXECUTE`).
+    Rows(SendableRecordBatchStream),
+    /// A session statement done, with its command tag (`PREPARE`, `SET`, …).
+    Done(&'static str),
+}
+
+impl std::fmt::Debug for Ran {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ran::Rows(_) => f.write_str("Rows"),
+            Ran::Done(tag) => write!(f, "Done({tag})"),
+        }
+    }
+}
+
+/// `fut`, failing with SQLSTATE 57014 once `deadline` passes.
+async fn within<T>(
+    deadline: Option<Deadline>,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match deadline {
+        None => fut.await,
+        Some((at, after)) => tokio::time::timeout_at(at, fut)
+            .await
+            .map_err(|_| Error::Sql {
+                sqlstate: limits::CANCELED,
+                message: TimedOut(after.as_millis()).to_string(),
+            })?,
+    }
 }
 
 /// Which state of each table a session reads: a version per table, and for the others
@@ -220,8 +335,9 @@ pub struct Catalog {
     access: Option<access::Access>,
     /// Columns left out for the role.
     denied: Vec<access::Denied>,
-    /// Tables and views left out for the role.
-    denied_tables: Vec<String>,
+    /// Tables and views left out for the role, with the policy that says so.
+    denied_tables: Vec<(String, String)>,
+    limits: Limits,
 }
 
 /// DataFusion options sluice sets unless a `DATAFUSION_*` variable sets them.
@@ -275,55 +391,67 @@ impl Catalog {
         access: Option<access::Access>,
         travel: &TimeTravel,
     ) -> Result<Self> {
+        Self::open_with(lake, access, travel, Limits::default()).await
+    }
+
+    /// [`Catalog::open_at`] with `limits` on every query.
+    pub async fn open_with(
+        lake: impl Into<Lake>,
+        access: Option<access::Access>,
+        travel: &TimeTravel,
+        limits: Limits,
+    ) -> Result<Self> {
         let config = session_config()?;
-        let ctx = SessionContext::new_with_config(config);
+        // No spill files for a role, or when the caller says so.
+        let mut disk = DiskManagerBuilder::default();
+        if access.is_some() || !limits.spill {
+            disk = disk.with_mode(DiskManagerMode::Disabled);
+        }
+        let runtime = RuntimeEnvBuilder::new()
+            .with_object_store_registry(Arc::new(ReadOnlyStores::default()))
+            .with_disk_manager_builder(disk)
+            .build_arc()?;
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            // No CREATE EXTERNAL TABLE: nothing reads a file by its path.
+            .with_table_factories(HashMap::new())
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        readonly::keep_safe_table_functions(&ctx);
         let catalog = ctx
             .catalog("datafusion")
             .ok_or_else(|| datafusion::error::DataFusionError::Plan("no default catalog".into()))?;
         for schema in LAYERS.iter().map(|(_, s)| *s).chain(["views"]) {
             catalog.register_schema(schema, Arc::new(MemorySchemaProvider::new()))?;
         }
-        let mut tables = find_tables_in(&lake.into()).await?;
+        let all = find_tables_in(&lake.into()).await?;
         for name in travel.versions.keys() {
-            if !tables.iter().any(|t| &t.qualified() == name) {
+            if !all.iter().any(|t| &t.qualified() == name) {
                 return Err(Error::Travel(format!("no table {name} in the lake")));
             }
         }
+        // A role that restricts anything needs every table: a gold table's policy comes
+        // from the tables its definition reads, whether the role reads them or not.
+        let lineage = access.as_ref().is_some_and(access::Access::restricts);
         let mut denied_tables = Vec::new();
-        if let Some(a) = &access {
-            tables.retain(|t| {
-                let ok = a.allows_table(&t.qualified());
-                if !ok {
-                    denied_tables.push(t.qualified());
+        let mut opened = Vec::new();
+        for t in &all {
+            let allowed = access
+                .as_ref()
+                .is_none_or(|a| a.allows_table(&t.qualified()));
+            if !allowed {
+                if let Some(a) = &access {
+                    denied_tables.push((t.qualified(), format!("roles.{}.tables", a.role)));
                 }
-                ok
-            });
-        }
-        let mut denied = Vec::new();
-        let mut absent = Vec::new();
-        let mut versions = Vec::with_capacity(tables.len());
-        for t in &tables {
-            let url = t.url.clone();
-            let table = match (travel.versions.get(&t.qualified()), &travel.as_of) {
-                (Some(v), _) => deltalake::open_table_with_version(url, *v)
-                    .await
-                    .map_err(|e| Error::Travel(format!("{} at version {v}: {e}", t.qualified())))?,
-                (None, Some(at)) => match deltalake::open_table_with_ds(url, at).await {
-                    Ok(table) => table,
-                    // The table did not exist yet: it is not in the session.
-                    Err(_) => {
-                        absent.push(t.qualified());
-                        continue;
-                    }
-                },
-                (None, None) => {
-                    deltalake::open_table(url)
-                        .await
-                        .map_err(|source| Error::Table {
-                            table: t.qualified(),
-                            source: Box::new(source),
-                        })?
+                if !lineage {
+                    continue;
                 }
+            }
+            let Some(table) = open_table(t, travel).await? else {
+                // The table did not exist at that time: it is not in the session.
+                continue;
             };
             table
                 .update_datafusion_session(&ctx.state())
@@ -331,25 +459,68 @@ impl Catalog {
                     table: t.qualified(),
                     source: Box::new(source),
                 })?;
-            versions.push(table.version().map_or(-1, |v| v as i64));
             // The scan follows the session's options (DATAFUSION_* variables included).
-            let mut provider = table
+            let provider = table
                 .table_provider()
                 .with_session(Arc::new(ctx.state()))
                 .await?;
-            if let Some(a) = &access {
-                let recorded = table
-                    .snapshot()
-                    .map(|s| access::recorded_tags(s.metadata().configuration().iter()))
-                    .unwrap_or_default();
-                provider = restrict(&ctx, a, &t.qualified(), provider, &recorded, &mut denied)?;
-            }
+            let recorded = table
+                .snapshot()
+                .map(|s| access::recorded_tags(s.metadata().configuration().iter()))
+                .unwrap_or_default();
+            let built = match t.schema.as_str() {
+                "gold" => last_definition(&table).await,
+                _ => None,
+            };
+            opened.push(Opened {
+                table: t.clone(),
+                allowed,
+                version: table.version().map_or(-1, |v| v as i64),
+                provider,
+                recorded,
+                built,
+            });
+        }
+        let derivation = match &access {
+            Some(a) if lineage => derive(a, &opened).await?,
+            _ => Derivation::default(),
+        };
+        if let Some(a) = &access {
+            check_denied_paths(a, &opened)?;
+        }
+        let recorded: BTreeMap<String, BTreeMap<String, String>> = opened
+            .iter()
+            .map(|o| (o.table.qualified(), o.recorded.clone()))
+            .collect();
+        let mut denied = Vec::new();
+        let mut tables = Vec::new();
+        let mut versions = Vec::new();
+        for o in opened.into_iter().filter(|o| o.allowed) {
+            let qualified = o.table.qualified();
+            let provider = match &access {
+                None => Arc::new(ReadOnlyTable::new(&qualified, o.provider)) as Arc<_>,
+                Some(a) => {
+                    if let Some(why) = derivation.refuses(a, &qualified) {
+                        denied_tables.push((qualified, why));
+                        continue;
+                    }
+                    let restriction = Restriction {
+                        lineage: derivation.columns.get(&qualified),
+                        recorded: &recorded,
+                    };
+                    restrict(&ctx, a, &qualified, o.provider, &restriction, &mut denied)?
+                }
+            };
             ctx.register_table(
-                datafusion::common::TableReference::partial(t.schema.as_str(), t.name.as_str()),
+                datafusion::common::TableReference::partial(
+                    o.table.schema.as_str(),
+                    o.table.name.as_str(),
+                ),
                 provider,
             )?;
+            tables.push(o.table);
+            versions.push(o.version);
         }
-        tables.retain(|t| !absent.contains(&t.qualified()));
         Ok(Self {
             ctx,
             tables,
@@ -357,22 +528,172 @@ impl Catalog {
             access,
             denied,
             denied_tables,
+            limits,
         })
     }
 
     /// `e`, said in the role's terms when it comes from a column or table the role may
-    /// not read.
-    fn explain(&self, e: datafusion::error::DataFusionError) -> Error {
-        match self.explain_message(&e.to_string()) {
+    /// not read; with its SQLSTATE when it is a refusal, a timeout or over memory.
+    pub fn explain(&self, e: DataFusionError) -> Error {
+        self.explain_in(e, "")
+    }
+
+    /// [`Catalog::explain`] for an error of planning `sql`.
+    fn explain_in(&self, e: DataFusionError, sql: &str) -> Error {
+        if let Some(sqlstate) = limits::sqlstate(&e) {
+            return Error::Sql {
+                sqlstate,
+                message: limits::message(&e),
+            };
+        }
+        match self.explain_message_in(&e.to_string(), sql) {
             Some(m) => Error::Denied(m),
             None => e.into(),
         }
     }
 
+    /// The role the session reads as, if any.
+    pub fn role(&self) -> Option<&str> {
+        self.access.as_ref().map(|a| a.role.as_str())
+    }
+
+    /// A new session over this catalog's tables and views, with its own settings and
+    /// prepared statements (`SET`/`PREPARE` in it affect no other session).
+    pub fn session(&self) -> SessionContext {
+        let state = SessionStateBuilder::new_from_existing(self.ctx.state()).build();
+        SessionContext::new_with_state(state)
+    }
+
+    /// Refuse `plan` unless it reads (see [`readonly::check_plan`]).
+    pub fn check(&self, plan: &LogicalPlan) -> Result<()> {
+        Ok(readonly::check_plan(plan, self.role())?)
+    }
+
+    /// Plan one parsed statement in `ctx` (a session of this catalog), refusing anything
+    /// but reads and session statements.
+    pub async fn plan(
+        &self,
+        ctx: &SessionContext,
+        statement: &datafusion::sql::sqlparser::ast::Statement,
+    ) -> Result<LogicalPlan> {
+        readonly::check_statement(statement, self.role())?;
+        let plan = ctx
+            .state()
+            .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
+                statement.clone(),
+            )))
+            .await
+            .map_err(|e| self.explain_in(e, &statement.to_string()))?;
+        self.check(&plan)?;
+        Ok(plan)
+    }
+
+    /// Parse (in the session's dialect) and plan one statement of `sql`, as [`Catalog::plan`].
+    pub async fn plan_sql(&self, ctx: &SessionContext, sql: &str) -> Result<LogicalPlan> {
+        limits::check_nesting(sql)?;
+        let state = ctx.state();
+        let dialect = state.config().options().sql_parser.dialect;
+        let statement = state
+            .sql_to_statement(sql, &dialect)
+            .map_err(|e| self.explain(e))?;
+        readonly::check_df_statement(&statement, self.role())?;
+        let plan = state
+            .statement_to_plan(statement)
+            .await
+            .map_err(|e| self.explain_in(e, sql))?;
+        self.check(&plan)?;
+        Ok(plan)
+    }
+
+    /// Run a plan of [`Catalog::plan`] in `ctx`: a session statement changes the session;
+    /// anything else streams its rows, with this catalog's limits on memory, cancelled at
+    /// `deadline`, its errors scrubbed of values for a role.
+    pub async fn run(
+        &self,
+        ctx: &SessionContext,
+        plan: LogicalPlan,
+        deadline: Option<Deadline>,
+    ) -> Result<Ran> {
+        use datafusion::logical_expr::Statement as S;
+        self.check(&plan)?;
+        let tag = match &plan {
+            LogicalPlan::Statement(S::Prepare(_)) => Some("PREPARE"),
+            LogicalPlan::Statement(S::Deallocate(_)) => Some("DEALLOCATE"),
+            LogicalPlan::Statement(S::SetVariable(_) | S::ResetVariable(_)) => Some("SET"),
+            LogicalPlan::Statement(S::TransactionStart(_)) => return Ok(Ran::Done("BEGIN")),
+            LogicalPlan::Statement(S::TransactionEnd(_)) => return Ok(Ran::Done("COMMIT")),
+            _ => None,
+        };
+        let planned = within(deadline, async {
+            let df = ctx
+                .execute_logical_plan(plan)
+                .await
+                .map_err(|e| self.explain(e))?;
+            if tag.is_some() {
+                return Ok(None);
+            }
+            let (state, plan) = df.into_parts();
+            // EXECUTE gave the prepared plan: it is checked as it runs.
+            self.check(&plan)?;
+            // A function's result is not in the memory pool: bound those that can grow.
+            let plan = match self.limits.query_memory_bytes {
+                Some(limit) => amplify::guard(plan, limit).map_err(|e| self.explain(e))?,
+                None => plan,
+            };
+            let physical = state
+                .create_physical_plan(&plan)
+                .await
+                .map_err(|e| self.explain(e))?;
+            let (runtime, pool) = self.query_runtime(state.runtime_env())?;
+            let task = TaskContext::from(&state).with_runtime(runtime);
+            Ok(Some((
+                datafusion::physical_plan::execute_stream(physical, Arc::new(task))
+                    .map_err(|e| self.explain(e))?,
+                pool,
+            )))
+        })
+        .await?;
+        match (planned, tag) {
+            (Some((stream, pool)), _) => {
+                let role = self.role().map(str::to_string);
+                Ok(Ran::Rows(Box::pin(
+                    Guarded::new(stream, deadline, role).with_memory(pool),
+                )))
+            }
+            (None, tag) => Ok(Ran::Done(tag.unwrap_or("SELECT"))),
+        }
+    }
+
+    /// The runtime of one query: `base` with the query's own memory pool (returned too).
+    fn query_runtime(
+        &self,
+        base: &Arc<RuntimeEnv>,
+    ) -> Result<(Arc<RuntimeEnv>, Option<Arc<QueryPool>>)> {
+        let l = &self.limits;
+        if l.query_memory_bytes.is_none() && l.total_memory.is_none() {
+            return Ok((base.clone(), None));
+        }
+        let pool = Arc::new(QueryPool::new(
+            l.query_memory_bytes.unwrap_or(usize::MAX),
+            l.total_memory.clone(),
+        ));
+        let runtime = RuntimeEnvBuilder::from_runtime_env(base)
+            .with_memory_pool(pool.clone())
+            .build_arc()?;
+        Ok((runtime, Some(pool)))
+    }
+
     /// The role's reason for an error whose text names a column or table the role may
     /// not read (DataFusion only knows it as missing); none for any other error.
     pub fn explain_message(&self, text: &str) -> Option<String> {
+        self.explain_message_in(text, "")
+    }
+
+    /// [`Catalog::explain_message`] for an error of `sql`: a column named without its
+    /// table is looked for first in the tables `sql` names.
+    fn explain_message_in(&self, text: &str, sql: &str) -> Option<String> {
         let a = self.access.as_ref()?;
+        let sql = sql.to_lowercase();
         if let Some((qualifier, column)) = missing_field(text) {
             let same_table = |d: &&&access::Denied| {
                 qualifier
@@ -381,8 +702,15 @@ impl Catalog {
             };
             let named: Vec<&access::Denied> =
                 self.denied.iter().filter(|d| d.column == column).collect();
-            // An alias (`c.email`) names no table: any denied column of that name.
-            if let Some(d) = named.iter().find(same_table).or(named.first()) {
+            let in_query = |d: &&&access::Denied| sql.contains(&d.table.to_lowercase());
+            // An alias (`c.email`) names no table: a denied column of that name, of a
+            // table the query reads if there is one.
+            if let Some(d) = named
+                .iter()
+                .find(same_table)
+                .or_else(|| named.iter().find(in_query))
+                .or(named.first())
+            {
                 return Some(format!(
                     "column {} of {} is not readable by role '{}' ({})",
                     d.column, d.table, a.role, d.policy
@@ -390,11 +718,11 @@ impl Catalog {
             }
         }
         if let Some(table) = missing_table(text)
-            && self.denied_tables.contains(&table)
+            && let Some((_, why)) = self.denied_tables.iter().find(|(t, _)| *t == table)
         {
             return Some(format!(
-                "table {table} is not readable by role '{}' (roles.{}.tables)",
-                a.role, a.role
+                "table {table} is not readable by role '{}' ({why})",
+                a.role
             ));
         }
         None
@@ -414,36 +742,7 @@ impl Catalog {
     /// another. A view reading a table this lake (or this role) lacks is skipped, with
     /// the reason; any other error in a definition fails, naming its file.
     pub async fn register_views(&self, dir: &Path) -> Result<Views> {
-        let defs = definitions::in_dependency_order(definitions::read_dir(dir)?, "views")?;
-        let mut views = Views::default();
-        for d in defs {
-            let name = format!("views.{}", d.name);
-            if let Some(a) = &self.access
-                && !a.allows_table(&name)
-            {
-                views
-                    .skipped
-                    .push((name, format!("not readable by role '{}'", a.role)));
-                continue;
-            }
-            match self
-                .ctx
-                .sql(&format!("CREATE VIEW {name} AS {}", d.sql))
-                .await
-            {
-                Ok(_) => views.registered.push(name),
-                Err(e) if is_missing_table(&e) || self.access.is_some() => {
-                    views.skipped.push((name, e.to_string()))
-                }
-                Err(e) => {
-                    return Err(Error::Definition {
-                        path: d.path.clone(),
-                        message: e.to_string(),
-                    });
-                }
-            }
-        }
-        Ok(views)
+        register_views_in(&self.ctx, dir, self.access.as_ref()).await
     }
 
     /// The tables registered.
@@ -459,19 +758,27 @@ impl Catalog {
             .map(|i| self.versions[i])
     }
 
-    /// Run one SQL statement and stream its result.
-    pub async fn stream(
-        &self,
-        sql: &str,
-    ) -> Result<datafusion::physical_plan::SendableRecordBatchStream> {
-        let df = self.ctx.sql(sql).await.map_err(|e| self.explain(e))?;
-        df.execute_stream().await.map_err(|e| self.explain(e))
+    /// Run one SQL statement (read-only, see [`readonly`]) and stream its result.
+    pub async fn stream(&self, sql: &str) -> Result<SendableRecordBatchStream> {
+        let deadline = self
+            .limits
+            .statement_timeout
+            .map(|d| (tokio::time::Instant::now() + d, d));
+        let plan = within(deadline, self.plan_sql(&self.ctx, sql)).await?;
+        match self.run(&self.ctx, plan, deadline).await? {
+            Ran::Rows(rows) => Ok(rows),
+            Ran::Done(_) => Ok(Box::pin(
+                datafusion::physical_plan::EmptyRecordBatchStream::new(Arc::new(
+                    arrow::datatypes::Schema::empty(),
+                )),
+            )),
+        }
     }
 
     /// Run one SQL statement and collect its result.
     pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>> {
-        let df = self.ctx.sql(sql).await.map_err(|e| self.explain(e))?;
-        df.collect().await.map_err(|e| self.explain(e))
+        let rows = self.stream(sql).await?;
+        rows.try_collect().await.map_err(|e| self.explain(e))
     }
 
     /// Row count of a registered table.
@@ -492,46 +799,301 @@ impl Catalog {
     }
 }
 
-/// `provider` as `access` lets its role read it: a view over a scan of it, without the
-/// denied columns (recorded in `denied`) and with the role's row filter; `provider`
-/// itself when nothing is restricted.
+/// Register each definition of `dir` as the view `views.<name>` in `ctx` (see
+/// [`Catalog::register_views`]).
+async fn register_views_in(
+    ctx: &SessionContext,
+    dir: &Path,
+    access: Option<&access::Access>,
+) -> Result<Views> {
+    let defs = definitions::in_dependency_order(definitions::read_dir(dir)?, "views")?;
+    let mut views = Views::default();
+    for d in defs {
+        let name = format!("views.{}", d.name);
+        if let Some(a) = access
+            && !a.allows_table(&name)
+        {
+            views
+                .skipped
+                .push((name, format!("not readable by role '{}'", a.role)));
+            continue;
+        }
+        match ctx.sql(&format!("CREATE VIEW {name} AS {}", d.sql)).await {
+            Ok(_) => views.registered.push(name),
+            Err(e) if is_missing_table(&e) || access.is_some() => {
+                views.skipped.push((name, e.to_string()))
+            }
+            Err(e) => {
+                return Err(Error::Definition {
+                    path: d.path.clone(),
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok(views)
+}
+
+/// What decides a table's columns for a role beyond its own name and tags.
+struct Restriction<'a> {
+    /// Each column's sources, for a gold table whose definition was read.
+    lineage: Option<&'a Vec<(String, std::collections::BTreeSet<lineage::Source>)>>,
+    /// The tags each table records.
+    recorded: &'a BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// `provider` as `access` lets its role read it: a [`RestrictedTable`] without the denied
+/// columns (recorded in `denied`; for a gold table also those computed from a denied
+/// column) and with the role's row filter; `provider` itself, read-only, when nothing is
+/// restricted.
 fn restrict(
     ctx: &SessionContext,
     a: &access::Access,
     qualified: &str,
     provider: Arc<dyn datafusion::catalog::TableProvider>,
-    recorded: &std::collections::BTreeMap<String, String>,
+    r: &Restriction<'_>,
     denied: &mut Vec<access::Denied>,
 ) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
-    use datafusion::logical_expr::LogicalPlanBuilder;
     let schema = provider.schema();
+    let none = BTreeMap::new();
+    let tags = |t: &str| r.recorded.get(t).unwrap_or(&none);
     let mut keep = Vec::new();
     for f in schema.fields() {
-        match a.denies(qualified, f.name(), recorded) {
+        let own = a.denies(qualified, f.name(), tags(qualified));
+        let inherited = || {
+            let (_, sources) = r.lineage?.iter().find(|(c, _)| c == f.name())?;
+            sources.iter().find_map(|(table, column)| {
+                a.denies(table, column, tags(table))
+                    .map(|policy| format!("{policy}, computed from {table}.{column}"))
+            })
+        };
+        match own.or_else(inherited) {
             Some(policy) => denied.push(access::Denied {
                 table: qualified.to_string(),
                 column: f.name().clone(),
                 policy,
             }),
-            None => keep.push(datafusion::prelude::ident(f.name())),
+            None => keep.push(f.name().clone()),
         }
     }
-    let filter = a.row_filters.get(qualified);
+    let filter = a.row_filter(qualified);
     if keep.len() == schema.fields().len() && filter.is_none() {
-        return Ok(provider);
+        return Ok(Arc::new(ReadOnlyTable::new(qualified, provider)));
     }
-    let source = datafusion::catalog::default_table_source::provider_as_source(provider);
-    let mut plan = LogicalPlanBuilder::scan(qualified, source, None)?;
-    if let Some(condition) = filter {
-        let expr = ctx.parse_sql_expr(condition, plan.schema()).map_err(|e| {
-            Error::Denied(format!("roles.{}.row_filters.\"{qualified}\": {e}", a.role))
-        })?;
-        plan = plan.filter(expr)?;
+    let filter = match filter {
+        Some((condition, written_for)) => {
+            let columns = DFSchema::try_from(schema.as_ref().clone())?;
+            Some(ctx.parse_sql_expr(condition, &columns).map_err(|e| {
+                Error::Denied(format!(
+                    "roles.{}.row_filters.\"{written_for}\" (on {qualified}): {e}",
+                    a.role
+                ))
+            })?)
+        }
+        None => None,
+    };
+    Ok(Arc::new(RestrictedTable::new(
+        qualified, provider, &keep, filter,
+    )?))
+}
+
+/// A table opened for a session.
+struct Opened {
+    table: TableRef,
+    /// Whether the session's role reads it (else it is opened for lineage only).
+    allowed: bool,
+    version: i64,
+    provider: Arc<dyn datafusion::catalog::TableProvider>,
+    recorded: BTreeMap<String, String>,
+    /// For a gold table, the SHA-256 of the definition its last build ran.
+    built: Option<String>,
+}
+
+/// `t` at the state `travel` asks for; none when it did not exist at that time.
+async fn open_table(t: &TableRef, travel: &TimeTravel) -> Result<Option<deltalake::DeltaTable>> {
+    let url = t.url.clone();
+    let table = match (travel.versions.get(&t.qualified()), &travel.as_of) {
+        (Some(v), _) => deltalake::open_table_with_version(url, *v)
+            .await
+            .map_err(|e| Error::Travel(format!("{} at version {v}: {e}", t.qualified())))?,
+        (None, Some(at)) => match deltalake::open_table_with_ds(url, at).await {
+            Ok(table) => table,
+            Err(_) => return Ok(None),
+        },
+        (None, None) => deltalake::open_table(url)
+            .await
+            .map_err(|source| Error::Table {
+                table: t.qualified(),
+                source: Box::new(source),
+            })?,
+    };
+    Ok(Some(table))
+}
+
+/// The definition hash a gold table's last build recorded (`sluice job gold` writes
+/// `sluice.gold = sha256:<hex>` into each commit).
+async fn last_definition(t: &deltalake::DeltaTable) -> Option<String> {
+    use futures::StreamExt;
+    let mut history = t.history(Some(50));
+    while let Some(commit) = history.next().await {
+        let commit = commit.ok()?;
+        if let Some(v) = commit.info.get("sluice.gold").and_then(|v| v.as_str()) {
+            return Some(v.trim_start_matches("sha256:").to_string());
+        }
     }
-    let plan = plan.project(keep)?.build()?;
-    Ok(Arc::new(datafusion::catalog::view::ViewTable::new(
-        plan, None,
-    )))
+    None
+}
+
+/// What each table is computed from, for a role.
+#[derive(Debug, Default)]
+struct Derivation {
+    /// Tables each table is computed from: the configuration's, the lake's own internal
+    /// tables', and each gold table's from the plan of its definition.
+    sources: BTreeMap<String, std::collections::BTreeSet<String>>,
+    /// Each gold table's columns and what they are computed from.
+    columns: BTreeMap<String, Vec<(String, std::collections::BTreeSet<lineage::Source>)>>,
+    /// Gold tables whose definition is missing or differs from the one they were built with.
+    unknown: std::collections::BTreeSet<String>,
+}
+
+impl Derivation {
+    /// Why the role may not read `qualified`, when it is derived from what the role may
+    /// not see.
+    fn refuses(&self, a: &access::Access, qualified: &str) -> Option<String> {
+        let r = &a.role;
+        let hidden = a.hidden_sources(qualified, &self.sources);
+        if !hidden.is_empty() {
+            let hidden: Vec<_> = hidden.into_iter().collect();
+            return Some(format!(
+                "it is computed from rows of {} that roles.{r}.row_filters hide; \
+                 roles.{r}.allow_derived lists derived tables the role may read",
+                hidden.join(", ")
+            ));
+        }
+        (self.unknown.contains(qualified) && !a.allow_derived.iter().any(|t| t == qualified)).then(
+            || {
+                format!(
+                    "its definition is not in sql.gold_dir or changed since it was built, so \
+                     what it is computed from is unknown; roles.{r}.allow_derived lists \
+                     derived tables the role may read"
+                )
+            },
+        )
+    }
+}
+
+/// Internal tables computed from the layers' rows: snapshots record counts and
+/// checksums of silver and gold tables; dead letters, quarantine and quality results hold
+/// bronze rows.
+const INTERNAL_SOURCES: [(&str, &[&str]); 5] = [
+    ("sluice.snapshots", &["silver", "gold"]),
+    ("sluice.snapshot_diffs", &["silver", "gold"]),
+    ("sluice.dead_letters", &["bronze"]),
+    ("sluice.quarantine", &["bronze"]),
+    ("sluice.quality", &["bronze"]),
+];
+
+/// The derivations of the lake's tables for `a`: the configuration's, the internal
+/// tables', and each gold table's, read from the plan of its definition over every table
+/// (and view) of the lake.
+async fn derive(a: &access::Access, opened: &[Opened]) -> Result<Derivation> {
+    use sha2::Digest;
+    let mut d = Derivation::default();
+    for (t, from) in &a.sources {
+        d.sources
+            .entry(t.clone())
+            .or_default()
+            .extend(from.iter().cloned());
+    }
+    for (table, layers) in INTERNAL_SOURCES {
+        let from = opened
+            .iter()
+            .filter(|o| layers.contains(&o.table.schema.as_str()))
+            .map(|o| o.table.qualified());
+        d.sources.entry(table.to_string()).or_default().extend(from);
+    }
+    let gold: Vec<&Opened> = opened.iter().filter(|o| o.table.schema == "gold").collect();
+    if gold.is_empty() {
+        return Ok(d);
+    }
+    // Every table and view, unrestricted: only planned, never run.
+    let shadow = SessionContext::new_with_config(session_config()?);
+    let catalog = shadow
+        .catalog("datafusion")
+        .ok_or_else(|| DataFusionError::Plan("no default catalog".into()))?;
+    for schema in LAYERS.iter().map(|(_, s)| *s).chain(["views"]) {
+        catalog.register_schema(schema, Arc::new(MemorySchemaProvider::new()))?;
+    }
+    for o in opened {
+        shadow.register_table(
+            datafusion::common::TableReference::partial(
+                o.table.schema.as_str(),
+                o.table.name.as_str(),
+            ),
+            Arc::new(ReadOnlyTable::new(o.table.qualified(), o.provider.clone())),
+        )?;
+    }
+    if let Some(dir) = &a.views_dir {
+        register_views_in(&shadow, dir, None).await?;
+    }
+    let definitions = match &a.gold_dir {
+        Some(dir) => definitions::read_dir(dir)?,
+        None => Vec::new(),
+    };
+    for g in gold {
+        let qualified = g.table.qualified();
+        let definition = definitions.iter().find(|def| def.name == g.table.name);
+        let lineage = match definition {
+            Some(def)
+                if g.built.as_deref() == Some(&hex(&sha2::Sha256::digest(def.sql.as_bytes()))) =>
+            {
+                match shadow.state().create_logical_plan(&def.sql).await {
+                    Ok(plan) => lineage::of(&plan).ok(),
+                    Err(_) => None,
+                }
+            }
+            _ => None,
+        };
+        match lineage {
+            Some(l) => {
+                d.sources
+                    .entry(qualified.clone())
+                    .or_default()
+                    .extend(l.tables);
+                d.columns.insert(qualified, l.columns);
+            }
+            None => {
+                d.unknown.insert(qualified);
+            }
+        }
+    }
+    Ok(d)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Refuse a role whose `deny_columns` names, as `layer.table.column`, a table of the lake
+/// without that column: a misspelt name would deny nothing.
+fn check_denied_paths(a: &access::Access, opened: &[Opened]) -> Result<()> {
+    for path in &a.deny_columns {
+        let mut parts = path.splitn(4, '.');
+        let (Some(layer), Some(name), Some(column)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let table = format!("{layer}.{name}");
+        if let Some(o) = opened.iter().find(|o| o.table.qualified() == table)
+            && o.provider.schema().field_with_name(column).is_err()
+        {
+            return Err(Error::Denied(format!(
+                "roles.{}.deny_columns: '{path}' names no column of {table}",
+                a.role
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn url_for(abs: &Path) -> Result<url::Url> {

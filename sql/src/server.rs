@@ -1,40 +1,54 @@
 //! `sluice serve`: the lake over the Postgres wire protocol, so `psql`, BI tools and any
 //! Postgres driver can query it.
 //!
-//! The protocol, the Arrow-to-Postgres encoding, `pg_catalog` and the `SET`/`SHOW`,
-//! transaction and cursor statements come from `datafusion-postgres` over `pgwire`;
-//! this module adds what sluice needs around it:
+//! The protocol, the Arrow-to-Postgres encoding, `pg_catalog` and the `SET`/`SHOW` and
+//! transaction statements come from `datafusion-postgres` over `pgwire`; this module
+//! plans and runs every statement itself so that it can hold what sluice promises:
 //!
 //! - users with passwords (SCRAM-SHA-256; with TLS also SCRAM-SHA-256-PLUS), each reading
 //!   as a role of `[roles]`, so a denied column is absent and selecting it fails naming
 //!   the policy, as with `sluice sql --role`;
-//! - one session per role, reopened when older than the refresh interval so new table
-//!   versions and new tables show up;
-//! - read-only: only queries and session statements run (no `CREATE EXTERNAL TABLE`
-//!   reading the server's files, no `COPY … TO` writing them);
-//! - TLS, optional or required; a connection limit.
+//! - read-only on what actually runs ([`crate::readonly`]): every statement of the simple
+//!   and the extended protocol, `PREPARE`/`EXECUTE`, cursors and `EXPLAIN [ANALYZE]`, is
+//!   checked on its parse and on its whole plan before it runs (25006 or 42501);
+//! - one session per connection: `SET`, prepared statements and cursors of one user never
+//!   reach another. The tables behind them are shared by the users of a role and reopened
+//!   when older than the refresh interval, so new versions and new tables show up;
+//! - limits: each query's memory (`query_memory_bytes`, drawn from `total_memory_bytes`;
+//!   53200 beyond it), a statement timeout (57014), the length of a statement's text
+//!   (`max_statement_bytes`, 54000) and how deep it nests (54001), an authentication
+//!   timeout, a cap on connections still authenticating per peer and in all (the oldest
+//!   is closed when a new one arrives), and `max_connections` counting authenticated
+//!   sessions only;
+//! - TLS, optional or required.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Debug;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-
-use crate::Lake;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ParamValues;
+use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
-use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::ast::{Declare, DeclareType, Set, Statement};
+use datafusion_postgres::QueryHook;
+use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters_with_server_types;
+use datafusion_postgres::arrow_pg::datatypes::{
+    arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type,
+};
 use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
+use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_postgres::hooks::HookClient;
 use datafusion_postgres::hooks::cursor::CursorStatementHook;
 use datafusion_postgres::hooks::set_show::SetShowHook;
 use datafusion_postgres::hooks::transactions::TransactionStatementHook;
-use datafusion_postgres::{DfSessionService, Parser, QueryHook};
-use futures::Sink;
+use futures::{Sink, StreamExt};
 use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::sasl::scram::{ScramAuth, gen_salted_password};
 use pgwire::api::auth::{
@@ -42,21 +56,31 @@ use pgwire::api::auth::{
 };
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{FieldInfo, Response};
-use pgwire::api::stmt::QueryParser;
+use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
-    ClientInfo, ClientPortalStore, ErrorHandler, METADATA_USER, PgWireServerHandlers, Type,
+    ClientInfo, ClientPortalStore, ErrorHandler, METADATA_USER, PgWireConnectionState,
+    PgWireServerHandlers, Type,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::data::DataRow;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use pgwire::types::format::FormatOptions;
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::access::Access;
-use crate::{Catalog, Error, Result};
+use crate::limits::{self, TimedOut};
+use crate::readonly;
+use crate::{Catalog, Deadline, Error, Lake, Limits, Ran, Result, TimeTravel};
 
 /// SCRAM iterations the server asks clients for.
 const ITERATIONS: usize = 4096;
+
+/// Where the user's `statement_timeout` is kept (as `datafusion-postgres` keeps it, so
+/// its `SHOW statement_timeout` answers).
+const METADATA_STATEMENT_TIMEOUT: &str = "statement_timeout_ms";
 
 /// The statement type of the extended protocol (the SQL, and its parse and plan).
 type DfStatement = (String, Option<(Statement, LogicalPlan)>);
@@ -81,7 +105,22 @@ pub struct Settings {
     pub require_tls: bool,
     /// Sessions older than this are reopened.
     pub refresh: Duration,
+    /// Authenticated sessions at once.
     pub max_connections: usize,
+    /// The longest a statement may run (a user may `SET statement_timeout` lower).
+    pub statement_timeout: Duration,
+    /// Longer SQL text is refused before it is parsed (54000).
+    pub max_statement_bytes: usize,
+    /// Memory one query may hold.
+    pub query_memory_bytes: usize,
+    /// Memory all queries together may hold.
+    pub total_memory_bytes: usize,
+    /// A connection not authenticated by then is closed.
+    pub auth_timeout: Duration,
+    /// Connections still authenticating from one address; beyond it the oldest is closed.
+    pub max_unauthenticated_per_peer: usize,
+    /// Connections still authenticating in all; beyond it the oldest is closed.
+    pub max_unauthenticated: usize,
 }
 
 /// Serve `settings` on `listener` until `stop` completes.
@@ -94,17 +133,20 @@ pub async fn serve(
         Some((cert, key)) => Some(tls_acceptor(cert, key)?),
         None => None,
     };
-    let cert_pem = match &settings.tls {
-        Some((cert, _)) => Some(std::fs::read(cert).map_err(|source| Error::Io {
-            path: cert.clone(),
-            source,
-        })?),
+    let cert_pem: Option<Arc<[u8]>> = match &settings.tls {
+        Some((cert, _)) => Some(
+            std::fs::read(cert)
+                .map_err(|source| Error::Io {
+                    path: cert.clone(),
+                    source,
+                })?
+                .into(),
+        ),
         None => None,
     };
-    let limit = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
     let shared = Arc::new(Shared::new(settings));
-    let template = DfSessionService::new(Arc::new(SessionContext::new())).query_parser();
     tokio::pin!(stop);
+    let mut next_id = 0u64;
     loop {
         let (socket, peer) = tokio::select! {
             _ = &mut stop => return Ok(()),
@@ -116,17 +158,42 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection refused: max_connections reached");
-            continue;
-        };
-        let connection = Connection::new(shared.clone(), template.clone(), cert_pem.as_deref())?;
+        next_id += 1;
+        let id = next_id;
+        let evicted = shared.pending.admit(
+            id,
+            peer.ip(),
+            shared.settings.max_unauthenticated_per_peer,
+            shared.settings.max_unauthenticated,
+        );
+        let (authenticated, is_authenticated) = oneshot::channel();
+        let connection = Connection::new(shared.clone(), cert_pem.clone(), authenticated)?;
         let tls = tls.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
-            if let Err(e) = pgwire::tokio::process_socket(socket, tls, connection).await {
+            let conn = pgwire::tokio::process_socket(socket, tls, connection);
+            tokio::pin!(conn);
+            let admitted = tokio::select! {
+                ended = &mut conn => {
+                    if let Err(e) = ended {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                    false
+                }
+                _ = is_authenticated => true,
+                _ = tokio::time::sleep(shared.settings.auth_timeout) => {
+                    tracing::info!(%peer, "connection closed: not authenticated within auth_timeout_ms");
+                    false
+                }
+                _ = evicted => {
+                    tracing::info!(%peer, "connection closed: too many connections authenticating");
+                    false
+                }
+            };
+            shared.pending.remove(id);
+            if admitted && let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-            drop(permit);
         });
     }
 }
@@ -150,21 +217,60 @@ fn tls_acceptor(cert: &Path, key: &Path) -> Result<pgwire::tokio::TlsAcceptor> {
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// A role's session: its catalog (for explaining denials) and the service over it.
-struct Session {
-    opened: Instant,
-    catalog: Catalog,
-    service: Arc<DfSessionService>,
+/// Connections still authenticating, oldest first.
+#[derive(Debug, Default)]
+struct Pending {
+    waiting: Mutex<VecDeque<(u64, IpAddr, oneshot::Sender<()>)>>,
 }
 
-/// What every connection shares: the users, and one session per role.
+impl Pending {
+    /// Count connection `id` from `peer` as authenticating, closing the oldest one of the
+    /// same peer beyond `per_peer`, and the oldest of all beyond `total`. The receiver
+    /// completes when this one is closed so.
+    fn admit(&self, id: u64, peer: IpAddr, per_peer: usize, total: usize) -> oneshot::Receiver<()> {
+        let (close, closed) = oneshot::channel();
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        waiting.push_back((id, peer, close));
+        if waiting.iter().filter(|w| w.1 == peer).count() > per_peer
+            && let Some(oldest) = waiting.iter().position(|w| w.1 == peer)
+            && let Some((_, _, close)) = waiting.remove(oldest)
+        {
+            let _ = close.send(());
+        }
+        while waiting.len() > total {
+            if let Some((_, _, close)) = waiting.pop_front() {
+                let _ = close.send(());
+            }
+        }
+        closed
+    }
+
+    /// Connection `id` authenticated or ended.
+    fn remove(&self, id: u64) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        waiting.retain(|w| w.0 != id);
+    }
+}
+
+/// A role's tables: its catalog, shared by the connections of its users until refreshed.
+struct Base {
+    opened: Instant,
+    catalog: Catalog,
+}
+
+/// What every connection shares: the users, one base per role, the memory of all queries.
 struct Shared {
     settings: Settings,
     /// Salt and salted password by user, derived once.
     secrets: HashMap<String, (Vec<u8>, Vec<u8>)>,
-    sessions: Mutex<HashMap<String, Arc<Session>>>,
-    /// Held while a session is opened, so a burst of queries opens it once.
+    bases: Mutex<HashMap<String, Arc<Base>>>,
+    /// Held while a base is opened, so a burst of queries opens it once.
     opening: tokio::sync::Mutex<()>,
+    /// The memory every query also reserves from.
+    memory: Arc<dyn MemoryPool>,
+    /// Authenticated sessions.
+    sessions: Arc<Semaphore>,
+    pending: Pending,
 }
 
 impl Debug for Shared {
@@ -192,10 +298,13 @@ impl Shared {
             })
             .collect();
         Self {
+            memory: Arc::new(GreedyMemoryPool::new(settings.total_memory_bytes)),
+            sessions: Arc::new(Semaphore::new(settings.max_connections)),
             settings,
             secrets,
-            sessions: Mutex::new(HashMap::new()),
+            bases: Mutex::new(HashMap::new()),
             opening: tokio::sync::Mutex::new(()),
+            pending: Pending::default(),
         }
     }
 
@@ -205,23 +314,23 @@ impl Shared {
             .ok_or_else(|| PgWireError::InvalidPassword(name.unwrap_or_default().to_string()))
     }
 
-    /// Sessions are shared by the users of a role.
+    /// Bases are shared by the users of a role.
     fn key(user: &User) -> String {
         user.access
             .as_ref()
             .map_or(String::new(), |a| a.role.clone())
     }
 
-    fn cached(&self, key: &str) -> Option<Arc<Session>> {
-        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.get(key).cloned()
+    fn cached(&self, key: &str) -> Option<Arc<Base>> {
+        let bases = self.bases.lock().unwrap_or_else(|p| p.into_inner());
+        bases.get(key).cloned()
     }
 
-    /// The session of `client`'s role, reopened when older than the refresh interval.
-    async fn session<C: ClientInfo + ?Sized>(&self, client: &C) -> PgWireResult<Arc<Session>> {
+    /// The base of `client`'s role, reopened when older than the refresh interval.
+    async fn base<C: ClientInfo + ?Sized>(&self, client: &C) -> PgWireResult<Arc<Base>> {
         let user = self.user(client)?;
         let key = Self::key(user);
-        let fresh = |s: &Arc<Session>| s.opened.elapsed() < self.settings.refresh;
+        let fresh = |s: &Arc<Base>| s.opened.elapsed() < self.settings.refresh;
         if let Some(s) = self.cached(&key).filter(fresh) {
             return Ok(s);
         }
@@ -229,34 +338,36 @@ impl Shared {
         if let Some(s) = self.cached(&key).filter(fresh) {
             return Ok(s);
         }
-        let session = Arc::new(self.open(user).await.map_err(|e| {
+        let base = Arc::new(self.open(user).await.map_err(|e| {
             tracing::warn!(error = %e, "opening the lake for a session failed");
             user_error("58000", format!("opening the lake: {e}"))
         })?);
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.insert(key, session.clone());
-        Ok(session)
+        let mut bases = self.bases.lock().unwrap_or_else(|p| p.into_inner());
+        bases.insert(key, base.clone());
+        Ok(base)
     }
 
-    async fn open(&self, user: &User) -> Result<Session> {
+    async fn open(&self, user: &User) -> Result<Base> {
         let s = &self.settings;
-        let catalog = Catalog::open_as(&s.lake, user.access.clone()).await?;
+        let limits = Limits {
+            query_memory_bytes: Some(s.query_memory_bytes),
+            total_memory: Some(self.memory.clone()),
+            // Each statement gets its deadline from its connection.
+            statement_timeout: None,
+            spill: false,
+        };
+        let catalog =
+            Catalog::open_with(&s.lake, user.access.clone(), &TimeTravel::default(), limits)
+                .await?;
         for (view, why) in catalog.register_views(&s.views_dir).await?.skipped {
             tracing::debug!(view, reason = %why, "view not registered");
         }
-        let ctx = catalog.context().clone();
-        setup_pg_catalog(&ctx, "datafusion", EmptyContextProvider).map_err(|e| Error::Query(*e))?;
-        let hooks: Vec<Arc<dyn QueryHook>> = vec![
-            Arc::new(ReadOnly),
-            Arc::new(CursorStatementHook),
-            Arc::new(SetShowHook),
-            Arc::new(TransactionStatementHook),
-        ];
-        let service = Arc::new(DfSessionService::new_with_hooks(Arc::new(ctx), hooks));
-        Ok(Session {
+        let ctx = catalog.context();
+        setup_pg_catalog(ctx, "datafusion", EmptyContextProvider).map_err(|e| Error::Query(*e))?;
+        readonly::keep_safe_table_functions(ctx);
+        Ok(Base {
             opened: Instant::now(),
             catalog,
-            service,
         })
     }
 }
@@ -267,6 +378,20 @@ fn user_error(code: &str, message: String) -> PgWireError {
         code.to_string(),
         message,
     )))
+}
+
+/// An error of sluice's SQL layer as the client sees it, with its SQLSTATE.
+fn sql_error(e: Error) -> PgWireError {
+    user_error(e.sqlstate().unwrap_or("XX000"), e.to_string())
+}
+
+/// An error met while reading a query's rows (already scrubbed for a role).
+fn row_error(e: &datafusion::error::DataFusionError) -> PgWireError {
+    user_error(limits::sqlstate(e).unwrap_or("XX000"), limits::message(e))
+}
+
+fn syntax_error(e: impl std::fmt::Display) -> PgWireError {
+    user_error("42601", e.to_string())
 }
 
 #[async_trait]
@@ -291,7 +416,11 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(shared: Arc<Shared>, template: Arc<Parser>, cert_pem: Option<&[u8]>) -> Result<Self> {
+    fn new(
+        shared: Arc<Shared>,
+        cert_pem: Option<Arc<[u8]>>,
+        authenticated: oneshot::Sender<()>,
+    ) -> Result<Self> {
         let mut parameters = DefaultServerParameterProvider::default();
         parameters.server_version = format!("16.6 (sluice {})", env!("CARGO_PKG_VERSION"));
         parameters.is_superuser = false;
@@ -309,18 +438,24 @@ impl Connection {
             }
             Ok(SASLAuthStartupHandler::new(parameters.clone()).with_scram(scram))
         };
+        let conn = Arc::new(Conn {
+            shared: shared.clone(),
+            parser: PostgresCompatibilityParser::new(),
+            local: tokio::sync::Mutex::new(None),
+        });
         Ok(Self {
             startup: Arc::new(Startup {
                 plain: sasl(None)?,
-                secure: sasl(cert_pem)?,
+                secure: sasl(cert_pem.as_deref())?,
                 require_tls: shared.settings.require_tls,
+                shared: shared.clone(),
+                password_messages: std::sync::atomic::AtomicUsize::new(0),
+                permit: Mutex::new(None),
+                authenticated: Mutex::new(Some(authenticated)),
             }),
             queries: Arc::new(Queries {
-                parser: Arc::new(RoleParser {
-                    shared: shared.clone(),
-                    template,
-                }),
-                shared: shared.clone(),
+                conn: conn.clone(),
+                parser: Arc::new(RoleParser { conn }),
             }),
             errors: Arc::new(Explain { shared }),
         })
@@ -345,11 +480,36 @@ impl PgWireServerHandlers for Connection {
     }
 }
 
-/// SCRAM authentication, refusing plain connections when TLS is required.
+/// SCRAM authentication, refusing plain connections when TLS is required; a session
+/// slot (`max_connections`) is taken at the last step of a login and held until the
+/// connection ends.
 struct Startup {
     plain: SASLAuthStartupHandler<DefaultServerParameterProvider>,
     secure: SASLAuthStartupHandler<DefaultServerParameterProvider>,
     require_tls: bool,
+    shared: Arc<Shared>,
+    /// SCRAM's messages from the client: the second (client-final) completes a login.
+    password_messages: std::sync::atomic::AtomicUsize,
+    permit: Mutex<Option<OwnedSemaphorePermit>>,
+    /// Told once the client is authenticated.
+    authenticated: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl Startup {
+    fn too_many(&self) -> PgWireError {
+        PgWireError::UserError(Box::new(ErrorInfo::new(
+            "FATAL".to_string(),
+            "53300".to_string(),
+            format!(
+                "too many connections: all {} sessions (max_connections) are in use",
+                self.shared.settings.max_connections
+            ),
+        )))
+    }
+
+    fn set_permit(&self, permit: Option<OwnedSemaphorePermit>) {
+        *self.permit.lock().unwrap_or_else(|p| p.into_inner()) = permit;
+    }
 }
 
 #[async_trait]
@@ -364,27 +524,475 @@ impl StartupHandler for Startup {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        if self.require_tls
-            && !client.is_secure()
-            && matches!(message, PgWireFrontendMessage::Startup(_))
-        {
-            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-                "FATAL".to_string(),
-                "28000".to_string(),
-                "this server requires TLS (sslmode=require)".to_string(),
-            ))));
+        use std::sync::atomic::Ordering;
+        if matches!(message, PgWireFrontendMessage::Startup(_)) {
+            if self.require_tls && !client.is_secure() {
+                return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                    "FATAL".to_string(),
+                    "28000".to_string(),
+                    "this server requires TLS (sslmode=require)".to_string(),
+                ))));
+            }
+            if self.shared.sessions.available_permits() == 0 {
+                return Err(self.too_many());
+            }
         }
-        if client.is_secure() {
+        let last_step = matches!(message, PgWireFrontendMessage::PasswordMessageFamily(_))
+            && self.password_messages.fetch_add(1, Ordering::SeqCst) == 1;
+        if last_step {
+            let permit = self
+                .shared
+                .sessions
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| self.too_many())?;
+            self.set_permit(Some(permit));
+        }
+        let done = if client.is_secure() {
             self.secure.on_startup(client, message).await
         } else {
             self.plain.on_startup(client, message).await
+        };
+        if matches!(client.state(), PgWireConnectionState::ReadyForQuery) && done.is_ok() {
+            let told = self
+                .authenticated
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(tell) = told {
+                let _ = tell.send(());
+            }
+        } else if last_step {
+            self.set_permit(None);
         }
+        done
     }
 }
 
-/// Queries of one connection, run in its role's session.
-struct Queries {
+/// One connection's own session: its settings, prepared statements and deadline.
+struct Local {
+    base: Arc<Base>,
+    ctx: SessionContext,
+    /// `PREPARE` statements run, by name, replayed when the base is refreshed.
+    prepared: BTreeMap<String, Statement>,
+    /// The user's `statement_timeout`, if set.
+    timeout: Option<Duration>,
+}
+
+/// What the handlers of one connection share.
+struct Conn {
     shared: Arc<Shared>,
+    parser: PostgresCompatibilityParser,
+    local: tokio::sync::Mutex<Option<Local>>,
+}
+
+impl Conn {
+    fn parse(&self, sql: &str) -> PgWireResult<Vec<Statement>> {
+        // Parsing and planning take many times the text's size, outside any query's pool.
+        let most = self.shared.settings.max_statement_bytes;
+        if sql.len() > most {
+            return Err(user_error(
+                limits::TOO_LONG,
+                format!(
+                    "the statement is {} bytes long, more than max_statement_bytes ({most})",
+                    sql.len()
+                ),
+            ));
+        }
+        // Before any syntax tree: one too deep overflows the stack of whatever walks it.
+        limits::check_nesting(sql).map_err(|r| sql_error(r.into()))?;
+        self.parser.parse(sql).map_err(syntax_error)
+    }
+
+    /// The connection's session over the current base of its role (created on first
+    /// use; moved onto a refreshed base with its settings and prepared statements).
+    async fn session<C: ClientInfo + ?Sized>(
+        &self,
+        client: &C,
+    ) -> PgWireResult<(Arc<Base>, SessionContext, Option<Deadline>)> {
+        let base = self.shared.base(client).await?;
+        let mut local = self.local.lock().await;
+        match local.as_mut() {
+            Some(l) if Arc::ptr_eq(&l.base, &base) => {}
+            Some(l) => {
+                let ctx = base.catalog.session();
+                *ctx.state_ref().write().config_mut() = l.ctx.copied_config();
+                let mut kept = BTreeMap::new();
+                for (name, statement) in std::mem::take(&mut l.prepared) {
+                    if let Ok(plan) = base.catalog.plan(&ctx, &statement).await
+                        && base.catalog.run(&ctx, plan, None).await.is_ok()
+                    {
+                        kept.insert(name, statement);
+                    }
+                }
+                l.prepared = kept;
+                l.base = base.clone();
+                l.ctx = ctx;
+            }
+            None => {
+                *local = Some(Local {
+                    ctx: base.catalog.session(),
+                    base: base.clone(),
+                    prepared: BTreeMap::new(),
+                    timeout: None,
+                });
+            }
+        }
+        let l = local
+            .as_ref()
+            .ok_or_else(|| user_error("XX000", "no session".into()))?;
+        let limit = self.shared.settings.statement_timeout;
+        let timeout = l.timeout.map_or(limit, |t| t.min(limit));
+        let deadline = Some((tokio::time::Instant::now() + timeout, timeout));
+        Ok((base, l.ctx.clone(), deadline))
+    }
+
+    /// Plan `statement` in the connection's session, within `deadline`.
+    async fn plan(
+        &self,
+        base: &Base,
+        ctx: &SessionContext,
+        statement: &Statement,
+        deadline: Option<Deadline>,
+    ) -> PgWireResult<LogicalPlan> {
+        let planned = match deadline {
+            Some((at, after)) => tokio::time::timeout_at(at, base.catalog.plan(ctx, statement))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::Sql {
+                        sqlstate: limits::CANCELED,
+                        message: TimedOut(after.as_millis()).to_string(),
+                    })
+                }),
+            None => base.catalog.plan(ctx, statement).await,
+        };
+        planned.map_err(sql_error)
+    }
+
+    /// Run a checked plan and answer with its rows or its command tag; remember a
+    /// `PREPARE` (and forget a `DEALLOCATE`d one).
+    async fn execute(
+        &self,
+        client: &dyn HookClient,
+        (base, ctx, deadline): (&Base, &SessionContext, Option<Deadline>),
+        statement: &Statement,
+        plan: LogicalPlan,
+        format: &Format,
+    ) -> PgWireResult<Response> {
+        let ran = base
+            .catalog
+            .run(ctx, plan, deadline)
+            .await
+            .map_err(sql_error)?;
+        match statement {
+            Statement::Prepare { name, .. } => {
+                if let Some(l) = self.local.lock().await.as_mut() {
+                    l.prepared.insert(name.value.clone(), statement.clone());
+                }
+            }
+            Statement::Deallocate { name, .. } => {
+                if let Some(l) = self.local.lock().await.as_mut() {
+                    l.prepared.remove(&name.value);
+                }
+            }
+            _ => {}
+        }
+        match ran {
+            Ran::Done(tag) => Ok(Response::Execution(Tag::new(tag))),
+            Ran::Rows(rows) => Ok(Response::Query(encode(rows, format, client)?)),
+        }
+    }
+
+    /// `SET`: the names were checked with the statement; `statement_timeout` is kept
+    /// here (capped by the server's), the rest as `datafusion-postgres` does.
+    async fn set(
+        &self,
+        client: &mut dyn HookClient,
+        ctx: &SessionContext,
+        statement: &Statement,
+        set: &Set,
+        extended: bool,
+    ) -> PgWireResult<Response> {
+        if let Set::SingleAssignment {
+            variable, values, ..
+        } = set
+            && variable
+                .to_string()
+                .eq_ignore_ascii_case("statement_timeout")
+        {
+            let value = values.first().map(ToString::to_string).unwrap_or_default();
+            let timeout = parse_timeout(&value).ok_or_else(|| {
+                user_error(
+                    "22023",
+                    format!("invalid value for statement_timeout: {value}"),
+                )
+            })?;
+            if let Some(l) = self.local.lock().await.as_mut() {
+                l.timeout = timeout;
+            }
+            match timeout {
+                Some(t) => client
+                    .metadata_mut()
+                    .insert(METADATA_STATEMENT_TIMEOUT.into(), t.as_millis().to_string()),
+                None => client.metadata_mut().remove(METADATA_STATEMENT_TIMEOUT),
+            };
+            return Ok(Response::Execution(Tag::new("SET")));
+        }
+        let answered = if extended {
+            SetShowHook
+                .handle_extended_query(statement, &empty_plan(), &no_params(), ctx, client)
+                .await
+        } else {
+            SetShowHook
+                .handle_simple_query(statement, ctx, client)
+                .await
+        };
+        answered.unwrap_or_else(|| Ok(Response::Execution(Tag::new("SET"))))
+    }
+
+    /// `DECLARE … CURSOR FOR <query>`: the query checked and started, its rows kept in a
+    /// portal of this connection for `FETCH`. It must finish within the statement's
+    /// deadline.
+    async fn declare(
+        &self,
+        client: &mut dyn HookClient,
+        base: &Base,
+        ctx: &SessionContext,
+        declares: &[Declare],
+        deadline: Option<Deadline>,
+    ) -> PgWireResult<Response> {
+        for d in declares {
+            let (Some(DeclareType::Cursor), Some(name), Some(query)) =
+                (&d.declare_type, d.names.first(), &d.for_query)
+            else {
+                return Err(syntax_error("DECLARE needs a cursor name and FOR <query>"));
+            };
+            let statement = Statement::Query(query.clone());
+            let plan = self.plan(base, ctx, &statement, deadline).await?;
+            let Ran::Rows(rows) = base
+                .catalog
+                .run(ctx, plan, deadline)
+                .await
+                .map_err(sql_error)?
+            else {
+                return Err(syntax_error("a cursor is declared for a query"));
+            };
+            let response = encode(rows, &Format::UnifiedText, client)?;
+            let stored = Arc::new(StoredStatement::new(
+                name.value.clone(),
+                (query.to_string(), None),
+                vec![],
+            ));
+            let portal = Portal::new_cursor(name.value.clone(), stored);
+            portal.start(response).await;
+            client.portal_store().put_portal(Arc::new(portal));
+        }
+        Ok(Response::Execution(Tag::new("DECLARE CURSOR")))
+    }
+
+    /// One statement of the simple protocol.
+    async fn simple(
+        &self,
+        client: &mut dyn HookClient,
+        statement: &Statement,
+    ) -> PgWireResult<Response> {
+        let (base, ctx, deadline) = self.session(&*client).await?;
+        if let Some(answer) = TransactionStatementHook
+            .handle_simple_query(statement, &ctx, client)
+            .await
+        {
+            return answer;
+        }
+        readonly::check_statement(statement, base.catalog.role())
+            .map_err(|r| sql_error(r.into()))?;
+        match statement {
+            Statement::Set(set) => return self.set(client, &ctx, statement, set, false).await,
+            Statement::Declare { stmts } => {
+                return self.declare(client, &base, &ctx, stmts, deadline).await;
+            }
+            Statement::ShowVariable { .. }
+            | Statement::ShowStatus { .. }
+            | Statement::ShowCatalogs { .. }
+            | Statement::Fetch { .. }
+            | Statement::Close { .. } => {
+                let answered = match statement {
+                    Statement::Fetch { .. } | Statement::Close { .. } => {
+                        CursorStatementHook
+                            .handle_simple_query(statement, &ctx, client)
+                            .await
+                    }
+                    _ => {
+                        SetShowHook
+                            .handle_simple_query(statement, &ctx, client)
+                            .await
+                    }
+                };
+                if let Some(answer) = answered {
+                    return answer;
+                }
+            }
+            _ => {}
+        }
+        let plan = self.plan(&base, &ctx, statement, deadline).await?;
+        self.execute(
+            client,
+            (&base, &ctx, deadline),
+            statement,
+            plan,
+            &Format::UnifiedText,
+        )
+        .await
+    }
+
+    /// One portal of the extended protocol: planned again in the connection's current
+    /// session (checked again), its parameters bound, run.
+    async fn extended(
+        &self,
+        client: &mut dyn HookClient,
+        portal: &Portal<DfStatement>,
+    ) -> PgWireResult<Response> {
+        let (_, Some((statement, parsed))) = &portal.statement.statement else {
+            return Ok(Response::EmptyQuery);
+        };
+        let (base, ctx, deadline) = self.session(&*client).await?;
+        if let Some(answer) = TransactionStatementHook
+            .handle_extended_query(statement, parsed, &no_params(), &ctx, client)
+            .await
+        {
+            return answer;
+        }
+        readonly::check_statement(statement, base.catalog.role())
+            .map_err(|r| sql_error(r.into()))?;
+        match statement {
+            Statement::Set(set) => return self.set(client, &ctx, statement, set, true).await,
+            Statement::Declare { stmts } => {
+                return self.declare(client, &base, &ctx, stmts, deadline).await;
+            }
+            Statement::ShowVariable { .. }
+            | Statement::ShowStatus { .. }
+            | Statement::ShowCatalogs { .. }
+            | Statement::Fetch { .. }
+            | Statement::Close { .. } => {
+                let answered = match statement {
+                    Statement::Fetch { .. } | Statement::Close { .. } => {
+                        CursorStatementHook
+                            .handle_extended_query(statement, parsed, &no_params(), &ctx, client)
+                            .await
+                    }
+                    _ => {
+                        SetShowHook
+                            .handle_extended_query(statement, parsed, &no_params(), &ctx, client)
+                            .await
+                    }
+                };
+                if let Some(answer) = answered {
+                    return answer;
+                }
+            }
+            _ => {}
+        }
+        let plan = self.plan(&base, &ctx, statement, deadline).await?;
+        let types = parameter_types(&plan).map_err(|e| sql_error(Error::Query(e)))?;
+        let wire: Vec<Type> = types
+            .iter()
+            .map(|t| t.as_ref().map_or(Ok(Type::UNKNOWN), into_pg_type))
+            .collect::<PgWireResult<_>>()?;
+        let inferred: Vec<Option<&DataType>> = types.iter().map(Option::as_ref).collect();
+        let wire: Vec<Option<&Type>> = wire.iter().map(Some).collect();
+        let params = deserialize_parameters_with_server_types(portal, &inferred, &wire)?;
+        let plan = plan
+            .replace_params_with_values(&params)
+            .map_err(|e| sql_error(Error::Query(e)))?;
+        self.execute(
+            client,
+            (&base, &ctx, deadline),
+            statement,
+            plan,
+            &portal.result_column_format,
+        )
+        .await
+    }
+}
+
+/// The plan of a statement answered without one.
+fn empty_plan() -> LogicalPlan {
+    LogicalPlan::EmptyRelation(datafusion::logical_expr::EmptyRelation {
+        produce_one_row: false,
+        schema: Arc::new(datafusion::common::DFSchema::empty()),
+    })
+}
+
+fn no_params() -> ParamValues {
+    ParamValues::List(Vec::new())
+}
+
+/// `statement_timeout` as Postgres takes it: milliseconds, or a number with `ms`, `s`,
+/// `min` or `h`; `0` or `DEFAULT`: none (the server's own limit).
+fn parse_timeout(value: &str) -> Option<Option<Duration>> {
+    let v = value
+        .trim()
+        .trim_matches('\'')
+        .trim_matches('"')
+        .trim()
+        .to_lowercase();
+    if v == "default" {
+        return Some(None);
+    }
+    let digits = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (number, unit) = v.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    let ms = match unit.trim() {
+        "" | "ms" => number,
+        "s" => number.checked_mul(1_000)?,
+        "min" => number.checked_mul(60_000)?,
+        "h" => number.checked_mul(3_600_000)?,
+        _ => return None,
+    };
+    Some((ms > 0).then(|| Duration::from_millis(ms)))
+}
+
+/// The types of `$1`, `$2`, … in `plan`, in order (unknown where it cannot tell).
+fn parameter_types(plan: &LogicalPlan) -> datafusion::error::Result<Vec<Option<DataType>>> {
+    let named = plan.get_parameter_types()?;
+    let index = |name: &str| name.strip_prefix('$').and_then(|n| n.parse::<usize>().ok());
+    let count = named.keys().filter_map(|n| index(n)).max().unwrap_or(0);
+    let mut types = vec![None; count];
+    for (name, t) in named {
+        if let Some(i) = index(&name).filter(|i| *i >= 1) {
+            types[i - 1] = t;
+        }
+    }
+    Ok(types)
+}
+
+/// Rows as the client asked for them (text or binary per column).
+fn encode(
+    rows: datafusion::execution::SendableRecordBatchStream,
+    format: &Format,
+    client: &(dyn HookClient + '_),
+) -> PgWireResult<QueryResponse> {
+    let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+    let fields: Arc<Vec<FieldInfo>> = Arc::new(arrow_schema_to_pg_fields(
+        rows.schema().as_ref(),
+        format,
+        Some(options),
+    )?);
+    let for_rows = fields.clone();
+    let data = rows
+        .map(move |batch| {
+            let rows: Box<dyn Iterator<Item = PgWireResult<DataRow>> + Send + Sync> = match batch {
+                Ok(b) => encode_recordbatch(for_rows.clone(), b),
+                Err(e) => Box::new(std::iter::once(Err(row_error(&e)))),
+            };
+            futures::stream::iter(rows)
+        })
+        .flatten();
+    Ok(QueryResponse::new(fields, data))
+}
+
+/// Queries of one connection, run in its own session.
+struct Queries {
+    conn: Arc<Conn>,
     parser: Arc<RoleParser>,
 }
 
@@ -397,8 +1005,15 @@ impl SimpleQueryHandler for Queries {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let session = self.shared.session(client).await?;
-        SimpleQueryHandler::do_query(session.service.as_ref(), client, query).await
+        let statements = self.conn.parse(query)?;
+        if statements.is_empty() {
+            return Ok(vec![Response::EmptyQuery]);
+        }
+        let mut responses = Vec::with_capacity(statements.len());
+        for statement in &statements {
+            responses.push(self.conn.simple(client, statement).await?);
+        }
+        Ok(responses)
     }
 }
 
@@ -415,7 +1030,7 @@ impl ExtendedQueryHandler for Queries {
         &self,
         client: &mut C,
         portal: &Portal<Self::Statement>,
-        max_rows: usize,
+        _max_rows: usize,
     ) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -423,16 +1038,14 @@ impl ExtendedQueryHandler for Queries {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let session = self.shared.session(client).await?;
-        ExtendedQueryHandler::do_query(session.service.as_ref(), client, portal, max_rows).await
+        self.conn.extended(client, portal).await
     }
 }
 
-/// Parses (and plans) a statement in the session of the client's role.
+/// Parses and plans a statement of the extended protocol in the connection's session,
+/// refusing it at `Parse` when it writes.
 struct RoleParser {
-    shared: Arc<Shared>,
-    /// Describing a parsed statement needs only the statement: any parser does.
-    template: Arc<Parser>,
+    conn: Arc<Conn>,
 }
 
 #[async_trait]
@@ -443,21 +1056,44 @@ impl QueryParser for RoleParser {
         &self,
         client: &C,
         sql: &str,
-        types: &[Option<Type>],
+        _types: &[Option<Type>],
     ) -> PgWireResult<Option<Self::Statement>>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        let session = self.shared.session(client).await?;
-        session
-            .service
-            .query_parser()
-            .parse_sql(client, sql, types)
-            .await
+        let Some(statement) = self.conn.parse(sql)?.into_iter().next() else {
+            return Ok(None);
+        };
+        let (base, ctx, deadline) = self.conn.session(client).await?;
+        readonly::check_statement(&statement, base.catalog.role())
+            .map_err(|r| sql_error(r.into()))?;
+        // Session statements are answered at Execute, without a plan of their own.
+        let hooks: [&dyn QueryHook; 3] = [
+            &TransactionStatementHook,
+            &SetShowHook,
+            &CursorStatementHook,
+        ];
+        for hook in hooks {
+            if let Some(plan) = hook
+                .handle_extended_parse_query(&statement, &ctx, client)
+                .await
+            {
+                return Ok(Some((statement.to_string(), Some((statement, plan?)))));
+            }
+        }
+        let plan = self.conn.plan(&base, &ctx, &statement, deadline).await?;
+        Ok(Some((statement.to_string(), Some((statement, plan)))))
     }
 
     fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
-        self.template.get_parameter_types(stmt)
+        let (_, Some((_, plan))) = stmt else {
+            return Ok(Vec::new());
+        };
+        parameter_types(plan)
+            .map_err(|e| sql_error(Error::Query(e)))?
+            .iter()
+            .map(|t| t.as_ref().map_or(Ok(Type::UNKNOWN), into_pg_type))
+            .collect()
     }
 
     fn get_result_schema(
@@ -465,7 +1101,21 @@ impl QueryParser for RoleParser {
         stmt: &Self::Statement,
         column_format: Option<&Format>,
     ) -> PgWireResult<Vec<FieldInfo>> {
-        self.template.get_result_schema(stmt, column_format)
+        match stmt {
+            (_, Some((_, plan)))
+                if !matches!(
+                    plan,
+                    LogicalPlan::Ddl(_) | LogicalPlan::Dml(_) | LogicalPlan::Statement(_)
+                ) =>
+            {
+                arrow_schema_to_pg_fields(
+                    plan.schema().as_arrow(),
+                    column_format.unwrap_or(&Format::UnifiedText),
+                    None,
+                )
+            }
+            _ => Ok(Vec::new()),
+        }
     }
 }
 
@@ -486,131 +1136,66 @@ impl ErrorHandler for Explain {
         let Ok(user) = self.shared.user(client) else {
             return;
         };
-        let Some(session) = self.shared.cached(&Shared::key(user)) else {
+        let Some(base) = self.shared.cached(&Shared::key(user)) else {
             return;
         };
-        if let Some(message) = session.catalog.explain_message(&e.to_string()) {
-            *error = user_error("42501", message);
+        if let Some(message) = base.catalog.explain_message(&e.to_string()) {
+            *error = user_error(readonly::PRIVILEGE, message);
         }
-    }
-}
-
-/// Refuses every statement but queries and session statements: the endpoint reads.
-struct ReadOnly;
-
-impl ReadOnly {
-    fn refuse(statement: &Statement) -> Option<PgWireError> {
-        use Statement as S;
-        let allowed = matches!(
-            statement,
-            S::Query(_)
-                | S::Explain { .. }
-                | S::ExplainTable { .. }
-                | S::ShowVariable { .. }
-                | S::ShowVariables { .. }
-                | S::ShowStatus { .. }
-                | S::ShowTables { .. }
-                | S::ShowColumns { .. }
-                | S::ShowFunctions { .. }
-                | S::ShowCatalogs { .. }
-                | S::ShowSchemas { .. }
-                | S::Set(_)
-                | S::StartTransaction { .. }
-                | S::Commit { .. }
-                | S::Rollback { .. }
-                | S::Declare { .. }
-                | S::Fetch { .. }
-                | S::Close { .. }
-                | S::Prepare { .. }
-                | S::Execute { .. }
-                | S::Deallocate { .. }
-                | S::Discard { .. }
-        );
-        if allowed {
-            return None;
-        }
-        // The first keyword only: the rest may hold values.
-        let text = statement.to_string();
-        let kind = text.split_whitespace().next().unwrap_or("this statement");
-        Some(user_error(
-            "25006",
-            format!("sluice serve is read-only: {kind} is not allowed"),
-        ))
-    }
-}
-
-#[async_trait]
-impl QueryHook for ReadOnly {
-    async fn handle_simple_query(
-        &self,
-        statement: &Statement,
-        _ctx: &SessionContext,
-        _client: &mut dyn HookClient,
-    ) -> Option<PgWireResult<Response>> {
-        Self::refuse(statement).map(Err)
-    }
-
-    async fn handle_extended_parse_query(
-        &self,
-        statement: &Statement,
-        _ctx: &SessionContext,
-        _client: &(dyn ClientInfo + Send + Sync),
-    ) -> Option<PgWireResult<LogicalPlan>> {
-        Self::refuse(statement).map(Err)
-    }
-
-    async fn handle_extended_query(
-        &self,
-        _statement: &Statement,
-        _plan: &LogicalPlan,
-        _params: &ParamValues,
-        _ctx: &SessionContext,
-        _client: &mut dyn HookClient,
-    ) -> Option<PgWireResult<Response>> {
-        None
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 
-    /// Why the server would not run `sql`: it does not parse, or it is refused.
-    fn refused(sql: &str) -> Option<String> {
-        match PostgresCompatibilityParser::new().parse(sql) {
-            Ok(statements) => ReadOnly::refuse(&statements[0]).map(|e| format!("{e:?}")),
-            Err(e) => Some(format!("does not parse: {e}")),
-        }
+    #[test]
+    fn statement_timeout_takes_postgres_units() {
+        let ms = |v: &str| parse_timeout(v).map(|t| t.map(|d| d.as_millis()));
+        assert_eq!(ms("1500"), Some(Some(1500)));
+        assert_eq!(ms("'250ms'"), Some(Some(250)));
+        assert_eq!(ms("'2s'"), Some(Some(2000)));
+        assert_eq!(ms("'1min'"), Some(Some(60_000)));
+        assert_eq!(ms("0"), Some(None));
+        assert_eq!(ms("DEFAULT"), Some(None));
+        assert_eq!(ms("'soon'"), None);
+        assert_eq!(ms("'99999999999999999999h'"), None);
     }
 
     #[test]
-    fn only_queries_and_session_statements_run() {
-        // DataFusion's own DDL does not even parse as Postgres.
-        assert!(refused("CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'").is_some());
-        for ok in [
-            "SELECT 1",
-            "WITH a AS (SELECT 1) SELECT * FROM a",
-            "EXPLAIN SELECT 1",
-            "SET application_name = 'x'",
-            "SHOW timezone",
-            "BEGIN",
-            "COMMIT",
-            "PREPARE q(INT) AS SELECT $1",
-            "EXECUTE q(1)",
-        ] {
-            assert_eq!(refused(ok), None, "{ok}");
-        }
-        for (bad, kind) in [
-            ("COPY (SELECT 1) TO '/tmp/x.csv'", "COPY"),
-            ("INSERT INTO bronze.t VALUES (1)", "INSERT"),
-            ("DROP TABLE bronze.t", "DROP"),
-            ("CREATE VIEW v AS SELECT 'secret-value'", "CREATE"),
-        ] {
-            let e = refused(bad).unwrap_or_else(|| panic!("{bad} allowed"));
-            assert!(!e.starts_with("does not parse"), "{e}");
-            assert!(e.contains(&format!("{kind} is not allowed")), "{e}");
-            assert!(!e.contains("secret-value") && !e.contains("passwd"), "{e}");
-        }
+    fn idle_connections_make_room_for_new_ones() {
+        let pending = Pending::default();
+        let a: IpAddr = [127, 0, 0, 1].into();
+        let b: IpAddr = [127, 0, 0, 2].into();
+        let mut first = pending.admit(1, a, 2, 3);
+        let mut second = pending.admit(2, a, 2, 3);
+        assert!(first.try_recv().is_err() && second.try_recv().is_err());
+        // A third from the same peer closes its oldest.
+        let mut third = pending.admit(3, a, 2, 3);
+        assert!(first.try_recv().is_ok());
+        assert!(second.try_recv().is_err() && third.try_recv().is_err());
+        // Another peer beyond the total closes the oldest of all.
+        pending.admit(4, b, 2, 3);
+        pending.admit(5, b, 2, 3);
+        assert!(second.try_recv().is_ok());
+        pending.remove(3);
+        assert_eq!(
+            pending.waiting.lock().expect("lock").len(),
+            2,
+            "authenticated connections no longer count"
+        );
+    }
+
+    #[test]
+    fn parameters_are_numbered_from_one() {
+        let ctx = SessionContext::new();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let plan = runtime
+            .block_on(ctx.state().create_logical_plan("select $2 + 1, $1 = 'x'"))
+            .expect("plan");
+        let types = parameter_types(&plan).expect("types");
+        assert_eq!(types.len(), 2);
     }
 }

@@ -344,3 +344,182 @@ fn snapshot_pins_checksums_and_names_the_keys_breaking_an_invariant() {
     let out = w.run_ok(&["audit", "verify"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("4 runs, chain intact"));
 }
+
+/// The job runs of the lake at `lake`, rewritten as someone with write access to the lake
+/// but not the audit key would: `change` applied to the runs from `from` on (in chain
+/// order), each of their seals recomputed as plain SHA-256, the table overwritten.
+fn reseal_without_key(
+    lake: &std::path::Path,
+    from: usize,
+    change: impl Fn(&mut sluice_jobs::runs::JobRun),
+) {
+    use deltalake::arrow::array::{StringArray, TimestampMicrosecondArray};
+    use deltalake::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use deltalake::arrow::record_batch::RecordBatch;
+    use std::sync::Arc;
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let at = sluice_pipeline::lake::Lake::Local(lake.to_path_buf());
+        let mut runs = sluice_jobs::runs::read(&at).await.expect("runs");
+        for i in from..runs.len() {
+            change(&mut runs[i]);
+            runs[i].prev_hash = if i == 0 {
+                sluice_jobs::runs::GENESIS.to_string()
+            } else {
+                runs[i - 1].hash.clone()
+            };
+            runs[i].hash = runs[i].compute_hash();
+        }
+        let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        let text = |f: fn(&sluice_jobs::runs::JobRun) -> &str| {
+            Arc::new(StringArray::from(runs.iter().map(f).collect::<Vec<_>>()))
+        };
+        let time = |f: fn(&sluice_jobs::runs::JobRun) -> i64| {
+            Arc::new(
+                TimestampMicrosecondArray::from(runs.iter().map(f).collect::<Vec<_>>())
+                    .with_timezone("UTC"),
+            )
+        };
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("run_id", DataType::Utf8, true),
+            Field::new("job", DataType::Utf8, true),
+            Field::new("args_hash", DataType::Utf8, true),
+            Field::new("started_at", ts.clone(), true),
+            Field::new("ended_at", ts, true),
+            Field::new("outcome", DataType::Utf8, true),
+            Field::new("tables", DataType::Utf8, true),
+            Field::new("prev_hash", DataType::Utf8, true),
+            Field::new("hash", DataType::Utf8, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                text(|r| &r.run_id),
+                text(|r| &r.job),
+                text(|r| &r.args_hash),
+                time(|r| r.started_at),
+                time(|r| r.ended_at),
+                text(|r| &r.outcome),
+                text(|r| &r.tables),
+                text(|r| &r.prev_hash),
+                text(|r| &r.hash),
+            ],
+        )
+        .expect("batch");
+        let url = url::Url::from_directory_path(lake.join("_sluice/job_runs")).expect("url");
+        let table = deltalake::open_table(url).await.expect("table");
+        table
+            .write(vec![batch])
+            .with_save_mode(deltalake::protocol::SaveMode::Overwrite)
+            .await
+            .expect("overwrite");
+    });
+}
+
+#[test]
+fn the_keyed_job_run_chain_detects_runs_resealed_without_the_key() {
+    let w = Workdir::new();
+    let key = (
+        "SLUICE_TEST_AUDIT_KEY",
+        "an audit key of forty bytes, not stored",
+    );
+    let plain = "[kafka]\nbootstrap_servers = \"localhost:9092\"\ntopics = [\"t\"]\n";
+    std::fs::write(w.config(), plain).expect("config");
+    // Two runs recorded before a key was configured, three after.
+    for _ in 0..2 {
+        w.run_ok(&["job", "maintain"]);
+    }
+    std::fs::write(
+        w.config(),
+        format!("{plain}[audit]\nkey_env = \"{}\"\n", key.0),
+    )
+    .expect("config");
+    for _ in 0..3 {
+        w.run_ok_env(&["job", "maintain"], &[key]);
+    }
+    let out = w.run_ok_env(&["audit", "verify"], &[key]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        said.contains("5 runs, chain intact; 3 sealed with the audit key; the first 2 unkeyed"),
+        "{said}"
+    );
+    let head = String::from_utf8_lossy(&w.run_ok(&["audit", "head"]).stdout)
+        .trim()
+        .to_string();
+    assert!(head.starts_with("hmac-sha256:"), "{head}");
+    let out = w.run_ok_env(&["audit", "verify", "--head", &head], &[key]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 run(s) after it"));
+
+    // Without the key nothing can be checked or recorded; a short key is refused.
+    let out = w.sluice(&["audit", "verify"]).output().expect("verify");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SLUICE_TEST_AUDIT_KEY is not set"));
+    let out = w
+        .sluice(&["job", "maintain"])
+        .env(key.0, "short")
+        .output()
+        .expect("maintain");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shorter than 32 bytes"));
+
+    // A run rewritten (its outcome, say) by someone who recomputed the unkeyed hashes of
+    // it and every later run: the chain links, the key shows it.
+    let lake = w.lake();
+    let backup = tempfile::tempdir().expect("backup");
+    copy_dir(&lake, backup.path());
+    reseal_without_key(&lake, 3, |r| r.outcome = "ok (rewritten)".into());
+    let out = w
+        .sluice(&["audit", "verify"])
+        .env(key.0, key.1)
+        .output()
+        .expect("verify");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("rewritten by someone without the key"),
+        "{stderr}"
+    );
+    // The same change to a chain that was never keyed goes unnoticed: that is what the key
+    // is for.
+    let unkeyed = Workdir::new();
+    std::fs::write(unkeyed.config(), plain).expect("config");
+    for _ in 0..3 {
+        unkeyed.run_ok(&["job", "maintain"]);
+    }
+    reseal_without_key(&unkeyed.lake(), 1, |r| r.outcome = "ok (rewritten)".into());
+    unkeyed.run_ok(&["audit", "verify"]);
+
+    // The whole chain resealed unkeyed links and hashes; the exported head shows it.
+    std::fs::remove_dir_all(&lake).expect("restore");
+    copy_dir(backup.path(), &lake);
+    reseal_without_key(&lake, 0, |r| r.tables = "nothing".into());
+    w.run_ok_env(&["audit", "verify"], &[key]);
+    let out = w
+        .sluice(&["audit", "verify", "--head", &head])
+        .env(key.0, key.1)
+        .output()
+        .expect("verify");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not in the chain"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("dir");
+    for e in std::fs::read_dir(from).expect("read").flatten() {
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy");
+        }
+    }
+}

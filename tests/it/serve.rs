@@ -16,6 +16,7 @@ tables = ["silver", "gold", "views"]
 deny_tags = ["direct_identifier"]
 [roles.analyst.row_filters]
 "silver.accounts" = "product <> 'isa'"
+"silver.customers" = "segment <> 'premier'"
 
 [serve]
 tls_cert = "tls/server.crt"
@@ -26,6 +27,9 @@ password_env = "SLUICE_TEST_PASSWORD_OPS"
 [serve.users.ana]
 role = "analyst"
 password_env = "SLUICE_TEST_PASSWORD_ANA"
+[serve.users.ann]
+role = "analyst"
+password_env = "SLUICE_TEST_PASSWORD_ANN"
 "#;
 
 struct Server {
@@ -55,6 +59,7 @@ fn serve(d: &Demo, extra: &str) -> Server {
         .sluice(&["serve", "--address", "127.0.0.1:0"])
         .env("SLUICE_TEST_PASSWORD_OPS", "ops-secret")
         .env("SLUICE_TEST_PASSWORD_ANA", "ana-secret")
+        .env("SLUICE_TEST_PASSWORD_ANN", "ann-secret")
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn sluice serve");
@@ -165,7 +170,8 @@ fn psql_and_a_driver_query_the_lake_as_their_role() {
         d.one("select count(*) from bronze.card_transactions")
     );
 
-    // SQL-level prepared statement (simple protocol).
+    // SQL-level prepared statement (simple protocol); PREPARE answers with its command
+    // tag, as Postgres does.
     let out = psql(
         &s,
         "ops",
@@ -176,7 +182,7 @@ fn psql_and_a_driver_query_the_lake_as_their_role() {
             "EXECUTE by_product('isa')",
         ],
     );
-    assert_eq!(lines(&out), vec![isa.clone()]);
+    assert_eq!(lines(&out), vec!["PREPARE".to_string(), isa.clone()]);
 
     // A wrong password, and an unknown user, are refused.
     for (user, password) in [("ops", "guess"), ("mallory", "ops-secret")] {
@@ -292,4 +298,570 @@ with psycopg.connect(url + " user=ana password=ana-secret") as c:
     assert!(stderr.contains("requires TLS"), "{stderr}");
     let out = psql(&s, "ops", "ops-secret", "require", &["select 1"]);
     assert_eq!(lines(&out), vec!["1"]);
+}
+
+/// Every file under `dir` with its size (the lake's logs and data included).
+fn files(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).expect("read dir").flatten() {
+            let path = e.path();
+            match e.metadata() {
+                Ok(m) if m.is_dir() => todo.push(path),
+                Ok(m) => {
+                    out.insert(path, m.len());
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    out
+}
+
+/// Entries of /tmp whose name holds `marker`.
+fn in_tmp(marker: &str) -> Vec<String> {
+    std::fs::read_dir("/tmp")
+        .expect("/tmp")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(marker))
+        .collect()
+}
+
+/// Statements that would write (rows, files, objects, the catalog, the session's runtime),
+/// bare and wrapped in every form a client can send: `EXPLAIN`, `EXPLAIN ANALYZE`,
+/// `PREPARE`, a CTE, a cursor.
+fn write_attempts(lake: &std::path::Path, marker: &str) -> Vec<String> {
+    let commit = lake.join("bronze/touchpoints/_delta_log/00000000000000000999.json");
+    let copy = |s: &str| format!("COPY ({s}) TO '{}'", commit.display());
+    let writes = vec![
+        "INSERT INTO bronze.touchpoints SELECT * FROM bronze.touchpoints LIMIT 1".to_string(),
+        "INSERT INTO bronze.touchpoints (channel) VALUES ('web')".to_string(),
+        "UPDATE bronze.touchpoints SET channel = 'x'".to_string(),
+        "DELETE FROM bronze.touchpoints WHERE channel <> ''".to_string(),
+        "MERGE INTO bronze.touchpoints t USING bronze.touchpoints s ON t._kafka_offset = s._kafka_offset \
+         WHEN MATCHED THEN DELETE"
+            .to_string(),
+        format!("COPY (SELECT 1 AS x) TO '{marker}-copy.csv'"),
+        format!("COPY (SELECT 1 AS x) TO '/tmp/{marker}-copy.csv'"),
+        format!("COPY bronze.touchpoints TO '/tmp/{marker}-table.parquet'"),
+        copy("SELECT '{\"commitInfo\":{}}' AS line"),
+    ];
+    let mut all = Vec::new();
+    for (i, w) in writes.iter().enumerate() {
+        all.push(w.clone());
+        all.push(format!("EXPLAIN {w}"));
+        all.push(format!("EXPLAIN ANALYZE {w}"));
+        all.push(format!("EXPLAIN (ANALYZE, VERBOSE) {w}"));
+        all.push(format!("PREPARE w{i} AS {w}"));
+    }
+    all.extend([
+        "WITH a AS (SELECT 1 AS x) INSERT INTO bronze.touchpoints SELECT * FROM bronze.touchpoints LIMIT 1"
+            .to_string(),
+        "WITH a AS (INSERT INTO bronze.touchpoints SELECT * FROM bronze.touchpoints LIMIT 1 RETURNING *) \
+         SELECT count(*) FROM a"
+            .to_string(),
+        "WITH a AS (DELETE FROM bronze.touchpoints RETURNING *) SELECT count(*) FROM a".to_string(),
+        "EXPLAIN ANALYZE WITH a AS (UPDATE bronze.touchpoints SET channel = 'x' RETURNING *) SELECT * FROM a"
+            .to_string(),
+        "DECLARE w CURSOR FOR WITH a AS (DELETE FROM bronze.touchpoints RETURNING *) SELECT * FROM a"
+            .to_string(),
+        "CREATE TABLE bronze.scratch AS SELECT 1 AS x".to_string(),
+        "CREATE VIEW views.scratch AS SELECT 1 AS x".to_string(),
+        "CREATE SCHEMA scratch".to_string(),
+        "CREATE INDEX i ON bronze.touchpoints (channel)".to_string(),
+        "CREATE FUNCTION f() RETURNS INT AS 'select 1' LANGUAGE SQL".to_string(),
+        "DROP TABLE bronze.touchpoints".to_string(),
+        "DROP VIEW views.approved_card_spend".to_string(),
+        "DROP SCHEMA bronze CASCADE".to_string(),
+        "ALTER TABLE bronze.touchpoints ADD COLUMN x INT".to_string(),
+        "TRUNCATE bronze.touchpoints".to_string(),
+        "VACUUM".to_string(),
+        format!("SET datafusion.runtime.temp_directory = '/tmp/{marker}-spill'"),
+        "SET datafusion.runtime.memory_limit = '64G'".to_string(),
+        "SELECT * FROM read_csv('/etc/passwd')".to_string(),
+        format!("SELECT * FROM read_parquet('{}')", lake.join("bronze/touchpoints").display()),
+    ]);
+    all
+}
+
+/// psql (simple protocol) runs `statements` as `user`, each on its line of a script, and
+/// says the SQLSTATE each failed with (none: it ran).
+fn psql_sqlstates(
+    s: &Server,
+    user: &str,
+    password: &str,
+    statements: &[String],
+) -> Vec<Option<String>> {
+    let dir = tempfile::tempdir().expect("dir");
+    let script = dir.path().join("attempts.sql");
+    let mut text = String::from("\\set VERBOSITY verbose\n");
+    for st in statements {
+        text.push_str(&st.replace('\n', " "));
+        text.push_str(";\n");
+    }
+    std::fs::write(&script, text).expect("script");
+    let out = Command::new(psql_binary().expect("checked at the start"))
+        .arg(format!(
+            "host=127.0.0.1 port={} user={user} dbname=lake sslmode=disable connect_timeout=10",
+            s.port
+        ))
+        .args(["-X", "-A", "-t", "-q", "-f"])
+        .arg(&script)
+        .env("PGPASSWORD", password)
+        .output()
+        .expect("psql");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut codes = vec![None; statements.len()];
+    for line in stderr.lines() {
+        // psql:<script>:<line>: ERROR:  25006: …
+        let Some(rest) = line.strip_prefix(&format!("psql:{}:", script.display())) else {
+            continue;
+        };
+        let Some((n, message)) = rest.split_once(':') else {
+            continue;
+        };
+        let code = message
+            .trim()
+            .strip_prefix("ERROR:")
+            .map(str::trim)
+            .and_then(|m| m.split(':').next())
+            .map(str::to_string);
+        if let (Ok(n), Some(code)) = (n.parse::<usize>(), code)
+            && n >= 2
+            && n - 2 < codes.len()
+        {
+            codes[n - 2] = Some(code);
+        }
+    }
+    codes
+}
+
+/// psycopg (extended protocol: Parse/Bind/Execute, named prepared statements, a named
+/// server-side cursor) runs `statements` as `user`; the SQLSTATE each failed with.
+fn psycopg_sqlstates(
+    python: &str,
+    s: &Server,
+    user: &str,
+    password: &str,
+    statements: &[String],
+) -> Vec<Option<String>> {
+    let script = format!(
+        r#"
+import json, sys, psycopg
+statements = json.load(sys.stdin)
+url = "host=127.0.0.1 port={port} dbname=lake sslmode=disable user={user} password={password}"
+out = []
+with psycopg.connect(url, autocommit=True) as c:
+    for st in statements:
+        try:
+            if st.startswith("CURSOR "):
+                with c.transaction():
+                    cur = c.cursor(name="w")
+                    cur.execute(st[len("CURSOR "):])
+                    cur.fetchall()
+            else:
+                cur = c.cursor()
+                cur.execute(st, prepare=True)
+                if cur.description is not None:
+                    cur.fetchall()
+            out.append(None)
+        except psycopg.Error as e:
+            out.append(e.sqlstate)
+print(json.dumps(out))
+"#,
+        port = s.port
+    );
+    let mut child = Command::new(python)
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python");
+    serde_json::to_writer(child.stdin.take().expect("stdin"), statements).expect("statements");
+    let out = child.wait_with_output().expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+#[test]
+fn writes_in_any_form_and_protocol_are_refused_and_change_nothing() {
+    if psql_binary().is_none() {
+        return;
+    }
+    let d = demo();
+    let s = serve(&d, "");
+    let marker = format!("sluice-w{}", std::process::id());
+    let before = files(d.dir.path());
+    let rows = d.one("select count(*) from bronze.touchpoints");
+    let attempts = write_attempts(&d.lake(), &marker);
+
+    let mut refused = 0;
+    for (user, password) in [("ops", "ops-secret"), ("ana", "ana-secret")] {
+        let codes = psql_sqlstates(&s, user, password, &attempts);
+        for (st, code) in attempts.iter().zip(&codes) {
+            assert!(
+                matches!(code.as_deref(), Some("25006" | "42501")),
+                "psql as {user}: {st} gave {code:?}"
+            );
+            refused += 1;
+        }
+        if let Some(python) = crate::duckdb::python() {
+            let mut extended = attempts.clone();
+            extended.push(
+                "CURSOR WITH a AS (DELETE FROM bronze.touchpoints RETURNING *) SELECT * FROM a"
+                    .to_string(),
+            );
+            extended.push(format!(
+                "CURSOR SELECT * FROM read_csv('/tmp/{marker}-nothing.csv')"
+            ));
+            let codes = psycopg_sqlstates(&python, &s, user, password, &extended);
+            for (st, code) in extended.iter().zip(&codes) {
+                assert!(
+                    matches!(code.as_deref(), Some("25006" | "42501")),
+                    "psycopg as {user}: {st} gave {code:?}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused >= 2 * attempts.len(), "{refused}");
+
+    // Nothing was written: not in the server's directory, not in the lake (every table's
+    // log and files as they were), not in /tmp.
+    assert_eq!(files(d.dir.path()), before);
+    assert_eq!(in_tmp(&marker), Vec::<String>::new());
+    assert_eq!(d.one("select count(*) from bronze.touchpoints"), rows);
+
+    // Reading still works in all those forms, and the role has no EXPLAIN ANALYZE.
+    let out = psql(
+        &s,
+        "ops",
+        "ops-secret",
+        "disable",
+        &[
+            "EXPLAIN ANALYZE SELECT count(*) FROM bronze.touchpoints",
+            "WITH a AS (SELECT count(*) AS n FROM bronze.touchpoints) SELECT n FROM a",
+            "BEGIN",
+            "DECLARE r CURSOR FOR SELECT channel FROM bronze.touchpoints ORDER BY _kafka_offset",
+            "FETCH 2 FROM r",
+            "CLOSE r",
+            "COMMIT",
+        ],
+    );
+    let got = lines(&out);
+    assert!(got.iter().any(|l| l.contains("output_rows")), "{got:?}");
+    assert!(got.contains(&rows), "{got:?}");
+    let out = psql(
+        &s,
+        "ana",
+        "ana-secret",
+        "disable",
+        &["EXPLAIN ANALYZE SELECT count(*) FROM silver.accounts"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("EXPLAIN ANALYZE is not available to role 'analyst'"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Run a Python script (psycopg) against the server; its standard output as JSON.
+fn python_json(python: &str, script: &str) -> serde_json::Value {
+    let out = Command::new(python)
+        .args(["-c", script])
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+#[test]
+fn connections_have_their_own_sessions_limits_and_no_sight_of_hidden_rows() {
+    if psql_binary().is_none() {
+        return;
+    }
+    let Some(python) = crate::duckdb::python() else {
+        return;
+    };
+    let d = demo();
+    let s = serve(
+        &d,
+        "max_connections = 4\nstatement_timeout_ms = 4000\nquery_memory_bytes = 16777216\n\
+         total_memory_bytes = 33554432\nauth_timeout_ms = 3000\nmax_unauthenticated_per_peer = 8\n\
+         max_statement_bytes = 1048576\n",
+    );
+    let not_isa = d.one("select count(*) from silver.accounts where product <> 'isa'");
+    let touchpoints = d.one("select count(*) from bronze.touchpoints");
+    let url = format!("host=127.0.0.1 port={} dbname=lake sslmode=disable", s.port);
+
+    // One user's SET, prepared statements and cursors are not another's, though both
+    // read as the same role.
+    let got = python_json(
+        &python,
+        &format!(
+            r#"
+import json, psycopg
+url = "{url}"
+a = psycopg.connect(url + " user=ana password=ana-secret", autocommit=True)
+b = psycopg.connect(url + " user=ann password=ann-secret", autocommit=True)
+setting = "select value from information_schema.df_settings where name = 'datafusion.execution.time_zone'"
+out = {{}}
+out["b_zone_before"] = b.execute(setting).fetchone()[0]
+a.execute("SET datafusion.execution.time_zone = '+05:00'")
+out["a_zone"] = a.execute(setting).fetchone()[0]
+out["b_zone"] = b.execute(setting).fetchone()[0]
+a.execute("PREPARE mine AS SELECT 41 + 1")
+out["a_execute"] = a.execute("EXECUTE mine").fetchone()[0]
+try:
+    b.execute("EXECUTE mine")
+    out["b_execute"] = "ran"
+except psycopg.Error as e:
+    out["b_execute"] = "refused"
+with a.transaction():
+    a.execute("DECLARE c CURSOR FOR SELECT product FROM silver.accounts")
+    out["a_fetch"] = len(a.execute("FETCH 3 FROM c").fetchall())
+    try:
+        with b.transaction():
+            b.execute("FETCH 1 FROM c")
+        out["b_fetch"] = "ran"
+    except psycopg.Error as e:
+        out["b_fetch"] = e.sqlstate
+a.execute("SET statement_timeout = 1")
+out["b_after_a_timeout"] = b.execute("select count(*) from silver.accounts").fetchone()[0]
+print(json.dumps(out))
+"#
+        ),
+    );
+    assert_eq!(got["a_zone"], "+05:00", "{got}");
+    assert_eq!(got["b_zone"], got["b_zone_before"], "{got}");
+    assert_eq!(got["a_execute"], 42, "{got}");
+    assert_eq!(got["b_execute"], "refused", "{got}");
+    assert_eq!(got["a_fetch"], 3, "{got}");
+    assert_eq!(got["b_fetch"], "34000", "{got}");
+    assert_eq!(got["b_after_a_timeout"].to_string(), not_isa, "{got}");
+
+    // A role's queries never meet a hidden row, and its errors quote no value; through
+    // both protocols.
+    let only_hidden_fail = "select count(*) from silver.accounts \
+        where cast(case when product = 'isa' then 'x' || account_id else '1' end as int) = 1";
+    let out = psql(&s, "ana", "ana-secret", "disable", &[only_hidden_fail]);
+    assert_eq!(lines(&out), vec![not_isa.clone()]);
+    let out = psql(&s, "ops", "ops-secret", "disable", &[only_hidden_fail]);
+    assert!(
+        !out.status.success(),
+        "the role-less user meets the hidden rows"
+    );
+    let out = psql(
+        &s,
+        "ana",
+        "ana-secret",
+        "disable",
+        &["select count(*) from silver.customers_history where segment = 'premier'"],
+    );
+    assert_eq!(lines(&out), vec!["0"]);
+    let got = python_json(
+        &python,
+        &format!(
+            r#"
+import json, psycopg
+out = {{}}
+with psycopg.connect("{url} user=ana password=ana-secret", autocommit=True) as c:
+    try:
+        c.execute("select cast(product as int) from silver.accounts where product <> %s", ("none",))
+        out["cast"] = "ran"
+    except psycopg.Error as e:
+        out["cast"] = [e.sqlstate, str(e)]
+    out["hidden"] = c.execute("select sum(1 / (case when product = %s then 0 else 1 end)) from silver.accounts", ("isa",)).fetchone()[0]
+print(json.dumps(out))
+"#
+        ),
+    );
+    let message = got["cast"][1].as_str().unwrap_or_default();
+    assert_eq!(got["cast"][0], "22P02", "{got}");
+    for value in ["current", "savings", "credit_card"] {
+        assert!(!message.contains(value), "{value} in {message}");
+    }
+    assert_eq!(got["hidden"].to_string(), not_isa, "{got}");
+
+    // Statements nested deeper than a thread's stack holds (each level of `1+1+…` or of a
+    // UNION chain is a frame of every tree walk) are refused from their tokens, through
+    // both protocols; they used to overflow the stack and end the server for everyone.
+    let deep = vec![
+        format!("select 1{}", "+1".repeat(100_000)),
+        format!("select 1 as x{}", " union all select 1".repeat(2_000)),
+        format!(
+            "select count(*) from silver.accounts where {}",
+            vec!["product || 'é' = 'x'"; 3_000].join(" or ")
+        ),
+    ];
+    for user in ["ana", "ops"] {
+        let codes = psql_sqlstates(&s, user, &format!("{user}-secret"), &deep);
+        assert_eq!(codes, vec![Some("54001".to_string()); deep.len()], "{user}");
+    }
+    let codes = psycopg_sqlstates(&python, &s, "ana", "ana-secret", &deep);
+    assert_eq!(codes, vec![Some("54001".to_string()); deep.len()]);
+    // Text longer than max_statement_bytes is refused before it is parsed (the same
+    // megabyte less a few bytes runs).
+    let long = |n: usize| format!("select length('{}') as n", "é".repeat(n / 2));
+    let codes = psql_sqlstates(&s, "ana", "ana-secret", &[long(1_100_000), long(1_000_000)]);
+    assert_eq!(codes, vec![Some("54000".to_string()), None]);
+    // A function whose result outgrows the query's memory (the pool counts operators, not
+    // function results) fails before it is made: this one grew the server by 8 GB.
+    let grow = vec![
+        "select length(arrow_cast(repeat('x', 2000000000), 'LargeUtf8'))".to_string(),
+        "select length(lpad(product, 1000000000)) from silver.accounts".to_string(),
+        "select cardinality(array_repeat(product, 100000000)) from silver.accounts".to_string(),
+        "select count(*) from silver.accounts where length(repeat(product, 100)) > 0".to_string(),
+    ];
+    for user in ["ana", "ops"] {
+        let codes = psql_sqlstates(&s, user, &format!("{user}-secret"), &grow);
+        assert_eq!(
+            codes,
+            vec![
+                Some("53200".to_string()),
+                Some("53200".to_string()),
+                Some("53200".to_string()),
+                None
+            ],
+            "{user}"
+        );
+    }
+    let out = psql(
+        &s,
+        "ana",
+        "ana-secret",
+        "disable",
+        &["select count(*) from silver.accounts"],
+    );
+    assert_eq!(lines(&out), vec![not_isa.clone()]);
+
+    // Limits: a memory-hungry query (53200) and a slow one (57014, though its user asked
+    // for an hour) are cancelled while another user's query runs; the server lives on.
+    let got = python_json(
+        &python,
+        &format!(
+            r#"
+import json, threading, time, psycopg
+url = "{url}"
+out = {{}}
+def run(key, user, sql, setup=None):
+    started = time.monotonic()
+    try:
+        with psycopg.connect(url + f" user={{user}} password={{user}}-secret", autocommit=True) as c:
+            if setup:
+                c.execute(setup)
+            out[key] = ["ok", c.execute(sql).fetchone()[0]]
+    except psycopg.Error as e:
+        out[key] = [e.sqlstate, str(e)]
+    out[key].append(time.monotonic() - started)
+threads = [
+    threading.Thread(target=run, args=("memory", "ana", "select count(*) from (select value % 10000000 as k, count(*) as n from generate_series(1, 40000000) group by 1)")),
+    threading.Thread(target=run, args=("slow", "ann", "select sum(value) from generate_series(1, 100000000000)", "SET statement_timeout = '1h'")),
+]
+for t in threads:
+    t.start()
+time.sleep(0.5)
+run("other", "ops", "select count(*) from bronze.touchpoints")
+for t in threads:
+    t.join()
+run("after", "ops", "select count(*) from bronze.touchpoints")
+print(json.dumps(out))
+"#
+        ),
+    );
+    assert_eq!(got["memory"][0], "53200", "{got}");
+    assert!(
+        got["memory"][1]
+            .as_str()
+            .unwrap_or_default()
+            .contains("query_memory_bytes"),
+        "{got}"
+    );
+    assert_eq!(got["slow"][0], "57014", "{got}");
+    let slow = got["slow"][2].as_f64().unwrap_or_default();
+    assert!(
+        (3.5..30.0).contains(&slow),
+        "cancelled after {slow} s: {got}"
+    );
+    assert_eq!(got["other"][0], "ok", "{got}");
+    assert_eq!(got["other"][1].to_string(), touchpoints, "{got}");
+    assert_eq!(got["after"][1].to_string(), touchpoints, "{got}");
+
+    // 200 idle sockets take no session: a user still logs in. max_connections counts
+    // authenticated sessions, and the fifth is refused.
+    let idle: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", s.port)).expect("connect"))
+        .collect();
+    let out = psql(
+        &s,
+        "ops",
+        "ops-secret",
+        "disable",
+        &["select count(*) from bronze.touchpoints"],
+    );
+    assert_eq!(lines(&out), vec![touchpoints.clone()]);
+    let got = python_json(
+        &python,
+        &format!(
+            r#"
+import json, time, psycopg
+url = "{url} user=ops password=ops-secret"
+held = []
+deadline = time.monotonic() + 10
+# Sessions of earlier clients end as the server notices they left.
+while len(held) < 4 and time.monotonic() < deadline:
+    try:
+        held.append(psycopg.connect(url))
+    except psycopg.Error:
+        time.sleep(0.1)
+try:
+    psycopg.connect(url)
+    out = "connected"
+except psycopg.Error as e:
+    out = e.sqlstate or str(e)
+for c in held:
+    c.close()
+print(json.dumps(out))
+"#
+        ),
+    );
+    assert!(
+        got.as_str()
+            .is_some_and(|g| g == "53300" || g.contains("too many connections")),
+        "{got}"
+    );
+    // The idle sockets were closed: evicted by newer ones, or at auth_timeout_ms.
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    let closed = idle
+        .into_iter()
+        .filter(|socket| {
+            use std::io::Read;
+            let mut socket = socket;
+            socket
+                .set_read_timeout(Some(std::time::Duration::from_millis(200)))
+                .expect("timeout");
+            match socket.read(&mut [0u8; 16]) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) => !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+            }
+        })
+        .count();
+    assert_eq!(closed, 200);
 }

@@ -536,3 +536,306 @@ fn views_and_gold_tables_pass_their_sqllogictest_files() {
             .unwrap_or_else(|e| panic!("{}: {}", file.display(), e.display(true)));
     }
 }
+
+#[test]
+fn sql_sessions_write_nothing_with_or_without_a_role() {
+    let d = demo();
+    let path = d.dir.path().join("demo.toml");
+    let config = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(&path, format!("{config}\n{ROLES}")).expect("config");
+    let marker = format!("sluice-cli{}", std::process::id());
+    let lake = d.lake();
+    let commit = lake.join("bronze/touchpoints/_delta_log/00000000000000000999.json");
+    let attempts = [
+        "INSERT INTO bronze.touchpoints SELECT * FROM bronze.touchpoints LIMIT 1".to_string(),
+        "EXPLAIN ANALYZE INSERT INTO bronze.touchpoints SELECT * FROM bronze.touchpoints LIMIT 1"
+            .to_string(),
+        "DELETE FROM bronze.touchpoints".to_string(),
+        "UPDATE bronze.touchpoints SET channel = 'x'".to_string(),
+        format!("COPY (SELECT 1 AS x) TO '{marker}.csv'"),
+        format!("EXPLAIN ANALYZE COPY (SELECT 1 AS x) TO '/tmp/{marker}.csv'"),
+        format!(
+            "COPY (SELECT 'x' AS line) TO '{}' STORED AS CSV",
+            commit.display()
+        ),
+        format!(
+            "CREATE EXTERNAL TABLE leak STORED AS CSV LOCATION '{}'",
+            lake.join("bronze/touchpoints/_delta_log").display()
+        ),
+        "CREATE VIEW views.scratch AS SELECT 1 AS x".to_string(),
+        "CREATE TABLE scratch AS SELECT 1 AS x".to_string(),
+        "DROP TABLE bronze.touchpoints".to_string(),
+        format!("SET datafusion.runtime.temp_directory = '/tmp/{marker}'"),
+        "PREPARE p AS INSERT INTO bronze.touchpoints SELECT * FROM bronze.touchpoints LIMIT 1"
+            .to_string(),
+        "SELECT * FROM read_csv('/etc/passwd')".to_string(),
+    ];
+    let before = d.one("select count(*) from bronze.touchpoints");
+    let files = |dir: &std::path::Path| {
+        let mut out = Vec::new();
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(p) = todo.pop() {
+            for e in std::fs::read_dir(&p).expect("dir").flatten() {
+                if e.path().is_dir() {
+                    todo.push(e.path());
+                } else {
+                    out.push((e.path(), e.metadata().map(|m| m.len()).unwrap_or(0)));
+                }
+            }
+        }
+        out.sort();
+        out
+    };
+    let tree = files(d.dir.path());
+    for role in [None, Some("analyst")] {
+        for q in &attempts {
+            let mut args = vec!["sql"];
+            if let Some(r) = role {
+                args.extend(["--role", r]);
+            }
+            args.push(q);
+            let out = d.sluice(&args).output().expect("sql");
+            assert!(!out.status.success(), "{role:?}: {q} ran");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains("read-only")
+                    || stderr.contains("not readable by role")
+                    || stderr.contains("cannot be changed")
+                    || stderr.contains("is not available"),
+                "{role:?}: {q}: {stderr}"
+            );
+        }
+        // The shell: PREPARE of a write is refused, so EXECUTE finds nothing to run.
+        let mut args = vec!["sql", "--format", "csv"];
+        if let Some(r) = role {
+            args.extend(["--role", r]);
+        }
+        let mut shell = d
+            .sluice(&args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("shell");
+        {
+            use std::io::Write as _;
+            let mut stdin = shell.stdin.take().expect("stdin");
+            stdin
+                .write_all(
+                    b"PREPARE w AS INSERT INTO bronze.touchpoints SELECT * FROM bronze.touchpoints LIMIT 1;\nEXECUTE w;\nPREPARE r(INT) AS SELECT $1 + 1 AS n;\nEXECUTE r(41);\n",
+                )
+                .expect("write");
+        }
+        let out = shell.wait_with_output().expect("shell");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("n\n42\n"));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("2 statement(s) failed"));
+    }
+    // A statement nested deeper than the stack holds is refused, not a crash.
+    let deep = format!("select 1{}", "+1".repeat(100_000));
+    for role in [None, Some("analyst")] {
+        let mut args = vec!["sql"];
+        if let Some(r) = role {
+            args.extend(["--role", r]);
+        }
+        args.push(&deep);
+        let out = d.sluice(&args).output().expect("sql");
+        assert_eq!(out.status.code(), Some(1), "{role:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("nests too deeply"), "{role:?}: {stderr}");
+    }
+    assert_eq!(files(d.dir.path()), tree);
+    assert_eq!(d.one("select count(*) from bronze.touchpoints"), before);
+    let leftovers: Vec<_> = std::fs::read_dir("/tmp")
+        .expect("/tmp")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(&marker))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn a_role_sees_no_hidden_row_not_in_errors_plans_histories_or_gold_tables() {
+    let d = demo_with_sql();
+    // Gold definitions of our own (one will change after the build).
+    let gold = d.dir.path().join("gold");
+    std::fs::create_dir_all(&gold).expect("gold dir");
+    for e in std::fs::read_dir(format!("{SQL}/gold"))
+        .expect("gold")
+        .flatten()
+    {
+        std::fs::copy(e.path(), gold.join(e.file_name())).expect("copy");
+    }
+    let path = d.dir.path().join("demo.toml");
+    let config = std::fs::read_to_string(&path).expect("config");
+    let config = config.replace(&format!("{SQL}/gold"), &gold.display().to_string());
+    let roles = r#"
+[roles.analyst]
+tables = ["silver", "gold", "views"]
+deny_tags = ["direct_identifier"]
+allow_derived = ["gold.balances_by_product"]
+[roles.analyst.row_filters]
+"silver.accounts" = "product <> 'isa'"
+"silver.customers" = "segment <> 'premier'"
+"#;
+    std::fs::write(&path, format!("{config}\n{roles}")).expect("config");
+    d.ok(&["job", "gold"]);
+    let as_analyst = |q: &str| {
+        d.sluice(&["sql", "--format", "csv", "--role", "analyst", q])
+            .output()
+            .expect("sql")
+    };
+    let rows = |out: &std::process::Output| -> Vec<String> {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .map(str::to_string)
+            .collect()
+    };
+    let not_isa = d.one("select count(*) from silver.accounts where product <> 'isa'");
+
+    // Expressions that fail on a hidden row only: the role's query never meets one.
+    for (q, expected) in [
+        (
+            "select count(*) from silver.accounts \
+             where cast(case when product = 'isa' then 'x' || account_id else '1' end as int) = 1",
+            not_isa.clone(),
+        ),
+        (
+            "select sum(1 / (case when product = 'isa' then 0 else 1 end)) from silver.accounts",
+            not_isa.clone(),
+        ),
+        (
+            "select count(*) from silver.accounts a join silver.accounts b on a.account_id = b.account_id \
+             where cast(case when b.product = 'isa' then b.account_id else '0' end as int) = 0",
+            not_isa.clone(),
+        ),
+        (
+            "select max(k) from (select cast(case when product = 'isa' then 'x' else '1' end as int) \
+             as k from silver.accounts)",
+            "1".to_string(),
+        ),
+    ] {
+        assert_eq!(rows(&as_analyst(q)), vec![expected], "{q}");
+        // Everyone else does meet them.
+        let out = d.sluice(&["sql", q]).output().expect("sql");
+        assert!(!out.status.success(), "{q} ran over every row");
+    }
+    // An error on a visible row says what failed, never the value.
+    let out = as_analyst("select cast(product as int) from silver.accounts");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("could not be cast"), "{stderr}");
+    for value in ["current", "savings", "credit_card", "isa"] {
+        assert!(!stderr.contains(value), "{value} in {stderr}");
+    }
+    let out = d
+        .sluice(&["sql", "select cast(product as int) from silver.accounts"])
+        .output()
+        .expect("sql");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Cannot cast string"),
+        "the role-less user gets the engine's message"
+    );
+    // Plans: EXPLAIN shows neither the filter nor the scan under it; no EXPLAIN ANALYZE.
+    let out = as_analyst("explain select * from silver.accounts where balance_gbp > 0");
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(plan.contains("RestrictedScan: silver.accounts"), "{plan}");
+    assert!(
+        !plan.contains("isa") && !plan.contains("_delta_log"),
+        "{plan}"
+    );
+    let out = as_analyst("explain analyze select count(*) from silver.accounts");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("EXPLAIN ANALYZE is not available"));
+
+    // The history has its table's filter.
+    assert_ne!(
+        d.one("select count(*) from silver.customers_history where segment = 'premier'"),
+        "0"
+    );
+    assert_eq!(
+        rows(&as_analyst(
+            "select count(*) from silver.customers_history where segment = 'premier'"
+        )),
+        vec!["0"]
+    );
+    assert_eq!(
+        rows(&as_analyst("select count(*) from silver.customers_history")),
+        vec![d.one("select count(*) from silver.customers_history where segment <> 'premier'")]
+    );
+    // A gold table computed from filtered rows is not readable (its definition reads
+    // silver.customers through a view); one the role allows is, without the columns
+    // computed from denied ones.
+    let out = as_analyst("select count(*) from gold.daily_spend_by_segment");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("table gold.daily_spend_by_segment is not readable by role 'analyst'")
+            && stderr.contains("silver.customers")
+            && stderr.contains("row_filters"),
+        "{stderr}"
+    );
+    assert_eq!(
+        rows(&as_analyst(
+            "select sum(accounts) from gold.balances_by_product"
+        )),
+        vec![d.one("select count(*) from silver.accounts")]
+    );
+    let out = as_analyst("select customers from gold.balances_by_product");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("computed from silver.accounts.customer_id"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        rows(&as_analyst(
+            "select sum(touchpoints) from gold.touchpoint_channel_mix"
+        )),
+        vec![d.one("select count(*) from bronze.touchpoints")]
+    );
+    let out = as_analyst("select customers from gold.touchpoint_channel_mix");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("column customers of gold.touchpoint_channel_mix is not readable")
+            && stderr.contains("bronze.touchpoints.customer_id"),
+        "{stderr}"
+    );
+    let out = as_analyst("select customer_id from gold.rapid_card_use");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("deny_tags (direct_identifier)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!rows(&as_analyst("select count(txn_id) from gold.rapid_card_use")).is_empty());
+    // A definition changed since the build: what the table holds is unknown, so it is not
+    // readable until rebuilt.
+    let changed = gold.join("rapid_card_use.sql");
+    let text = std::fs::read_to_string(&changed).expect("definition");
+    std::fs::write(&changed, format!("{text}\n-- changed\n")).expect("definition");
+    let out = as_analyst("select count(*) from gold.rapid_card_use");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("changed since it was built"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A denied column path naming no column of its table is refused, not ignored.
+    let config = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(
+        &path,
+        config.replace(
+            "deny_tags = [\"direct_identifier\"]",
+            "deny_tags = [\"direct_identifier\"]\ndeny_columns = [\"silver.accounts.sort_cod\"]",
+        ),
+    )
+    .expect("config");
+    let out = as_analyst("select 1");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("'silver.accounts.sort_cod' names no column of silver.accounts"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,385 @@
+//! Functions whose result can be far larger than their arguments, bounded.
+//!
+//! A query's memory pool counts what operators buffer (sorts, joins, aggregates), not
+//! the arrays a function returns: `repeat('x', 2000000000)` made one 2 GB string (and
+//! the server grew by 8 GB) with a pool of a few megabytes. [`guard`] rewrites each call
+//! of such a function in a plan so that, before it runs on a batch, a guard computes an
+//! upper bound of the bytes it would return from its arguments and fails the query with
+//! SQLSTATE 53200 when that is more than the query may hold (`query_memory_bytes`).
+//!
+//! ```text
+//!   repeat(s, n)  ──►  repeat(s, sluice_output_guard('repeat', n, s, n))
+//!                                 └ Σ len(s) × n over the batch ≤ limit, else 53200
+//! ```
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray};
+use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type};
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{ScalarValue, exec_err};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, LogicalPlan, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF,
+    ScalarUDFImpl, Signature, Volatility,
+};
+
+/// The functions bounded, the argument the guard wraps, and how their result grows.
+const AMPLIFIERS: [(&str, usize, Growth); 9] = [
+    ("repeat", 1, Growth::Repeat),
+    ("lpad", 1, Growth::Pad),
+    ("rpad", 1, Growth::Pad),
+    ("replace", 2, Growth::Replace),
+    ("regexp_replace", 2, Growth::RegexpReplace),
+    ("array_repeat", 1, Growth::ArrayRepeat),
+    ("list_repeat", 1, Growth::ArrayRepeat),
+    ("array_resize", 1, Growth::Resize),
+    ("list_resize", 1, Growth::Resize),
+];
+
+/// The guard's name in plans.
+const GUARD: &str = "sluice_output_guard";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Growth {
+    /// `repeat(s, n)`: `len(s) × n`.
+    Repeat,
+    /// `lpad(s, n[, fill])`: `n` characters of at most 4 bytes.
+    Pad,
+    /// `replace(s, from, to)`: at most `len(s) + 1` replacements by `to`.
+    Replace,
+    /// `regexp_replace(s, pattern, replacement[, flags])`: at most `len(s) + 1` matches,
+    /// each replaced by `replacement` whose references (`\1`, `$1`) may each copy `s`.
+    RegexpReplace,
+    /// `array_repeat(e, n)`: `n` copies of `e`.
+    ArrayRepeat,
+    /// `array_resize(a, n[, fill])`: `n` elements.
+    Resize,
+}
+
+fn growth_of(name: &str) -> Option<(usize, Growth)> {
+    AMPLIFIERS
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, wrapped, growth)| (*wrapped, *growth))
+}
+
+/// Rewrite every call in `plan` (subqueries included) of a function whose result can be
+/// far larger than its arguments so that a batch whose result would exceed `limit` bytes
+/// fails with SQLSTATE 53200 before the function runs.
+pub fn guard(plan: LogicalPlan, limit: usize) -> Result<LogicalPlan> {
+    let udf = Arc::new(ScalarUDF::new_from_impl(OutputGuard {
+        limit,
+        signature: Signature::variadic_any(Volatility::Immutable),
+    }));
+    let guarded = plan.transform_up_with_subqueries(|node| {
+        let node = node.map_expressions(|e| {
+            e.transform_up(|e| match e {
+                Expr::ScalarFunction(f) => wrap(f, &udf),
+                other => Ok(Transformed::no(other)),
+            })
+        })?;
+        if node.transformed {
+            node.map_data(|n| n.recompute_schema())
+        } else {
+            Ok(node)
+        }
+    })?;
+    Ok(guarded.data)
+}
+
+fn wrap(f: ScalarFunction, udf: &Arc<ScalarUDF>) -> Result<Transformed<Expr>> {
+    let Some((wrapped, growth)) = growth_of(f.func.name()) else {
+        return Ok(Transformed::no(Expr::ScalarFunction(f)));
+    };
+    if f.args.len() <= wrapped {
+        return Ok(Transformed::no(Expr::ScalarFunction(f)));
+    }
+    let mut guard_args = vec![
+        Expr::Literal(ScalarValue::Utf8(Some(format!("{growth:?}"))), None),
+        f.args[wrapped].clone(),
+    ];
+    guard_args.extend(f.args.iter().cloned());
+    let mut args = f.args;
+    args[wrapped] = Expr::ScalarFunction(ScalarFunction::new_udf(udf.clone(), guard_args));
+    Ok(Transformed::yes(Expr::ScalarFunction(
+        ScalarFunction::new_udf(f.func, args),
+    )))
+}
+
+/// `sluice_output_guard(growth, value, args…)`: `value`, once the result of the function
+/// called with `args` is known to fit in `limit` bytes.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct OutputGuard {
+    limit: usize,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for OutputGuard {
+    fn name(&self) -> &str {
+        GUARD
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    /// Named as the value it guards, so no column of a result is renamed.
+    fn schema_name(&self, args: &[Expr]) -> Result<String> {
+        match args.get(1) {
+            Some(value) => Ok(value.schema_name().to_string()),
+            None => Ok(GUARD.to_string()),
+        }
+    }
+
+    fn display_name(&self, args: &[Expr]) -> Result<String> {
+        self.schema_name(args)
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        match arg_types.get(1) {
+            Some(t) => Ok(t.clone()),
+            None => exec_err!("{GUARD} takes a value"),
+        }
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        match args.arg_fields.get(1) {
+            Some(f) => Ok(f.clone()),
+            None => exec_err!("{GUARD} takes a value"),
+        }
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows.max(1);
+        let growth = match args.args.first() {
+            Some(ColumnarValue::Scalar(ScalarValue::Utf8(Some(g)))) => g.clone(),
+            _ => return exec_err!("{GUARD} takes the kind of growth first"),
+        };
+        let called = args.args.get(2..).unwrap_or_default();
+        let bytes = bound(&growth, called, rows)?;
+        if bytes > self.limit as u128 {
+            return Err(DataFusionError::ResourcesExhausted(format!(
+                "a function's result would take up to {bytes} bytes for one batch, more than \
+                 the query's {} bytes (query_memory_bytes)",
+                self.limit
+            )));
+        }
+        match args.args.into_iter().nth(1) {
+            Some(value) => Ok(value),
+            None => exec_err!("{GUARD} takes a value"),
+        }
+    }
+}
+
+/// An upper bound of the bytes the function returns for one batch of `rows` rows.
+fn bound(growth: &str, args: &[ColumnarValue], rows: usize) -> Result<u128> {
+    let len = |i: usize| args.get(i).map_or(Ok(vec![0; rows]), |a| lengths(a, rows));
+    let int = |i: usize| args.get(i).map_or(Ok(vec![0; rows]), |a| ints(a, rows));
+    let total = |per_row: Vec<u128>| per_row.into_iter().fold(0u128, u128::saturating_add);
+    let times = |a: Vec<u128>, b: Vec<u128>| {
+        total(
+            a.into_iter()
+                .zip(b)
+                .map(|(a, b)| a.saturating_mul(b))
+                .collect(),
+        )
+    };
+    Ok(match growth {
+        "Repeat" => times(len(0)?, int(1)?),
+        "ArrayRepeat" => times(len(0)?, int(1)?),
+        "Pad" => total(int(1)?).saturating_mul(4),
+        "Resize" => total(int(1)?).saturating_mul(16),
+        "Replace" => {
+            let s = len(0)?;
+            let to = len(2)?;
+            total(
+                s.into_iter()
+                    .zip(to)
+                    .map(|(s, to)| s.saturating_add(s.saturating_add(1).saturating_mul(to)))
+                    .collect(),
+            )
+        }
+        "RegexpReplace" => {
+            let s = len(0)?;
+            let replacement = len(2)?;
+            let references = match args.get(2) {
+                Some(a) => references(a, rows)?,
+                None => vec![0; rows],
+            };
+            total(
+                s.into_iter()
+                    .zip(replacement)
+                    .zip(references)
+                    .map(|((s, r), refs)| {
+                        let each = r.saturating_add(refs.saturating_mul(s));
+                        s.saturating_add(s.saturating_add(1).saturating_mul(each))
+                    })
+                    .collect(),
+            )
+        }
+        other => return exec_err!("{GUARD}: unknown growth {other}"),
+    })
+}
+
+/// The byte length of each row's value (strings and binaries exactly; other values by
+/// their share of the array's memory).
+fn lengths(v: &ColumnarValue, rows: usize) -> Result<Vec<u128>> {
+    let array: ArrayRef = match v {
+        ColumnarValue::Scalar(s) => {
+            let n = match s {
+                ScalarValue::Utf8(v) | ScalarValue::LargeUtf8(v) | ScalarValue::Utf8View(v) => {
+                    v.as_ref().map_or(0, String::len)
+                }
+                ScalarValue::Binary(v)
+                | ScalarValue::LargeBinary(v)
+                | ScalarValue::BinaryView(v) => v.as_ref().map_or(0, Vec::len),
+                other => other.size(),
+            };
+            return Ok(vec![n as u128; rows]);
+        }
+        ColumnarValue::Array(a) => a.clone(),
+    };
+    let of = |n: Option<usize>| n.unwrap_or(0) as u128;
+    Ok(match array.data_type() {
+        DataType::Utf8 => array
+            .as_string::<i32>()
+            .iter()
+            .map(|s| of(s.map(str::len)))
+            .collect(),
+        DataType::LargeUtf8 => array
+            .as_string::<i64>()
+            .iter()
+            .map(|s| of(s.map(str::len)))
+            .collect(),
+        DataType::Utf8View => array
+            .as_string_view()
+            .iter()
+            .map(|s| of(s.map(str::len)))
+            .collect(),
+        DataType::Binary => array
+            .as_binary::<i32>()
+            .iter()
+            .map(|b| of(b.map(<[u8]>::len)))
+            .collect(),
+        DataType::LargeBinary => array
+            .as_binary::<i64>()
+            .iter()
+            .map(|b| of(b.map(<[u8]>::len)))
+            .collect(),
+        _ => {
+            let share = array.get_array_memory_size() / array.len().max(1) + 1;
+            vec![share as u128; array.len()]
+        }
+    })
+}
+
+/// Each row's value as a count (negative and null: 0).
+fn ints(v: &ColumnarValue, rows: usize) -> Result<Vec<u128>> {
+    let non_negative = |n: i64| u128::try_from(n).unwrap_or(0);
+    match v {
+        ColumnarValue::Scalar(s) => {
+            let n = match s.cast_to(&DataType::Int64)? {
+                ScalarValue::Int64(Some(n)) => non_negative(n),
+                _ => 0,
+            };
+            Ok(vec![n; rows])
+        }
+        ColumnarValue::Array(a) => {
+            let cast = datafusion::arrow::compute::cast(a, &DataType::Int64)?;
+            Ok(cast
+                .as_primitive::<Int64Type>()
+                .iter()
+                .map(|n| n.map_or(0, non_negative))
+                .collect())
+        }
+    }
+}
+
+/// How many references (`\1`, `$1`, `${name}`) each row's replacement may hold.
+fn references(v: &ColumnarValue, rows: usize) -> Result<Vec<u128>> {
+    let count = |s: Option<&str>| {
+        s.map_or(0, |s| {
+            s.bytes().filter(|b| *b == b'\\' || *b == b'$').count()
+        }) as u128
+    };
+    match v {
+        ColumnarValue::Scalar(s) => {
+            let n = match s {
+                ScalarValue::Utf8(v) | ScalarValue::LargeUtf8(v) | ScalarValue::Utf8View(v) => {
+                    count(v.as_deref())
+                }
+                _ => 0,
+            };
+            Ok(vec![n; rows])
+        }
+        ColumnarValue::Array(a) => Ok(match a.data_type() {
+            DataType::Utf8 => a.as_string::<i32>().iter().map(count).collect(),
+            DataType::LargeUtf8 => a.as_string::<i64>().iter().map(count).collect(),
+            DataType::Utf8View => a.as_string_view().iter().map(count).collect(),
+            _ => vec![0; a.len()],
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::prelude::SessionContext;
+
+    /// Plan `sql`, guard it at `limit` bytes, run it.
+    async fn run(sql: &str, limit: usize) -> Result<Vec<datafusion::arrow::array::RecordBatch>> {
+        let ctx = SessionContext::new();
+        let plan = ctx.state().create_logical_plan(sql).await?;
+        let plan = guard(plan, limit)?;
+        ctx.execute_logical_plan(plan).await?.collect().await
+    }
+
+    #[tokio::test]
+    async fn results_larger_than_the_query_may_hold_fail_before_they_are_made() {
+        let limit = 1 << 20;
+        for big in [
+            "select length(repeat('x', 2000000000))",
+            "select length(arrow_cast(repeat('é', 1000000000), 'LargeUtf8'))",
+            "select length(repeat(cast(value as varchar), 100000)) from generate_series(1, 1000)",
+            "select length(lpad('x', 1000000000))",
+            "select length(rpad('x', 1000000000, 'yz'))",
+            "select length(replace(repeat('x', 10000), 'x', repeat('y', 10000)))",
+            "select length(regexp_replace(repeat('x', 5000), '(x)', '\\1\\1\\1\\1', 'g'))",
+            "select cardinality(array_repeat(1, 1000000000))",
+            "select cardinality(array_resize([1], 1000000000))",
+            "select x from (select 1 as x) where x in (select length(repeat('x', 2000000000)))",
+        ] {
+            let e = run(big, limit).await.expect_err(big);
+            assert_eq!(
+                crate::limits::sqlstate(&e),
+                Some(crate::limits::OUT_OF_MEMORY),
+                "{big}: {e}"
+            );
+            assert!(e.to_string().contains("query_memory_bytes"), "{big}: {e}");
+        }
+        // The same functions within the limit run, and their columns keep their names.
+        for (ok, expect) in [
+            ("select length(repeat('é', 1000)) as n", "2000"),
+            ("select length(lpad('x', 10, 'ab')) as n", "10"),
+            ("select length(replace('abc', 'b', 'xyz')) as n", "5"),
+            (
+                "select length(regexp_replace('abc', '(b)', '\\1\\1', 'g')) as n",
+                "4",
+            ),
+            ("select cardinality(array_repeat(1, 3)) as n", "3"),
+        ] {
+            let batches = run(ok, limit).await.expect(ok);
+            let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+                .expect("text")
+                .to_string();
+            assert!(text.contains(&format!("| {expect} ")), "{ok}: {text}");
+        }
+        let batches = run("select repeat('a', 2)", limit).await.expect("named");
+        assert_eq!(
+            batches[0].schema().field(0).name(),
+            "repeat(Utf8(\"a\"),Int64(2))"
+        );
+    }
+}
