@@ -174,8 +174,18 @@ async fn build(
     let failed = |e: &dyn std::fmt::Display| Error::Other(format!("{}: {e}", d.path.display()));
     let stream = catalog.stream(&d.sql).await.map_err(|e| failed(&e))?;
     let (batches, rows) = plain_rows(d, stream).await?;
-    let t = with_statistics(&name, t, &url, &batches[0].schema(), stats).await?;
-    let written = t.write(batches);
+    // A new table is created by its first write (one commit), with the statistics
+    // settings its columns allow; an existing one has them brought up to date first.
+    let properties = stats.properties(TableKind::Derived, &batches[0].schema());
+    let mut t = t;
+    let created = !table::exists(&t);
+    if !created {
+        stats::ensure(&name, &mut t, &properties, None).await?;
+    }
+    let mut written = t.write(batches);
+    if created {
+        written = written.with_configuration(properties.into_iter().map(|(k, v)| (k, Some(v))));
+    }
     let t = written
         .with_save_mode(SaveMode::Overwrite)
         .with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite)

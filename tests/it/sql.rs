@@ -631,7 +631,8 @@ fn sql_sessions_write_nothing_with_or_without_a_role() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("2 statement(s) failed"));
     }
     // A statement nested deeper than the stack holds is refused, not a crash.
-    let deep = format!("select 1{}", "+1".repeat(100_000));
+    // 50,000 levels (an argument holds at most 128 KiB).
+    let deep = format!("select 1{}", "+1".repeat(50_000));
     for role in [None, Some("analyst")] {
         let mut args = vec!["sql"];
         if let Some(r) = role {
@@ -639,7 +640,12 @@ fn sql_sessions_write_nothing_with_or_without_a_role() {
         }
         args.push(&deep);
         let out = d.sluice(&args).output().expect("sql");
-        assert_eq!(out.status.code(), Some(1), "{role:?}");
+        // Refused as any failing query is (2 without a role, as a usage error), never an
+        // abort by a signal.
+        assert!(
+            matches!(out.status.code(), Some(1 | 2)),
+            "{role:?}: {out:?}"
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("nests too deeply"), "{role:?}: {stderr}");
     }

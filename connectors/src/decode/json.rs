@@ -978,7 +978,7 @@ mod inference_tests {
             br#"{"id": 3, "amount": 2.5}"#,
             br#"{"id": 4}"#,
         ];
-        let batch = push_all(&mut d, &payloads);
+        let batch = super::hostile_tests::push_all(&mut d, &payloads);
         assert_eq!(batch.rows.as_ref().map(RecordBatch::num_rows), Some(3));
         assert_eq!(batch.dead_letters.len(), 1);
         assert_eq!(
@@ -1022,7 +1022,7 @@ mod hostile_tests {
         )
     }
 
-    fn push_all(d: &mut JsonDecoder, payloads: &[impl AsRef<[u8]>]) -> SourceBatch {
+    pub(super) fn push_all(d: &mut JsonDecoder, payloads: &[impl AsRef<[u8]>]) -> SourceBatch {
         for (i, p) in payloads.iter().enumerate() {
             d.push(&RawMessage {
                 topic: "t",
