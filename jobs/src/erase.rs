@@ -1165,6 +1165,30 @@ mod tests {
     }
 
     /// Every byte of every file under `dir`, Parquet decoded, as one lossy text.
+    /// The schema of the test tables: `(customer_id, note)`.
+    fn notes_schema() -> Arc<Schema> {
+        Arc::new(Schema::new(vec![
+            Field::new("customer_id", DataType::Utf8, true),
+            Field::new("note", DataType::Utf8, true),
+        ]))
+    }
+
+    /// `rows` of `(customer_id, note)` written to `t` in one commit.
+    async fn write_notes(t: DeltaTable, rows: &[(&str, &str)]) -> DeltaTable {
+        t.write(vec![
+            RecordBatch::try_new(
+                notes_schema(),
+                vec![
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+                ],
+            )
+            .expect("batch"),
+        ])
+        .await
+        .expect("write")
+    }
+
     fn everything(dir: &Path) -> String {
         let mut out = String::new();
         let mut stack = vec![dir.to_path_buf()];
@@ -1200,10 +1224,7 @@ mod tests {
     async fn change_data_files_and_older_files_holding_a_subject_are_purged() {
         let dir = tempfile::tempdir().expect("dir");
         let lake = Lake::Local(dir.path().to_path_buf());
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("customer_id", DataType::Utf8, true),
-            Field::new("note", DataType::Utf8, true),
-        ]));
+        let schema = notes_schema();
         let url = table::lake_url(&lake, "bronze/t").expect("url");
         // Change data feed on: every delete writes the deleted rows to `_change_data`.
         let mut t = table::create(
@@ -1220,19 +1241,7 @@ mod tests {
             ("C0000002", "other customer"),
             ("C0000001", "second visit Qxsecret2"),
         ] {
-            t = t
-                .write(vec![
-                    RecordBatch::try_new(
-                        Arc::clone(&schema),
-                        vec![
-                            Arc::new(StringArray::from(vec![id])),
-                            Arc::new(StringArray::from(vec![note])),
-                        ],
-                    )
-                    .expect("batch"),
-                ])
-                .await
-                .expect("write");
+            t = write_notes(t, &[(id, note)]).await;
         }
         // Another engine already deleted one of the subject's rows: its old file and a
         // change-data file still hold it.
@@ -1316,32 +1325,21 @@ mod tests {
     async fn an_erasure_stopped_after_its_delete_is_finished_by_the_next_run() {
         let dir = tempfile::tempdir().expect("dir");
         let lake = Lake::Local(dir.path().to_path_buf());
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("customer_id", DataType::Utf8, true),
-            Field::new("note", DataType::Utf8, true),
-        ]));
+        let schema = notes_schema();
         let url = table::lake_url(&lake, "silver/t").expect("url");
         // Statistics on every column (a table made by another engine): the note of the
         // erased row sits in the log beside its file.
         let t = table::create("silver/t", &url, &schema, &[], &[])
             .await
             .expect("create");
-        let t = t
-            .write(vec![
-                RecordBatch::try_new(
-                    Arc::clone(&schema),
-                    vec![
-                        Arc::new(StringArray::from(vec!["C0000001", "C0000002"])),
-                        Arc::new(StringArray::from(vec![
-                            "Zoë's secret Qxstopped1",
-                            "another customer",
-                        ])),
-                    ],
-                )
-                .expect("batch"),
-            ])
-            .await
-            .expect("write");
+        let t = write_notes(
+            t,
+            &[
+                ("C0000001", "Zoë's secret Qxstopped1"),
+                ("C0000002", "another customer"),
+            ],
+        )
+        .await;
         let config = ErasureConfig {
             columns: vec!["customer_id".into()],
             ..Default::default()
@@ -1399,10 +1397,7 @@ mod tests {
     async fn a_request_of_several_subjects_certifies_each_its_own_rows_and_values() {
         let dir = tempfile::tempdir().expect("dir");
         let lake = Lake::Local(dir.path().to_path_buf());
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("customer_id", DataType::Utf8, true),
-            Field::new("note", DataType::Utf8, true),
-        ]));
+        let schema = notes_schema();
         let url = table::lake_url(&lake, "silver/t").expect("url");
         let t = table::create("silver/t", &url, &schema, &[], &[])
             .await
@@ -1414,18 +1409,7 @@ mod tests {
             ("C0000003", "note of three"),
             ("C0000003", "three wrote: ask C0000002 or tok_C0000001"),
         ];
-        t.write(vec![
-            RecordBatch::try_new(
-                Arc::clone(&schema),
-                vec![
-                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
-                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
-                ],
-            )
-            .expect("batch"),
-        ])
-        .await
-        .expect("write");
+        write_notes(t, &rows).await;
         let mut config = ErasureConfig {
             columns: vec!["customer_id".into()],
             ..Default::default()
