@@ -17,8 +17,11 @@
 //!    committing below the checkpoint. Time travel before the erasure is given up, and
 //!    the certificate says from which version each table still reads. The log is
 //!    scrubbed before the files of step 2 are removed: a run stopped in between leaves
-//!    files still holding a subject, which the next run finds and purges (stopped the
-//!    other way round, it would leave statistics of files already gone);
+//!    files still holding a subject, which the next run purges (stopped the other way
+//!    round, it would leave statistics of files already gone). What each step did is
+//!    kept in the erasure journal ([`crate::journal`]) until the certificates are
+//!    recorded, so the next run of the same requests finishes a stopped one with the
+//!    certificate an unbroken run would write;
 //! 4. under crypto-shredding, the subjects' data keys are erased the same way from the
 //!    subject key store (which carries no file statistics at all);
 //! 5. a certificate row per subject goes to `_sluice/erasures`: request id, salted hash
@@ -40,6 +43,7 @@ use arrow::array::{
 use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use deltalake::DeltaTable;
+use deltalake::kernel::transaction::CommitProperties;
 use futures::TryStreamExt as _;
 use hmac::{Hmac, KeyInit, Mac};
 use object_store::ObjectStoreExt as _;
@@ -53,6 +57,9 @@ use sluice_pipeline::lake::Lake;
 use sluice_sql::find_tables_in;
 
 use crate::error::{Error, Result};
+use crate::journal::{
+    ATTEMPT_KEY, Attempt, Journal, RunJournal, TableJournal, abort_point, attempt_version,
+};
 use crate::lock::Lock;
 use crate::purge::{LogView, TableFiles};
 use crate::subject::{LETTER_COLUMNS, Lookup, Subject, has_path};
@@ -360,6 +367,15 @@ pub async fn erase(
     let subjects: Vec<Arc<Subject>> = requests.iter().map(|r| Arc::clone(&r.subject)).collect();
     let all = Arc::new(Subject::union(&subjects));
     let owners = owners(requests);
+    let journal = if options.dry_run {
+        None
+    } else {
+        let ids: Vec<(&str, &str)> = requests
+            .iter()
+            .map(|r| (r.request_id.as_str(), r.subject_hash.as_str()))
+            .collect();
+        Some(Journal::of(lake, &ids)?)
+    };
     let mut outcomes: Vec<TableOutcome> = Vec::new();
     for t in find_tables_in(lake)
         .await
@@ -385,7 +401,17 @@ pub async fn erase(
         let schema = table::arrow_schema(&name, &delta)?;
         let lookup = lookup_for(config, &name, &schema);
         if !lookup.is_empty() {
-            let done = erase_table(&name, delta, &lookup, &all, requests, &owners, options).await?;
+            let done = erase_table(
+                &name,
+                delta,
+                &lookup,
+                &all,
+                requests,
+                &owners,
+                options,
+                journal.as_ref(),
+            )
+            .await?;
             report(&done.shared, options.dry_run);
             outcomes.push(done);
         }
@@ -410,14 +436,29 @@ pub async fn erase(
             contains: Vec::new(),
             letters: false,
         };
-        let done = erase_table(KEY_STORE, delta, &lookup, &all, requests, &owners, options).await?;
+        let done = erase_table(
+            KEY_STORE,
+            delta,
+            &lookup,
+            &all,
+            requests,
+            &owners,
+            options,
+            journal.as_ref(),
+        )
+        .await?;
         report(&done.shared, options.dry_run);
         outcomes.push(done);
         if let Some(l) = erasing {
             l.release().await;
         }
     }
-    let erased_at = chrono::Utc::now().timestamp_micros();
+    // A run stopped after writing its certificates' time may have recorded them.
+    let earlier = match &journal {
+        Some(j) => j.run().await?.erased_at,
+        None => None,
+    };
+    let erased_at = earlier.unwrap_or_else(|| chrono::Utc::now().timestamp_micros());
     let mut certificates = Vec::new();
     for (i, r) in requests.iter().enumerate() {
         let tables = outcomes
@@ -442,12 +483,67 @@ pub async fn erase(
             invalid: None,
             dry_run: options.dry_run,
         };
-        if !options.dry_run {
-            record(lake, &certificate).await?;
-        }
         certificates.push(certificate);
     }
+    if let Some(j) = &journal {
+        j.save_run(&RunJournal {
+            erased_at: Some(erased_at),
+        })
+        .await?;
+        abort_point("certifying", "run");
+        let recorded = match earlier {
+            Some(at) => recorded_at(lake, &certificates, at).await?,
+            None => false,
+        };
+        if !recorded {
+            record(lake, &certificates).await?;
+        }
+        abort_point("recorded", "run");
+        j.clear().await?;
+    }
     Ok(certificates)
+}
+
+/// Whether `sluice.erasures` holds certificates of `certificates`' requests at `at`.
+async fn recorded_at(lake: &Lake, certificates: &[Certificate], at: i64) -> Result<bool> {
+    let url = table::lake_url(lake, ERASURES)?;
+    let t = table::open(ERASURES, &url).await?;
+    if !table::exists(&t) {
+        return Ok(false);
+    }
+    let ctx = deltalake::datafusion::prelude::SessionContext::new();
+    ctx.register_table(
+        "erasures",
+        t.table_provider()
+            .await
+            .map_err(|e| Error::Other(format!("{ERASURES}: {e}")))?,
+    )?;
+    let batches = ctx
+        .table("erasures")
+        .await?
+        .filter(deltalake::datafusion::prelude::col("erased_at").eq(
+            deltalake::datafusion::prelude::lit(
+                deltalake::datafusion::scalar::ScalarValue::TimestampMicrosecond(
+                    Some(at),
+                    Some("UTC".into()),
+                ),
+            ),
+        ))?
+        .select_columns(&["request_id", "subject_hash"])?
+        .collect()
+        .await?;
+    let mut found: HashSet<(String, String)> = HashSet::new();
+    for b in batches {
+        let ids = cast(b.column(0), &DataType::Utf8)?;
+        let hashes = cast(b.column(1), &DataType::Utf8)?;
+        let (ids, hashes) = (ids.as_string::<i32>(), hashes.as_string::<i32>());
+        for i in 0..b.num_rows() {
+            found.insert((ids.value(i).to_string(), hashes.value(i).to_string()));
+        }
+    }
+    Ok(certificates
+        .iter()
+        .all(|c| found.contains(&(c.request_id.clone(), c.subject_hash.clone()))))
 }
 
 /// The subject key store at `store`, if it holds a table.
@@ -472,7 +568,7 @@ pub async fn record_invalid(lake: &Lake, request_id: &str, why: &str) -> Result<
         invalid: Some(why.to_string()),
         dry_run: false,
     };
-    record(lake, &certificate).await?;
+    record(lake, std::slice::from_ref(&certificate)).await?;
     Ok(certificate)
 }
 
@@ -484,6 +580,7 @@ async fn delete_rows(
     delta: DeltaTable,
     lookup: &Lookup,
     all: &Arc<Subject>,
+    attempt_id: &str,
 ) -> Result<(DeltaTable, Option<i64>)> {
     let mut delta = delta;
     let mut last = String::new();
@@ -500,6 +597,12 @@ async fn delete_rows(
             .clone()
             .delete()
             .with_predicate(lookup.predicate(Arc::clone(all)))
+            .with_commit_properties(
+                CommitProperties::default().with_metadata([(
+                    ATTEMPT_KEY.to_string(),
+                    serde_json::Value::from(attempt_id),
+                )]),
+            )
             .await
         {
             Ok((t, metrics)) => {
@@ -602,6 +705,7 @@ async fn erase_table(
     requests: &[Request],
     owners: &Owners,
     options: &Options,
+    journal: Option<&Journal>,
 ) -> Result<TableOutcome> {
     let started = chrono::Utc::now();
     let mut shared = TableErasure {
@@ -618,10 +722,37 @@ async fn erase_table(
             .filter_map(|u| files.relative(&u))
             .collect()
     };
-    let (delta, committed) = if options.dry_run {
-        (delta, None)
-    } else {
-        delete_rows(name, delta, lookup, all).await?
+    // What an earlier run of these requests, stopped before its certificates, did here.
+    let prior: Option<TableJournal> = match journal {
+        Some(j) => j
+            .table(name)
+            .await?
+            .filter(|p| p.rows.len() == requests.len() && p.value_hashes.len() == requests.len()),
+        None => None,
+    };
+    if prior.is_some() {
+        tracing::warn!(table = %name, "finishing an erasure of these requests that stopped before its certificates");
+    }
+    let mut entry = prior.clone().unwrap_or_else(|| TableJournal {
+        table: name.to_string(),
+        version_before: shared.version_before,
+        rows: vec![0; requests.len()],
+        value_hashes: vec![Vec::new(); requests.len()],
+        ..Default::default()
+    });
+    let (delta, committed) = match journal {
+        None => (delta, None),
+        Some(j) => {
+            entry.pending.push(Attempt {
+                id: j.attempt.clone(),
+                after_version: shared.version_before,
+            });
+            j.save_table(&entry).await?;
+            abort_point("journaled", name);
+            let deleted = delete_rows(name, delta, lookup, all, &j.attempt).await?;
+            abort_point("deleted", name);
+            deleted
+        }
     };
     shared.version_after = version(&delta);
     let files = TableFiles::of(name, &delta);
@@ -631,7 +762,8 @@ async fn erase_table(
         .filter_map(|u| files.relative(&u))
         .collect();
     // The files the delete replaced (or, in a dry run, would): their rows holding a
-    // subject are the rows erased.
+    // subject are the rows erased. So are those of a delete an earlier run committed
+    // without accounting for it.
     let mut replaced: Vec<ObjectPath> = Vec::new();
     if options.dry_run {
         for file in &before_files {
@@ -650,23 +782,38 @@ async fn erase_table(
                 replaced.push(file.clone());
             }
         }
-    } else if let Some(v) = committed {
-        for file in files.replaced_files(v).await? {
-            let change_data = file.as_ref().starts_with("_change_data/");
-            if !change_data && !current.contains(&file) {
-                let bytes = files.read(&file).await?;
-                shared.rows_removed += attribute(
-                    name,
-                    bytes,
-                    lookup,
-                    all,
-                    requests,
-                    owners,
-                    &options.value_key,
-                    &mut per_request,
-                )?;
+    } else {
+        let mut deletes: Vec<i64> = committed.into_iter().collect();
+        for attempt in prior.iter().flat_map(|p| &p.pending) {
+            if let Some(v) = attempt_version(&files, attempt, shared.version_after).await?
+                && !deletes.contains(&v)
+            {
+                deletes.push(v);
             }
-            replaced.push(file);
+        }
+        for v in deletes {
+            for file in files.replaced_files(v).await? {
+                if replaced.contains(&file) {
+                    continue;
+                }
+                let change_data = file.as_ref().starts_with("_change_data/");
+                if !change_data
+                    && !current.contains(&file)
+                    && let Some(bytes) = files.read_if_exists(&file).await?
+                {
+                    shared.rows_removed += attribute(
+                        name,
+                        bytes,
+                        lookup,
+                        all,
+                        requests,
+                        owners,
+                        &options.value_key,
+                        &mut per_request,
+                    )?;
+                }
+                replaced.push(file);
+            }
         }
     }
     shared.files_rewritten = replaced
@@ -703,8 +850,28 @@ async fn erase_table(
             holders.push(file);
         }
     }
-    let touched =
-        !replaced.is_empty() || !holders.is_empty() || log_mentions(&files, &delta, all).await?;
+    // What the earlier run accounted for: its rows, values and files.
+    let decided: HashSet<ObjectPath> = prior
+        .iter()
+        .flat_map(|p| &p.purge)
+        .map(|f| ObjectPath::from(f.as_str()))
+        .collect();
+    if let Some(p) = &prior {
+        shared.version_before = p.version_before;
+        shared.rows_removed += p.rows.iter().sum::<u64>();
+        shared.files_rewritten += p.files_rewritten;
+        for (mine, (rows, hashes)) in per_request
+            .iter_mut()
+            .zip(p.rows.iter().zip(&p.value_hashes))
+        {
+            mine.0 += rows;
+            mine.1.extend(hashes.iter().cloned());
+        }
+    }
+    let touched = prior.is_some()
+        || !replaced.is_empty()
+        || !holders.is_empty()
+        || log_mentions(&files, &delta, all).await?;
     if !touched {
         return Ok(TableOutcome {
             shared,
@@ -728,19 +895,57 @@ async fn erase_table(
     let mut purge: Vec<ObjectPath> = replaced;
     for file in holders {
         // A file some commit named is settled; one no commit names may still be
-        // committed by a writer in flight, unless it is older than the safety window.
-        if log.named.contains(&file.location) || file.last_modified + window < started {
+        // committed by a writer in flight, unless it is older than the safety window or
+        // an earlier run of this erasure decided it (the log it read named it).
+        if log.named.contains(&file.location)
+            || decided.contains(&file.location)
+            || file.last_modified + window < started
+        {
             purge.push(file.location);
         } else {
             shared.files_deferred += 1;
         }
     }
+    for file in &decided {
+        if !purge.contains(file) {
+            purge.push(file.clone());
+        }
+    }
+    // Accounted for: a run stopped from here on is finished by the next one with the same
+    // rows, values and files.
+    if let Some(j) = journal {
+        entry.pending.clear();
+        entry.rows = per_request.iter().map(|(rows, _)| *rows).collect();
+        entry.value_hashes = per_request
+            .iter()
+            .map(|(_, hashes)| {
+                let mut v: Vec<String> = hashes.iter().cloned().collect();
+                v.sort();
+                v
+            })
+            .collect();
+        entry.files_rewritten = shared.files_rewritten;
+        entry.purge = purge.iter().map(|f| f.to_string()).collect();
+        j.save_table(&entry).await?;
+        abort_point("accounted", name);
+    }
     // The log first, the files after: an erasure stopped in between leaves files that
-    // still hold a subject, which the next run finds and purges. The other way round, it
-    // would leave statistics of files already gone, with nothing left to find them by.
+    // still hold a subject, which the next run purges (the journal names them). The other
+    // way round, it would leave statistics of files already gone, with nothing left to
+    // find them by.
     let purged: HashSet<ObjectPath> = purge.iter().cloned().collect();
-    shared.logs_purged = files.scrub(&log, &purged, true).await?;
-    shared.files_purged = files.remove(&purge).await?;
+    shared.logs_purged = entry.logs_purged + files.scrub(&log, &purged, true).await?;
+    if let Some(j) = journal {
+        entry.logs_purged = shared.logs_purged;
+        j.save_table(&entry).await?;
+        abort_point("scrubbed", name);
+    }
+    // Files an earlier run removed count as purged; other files already gone (vacuumed
+    // before the erasure) do not.
+    let missing = files.remove_missing(&purge).await?;
+    let gone_before = missing.iter().filter(|f| !decided.contains(f)).count();
+    shared.files_purged = (purge.len() - gone_before) as u64;
+    abort_point("purged", name);
     shared.history_from_version = Some(log.version);
     shared.log_seconds = log_started.elapsed().as_secs_f64();
     Ok(TableOutcome {
@@ -789,27 +994,50 @@ fn schema() -> SchemaRef {
 }
 
 /// Append the certificate to `_sluice/erasures`.
-async fn record(lake: &Lake, c: &Certificate) -> Result<()> {
-    let versions = c
-        .tables
-        .iter()
-        .map(|t| format!("{}@{}", t.table, t.version_after))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let tables = serde_json::to_string(&c.tables).map_err(|e| Error::Other(e.to_string()))?;
+/// Record `certificates` in `sluice.erasures`, all in one commit.
+async fn record(lake: &Lake, certificates: &[Certificate]) -> Result<()> {
+    if certificates.is_empty() {
+        return Ok(());
+    }
+    let mut tables = Vec::new();
+    let mut versions = Vec::new();
+    for c in certificates {
+        versions.push(
+            c.tables
+                .iter()
+                .map(|t| format!("{}@{}", t.table, t.version_after))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        tables.push(serde_json::to_string(&c.tables).map_err(|e| Error::Other(e.to_string()))?);
+    }
+    let each = |f: &dyn Fn(&Certificate) -> i64| -> Arc<Int64Array> {
+        Arc::new(Int64Array::from_iter_values(certificates.iter().map(f)))
+    };
     let batch = RecordBatch::try_new(
         schema(),
         vec![
-            Arc::new(StringArray::from(vec![c.request_id.clone()])),
-            Arc::new(StringArray::from(vec![c.subject_hash.clone()])),
-            Arc::new(TimestampMicrosecondArray::from(vec![c.erased_at]).with_timezone("UTC")),
-            Arc::new(StringArray::from(vec![c.outcome()])),
-            Arc::new(Int64Array::from(vec![c.rows_removed() as i64])),
-            Arc::new(Int64Array::from(vec![c.files_purged() as i64])),
-            Arc::new(Int64Array::from(vec![c.logs_purged() as i64])),
-            Arc::new(Int64Array::from(vec![c.tombstones as i64])),
-            Arc::new(StringArray::from(vec![versions])),
-            Arc::new(StringArray::from(vec![tables])),
+            Arc::new(StringArray::from_iter_values(
+                certificates.iter().map(|c| c.request_id.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                certificates.iter().map(|c| c.subject_hash.as_str()),
+            )),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(
+                    certificates.iter().map(|c| c.erased_at),
+                )
+                .with_timezone("UTC"),
+            ),
+            Arc::new(StringArray::from_iter_values(
+                certificates.iter().map(Certificate::outcome),
+            )),
+            each(&|c| c.rows_removed() as i64),
+            each(&|c| c.files_purged() as i64),
+            each(&|c| c.logs_purged() as i64),
+            each(&|c| c.tombstones as i64),
+            Arc::new(StringArray::from_iter_values(versions)),
+            Arc::new(StringArray::from_iter_values(tables)),
         ],
     )?;
     let url = table::lake_url(lake, ERASURES)?;

@@ -15,6 +15,7 @@ pub mod anonymise;
 pub mod erase;
 pub mod error;
 pub mod gold;
+pub mod journal;
 pub mod lock;
 pub mod maintain;
 pub mod purge;

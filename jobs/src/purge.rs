@@ -99,17 +99,32 @@ impl TableFiles {
             .collect())
     }
 
+    /// The bytes of `path`, if it exists.
+    pub async fn read_if_exists(&self, path: &ObjectPath) -> Result<Option<Bytes>> {
+        match self.store.get(path).await {
+            Ok(got) => Ok(Some(got.bytes().await.map_err(|e| self.failed(e))?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
     /// Remove `files` from storage; the number actually removed.
     pub async fn remove(&self, files: &[ObjectPath]) -> Result<u64> {
-        let mut n = 0;
+        let missing = self.remove_missing(files).await?;
+        Ok((files.len() - missing.len()) as u64)
+    }
+
+    /// Remove `files` from storage; the ones that were already gone.
+    pub async fn remove_missing(&self, files: &[ObjectPath]) -> Result<Vec<ObjectPath>> {
+        let mut missing = Vec::new();
         for file in files {
             match self.store.delete(file).await {
-                Ok(()) => n += 1,
-                Err(object_store::Error::NotFound { .. }) => {}
+                Ok(()) => {}
+                Err(object_store::Error::NotFound { .. }) => missing.push(file.clone()),
                 Err(e) => return Err(self.failed(e)),
             }
         }
-        Ok(n)
+        Ok(missing)
     }
 
     /// Checkpoint `delta` at its version and read what its log says up to it: the commit
@@ -421,7 +436,12 @@ pub fn scrub_entry(bytes: &[u8], purged: &HashSet<String>) -> Option<Vec<u8>> {
                         }
                     }
                     "commitInfo" => {
-                        for f in ["operationParameters", "userMetadata", "sluice.erasure"] {
+                        for f in [
+                            "operationParameters",
+                            "userMetadata",
+                            "sluice.erasure",
+                            crate::journal::ATTEMPT_KEY,
+                        ] {
                             touched |= a.remove(f).is_some();
                         }
                     }

@@ -946,33 +946,106 @@ fn two_hosts_racing_for_a_stale_lock_one_wins() {
 }
 
 #[test]
-fn an_erasure_killed_at_any_moment_is_finished_by_the_next_run() {
+fn an_erasure_stopped_at_any_step_is_finished_by_the_next_run_with_the_same_certificate() {
     use crate::residue;
     let d = demo();
     let key =
         std::fs::read_to_string(d.dir.path().join("sluice-demo-keys/pseudonym.key")).expect("key");
     let token = sluice_transforms::tokenize::token("pseudo", key.trim().as_bytes(), b"C0000010");
+    let certificate = |out: std::process::Output| -> serde_json::Value {
+        let mut all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(all.len(), 1);
+        all.remove(0)
+    };
+    // What an unbroken run removes, as a dry run says.
+    let dry = certificate(d.ok(&[
+        "--format",
+        "json",
+        "job",
+        "erase",
+        "--dry-run",
+        "--request-id",
+        "STOP",
+        "C0000010",
+    ]));
     let before = residue::record(&d.lake());
-    // Killed ever later: in the deletes, between a delete and its log scrub, in the purge,
-    // before the certificate. Each run takes over the dead one's locks at once.
-    for (i, after_ms) in [250u64, 700, 1_300, 2_200, 3_500].into_iter().enumerate() {
-        let id = format!("KILL-{i}");
-        let mut child = d
-            .sluice(&["job", "erase", "--request-id", &id, "C0000010"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
+    // Stopped (aborted, as a kill would) at every step of the erasure in turn, each run
+    // taking over from the one before: before and after a table's delete, after its rows
+    // are accounted for, after its log scrub, after its files are removed, before and after
+    // the certificates are recorded.
+    for at in [
+        "deleted:silver.accounts",
+        "journaled:silver.accounts",
+        "accounted:bronze.accounts",
+        "scrubbed:silver.customers",
+        "purged:silver.customers_history",
+        "certifying:run",
+        "recorded:run",
+    ] {
+        let out = d
+            .sluice(&["job", "erase", "--request-id", "STOP", "C0000010"])
+            .env("SLUICE_TEST_ERASE_ABORT_AT", at)
+            .output()
             .expect("erase");
-        std::thread::sleep(std::time::Duration::from_millis(after_ms));
-        let _ = child.kill();
-        let out = child.wait_with_output().expect("wait");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() || out.status.code().is_none(),
-            "run {i} failed rather than being killed: {err}"
+        assert_eq!(
+            out.status.code(),
+            None,
+            "the run meant to stop at {at} ran to its end: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
     }
-    d.ok(&["job", "erase", "--request-id", "KILL-last", "C0000010"]);
+    let done = certificate(d.ok(&[
+        "--format",
+        "json",
+        "job",
+        "erase",
+        "--request-id",
+        "STOP",
+        "C0000010",
+    ]));
+    // The certificate is the one an unbroken run would write: every table, every row, every
+    // value hash, nothing left for later; and it is recorded once.
+    let tables = |c: &serde_json::Value| -> BTreeMap<String, (u64, i64, Vec<String>)> {
+        c["tables"]
+            .as_array()
+            .expect("tables")
+            .iter()
+            .map(|t| {
+                let hashes = t["value_hashes"]
+                    .as_array()
+                    .expect("hashes")
+                    .iter()
+                    .map(|h| h.as_str().expect("hash").to_string())
+                    .collect();
+                (
+                    t["table"].as_str().expect("table").to_string(),
+                    (
+                        t["rows_removed"].as_u64().expect("rows"),
+                        t["version_before"].as_i64().expect("version"),
+                        hashes,
+                    ),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(tables(&done), tables(&dry));
+    assert!(
+        tables(&done)["silver.accounts"].0 > 0,
+        "{:?}",
+        tables(&done)
+    );
+    for t in done["tables"].as_array().expect("tables") {
+        assert_eq!(t["files_deferred"], 0, "{t}");
+    }
+    assert_eq!(
+        d.one("select count(*), max(outcome) from sluice.erasures where request_id = 'STOP'"),
+        "1,erased"
+    );
+    let pending = d.lake().join("_sluice/erasures_pending");
+    assert!(
+        !pending.exists() || residue::files_under(&pending).is_empty(),
+        "the journal is removed once the certificate is recorded"
+    );
     // Every table reads, the customer is gone, and so is every value its rows held.
     let after = residue::record(&d.lake());
     let gone = residue::disappeared(&before, &after);

@@ -1,0 +1,208 @@
+//! The erasure journal: what an erasure has done so far, kept in the lake under
+//! `_sluice/erasures_pending/<run>/` until its certificates are recorded, so a run
+//! stopped at any moment (killed, out of memory, power lost) is finished by the next run
+//! of the same requests, with the certificate an unbroken run would have written.
+//!
+//! `<run>` is a hash of the requests (ids and subject hashes, in order): running the same
+//! command again, or reading the same batch of requests from Kafka, finds the journal.
+//! Per table it holds:
+//!
+//! - the *attempts* whose delete may have committed but is not yet accounted for: each
+//!   delete commit carries its attempt id as commit metadata (`sluice.erasure_attempt`,
+//!   random, naming no request), so the next run finds that commit in the log and counts
+//!   the rows of the files it replaced as rows this erasure removed;
+//! - once accounted: per request the rows removed and the salted hashes of their values,
+//!   the files rewritten, and every file decided for purge (replaced files, older files
+//!   and change-data files holding a subject), which the next run removes whatever the
+//!   safety window: they were settled when decided.
+//!
+//! Then, before the certificates are recorded (one commit for all of them), the run
+//! writes the time it certifies at; a run finding that time in the journal looks for
+//! certificates with it before recording them again.
+//!
+//! The journal names no subject or request: the run is named by a hash of the request
+//! ids and salted subject hashes, values appear only as their salted hashes (which the
+//! certificate holds too), files by path.
+
+use std::sync::Arc;
+
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sluice_pipeline::lake::Lake;
+
+use crate::error::{Error, Result};
+use crate::purge::TableFiles;
+
+/// Where journals live, relative to the lake.
+pub const PENDING: &str = "_sluice/erasures_pending";
+
+/// Commit metadata naming the attempt a delete belongs to.
+pub const ATTEMPT_KEY: &str = "sluice.erasure_attempt";
+
+/// A delete that may have committed without being accounted for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Attempt {
+    pub id: String,
+    /// The table's version before it: its commit, if any, comes after.
+    pub after_version: i64,
+}
+
+/// What the erasure did to one table so far.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TableJournal {
+    pub table: String,
+    /// The table's version before the first attempt.
+    pub version_before: i64,
+    pub pending: Vec<Attempt>,
+    /// Per request, in the run's order: rows removed.
+    pub rows: Vec<u64>,
+    /// Per request: salted hashes of the erased rows' values.
+    pub value_hashes: Vec<Vec<String>>,
+    pub files_rewritten: u64,
+    /// Files decided for purge (paths relative to the table).
+    pub purge: Vec<String>,
+    /// Log entries rewritten and checkpoints removed by earlier attempts.
+    pub logs_purged: u64,
+}
+
+/// The run-level part: when the certificates were (about to be) recorded.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunJournal {
+    pub erased_at: Option<i64>,
+}
+
+/// The journal of one run of a set of requests.
+pub struct Journal {
+    store: Arc<dyn ObjectStore>,
+    dir: String,
+    /// This attempt's id.
+    pub attempt: String,
+}
+
+fn failed(e: impl std::fmt::Display) -> Error {
+    Error::Other(format!("{PENDING}: {e}"))
+}
+
+impl Journal {
+    /// The journal of `requests` (request id, subject hash), in `lake`.
+    pub fn of(lake: &Lake, requests: &[(&str, &str)]) -> Result<Self> {
+        let store = sluice_connectors::delta::table::lake_root_store(lake)?;
+        let mut h = Sha256::new();
+        for (id, subject) in requests {
+            for part in [id.as_bytes(), b"\0", subject.as_bytes(), b"\n"] {
+                h.update(part);
+            }
+        }
+        let run = hex::encode(&h.finalize()[..16]);
+        let mut attempt = [0u8; 16];
+        getrandom::fill(&mut attempt).map_err(failed)?;
+        Ok(Self {
+            store,
+            dir: format!("{PENDING}/{run}"),
+            attempt: hex::encode(attempt),
+        })
+    }
+
+    fn path(&self, file: &str) -> ObjectPath {
+        ObjectPath::from(format!("{}/{file}", self.dir))
+    }
+
+    async fn read<T: for<'de> Deserialize<'de>>(&self, file: &str) -> Result<Option<T>> {
+        let got = match self.store.get(&self.path(file)).await {
+            Ok(g) => g,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(failed(e)),
+        };
+        let bytes = got.bytes().await.map_err(failed)?;
+        // A journal cut short by a crash mid-write (local lakes write in place) is as if
+        // never written: the step it recorded is done again.
+        Ok(serde_json::from_slice(&bytes).ok())
+    }
+
+    async fn write<T: Serialize>(&self, file: &str, value: &T) -> Result<()> {
+        let bytes = serde_json::to_vec(value).map_err(failed)?;
+        self.store
+            .put(&self.path(file), PutPayload::from(bytes))
+            .await
+            .map_err(failed)?;
+        Ok(())
+    }
+
+    /// What an earlier attempt recorded for `table`.
+    pub async fn table(&self, table: &str) -> Result<Option<TableJournal>> {
+        self.read(&format!("{table}.json")).await
+    }
+
+    pub async fn save_table(&self, journal: &TableJournal) -> Result<()> {
+        self.write(&format!("{}.json", journal.table), journal)
+            .await
+    }
+
+    pub async fn run(&self) -> Result<RunJournal> {
+        Ok(self.read("run.json").await?.unwrap_or_default())
+    }
+
+    pub async fn save_run(&self, run: &RunJournal) -> Result<()> {
+        self.write("run.json", run).await
+    }
+
+    /// Remove the journal: its certificates are recorded.
+    pub async fn clear(&self) -> Result<()> {
+        use futures::TryStreamExt as _;
+        let prefix = ObjectPath::from(self.dir.as_str());
+        let listed: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(failed)?;
+        for m in listed {
+            match self.store.delete(&m.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(failed(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The version of the table of `files` after `attempt.after_version` (up to `until`)
+/// whose commit carries the attempt's id, if any.
+pub async fn attempt_version(
+    files: &TableFiles,
+    attempt: &Attempt,
+    until: i64,
+) -> Result<Option<i64>> {
+    for v in (attempt.after_version + 1)..=until {
+        let path = ObjectPath::from(format!("_delta_log/{v:020}.json"));
+        let Some(bytes) = files.read_if_exists(&path).await? else {
+            continue;
+        };
+        for line in bytes.split(|b| *b == b'\n') {
+            let Ok(action) = serde_json::from_slice::<serde_json::Value>(line) else {
+                continue;
+            };
+            if action
+                .get("commitInfo")
+                .and_then(|c| c.get(ATTEMPT_KEY))
+                .and_then(|a| a.as_str())
+                == Some(attempt.id.as_str())
+            {
+                return Ok(Some(v));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// For tests of crash safety: abort the process (as a kill would) when the environment
+/// names this step, `SLUICE_TEST_ERASE_ABORT_AT=<step>:<table>`.
+pub fn abort_point(step: &str, table: &str) {
+    if let Ok(at) = std::env::var("SLUICE_TEST_ERASE_ABORT_AT")
+        && at.split_once(':') == Some((step, table))
+    {
+        std::process::abort();
+    }
+}
