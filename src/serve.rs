@@ -65,6 +65,7 @@ pub async fn serve(
         require_tls: s.require_tls,
         refresh: Duration::from_secs(s.refresh_seconds),
         max_connections: s.max_connections,
+        max_connections_per_user: s.max_connections_per_user,
         statement_timeout: Duration::from_millis(s.statement_timeout_ms),
         max_statement_bytes: s.max_statement_bytes,
         query_memory_bytes: s.query_memory_bytes,

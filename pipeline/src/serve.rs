@@ -8,6 +8,7 @@
 //! require_tls = false              # refuse clients that do not ask for TLS
 //! refresh_seconds = 10             # how old a session's table versions may get
 //! max_connections = 64             # authenticated sessions at once
+//! max_connections_per_user = 16    # authenticated sessions of one user at once
 //! statement_timeout_ms = 300000    # a statement running longer is cancelled (57014)
 //! max_statement_bytes = 4194304    # longer SQL text is refused (54000)
 //! query_memory_bytes = 536870912   # one query's memory (53200 beyond it)
@@ -46,6 +47,9 @@ pub struct ServeConfig {
     /// Authenticated sessions beyond this many are refused (SQLSTATE 53300); connections
     /// still logging in do not count.
     pub max_connections: usize,
+    /// Authenticated sessions of one user beyond this many are refused (53300), so one
+    /// user (or one leaked password) cannot take every session.
+    pub max_connections_per_user: usize,
     /// A statement (planning and reading its rows) running longer is cancelled; a user
     /// may `SET statement_timeout` lower, not higher.
     pub statement_timeout_ms: u64,
@@ -76,6 +80,7 @@ impl Default for ServeConfig {
             require_tls: false,
             refresh_seconds: 10,
             max_connections: 64,
+            max_connections_per_user: 16,
             statement_timeout_ms: 300_000,
             max_statement_bytes: 4 * 1024 * 1024,
             query_memory_bytes: 512 * 1024 * 1024,
@@ -125,6 +130,10 @@ impl Config {
         }
         for (key, value) in [
             ("max_connections", s.max_connections as u64),
+            (
+                "max_connections_per_user",
+                s.max_connections_per_user as u64,
+            ),
             ("statement_timeout_ms", s.statement_timeout_ms),
             ("max_statement_bytes", s.max_statement_bytes as u64),
             ("query_memory_bytes", s.query_memory_bytes as u64),

@@ -107,6 +107,8 @@ pub struct Settings {
     pub refresh: Duration,
     /// Authenticated sessions at once.
     pub max_connections: usize,
+    /// Authenticated sessions of one user at once.
+    pub max_connections_per_user: usize,
     /// The longest a statement may run (a user may `SET statement_timeout` lower).
     pub statement_timeout: Duration,
     /// Longer SQL text is refused before it is parsed (54000).
@@ -270,6 +272,8 @@ struct Shared {
     memory: Arc<dyn MemoryPool>,
     /// Authenticated sessions.
     sessions: Arc<Semaphore>,
+    /// Authenticated sessions by user.
+    user_sessions: HashMap<String, Arc<Semaphore>>,
     pending: Pending,
 }
 
@@ -300,6 +304,14 @@ impl Shared {
         Self {
             memory: Arc::new(GreedyMemoryPool::new(settings.total_memory_bytes)),
             sessions: Arc::new(Semaphore::new(settings.max_connections)),
+            user_sessions: settings
+                .users
+                .keys()
+                .map(|name| {
+                    let permits = Semaphore::new(settings.max_connections_per_user);
+                    (name.clone(), Arc::new(permits))
+                })
+                .collect(),
             settings,
             secrets,
             bases: Mutex::new(HashMap::new()),
@@ -490,7 +502,8 @@ struct Startup {
     shared: Arc<Shared>,
     /// SCRAM's messages from the client: the second (client-final) completes a login.
     password_messages: std::sync::atomic::AtomicUsize,
-    permit: Mutex<Option<OwnedSemaphorePermit>>,
+    /// A session slot in all and one of the user's.
+    permit: Mutex<Option<[OwnedSemaphorePermit; 2]>>,
     /// Told once the client is authenticated.
     authenticated: Mutex<Option<oneshot::Sender<()>>>,
 }
@@ -507,7 +520,19 @@ impl Startup {
         )))
     }
 
-    fn set_permit(&self, permit: Option<OwnedSemaphorePermit>) {
+    fn too_many_of(&self, user: &str) -> PgWireError {
+        PgWireError::UserError(Box::new(ErrorInfo::new(
+            "FATAL".to_string(),
+            "53300".to_string(),
+            format!(
+                "too many connections for user {user}: all {} of its sessions \
+                 (max_connections_per_user) are in use",
+                self.shared.settings.max_connections_per_user
+            ),
+        )))
+    }
+
+    fn set_permit(&self, permit: Option<[OwnedSemaphorePermit; 2]>) {
         *self.permit.lock().unwrap_or_else(|p| p.into_inner()) = permit;
     }
 }
@@ -546,7 +571,19 @@ impl StartupHandler for Startup {
                 .clone()
                 .try_acquire_owned()
                 .map_err(|_| self.too_many())?;
-            self.set_permit(Some(permit));
+            // A user not configured fails the login that follows; it takes no slot of
+            // anyone's.
+            let user = client.metadata().get(METADATA_USER).cloned();
+            if let Some((name, slots)) = user
+                .as_ref()
+                .and_then(|u| Some((u, self.shared.user_sessions.get(u)?)))
+            {
+                let own = slots
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| self.too_many_of(name))?;
+                self.set_permit(Some([permit, own]));
+            }
         }
         let done = if client.is_secure() {
             self.secure.on_startup(client, message).await

@@ -599,7 +599,7 @@ fn connections_have_their_own_sessions_limits_and_no_sight_of_hidden_rows() {
     let d = demo();
     let s = serve(
         &d,
-        "max_connections = 4\nstatement_timeout_ms = 4000\nquery_memory_bytes = 16777216\n\
+        "max_connections = 4\nmax_connections_per_user = 3\nstatement_timeout_ms = 4000\nquery_memory_bytes = 16777216\n\
          total_memory_bytes = 33554432\nauth_timeout_ms = 3000\nmax_unauthenticated_per_peer = 8\n\
          max_statement_bytes = 1048576\n",
     );
@@ -801,7 +801,8 @@ print(json.dumps(out))
     assert_eq!(got["after"][1].to_string(), touchpoints, "{got}");
 
     // 200 idle sockets take no session: a user still logs in. max_connections counts
-    // authenticated sessions, and the fifth is refused.
+    // authenticated sessions: one user's fourth is refused (max_connections_per_user = 3),
+    // another user's still logs in, and then a fifth session of anyone's is refused.
     let idle: Vec<std::net::TcpStream> = (0..200)
         .map(|_| std::net::TcpStream::connect(("127.0.0.1", s.port)).expect("connect"))
         .collect();
@@ -818,31 +819,48 @@ print(json.dumps(out))
         &format!(
             r#"
 import json, time, psycopg
-url = "{url} user=ops password=ops-secret"
+def url(user):
+    return "{url} user=" + user + " password=" + user + "-secret"
+def attempt(user):
+    try:
+        return psycopg.connect(url(user))
+    except psycopg.Error as e:
+        return (e.sqlstate or "53300?") + " " + str(e)
 held = []
 deadline = time.monotonic() + 10
 # Sessions of earlier clients end as the server notices they left.
-while len(held) < 4 and time.monotonic() < deadline:
-    try:
-        held.append(psycopg.connect(url))
-    except psycopg.Error:
+while len(held) < 3 and time.monotonic() < deadline:
+    c = attempt("ops")
+    if isinstance(c, str):
         time.sleep(0.1)
-try:
-    psycopg.connect(url)
-    out = "connected"
-except psycopg.Error as e:
-    out = e.sqlstate or str(e)
+    else:
+        held.append(c)
+out = {{"ops_held": len(held)}}
+c = attempt("ops")
+out["ops_fourth"] = c if isinstance(c, str) else "connected"
+c = attempt("ana")
+out["ana"] = c if isinstance(c, str) else "connected"
+if not isinstance(c, str):
+    held.append(c)
+c = attempt("ann")
+out["ann_fifth"] = c if isinstance(c, str) else "connected"
 for c in held:
     c.close()
 print(json.dumps(out))
 "#
         ),
     );
-    assert!(
-        got.as_str()
-            .is_some_and(|g| g == "53300" || g.contains("too many connections")),
-        "{got}"
-    );
+    assert_eq!(got["ops_held"], 3, "{got}");
+    let refused = |key: &str, setting: &str| {
+        let g = got[key].as_str().unwrap_or_default();
+        assert!(
+            g.contains("too many connections") && g.contains(setting),
+            "{key}: {got}"
+        );
+    };
+    refused("ops_fourth", "(max_connections_per_user)");
+    assert_eq!(got["ana"], "connected", "{got}");
+    refused("ann_fifth", "(max_connections)");
     // The idle sockets were closed: evicted by newer ones, or at auth_timeout_ms.
     std::thread::sleep(std::time::Duration::from_millis(3500));
     let closed = idle
