@@ -26,7 +26,7 @@ use datafusion::logical_expr::{
 };
 
 /// The functions bounded, the argument the guard wraps, and how their result grows.
-const AMPLIFIERS: [(&str, usize, Growth); 9] = [
+const AMPLIFIERS: [(&str, usize, Growth); 11] = [
     ("repeat", 1, Growth::Repeat),
     ("lpad", 1, Growth::Pad),
     ("rpad", 1, Growth::Pad),
@@ -36,6 +36,8 @@ const AMPLIFIERS: [(&str, usize, Growth); 9] = [
     ("list_repeat", 1, Growth::ArrayRepeat),
     ("array_resize", 1, Growth::Resize),
     ("list_resize", 1, Growth::Resize),
+    ("range", 0, Growth::Range),
+    ("generate_series", 0, Growth::Range),
 ];
 
 /// The guard's name in plans.
@@ -56,6 +58,10 @@ enum Growth {
     ArrayRepeat,
     /// `array_resize(a, n[, fill])`: `n` elements.
     Resize,
+    /// `range([start,] stop[, step])` (and `generate_series`) as a list: `|stop - start| /
+    /// |step| + 1` elements; dates and timestamps stepped by intervals count in
+    /// nanoseconds, a month as 28 days (the shortest, so the count is an upper bound).
+    Range,
 }
 
 fn growth_of(name: &str) -> Option<(usize, Growth)> {
@@ -191,6 +197,27 @@ fn bound(growth: &str, args: &[ColumnarValue], rows: usize) -> Result<u128> {
         "ArrayRepeat" => times(len(0)?, int(1)?),
         "Pad" => total(int(1)?).saturating_mul(4),
         "Resize" => total(int(1)?).saturating_mul(16),
+        "Range" => {
+            let at = |i: usize| args.get(i).map(|a| signed(a, rows)).transpose();
+            let (start, stop, step) = match args.len() {
+                1 => (None, at(0)?, None),
+                2 => (at(0)?, at(1)?, None),
+                _ => (at(0)?, at(1)?, at(2)?),
+            };
+            let stop = stop.unwrap_or_else(|| vec![None; rows]);
+            let start = start.unwrap_or_else(|| vec![Some(0); rows]);
+            let step = step.unwrap_or_else(|| vec![Some(1); rows]);
+            let count = |((start, stop), step): ((Option<i128>, Option<i128>), Option<i128>)| {
+                match (start, stop, step) {
+                    // Stepping away from `stop` gives an empty list.
+                    (Some(a), Some(b), Some(s)) if s != 0 && (b - a).signum() != -s.signum() => {
+                        (b.abs_diff(a) / s.unsigned_abs()).saturating_add(1)
+                    }
+                    _ => 0,
+                }
+            };
+            total(start.into_iter().zip(stop).zip(step).map(count).collect()).saturating_mul(16)
+        }
         "Replace" => {
             let s = len(0)?;
             let to = len(2)?;
@@ -297,6 +324,50 @@ fn ints(v: &ColumnarValue, rows: usize) -> Result<Vec<u128>> {
     }
 }
 
+/// Each row's value as a signed number: integers as they are; dates, timestamps and
+/// intervals in nanoseconds (a month of an interval as 28 days).
+fn signed(v: &ColumnarValue, rows: usize) -> Result<Vec<Option<i128>>> {
+    use datafusion::arrow::compute::cast;
+    use datafusion::arrow::datatypes::{IntervalMonthDayNanoType, IntervalUnit, TimeUnit};
+    const DAY: i128 = 86_400 * 1_000_000_000;
+    let array = v.to_array(rows)?;
+    let scaled = |array: &ArrayRef, unit: i128| -> Result<Vec<Option<i128>>> {
+        let n = cast(array, &DataType::Int64)?;
+        Ok(n.as_primitive::<Int64Type>()
+            .iter()
+            .map(|v| v.map(|v| i128::from(v).saturating_mul(unit)))
+            .collect())
+    };
+    match array.data_type() {
+        DataType::Interval(_) => {
+            let i = cast(&array, &DataType::Interval(IntervalUnit::MonthDayNano))?;
+            Ok(i.as_primitive::<IntervalMonthDayNanoType>()
+                .iter()
+                .map(|v| {
+                    v.map(|v| {
+                        i128::from(v.months)
+                            .saturating_mul(28 * DAY)
+                            .saturating_add(i128::from(v.days).saturating_mul(DAY))
+                            .saturating_add(i128::from(v.nanoseconds))
+                    })
+                })
+                .collect())
+        }
+        DataType::Date32 => scaled(&cast(&array, &DataType::Int32)?, DAY),
+        DataType::Date64 => scaled(&array, 1_000_000),
+        DataType::Timestamp(unit, _) => scaled(
+            &array,
+            match unit {
+                TimeUnit::Second => 1_000_000_000,
+                TimeUnit::Millisecond => 1_000_000,
+                TimeUnit::Microsecond => 1_000,
+                TimeUnit::Nanosecond => 1,
+            },
+        ),
+        _ => scaled(&array, 1),
+    }
+}
+
 /// How many references (`\1`, `$1`, `${name}`) each row's replacement may hold.
 fn references(v: &ColumnarValue, rows: usize) -> Result<Vec<u128>> {
     let count = |s: Option<&str>| {
@@ -349,6 +420,13 @@ mod tests {
             "select length(regexp_replace(repeat('x', 5000), '(x)', '\\1\\1\\1\\1', 'g'))",
             "select cardinality(array_repeat(1, 1000000000))",
             "select cardinality(array_resize([1], 1000000000))",
+            "select cardinality(range(1000000000))",
+            "select cardinality(range(-9223372036854775808, 9223372036854775807, 1))",
+            "select cardinality(generate_series(1, 1000000000, 2))",
+            "select cardinality(range(date '1970-01-01', date '9999-12-31', interval '1 day'))",
+            "select cardinality(range(timestamp '2020-01-01', timestamp '2020-01-02', interval '1 nanosecond'))",
+            "select cardinality(generate_series(timestamp '1900-01-01', timestamp '2100-01-01', interval '1 second'))",
+            "select cardinality(range(value)) from generate_series(1, 100000)",
             "select x from (select 1 as x) where x in (select length(repeat('x', 2000000000)))",
         ] {
             let e = run(big, limit).await.expect_err(big);
@@ -369,6 +447,13 @@ mod tests {
                 "4",
             ),
             ("select cardinality(array_repeat(1, 3)) as n", "3"),
+            ("select cardinality(range(10)) as n", "10"),
+            ("select cardinality(range(0, 1000000000, -1)) as n", "0"),
+            ("select cardinality(generate_series(1, 10, 3)) as n", "4"),
+            (
+                "select cardinality(range(date '2026-01-01', date '2026-12-31', interval '1 month')) as n",
+                "11",
+            ),
         ] {
             let batches = run(ok, limit).await.expect(ok);
             let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
