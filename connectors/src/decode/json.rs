@@ -19,7 +19,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{BooleanArray, RecordBatch};
+use arrow::array::{BooleanArray, RecordBatch, UInt32Array};
 use arrow::compute::{concat_batches, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
@@ -29,7 +29,8 @@ use sluice_pipeline::{SourceBatch, Stage, TopicPartition};
 pub use super::RawMessage;
 use super::chunk::{Chunk, Slot, bisect};
 use super::evolve::{merge_fields, merge_types};
-use super::limits::{DecodeLimits, count_fields, json_depth, name_problem};
+use super::limits::{DecodeLimits, count_fields, json_depth, json_members, name_problem};
+use super::screen::Shape;
 use crate::error::{Error, Result};
 pub use sluice_pipeline::error::scrub_values;
 use sluice_pipeline::panic::guard;
@@ -127,6 +128,9 @@ pub struct JsonDecoder {
     decoder: Option<Decoder>,
     /// The fast path failed for this chunk: rebuild it by bisection at `finish`.
     dirty: bool,
+    /// The last chunk held messages that did not fit: this one skips the fast path
+    /// (which would likely fail too, wasting a pass) and goes straight to the screen.
+    suspect_next: bool,
     chunk: Chunk,
 }
 
@@ -157,6 +161,7 @@ impl JsonDecoder {
             schema,
             decoder: None,
             dirty: false,
+            suspect_next: false,
             chunk: Chunk::new(),
         }
     }
@@ -194,6 +199,10 @@ impl JsonDecoder {
             .chunk
             .push_row(m.payload.map_or(&b"{}"[..], unwrap_connect_envelope));
         if self.dirty {
+            return;
+        }
+        if self.suspect_next {
+            self.dirty = true;
             return;
         }
         let Some(schema) = self.schema.clone() else {
@@ -279,14 +288,8 @@ impl JsonDecoder {
         let mut widened = false;
         loop {
             let candidates = self.chunk.candidates();
-            let mut parts = Vec::new();
-            let mut bad = Vec::new();
-            bisect(
-                &candidates,
-                &mut |msgs| self.try_decode(&schema, msgs),
-                &mut parts,
-                &mut bad,
-            );
+            let (rows, bad) = self.decode_screened(&schema, &candidates)?;
+            self.suspect_next = !bad.is_empty();
             if !widened && self.config.schema_evolution && !bad.is_empty() {
                 widened = true;
                 let (wider, refused) = self.widen(&schema, &bad);
@@ -306,12 +309,52 @@ impl JsonDecoder {
                 let (stage, error) = self.classify(i, Some(err));
                 self.chunk.reject(i, stage, error);
             }
-            return Ok(if parts.is_empty() {
-                None
-            } else {
-                Some(concat_batches(&schema, &parts)?)
-            });
+            return Ok(rows);
         }
+    }
+
+    /// Decode `candidates`: the messages the screen passes in one go (bisected only if
+    /// that fails after all), each suspect on its own. Rows in message order, and the
+    /// messages that did not decode with their errors.
+    #[allow(clippy::type_complexity)]
+    fn decode_screened(
+        &self,
+        schema: &SchemaRef,
+        candidates: &[usize],
+    ) -> Result<(Option<RecordBatch>, Vec<(usize, String)>)> {
+        let shape = Shape::of(schema.fields());
+        let (likely, suspects): (Vec<usize>, Vec<usize>) = candidates
+            .iter()
+            .partition(|i| self.chunk.payload(**i).is_none_or(|b| shape.may_fit(b)));
+        let mut parts = Vec::new();
+        let mut bad = Vec::new();
+        bisect(
+            &likely,
+            &mut |msgs| self.try_decode(schema, msgs),
+            &mut parts,
+            &mut bad,
+        );
+        // Rows of `likely` come in its order, without the bad ones.
+        let refused: std::collections::HashSet<usize> = bad.iter().map(|(i, _)| *i).collect();
+        let mut order: Vec<usize> = likely
+            .iter()
+            .copied()
+            .filter(|i| !refused.contains(i))
+            .collect();
+        for i in suspects {
+            match self.try_decode(schema, &[i]) {
+                Ok(b) => {
+                    parts.push(b);
+                    order.push(i);
+                }
+                Err(e) => bad.push((i, e)),
+            }
+        }
+        if parts.is_empty() {
+            return Ok((None, bad));
+        }
+        let rows = concat_batches(schema, &parts)?;
+        Ok((Some(in_message_order(rows, &order)?), bad))
     }
 
     /// Decode `msgs` with a fresh decoder; any message not adding exactly one row fails,
@@ -346,6 +389,7 @@ impl JsonDecoder {
         let bytes = self.chunk.payload(i).unwrap_or_default();
         let limits = &self.config.limits;
         limits.check_depth(json_depth(bytes))?;
+        limits.check_members(json_members(bytes))?;
         let parsed = guard(|| {
             let value: serde_json::Value = serde_json::from_slice(bytes)
                 .map_err(|e| (Stage::Decode, format!("malformed JSON: {e}")))?;
@@ -533,6 +577,19 @@ impl JsonDecoder {
         }
         Some(Arc::new(nullable_without_null_types(&Schema::new(fields))))
     }
+}
+
+/// `rows`, the `i`th of which decoded message `order[i]`, sorted by message.
+fn in_message_order(rows: RecordBatch, order: &[usize]) -> Result<RecordBatch> {
+    if order.is_sorted() {
+        return Ok(rows);
+    }
+    let mut positions: Vec<u32> = (0..order.len() as u32).collect();
+    positions.sort_by_key(|p| order[*p as usize]);
+    Ok(arrow::compute::take_record_batch(
+        &rows,
+        &UInt32Array::from(positions),
+    )?)
 }
 
 /// Give `before` and `after` one row type: the merge of both (each may be all null).
@@ -829,6 +886,22 @@ mod tests {
     }
 
     #[test]
+    fn rows_decoded_out_of_order_are_put_back_in_message_order() {
+        let rows = RecordBatch::try_from_iter([(
+            "n",
+            Arc::new(arrow::array::Int64Array::from(vec![10, 30, 50, 20, 40])) as _,
+        )])
+        .expect("batch");
+        let sorted = in_message_order(rows, &[1, 3, 5, 2, 4]).expect("sorted");
+        let n = sorted
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .expect("ints");
+        assert_eq!(n.values(), &[10, 20, 30, 40, 50]);
+    }
+
+    #[test]
     fn two_objects_in_one_message_are_rejected() {
         let mut d = decoder(Some(schema_ab()));
         d.push(&msg(0, Some(br#"{"a": 1}{"a": 2}"#)));
@@ -1055,6 +1128,52 @@ mod hostile_tests {
 
     fn schema_id() -> SchemaRef {
         Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]))
+    }
+
+    #[test]
+    fn a_tenth_of_hostile_messages_leaves_every_ordinary_row_whole_and_in_order() {
+        use crate::demo::hostile::KINDS;
+        for kind in &KINDS {
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("id", DataType::Int64, true),
+                Field::new("merchant", DataType::Utf8, true),
+            ]));
+            let mut d = decoder(Some(schema), DecodeLimits::default(), false);
+            // Two chunks: the second skips the fast path after the first met suspects.
+            for chunk in 0..2 {
+                let payloads: Vec<Vec<u8>> = (0..200)
+                    .map(|i| {
+                        if i % 10 == 3 {
+                            (kind.make)(chunk * 1000 + i)
+                        } else {
+                            format!(r#"{{"id": {i}, "merchant": "m{i}"}}"#).into_bytes()
+                        }
+                    })
+                    .collect();
+                let b = push_all(&mut d, &payloads);
+                let rows = b.rows.as_ref().expect("rows");
+                let ids = rows
+                    .column_by_name("id")
+                    .expect("id")
+                    .as_primitive::<Int64Type>();
+                let mut landed = Vec::new();
+                for (row, offset) in offsets(&b).into_iter().enumerate() {
+                    if offset % 10 != 3 {
+                        assert_eq!(ids.value(row), offset, "{}: row {row}", kind.name);
+                    }
+                    landed.push(offset);
+                }
+                landed.extend(dead(&b).iter().map(|(o, _, _)| *o));
+                landed.sort_unstable();
+                assert_eq!(landed, (0..200).collect::<Vec<_>>(), "{}", kind.name);
+                assert!(
+                    dead(&b).iter().all(|(o, _, _)| o % 10 == 3),
+                    "{}: {:?}",
+                    kind.name,
+                    dead(&b)
+                );
+            }
+        }
     }
 
     #[test]

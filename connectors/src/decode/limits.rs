@@ -61,6 +61,21 @@ impl DecodeLimits {
     }
 
     /// Whether the fields of one message, as inferred, are within the limits.
+    /// Refuse a message whose objects hold more members (outside arrays, as written) than
+    /// `max_fields`, before its fields are inferred.
+    pub(crate) fn check_members(&self, members: usize) -> Result<(), (Stage, String)> {
+        if members > self.max_fields {
+            return Err((
+                Stage::Limit,
+                format!(
+                    "has {members} fields (object members outside arrays, as written); decode.max_fields is {}",
+                    self.max_fields
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     pub(crate) fn check_message_fields(&self, fields: &Fields) -> Result<(), (Stage, String)> {
         let depth = fields_depth(fields);
         self.check_depth(depth)?;
@@ -109,6 +124,37 @@ pub fn json_depth(bytes: &[u8]) -> usize {
         }
     }
     max.saturating_sub(1)
+}
+
+/// Members of the objects of a JSON text outside any array, as written (a key repeated
+/// counts each time), counted on the bytes without parsing them: a bound below which the
+/// fields inferred from it stay (up to repeated keys), found for the cost of a scan, so a
+/// message of thousands of fields is refused before anything is built from it.
+pub fn json_members(bytes: &[u8]) -> usize {
+    let mut members = 0usize;
+    let mut arrays = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' => arrays += 1,
+            b']' => arrays = arrays.saturating_sub(1),
+            b':' if arrays == 0 => members += 1,
+            _ => {}
+        }
+    }
+    members
 }
 
 /// Levels of nesting of a type: 0 for a primitive, one more for every struct, list or
@@ -300,6 +346,22 @@ mod tests {
         assert_eq!(json_depth(deep.as_bytes()), 119);
         assert_eq!(json_depth(b""), 0);
         assert_eq!(json_depth(b"}}]]"), 0, "unbalanced text does not underflow");
+    }
+
+    #[test]
+    fn json_members_counts_keys_outside_arrays_and_skips_strings() {
+        assert_eq!(json_members(br#"{"a": 1, "b": {"c": 2}}"#), 3);
+        assert_eq!(
+            json_members(br#"{"a": [{"b": 1}, {"b": 2}], "c": "x:y"}"#),
+            2
+        );
+        assert_eq!(json_members(br#"{"a\":": 1}"#), 1);
+        assert_eq!(json_members(br#"{"a": 1, "a": 2}"#), 2, "as written");
+        assert_eq!(
+            json_members(b"]]]:"),
+            1,
+            "unbalanced text does not underflow"
+        );
     }
 
     #[test]

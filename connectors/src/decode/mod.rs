@@ -6,6 +6,7 @@ pub(crate) mod evolve;
 pub mod json;
 pub mod limits;
 pub mod registry;
+mod screen;
 
 use sluice_pipeline::panic::guard;
 use sluice_pipeline::{SourceBatch, Stage};
