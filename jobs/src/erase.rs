@@ -370,11 +370,8 @@ pub async fn erase(
     let journal = if options.dry_run {
         None
     } else {
-        let ids: Vec<(&str, &str)> = requests
-            .iter()
-            .map(|r| (r.request_id.as_str(), r.subject_hash.as_str()))
-            .collect();
-        Some(Journal::of(lake, &ids)?)
+        let subjects: Vec<&str> = requests.iter().map(|r| r.subject_hash.as_str()).collect();
+        Some(Journal::of(lake, &subjects)?)
     };
     let mut outcomes: Vec<TableOutcome> = Vec::new();
     for t in find_tables_in(lake)
@@ -455,10 +452,13 @@ pub async fn erase(
     }
     // A run stopped after writing its certificates' time may have recorded them.
     let earlier = match &journal {
-        Some(j) => j.run().await?.erased_at,
+        Some(j) => Some(j.run().await?).filter(|r| r.erased_at.is_some()),
         None => None,
     };
-    let erased_at = earlier.unwrap_or_else(|| chrono::Utc::now().timestamp_micros());
+    let erased_at = earlier
+        .as_ref()
+        .and_then(|r| r.erased_at)
+        .unwrap_or_else(|| chrono::Utc::now().timestamp_micros());
     let mut certificates = Vec::new();
     for (i, r) in requests.iter().enumerate() {
         let tables = outcomes
@@ -486,16 +486,25 @@ pub async fn erase(
         certificates.push(certificate);
     }
     if let Some(j) = &journal {
-        j.save_run(&RunJournal {
-            erased_at: Some(erased_at),
-        })
-        .await?;
-        abort_point("certifying", "run");
-        let recorded = match earlier {
-            Some(at) => recorded_at(lake, &certificates, at).await?,
-            None => false,
+        let recorded = match &earlier {
+            Some(run) if run.request_ids.len() == certificates.len() => {
+                recorded_at(lake, &certificates, erased_at).await?
+            }
+            _ => false,
         };
-        if !recorded {
+        if recorded {
+            // Recorded by the stopped run: reported as recorded, under its request ids.
+            let ids = earlier.map(|r| r.request_ids).unwrap_or_default();
+            for (c, id) in certificates.iter_mut().zip(ids) {
+                c.request_id = id;
+            }
+        } else {
+            j.save_run(&RunJournal {
+                erased_at: Some(erased_at),
+                request_ids: certificates.iter().map(|c| c.request_id.clone()).collect(),
+            })
+            .await?;
+            abort_point("certifying", "run");
             record(lake, &certificates).await?;
         }
         abort_point("recorded", "run");
@@ -504,7 +513,7 @@ pub async fn erase(
     Ok(certificates)
 }
 
-/// Whether `sluice.erasures` holds certificates of `certificates`' requests at `at`.
+/// Whether `sluice.erasures` holds certificates of `certificates`' subjects at `at`.
 async fn recorded_at(lake: &Lake, certificates: &[Certificate], at: i64) -> Result<bool> {
     let url = table::lake_url(lake, ERASURES)?;
     let t = table::open(ERASURES, &url).await?;
@@ -529,21 +538,18 @@ async fn recorded_at(lake: &Lake, certificates: &[Certificate], at: i64) -> Resu
                 ),
             ),
         ))?
-        .select_columns(&["request_id", "subject_hash"])?
+        .select_columns(&["subject_hash"])?
         .collect()
         .await?;
-    let mut found: HashSet<(String, String)> = HashSet::new();
+    let mut found: HashSet<String> = HashSet::new();
     for b in batches {
-        let ids = cast(b.column(0), &DataType::Utf8)?;
-        let hashes = cast(b.column(1), &DataType::Utf8)?;
-        let (ids, hashes) = (ids.as_string::<i32>(), hashes.as_string::<i32>());
+        let hashes = cast(b.column(0), &DataType::Utf8)?;
+        let hashes = hashes.as_string::<i32>();
         for i in 0..b.num_rows() {
-            found.insert((ids.value(i).to_string(), hashes.value(i).to_string()));
+            found.insert(hashes.value(i).to_string());
         }
     }
-    Ok(certificates
-        .iter()
-        .all(|c| found.contains(&(c.request_id.clone(), c.subject_hash.clone()))))
+    Ok(certificates.iter().all(|c| found.contains(&c.subject_hash)))
 }
 
 /// The subject key store at `store`, if it holds a table.

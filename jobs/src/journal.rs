@@ -3,8 +3,9 @@
 //! stopped at any moment (killed, out of memory, power lost) is finished by the next run
 //! of the same requests, with the certificate an unbroken run would have written.
 //!
-//! `<run>` is a hash of the requests (ids and subject hashes, in order): running the same
-//! command again, or reading the same batch of requests from Kafka, finds the journal.
+//! `<run>` is a hash of the subjects' salted hashes, in order: running the same command
+//! again (with or without the same request id), or reading the same batch of requests
+//! from Kafka, finds the journal.
 //! Per table it holds:
 //!
 //! - the *attempts* whose delete may have committed but is not yet accounted for: each
@@ -17,12 +18,13 @@
 //!   safety window: they were settled when decided.
 //!
 //! Then, before the certificates are recorded (one commit for all of them), the run
-//! writes the time it certifies at; a run finding that time in the journal looks for
-//! certificates with it before recording them again.
+//! writes the time it certifies at and the request ids; a run finding them in the
+//! journal looks for certificates of that time before recording them again, and if they
+//! were recorded, reports them under their request ids.
 //!
-//! The journal names no subject or request: the run is named by a hash of the request
-//! ids and salted subject hashes, values appear only as their salted hashes (which the
-//! certificate holds too), files by path.
+//! The journal names no subject: the run is named by a hash of salted subject hashes,
+//! values appear only as their salted hashes (which the certificate holds too), files
+//! by path; request ids as the certificates hold them.
 
 use std::sync::Arc;
 
@@ -67,10 +69,12 @@ pub struct TableJournal {
     pub logs_purged: u64,
 }
 
-/// The run-level part: when the certificates were (about to be) recorded.
+/// The run-level part: when the certificates were (about to be) recorded, under which
+/// request ids.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunJournal {
     pub erased_at: Option<i64>,
+    pub request_ids: Vec<String>,
 }
 
 /// The journal of one run of a set of requests.
@@ -86,14 +90,13 @@ fn failed(e: impl std::fmt::Display) -> Error {
 }
 
 impl Journal {
-    /// The journal of `requests` (request id, subject hash), in `lake`.
-    pub fn of(lake: &Lake, requests: &[(&str, &str)]) -> Result<Self> {
+    /// The journal of the requests for the subjects of `subject_hashes`, in `lake`.
+    pub fn of(lake: &Lake, subject_hashes: &[&str]) -> Result<Self> {
         let store = sluice_connectors::delta::table::lake_root_store(lake)?;
         let mut h = Sha256::new();
-        for (id, subject) in requests {
-            for part in [id.as_bytes(), b"\0", subject.as_bytes(), b"\n"] {
-                h.update(part);
-            }
+        for subject in subject_hashes {
+            h.update(subject.as_bytes());
+            h.update(b"\n");
         }
         let run = hex::encode(&h.finalize()[..16]);
         let mut attempt = [0u8; 16];

@@ -425,7 +425,8 @@ fn erasure_requests_from_kafka_are_certified_once_and_leave_tombstones() {
         "erasure-requests",
         &[
             Some(b"7100002"),
-            Some(br#"{"subject": "7100004", "request_id": "DSAR-4"}"#),
+            // Its id holds its subject: carried out, recorded under a keyed hash of the id.
+            Some(br#"{"subject": "7100004", "request_id": "DSAR-7100004"}"#),
             Some(br#"{"nope": 1}"#),
         ],
     );
@@ -435,14 +436,21 @@ fn erasure_requests_from_kafka_are_certified_once_and_leave_tombstones() {
         w.sql("select id from bronze.events order by id"),
         vec!["7100001", "7100003", "7100005"]
     );
+    let certified =
+        w.sql("select request_id, outcome, tombstones from sluice.erasures order by request_id");
     assert_eq!(
-        w.sql("select request_id, outcome, tombstones from sluice.erasures order by request_id"),
-        vec![
-            "DSAR-4,erased,1",
+        certified[..2],
+        [
             "erasure-requests-0-0,erased,1",
             // CSV doubles the quotes inside a quoted field.
             r#"erasure-requests-0-2,"invalid request: a JSON request needs a non-empty string ""subject""",0"#,
         ]
+    );
+    assert!(
+        certified[2].starts_with("redacted-")
+            && certified[2].ends_with(",erased,1")
+            && !certified[2].contains("7100004"),
+        "{certified:?}"
     );
     // The tombstones compact the subjects' keys away in Kafka.
     let tombstones: Vec<String> = read_topic(&broker.bootstrap(), "events")
@@ -520,11 +528,25 @@ fn erasure_leaves_no_value_of_the_erased_rows_anywhere_and_statistics_stay_safe(
         with_letter.clone(),
     ];
 
-    // Identifiers that would match words everywhere are refused before anything runs.
+    // Identifiers that would match words everywhere are refused before anything runs, and
+    // so is a request id holding a subject (it is kept in the clear), in any case.
     for bad in ["1", "null", "C01"] {
         let out = d.sluice(&["job", "erase", bad]).output().expect("erase");
         assert_eq!(out.status.code(), Some(2), "{bad}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("refused"));
+    }
+    for id in [
+        "DSAR-c0000010".to_string(),
+        format!("re-{}", token(&with_accounts)),
+    ] {
+        let out = d
+            .sluice(&["job", "erase", "--request-id", &id, &with_accounts])
+            .output()
+            .expect("erase");
+        assert_eq!(out.status.code(), Some(2), "{id}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--request-id refused"), "{err}");
+        assert!(!err.contains(&with_accounts), "{err}");
     }
     // A dry run lists what would go and changes nothing.
     let listing = || -> Vec<(PathBuf, u64)> {
@@ -972,7 +994,8 @@ fn an_erasure_stopped_at_any_step_is_finished_by_the_next_run_with_the_same_cert
     // Stopped (aborted, as a kill would) at every step of the erasure in turn, each run
     // taking over from the one before: before and after a table's delete, after its rows
     // are accounted for, after its log scrub, after its files are removed, before and after
-    // the certificates are recorded.
+    // the certificates are recorded. The same command, with or without the request id:
+    // the journal is the subject's.
     for at in [
         "deleted:silver.accounts",
         "journaled:silver.accounts",
@@ -982,8 +1005,13 @@ fn an_erasure_stopped_at_any_step_is_finished_by_the_next_run_with_the_same_cert
         "certifying:run",
         "recorded:run",
     ] {
+        let args: &[&str] = if at == "recorded:run" {
+            &["job", "erase", "--request-id", "STOP", "C0000010"]
+        } else {
+            &["job", "erase", "C0000010"]
+        };
         let out = d
-            .sluice(&["job", "erase", "--request-id", "STOP", "C0000010"])
+            .sluice(args)
             .env("SLUICE_TEST_ERASE_ABORT_AT", at)
             .output()
             .expect("erase");
@@ -994,15 +1022,11 @@ fn an_erasure_stopped_at_any_step_is_finished_by_the_next_run_with_the_same_cert
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let done = certificate(d.ok(&[
-        "--format",
-        "json",
-        "job",
-        "erase",
-        "--request-id",
-        "STOP",
-        "C0000010",
-    ]));
+    let done = certificate(d.ok(&["--format", "json", "job", "erase", "C0000010"]));
+    assert_eq!(
+        done["request_id"], "STOP",
+        "recorded by the stopped run, under its id"
+    );
     // The certificate is the one an unbroken run would write: every table, every row, every
     // value hash, nothing left for later; and it is recorded once.
     let tables = |c: &serde_json::Value| -> BTreeMap<String, (u64, i64, Vec<String>)> {
@@ -1038,8 +1062,11 @@ fn an_erasure_stopped_at_any_step_is_finished_by_the_next_run_with_the_same_cert
         assert_eq!(t["files_deferred"], 0, "{t}");
     }
     assert_eq!(
-        d.one("select count(*), max(outcome) from sluice.erasures where request_id = 'STOP'"),
-        "1,erased"
+        d.one(&format!(
+            "select count(*), max(request_id), max(outcome) from sluice.erasures where subject_hash = '{}'",
+            done["subject_hash"].as_str().expect("hash")
+        )),
+        "1,STOP,erased"
     );
     let pending = d.lake().join("_sluice/erasures_pending");
     assert!(
