@@ -339,6 +339,39 @@ pub fn check_subjects(config: &Config, subjects: &[String]) -> anyhow::Result<()
     Ok(())
 }
 
+/// Refuse a request id holding one of the subjects (raw or pseudonymised, in any case):
+/// certificates and job runs keep request ids in the clear.
+pub fn check_request_id(
+    config: &Config,
+    subjects: &[String],
+    request_id: Option<&str>,
+) -> anyhow::Result<()> {
+    let Some(id) = request_id else {
+        return Ok(());
+    };
+    for (i, s) in find_subjects(config, subjects)?.iter().enumerate() {
+        if s.held_in(id) {
+            anyhow::bail!(
+                "--request-id refused: it holds subject {} of {} (certificates and job runs keep request ids in the clear)",
+                i + 1,
+                subjects.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A request id that holds its subject, replaced by a keyed hash of it (the request is
+/// still carried out: erasing is what was asked).
+fn redacted_request_id(secret: &[u8], subject: &Subject, id: String) -> String {
+    if subject.held_in(&id) {
+        tracing::warn!("an erasure request's id holds its subject: recorded as redacted-…");
+        format!("redacted-{}", &erase::subject_hash(secret, &id)[..16])
+    } else {
+        id
+    }
+}
+
 /// Erase the subjects of one request: tombstones for their keys, then the lake in one
 /// pass; a certificate per subject, and the run recorded with the request ids only (a
 /// hash of a subject id is guessable). A dry run sends, changes and records nothing.
@@ -558,7 +591,10 @@ pub async fn erase_requests(config: &Config, lake: &Lake, format: Format) -> any
                 .map(|raw| (raw.clone(), r.request_id.clone()))
         })
         .zip(found)
-        .map(|((raw, id), subject)| (raw, subject, id))
+        .map(|((raw, id), subject)| {
+            let id = redacted_request_id(secret.bytes(), &subject, id);
+            (raw, subject, id)
+        })
         .collect();
     let mut erased = if valid.is_empty() {
         Vec::new()

@@ -521,6 +521,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             }
             let subjects = job::subjects(subjects, file.as_deref()).map_err(usage)?;
             job::check_subjects(&config, &subjects).map_err(usage)?;
+            job::check_request_id(&config, &subjects, request_id.as_deref()).map_err(usage)?;
             if *verify {
                 job::erase_verify(&config, &lake, &subjects, cli.format).await?;
             } else {

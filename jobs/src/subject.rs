@@ -91,6 +91,13 @@ impl Subject {
         &self.forms
     }
 
+    /// Whether `text` holds one of the subject's forms anywhere, whatever the case (also
+    /// inside a longer word): for text kept in the clear, such as request ids.
+    pub fn held_in(&self, text: &str) -> bool {
+        let text = text.to_lowercase();
+        self.forms.iter().any(|f| text.contains(&f.to_lowercase()))
+    }
+
     /// Whether `value` is the subject's identifier in one of its forms.
     pub fn is(&self, value: &str) -> bool {
         self.exact.contains(value)
