@@ -1,7 +1,7 @@
 //! Every PII action on a column of 1 M values, column-at-a-time as the runner applies it.
 //!
 //! `cargo bench --bench pii`. Throughput is in values (rows); figures are per core (the
-//! benchmark is single-threaded). Targets from issue 3: mask/drop ≥ 50 M values/s,
+//! benchmark is single-threaded). Targets: mask/drop ≥ 50 M values/s,
 //! tokenize ≥ 2 M/s, redact (free text of ~120 characters, all detectors) ≥ 500 k/s,
 //! encrypt_fpe ≥ 300 k/s. `encrypt` (crypto-shredding) runs over 10 k and 1 M subjects,
 //! their data keys already made (the steady state; a new subject costs one key, wrapped,

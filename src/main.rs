@@ -1,4 +1,4 @@
-//! `sluice`: Kafka → Delta Lake with exactly-once offsets. See the README for a tour.
+//! `sluice`: Kafka → Delta Lake with exactly-once offsets. See the README and docs/ for a tour.
 
 mod bench;
 mod demo;

@@ -1,8 +1,8 @@
 //! Hostile input on a real broker: messages chosen to crash, stall or bloat `sluice run`,
 //! interleaved with ordinary ones. Every offset lands exactly once, in bronze or in the
-//! dead letters (at the stage the README names), the ordinary messages land, the process
-//! exits 0 only when caught up, a restart adds nothing, and peak RSS stays under the
-//! configured memory budget.
+//! dead letters (at the stage docs/guide/ingest.md names), the ordinary messages land,
+//! the process exits 0 only when caught up, a restart adds nothing, and peak RSS stays
+//! under the configured memory budget.
 
 use std::collections::BTreeMap;
 

@@ -11,6 +11,7 @@ mod cli;
 mod dead_letters;
 mod declared;
 mod deploy;
+mod docs;
 mod duckdb;
 mod erase;
 mod exactly_once;
