@@ -194,11 +194,42 @@ fn bound(growth: &str, args: &[ColumnarValue], rows: usize) -> Result<u128> {
     };
     Ok(match growth {
         "Repeat" => times(len(0)?, int(1)?),
-        "ArrayRepeat" => times(len(0)?, int(1)?),
+        // Each element costs its offset too, even an empty one.
+        "ArrayRepeat" => times(
+            len(0)?.into_iter().map(|l| l.saturating_add(8)).collect(),
+            int(1)?,
+        ),
         "Pad" => total(int(1)?).saturating_mul(4),
         "Resize" => total(int(1)?).saturating_mul(16),
         "Range" => {
-            let at = |i: usize| args.get(i).map(|a| signed(a, rows)).transpose();
+            if let Some(step) = args.get(2) {
+                let dates = args
+                    .first()
+                    .is_some_and(|a| matches!(a.data_type(), DataType::Date32 | DataType::Date64));
+                check_step(step, rows, dates)?;
+            }
+            let at = |i: usize| {
+                args.get(i)
+                    .map(|a| {
+                        // A step written as text is an interval.
+                        let text = matches!(
+                            a.data_type(),
+                            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                        );
+                        if i == 2 && text {
+                            let interval = strict_cast(
+                                &a.to_array(rows)?,
+                                &DataType::Interval(
+                                    datafusion::arrow::datatypes::IntervalUnit::MonthDayNano,
+                                ),
+                            )?;
+                            signed(&ColumnarValue::Array(interval), rows)
+                        } else {
+                            signed(a, rows)
+                        }
+                    })
+                    .transpose()
+            };
             let (start, stop, step) = match args.len() {
                 1 => (None, at(0)?, None),
                 2 => (at(0)?, at(1)?, None),
@@ -324,12 +355,68 @@ fn ints(v: &ColumnarValue, rows: usize) -> Result<Vec<u128>> {
     }
 }
 
-/// Each row's value as a signed number: integers as they are; dates, timestamps and
-/// intervals in nanoseconds (a month of an interval as 28 days).
+/// Nanoseconds in a day, and in the shortest day a time zone has (a day of an interval
+/// added across a change of clocks may be 23 hours).
+const DAY: i128 = 86_400 * 1_000_000_000;
+const SHORTEST_DAY: i128 = 23 * 3_600 * 1_000_000_000;
+
+/// Refuse a `range` step that may never advance: an interval whose months, days and time
+/// have different signs (`1 day -24 hours`, `1 month -28 days`), or one stepping dates by
+/// a time that is not whole days (dates move by whole days only).
+fn check_step(step: &ColumnarValue, rows: usize, dates: bool) -> Result<()> {
+    use datafusion::arrow::datatypes::{IntervalMonthDayNanoType, IntervalUnit};
+    let array = step.to_array(rows)?;
+    let interval = match array.data_type() {
+        DataType::Interval(_) => {
+            strict_cast(&array, &DataType::Interval(IntervalUnit::MonthDayNano))?
+        }
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+            strict_cast(&array, &DataType::Interval(IntervalUnit::MonthDayNano))?
+        }
+        _ => return Ok(()),
+    };
+    for v in interval
+        .as_primitive::<IntervalMonthDayNanoType>()
+        .iter()
+        .flatten()
+    {
+        let signs = [
+            i64::from(v.months).signum(),
+            i64::from(v.days).signum(),
+            v.nanoseconds.signum(),
+        ];
+        if signs.contains(&1) && signs.contains(&-1) {
+            return exec_err!(
+                "range and generate_series refuse a step whose months, days and time have different signs: it may never advance"
+            );
+        }
+        if dates && i128::from(v.nanoseconds) % DAY != 0 {
+            return exec_err!(
+                "range and generate_series over dates refuse a step with a time that is not whole days: dates move by whole days"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `array` cast to `to`, failing on any value that does not convert (instead of null).
+fn strict_cast(array: &ArrayRef, to: &DataType) -> Result<ArrayRef> {
+    let options = datafusion::arrow::compute::CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    Ok(datafusion::arrow::compute::cast_with_options(
+        array, to, &options,
+    )?)
+}
+
+/// Each row's value as a signed number: integers as they are; dates, timestamps (also
+/// written as text) and intervals in nanoseconds (a month of an interval as 28 days, a
+/// day as the shortest day a time zone has, so that a count of steps is an upper bound).
+/// A value that does not convert fails.
 fn signed(v: &ColumnarValue, rows: usize) -> Result<Vec<Option<i128>>> {
-    use datafusion::arrow::compute::cast;
     use datafusion::arrow::datatypes::{IntervalMonthDayNanoType, IntervalUnit, TimeUnit};
-    const DAY: i128 = 86_400 * 1_000_000_000;
+    let cast = strict_cast;
     let array = v.to_array(rows)?;
     let scaled = |array: &ArrayRef, unit: i128| -> Result<Vec<Option<i128>>> {
         let n = cast(array, &DataType::Int64)?;
@@ -346,13 +433,17 @@ fn signed(v: &ColumnarValue, rows: usize) -> Result<Vec<Option<i128>>> {
                 .map(|v| {
                     v.map(|v| {
                         i128::from(v.months)
-                            .saturating_mul(28 * DAY)
-                            .saturating_add(i128::from(v.days).saturating_mul(DAY))
+                            .saturating_mul(28 * SHORTEST_DAY)
+                            .saturating_add(i128::from(v.days).saturating_mul(SHORTEST_DAY))
                             .saturating_add(i128::from(v.nanoseconds))
                     })
                 })
                 .collect())
         }
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => scaled(
+            &cast(&array, &DataType::Timestamp(TimeUnit::Microsecond, None))?,
+            1_000,
+        ),
         DataType::Date32 => scaled(&cast(&array, &DataType::Int32)?, DAY),
         DataType::Date64 => scaled(&array, 1_000_000),
         DataType::Timestamp(unit, _) => scaled(
@@ -427,6 +518,9 @@ mod tests {
             "select cardinality(range(timestamp '2020-01-01', timestamp '2020-01-02', interval '1 nanosecond'))",
             "select cardinality(generate_series(timestamp '1900-01-01', timestamp '2100-01-01', interval '1 second'))",
             "select cardinality(range(value)) from generate_series(1, 100000)",
+            "select cardinality(array_repeat('', 2000000000))",
+            // Dates written as text, over many rows.
+            "select cardinality(range(s, '9999-12-31', interval '1 day')) from (select '1970-01-01' as s from generate_series(1, 1000))",
             "select x from (select 1 as x) where x in (select length(repeat('x', 2000000000)))",
         ] {
             let e = run(big, limit).await.expect_err(big);
@@ -461,6 +555,26 @@ mod tests {
                 .to_string();
             assert!(text.contains(&format!("| {expect} ")), "{ok}: {text}");
         }
+        // Steps that may never advance are refused, whatever the memory.
+        for never in [
+            "select range(date '2020-01-01', date '2020-01-02', interval '1 day -24 hours')",
+            "select generate_series(timestamp '2001-01-31', timestamp '2001-03-01', interval '1 month -28 days')",
+            "select range(date '2001-01-15', date '2001-03-01', interval '-1 month 31 days')",
+            "select range(date '2020-01-01', date '2020-01-03', interval '12 hours')",
+        ] {
+            let e = run(never, usize::MAX).await.expect_err(never);
+            assert!(
+                e.to_string().contains("may never advance") || e.to_string().contains("whole days"),
+                "{never}: {e}"
+            );
+        }
+        // Planned (constants folded) without running away.
+        run(
+            "explain select range(date '2020-01-01', date '2020-01-02', interval '1 day -24 hours')",
+            limit,
+        )
+        .await
+        .expect("explain");
         let batches = run("select repeat('a', 2)", limit).await.expect("named");
         assert_eq!(
             batches[0].schema().field(0).name(),
