@@ -361,11 +361,12 @@ pub fn check_request_id(
     Ok(())
 }
 
-/// A request id that holds its subject, replaced by a keyed hash of it (the request is
-/// still carried out: erasing is what was asked).
-fn redacted_request_id(secret: &[u8], subject: &Subject, id: String) -> String {
-    if subject.held_in(&id) {
-        tracing::warn!("an erasure request's id holds its subject: recorded as redacted-…");
+/// A request id that holds a subject of the batch (any form, or the text given as a
+/// subject even when refused), replaced by a keyed hash of it; the request is still
+/// carried out (erasing is what was asked).
+fn redacted_request_id(secret: &[u8], forms: &[String], id: String) -> String {
+    if sluice_jobs::subject::held_in(&id, forms) {
+        tracing::warn!("an erasure request's id holds a subject: recorded as redacted-…");
         format!("redacted-{}", &erase::subject_hash(secret, &id)[..16])
     } else {
         id
@@ -581,6 +582,18 @@ pub async fn erase_requests(config: &Config, lake: &Lake, format: Format) -> any
         .filter_map(|r| r.as_ref().ok().cloned())
         .collect();
     let found = find_subjects(config, &raws)?;
+    // Every form of every subject of the batch, and whatever was given as a subject (when
+    // long enough not to be found in any text).
+    let mut forms: Vec<String> = found
+        .iter()
+        .flat_map(|s| s.form_list().iter().cloned())
+        .collect();
+    forms.extend(
+        pending
+            .iter()
+            .filter_map(|r| r.subject.clone().ok())
+            .filter(|s| s.chars().count() >= config.erasure.min_subject_length),
+    );
     let tombstones = tombstone_producer(config)?;
     let valid: Vec<(String, Arc<Subject>, String)> = pending
         .iter()
@@ -592,7 +605,7 @@ pub async fn erase_requests(config: &Config, lake: &Lake, format: Format) -> any
         })
         .zip(found)
         .map(|((raw, id), subject)| {
-            let id = redacted_request_id(secret.bytes(), &subject, id);
+            let id = redacted_request_id(secret.bytes(), &forms, id);
             (raw, subject, id)
         })
         .collect();
@@ -608,7 +621,10 @@ pub async fn erase_requests(config: &Config, lake: &Lake, format: Format) -> any
             Ok(_) => erased
                 .next()
                 .ok_or_else(|| anyhow::anyhow!("a request without its certificate"))?,
-            Err(why) => erase::record_invalid(lake, &request.request_id, why).await?,
+            Err(why) => {
+                let id = redacted_request_id(secret.bytes(), &forms, request.request_id.clone());
+                erase::record_invalid(lake, &id, why).await?
+            }
         };
         tokio::task::block_in_place(|| queue.done(request.partition, request.offset))?;
         certificates.push(certificate);

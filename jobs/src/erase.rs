@@ -371,7 +371,15 @@ pub async fn erase(
         None
     } else {
         let subjects: Vec<&str> = requests.iter().map(|r| r.subject_hash.as_str()).collect();
-        Some(Journal::of(lake, &subjects)?)
+        let j = Journal::of(lake, &subjects)?;
+        // A journal whose certificates are recorded belongs to a finished run (stopped
+        // before it cleared it): this run starts afresh, as after any finished run.
+        if let Some(at) = j.run().await?.erased_at
+            && recorded_at(lake, requests, at).await?
+        {
+            j.clear().await?;
+        }
+        Some(j)
     };
     let mut outcomes: Vec<TableOutcome> = Vec::new();
     for t in find_tables_in(lake)
@@ -450,15 +458,13 @@ pub async fn erase(
             l.release().await;
         }
     }
-    // A run stopped after writing its certificates' time may have recorded them.
+    // A run stopped before recording its certificates: they are recorded at the time it
+    // chose (see above for one stopped after).
     let earlier = match &journal {
-        Some(j) => Some(j.run().await?).filter(|r| r.erased_at.is_some()),
+        Some(j) => j.run().await?.erased_at,
         None => None,
     };
-    let erased_at = earlier
-        .as_ref()
-        .and_then(|r| r.erased_at)
-        .unwrap_or_else(|| chrono::Utc::now().timestamp_micros());
+    let erased_at = earlier.unwrap_or_else(|| chrono::Utc::now().timestamp_micros());
     let mut certificates = Vec::new();
     for (i, r) in requests.iter().enumerate() {
         let tables = outcomes
@@ -486,35 +492,20 @@ pub async fn erase(
         certificates.push(certificate);
     }
     if let Some(j) = &journal {
-        let recorded = match &earlier {
-            Some(run) if run.request_ids.len() == certificates.len() => {
-                recorded_at(lake, &certificates, erased_at).await?
-            }
-            _ => false,
-        };
-        if recorded {
-            // Recorded by the stopped run: reported as recorded, under its request ids.
-            let ids = earlier.map(|r| r.request_ids).unwrap_or_default();
-            for (c, id) in certificates.iter_mut().zip(ids) {
-                c.request_id = id;
-            }
-        } else {
-            j.save_run(&RunJournal {
-                erased_at: Some(erased_at),
-                request_ids: certificates.iter().map(|c| c.request_id.clone()).collect(),
-            })
-            .await?;
-            abort_point("certifying", "run");
-            record(lake, &certificates).await?;
-        }
+        j.save_run(&RunJournal {
+            erased_at: Some(erased_at),
+        })
+        .await?;
+        abort_point("certifying", "run");
+        record(lake, &certificates).await?;
         abort_point("recorded", "run");
         j.clear().await?;
     }
     Ok(certificates)
 }
 
-/// Whether `sluice.erasures` holds certificates of `certificates`' subjects at `at`.
-async fn recorded_at(lake: &Lake, certificates: &[Certificate], at: i64) -> Result<bool> {
+/// Whether `sluice.erasures` holds certificates of every subject of `requests` at `at`.
+async fn recorded_at(lake: &Lake, requests: &[Request], at: i64) -> Result<bool> {
     let url = table::lake_url(lake, ERASURES)?;
     let t = table::open(ERASURES, &url).await?;
     if !table::exists(&t) {
@@ -549,7 +540,7 @@ async fn recorded_at(lake: &Lake, certificates: &[Certificate], at: i64) -> Resu
             found.insert(hashes.value(i).to_string());
         }
     }
-    Ok(certificates.iter().all(|c| found.contains(&c.subject_hash)))
+    Ok(requests.iter().all(|r| found.contains(&r.subject_hash)))
 }
 
 /// The subject key store at `store`, if it holds a table.
@@ -730,18 +721,24 @@ async fn erase_table(
     };
     // What an earlier run of these requests, stopped before its certificates, did here.
     let prior: Option<TableJournal> = match journal {
-        Some(j) => j
-            .table(name)
-            .await?
-            .filter(|p| p.rows.len() == requests.len() && p.value_hashes.len() == requests.len()),
+        Some(j) => j.table(name).await?.filter(|p| {
+            p.rows.len() == p.subjects.len()
+                && p.value_hashes.len() == p.subjects.len()
+                && requests
+                    .iter()
+                    .all(|r| p.subjects.contains(&r.subject_hash))
+        }),
         None => None,
     };
     if prior.is_some() {
         tracing::warn!(table = %name, "finishing an erasure of these requests that stopped before its certificates");
     }
+    // Counts stay in the order of the subjects they were written with until this run
+    // accounts for the table (then in its own order).
     let mut entry = prior.clone().unwrap_or_else(|| TableJournal {
         table: name.to_string(),
         version_before: shared.version_before,
+        subjects: requests.iter().map(|r| r.subject_hash.clone()).collect(),
         rows: vec![0; requests.len()],
         value_hashes: vec![Vec::new(); requests.len()],
         ..Default::default()
@@ -771,6 +768,7 @@ async fn erase_table(
     // subject are the rows erased. So are those of a delete an earlier run committed
     // without accounting for it.
     let mut replaced: Vec<ObjectPath> = Vec::new();
+    let mut earlier_delete = false;
     if options.dry_run {
         for file in &before_files {
             let bytes = files.read(file).await?;
@@ -795,6 +793,7 @@ async fn erase_table(
                 && !deletes.contains(&v)
             {
                 deletes.push(v);
+                earlier_delete = true;
             }
         }
         for v in deletes {
@@ -866,19 +865,24 @@ async fn erase_table(
         shared.version_before = p.version_before;
         shared.rows_removed += p.rows.iter().sum::<u64>();
         shared.files_rewritten += p.files_rewritten;
-        for (mine, (rows, hashes)) in per_request
-            .iter_mut()
-            .zip(p.rows.iter().zip(&p.value_hashes))
-        {
-            mine.0 += rows;
-            mine.1.extend(hashes.iter().cloned());
+        for (mine, r) in per_request.iter_mut().zip(requests) {
+            if let Some((rows, hashes)) = p.of_subject(&r.subject_hash) {
+                mine.0 += rows;
+                mine.1.extend(hashes.iter().cloned());
+            }
         }
     }
-    let touched = prior.is_some()
+    // A table an earlier run only looked at (nothing deleted, accounted or scrubbed) is
+    // as if never visited: its log is not scrubbed again for nothing.
+    let touched = prior.as_ref().is_some_and(TableJournal::accounted)
+        || earlier_delete
         || !replaced.is_empty()
         || !holders.is_empty()
         || log_mentions(&files, &delta, all).await?;
     if !touched {
+        if let Some(j) = journal {
+            j.remove_table(name).await?;
+        }
         return Ok(TableOutcome {
             shared,
             per_request,
@@ -921,6 +925,7 @@ async fn erase_table(
     // rows, values and files.
     if let Some(j) = journal {
         entry.pending.clear();
+        entry.subjects = requests.iter().map(|r| r.subject_hash.clone()).collect();
         entry.rows = per_request.iter().map(|(rows, _)| *rows).collect();
         entry.value_hashes = per_request
             .iter()

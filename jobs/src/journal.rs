@@ -3,28 +3,28 @@
 //! stopped at any moment (killed, out of memory, power lost) is finished by the next run
 //! of the same requests, with the certificate an unbroken run would have written.
 //!
-//! `<run>` is a hash of the subjects' salted hashes, in order: running the same command
-//! again (with or without the same request id), or reading the same batch of requests
-//! from Kafka, finds the journal.
+//! `<run>` is a hash of the subjects' salted hashes, in any order: running the same
+//! command again (with or without the same request id, the subjects in any order), or
+//! reading the same batch of requests from Kafka, finds the journal.
 //! Per table it holds:
 //!
 //! - the *attempts* whose delete may have committed but is not yet accounted for: each
 //!   delete commit carries its attempt id as commit metadata (`sluice.erasure_attempt`,
-//!   random, naming no request), so the next run finds that commit in the log and counts
-//!   the rows of the files it replaced as rows this erasure removed;
+//!   random, naming nothing, kept by log scrubs), so the next run finds that commit in
+//!   the log and counts the rows of the files it replaced as rows this erasure removed;
 //! - once accounted: per request the rows removed and the salted hashes of their values,
 //!   the files rewritten, and every file decided for purge (replaced files, older files
 //!   and change-data files holding a subject), which the next run removes whatever the
 //!   safety window: they were settled when decided.
 //!
 //! Then, before the certificates are recorded (one commit for all of them), the run
-//! writes the time it certifies at and the request ids; a run finding them in the
-//! journal looks for certificates of that time before recording them again, and if they
-//! were recorded, reports them under their request ids.
+//! writes the time it certifies at. A run that finds the certificates of that time
+//! recorded (the stopped run got that far) drops the journal and starts afresh, as any
+//! run after a finished one does; otherwise it records them at that time.
 //!
 //! The journal names no subject: the run is named by a hash of salted subject hashes,
-//! values appear only as their salted hashes (which the certificate holds too), files
-//! by path; request ids as the certificates hold them.
+//! which also key each table's counts; values appear only as their salted hashes (which
+//! the certificate holds too), files by path.
 
 use std::sync::Arc;
 
@@ -53,8 +53,11 @@ pub struct Attempt {
 
 /// What the erasure did to one table so far.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TableJournal {
     pub table: String,
+    /// The salted subject hashes `rows` and `value_hashes` are in the order of.
+    pub subjects: Vec<String>,
     /// The table's version before the first attempt.
     pub version_before: i64,
     pub pending: Vec<Attempt>,
@@ -69,12 +72,24 @@ pub struct TableJournal {
     pub logs_purged: u64,
 }
 
-/// The run-level part: when the certificates were (about to be) recorded, under which
-/// request ids.
+/// The run-level part: when the certificates were (about to be) recorded.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RunJournal {
     pub erased_at: Option<i64>,
-    pub request_ids: Vec<String>,
+}
+
+impl TableJournal {
+    /// Whether an earlier attempt accounted for anything here (rows, files, log entries).
+    pub fn accounted(&self) -> bool {
+        !self.purge.is_empty() || self.logs_purged > 0 || self.rows.iter().any(|r| *r > 0)
+    }
+
+    /// Rows and value hashes of the subject with salted hash `subject`.
+    pub fn of_subject(&self, subject: &str) -> Option<(u64, &[String])> {
+        let i = self.subjects.iter().position(|s| s == subject)?;
+        Some((*self.rows.get(i)?, self.value_hashes.get(i)?.as_slice()))
+    }
 }
 
 /// The journal of one run of a set of requests.
@@ -93,8 +108,11 @@ impl Journal {
     /// The journal of the requests for the subjects of `subject_hashes`, in `lake`.
     pub fn of(lake: &Lake, subject_hashes: &[&str]) -> Result<Self> {
         let store = sluice_connectors::delta::table::lake_root_store(lake)?;
+        let mut sorted = subject_hashes.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
         let mut h = Sha256::new();
-        for subject in subject_hashes {
+        for subject in sorted {
             h.update(subject.as_bytes());
             h.update(b"\n");
         }
@@ -119,9 +137,14 @@ impl Journal {
             Err(e) => return Err(failed(e)),
         };
         let bytes = got.bytes().await.map_err(failed)?;
-        // A journal cut short by a crash mid-write (local lakes write in place) is as if
-        // never written: the step it recorded is done again.
-        Ok(serde_json::from_slice(&bytes).ok())
+        // Written whole (object stores put whole objects, local lakes rename a finished
+        // file into place): one that does not read is refused, not taken as absent.
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            failed(format!(
+                "{}/{file} does not read ({e}); move it away to start that erasure afresh",
+                self.dir
+            ))
+        })
     }
 
     async fn write<T: Serialize>(&self, file: &str, value: &T) -> Result<()> {
@@ -151,16 +174,31 @@ impl Journal {
         self.write("run.json", run).await
     }
 
-    /// Remove the journal: its certificates are recorded.
+    /// Forget `table`: nothing there to finish.
+    pub async fn remove_table(&self, table: &str) -> Result<()> {
+        match self
+            .store
+            .delete(&self.path(&format!("{table}.json")))
+            .await
+        {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(failed(e)),
+        }
+    }
+
+    /// Remove the journal: its certificates are recorded. The tables' parts go first and
+    /// the run's last, so a run stopped midway still finds the run's part (and with it,
+    /// that the certificates are recorded).
     pub async fn clear(&self) -> Result<()> {
         use futures::TryStreamExt as _;
         let prefix = ObjectPath::from(self.dir.as_str());
-        let listed: Vec<object_store::ObjectMeta> = self
+        let mut listed: Vec<object_store::ObjectMeta> = self
             .store
             .list(Some(&prefix))
             .try_collect()
             .await
             .map_err(failed)?;
+        listed.sort_by_key(|m| m.location.as_ref().ends_with("/run.json"));
         for m in listed {
             match self.store.delete(&m.location).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}

@@ -436,12 +436,9 @@ pub fn scrub_entry(bytes: &[u8], purged: &HashSet<String>) -> Option<Vec<u8>> {
                         }
                     }
                     "commitInfo" => {
-                        for f in [
-                            "operationParameters",
-                            "userMetadata",
-                            "sluice.erasure",
-                            crate::journal::ATTEMPT_KEY,
-                        ] {
+                        // The erasure attempt's random id stays: it names nothing, and a
+                        // stopped erasure finds its delete by it.
+                        for f in ["operationParameters", "userMetadata", "sluice.erasure"] {
                             touched |= a.remove(f).is_some();
                         }
                     }

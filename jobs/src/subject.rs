@@ -91,11 +91,12 @@ impl Subject {
         &self.forms
     }
 
-    /// Whether `text` holds one of the subject's forms anywhere, whatever the case (also
-    /// inside a longer word): for text kept in the clear, such as request ids.
+    /// Whether `text` holds one of the subject's forms anywhere: compared on letters and
+    /// digits only, lowercased, so case, separators and invisible characters inserted
+    /// (`DSAR-c000-0123`, a zero-width space) do not hide it; for text kept in the clear,
+    /// such as request ids.
     pub fn held_in(&self, text: &str) -> bool {
-        let text = text.to_lowercase();
-        self.forms.iter().any(|f| text.contains(&f.to_lowercase()))
+        held_in(text, &self.forms)
     }
 
     /// Whether `value` is the subject's identifier in one of its forms.
@@ -322,6 +323,23 @@ const PLACEHOLDERS: [&str; 10] = [
 /// Check a requested identifier against `[erasure]`'s rules: at least
 /// `min_subject_length` characters, no placeholder word, no control character, and the
 /// whole of `subject_pattern` when one is set. The error says why, never the identifier.
+/// Letters and digits of `s`, lowercased.
+fn folded(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// Whether `text` holds one of `forms`, compared as [`Subject::held_in`] does.
+pub fn held_in(text: &str, forms: &[String]) -> bool {
+    let text = folded(text);
+    forms
+        .iter()
+        .map(|f| folded(f))
+        .any(|f| !f.is_empty() && text.contains(&f))
+}
+
 pub fn check_identifier(config: &ErasureConfig, raw: &str) -> std::result::Result<(), String> {
     let chars = raw.chars().count();
     if chars < config.min_subject_length {

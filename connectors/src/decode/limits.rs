@@ -129,7 +129,8 @@ pub fn json_depth(bytes: &[u8]) -> usize {
 /// Members of the objects of a JSON text outside any array, as written (a key repeated
 /// counts each time), counted on the bytes without parsing them: a bound below which the
 /// fields inferred from it stay (up to repeated keys), found for the cost of a scan, so a
-/// message of thousands of fields is refused before anything is built from it.
+/// message of thousands of fields outside arrays is refused before anything is built from
+/// it (fields inside arrays are counted once inferred).
 pub fn json_members(bytes: &[u8]) -> usize {
     let mut members = 0usize;
     let mut arrays = 0usize;
