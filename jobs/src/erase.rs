@@ -504,12 +504,12 @@ pub async fn erase(
     Ok(certificates)
 }
 
-/// Whether `sluice.erasures` holds certificates of every subject of `requests` at `at`.
-async fn recorded_at(lake: &Lake, requests: &[Request], at: i64) -> Result<bool> {
+/// The certificates recorded in `sluice.erasures`, to query; none before the first.
+async fn certificates_of(lake: &Lake) -> Result<Option<deltalake::datafusion::prelude::DataFrame>> {
     let url = table::lake_url(lake, ERASURES)?;
     let t = table::open(ERASURES, &url).await?;
     if !table::exists(&t) {
-        return Ok(false);
+        return Ok(None);
     }
     let ctx = deltalake::datafusion::prelude::SessionContext::new();
     ctx.register_table(
@@ -518,9 +518,15 @@ async fn recorded_at(lake: &Lake, requests: &[Request], at: i64) -> Result<bool>
             .await
             .map_err(|e| Error::Other(format!("{ERASURES}: {e}")))?,
     )?;
-    let batches = ctx
-        .table("erasures")
-        .await?
+    Ok(Some(ctx.table("erasures").await?))
+}
+
+/// Whether `sluice.erasures` holds certificates of every subject of `requests` at `at`.
+async fn recorded_at(lake: &Lake, requests: &[Request], at: i64) -> Result<bool> {
+    let Some(certificates) = certificates_of(lake).await? else {
+        return Ok(false);
+    };
+    let batches = certificates
         .filter(deltalake::datafusion::prelude::col("erased_at").eq(
             deltalake::datafusion::prelude::lit(
                 deltalake::datafusion::scalar::ScalarValue::TimestampMicrosecond(
@@ -1081,19 +1087,9 @@ impl ErasedValues {
     /// The value hashes of every certificate of the subject whose hash is `subject_hash`.
     pub async fn of(lake: &Lake, key: [u8; 32], subject_hash: &str) -> Result<Self> {
         let mut hashes = HashSet::new();
-        let url = table::lake_url(lake, ERASURES)?;
-        let t = table::open(ERASURES, &url).await?;
-        if table::exists(&t) {
-            let ctx = deltalake::datafusion::prelude::SessionContext::new();
-            ctx.register_table(
-                "erasures",
-                t.table_provider()
-                    .await
-                    .map_err(|e| Error::Other(format!("{ERASURES}: {e}")))?,
-            )?;
-            let batches = ctx
-                .sql("select subject_hash, tables from erasures")
-                .await?
+        if let Some(certificates) = certificates_of(lake).await? {
+            let batches = certificates
+                .select_columns(&["subject_hash", "tables"])?
                 .collect()
                 .await?;
             for b in batches {

@@ -93,13 +93,9 @@ impl DecodeLimits {
     }
 }
 
-/// Levels of objects and arrays nested inside the top-level value of a JSON text
-/// (`{"a": 1}` is 0, `{"a": {"b": [1]}}` is 2), counted on the bytes without parsing
-/// them, strings skipped. Malformed text gives a number all the same; parsing it fails
-/// later.
-pub fn json_depth(bytes: &[u8]) -> usize {
-    let mut depth = 0usize;
-    let mut max = 0usize;
+/// Call `f` with every byte of a JSON text outside its strings (quotes included, escapes
+/// skipped): the structure, scanned without parsing.
+fn outside_strings(bytes: &[u8], mut f: impl FnMut(u8)) {
     let mut in_string = false;
     let mut escaped = false;
     for &b in bytes {
@@ -113,16 +109,28 @@ pub fn json_depth(bytes: &[u8]) -> usize {
             }
             continue;
         }
-        match b {
-            b'"' => in_string = true,
-            b'{' | b'[' => {
-                depth += 1;
-                max = max.max(depth);
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
+        if b == b'"' {
+            in_string = true;
         }
+        f(b);
     }
+}
+
+/// Levels of objects and arrays nested inside the top-level value of a JSON text
+/// (`{"a": 1}` is 0, `{"a": {"b": [1]}}` is 2), counted on the bytes without parsing
+/// them, strings skipped. Malformed text gives a number all the same; parsing it fails
+/// later.
+pub fn json_depth(bytes: &[u8]) -> usize {
+    let mut depth = 0usize;
+    let mut max = 0usize;
+    outside_strings(bytes, |b| match b {
+        b'{' | b'[' => {
+            depth += 1;
+            max = max.max(depth);
+        }
+        b'}' | b']' => depth = depth.saturating_sub(1),
+        _ => {}
+    });
     max.saturating_sub(1)
 }
 
@@ -134,27 +142,12 @@ pub fn json_depth(bytes: &[u8]) -> usize {
 pub fn json_members(bytes: &[u8]) -> usize {
     let mut members = 0usize;
     let mut arrays = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in bytes {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' => arrays += 1,
-            b']' => arrays = arrays.saturating_sub(1),
-            b':' if arrays == 0 => members += 1,
-            _ => {}
-        }
-    }
+    outside_strings(bytes, |b| match b {
+        b'[' => arrays += 1,
+        b']' => arrays = arrays.saturating_sub(1),
+        b':' if arrays == 0 => members += 1,
+        _ => {}
+    });
     members
 }
 
