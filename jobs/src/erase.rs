@@ -367,17 +367,21 @@ pub async fn erase(
     let subjects: Vec<Arc<Subject>> = requests.iter().map(|r| Arc::clone(&r.subject)).collect();
     let all = Arc::new(Subject::union(&subjects));
     let owners = owners(requests);
+    // A run stopped before recording its certificates: they are recorded at the time it
+    // chose. A journal whose certificates are recorded belongs to a finished run (stopped
+    // before it cleared it): this run starts afresh, as after any finished run.
+    let mut earlier: Option<i64> = None;
     let journal = if options.dry_run {
         None
     } else {
         let subjects: Vec<&str> = requests.iter().map(|r| r.subject_hash.as_str()).collect();
         let j = Journal::of(lake, &subjects)?;
-        // A journal whose certificates are recorded belongs to a finished run (stopped
-        // before it cleared it): this run starts afresh, as after any finished run.
-        if let Some(at) = j.run().await?.erased_at
+        earlier = j.run().await?.erased_at;
+        if let Some(at) = earlier
             && recorded_at(lake, requests, at).await?
         {
             j.clear().await?;
+            earlier = None;
         }
         Some(j)
     };
@@ -458,12 +462,6 @@ pub async fn erase(
             l.release().await;
         }
     }
-    // A run stopped before recording its certificates: they are recorded at the time it
-    // chose (see above for one stopped after).
-    let earlier = match &journal {
-        Some(j) => j.run().await?.erased_at,
-        None => None,
-    };
     let erased_at = earlier.unwrap_or_else(|| chrono::Utc::now().timestamp_micros());
     let mut certificates = Vec::new();
     for (i, r) in requests.iter().enumerate() {
@@ -773,22 +771,26 @@ async fn erase_table(
     // The files the delete replaced (or, in a dry run, would): their rows holding a
     // subject are the rows erased. So are those of a delete an earlier run committed
     // without accounting for it.
+    // The rows of a file's bytes holding each request's subject, and their value hashes.
+    let count = |bytes: bytes::Bytes, into: &mut [(u64, HashSet<String>)]| {
+        attribute(
+            name,
+            bytes,
+            lookup,
+            all,
+            requests,
+            owners,
+            &options.value_key,
+            into,
+        )
+    };
     let mut replaced: Vec<ObjectPath> = Vec::new();
     let mut earlier_delete = false;
     if options.dry_run {
         for file in &before_files {
             let bytes = files.read(file).await?;
             if lookup.holds_in(all, file, bytes.clone())? {
-                shared.rows_removed += attribute(
-                    name,
-                    bytes,
-                    lookup,
-                    all,
-                    requests,
-                    owners,
-                    &options.value_key,
-                    &mut per_request,
-                )?;
+                shared.rows_removed += count(bytes, &mut per_request)?;
                 replaced.push(file.clone());
             }
         }
@@ -812,16 +814,7 @@ async fn erase_table(
                     && !current.contains(&file)
                     && let Some(bytes) = files.read_if_exists(&file).await?
                 {
-                    shared.rows_removed += attribute(
-                        name,
-                        bytes,
-                        lookup,
-                        all,
-                        requests,
-                        owners,
-                        &options.value_key,
-                        &mut per_request,
-                    )?;
+                    shared.rows_removed += count(bytes, &mut per_request)?;
                 }
                 replaced.push(file);
             }
@@ -845,16 +838,7 @@ async fn erase_table(
         if lookup.holds_in(all, &file.location, bytes.clone())? {
             // Rows of older versions are not counted as removed; their values are.
             let mut ignored = vec![(0, HashSet::new()); requests.len()];
-            attribute(
-                name,
-                bytes,
-                lookup,
-                all,
-                requests,
-                owners,
-                &options.value_key,
-                &mut ignored,
-            )?;
+            count(bytes, &mut ignored)?;
             for (mine, theirs) in per_request.iter_mut().zip(ignored) {
                 mine.1.extend(theirs.1);
             }
