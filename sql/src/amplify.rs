@@ -1,50 +1,82 @@
-//! Functions whose result can be far larger than their arguments, bounded.
+//! Functions' results, bounded.
 //!
 //! A query's memory pool counts what operators buffer (sorts, joins, aggregates), not
 //! the arrays a function returns: `repeat('x', 2000000000)` made one 2 GB string (and
-//! the server grew by 8 GB) with a pool of a few megabytes. [`guard`] rewrites each call
-//! of such a function in a plan so that, before it runs on a batch, a guard computes an
-//! upper bound of the bytes it would return from its arguments and fails the query with
-//! SQLSTATE 53200 when that is more than the query may hold (`query_memory_bytes`).
+//! the server grew by 8 GB) with a pool of a few megabytes. [`guard`] replaces each
+//! function call of a plan by the same function [`Bounded`]:
 //!
 //! ```text
-//!   repeat(s, n)  ──►  repeat(s, sluice_output_guard('repeat', n, s, n))
-//!                                 └ Σ len(s) × n over the batch ≤ limit, else 53200
+//!   f(a, b)  ──►  f'(a, b)     f' = f, but each batch:
+//!                                1. before f runs: an upper bound of what it returns
+//!                                   (its own rule for a function that can return far
+//!                                   more than it is given, e.g. repeat: Σ len(s) × n;
+//!                                   else a constant argument's bytes once per row)
+//!                                   > query_memory_bytes  → 53200
+//!                                2. after: the bytes returned > query_memory_bytes → 53200
+//!                                3. the bytes returned stay reserved in the query's pool
+//!                                   until the call's next batch (→ 53200 when the results
+//!                                   of all calls together are more than the query may hold)
 //! ```
+//!
+//! So a result is never much more than the query may hold, whatever calls it is nested
+//! in or combined with (`concat(r, r, …)`, `make_array(r, r, …)`, `s || s` doubled in
+//! each of 40 subqueries, a recursive CTE doubling a string). The wrapper evaluates
+//! each argument once: wrapping does not copy arguments, so a plan grows by one node per
+//! call, however deeply calls nest. `a || b` is not a function call: it is held like one
+//! (step 3), and a side that is a constant is checked once per row (step 1).
 
-use std::sync::Arc;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type};
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{ScalarValue, exec_err};
 use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
 use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
 use datafusion::logical_expr::{
-    ColumnarValue, Expr, LogicalPlan, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF,
-    ScalarUDFImpl, Signature, Volatility,
+    BinaryExpr, ColumnarValue, Documentation, Expr, LogicalPlan, Operator, ReturnFieldArgs,
+    ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
-/// The functions bounded, the argument the guard wraps, and how their result grows.
-const AMPLIFIERS: [(&str, usize, Growth); 11] = [
-    ("repeat", 1, Growth::Repeat),
-    ("lpad", 1, Growth::Pad),
-    ("rpad", 1, Growth::Pad),
-    ("replace", 2, Growth::Replace),
-    ("regexp_replace", 2, Growth::RegexpReplace),
-    ("array_repeat", 1, Growth::ArrayRepeat),
-    ("list_repeat", 1, Growth::ArrayRepeat),
-    ("array_resize", 1, Growth::Resize),
-    ("list_resize", 1, Growth::Resize),
-    ("range", 0, Growth::Range),
-    ("generate_series", 0, Growth::Range),
+/// The functions whose result can be far larger than their arguments, and how it grows.
+const AMPLIFIERS: [(&str, Growth); 19] = [
+    ("repeat", Growth::Repeat),
+    ("lpad", Growth::Pad),
+    ("rpad", Growth::Pad),
+    ("replace", Growth::Replace),
+    ("regexp_replace", Growth::RegexpReplace),
+    ("array_repeat", Growth::ArrayRepeat),
+    ("list_repeat", Growth::ArrayRepeat),
+    ("array_resize", Growth::Resize),
+    ("list_resize", Growth::Resize),
+    ("range", Growth::Range),
+    ("generate_series", Growth::Range),
+    ("array_replace_all", Growth::ReplaceElements),
+    ("list_replace_all", Growth::ReplaceElements),
+    ("array_replace_n", Growth::ReplaceElements),
+    ("list_replace_n", Growth::ReplaceElements),
+    ("array_to_string", Growth::JoinElements),
+    ("list_to_string", Growth::JoinElements),
+    ("array_join", Growth::JoinElements),
+    ("list_join", Growth::JoinElements),
 ];
 
-/// The guard's name in plans.
-const GUARD: &str = "sluice_output_guard";
+/// Functions formatting values with a pattern, each letter of which may become a long
+/// word (`%c` is 24 characters): 32 bytes per byte of the pattern (their second argument).
+const FORMATTERS: [&str; 3] = ["to_char", "date_format", "time_format"];
+
+/// Functions left as they are: a field of a struct is a slice of it, and DataFusion
+/// recognises `get_field` by its type when it pushes projections down.
+const UNBOUNDED: [&str; 1] = ["get_field"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Growth {
+    /// Any other function: a constant argument (one value for the whole batch) counts
+    /// once per row, as the function may copy it into every row.
+    Args,
     /// `repeat(s, n)`: `len(s) × n`.
     Repeat,
     /// `lpad(s, n[, fill])`: `n` characters of at most 4 bytes.
@@ -62,27 +94,47 @@ enum Growth {
     /// |step| + 1` elements; dates and timestamps stepped by intervals count in
     /// nanoseconds, a month as 28 days (the shortest, so the count is an upper bound).
     Range,
+    /// `array_replace_all(a, from, to[, n])`: every element of `a` may become `to`.
+    ReplaceElements,
+    /// `array_to_string(a, sep[, null])`: per element, the element, `sep` and `null`.
+    JoinElements,
+    /// `to_char(value, pattern)`: 32 bytes per byte of the pattern.
+    Format,
 }
 
-fn growth_of(name: &str) -> Option<(usize, Growth)> {
+fn growth_of(name: &str) -> Growth {
+    if FORMATTERS.contains(&name) {
+        return Growth::Format;
+    }
     AMPLIFIERS
         .iter()
-        .find(|(n, _, _)| *n == name)
-        .map(|(_, wrapped, growth)| (*wrapped, *growth))
+        .find(|(n, _)| *n == name)
+        .map_or(Growth::Args, |(_, growth)| *growth)
 }
 
-/// Rewrite every call in `plan` (subqueries included) of a function whose result can be
-/// far larger than its arguments so that a batch whose result would exceed `limit` bytes
-/// fails with SQLSTATE 53200 before the function runs.
-pub fn guard(plan: LogicalPlan, limit: usize) -> Result<LogicalPlan> {
-    let udf = Arc::new(ScalarUDF::new_from_impl(OutputGuard {
-        limit,
-        signature: Signature::variadic_any(Volatility::Immutable),
-    }));
+/// Rewrite every function call in `plan` (subqueries included) so that a batch whose
+/// result would exceed `limit` bytes fails with SQLSTATE 53200, before the function
+/// runs when its arguments tell, else as soon as it returns; each call's last result is
+/// reserved in `pool` (the query's own) until its next batch.
+pub fn guard(
+    plan: LogicalPlan,
+    limit: usize,
+    pool: Option<&Arc<dyn MemoryPool>>,
+) -> Result<LogicalPlan> {
+    let hold = || {
+        pool.map(|p| {
+            Arc::new(Mutex::new(
+                MemoryConsumer::new("a function's result").register(p),
+            ))
+        })
+    };
     let guarded = plan.transform_up_with_subqueries(|node| {
         let node = node.map_expressions(|e| {
             e.transform_up(|e| match e {
-                Expr::ScalarFunction(f) => wrap(f, &udf),
+                Expr::ScalarFunction(f) => Ok(bound_call(f, limit, hold())),
+                Expr::BinaryExpr(b) if b.op == Operator::StringConcat => {
+                    Ok(bound_concat(b, limit, hold()))
+                }
                 other => Ok(Transformed::no(other)),
             })
         })?;
@@ -95,92 +147,360 @@ pub fn guard(plan: LogicalPlan, limit: usize) -> Result<LogicalPlan> {
     Ok(guarded.data)
 }
 
-fn wrap(f: ScalarFunction, udf: &Arc<ScalarUDF>) -> Result<Transformed<Expr>> {
-    let Some((wrapped, growth)) = growth_of(f.func.name()) else {
-        return Ok(Transformed::no(Expr::ScalarFunction(f)));
-    };
-    if f.args.len() <= wrapped {
-        return Ok(Transformed::no(Expr::ScalarFunction(f)));
+fn bound_call(f: ScalarFunction, limit: usize, held: Option<Held>) -> Transformed<Expr> {
+    let name = f.func.name();
+    if f.args.is_empty()
+        || UNBOUNDED.contains(&name)
+        || f.func.inner().as_any().is::<Bounded>()
+        || f.func.inner().as_any().is::<Holder>()
+    {
+        return Transformed::no(Expr::ScalarFunction(f));
     }
-    let mut guard_args = vec![
-        Expr::Literal(ScalarValue::Utf8(Some(format!("{growth:?}"))), None),
-        f.args[wrapped].clone(),
-    ];
-    guard_args.extend(f.args.iter().cloned());
-    let mut args = f.args;
-    args[wrapped] = Expr::ScalarFunction(ScalarFunction::new_udf(udf.clone(), guard_args));
-    Ok(Transformed::yes(Expr::ScalarFunction(
-        ScalarFunction::new_udf(f.func, args),
+    let bounded = Bounded {
+        growth: growth_of(name),
+        inner: Arc::clone(f.func.inner()),
+        limit,
+        held,
+    };
+    Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(
+        Arc::new(ScalarUDF::new_from_impl(bounded)),
+        f.args,
     )))
 }
 
-/// `sluice_output_guard(growth, value, args…)`: `value`, once the result of the function
-/// called with `args` is known to fit in `limit` bytes.
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct OutputGuard {
+/// `a || b`, held as a call is; a constant side (one value for the batch, copied into
+/// every row) is first checked against the rows by a call that passes the other side on.
+fn bound_concat(b: BinaryExpr, limit: usize, held: Option<Held>) -> Transformed<Expr> {
+    let constant = |e: &Expr| e.column_refs().is_empty() && !e.exists(|e| Ok(is_subquery(e))).unwrap_or(true);
+    let check = |value: Expr, other: &Expr| {
+        Expr::ScalarFunction(ScalarFunction::new_udf(
+            Arc::new(ScalarUDF::new_from_impl(Holder::check(limit))),
+            vec![value, other.clone()],
+        ))
+    };
+    let BinaryExpr { left, op, right } = b;
+    let (left, right) = match (constant(&left), constant(&right)) {
+        (false, true) => (Box::new(check(*left, &right)), right),
+        (true, false) => {
+            let checked = check(*right, &left);
+            (left, Box::new(checked))
+        }
+        _ => (left, right),
+    };
+    let concat = Expr::BinaryExpr(BinaryExpr { left, op, right });
+    Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(
+        Arc::new(ScalarUDF::new_from_impl(Holder::hold(limit, held))),
+        vec![concat],
+    )))
+}
+
+fn is_subquery(e: &Expr) -> bool {
+    matches!(
+        e,
+        Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_)
+    )
+}
+
+/// A call's last result, reserved in the query's pool.
+type Held = Arc<Mutex<MemoryReservation>>;
+
+fn too_big(bytes: u128, limit: usize, what: &str) -> DataFusionError {
+    DataFusionError::ResourcesExhausted(format!(
+        "{what} would take up to {bytes} bytes for one batch, more than the query's {limit} \
+         bytes (query_memory_bytes)"
+    ))
+}
+
+/// Check `value`'s bytes against `limit` and keep them reserved in `held`.
+fn hold(value: &ColumnarValue, limit: usize, held: Option<&Held>) -> Result<()> {
+    let bytes = match value {
+        ColumnarValue::Array(a) => array_bytes(a),
+        ColumnarValue::Scalar(s) => s.size(),
+    };
+    if bytes > limit {
+        return Err(too_big(bytes as u128, limit, "a function's result"));
+    }
+    if let Some(h) = held {
+        h.lock().unwrap_or_else(|p| p.into_inner()).try_resize(bytes)?;
+    }
+    Ok(())
+}
+
+/// The bytes `array` takes: its own slice of its buffers (the values a view points at
+/// counted one by one).
+fn array_bytes(array: &ArrayRef) -> usize {
+    let views = |lengths: &mut dyn Iterator<Item = usize>| {
+        lengths.fold(array.len().saturating_mul(16), usize::saturating_add)
+    };
+    match array.data_type() {
+        DataType::Utf8View => views(&mut array.as_string_view().iter().map(|s| s.map_or(0, str::len))),
+        DataType::BinaryView => views(&mut array.as_binary_view().iter().map(|b| b.map_or(0, <[u8]>::len))),
+        _ => array
+            .to_data()
+            .get_slice_memory_size()
+            .unwrap_or_else(|_| array.get_array_memory_size()),
+    }
+}
+
+/// A function that fails a batch whose result would take more than `limit` bytes
+/// (known from its arguments before it runs, or from the result), and holds its last
+/// result's bytes in the query's pool. Otherwise the function itself: same name,
+/// signature, types, simplifications.
+#[derive(Debug)]
+struct Bounded {
+    inner: Arc<dyn ScalarUDFImpl>,
+    growth: Growth,
     limit: usize,
+    held: Option<Held>,
+}
+
+impl PartialEq for Bounded {
+    fn eq(&self, other: &Self) -> bool {
+        self.inner.dyn_eq(other.inner.as_any())
+            && self.growth == other.growth
+            && self.limit == other.limit
+    }
+}
+
+impl Eq for Bounded {}
+
+impl Hash for Bounded {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.inner.dyn_hash(state);
+        self.growth.hash(state);
+        self.limit.hash(state);
+    }
+}
+
+impl Bounded {
+    fn with(&self, inner: Arc<dyn ScalarUDFImpl>) -> Self {
+        Self {
+            inner,
+            growth: self.growth,
+            limit: self.limit,
+            held: self.held.clone(),
+        }
+    }
+}
+
+#[allow(deprecated)]
+impl ScalarUDFImpl for Bounded {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn aliases(&self) -> &[String] {
+        self.inner.aliases()
+    }
+
+    fn display_name(&self, args: &[Expr]) -> Result<String> {
+        self.inner.display_name(args)
+    }
+
+    fn schema_name(&self, args: &[Expr]) -> Result<String> {
+        self.inner.schema_name(args)
+    }
+
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        self.inner.return_type(arg_types)
+    }
+
+    fn with_updated_config(
+        &self,
+        config: &datafusion::config::ConfigOptions,
+    ) -> Option<ScalarUDF> {
+        let updated = self.inner.with_updated_config(config)?;
+        Some(ScalarUDF::new_from_impl(self.with(Arc::clone(updated.inner()))))
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
+        self.inner.return_field_from_args(args)
+    }
+
+    fn is_nullable(
+        &self,
+        args: &[Expr],
+        schema: &dyn datafusion::common::ExprSchema,
+    ) -> bool {
+        self.inner.is_nullable(args, schema)
+    }
+
+    fn is_strict(&self) -> bool {
+        self.inner.is_strict()
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows.max(1);
+        let before = bound(self.growth, &args.args, rows)?;
+        if before > self.limit as u128 {
+            return Err(too_big(before, self.limit, "a function's result"));
+        }
+        let result = self.inner.invoke_with_args(args)?;
+        hold(&result, self.limit, self.held.as_ref())?;
+        Ok(result)
+    }
+
+    fn simplify(&self, args: Vec<Expr>, info: &SimplifyContext) -> Result<ExprSimplifyResult> {
+        self.inner.simplify(args, info)
+    }
+
+    fn short_circuits(&self) -> bool {
+        self.inner.short_circuits()
+    }
+
+    fn conditional_arguments<'a>(
+        &self,
+        args: &'a [Expr],
+    ) -> Option<(Vec<&'a Expr>, Vec<&'a Expr>)> {
+        self.inner.conditional_arguments(args)
+    }
+
+    fn evaluate_bounds(
+        &self,
+        input: &[&datafusion::logical_expr::interval_arithmetic::Interval],
+    ) -> Result<datafusion::logical_expr::interval_arithmetic::Interval> {
+        self.inner.evaluate_bounds(input)
+    }
+
+    fn propagate_constraints(
+        &self,
+        interval: &datafusion::logical_expr::interval_arithmetic::Interval,
+        inputs: &[&datafusion::logical_expr::interval_arithmetic::Interval],
+    ) -> Result<Option<Vec<datafusion::logical_expr::interval_arithmetic::Interval>>> {
+        self.inner.propagate_constraints(interval, inputs)
+    }
+
+    fn output_ordering(
+        &self,
+        inputs: &[datafusion::logical_expr::sort_properties::ExprProperties],
+    ) -> Result<datafusion::logical_expr::sort_properties::SortProperties> {
+        self.inner.output_ordering(inputs)
+    }
+
+    fn preserves_lex_ordering(
+        &self,
+        inputs: &[datafusion::logical_expr::sort_properties::ExprProperties],
+    ) -> Result<bool> {
+        self.inner.preserves_lex_ordering(inputs)
+    }
+
+    fn strictly_order_preserving(
+        &self,
+        inputs: &[datafusion::logical_expr::sort_properties::ExprProperties],
+    ) -> Result<bool> {
+        self.inner.strictly_order_preserving(inputs)
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        self.inner.coerce_types(arg_types)
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        self.inner.documentation()
+    }
+}
+
+/// `sluice_held(value)`: `value`, checked and held as a call's result is;
+/// `sluice_checked(value, constant)`: `value`, once `constant` copied into each row of
+/// the batch is known to fit.
+#[derive(Debug)]
+struct Holder {
+    limit: usize,
+    held: Option<Held>,
+    check: bool,
     signature: Signature,
 }
 
-impl ScalarUDFImpl for OutputGuard {
+impl Holder {
+    fn hold(limit: usize, held: Option<Held>) -> Self {
+        Self {
+            limit,
+            held,
+            check: false,
+            signature: Signature::any(1, Volatility::Immutable),
+        }
+    }
+
+    fn check(limit: usize) -> Self {
+        Self {
+            limit,
+            held: None,
+            check: true,
+            signature: Signature::any(2, Volatility::Immutable),
+        }
+    }
+}
+
+impl PartialEq for Holder {
+    fn eq(&self, other: &Self) -> bool {
+        self.limit == other.limit && self.check == other.check
+    }
+}
+
+impl Eq for Holder {}
+
+impl Hash for Holder {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.limit.hash(state);
+        self.check.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for Holder {
     fn name(&self) -> &str {
-        GUARD
+        if self.check { "sluice_checked" } else { "sluice_held" }
     }
 
     fn signature(&self) -> &Signature {
         &self.signature
     }
 
-    /// Named as the value it guards, so no column of a result is renamed.
+    /// Named as the value it passes on, so no column of a result is renamed.
     fn schema_name(&self, args: &[Expr]) -> Result<String> {
-        match args.get(1) {
+        match args.first() {
             Some(value) => Ok(value.schema_name().to_string()),
-            None => Ok(GUARD.to_string()),
+            None => Ok(self.name().to_string()),
         }
     }
 
-    fn display_name(&self, args: &[Expr]) -> Result<String> {
-        self.schema_name(args)
-    }
-
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        match arg_types.get(1) {
+        match arg_types.first() {
             Some(t) => Ok(t.clone()),
-            None => exec_err!("{GUARD} takes a value"),
+            None => exec_err!("{} takes a value", self.name()),
         }
     }
 
     fn return_field_from_args(&self, args: ReturnFieldArgs) -> Result<FieldRef> {
-        match args.arg_fields.get(1) {
+        match args.arg_fields.first() {
             Some(f) => Ok(f.clone()),
-            None => exec_err!("{GUARD} takes a value"),
+            None => exec_err!("{} takes a value", self.name()),
         }
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let rows = args.number_rows.max(1);
-        let growth = match args.args.first() {
-            Some(ColumnarValue::Scalar(ScalarValue::Utf8(Some(g)))) => g.clone(),
-            _ => return exec_err!("{GUARD} takes the kind of growth first"),
+        if self.check {
+            let before = bound(Growth::Args, &args.args, rows)?;
+            if before > self.limit as u128 {
+                return Err(too_big(before, self.limit, "a concatenation"));
+            }
+        }
+        let Some(value) = args.args.into_iter().next() else {
+            return exec_err!("{} takes a value", self.name());
         };
-        let called = args.args.get(2..).unwrap_or_default();
-        let bytes = bound(&growth, called, rows)?;
-        if bytes > self.limit as u128 {
-            return Err(DataFusionError::ResourcesExhausted(format!(
-                "a function's result would take up to {bytes} bytes for one batch, more than \
-                 the query's {} bytes (query_memory_bytes)",
-                self.limit
-            )));
+        if !self.check {
+            hold(&value, self.limit, self.held.as_ref())?;
         }
-        match args.args.into_iter().nth(1) {
-            Some(value) => Ok(value),
-            None => exec_err!("{GUARD} takes a value"),
-        }
+        Ok(value)
     }
 }
 
 /// An upper bound of the bytes the function returns for one batch of `rows` rows.
-fn bound(growth: &str, args: &[ColumnarValue], rows: usize) -> Result<u128> {
+fn bound(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result<u128> {
     let len = |i: usize| args.get(i).map_or(Ok(vec![0; rows]), |a| lengths(a, rows));
     let int = |i: usize| args.get(i).map_or(Ok(vec![0; rows]), |a| ints(a, rows));
     let total = |per_row: Vec<u128>| per_row.into_iter().fold(0u128, u128::saturating_add);
@@ -193,15 +513,15 @@ fn bound(growth: &str, args: &[ColumnarValue], rows: usize) -> Result<u128> {
         )
     };
     Ok(match growth {
-        "Repeat" => times(len(0)?, int(1)?),
+        Growth::Repeat => times(len(0)?, int(1)?),
         // Each element costs its offset too, even an empty one.
-        "ArrayRepeat" => times(
+        Growth::ArrayRepeat => times(
             len(0)?.into_iter().map(|l| l.saturating_add(8)).collect(),
             int(1)?,
         ),
-        "Pad" => total(int(1)?).saturating_mul(4),
-        "Resize" => total(int(1)?).saturating_mul(16),
-        "Range" => {
+        Growth::Pad => total(int(1)?).saturating_mul(4),
+        Growth::Resize => total(int(1)?).saturating_mul(16),
+        Growth::Range => {
             if let Some(step) = args.get(2) {
                 let dates = args
                     .first()
@@ -249,7 +569,7 @@ fn bound(growth: &str, args: &[ColumnarValue], rows: usize) -> Result<u128> {
             };
             total(start.into_iter().zip(stop).zip(step).map(count).collect()).saturating_mul(16)
         }
-        "Replace" => {
+        Growth::Replace => {
             let s = len(0)?;
             let to = len(2)?;
             total(
@@ -259,7 +579,7 @@ fn bound(growth: &str, args: &[ColumnarValue], rows: usize) -> Result<u128> {
                     .collect(),
             )
         }
-        "RegexpReplace" => {
+        Growth::RegexpReplace => {
             let s = len(0)?;
             let replacement = len(2)?;
             let references = match args.get(2) {
@@ -277,7 +597,116 @@ fn bound(growth: &str, args: &[ColumnarValue], rows: usize) -> Result<u128> {
                     .collect(),
             )
         }
-        other => return exec_err!("{GUARD}: unknown growth {other}"),
+        Growth::Args => {
+            // Constants are copied into each row only beside an argument of many rows.
+            if args.iter().any(|a| matches!(a, ColumnarValue::Array(_))) {
+                args.iter()
+                    .filter_map(|a| match a {
+                        ColumnarValue::Scalar(s) => Some(scalar_bytes(s) as u128),
+                        ColumnarValue::Array(_) => None,
+                    })
+                    .fold(0u128, u128::saturating_add)
+                    .saturating_mul(rows as u128)
+            } else {
+                0
+            }
+        }
+        Growth::ReplaceElements => {
+            let to = len(2)?;
+            let each = match args.first() {
+                Some(a) => leaves(a, rows)?,
+                None => vec![0; rows],
+            };
+            total(len(0)?)
+                .saturating_add(times(each, to.into_iter().map(|l| l.saturating_add(16)).collect()))
+        }
+        Growth::JoinElements => {
+            let sep = len(1)?;
+            let null = len(2)?;
+            let each = match args.first() {
+                Some(a) => leaves(a, rows)?,
+                None => vec![0; rows],
+            };
+            // An element is at most 3 times its bytes as text (a number of 8 bytes has
+            // up to 20 digits), plus a separator or the null text.
+            total(len(0)?).saturating_mul(3).saturating_add(times(
+                each,
+                sep.into_iter()
+                    .zip(null)
+                    .map(|(s, n)| s.saturating_add(n).saturating_add(40))
+                    .collect(),
+            ))
+        }
+        Growth::Format => total(len(1)?.into_iter().map(|l| l.saturating_add(1)).collect())
+            .saturating_mul(32),
+    })
+}
+
+/// The bytes of a constant's value.
+fn scalar_bytes(s: &ScalarValue) -> usize {
+    match s {
+        ScalarValue::Utf8(v) | ScalarValue::LargeUtf8(v) | ScalarValue::Utf8View(v) => {
+            v.as_ref().map_or(0, String::len)
+        }
+        ScalarValue::Binary(v) | ScalarValue::LargeBinary(v) | ScalarValue::BinaryView(v) => {
+            v.as_ref().map_or(0, Vec::len)
+        }
+        other => other.size(),
+    }
+}
+
+/// How many values each row's list holds, nested lists counted to their innermost
+/// values (anything else: 1).
+fn leaves(v: &ColumnarValue, rows: usize) -> Result<Vec<u128>> {
+    fn of(array: &dyn Array) -> Vec<u128> {
+        let sum = |child: Vec<u128>, bounds: &mut dyn Iterator<Item = (usize, usize)>| {
+            bounds
+                .map(|(a, b)| {
+                    child
+                        .get(a..b)
+                        .unwrap_or_default()
+                        .iter()
+                        .fold(0u128, |n, c| n.saturating_add(*c))
+                })
+                .collect()
+        };
+        match array.data_type() {
+            DataType::List(_) => {
+                let list = array.as_list::<i32>();
+                let offsets = list.offsets();
+                sum(
+                    of(list.values().as_ref()),
+                    &mut offsets.windows(2).map(|w| (w[0] as usize, w[1] as usize)),
+                )
+            }
+            DataType::LargeList(_) => {
+                let list = array.as_list::<i64>();
+                let offsets = list.offsets();
+                sum(
+                    of(list.values().as_ref()),
+                    &mut offsets.windows(2).map(|w| (w[0] as usize, w[1] as usize)),
+                )
+            }
+            DataType::FixedSizeList(_, n) => {
+                let list = array.as_fixed_size_list();
+                let n = usize::try_from(*n).unwrap_or(0);
+                sum(
+                    of(list.values().as_ref()),
+                    &mut (0..list.len()).map(|i| {
+                        let start = usize::try_from(list.value_offset(i)).unwrap_or(0);
+                        (start, start + n)
+                    }),
+                )
+            }
+            _ => vec![1; array.len()],
+        }
+    }
+    Ok(match v {
+        ColumnarValue::Scalar(s) => {
+            let one = of(s.to_array_of_size(1)?.as_ref());
+            vec![one.first().copied().unwrap_or(0); rows]
+        }
+        ColumnarValue::Array(a) => of(a.as_ref()),
     })
 }
 
@@ -285,18 +714,7 @@ fn bound(growth: &str, args: &[ColumnarValue], rows: usize) -> Result<u128> {
 /// their share of the array's memory).
 fn lengths(v: &ColumnarValue, rows: usize) -> Result<Vec<u128>> {
     let array: ArrayRef = match v {
-        ColumnarValue::Scalar(s) => {
-            let n = match s {
-                ScalarValue::Utf8(v) | ScalarValue::LargeUtf8(v) | ScalarValue::Utf8View(v) => {
-                    v.as_ref().map_or(0, String::len)
-                }
-                ScalarValue::Binary(v)
-                | ScalarValue::LargeBinary(v)
-                | ScalarValue::BinaryView(v) => v.as_ref().map_or(0, Vec::len),
-                other => other.size(),
-            };
-            return Ok(vec![n as u128; rows]);
-        }
+        ColumnarValue::Scalar(s) => return Ok(vec![scalar_bytes(s) as u128; rows]),
         ColumnarValue::Array(a) => a.clone(),
     };
     let of = |n: Option<usize>| n.unwrap_or(0) as u128;
@@ -492,10 +910,142 @@ mod tests {
 
     /// Plan `sql`, guard it at `limit` bytes, run it.
     async fn run(sql: &str, limit: usize) -> Result<Vec<datafusion::arrow::array::RecordBatch>> {
+        run_in(sql, limit, None).await
+    }
+
+    /// [`run`], each call's results held in `pool`.
+    async fn run_in(
+        sql: &str,
+        limit: usize,
+        pool: Option<&Arc<dyn MemoryPool>>,
+    ) -> Result<Vec<datafusion::arrow::array::RecordBatch>> {
         let ctx = SessionContext::new();
         let plan = ctx.state().create_logical_plan(sql).await?;
-        let plan = guard(plan, limit)?;
+        let plan = guard(plan, limit, pool)?;
         ctx.execute_logical_plan(plan).await?.collect().await
+    }
+
+    fn out_of_memory(e: &DataFusionError, sql: &str) {
+        assert_eq!(
+            crate::limits::sqlstate(e),
+            Some(crate::limits::OUT_OF_MEMORY),
+            "{sql}: {e}"
+        );
+        assert!(e.to_string().contains("query_memory_bytes"), "{sql}: {e}");
+    }
+
+    fn text(batches: &[datafusion::arrow::array::RecordBatch]) -> String {
+        datafusion::arrow::util::pretty::pretty_format_batches(batches)
+            .expect("text")
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn results_combined_from_bounded_results_are_bounded_too() {
+        let limit = 1 << 20;
+        let r = |n: usize, of: &str| vec![of; n].join(", ");
+        let doubled = (0..24).fold("select cast(value as varchar) as s from generate_series(1, 2)".to_string(), |q, _| {
+            format!("select s || s as s from ({q})")
+        });
+        let concatenated = (0..24).fold("select cast(value as varchar) as s from generate_series(1, 2)".to_string(), |q, _| {
+            format!("select concat(s, s) as s from ({q})")
+        });
+        for big in [
+            format!("select length(concat({})) from (select repeat('x', 200000) as r)", r(12, "r")),
+            format!("select cardinality(make_array({})) from (select array_repeat(1, 20000) as r)", r(10, "r")),
+            format!("select cardinality(array_concat({})) from (select array_repeat(1, 20000) as r)", r(10, "r")),
+            format!("select max(length(s)) from ({doubled})"),
+            format!("select max(length(s)) from ({concatenated})"),
+            "with recursive t(s, n) as (select 'x', 1 union all select s || s, n + 1 from t where n < 40) select max(length(s)) from t".to_string(),
+            "select cardinality(array_replace_all(array_repeat('a', 100000), 'a', repeat('x', 100000)))".to_string(),
+            "select cardinality(array_replace_n(array_repeat('a', 100000), 'a', repeat('x', 100000), 100000))".to_string(),
+            "select length(array_to_string(array_repeat('', 100000), repeat(',', 100000)))".to_string(),
+            "select length(array_to_string(array_repeat(array_repeat(1, 1000), 1000), repeat(',', 1000)))".to_string(),
+            "select length(to_char(timestamp '2020-01-01', repeat('%c', 100000)))".to_string(),
+            // A constant copied into every row of a batch.
+            "select max(length(v || repeat('x', 500))) from (select cast(value as varchar) as v from generate_series(1, 100000))".to_string(),
+            "select max(length(repeat('x', 500) || v)) from (select cast(value as varchar) as v from generate_series(1, 100000))".to_string(),
+            "select max(length(concat(v, repeat('x', 500)))) from (select cast(value as varchar) as v from generate_series(1, 100000))".to_string(),
+            // Nested amplifiers, each within the limit, together beyond it.
+            "select length(repeat(repeat('x', 1000), 1000))".to_string(),
+        ] {
+            let e = run(&big, limit).await.expect_err(&big);
+            out_of_memory(&e, &big);
+        }
+        // Results each within the limit but together beyond it: the pool tells.
+        let columns = (0..8)
+            .map(|i| format!("length(concat(r, '{i}')) as c{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let many = format!("select {columns} from (select repeat('x', 300000) as r from generate_series(1, 1))");
+        run(&many, limit).await.expect("each within the limit");
+        let pool: Arc<dyn MemoryPool> = Arc::new(crate::limits::QueryPool::new(limit, None));
+        let e = run_in(&many, limit, Some(&pool)).await.expect_err("together beyond");
+        out_of_memory(&e, &many);
+        // Everything held is given back with the plan.
+        assert_eq!(pool.reserved(), 0);
+        // Ordinary calls keep their results, types and names.
+        for (ok, expect) in [
+            ("select concat('a', 'b') as n", "ab"),
+            ("select 'a' || 'b' || 'c' as n", "abc"),
+            ("select upper('straße') as n", "STRASSE"),
+            ("select coalesce(null, 'x') as n", "x"),
+            ("select arrow_cast(1, 'Utf8') as n", "1"),
+            ("select date_part('year', date '2020-06-01') as n", "2020"),
+            ("select named_struct('a', 'b')['a'] as n", "b"),
+            ("select now() is not null as n", "true"),
+            ("select array_to_string([1, 2, 3], '-') as n", "1-2-3"),
+            ("select cardinality(array_replace_all([1, 1, 2], 1, 3)) as n", "3"),
+            ("select max(length(v || 'x')) as n from (select cast(value as varchar) as v from generate_series(1, 100000))", "7"),
+        ] {
+            let batches = run_in(ok, limit, Some(&pool)).await.expect(ok);
+            let t = text(&batches);
+            assert!(t.contains(&format!("| {expect} ")), "{ok}: {t}");
+        }
+        let batches = run("select concat('a', 'b'), upper(cast(value as varchar)) from generate_series(1, 2)", limit)
+            .await
+            .expect("named");
+        let schema = batches[0].schema();
+        assert_eq!(schema.field(0).name(), "concat(Utf8(\"a\"),Utf8(\"b\"))");
+        assert_eq!(schema.field(1).name(), "upper(generate_series().value)");
+    }
+
+    #[tokio::test]
+    async fn guarding_adds_one_node_per_call_however_deep_calls_nest() {
+        let nodes = |plan: &LogicalPlan| {
+            let mut n = 0usize;
+            plan.apply_with_subqueries(|p| {
+                for e in p.expressions() {
+                    e.apply(|_| {
+                        n += 1;
+                        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+                    })?;
+                }
+                Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+            })
+            .expect("walk");
+            n
+        };
+        let depth = 60;
+        for sql in [
+            format!("select {}'x'{}", "repeat(".repeat(depth), ", 1)".repeat(depth)),
+            format!("select {}'x'{}", "concat(".repeat(depth), ", 'y')".repeat(depth)),
+            format!("select {}cast(value as varchar){} from generate_series(1, 2)", "(".repeat(depth), " || 'y')".repeat(depth)),
+            format!("select {}cast(value as varchar){} from generate_series(1, 2)", "('y' || ".repeat(depth), ")".repeat(depth)),
+        ] {
+            let ctx = SessionContext::new();
+            let plan = ctx.state().create_logical_plan(&sql).await.expect("plan");
+            let before = nodes(&plan);
+            let guarded = guard(plan, 1 << 20, None).expect("guard");
+            let after = nodes(&guarded);
+            assert!(after <= 3 * before, "{before} nodes became {after}: {sql}");
+            ctx.execute_logical_plan(guarded)
+                .await
+                .expect("runs")
+                .collect()
+                .await
+                .expect("rows");
+        }
     }
 
     #[tokio::test]

@@ -635,16 +635,20 @@ impl Catalog {
             let (state, plan) = df.into_parts();
             // EXECUTE gave the prepared plan: it is checked as it runs.
             self.check(&plan)?;
-            // A function's result is not in the memory pool: bound those that can grow.
+            let (runtime, pool) = self.query_runtime(state.runtime_env())?;
+            // A function's result is not in the memory pool: each call's is bounded,
+            // and held in the query's pool.
             let plan = match self.limits.query_memory_bytes {
-                Some(limit) => amplify::guard(plan, limit).map_err(|e| self.explain(e))?,
+                Some(limit) => {
+                    let held = pool.clone().map(|p| p as Arc<dyn MemoryPool>);
+                    amplify::guard(plan, limit, held.as_ref()).map_err(|e| self.explain(e))?
+                }
                 None => plan,
             };
             let physical = state
                 .create_physical_plan(&plan)
                 .await
                 .map_err(|e| self.explain(e))?;
-            let (runtime, pool) = self.query_runtime(state.runtime_env())?;
             let task = TaskContext::from(&state).with_runtime(runtime);
             Ok(Some((
                 datafusion::physical_plan::execute_stream(physical, Arc::new(task))

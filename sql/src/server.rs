@@ -48,7 +48,7 @@ use datafusion_postgres::hooks::HookClient;
 use datafusion_postgres::hooks::cursor::CursorStatementHook;
 use datafusion_postgres::hooks::set_show::SetShowHook;
 use datafusion_postgres::hooks::transactions::TransactionStatementHook;
-use futures::{Sink, StreamExt};
+use futures::{Sink, SinkExt, StreamExt};
 use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::sasl::scram::{ScramAuth, gen_salted_password};
 use pgwire::api::auth::{
@@ -578,11 +578,42 @@ impl StartupHandler for Startup {
                 .as_ref()
                 .and_then(|u| Some((u, self.shared.user_sessions.get(u)?)))
             {
-                let own = slots
-                    .clone()
-                    .try_acquire_owned()
-                    .map_err(|_| self.too_many_of(name))?;
-                self.set_permit(Some([permit, own]));
+                match slots.clone().try_acquire_owned() {
+                    Ok(own) => self.set_permit(Some([permit, own])),
+                    // Whether a user's sessions are all in use is told only to whoever
+                    // proves to be that user: the proof is checked with the answer held
+                    // back, and a wrong one gets the answer any wrong proof gets.
+                    Err(_) => {
+                        drop(permit);
+                        let mut held = HeldBack {
+                            client,
+                            messages: Vec::new(),
+                        };
+                        let done = if held.client.is_secure() {
+                            self.secure.on_startup(&mut held, message).await
+                        } else {
+                            self.plain.on_startup(&mut held, message).await
+                        };
+                        let proved = held.messages.iter().any(|m| {
+                            matches!(
+                                m,
+                                PgWireBackendMessage::Authentication(
+                                    pgwire::messages::startup::Authentication::Ok
+                                )
+                            )
+                        });
+                        if done.is_ok() && proved {
+                            client.set_state(PgWireConnectionState::AuthenticationInProgress);
+                            return Err(self.too_many_of(name));
+                        }
+                        let HeldBack { messages, .. } = held;
+                        for m in messages {
+                            client.feed(m).await?;
+                        }
+                        client.flush().await?;
+                        return done;
+                    }
+                }
             }
         }
         let done = if client.is_secure() {
@@ -603,6 +634,115 @@ impl StartupHandler for Startup {
             self.set_permit(None);
         }
         done
+    }
+}
+
+/// A client whose answers are held back instead of sent, to be sent or dropped once
+/// known (see [`Startup::on_startup`]).
+struct HeldBack<'a, C> {
+    client: &'a mut C,
+    messages: Vec<PgWireBackendMessage>,
+}
+
+impl<C: ClientInfo> ClientInfo for HeldBack<'_, C> {
+    fn socket_addr(&self) -> std::net::SocketAddr {
+        self.client.socket_addr()
+    }
+
+    fn is_secure(&self) -> bool {
+        self.client.is_secure()
+    }
+
+    fn protocol_version(&self) -> pgwire::messages::ProtocolVersion {
+        self.client.protocol_version()
+    }
+
+    fn set_protocol_version(&mut self, version: pgwire::messages::ProtocolVersion) {
+        self.client.set_protocol_version(version);
+    }
+
+    fn pid_and_secret_key(&self) -> (i32, pgwire::messages::startup::SecretKey) {
+        self.client.pid_and_secret_key()
+    }
+
+    fn set_pid_and_secret_key(
+        &mut self,
+        pid: i32,
+        secret_key: pgwire::messages::startup::SecretKey,
+    ) {
+        self.client.set_pid_and_secret_key(pid, secret_key);
+    }
+
+    fn state(&self) -> PgWireConnectionState {
+        self.client.state()
+    }
+
+    fn set_state(&mut self, new_state: PgWireConnectionState) {
+        self.client.set_state(new_state);
+    }
+
+    fn transaction_status(&self) -> pgwire::messages::response::TransactionStatus {
+        self.client.transaction_status()
+    }
+
+    fn set_transaction_status(
+        &mut self,
+        new_status: pgwire::messages::response::TransactionStatus,
+    ) {
+        self.client.set_transaction_status(new_status);
+    }
+
+    fn metadata(&self) -> &std::collections::HashMap<String, String> {
+        self.client.metadata()
+    }
+
+    fn metadata_mut(&mut self) -> &mut std::collections::HashMap<String, String> {
+        self.client.metadata_mut()
+    }
+
+    fn session_extensions(&self) -> &pgwire::api::SessionExtensions {
+        self.client.session_extensions()
+    }
+
+    fn sni_server_name(&self) -> Option<&str> {
+        self.client.sni_server_name()
+    }
+
+    fn client_certificates<'a>(&self) -> Option<&[rustls_pki_types::CertificateDer<'a>]> {
+        self.client.client_certificates()
+    }
+}
+
+impl<C> Sink<PgWireBackendMessage> for HeldBack<'_, C> {
+    type Error = PgWireError;
+
+    fn poll_ready(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn start_send(
+        self: std::pin::Pin<&mut Self>,
+        item: PgWireBackendMessage,
+    ) -> Result<(), Self::Error> {
+        self.get_mut().messages.push(item);
+        Ok(())
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }
 

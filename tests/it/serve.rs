@@ -838,6 +838,12 @@ while len(held) < 3 and time.monotonic() < deadline:
 out = {{"ops_held": len(held)}}
 c = attempt("ops")
 out["ops_fourth"] = c if isinstance(c, str) else "connected"
+# Without the password, nothing tells that the user's sessions are all in use.
+try:
+    psycopg.connect("{url} user=ops password=wrong").close()
+    out["ops_wrong"] = "connected"
+except psycopg.Error as e:
+    out["ops_wrong"] = (e.sqlstate or "?") + " " + str(e)
 c = attempt("ana")
 out["ana"] = c if isinstance(c, str) else "connected"
 if not isinstance(c, str):
@@ -859,6 +865,11 @@ print(json.dumps(out))
         );
     };
     refused("ops_fourth", "(max_connections_per_user)");
+    let wrong = got["ops_wrong"].as_str().unwrap_or_default();
+    assert!(
+        wrong.to_lowercase().contains("password") && !wrong.contains("too many"),
+        "{got}"
+    );
     assert_eq!(got["ana"], "connected", "{got}");
     refused("ann_fifth", "(max_connections)");
     // The idle sockets were closed: evicted by newer ones, or at auth_timeout_ms.
