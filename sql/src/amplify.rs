@@ -42,7 +42,7 @@ use datafusion::logical_expr::{
 };
 
 /// The functions whose result can be far larger than their arguments, and how it grows.
-const AMPLIFIERS: [(&str, Growth); 19] = [
+const AMPLIFIERS: [(&str, Growth); 23] = [
     ("repeat", Growth::Repeat),
     ("lpad", Growth::Pad),
     ("rpad", Growth::Pad),
@@ -62,6 +62,10 @@ const AMPLIFIERS: [(&str, Growth); 19] = [
     ("list_to_string", Growth::JoinElements),
     ("array_join", Growth::JoinElements),
     ("list_join", Growth::JoinElements),
+    ("regexp_match", Growth::Groups),
+    ("string_to_array", Growth::Split),
+    ("string_to_list", Growth::Split),
+    ("levenshtein", Growth::Quadratic),
 ];
 
 /// Functions formatting values with a pattern, each letter of which may become a long
@@ -88,7 +92,7 @@ enum Growth {
     RegexpReplace,
     /// `array_repeat(e, n)`: `n` copies of `e`.
     ArrayRepeat,
-    /// `array_resize(a, n[, fill])`: `n` elements.
+    /// `array_resize(a, n[, fill])`: `n` elements, each a copy of `fill`.
     Resize,
     /// `range([start,] stop[, step])` (and `generate_series`) as a list: `|stop - start| /
     /// |step| + 1` elements; dates and timestamps stepped by intervals count in
@@ -100,6 +104,15 @@ enum Growth {
     JoinElements,
     /// `to_char(value, pattern)`: 32 bytes per byte of the pattern.
     Format,
+    /// `regexp_match(s, pattern)`: a copy of `s` per group of the pattern, and one.
+    Groups,
+    /// `string_to_array(s, delimiter)`: each byte of `s` may become an element (a view of
+    /// 16 bytes, or an offset and its byte).
+    Split,
+    /// `levenshtein(a, b)`: no more memory, but `len(a) × len(b)` steps, counted as bytes
+    /// so that a comparison of two megabyte strings (10¹² steps, which nothing could
+    /// cancel) is refused.
+    Quadratic,
 }
 
 fn growth_of(name: &str) -> Growth {
@@ -121,6 +134,16 @@ pub fn guard(
     limit: usize,
     pool: Option<&Arc<dyn MemoryPool>>,
 ) -> Result<LogicalPlan> {
+    guard_with(plan, limit, pool, true)
+}
+
+/// [`guard`], `a || b` included or not (held already by an earlier pass).
+fn guard_with(
+    plan: LogicalPlan,
+    limit: usize,
+    pool: Option<&Arc<dyn MemoryPool>>,
+    concatenations: bool,
+) -> Result<LogicalPlan> {
     let hold = || {
         pool.map(|p| {
             Arc::new(Mutex::new(
@@ -132,7 +155,7 @@ pub fn guard(
         let node = node.map_expressions(|e| {
             e.transform_up(|e| match e {
                 Expr::ScalarFunction(f) => Ok(bound_call(f, limit, hold())),
-                Expr::BinaryExpr(b) if b.op == Operator::StringConcat => {
+                Expr::BinaryExpr(b) if concatenations && b.op == Operator::StringConcat => {
                     Ok(bound_concat(b, limit, hold()))
                 }
                 other => Ok(Transformed::no(other)),
@@ -145,6 +168,38 @@ pub fn guard(
         }
     })?;
     Ok(guarded.data)
+}
+
+/// After the optimizer ran over a plan [`guard`]ed: calls its rewrites made are bounded
+/// too (a function's simplification returns calls of its own), and a constant is refused
+/// when copied into every row of a batch of `batch_rows` it would take more than `limit`
+/// bytes (a call over constants was folded into one, checked once, then copied).
+pub fn guard_optimized(
+    plan: LogicalPlan,
+    limit: usize,
+    pool: Option<&Arc<dyn MemoryPool>>,
+    batch_rows: usize,
+) -> Result<LogicalPlan> {
+    let most = limit / batch_rows.max(1);
+    plan.apply_with_subqueries(|node| {
+        for e in node.expressions() {
+            e.apply(|e| {
+                if let Expr::Literal(v, _) = e {
+                    let bytes = scalar_bytes(v);
+                    if bytes > most {
+                        return Err(DataFusionError::ResourcesExhausted(format!(
+                            "a constant of {bytes} bytes, copied into each of a batch's \
+                             {batch_rows} rows, would take more than the query's {limit} \
+                             bytes (query_memory_bytes)"
+                        )));
+                    }
+                }
+                Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+            })?;
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    })?;
+    guard_with(plan, limit, pool, false)
 }
 
 fn bound_call(f: ScalarFunction, limit: usize, held: Option<Held>) -> Transformed<Expr> {
@@ -402,6 +457,29 @@ impl ScalarUDFImpl for Bounded {
     fn documentation(&self) -> Option<&Documentation> {
         self.inner.documentation()
     }
+
+    fn preimage(
+        &self,
+        args: &[Expr],
+        lit_expr: &Expr,
+        info: &SimplifyContext,
+    ) -> Result<datafusion::logical_expr::preimage::PreimageResult> {
+        self.inner.preimage(args, lit_expr, info)
+    }
+
+    fn struct_field_mapping(
+        &self,
+        literal_args: &[Option<ScalarValue>],
+    ) -> Option<datafusion::logical_expr::StructFieldMapping> {
+        self.inner.struct_field_mapping(literal_args)
+    }
+
+    fn placement(
+        &self,
+        args: &[datafusion::logical_expr::ExpressionPlacement],
+    ) -> datafusion::logical_expr::ExpressionPlacement {
+        self.inner.placement(args)
+    }
 }
 
 /// `sluice_held(value)`: `value`, checked and held as a call's result is;
@@ -520,7 +598,11 @@ fn bound(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result<u128> {
             int(1)?,
         ),
         Growth::Pad => total(int(1)?).saturating_mul(4),
-        Growth::Resize => total(int(1)?).saturating_mul(16),
+        // Each new element is a copy of the fill value.
+        Growth::Resize => times(
+            int(1)?,
+            len(2)?.into_iter().map(|l| l.saturating_add(16)).collect(),
+        ),
         Growth::Range => {
             if let Some(step) = args.get(2) {
                 let dates = args
@@ -639,7 +721,41 @@ fn bound(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result<u128> {
         }
         Growth::Format => total(len(1)?.into_iter().map(|l| l.saturating_add(1)).collect())
             .saturating_mul(32),
+        Growth::Groups => {
+            let groups = match args.get(1) {
+                Some(p) => parentheses(p, rows)?,
+                None => vec![0; rows],
+            };
+            times(
+                len(0)?.into_iter().map(|l| l.saturating_add(16)).collect(),
+                groups.into_iter().map(|g| g.saturating_add(1)).collect(),
+            )
+        }
+        Growth::Split => total(len(0)?).saturating_add(rows as u128).saturating_mul(24),
+        Growth::Quadratic => times(len(0)?, len(1)?),
     })
+}
+
+/// How many `(` each row's pattern holds: at most that many groups.
+fn parentheses(v: &ColumnarValue, rows: usize) -> Result<Vec<u128>> {
+    let count = |s: Option<&str>| s.map_or(0, |s| s.bytes().filter(|b| *b == b'(').count()) as u128;
+    match v {
+        ColumnarValue::Scalar(s) => {
+            let n = match s {
+                ScalarValue::Utf8(v) | ScalarValue::LargeUtf8(v) | ScalarValue::Utf8View(v) => {
+                    count(v.as_deref())
+                }
+                _ => 0,
+            };
+            Ok(vec![n; rows])
+        }
+        ColumnarValue::Array(a) => Ok(match a.data_type() {
+            DataType::Utf8 => a.as_string::<i32>().iter().map(count).collect(),
+            DataType::LargeUtf8 => a.as_string::<i64>().iter().map(count).collect(),
+            DataType::Utf8View => a.as_string_view().iter().map(count).collect(),
+            _ => vec![0; a.len()],
+        }),
+    }
 }
 
 /// The bytes of a constant's value.
@@ -919,10 +1035,17 @@ mod tests {
         limit: usize,
         pool: Option<&Arc<dyn MemoryPool>>,
     ) -> Result<Vec<datafusion::arrow::array::RecordBatch>> {
+        // As the catalog runs a plan: bounded, optimized, bounded again, then planned
+        // without optimizing again.
         let ctx = SessionContext::new();
-        let plan = ctx.state().create_logical_plan(sql).await?;
+        let state = ctx.state();
+        let plan = state.create_logical_plan(sql).await?;
         let plan = guard(plan, limit, pool)?;
-        ctx.execute_logical_plan(plan).await?.collect().await
+        let plan = state.optimize(&plan)?;
+        let rows = state.config_options().execution.batch_size;
+        let plan = guard_optimized(plan, limit, pool, rows)?;
+        let physical = state.query_planner().create_physical_plan(&plan, &state).await?;
+        datafusion::physical_plan::collect(physical, ctx.task_ctx()).await
     }
 
     fn out_of_memory(e: &DataFusionError, sql: &str) {
@@ -951,9 +1074,9 @@ mod tests {
             format!("select concat(s, s) as s from ({q})")
         });
         for big in [
-            format!("select length(concat({})) from (select repeat('x', 200000) as r)", r(12, "r")),
-            format!("select cardinality(make_array({})) from (select array_repeat(1, 20000) as r)", r(10, "r")),
-            format!("select cardinality(array_concat({})) from (select array_repeat(1, 20000) as r)", r(10, "r")),
+            format!("select length(concat({})) from (select repeat(cast(value as varchar), 200000) as r from generate_series(1, 1))", r(12, "r")),
+            format!("select cardinality(make_array({})) from (select array_repeat(value, 20000) as r from generate_series(1, 1))", r(10, "r")),
+            format!("select cardinality(array_concat({})) from (select array_repeat(value, 20000) as r from generate_series(1, 1))", r(10, "r")),
             format!("select max(length(s)) from ({doubled})"),
             format!("select max(length(s)) from ({concatenated})"),
             "with recursive t(s, n) as (select 'x', 1 union all select s || s, n + 1 from t where n < 40) select max(length(s)) from t".to_string(),
@@ -968,6 +1091,16 @@ mod tests {
             "select max(length(concat(v, repeat('x', 500)))) from (select cast(value as varchar) as v from generate_series(1, 100000))".to_string(),
             // Nested amplifiers, each within the limit, together beyond it.
             "select length(repeat(repeat('x', 1000), 1000))".to_string(),
+            // Calls over constants folded once, then copied into every row.
+            "select repeat(arrow_cast('x', 'LargeUtf8'), 500000) from generate_series(1, 8192)".to_string(),
+            "select concat(cast(value as varchar), '', repeat('x', 250000)) from generate_series(1, 8192)".to_string(),
+            "select nvl2(value, repeat('x', 250000), '') from generate_series(1, 8192)".to_string(),
+            // A fill value copied into each new element; a copy per group; an element per
+            // byte; steps beyond counting.
+            "select cardinality(array_resize(make_array(arrow_cast('a', 'LargeUtf8')), 100000, arrow_cast(repeat('x', 100000), 'LargeUtf8')))".to_string(),
+            format!("select cardinality(regexp_match(repeat('x', 200000), '{}x*{}'))", "(".repeat(20), ")".repeat(20)),
+            "select cardinality(string_to_array(repeat('x', 100000), null))".to_string(),
+            "select levenshtein(repeat('a', 100000), repeat('b', 100000))".to_string(),
         ] {
             let e = run(&big, limit).await.expect_err(&big);
             out_of_memory(&e, &big);
@@ -977,7 +1110,7 @@ mod tests {
             .map(|i| format!("length(concat(r, '{i}')) as c{i}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let many = format!("select {columns} from (select repeat('x', 300000) as r from generate_series(1, 1))");
+        let many = format!("select {columns} from (select repeat(cast(value as varchar), 300000) as r from generate_series(1, 1))");
         run(&many, limit).await.expect("each within the limit");
         let pool: Arc<dyn MemoryPool> = Arc::new(crate::limits::QueryPool::new(limit, None));
         let e = run_in(&many, limit, Some(&pool)).await.expect_err("together beyond");
@@ -996,6 +1129,11 @@ mod tests {
             ("select now() is not null as n", "true"),
             ("select array_to_string([1, 2, 3], '-') as n", "1-2-3"),
             ("select cardinality(array_replace_all([1, 1, 2], 1, 3)) as n", "3"),
+            ("select cardinality(array_resize([1], 3, 0)) as n", "3"),
+            ("select cardinality(regexp_match('abc', '(a)(b)')) as n", "2"),
+            ("select cardinality(string_to_array('a,b', ',')) as n", "2"),
+            ("select levenshtein('kitten', 'sitting') as n", "3"),
+            ("select date_part('year', d) as n from (select cast(concat('2024-03-0', cast(value as varchar)) as date) as d from generate_series(1, 2)) where date_part('year', d) = 2024 limit 1", "2024"),
             ("select max(length(v || 'x')) as n from (select cast(value as varchar) as v from generate_series(1, 100000))", "7"),
         ] {
             let batches = run_in(ok, limit, Some(&pool)).await.expect(ok);

@@ -638,17 +638,26 @@ impl Catalog {
             let (runtime, pool) = self.query_runtime(state.runtime_env())?;
             // A function's result is not in the memory pool: each call's is bounded,
             // and held in the query's pool.
-            let plan = match self.limits.query_memory_bytes {
+            // Bounded before the optimizer (which folds calls over constants) and after
+            // it (its rewrites, and constants copied into every row).
+            let physical = match self.limits.query_memory_bytes {
                 Some(limit) => {
                     let held = pool.clone().map(|p| p as Arc<dyn MemoryPool>);
-                    amplify::guard(plan, limit, held.as_ref()).map_err(|e| self.explain(e))?
+                    let plan = amplify::guard(plan, limit, held.as_ref())
+                        .and_then(|p| state.optimize(&p))
+                        .and_then(|p| {
+                            let rows = state.config_options().execution.batch_size;
+                            amplify::guard_optimized(p, limit, held.as_ref(), rows)
+                        })
+                        .map_err(|e| self.explain(e))?;
+                    state
+                        .query_planner()
+                        .create_physical_plan(&plan, &state)
+                        .await
                 }
-                None => plan,
-            };
-            let physical = state
-                .create_physical_plan(&plan)
-                .await
-                .map_err(|e| self.explain(e))?;
+                None => state.create_physical_plan(&plan).await,
+            }
+            .map_err(|e| self.explain(e))?;
             let task = TaskContext::from(&state).with_runtime(runtime);
             Ok(Some((
                 datafusion::physical_plan::execute_stream(physical, Arc::new(task))

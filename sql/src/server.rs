@@ -450,10 +450,12 @@ impl Connection {
             }
             Ok(SASLAuthStartupHandler::new(parameters.clone()).with_scram(scram))
         };
+        let logged_in = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let conn = Arc::new(Conn {
             shared: shared.clone(),
             parser: PostgresCompatibilityParser::new(),
             local: tokio::sync::Mutex::new(None),
+            logged_in: logged_in.clone(),
         });
         Ok(Self {
             startup: Arc::new(Startup {
@@ -464,6 +466,7 @@ impl Connection {
                 password_messages: std::sync::atomic::AtomicUsize::new(0),
                 permit: Mutex::new(None),
                 authenticated: Mutex::new(Some(authenticated)),
+                logged_in,
             }),
             queries: Arc::new(Queries {
                 conn: conn.clone(),
@@ -506,6 +509,8 @@ struct Startup {
     permit: Mutex<Option<[OwnedSemaphorePermit; 2]>>,
     /// Told once the client is authenticated.
     authenticated: Mutex<Option<oneshot::Sender<()>>>,
+    /// Set once the client is authenticated: the connection's queries run only then.
+    logged_in: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Startup {
@@ -622,6 +627,7 @@ impl StartupHandler for Startup {
             self.plain.on_startup(client, message).await
         };
         if matches!(client.state(), PgWireConnectionState::ReadyForQuery) && done.is_ok() {
+            self.logged_in.store(true, Ordering::SeqCst);
             let told = self
                 .authenticated
                 .lock()
@@ -761,10 +767,27 @@ struct Conn {
     shared: Arc<Shared>,
     parser: PostgresCompatibilityParser,
     local: tokio::sync::Mutex<Option<Local>>,
+    /// Whether the client logged in. A failed login ends the connection, but the
+    /// protocol library reads on (a query sent in the same write as a wrong password
+    /// would reach the handlers): nothing is parsed or run before it is set.
+    logged_in: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Conn {
+    fn check_logged_in(&self) -> PgWireResult<()> {
+        if self.logged_in.load(std::sync::atomic::Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "FATAL".to_string(),
+                "28000".to_string(),
+                "not logged in".to_string(),
+            ))))
+        }
+    }
+
     fn parse(&self, sql: &str) -> PgWireResult<Vec<Statement>> {
+        self.check_logged_in()?;
         // Parsing and planning take many times the text's size, outside any query's pool.
         let most = self.shared.settings.max_statement_bytes;
         if sql.len() > most {
@@ -787,6 +810,7 @@ impl Conn {
         &self,
         client: &C,
     ) -> PgWireResult<(Arc<Base>, SessionContext, Option<Deadline>)> {
+        self.check_logged_in()?;
         let base = self.shared.base(client).await?;
         let mut local = self.local.lock().await;
         match local.as_mut() {

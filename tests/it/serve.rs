@@ -872,6 +872,78 @@ print(json.dumps(out))
     );
     assert_eq!(got["ana"], "connected", "{got}");
     refused("ann_fifth", "(max_connections)");
+
+    // A query sent in the same write as a wrong password proof is not run: the server
+    // spends no CPU on it (it would count to four billion until statement_timeout).
+    let cpu = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", s._child.0.id()))
+            .expect("stat");
+        let fields: Vec<u64> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        // utime and stime, fields 14 and 15 of the line (12 and 13 after the name).
+        fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0)
+    };
+    let before = cpu();
+    let replies = python_json(
+        &python,
+        &format!(
+            r#"
+import base64, json, socket, struct
+def message(kind, body):
+    return kind + struct.pack("!I", len(body) + 4) + body
+def read(s):
+    head = b""
+    while len(head) < 5:
+        chunk = s.recv(5 - len(head))
+        if not chunk:
+            return None, b""
+        head += chunk
+    n = struct.unpack("!I", head[1:])[0] - 4
+    body = b""
+    while len(body) < n:
+        chunk = s.recv(n - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return head[:1], body
+s = socket.create_connection(("127.0.0.1", {port}))
+params = b"user\0ops\0database\0sluice\0\0"
+s.sendall(struct.pack("!II", len(params) + 8, 196608) + params)
+read(s)
+first = b"n,,n=,r=0123456789abcdefghijklmn"
+s.sendall(message(b"p", b"SCRAM-SHA-256\0" + struct.pack("!I", len(first)) + first))
+kind, body = read(s)
+nonce = dict(kv.split("=", 1) for kv in body[4:].decode().split(","))["r"]
+final = ("c=biws,r=" + nonce + ",p=" + base64.b64encode(b"\0" * 32).decode()).encode()
+query = b"select count(*) from generate_series(1, 4000000000)\0"
+s.sendall(message(b"p", final) + message(b"Q", query))
+replies = []
+s.settimeout(3)
+try:
+    while True:
+        kind, body = read(s)
+        if kind is None:
+            break
+        replies.append(kind.decode() + body.decode(errors="replace"))
+except socket.timeout:
+    pass
+print(json.dumps(replies))
+"#,
+            port = s.port
+        ),
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let spent = cpu().saturating_sub(before);
+    assert!(
+        replies.to_string().contains("28P01") && !replies.to_string().contains("4000000000"),
+        "{replies}"
+    );
+    assert!(spent < 100, "{spent} ticks spent after a wrong proof: {replies}");
     // The idle sockets were closed: evicted by newer ones, or at auth_timeout_ms.
     std::thread::sleep(std::time::Duration::from_millis(3500));
     let closed = idle
