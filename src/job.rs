@@ -376,6 +376,8 @@ fn redacted_request_id(secret: &[u8], forms: &[String], id: String) -> String {
 /// Erase the subjects of one request: tombstones for their keys, then the lake in one
 /// pass; a certificate per subject, and the run recorded with the request ids only (a
 /// hash of a subject id is guessable). A dry run sends, changes and records nothing.
+/// With `keep_journal` the erasure journal is left for the caller to remove
+/// ([`erase::Options::keep_journal`]).
 async fn erase_all(
     config: &Config,
     lake: &Lake,
@@ -383,6 +385,7 @@ async fn erase_all(
     tombstones: Option<&erasure::Tombstones>,
     subjects: &[(String, Arc<Subject>, String)],
     dry_run: bool,
+    keep_journal: bool,
 ) -> anyhow::Result<Vec<erase::Certificate>> {
     let started_at = chrono::Utc::now().timestamp_micros();
     let mut requests = Vec::new();
@@ -415,6 +418,7 @@ async fn erase_all(
     let mut options =
         erase::Options::from_config(&config.erasure, erase::value_key(secret.bytes()));
     options.dry_run = dry_run;
+    options.keep_journal = keep_journal;
     let result = match produced_all {
         Ok(()) => {
             let store = key_store(config, lake);
@@ -546,14 +550,31 @@ pub async fn erase(
         .zip(found)
         .map(|(raw, subject)| (raw.clone(), subject, request_id.clone()))
         .collect();
-    let certificates = erase_all(config, lake, &secret, tombstones.as_ref(), &all, dry_run).await?;
+    let certificates = erase_all(
+        config,
+        lake,
+        &secret,
+        tombstones.as_ref(),
+        &all,
+        dry_run,
+        false,
+    )
+    .await?;
     print_certificates(&certificates, format)
 }
 
 /// Run `sluice job erase --requests`: every request waiting on `[erasure] requests_topic`,
-/// carried out in one pass over the lake, each committed in Kafka once its certificate is
+/// carried out in one pass over the lake, committed in Kafka once the certificates are
 /// written; a malformed request (or an identifier the rules refuse) gets a certificate
 /// saying why, and is committed too.
+///
+/// The batch is marked in the lake ([`sluice_jobs::journal::BatchMarker`]) before
+/// anything is done, so a run stopped midway is finished by the next with the same
+/// requests (the same subjects, so the same erasure journal) however many arrived since;
+/// those wait for the run after. In order: the marker is written, the certificates are
+/// recorded (the journal kept), the offsets are committed, the journal is removed, then
+/// the marker. A stop anywhere leaves the marker, and the run taking the batch again finds
+/// the certificates recorded instead of certifying the requests a second time.
 pub async fn erase_requests(config: &Config, lake: &Lake, format: Format) -> anyhow::Result<()> {
     let topic = config.erasure.requests_topic.as_deref().ok_or_else(|| {
         anyhow::anyhow!("[erasure] requests_topic is not set: name the topic of erasure requests")
@@ -562,12 +583,43 @@ pub async fn erase_requests(config: &Config, lake: &Lake, format: Format) -> any
     let client = kafka_client(config)?;
     let group = format!("{}-erasure", config.kafka.group_id(&config.pipeline.name));
     let queue = erasure::RequestQueue::open(&client, &group, topic)?;
-    let pending =
-        tokio::task::block_in_place(|| queue.pending(std::time::Duration::from_secs(10)))?;
-    eprintln!(
-        "sluice: {} erasure request(s) waiting on {topic}",
-        pending.len()
-    );
+    let timeout = std::time::Duration::from_secs(10);
+    let marker = sluice_jobs::journal::BatchMarker::of(lake, &group, topic)?;
+    // One run of the group's requests at a time: a second waits, then finds the batch
+    // (and marker) the first left.
+    let batch_lock = sluice_jobs::lock::Lock::acquire_waiting(
+        lake,
+        &format!("erase.requests.{}", marker.key()),
+        erase::LOCK_WAIT,
+    )
+    .await?;
+    let marked = marker.read().await?;
+    let resumed = marked.is_some();
+    let (pending, batch) = match marked {
+        Some(batch) => {
+            let pending = tokio::task::block_in_place(|| queue.batch(timeout, &batch.offsets))?;
+            eprintln!(
+                "sluice: {} erasure request(s) of the batch a stopped run took from {topic}, taken again (requests since wait for the next run)",
+                pending.len()
+            );
+            (pending, Some(batch))
+        }
+        None => {
+            let pending = tokio::task::block_in_place(|| queue.pending(timeout))?;
+            eprintln!(
+                "sluice: {} erasure request(s) waiting on {topic}",
+                pending.len()
+            );
+            let batch = (!pending.is_empty()).then(|| sluice_jobs::journal::MarkedBatch {
+                offsets: erasure::offsets(&pending),
+                taken_at: chrono::Utc::now().timestamp_micros(),
+            });
+            if let Some(b) = &batch {
+                marker.write(b).await?;
+            }
+            (pending, batch)
+        }
+    };
     let checked: Vec<Result<String, String>> = pending
         .iter()
         .map(|r| {
@@ -594,7 +646,6 @@ pub async fn erase_requests(config: &Config, lake: &Lake, format: Format) -> any
             .filter_map(|r| r.subject.clone().ok())
             .filter(|s| s.chars().count() >= config.erasure.min_subject_length),
     );
-    let tombstones = tombstone_producer(config)?;
     let valid: Vec<(String, Arc<Subject>, String)> = pending
         .iter()
         .zip(&checked)
@@ -609,26 +660,72 @@ pub async fn erase_requests(config: &Config, lake: &Lake, format: Format) -> any
             (raw, subject, id)
         })
         .collect();
-    let mut erased = if valid.is_empty() {
-        Vec::new()
-    } else {
-        erase_all(config, lake, &secret, tombstones.as_ref(), &valid, false).await?
-    }
-    .into_iter();
+    // The subjects naming the erasure journal of the batch.
+    let subject_hashes: Vec<String> = valid
+        .iter()
+        .map(|(raw, _, _)| erase::subject_hash(secret.bytes(), raw))
+        .collect();
+    let Some(batch) = batch else {
+        batch_lock.release().await;
+        return print_certificates(&[], format);
+    };
+    // A run stopped after committing every offset of the batch left only its journal or
+    // marker to remove: its certificates are recorded.
+    let committed = resumed
+        && tokio::task::block_in_place(|| queue.committed_through(&batch.offsets, timeout))?;
     let mut certificates = Vec::new();
-    for (request, check) in pending.iter().zip(&checked) {
-        let certificate = match check {
-            Ok(_) => erased
-                .next()
-                .ok_or_else(|| anyhow::anyhow!("a request without its certificate"))?,
-            Err(why) => {
+    if committed {
+        eprintln!("sluice: that batch is certified and committed: nothing more to do for it");
+    } else {
+        let tombstones = tombstone_producer(config)?;
+        let mut erased = if valid.is_empty() {
+            Vec::new()
+        } else {
+            erase_all(
+                config,
+                lake,
+                &secret,
+                tombstones.as_ref(),
+                &valid,
+                false,
+                true,
+            )
+            .await?
+        }
+        .into_iter();
+        let invalid: Vec<(String, String)> = pending
+            .iter()
+            .zip(&checked)
+            .filter_map(|(request, check)| {
+                let why = check.as_ref().err()?;
                 let id = redacted_request_id(secret.bytes(), &forms, request.request_id.clone());
-                erase::record_invalid(lake, &id, why).await?
-            }
-        };
-        tokio::task::block_in_place(|| queue.done(request.partition, request.offset))?;
-        certificates.push(certificate);
+                Some((id, why.clone()))
+            })
+            .collect();
+        let mut invalid = erase::record_invalid(lake, &invalid, batch.taken_at)
+            .await?
+            .into_iter();
+        for check in &checked {
+            let certificate = match check {
+                Ok(_) => erased.next(),
+                Err(_) => invalid.next(),
+            };
+            certificates.push(
+                certificate.ok_or_else(|| anyhow::anyhow!("a request without its certificate"))?,
+            );
+        }
+        sluice_jobs::journal::abort_point("committing", "run");
+        for (partition, (_, last)) in &batch.offsets {
+            tokio::task::block_in_place(|| queue.done(*partition, *last))?;
+        }
     }
+    // Every offset of the batch is committed: the journal goes, then the marker (a run
+    // stopped in between takes the batch again, finds it committed and removes them).
+    if !subject_hashes.is_empty() {
+        erase::finish(lake, &subject_hashes).await?;
+    }
+    marker.remove().await?;
+    batch_lock.release().await;
     print_certificates(&certificates, format)
 }
 

@@ -20,8 +20,9 @@
 //!    files still holding a subject, which the next run purges (stopped the other way
 //!    round, it would leave statistics of files already gone). What each step did is
 //!    kept in the erasure journal ([`crate::journal`]) until the certificates are
-//!    recorded, so the next run of the same requests finishes a stopped one with the
-//!    certificate an unbroken run would write;
+//!    recorded (with [`Options::keep_journal`], until the caller is done with them), so
+//!    the next run of the same requests finishes a stopped one with the certificate an
+//!    unbroken run would write. Runs of the same subjects take turns on the journal;
 //! 4. under crypto-shredding, the subjects' data keys are erased the same way from the
 //!    subject key store (which carries no file statistics at all);
 //! 5. a certificate row per subject goes to `_sluice/erasures`: request id, salted hash
@@ -41,7 +42,7 @@ use arrow::array::{
     Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use arrow::compute::{cast, filter_record_batch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
 use deltalake::DeltaTable;
 use deltalake::kernel::transaction::CommitProperties;
 use futures::TryStreamExt as _;
@@ -49,7 +50,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use object_store::ObjectStoreExt as _;
 use object_store::path::Path as ObjectPath;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use sluice_connectors::delta::table;
 use sluice_pipeline::erasure::ErasureConfig;
@@ -94,8 +95,13 @@ pub const MIN_VALUE_CHARS: usize = 8;
 /// Attempts at the delete of one table when other writers commit meanwhile.
 const DELETE_ATTEMPTS: usize = 10;
 
+/// How long an erasure waits for a lock (a table's maintenance, another run of the same
+/// subjects) before giving up.
+pub const LOCK_WAIT: Duration = Duration::from_secs(600);
+
 /// What the erasure did to one table, for one subject.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TableErasure {
     pub table: String,
     pub version_before: i64,
@@ -327,8 +333,15 @@ pub struct Options {
     pub orphan_min_age: Duration,
     /// Key of [`value_hash`].
     pub value_key: [u8; 32],
-    /// How long to wait for a table's maintenance to finish before giving up.
+    /// How long to wait for a table's maintenance, or another run of the same subjects,
+    /// to finish before giving up.
     pub lock_wait: Duration,
+    /// Leave the journal once the certificates are recorded, for the caller to remove
+    /// with [`finish`] after acting on them; a run finding such a journal returns the
+    /// certificates it records instead of erasing again. Requests read from Kafka set
+    /// it: their offsets are committed after the certificates are recorded, and a run
+    /// stopped in between must not certify the same requests twice.
+    pub keep_journal: bool,
 }
 
 impl Options {
@@ -342,7 +355,8 @@ impl Options {
                     .saturating_add(config.clock_skew_margin_secs),
             ),
             value_key,
-            lock_wait: Duration::from_secs(600),
+            lock_wait: LOCK_WAIT,
+            keep_journal: false,
         }
     }
 }
@@ -369,20 +383,40 @@ pub async fn erase(
     let owners = owners(requests);
     // A run stopped before recording its certificates: they are recorded at the time it
     // chose. A journal whose certificates are recorded belongs to a finished run (stopped
-    // before it cleared it): this run starts afresh, as after any finished run.
+    // before it cleared it, or left for the caller to clear): with `keep_journal`, when
+    // they are these very requests' (same subjects, same request ids), they are this
+    // run's result; otherwise this run starts afresh, as after any finished run.
     let mut earlier: Option<i64> = None;
+    let mut run_lock: Option<Lock> = None;
     let journal = if options.dry_run {
         None
     } else {
         let subjects: Vec<&str> = requests.iter().map(|r| r.subject_hash.as_str()).collect();
         let j = Journal::of(lake, &subjects)?;
+        // Runs of the same subjects share the journal: one at a time, the next finding
+        // what the one before left.
+        let lock = Lock::acquire_waiting(lake, &run_lock_name(&j), options.lock_wait).await?;
         earlier = j.run().await?.erased_at;
-        if let Some(at) = earlier
-            && recorded_at(lake, requests, at).await?
-        {
-            j.clear().await?;
-            earlier = None;
+        if let Some(at) = earlier {
+            let recorded = recorded_at(lake, at).await?;
+            if requests
+                .iter()
+                .all(|r| recorded.iter().any(|c| c.subject_hash == r.subject_hash))
+            {
+                if options.keep_journal
+                    && let Some(certificates) = recorded_certificates(requests, &recorded, at)?
+                {
+                    tracing::warn!(
+                        "the certificates of these requests are recorded (by a run stopped before its caller finished): they are returned, none recorded again"
+                    );
+                    lock.release().await;
+                    return Ok(certificates);
+                }
+                j.clear().await?;
+                earlier = None;
+            }
         }
+        run_lock = Some(lock);
         Some(j)
     };
     let mut outcomes: Vec<TableOutcome> = Vec::new();
@@ -497,9 +531,31 @@ pub async fn erase(
         abort_point("certifying", "run");
         record(lake, &certificates).await?;
         abort_point("recorded", "run");
-        j.clear().await?;
+        if !options.keep_journal {
+            j.clear().await?;
+        }
+    }
+    if let Some(lock) = run_lock {
+        lock.release().await;
     }
     Ok(certificates)
+}
+
+/// The lock of the runs of the subjects of `journal`.
+fn run_lock_name(journal: &Journal) -> String {
+    format!("erase.run.{}", journal.key())
+}
+
+/// Remove the journal of the run of the subjects whose salted hashes are
+/// `subject_hashes`, left by a run with [`Options::keep_journal`] once the caller acted
+/// on its certificates (waiting for a run of the same subjects in progress).
+pub async fn finish(lake: &Lake, subject_hashes: &[String]) -> Result<()> {
+    let subjects: Vec<&str> = subject_hashes.iter().map(String::as_str).collect();
+    let j = Journal::of(lake, &subjects)?;
+    let lock = Lock::acquire_waiting(lake, &run_lock_name(&j), LOCK_WAIT).await?;
+    j.clear().await?;
+    lock.release().await;
+    Ok(())
 }
 
 /// The certificates recorded in `sluice.erasures`, to query; none before the first.
@@ -519,10 +575,19 @@ async fn certificates_of(lake: &Lake) -> Result<Option<deltalake::datafusion::pr
     Ok(Some(ctx.table("erasures").await?))
 }
 
-/// Whether `sluice.erasures` holds certificates of every subject of `requests` at `at`.
-async fn recorded_at(lake: &Lake, requests: &[Request], at: i64) -> Result<bool> {
+/// A certificate as `sluice.erasures` holds it.
+struct Recorded {
+    request_id: String,
+    subject_hash: String,
+    tombstones: u64,
+    /// Per table, as JSON.
+    tables: String,
+}
+
+/// The certificates recorded at `at`: a run records all of its own at one time.
+async fn recorded_at(lake: &Lake, at: i64) -> Result<Vec<Recorded>> {
     let Some(certificates) = certificates_of(lake).await? else {
-        return Ok(false);
+        return Ok(Vec::new());
     };
     let batches = certificates
         .filter(deltalake::datafusion::prelude::col("erased_at").eq(
@@ -533,18 +598,79 @@ async fn recorded_at(lake: &Lake, requests: &[Request], at: i64) -> Result<bool>
                 ),
             ),
         ))?
-        .select_columns(&["subject_hash"])?
+        .select_columns(&["request_id", "subject_hash", "tombstones", "tables"])?
         .collect()
         .await?;
-    let mut found: HashSet<String> = HashSet::new();
+    let mut out = Vec::new();
     for b in batches {
-        let hashes = cast(b.column(0), &DataType::Utf8)?;
-        let hashes = hashes.as_string::<i32>();
+        // Text may come back as views: read it as plain strings.
+        let (ids, hashes, tables) = (
+            cast(b.column(0), &DataType::Utf8)?,
+            cast(b.column(1), &DataType::Utf8)?,
+            cast(b.column(3), &DataType::Utf8)?,
+        );
+        let (ids, hashes, tables) = (
+            ids.as_string::<i32>(),
+            hashes.as_string::<i32>(),
+            tables.as_string::<i32>(),
+        );
+        let tombstones = cast(b.column(2), &DataType::Int64)?;
+        let tombstones = tombstones.as_primitive::<Int64Type>();
         for i in 0..b.num_rows() {
-            found.insert(hashes.value(i).to_string());
+            let text = |a: &StringArray| {
+                if a.is_null(i) {
+                    String::new()
+                } else {
+                    a.value(i).to_string()
+                }
+            };
+            out.push(Recorded {
+                request_id: text(ids),
+                subject_hash: text(hashes),
+                tombstones: if tombstones.is_null(i) {
+                    0
+                } else {
+                    u64::try_from(tombstones.value(i)).unwrap_or(0)
+                },
+                tables: text(tables),
+            });
         }
     }
-    Ok(requests.iter().all(|r| found.contains(&r.subject_hash)))
+    Ok(out)
+}
+
+/// The certificates of `recorded` (recorded at `at`) for `requests`, in their order, each
+/// the one of the same subject and request id; `None` when a request has none (those
+/// certificates are another run's).
+fn recorded_certificates(
+    requests: &[Request],
+    recorded: &[Recorded],
+    at: i64,
+) -> Result<Option<Vec<Certificate>>> {
+    let mut out = Vec::new();
+    for r in requests {
+        let Some(c) = recorded
+            .iter()
+            .find(|c| c.subject_hash == r.subject_hash && c.request_id == r.request_id)
+        else {
+            return Ok(None);
+        };
+        let tables: Vec<TableErasure> = serde_json::from_str(&c.tables).map_err(|e| {
+            Error::Other(format!(
+                "{ERASURES}: a certificate's tables do not read: {e}"
+            ))
+        })?;
+        out.push(Certificate {
+            request_id: c.request_id.clone(),
+            subject_hash: c.subject_hash.clone(),
+            erased_at: at,
+            tables,
+            tombstones: c.tombstones,
+            invalid: None,
+            dry_run: false,
+        });
+    }
+    Ok(Some(out))
 }
 
 /// The subject key store at `store`, if it holds a table.
@@ -558,19 +684,38 @@ async fn open_key_store(store: &Lake) -> Result<Option<DeltaTable>> {
     Ok(table::exists(&delta).then_some(delta))
 }
 
-/// Record a request that could not be carried out, so it is not lost once skipped.
-pub async fn record_invalid(lake: &Lake, request_id: &str, why: &str) -> Result<Certificate> {
-    let certificate = Certificate {
-        request_id: request_id.to_string(),
-        subject_hash: String::new(),
-        erased_at: chrono::Utc::now().timestamp_micros(),
-        tables: Vec::new(),
-        tombstones: 0,
-        invalid: Some(why.to_string()),
-        dry_run: false,
-    };
-    record(lake, std::slice::from_ref(&certificate)).await?;
-    Ok(certificate)
+/// Record the requests of a batch that could not be carried out (`(request id, why)`),
+/// so none is lost once skipped: all in one commit, at `at`, the time the batch was
+/// taken. The same batch taken again after a stop (see [`crate::journal::BatchMarker`])
+/// finds certificates of invalid requests at that time, so these were recorded, and
+/// records nothing more.
+pub async fn record_invalid(
+    lake: &Lake,
+    invalid: &[(String, String)],
+    at: i64,
+) -> Result<Vec<Certificate>> {
+    let certificates: Vec<Certificate> = invalid
+        .iter()
+        .map(|(request_id, why)| Certificate {
+            request_id: request_id.clone(),
+            subject_hash: String::new(),
+            erased_at: at,
+            tables: Vec::new(),
+            tombstones: 0,
+            invalid: Some(why.clone()),
+            dry_run: false,
+        })
+        .collect();
+    if certificates.is_empty()
+        || recorded_at(lake, at)
+            .await?
+            .iter()
+            .any(|c| c.subject_hash.is_empty())
+    {
+        return Ok(certificates);
+    }
+    record(lake, &certificates).await?;
+    Ok(certificates)
 }
 
 /// Delete the rows `lookup` finds for `all`, again against the refreshed table when

@@ -5,7 +5,10 @@
 //!
 //! `<run>` is a hash of the subjects' salted hashes, in any order: running the same
 //! command again (with or without the same request id, the subjects in any order), or
-//! reading the same batch of requests from Kafka, finds the journal.
+//! reading the same batch of requests from Kafka, finds the journal. Runs of the same
+//! subjects take the lock `erase.run.<run>` before reading the journal and hold it to
+//! their end (a dry run keeps no journal and takes no lock): a second run waits, then
+//! finds what the first left.
 //! Per table it holds:
 //!
 //! - the *attempts* whose delete may have committed but is not yet accounted for: each
@@ -22,10 +25,33 @@
 //! recorded (the stopped run got that far) drops the journal and starts afresh, as any
 //! run after a finished one does; otherwise it records them at that time.
 //!
+//! Requests read from Kafka add two things, so that the next run finds the same journal
+//! and does not certify a request twice:
+//!
+//! - the batch a run takes is marked, before anything else is done, in
+//!   `_sluice/erasures_pending/kafka-<hash of the consumer group and topic>.json`
+//!   ([`BatchMarker`]): per partition the first and last offset taken, and the time the
+//!   batch was taken. A run finding the marker takes exactly that batch again (from each
+//!   first offset to each last, whatever was committed meanwhile; requests that arrived
+//!   since wait for the run after), so the subjects, and with them the journal, are the
+//!   same;
+//! - the journal is kept once the certificates are recorded, and removed by the caller
+//!   after the offsets are committed. In order: marker written, certificates recorded,
+//!   offsets committed, journal removed, marker removed. A run taking the batch again
+//!   finds the certificates of its journal recorded for these very requests (same
+//!   subjects, same request ids) and returns them instead of erasing again; or finds
+//!   every offset committed and only removes what is left. Invalid requests are recorded
+//!   at the time the batch was taken, all in one commit: certificates of invalid requests
+//!   at that time mean they are recorded.
+//!
+//! The runs of one consumer group and topic take the lock `erase.requests.kafka-<hash>`
+//! from before reading the marker to after removing it: one batch at a time.
+//!
 //! The journal names no subject: the run is named by a hash of salted subject hashes,
 //! which also key each table's counts; values appear only as their salted hashes (which
-//! the certificate holds too), files by path.
+//! the certificate holds too), files by path. The marker holds offsets and a time only.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use object_store::path::Path as ObjectPath;
@@ -95,6 +121,8 @@ impl TableJournal {
 /// The journal of one run of a set of requests.
 pub struct Journal {
     store: Arc<dyn ObjectStore>,
+    /// The hash naming the run (of its sorted salted subject hashes).
+    key: String,
     dir: String,
     /// This attempt's id.
     pub attempt: String,
@@ -102,6 +130,46 @@ pub struct Journal {
 
 fn failed(e: impl std::fmt::Display) -> Error {
     Error::Other(format!("{PENDING}: {e}"))
+}
+
+/// The JSON object at `path`, if there is one. Objects are written whole (object stores
+/// put whole objects, local lakes rename a finished file into place): one that does not
+/// read is refused, not taken as absent.
+async fn read_json<T: for<'de> Deserialize<'de>>(
+    store: &dyn ObjectStore,
+    path: &ObjectPath,
+) -> Result<Option<T>> {
+    let got = match store.get(path).await {
+        Ok(g) => g,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(failed(e)),
+    };
+    let bytes = got.bytes().await.map_err(failed)?;
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        failed(format!(
+            "{path} does not read ({e}); move it away to start that erasure afresh"
+        ))
+    })
+}
+
+async fn write_json<T: Serialize>(
+    store: &dyn ObjectStore,
+    path: &ObjectPath,
+    value: &T,
+) -> Result<()> {
+    let bytes = serde_json::to_vec(value).map_err(failed)?;
+    store
+        .put(path, PutPayload::from(bytes))
+        .await
+        .map_err(failed)?;
+    Ok(())
+}
+
+async fn delete(store: &dyn ObjectStore, path: &ObjectPath) -> Result<()> {
+    match store.delete(path).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(failed(e)),
+    }
 }
 
 impl Journal {
@@ -122,8 +190,15 @@ impl Journal {
         Ok(Self {
             store,
             dir: format!("{PENDING}/{run}"),
+            key: run,
             attempt: hex::encode(attempt),
         })
+    }
+
+    /// The hash naming the run: the same for every run of the same subjects. Names the
+    /// run's lock too.
+    pub fn key(&self) -> &str {
+        &self.key
     }
 
     fn path(&self, file: &str) -> ObjectPath {
@@ -131,29 +206,11 @@ impl Journal {
     }
 
     async fn read<T: for<'de> Deserialize<'de>>(&self, file: &str) -> Result<Option<T>> {
-        let got = match self.store.get(&self.path(file)).await {
-            Ok(g) => g,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(failed(e)),
-        };
-        let bytes = got.bytes().await.map_err(failed)?;
-        // Written whole (object stores put whole objects, local lakes rename a finished
-        // file into place): one that does not read is refused, not taken as absent.
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            failed(format!(
-                "{}/{file} does not read ({e}); move it away to start that erasure afresh",
-                self.dir
-            ))
-        })
+        read_json(self.store.as_ref(), &self.path(file)).await
     }
 
     async fn write<T: Serialize>(&self, file: &str, value: &T) -> Result<()> {
-        let bytes = serde_json::to_vec(value).map_err(failed)?;
-        self.store
-            .put(&self.path(file), PutPayload::from(bytes))
-            .await
-            .map_err(failed)?;
-        Ok(())
+        write_json(self.store.as_ref(), &self.path(file), value).await
     }
 
     /// What an earlier attempt recorded for `table`.
@@ -176,14 +233,7 @@ impl Journal {
 
     /// Forget `table`: nothing there to finish.
     pub async fn remove_table(&self, table: &str) -> Result<()> {
-        match self
-            .store
-            .delete(&self.path(&format!("{table}.json")))
-            .await
-        {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(failed(e)),
-        }
+        delete(self.store.as_ref(), &self.path(&format!("{table}.json"))).await
     }
 
     /// Remove the journal: its certificates are recorded. The tables' parts go first and
@@ -200,12 +250,65 @@ impl Journal {
             .map_err(failed)?;
         listed.sort_by_key(|m| m.location.as_ref().ends_with("/run.json"));
         for m in listed {
-            match self.store.delete(&m.location).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(failed(e)),
-            }
+            delete(self.store.as_ref(), &m.location).await?;
         }
         Ok(())
+    }
+}
+
+/// A batch of erasure requests a run took from Kafka.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkedBatch {
+    /// Per partition, `[first, last]` offset taken.
+    pub offsets: BTreeMap<i32, (i64, i64)>,
+    /// When the batch was taken (microseconds): the time its invalid requests are
+    /// certified at, which tells a run taking the batch again that they are recorded.
+    pub taken_at: i64,
+}
+
+/// Where a run reading erasure requests from Kafka marks the batch it took, until every
+/// offset of the batch is committed: `_sluice/erasures_pending/kafka-<hash>.json`, the
+/// hash of the consumer group and topic.
+pub struct BatchMarker {
+    store: Arc<dyn ObjectStore>,
+    key: String,
+}
+
+impl BatchMarker {
+    /// The marker of the requests `group` reads from `topic`, in `lake`.
+    pub fn of(lake: &Lake, group: &str, topic: &str) -> Result<Self> {
+        let store = sluice_connectors::delta::table::lake_root_store(lake)?;
+        let mut h = Sha256::new();
+        h.update(group.as_bytes());
+        h.update(b"\n");
+        h.update(topic.as_bytes());
+        Ok(Self {
+            store,
+            key: format!("kafka-{}", hex::encode(&h.finalize()[..16])),
+        })
+    }
+
+    /// `kafka-<hash>`: names the marker and the lock of the group's runs.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn path(&self) -> ObjectPath {
+        ObjectPath::from(format!("{PENDING}/{}.json", self.key))
+    }
+
+    /// The batch a stopped run took, if one did.
+    pub async fn read(&self) -> Result<Option<MarkedBatch>> {
+        read_json(self.store.as_ref(), &self.path()).await
+    }
+
+    pub async fn write(&self, batch: &MarkedBatch) -> Result<()> {
+        write_json(self.store.as_ref(), &self.path(), batch).await
+    }
+
+    /// Forget the batch: every offset of it is committed.
+    pub async fn remove(&self) -> Result<()> {
+        delete(self.store.as_ref(), &self.path()).await
     }
 }
 
@@ -239,7 +342,11 @@ pub async fn attempt_version(
 }
 
 /// For tests of crash safety: abort the process (as a kill would) when the environment
-/// names this step, `SLUICE_TEST_ERASE_ABORT_AT=<step>:<table>`.
+/// names this step, `SLUICE_TEST_ERASE_ABORT_AT=<step>:<table>`. Steps of a table:
+/// `journaled` (before its delete), `deleted`, `accounted`, `scrubbed`, `purged`; of the
+/// run (`<table>` is `run`): `certifying` (before the certificates are recorded),
+/// `recorded` (after), and for requests read from Kafka `committing` (after the
+/// certificates, before the offsets are committed).
 pub fn abort_point(step: &str, table: &str) {
     if let Ok(at) = std::env::var("SLUICE_TEST_ERASE_ABORT_AT")
         && at.split_once(':') == Some((step, table))

@@ -483,6 +483,185 @@ fn erasure_requests_from_kafka_are_certified_once_and_leave_tombstones() {
     assert_eq!(w.count("bronze.events"), 3);
 }
 
+/// Per table of a certificate's `tables`: rows removed, version before, value hashes.
+fn per_table(tables: &serde_json::Value) -> BTreeMap<String, (u64, i64, Vec<String>)> {
+    tables
+        .as_array()
+        .expect("tables")
+        .iter()
+        .map(|t| {
+            let hashes = t["value_hashes"]
+                .as_array()
+                .expect("hashes")
+                .iter()
+                .map(|h| h.as_str().expect("hash").to_string())
+                .collect();
+            (
+                t["table"].as_str().expect("table").to_string(),
+                (
+                    t["rows_removed"].as_u64().expect("rows"),
+                    t["version_before"].as_i64().expect("version"),
+                    hashes,
+                ),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn an_erasure_batch_stopped_midway_is_finished_with_the_same_requests_after_more_arrive() {
+    use crate::harness::{Broker, Mock, Workdir, produce_keyed, produce_raw};
+    let broker = Mock::start();
+    broker.create_topic("events", 1);
+    broker.create_topic("erasure-requests", 1);
+    let w = Workdir::new();
+    let key = w.dir.path().join("pseudo.key");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef").expect("key");
+    w.write_config(
+        &broker,
+        "erase",
+        &["events"],
+        &format!(
+            "partition_by = []\n\
+             [pii]\ndead_letter_key = \"pseudo\"\n\
+             [pii.keys.pseudo]\nfile = {key:?}\n\
+             [erasure]\ncolumns = [\"id\"]\ncertificate_key = \"pseudo\"\n\
+             requests_topic = \"erasure-requests\"\n"
+        ),
+    );
+    let events: Vec<(i64, Option<Vec<u8>>)> = (7_200_001..=7_200_005)
+        .map(|i| {
+            (
+                i,
+                Some(format!(r#"{{"id": {i}, "name": "Customer {i}"}}"#).into_bytes()),
+            )
+        })
+        .collect();
+    produce_keyed(&broker, "events", &events);
+    w.run_ok(&["run", "--until-caught-up"]);
+    assert_eq!(w.count("bronze.events"), 5);
+    let json = |out: std::process::Output| -> Vec<serde_json::Value> {
+        serde_json::from_slice(&out.stdout).expect("json")
+    };
+    let requests = ["job", "erase", "--requests"];
+    let stopped_at = |at: &str| {
+        let out = w
+            .sluice(&requests)
+            .env("SLUICE_TEST_ERASE_ABORT_AT", at)
+            .output()
+            .expect("erase");
+        assert_eq!(
+            out.status.code(),
+            None,
+            "the run meant to stop at {at} ran to its end: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // What an unbroken erasure of the first two subjects removes, as a dry run says.
+    let dry = json(w.run_ok(&[
+        "--format",
+        "json",
+        "job",
+        "erase",
+        "--dry-run",
+        "7200002",
+        "7200004",
+    ]));
+    assert_eq!(dry.len(), 2);
+
+    // Two requests, stopped once the rows of bronze.events are deleted and accounted for;
+    // a third arrives before the next run.
+    produce_raw(
+        &broker,
+        "erasure-requests",
+        &[
+            Some(b"7200002"),
+            Some(br#"{"subject": "7200004", "request_id": "DSAR-B"}"#),
+        ],
+    );
+    stopped_at("accounted:bronze.events");
+    produce_raw(&broker, "erasure-requests", &[Some(b"7200005")]);
+
+    // The next run finishes the stopped batch, the two requests only: each with the one
+    // certificate an unbroken run would have written.
+    let done = json(w.run_ok(&["--format", "json", "job", "erase", "--requests"]));
+    let ids: Vec<&str> = done
+        .iter()
+        .map(|c| c["request_id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, ["erasure-requests-0-0", "DSAR-B"]);
+    let recorded = json(w.run_ok(&[
+        "sql",
+        "--format",
+        "json",
+        "select subject_hash, outcome, tables from sluice.erasures",
+    ]));
+    assert_eq!(recorded.len(), 2, "{recorded:?}");
+    for unbroken in &dry {
+        let hash = unbroken["subject_hash"].as_str().expect("hash");
+        let mine: Vec<&serde_json::Value> = recorded
+            .iter()
+            .filter(|r| r["subject_hash"] == hash)
+            .collect();
+        assert_eq!(mine.len(), 1, "{recorded:?}");
+        assert_eq!(mine[0]["outcome"], "erased");
+        let tables: serde_json::Value =
+            serde_json::from_str(mine[0]["tables"].as_str().expect("tables")).expect("json");
+        assert_eq!(per_table(&tables), per_table(&unbroken["tables"]));
+        assert_eq!(per_table(&tables)["bronze.events"].0, 1);
+    }
+    assert_eq!(
+        w.sql("select id from bronze.events order by id"),
+        vec!["7200001", "7200003", "7200005"]
+    );
+
+    // The third request waited for the run after.
+    let third = json(w.run_ok(&["--format", "json", "job", "erase", "--requests"]));
+    assert_eq!(third.len(), 1);
+    assert_eq!(third[0]["request_id"], "erasure-requests-0-2");
+    assert_eq!(
+        w.sql("select id from bronze.events order by id"),
+        vec!["7200001", "7200003"]
+    );
+    assert_eq!(w.count("sluice.erasures"), 3);
+
+    // Stopped after the certificates are recorded, before the offsets are committed: the
+    // next run commits them and certifies nothing a second time, invalid requests included.
+    produce_raw(
+        &broker,
+        "erasure-requests",
+        &[Some(b"7200001"), Some(br#"{"nope": 1}"#)],
+    );
+    stopped_at("committing:run");
+    assert_eq!(w.count("sluice.erasures"), 5);
+    let again = json(w.run_ok(&["--format", "json", "job", "erase", "--requests"]));
+    let ids: Vec<&str> = again
+        .iter()
+        .map(|c| c["request_id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, ["erasure-requests-0-3", "erasure-requests-0-4"]);
+    assert_eq!(w.count("sluice.erasures"), 5);
+    assert_eq!(
+        w.sql("select id from bronze.events order by id"),
+        vec!["7200003"]
+    );
+    // Committed: nothing left to take, no journal or marker left, no lock held.
+    let none = json(w.run_ok(&["--format", "json", "job", "erase", "--requests"]));
+    assert!(none.is_empty(), "{none:?}");
+    assert_eq!(w.count("sluice.erasures"), 5);
+    let pending = w.lake().join("_sluice/erasures_pending");
+    assert!(
+        !pending.exists() || crate::residue::files_under(&pending).is_empty(),
+        "{:?}",
+        crate::residue::files_under(&pending)
+    );
+    let held: Vec<_> = crate::residue::files_under(&w.lake().join("_sluice/locks"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "lock"))
+        .collect();
+    assert!(held.is_empty(), "{held:?}");
+}
+
 /// The raw customer id behind `token` among the demo's customers.
 fn raw_of(token: &dyn Fn(&str) -> String, wanted: &str) -> String {
     (1..=3_000)

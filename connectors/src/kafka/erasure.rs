@@ -1,6 +1,7 @@
-//! Kafka for `sluice job erase`: erasure requests read from a topic (each one committed
-//! only once its certificate is written), and tombstones for an erased subject's keys
-//! on compacted topics.
+//! Kafka for `sluice job erase`: erasure requests read from a topic (committed only once
+//! their certificates are written; a batch can be read again by its offsets, so a run
+//! stopped midway is finished with the same requests), and tombstones for an erased
+//! subject's keys on compacted topics.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -75,8 +76,26 @@ pub fn parse_request(body: Option<&[u8]>) -> std::result::Result<(String, Option
     Ok((text.to_string(), None))
 }
 
+/// Per partition, the first and last offset of a batch of requests.
+pub type Offsets = BTreeMap<i32, (i64, i64)>;
+
+/// The offsets `requests` span, per partition.
+pub fn offsets(requests: &[ErasureRequest]) -> Offsets {
+    let mut out = Offsets::new();
+    for r in requests {
+        out.entry(r.partition)
+            .and_modify(|(first, last)| {
+                *first = (*first).min(r.offset);
+                *last = (*last).max(r.offset);
+            })
+            .or_insert((r.offset, r.offset));
+    }
+    out
+}
+
 /// The requests of one topic for one consumer group: everything up to the end of each
-/// partition at the time [`RequestQueue::pending`] is called.
+/// partition at the time [`RequestQueue::pending`] is called, or a batch taken before
+/// again ([`RequestQueue::batch`]).
 pub struct RequestQueue {
     consumer: BaseConsumer,
     topic: String,
@@ -101,6 +120,44 @@ impl RequestQueue {
 
     /// Every request not yet committed, in order per partition.
     pub fn pending(&self, timeout: Duration) -> Result<Vec<ErasureRequest>> {
+        self.read(timeout, None)
+    }
+
+    /// The requests of `batch` again, in order per partition: from each partition's first
+    /// offset to its last, whatever the group committed meanwhile, and none after. A run
+    /// stopped midway is finished with the same requests however many arrived since.
+    pub fn batch(&self, timeout: Duration, batch: &Offsets) -> Result<Vec<ErasureRequest>> {
+        self.read(timeout, Some(batch))
+    }
+
+    /// Whether the group committed every offset of `batch` (each partition past its last).
+    pub fn committed_through(&self, batch: &Offsets, timeout: Duration) -> Result<bool> {
+        let committed = self.committed(batch.keys().copied(), timeout)?;
+        Ok(batch.iter().all(|(p, (_, last))| {
+            matches!(
+                committed.find_partition(&self.topic, *p).map(|e| e.offset()),
+                Some(Offset::Offset(o)) if o > *last
+            )
+        }))
+    }
+
+    fn committed(
+        &self,
+        partitions: impl IntoIterator<Item = i32>,
+        timeout: Duration,
+    ) -> Result<TopicPartitionList> {
+        let mut wanted = TopicPartitionList::new();
+        for p in partitions {
+            wanted.add_partition(&self.topic, p);
+        }
+        self.consumer
+            .committed_offsets(wanted, timeout)
+            .map_err(kafka("erasure requests: committed offsets"))
+    }
+
+    /// The requests from the committed offset to the end of each partition, or those of
+    /// `batch` only.
+    fn read(&self, timeout: Duration, batch: Option<&Offsets>) -> Result<Vec<ErasureRequest>> {
         let metadata = self
             .consumer
             .fetch_metadata(Some(&self.topic), timeout)
@@ -114,14 +171,7 @@ impl RequestQueue {
         if partitions.is_empty() {
             return Err(Error::Requests(format!("no topic '{}'", self.topic)));
         }
-        let mut wanted = TopicPartitionList::new();
-        for p in &partitions {
-            wanted.add_partition(&self.topic, *p);
-        }
-        let committed = self
-            .consumer
-            .committed_offsets(wanted, timeout)
-            .map_err(kafka("erasure requests: committed offsets"))?;
+        let committed = self.committed(partitions.iter().copied(), timeout)?;
         let mut start = TopicPartitionList::new();
         let mut ends = BTreeMap::new();
         for p in &partitions {
@@ -129,15 +179,36 @@ impl RequestQueue {
                 .consumer
                 .fetch_watermarks(&self.topic, *p, timeout)
                 .map_err(kafka("erasure requests: watermarks"))?;
-            let from = match committed
-                .find_partition(&self.topic, *p)
-                .map(|e| e.offset())
-            {
-                Some(Offset::Offset(o)) => o.max(low),
-                _ => low,
+            let (from, end) = match batch {
+                None => {
+                    let from = match committed
+                        .find_partition(&self.topic, *p)
+                        .map(|e| e.offset())
+                    {
+                        Some(Offset::Offset(o)) => o.max(low),
+                        _ => low,
+                    };
+                    (from, high)
+                }
+                Some(batch) => match batch.get(p) {
+                    Some(&(first, last)) => {
+                        if first < low {
+                            tracing::warn!(
+                                topic = %self.topic,
+                                partition = *p,
+                                first,
+                                low,
+                                "the batch of a stopped erasure run is no longer whole (retention removed its first requests): the requests left are taken"
+                            );
+                        }
+                        (first.max(low), (last + 1).min(high))
+                    }
+                    // Not in the batch: nothing from this partition.
+                    None => (high, high),
+                },
             };
-            if from < high {
-                ends.insert(*p, high);
+            if from < end {
+                ends.insert(*p, end);
             }
             start
                 .add_partition_offset(&self.topic, *p, Offset::Offset(from))
@@ -249,5 +320,18 @@ mod tests {
         assert!(parse_request(Some(b"two words")).is_err());
         assert!(parse_request(None).is_err());
         assert!(parse_request(Some(&[0xff, 0xfe])).is_err());
+    }
+
+    #[test]
+    fn a_batch_spans_the_first_and_last_offset_of_each_partition() {
+        let request = |partition, offset| ErasureRequest {
+            partition,
+            offset,
+            subject: Ok("C0000001".into()),
+            request_id: format!("r-{partition}-{offset}"),
+        };
+        let batch = offsets(&[request(0, 4), request(1, 9), request(0, 2), request(0, 7)]);
+        assert_eq!(batch, Offsets::from([(0, (2, 7)), (1, (9, 9))]));
+        assert!(offsets(&[]).is_empty());
     }
 }
