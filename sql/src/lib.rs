@@ -646,7 +646,7 @@ impl Catalog {
                     let plan = amplify::guard(plan, limit, held.as_ref())
                         .and_then(|p| state.optimize(&p))
                         .and_then(|p| {
-                            let rows = state.config_options().execution.batch_size;
+                            let rows = state.config().batch_size();
                             amplify::guard_optimized(p, limit, held.as_ref(), rows)
                         })
                         .map_err(|e| self.explain(e))?;

@@ -719,8 +719,8 @@ impl<C: ClientInfo> ClientInfo for HeldBack<'_, C> {
     }
 }
 
-impl<C> Sink<PgWireBackendMessage> for HeldBack<'_, C> {
-    type Error = PgWireError;
+impl<C: Sink<PgWireBackendMessage>> Sink<PgWireBackendMessage> for HeldBack<'_, C> {
+    type Error = C::Error;
 
     fn poll_ready(
         self: std::pin::Pin<&mut Self>,
