@@ -757,7 +757,13 @@ fn bound(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result<u128> {
 
 /// How many `(` each row's pattern holds: at most that many groups.
 fn parentheses(v: &ColumnarValue, rows: usize) -> Result<Vec<u128>> {
-    let count = |s: Option<&str>| s.map_or(0, |s| s.bytes().filter(|b| *b == b'(').count()) as u128;
+    count_in_text(v, rows, |b| b == b'(')
+}
+
+/// Per row, how many bytes of its text `wanted` takes (0 for a null or a value that is
+/// not text).
+fn count_in_text(v: &ColumnarValue, rows: usize, wanted: impl Fn(u8) -> bool) -> Result<Vec<u128>> {
+    let count = |s: Option<&str>| s.map_or(0, |s| s.bytes().filter(|b| wanted(*b)).count()) as u128;
     match v {
         ColumnarValue::Scalar(s) => {
             let n = match s {
@@ -1014,28 +1020,7 @@ fn signed(v: &ColumnarValue, rows: usize) -> Result<Vec<Option<i128>>> {
 
 /// How many references (`\1`, `$1`, `${name}`) each row's replacement may hold.
 fn references(v: &ColumnarValue, rows: usize) -> Result<Vec<u128>> {
-    let count = |s: Option<&str>| {
-        s.map_or(0, |s| {
-            s.bytes().filter(|b| *b == b'\\' || *b == b'$').count()
-        }) as u128
-    };
-    match v {
-        ColumnarValue::Scalar(s) => {
-            let n = match s {
-                ScalarValue::Utf8(v) | ScalarValue::LargeUtf8(v) | ScalarValue::Utf8View(v) => {
-                    count(v.as_deref())
-                }
-                _ => 0,
-            };
-            Ok(vec![n; rows])
-        }
-        ColumnarValue::Array(a) => Ok(match a.data_type() {
-            DataType::Utf8 => a.as_string::<i32>().iter().map(count).collect(),
-            DataType::LargeUtf8 => a.as_string::<i64>().iter().map(count).collect(),
-            DataType::Utf8View => a.as_string_view().iter().map(count).collect(),
-            _ => vec![0; a.len()],
-        }),
-    }
+    count_in_text(v, rows, |b| b == b'\\' || b == b'$')
 }
 
 #[cfg(test)]
