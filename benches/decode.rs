@@ -220,7 +220,7 @@ fn bench_avro(c: &mut Criterion) {
 /// difference over 100 hostile messages is one message's cost (the goal: under 10 ms).
 fn bench_hostile(c: &mut Criterion) {
     use sluice_connectors::demo::hostile::KINDS;
-    use sluice_pipeline::runner::{Protection, Step};
+    use sluice_pipeline::protection::{Protection, Step};
     use sluice_transforms::ColumnPath;
     use sluice_transforms::fpe::{EncryptFpe, Ff1Cipher, FpeFormat};
     use sluice_transforms::limit::Limited;
@@ -287,7 +287,7 @@ fn bench_hostile(c: &mut Criterion) {
             });
         }
         let mut batch = d.finish().expect("decode").expect("batch");
-        sluice_pipeline::runner::protect(&protection, &mut batch).expect("protect");
+        sluice_pipeline::protection::protect(&protection, &mut batch).expect("protect");
         batch
     };
     let mut g = c.benchmark_group("hostile: 1,000 transactions, every tenth hostile");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use sluice_connectors::decode::json::with_lineage;
 use sluice_pipeline::config::{Config, Problem};
 use sluice_pipeline::pii::KeyCache;
-use sluice_pipeline::runner::Protection;
+use sluice_pipeline::protection::Protection;
 use sluice_transforms::policy::Policy;
 
 /// What a run needs from the policy.

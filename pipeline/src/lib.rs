@@ -25,6 +25,7 @@ pub mod lake;
 pub mod maintenance;
 pub mod panic;
 pub mod pii;
+pub mod protection;
 pub mod quality;
 pub mod roles;
 pub mod runner;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use sluice_pipeline::config::{Config, LINEAGE_COLUMNS, Problem};
 use sluice_pipeline::pii::{Action, ColumnRule, DeadLetterMode};
-use sluice_pipeline::runner::{Protection, Step};
+use sluice_pipeline::protection::{Protection, Step};
 use sluice_pipeline::{Seal, Transform};
 
 use crate::drop::Drop;
