@@ -16,7 +16,7 @@ use std::time::Duration;
 use arrow::array::{ArrayRef, Date32Array, Int64Array, RecordBatch, StringArray};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sluice_pipeline::Transform;
-use sluice_pipeline::pii::KeyCache as _;
+use sluice_pipeline::key_cache::KeyCache as _;
 use sluice_transforms::ColumnPath;
 use sluice_transforms::drop::Drop;
 use sluice_transforms::encrypt::{Encrypt, Keyring};

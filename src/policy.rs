@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use sluice_connectors::decode::json::with_lineage;
 use sluice_pipeline::config::{Config, Problem};
-use sluice_pipeline::pii::KeyCache;
+use sluice_pipeline::key_cache::KeyCache;
 use sluice_pipeline::protection::Protection;
 use sluice_transforms::policy::Policy;
 

@@ -21,6 +21,7 @@ pub mod config;
 pub mod erasure;
 pub mod error;
 pub mod health;
+pub mod key_cache;
 pub mod lake;
 pub mod maintenance;
 pub mod panic;

@@ -197,36 +197,6 @@ impl PiiConfig {
 /// Where the subject key store lives under `lake` unless `[pii] subject_keys` says otherwise.
 pub const SUBJECT_KEYS: &str = "_keys/subjects";
 
-/// One data key of the subject key store, as stored: never the key itself, never the
-/// subject's identifier.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredKey {
-    /// Id of the master key (`[pii.keys]`) wrapping it.
-    pub master: String,
-    /// Keyed hash of the subject's identifier under the master key (hex).
-    pub subject: String,
-    /// Random id the encrypted values carry (hex).
-    pub key_id: String,
-    /// The data key encrypted under the master key, bound to master, subject and key id
-    /// (base64 of nonce and ciphertext).
-    pub wrapped: String,
-    /// When it was created (microseconds since the epoch).
-    pub created_at: i64,
-}
-
-/// The in-memory side of the subject key store, kept by the `encrypt` transforms: keys
-/// they create must be stored before any row encrypted under them commits.
-pub trait KeyCache: Send + Sync {
-    /// Keys created since the last call.
-    fn take_new(&self) -> Vec<StoredKey>;
-    /// Cache keys read from the store (those of this cache's master key); an error names
-    /// the key id that cannot be unwrapped (wrong master key), never a key.
-    fn load(&self, keys: &[StoredKey]) -> std::result::Result<(), String>;
-    /// Forget every cached key whose id is not in `present`: the store lost it to an
-    /// erasure, and nothing more may be encrypted under it.
-    fn retain(&self, present: &std::collections::HashSet<String>);
-}
-
 impl Config {
     /// Whether any rule encrypts per subject (and so needs the subject key store).
     pub fn uses_subject_keys(&self) -> bool {

@@ -24,7 +24,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
-use sluice_pipeline::pii::{KeyCache, StoredKey};
+use sluice_pipeline::key_cache::{KeyCache, StoredKey};
 use sluice_pipeline::{Result, Transform};
 
 use crate::keys::{Secret, derive_key};

@@ -19,8 +19,8 @@ use deltalake::datafusion::prelude::SessionContext;
 use deltalake::kernel::Action;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use futures::StreamExt as _;
+use sluice_pipeline::key_cache::{KeyCache, StoredKey};
 use sluice_pipeline::lake::Lake;
-use sluice_pipeline::pii::{KeyCache, StoredKey};
 
 use super::table;
 use crate::error::{Error, Result, delta};
