@@ -29,8 +29,8 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use sluice_connectors::delta::table;
 use sluice_jobs::erase;
 use sluice_jobs::subject::Subject;
-use sluice_pipeline::erasure::ErasureConfig;
-use sluice_pipeline::snapshot::SnapshotConfig;
+use sluice_pipeline::config::erasure::ErasureConfig;
+use sluice_pipeline::config::snapshot::SnapshotConfig;
 
 mod common;
 

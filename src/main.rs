@@ -433,7 +433,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             let travel = time_travel(versions, as_of.as_deref()).map_err(usage)?;
             let catalog = sluice_sql::Catalog::open_at(&lake, access, &travel).await?;
             let views = config.as_ref().map_or_else(
-                || sluice_pipeline::sql::SqlConfig::default().views_dir,
+                || sluice_pipeline::config::sql::SqlConfig::default().views_dir,
                 |c| c.sql.views_dir.clone(),
             );
             for (view, why) in catalog.register_views(&views).await?.skipped {

@@ -31,9 +31,9 @@ use deltalake::kernel::transaction::CommitProperties;
 use serde::Serialize;
 use sluice_connectors::delta::table;
 use sluice_pipeline::Transform;
-use sluice_pipeline::anonymise::{AnonymiseConfig, AnonymiseTable, PublishConfig};
+use sluice_pipeline::config::anonymise::{AnonymiseConfig, AnonymiseTable, PublishConfig};
+use sluice_pipeline::config::pii::Action;
 use sluice_pipeline::lake::Lake;
-use sluice_pipeline::pii::Action;
 use sluice_sql::{Catalog, find_tables_in};
 use sluice_transforms::path::{ColumnPath, map_column};
 use sluice_transforms::policy::Policy;
@@ -555,7 +555,7 @@ mod tests {
     use super::*;
     use arrow::array::{Date32Array, StringArray, StructArray};
     use arrow::datatypes::Field;
-    use sluice_pipeline::pii::ColumnRule;
+    use sluice_pipeline::config::pii::ColumnRule;
 
     fn rule(action: &str, extra: &str) -> ColumnRule {
         toml_rule(&format!("action = \"{action}\"{extra}"))

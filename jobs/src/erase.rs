@@ -53,7 +53,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use sluice_connectors::delta::table;
-use sluice_pipeline::erasure::ErasureConfig;
+use sluice_pipeline::config::erasure::ErasureConfig;
 use sluice_pipeline::lake::Lake;
 use sluice_sql::find_tables_in;
 
@@ -1326,7 +1326,7 @@ async fn current_files(lake: &Lake, prefix: &str) -> Result<HashSet<String>> {
     let mut urls: Vec<url::Url> = tables.into_iter().map(|t| t.url).collect();
     if prefix.is_empty() {
         // Tables outside the catalog (the subject key store in its default place).
-        for extra in [sluice_pipeline::pii::SUBJECT_KEYS] {
+        for extra in [sluice_pipeline::config::pii::SUBJECT_KEYS] {
             if let Ok(url) = table::lake_url(lake, extra)
                 && let Ok(t) = table::open(extra, &url).await
                 && table::exists(&t)
@@ -1780,7 +1780,7 @@ mod tests {
         };
         config.tables.insert(
             "silver.t".into(),
-            sluice_pipeline::erasure::ErasureTable {
+            sluice_pipeline::config::erasure::ErasureTable {
                 columns: None,
                 contains: vec!["note".into()],
             },

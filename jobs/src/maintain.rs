@@ -8,8 +8,8 @@ use std::num::NonZeroU64;
 
 use serde::Serialize;
 use sluice_connectors::delta::table;
+use sluice_pipeline::config::maintenance::{Maintenance, MaintenanceConfig};
 use sluice_pipeline::lake::Lake;
-use sluice_pipeline::maintenance::{Maintenance, MaintenanceConfig};
 use sluice_sql::find_tables_in;
 
 use crate::error::{Error, Result};

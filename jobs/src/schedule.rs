@@ -1,14 +1,14 @@
 //! `sluice schedule`: which jobs are due, by cron expression, against a clock the caller
 //! gives (the real one in `sluice schedule`, a made-up one in tests).
 //!
-//! Expressions as `[schedule]` takes them (see `sluice_pipeline::schedule`). A job fires once per due time; if a run outlasts the next due time, the
+//! Expressions as `[schedule]` takes them (see `sluice_pipeline::config::schedule`). A job fires once per due time; if a run outlasts the next due time, the
 //! missed times are skipped, not queued (the lock would refuse an overlapping run anyway).
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use cron::Schedule;
-use sluice_pipeline::schedule::parse;
+use sluice_pipeline::config::schedule::parse;
 
 use crate::error::{Error, Result};
 

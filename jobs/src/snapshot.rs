@@ -26,8 +26,8 @@ use futures::StreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sluice_connectors::delta::table;
+use sluice_pipeline::config::snapshot::SnapshotConfig;
 use sluice_pipeline::lake::Lake;
-use sluice_pipeline::snapshot::SnapshotConfig;
 use sluice_sql::Catalog;
 
 use crate::error::{Error, Result};

@@ -15,7 +15,7 @@ use deltalake::datafusion::logical_expr::{
 };
 use deltalake::datafusion::prelude::{Expr, col};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use sluice_pipeline::erasure::ErasureConfig;
+use sluice_pipeline::config::erasure::ErasureConfig;
 use sluice_transforms::seal::{DeadLetterSeal, is_sealed};
 
 use crate::error::{Error, Result};

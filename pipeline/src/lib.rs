@@ -14,27 +14,15 @@
 //!
 //! [`runner::run`] is the loop tying them together and applying the [`FlushPolicy`].
 
-pub mod anonymise;
-pub mod audit;
 pub mod batch;
 pub mod config;
-pub mod erasure;
 pub mod error;
 pub mod health;
 pub mod key_cache;
 pub mod lake;
-pub mod maintenance;
 pub mod panic;
-pub mod pii;
 pub mod protection;
-pub mod quality;
-pub mod roles;
 pub mod runner;
-pub mod schedule;
-pub mod serve;
-pub mod silver;
-pub mod snapshot;
-pub mod sql;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;

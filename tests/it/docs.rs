@@ -58,169 +58,199 @@ const SECTIONS: &[Section] = &[
         &["pipeline"],
         "",
         "`[pipeline]`",
-        "config.rs",
+        "config/mod.rs",
         "PipelineConfig",
     ),
-    section(&["kafka"], "", "`[kafka]`", "config.rs", "KafkaConfig"),
-    section(&["decode"], "", "`[decode]`", "config.rs", "DecodeConfig"),
+    section(&["kafka"], "", "`[kafka]`", "config/mod.rs", "KafkaConfig"),
+    section(
+        &["decode"],
+        "",
+        "`[decode]`",
+        "config/mod.rs",
+        "DecodeConfig",
+    ),
     section(
         &["decode", "schema_registry"],
         "url = \"http://registry:8081\"",
         "`[decode.schema_registry]`",
-        "config.rs",
+        "config/mod.rs",
         "SchemaRegistryConfig",
     ),
     section(
         &["decode", "topics", "customers"],
         "",
         "`[decode.topics.\"<topic>\"]`",
-        "config.rs",
+        "config/mod.rs",
         "TopicDecodeConfig",
     ),
-    section(&["pii"], "", "`[pii]`", "pii.rs", "PiiConfig"),
+    section(&["pii"], "", "`[pii]`", "config/pii.rs", "PiiConfig"),
     section(
         &["pii", "keys", "pseudo"],
         "",
         "`[pii.keys.<id>]`",
-        "pii.rs",
+        "config/pii.rs",
         "KeyConfig",
     ),
     section(
         &["pii", "tables", "customers", "customer_id"],
         "",
         PII_RULE,
-        "pii.rs",
+        "config/pii.rs",
         "ColumnRule",
     ),
     section(
         &["pii", "topics", "touchpoint-events", "customer_id"],
         "",
         PII_RULE,
-        "pii.rs",
+        "config/pii.rs",
         "ColumnRule",
     ),
-    section(&["bronze"], "", "`[bronze]`", "config.rs", "BronzeConfig"),
+    section(
+        &["bronze"],
+        "",
+        "`[bronze]`",
+        "config/mod.rs",
+        "BronzeConfig",
+    ),
     section(
         &["bronze", "tables", "card_transactions"],
         "",
         "`[bronze.tables.<table>]`",
-        "config.rs",
+        "config/mod.rs",
         "TableConfig",
     ),
     section(
         &["bronze", "tables", "card_transactions", "schema", "[0]"],
         "name = \"amount_gbp\"\ntype = \"double\"",
         "`bronze.tables.<table>.schema` entries",
-        "config.rs",
+        "config/mod.rs",
         "ColumnConfig",
     ),
-    section(&["silver"], "", "`[silver]`", "silver.rs", "SilverConfig"),
+    section(
+        &["silver"],
+        "",
+        "`[silver]`",
+        "config/silver.rs",
+        "SilverConfig",
+    ),
     section(
         &["silver", "tables", "customers"],
         "",
         "`[silver.tables.<table>]`",
-        "silver.rs",
+        "config/silver.rs",
         "SilverTableConfig",
     ),
     section(
         &["silver", "tables", "customers", "history"],
         "",
         "`[silver.tables.<table>.history]`",
-        "silver.rs",
+        "config/silver.rs",
         "HistoryConfig",
     ),
     section(
         &["quality", "card_transactions", "[0]"],
         "",
         "`[[quality.<table>]]`",
-        "quality.rs",
+        "config/quality.rs",
         "ExpectationConfig",
     ),
     section(
         &["metrics"],
         "",
         "`[metrics]`",
-        "config.rs",
+        "config/mod.rs",
         "MetricsConfig",
     ),
-    section(&["sql"], "", "`[sql]`", "sql.rs", "SqlConfig"),
+    section(&["sql"], "", "`[sql]`", "config/sql.rs", "SqlConfig"),
     section(
         &["roles", "analyst"],
         "tables = [\"silver\"]",
         "`[roles.<name>]`",
-        "roles.rs",
+        "config/roles.rs",
         "RoleConfig",
     ),
-    section(&["serve"], "", "`[serve]`", "serve.rs", "ServeConfig"),
+    section(
+        &["serve"],
+        "",
+        "`[serve]`",
+        "config/serve.rs",
+        "ServeConfig",
+    ),
     section(
         &["serve", "users", "ana"],
         "password_env = \"ZZ_PASSWORD\"",
         "`[serve.users.<name>]`",
-        "serve.rs",
+        "config/serve.rs",
         "ServeUser",
     ),
-    section(&["audit"], "", "`[audit]`", "audit.rs", "AuditConfig"),
+    section(
+        &["audit"],
+        "",
+        "`[audit]`",
+        "config/audit.rs",
+        "AuditConfig",
+    ),
     section(
         &["maintenance"],
         "",
         "`[maintenance]`",
-        "maintenance.rs",
+        "config/maintenance.rs",
         "MaintenanceConfig",
     ),
     section(
         &["maintenance", "tables", "bronze.card_transactions"],
         "",
         "`[maintenance.tables.\"<layer>.<name>\"]`",
-        "maintenance.rs",
+        "config/maintenance.rs",
         "TableMaintenance",
     ),
     section(
         &["snapshot"],
         "",
         "`[snapshot]`",
-        "snapshot.rs",
+        "config/snapshot.rs",
         "SnapshotConfig",
     ),
     section(
         &["snapshot", "invariants", "[0]"],
         "name = \"zz\"\nsql = \"SELECT 1\"",
         "`[[snapshot.invariants]]`",
-        "snapshot.rs",
+        "config/snapshot.rs",
         "InvariantConfig",
     ),
     section(
         &["erasure"],
         "",
         "`[erasure]`",
-        "erasure.rs",
+        "config/erasure.rs",
         "ErasureConfig",
     ),
     section(
         &["erasure", "tables", "silver.customers"],
         "",
         "`[erasure.tables.\"<layer>.<name>\"]`",
-        "erasure.rs",
+        "config/erasure.rs",
         "ErasureTable",
     ),
     section(
         &["erasure", "tombstones", "[0]"],
         "topic = \"customers\"\nkey = \"{subject}\"",
         "`[[erasure.tombstones]]`",
-        "erasure.rs",
+        "config/erasure.rs",
         "TombstoneConfig",
     ),
     section(
         &["anonymise"],
         "",
         "`[anonymise]`",
-        "anonymise.rs",
+        "config/anonymise.rs",
         "AnonymiseConfig",
     ),
     section(
         &["anonymise", "tables", "bronze.customers"],
         "",
         "`[anonymise.tables.\"<layer>.<name>\"]`",
-        "anonymise.rs",
+        "config/anonymise.rs",
         "AnonymiseTable",
     ),
     section(
@@ -233,14 +263,14 @@ const SECTIONS: &[Section] = &[
         ],
         "",
         PII_RULE,
-        "pii.rs",
+        "config/pii.rs",
         "ColumnRule",
     ),
     section(
         &["anonymise", "publish", "silver.customers"],
         "",
         "`[anonymise.publish.\"<layer>.<name>\"]`",
-        "anonymise.rs",
+        "config/anonymise.rs",
         "PublishConfig",
     ),
     Section {
@@ -347,14 +377,21 @@ fn struct_fields(file: &str, name: &str) -> BTreeSet<String> {
     fields
 }
 
-/// Structs deriving `Deserialize` in `pipeline/src`.
+/// Structs deriving `Deserialize` in `pipeline/src` and its folders.
 fn deserialized_structs() -> BTreeSet<String> {
     let mut found = BTreeSet::new();
-    let mut dir: Vec<PathBuf> = std::fs::read_dir(pipeline_src())
-        .expect("pipeline/src")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
-        .collect();
+    let mut dir: Vec<PathBuf> = Vec::new();
+    let mut folders = vec![pipeline_src()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).expect("pipeline/src") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                folders.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                dir.push(path);
+            }
+        }
+    }
     dir.sort();
     for path in dir {
         let text = std::fs::read_to_string(&path).expect("source");
@@ -475,7 +512,7 @@ fn every_configuration_key_is_documented() {
         covered,
         "a config struct in pipeline/src is not a section of this test, or the reverse"
     );
-    for top in struct_fields("config.rs", "Config") {
+    for top in struct_fields("config/mod.rs", "Config") {
         assert!(
             SECTIONS.iter().any(|s| s.path[0] == top),
             "top-level section [{top}] is not probed by this test"

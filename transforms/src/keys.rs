@@ -3,7 +3,7 @@
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
-use sluice_pipeline::pii::KeyConfig;
+use sluice_pipeline::config::pii::KeyConfig;
 
 /// Fewest bytes a secret may have.
 pub const MIN_SECRET_BYTES: usize = 16;

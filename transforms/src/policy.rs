@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use sluice_pipeline::config::pii::{Action, ColumnRule, DeadLetterMode};
 use sluice_pipeline::config::{Config, LINEAGE_COLUMNS, Problem};
-use sluice_pipeline::pii::{Action, ColumnRule, DeadLetterMode};
 use sluice_pipeline::protection::{Protection, Step};
 use sluice_pipeline::{Seal, Transform};
 
@@ -214,7 +214,7 @@ impl Policy {
         ) {
             return None;
         }
-        let defaults = sluice_pipeline::pii::PiiConfig::default();
+        let defaults = sluice_pipeline::config::pii::PiiConfig::default();
         let empty = Policy {
             secrets: BTreeMap::new(),
             rules: BTreeMap::new(),

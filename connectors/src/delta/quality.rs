@@ -23,8 +23,8 @@ use deltalake::datafusion::common::TableReference;
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::kernel::Action;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use sluice_pipeline::config::quality::QualityAction;
 use sluice_pipeline::lake::Lake;
-use sluice_pipeline::quality::QualityAction;
 use sluice_pipeline::{DeadLetter, SourceBatch, Stage};
 
 use super::table;

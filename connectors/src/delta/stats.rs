@@ -34,7 +34,7 @@ use deltalake::DeltaTable;
 use deltalake::kernel::MetadataExt as _;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use sluice_pipeline::config::Config;
-use sluice_pipeline::pii::{Action, ColumnRule};
+use sluice_pipeline::config::pii::{Action, ColumnRule};
 
 use super::table;
 use crate::error::{Error, Result, delta};

@@ -21,8 +21,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::config::pii::{Action, ColumnRule};
 use crate::config::{Config, Problem, is_table_name};
-use crate::pii::{Action, ColumnRule};
 
 /// `[anonymise]`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -89,7 +89,7 @@ impl Config {
                     ))
                     }
                     Action::Keep => p.push(Problem::new(&col, "keep anonymises nothing")),
-                    _ => p.extend(crate::pii::validate_rule(
+                    _ => p.extend(crate::config::pii::validate_rule(
                         &col,
                         path,
                         rule,

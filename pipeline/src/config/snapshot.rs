@@ -62,7 +62,10 @@ pub struct InvariantConfig {
 impl SnapshotConfig {
     /// The key each table's rows are compared by: `[snapshot.keys]`, else the silver
     /// table's key (and `_valid_from` for its history).
-    pub fn keys(&self, silver: &crate::silver::SilverConfig) -> BTreeMap<String, Vec<String>> {
+    pub fn keys(
+        &self,
+        silver: &crate::config::silver::SilverConfig,
+    ) -> BTreeMap<String, Vec<String>> {
         let mut keys = BTreeMap::new();
         for (name, t) in &silver.tables {
             keys.insert(format!("silver.{name}"), t.key.clone());

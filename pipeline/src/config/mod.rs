@@ -14,6 +14,19 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::lake::Lake;
 
+pub mod anonymise;
+pub mod audit;
+pub mod erasure;
+pub mod maintenance;
+pub mod pii;
+pub mod quality;
+pub mod roles;
+pub mod schedule;
+pub mod serve;
+pub mod silver;
+pub mod snapshot;
+pub mod sql;
+
 /// Lineage columns every bronze table carries, in this order, after the payload columns.
 pub const LINEAGE_COLUMNS: [&str; 7] = [
     "_kafka_topic",
@@ -96,29 +109,29 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub decode: DecodeConfig,
     pub bronze: BronzeConfig,
-    pub pii: crate::pii::PiiConfig,
+    pub pii: pii::PiiConfig,
     pub metrics: MetricsConfig,
-    pub silver: crate::silver::SilverConfig,
+    pub silver: silver::SilverConfig,
     /// Data-quality expectations by bronze table.
-    pub quality: BTreeMap<String, Vec<crate::quality::ExpectationConfig>>,
+    pub quality: BTreeMap<String, Vec<quality::ExpectationConfig>>,
     /// What `sluice job maintain` does.
-    pub maintenance: crate::maintenance::MaintenanceConfig,
+    pub maintenance: maintenance::MaintenanceConfig,
     /// Cron expressions of the jobs `sluice schedule` runs, by job.
     pub schedule: BTreeMap<String, String>,
     /// What `sluice job snapshot` pins and checks.
-    pub snapshot: crate::snapshot::SnapshotConfig,
+    pub snapshot: snapshot::SnapshotConfig,
     /// Where `sluice job erase` looks for a data subject.
-    pub erasure: crate::erasure::ErasureConfig,
+    pub erasure: erasure::ErasureConfig,
     /// What `sluice job anonymise` does to aged data, and its k-anonymity checks.
-    pub anonymise: crate::anonymise::AnonymiseConfig,
+    pub anonymise: anonymise::AnonymiseConfig,
     /// Where the SQL definitions (views, gold tables) live.
-    pub sql: crate::sql::SqlConfig,
+    pub sql: sql::SqlConfig,
     /// What each role may read through SQL.
-    pub roles: BTreeMap<String, crate::roles::RoleConfig>,
+    pub roles: BTreeMap<String, roles::RoleConfig>,
     /// The Postgres wire-protocol endpoint of `sluice serve`.
-    pub serve: crate::serve::ServeConfig,
+    pub serve: serve::ServeConfig,
     /// The key sealing the job-run chain.
-    pub audit: crate::audit::AuditConfig,
+    pub audit: audit::AuditConfig,
 }
 
 /// `[metrics]`: the HTTP endpoint of `sluice run` (`/metrics`, `/healthz`, `/readyz`).

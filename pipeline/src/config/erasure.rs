@@ -37,8 +37,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::config::pii::Action;
 use crate::config::{Config, Problem, is_table_name};
-use crate::pii::Action;
 
 /// `[erasure]`.
 #[derive(Debug, Clone, Deserialize)]
