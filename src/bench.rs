@@ -11,7 +11,7 @@ use std::process::Stdio;
 use anyhow::Context as _;
 use sluice_connectors::demo::bank::{self, Scale};
 use sluice_connectors::demo::broker::{EmbeddedBroker, Outgoing, SimpleProducer};
-use sluice_pipeline::config::table_name_for_topic;
+use sluice_pipeline::config::bronze::table_name_for_topic;
 
 use crate::run::Summary;
 

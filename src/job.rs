@@ -17,7 +17,7 @@ use crate::output::Format;
 
 /// The audit key of `[audit]`, if one is configured.
 pub fn audit_key(config: &Config) -> anyhow::Result<Option<runs::AuditKey>> {
-    let key = config.audit_key().map_err(|p| anyhow::anyhow!("{p}"))?;
+    let key = config.audit.key().map_err(|p| anyhow::anyhow!("{p}"))?;
     Ok(key.map(|k| runs::AuditKey::new(&k)))
 }
 

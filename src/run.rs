@@ -17,7 +17,8 @@ use sluice_connectors::delta::silver::{Sequence, SilverSink, SilverSinkConfig, S
 use sluice_connectors::delta::stats::StatsPolicy;
 use sluice_connectors::delta::subject_keys::SubjectKeyStore;
 use sluice_connectors::kafka::source::{self, KafkaSourceConfig};
-use sluice_pipeline::config::{Config, TopicFormat};
+use sluice_pipeline::config::Config;
+use sluice_pipeline::config::decode::TopicFormat;
 use sluice_pipeline::health::Health;
 use sluice_pipeline::lake::Lake;
 use sluice_pipeline::runner;

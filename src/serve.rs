@@ -21,7 +21,7 @@ pub async fn serve(
             "no users: add [serve.users.<name>] with password_env (and a role) to the configuration"
         );
     }
-    let passwords = config.serve_passwords().map_err(|problems| {
+    let passwords = config.serve.passwords().map_err(|problems| {
         anyhow::anyhow!(
             "{}",
             problems

@@ -14,8 +14,8 @@ pub enum Error {
     },
 
     /// The configuration is invalid; every problem found is listed.
-    #[error("invalid configuration ({} problem{}):\n{}", .0.len(), if .0.len() == 1 { "" } else { "s" }, crate::config::render_problems(.0))]
-    Config(Vec<crate::config::Problem>),
+    #[error("invalid configuration ({} problem{}):\n{}", .0.len(), if .0.len() == 1 { "" } else { "s" }, crate::config::check::render_problems(.0))]
+    Config(Vec<crate::config::check::Problem>),
 
     /// A transform's input does not fit its policy; raised at start-up, before data moves.
     #[error("transform '{transform}' cannot apply to table '{table}': {reason}")]

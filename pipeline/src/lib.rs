@@ -15,6 +15,7 @@
 //! [`runner::run`] is the loop tying them together and applying the [`FlushPolicy`].
 
 pub mod batch;
+pub mod columns;
 pub mod config;
 pub mod error;
 pub mod health;

@@ -7,8 +7,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use sluice_pipeline::columns::LINEAGE_COLUMNS;
 use sluice_pipeline::config::pii::{Action, ColumnRule, DeadLetterMode};
-use sluice_pipeline::config::{Config, LINEAGE_COLUMNS, Problem};
+use sluice_pipeline::config::{Config, Problem};
 use sluice_pipeline::protection::{Protection, Step};
 use sluice_pipeline::{Seal, Transform};
 

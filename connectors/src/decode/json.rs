@@ -75,7 +75,7 @@ pub fn with_lineage(payload: &Schema) -> SchemaRef {
         .map(|f| f.as_ref().clone())
         .collect();
     fields.extend(
-        sluice_pipeline::config::LINEAGE_COLUMNS
+        sluice_pipeline::columns::LINEAGE_COLUMNS
             .iter()
             .map(|n| lineage_field(n)),
     );
@@ -87,7 +87,7 @@ pub fn payload_of(table: &Schema) -> SchemaRef {
     let fields: Vec<Field> = table
         .fields()
         .iter()
-        .filter(|f| !sluice_pipeline::config::LINEAGE_COLUMNS.contains(&f.name().as_str()))
+        .filter(|f| !sluice_pipeline::columns::LINEAGE_COLUMNS.contains(&f.name().as_str()))
         .map(|f| f.as_ref().clone())
         .collect();
     Arc::new(Schema::new(fields))

@@ -17,7 +17,8 @@
 
 use arrow::datatypes::{DataType, Field, Fields, Schema};
 use sluice_pipeline::Stage;
-use sluice_pipeline::config::{DecodeConfig, is_reserved_name};
+use sluice_pipeline::columns::is_reserved_name;
+use sluice_pipeline::config::decode::DecodeConfig;
 
 /// The limits of one decoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -299,7 +300,7 @@ fn one_name_problem(name: &str, others: &[&str]) -> Option<String> {
         return Some(format!(
             "field '{}' would collide with the columns sluice adds (names starting with {}, in any case, are reserved)",
             printable(name),
-            sluice_pipeline::config::RESERVED_PREFIXES.join(", ")
+            sluice_pipeline::columns::RESERVED_PREFIXES.join(", ")
         ));
     }
     if let Some(other) = others

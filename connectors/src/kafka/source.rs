@@ -23,7 +23,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, error::KafkaError};
-use sluice_pipeline::config::OffsetReset;
+use sluice_pipeline::config::kafka::OffsetReset;
 use sluice_pipeline::health::Health;
 use sluice_pipeline::lake::Lake;
 use sluice_pipeline::{SourceControl, SourceEvent, TopicPartition};

@@ -21,8 +21,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::config::pii::{Action, ColumnRule};
-use crate::config::{Config, Problem, is_table_name};
+use super::check::{Problem, is_table_name};
+use super::pii::{Action, ColumnRule, validate_rule};
 
 /// `[anonymise]`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -62,10 +62,11 @@ pub struct PublishConfig {
     pub to: Option<PathBuf>,
 }
 
-impl Config {
-    pub(crate) fn validate_anonymise(&self) -> Vec<Problem> {
+impl AnonymiseConfig {
+    /// Problems of the `[anonymise]` section.
+    pub(crate) fn validate(&self) -> Vec<Problem> {
         let mut p = Vec::new();
-        for (name, t) in &self.anonymise.tables {
+        for (name, t) in &self.tables {
             let at = format!("anonymise.tables.\"{name}\"");
             if !is_table_name(name) {
                 p.push(Problem::new(&at, "not <layer>.<name>"));
@@ -89,7 +90,7 @@ impl Config {
                     ))
                     }
                     Action::Keep => p.push(Problem::new(&col, "keep anonymises nothing")),
-                    _ => p.extend(crate::config::pii::validate_rule(
+                    _ => p.extend(validate_rule(
                         &col,
                         path,
                         rule,
@@ -99,7 +100,7 @@ impl Config {
                 }
             }
         }
-        for (name, publish) in &self.anonymise.publish {
+        for (name, publish) in &self.publish {
             let at = format!("anonymise.publish.\"{name}\"");
             if !is_table_name(name) {
                 p.push(Problem::new(&at, "not <layer>.<name>"));

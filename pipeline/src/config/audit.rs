@@ -10,7 +10,7 @@
 
 use serde::Deserialize;
 
-use crate::config::{Config, Problem};
+use super::check::Problem;
 
 /// The shortest key accepted, in bytes.
 pub const MIN_KEY_BYTES: usize = 32;
@@ -23,9 +23,10 @@ pub struct AuditConfig {
     pub key_env: Option<String>,
 }
 
-impl Config {
-    pub(crate) fn validate_audit(&self) -> Vec<Problem> {
-        match &self.audit.key_env {
+impl AuditConfig {
+    /// Problems of the `[audit]` section.
+    pub(crate) fn validate(&self) -> Vec<Problem> {
+        match &self.key_env {
             Some(name) if name.trim().is_empty() => vec![Problem::new(
                 "audit.key_env",
                 "name the environment variable holding the key",
@@ -36,8 +37,8 @@ impl Config {
 
     /// The audit key, read from the environment: none when `[audit]` names no variable;
     /// a problem naming the variable (never a value) when it is unset or too short.
-    pub fn audit_key(&self) -> Result<Option<Vec<u8>>, Problem> {
-        let Some(name) = &self.audit.key_env else {
+    pub fn key(&self) -> Result<Option<Vec<u8>>, Problem> {
+        let Some(name) = &self.key_env else {
             return Ok(None);
         };
         match std::env::var(name) {
@@ -66,14 +67,14 @@ mod tests {
             "{BASE}[audit]\nkey_env = \"SLUICE_TEST_AUDIT_KEY_UNSET\"\n"
         ))
         .expect("valid");
-        let e = c.audit_key().expect_err("unset");
+        let e = c.audit.key().expect_err("unset");
         assert!(
             e.to_string()
                 .contains("SLUICE_TEST_AUDIT_KEY_UNSET is not set"),
             "{e}"
         );
         assert_eq!(
-            Config::from_toml(BASE).expect("valid").audit_key(),
+            Config::from_toml(BASE).expect("valid").audit.key(),
             Ok(None)
         );
         assert!(Config::from_toml(&format!("{BASE}[audit]\nkey = \"x\"\n")).is_err());

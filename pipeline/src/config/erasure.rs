@@ -37,8 +37,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::config::pii::Action;
-use crate::config::{Config, Problem, is_table_name};
+use super::check::{Problem, is_table_name};
 
 /// `[erasure]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -142,91 +141,19 @@ impl ErasureConfig {
         }
         SubjectColumns { exact, contains }
     }
-}
 
-impl Config {
-    /// Partition columns whose values are personal: a subject column of `[erasure]`, or a
-    /// column the PII policy names and leaves distinctive (anything but `mask` and
-    /// `generalize`). A partition value is part of every file's path, and paths stay in
-    /// the Delta log (in the remove actions a stale writer must still meet) and in
-    /// directory names after an erasure purged the files: refused.
-    fn personal_partitions(&self) -> Vec<Problem> {
-        let mut personal: BTreeMap<String, &'static str> = BTreeMap::new();
-        for rules in self.pii_rules_as_written().values() {
-            for (path, rule) in rules {
-                if !matches!(rule.action, Action::Mask | Action::Generalize) {
-                    let leaf = path.rsplit('.').next().unwrap_or(path);
-                    personal.insert(leaf.to_string(), rule.action.as_str());
-                }
-            }
-        }
-        let mut tables: Vec<(String, String, Vec<String>)> = Vec::new();
-        for table in self.bronze_tables().into_values() {
-            let at = if self
-                .bronze
-                .tables
-                .get(&table)
-                .is_some_and(|t| t.partition_by.is_some())
-            {
-                format!("bronze.tables.{table}.partition_by")
-            } else {
-                "bronze.partition_by".to_string()
-            };
-            let parts = self.partition_by(&table);
-            tables.push((format!("bronze.{table}"), at, parts));
-        }
-        for (name, t) in &self.silver.tables {
-            tables.push((
-                format!("silver.{name}"),
-                format!("silver.tables.{name}.partition_by"),
-                t.partition_by.clone(),
-            ));
-        }
+    /// Problems of the `[erasure]` section; `known_key` tells the key ids of `[pii.keys]`.
+    pub(crate) fn validate(&self, known_key: &dyn Fn(&str) -> bool) -> Vec<Problem> {
         let mut p = Vec::new();
-        for (qualified, at, parts) in tables {
-            let subject = self.erasure.for_table(&qualified);
-            for c in &parts {
-                let leaf = c.rsplit('.').next().unwrap_or(c);
-                let why = if subject
-                    .exact
-                    .iter()
-                    .chain(&subject.contains)
-                    .any(|s| s == c)
-                {
-                    Some("a subject column of [erasure]".to_string())
-                } else {
-                    personal
-                        .get(leaf)
-                        .map(|a| format!("a column the PII policy names ({a})"))
-                };
-                if let Some(why) = why {
-                    let problem = Problem::new(
-                        &at,
-                        format!(
-                            "cannot partition {qualified} by '{c}', {why}: partition values are part of file paths, which stay in the Delta log after an erasure; partition by a lineage, masked or generalised column"
-                        ),
-                    );
-                    if !p.contains(&problem) {
-                        p.push(problem);
-                    }
-                }
-            }
-        }
-        p
-    }
-
-    pub(crate) fn validate_erasure(&self) -> Vec<Problem> {
-        let mut p = Vec::new();
-        let e = &self.erasure;
-        if let Some(k) = &e.certificate_key
-            && !self.pii.keys.contains_key(k)
+        if let Some(k) = &self.certificate_key
+            && !known_key(k)
         {
             p.push(Problem::new(
                 "erasure.certificate_key",
                 format!("'{k}' is not a key of [pii.keys]"),
             ));
         }
-        for (name, t) in &e.tables {
+        for (name, t) in &self.tables {
             let at = format!("erasure.tables.\"{name}\"");
             if !is_table_name(name) {
                 p.push(Problem::new(&at, "not <layer>.<name>"));
@@ -238,31 +165,30 @@ impl Config {
                 }
             }
         }
-        for c in &e.columns {
+        for c in &self.columns {
             if c.trim().is_empty() {
                 p.push(Problem::new("erasure.columns", "an empty column name"));
             }
         }
-        p.extend(self.personal_partitions());
-        if e.min_subject_length == 0 {
+        if self.min_subject_length == 0 {
             p.push(Problem::new(
                 "erasure.min_subject_length",
                 "must be at least 1",
             ));
         }
-        if matches!(&e.subject_pattern, Some(t) if t.trim().is_empty()) {
+        if matches!(&self.subject_pattern, Some(t) if t.trim().is_empty()) {
             p.push(Problem::new(
                 "erasure.subject_pattern",
                 "an empty pattern: remove it, or give the shape of an identifier",
             ));
         }
-        if matches!(&e.requests_topic, Some(t) if t.trim().is_empty()) {
+        if matches!(&self.requests_topic, Some(t) if t.trim().is_empty()) {
             p.push(Problem::new(
                 "erasure.requests_topic",
                 "an empty topic name",
             ));
         }
-        for (i, t) in e.tombstones.iter().enumerate() {
+        for (i, t) in self.tombstones.iter().enumerate() {
             let at = format!("erasure.tombstones[{i}]");
             if t.topic.trim().is_empty() {
                 p.push(Problem::new(
@@ -319,55 +245,5 @@ mod tests {
         assert!(all.contains("erasure.certificate_key"), "{all}");
         assert!(all.contains("erasure.tables.\"customers\""), "{all}");
         assert!(all.contains("erasure.tombstones[0].key"), "{all}");
-    }
-
-    #[test]
-    fn tables_cannot_be_partitioned_by_a_subject_or_a_personal_column() {
-        let base = "[kafka]\nbootstrap_servers = \"k:9092\"\ntopics = [\"cdc.customers\", \"payments\"]\n\
-             [bronze.routes]\n\"cdc.customers\" = \"customers_changes\"\n\
-             [pii.keys.pseudo]\nenv = \"K\"\n\
-             [pii.tables.customers_changes]\ncustomer_id = { action = \"tokenize\", key = \"pseudo\" }\n\
-             \"after.città_ünïcode\" = { action = \"keep\", tag = \"sensitive\" }\n\
-             segment = { action = \"generalize\", to = \"year\" }\n\
-             [erasure]\ncolumns = [\"customer_id\", \"after.customer_id\", \"account_ref\"]\n";
-        let problems = |extra: &str| -> String {
-            match Config::from_toml(&format!("{base}{extra}")) {
-                Ok(_) => String::new(),
-                Err(p) => p
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            }
-        };
-        // Silver by the pseudonymised subject, by a kept (non-ASCII) column, by a subject
-        // column the policy does not name: each refused, naming where.
-        for (column, why) in [
-            ("customer_id", "subject column"),
-            ("città_ünïcode", "PII policy names (keep)"),
-            ("account_ref", "subject column"),
-        ] {
-            let all = problems(&format!(
-                "[silver.tables.customers]\ntopics = [\"cdc.customers\"]\nkey = [\"id\"]\npartition_by = [\"{column}\"]\n"
-            ));
-            assert!(
-                all.contains("silver.tables.customers.partition_by")
-                    && all.contains(&format!("'{column}'"))
-                    && all.contains(why),
-                "{column}: {all}"
-            );
-        }
-        // A declared bronze column that is a subject.
-        let all = problems(
-            "[bronze.tables.payments]\npartition_by = [\"account_ref\"]\n\
-             schema = [{name = \"account_ref\", type = \"string\"}]\n",
-        );
-        assert!(all.contains("bronze.tables.payments.partition_by"), "{all}");
-        // Generalised and lineage columns are fine.
-        let all = problems(
-            "[silver.tables.customers]\ntopics = [\"cdc.customers\"]\nkey = [\"id\"]\npartition_by = [\"segment\"]\n",
-        );
-        assert!(!all.contains("partition"), "{all}");
-        assert!(!problems("").contains("partition"));
     }
 }

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::config::{Config, Problem};
+use super::check::Problem;
 
 /// `[maintenance]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -73,19 +73,17 @@ impl MaintenanceConfig {
             checkpoint: self.checkpoint,
         }
     }
-}
 
-impl Config {
-    pub(crate) fn validate_maintenance(&self) -> Vec<Problem> {
+    /// Problems of the `[maintenance]` section.
+    pub(crate) fn validate(&self) -> Vec<Problem> {
         let mut p = Vec::new();
-        let m = &self.maintenance;
-        if m.target_file_size_bytes < 1024 * 1024 {
+        if self.target_file_size_bytes < 1024 * 1024 {
             p.push(Problem::new(
                 "maintenance.target_file_size_bytes",
                 "must be at least 1048576 (1 MiB)",
             ));
         }
-        for (name, t) in &m.tables {
+        for (name, t) in &self.tables {
             let at = format!("maintenance.tables.\"{name}\"");
             let layer = name.split_once('.').map(|(l, _)| l);
             if !matches!(layer, Some("bronze" | "silver" | "gold" | "sluice")) {

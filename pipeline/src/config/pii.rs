@@ -27,12 +27,13 @@
 //! key named by `key`. Erasing the subject deletes its keys, so every copy of the values
 //! left anywhere (backups, exports, older files) can no longer be decrypted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::config::{Config, LINEAGE_COLUMNS, Problem};
+use super::check::Problem;
+use crate::columns::LINEAGE_COLUMNS;
 use crate::lake::Lake;
 
 /// `[pii]`.
@@ -197,45 +198,26 @@ impl PiiConfig {
 /// Where the subject key store lives under `lake` unless `[pii] subject_keys` says otherwise.
 pub const SUBJECT_KEYS: &str = "_keys/subjects";
 
-impl Config {
-    /// Whether any rule encrypts per subject (and so needs the subject key store).
-    pub fn uses_subject_keys(&self) -> bool {
-        self.pii_rules_as_written()
-            .values()
-            .flat_map(BTreeMap::values)
-            .any(|r| r.action == Action::Encrypt)
-    }
-
-    /// Where the subject key store of `lake` lives (a directory or an object-store URL).
-    pub fn subject_key_store(&self, lake: &Lake) -> Lake {
-        if let Some(Ok(at)) = self.pii.subject_keys.as_deref().map(Lake::parse) {
-            return at;
-        }
-        match lake {
-            Lake::Local(dir) => Lake::Local(dir.join(SUBJECT_KEYS)),
-            Lake::ObjectStore(_) => match lake.object_url(SUBJECT_KEYS) {
-                Some(url) => Lake::ObjectStore(url),
-                None => lake.clone(),
-            },
-        }
-    }
-}
-
 fn is_key_id(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric())
 }
 
-impl Config {
-    /// Column rules by bronze table, topics resolved to their tables.
+impl PiiConfig {
+    /// Column rules by bronze table, topics resolved to their tables through `routes`
+    /// (topic → bronze table).
     ///
-    /// In tables of change events (Debezium envelopes feeding a silver table) a rule names
-    /// a column of the row and protects it in both images: `email` becomes `before.email`
-    /// and `after.email`. Paths already under `before.`, `after.` or `source.`, and
-    /// `_kafka_key`, are kept as they are.
-    pub fn pii_rules(&self) -> BTreeMap<String, BTreeMap<String, ColumnRule>> {
-        let mut out = self.pii_rules_as_written();
-        for table in self.cdc_bronze_tables() {
-            if let Some(rules) = out.get_mut(&table) {
+    /// In tables of change events (`change_event_tables`: Debezium envelopes feeding a
+    /// silver table) a rule names a column of the row and protects it in both images:
+    /// `email` becomes `before.email` and `after.email`. Paths already under `before.`,
+    /// `after.` or `source.`, and `_kafka_key`, are kept as they are.
+    pub(crate) fn rules(
+        &self,
+        routes: &BTreeMap<String, String>,
+        change_event_tables: &BTreeSet<String>,
+    ) -> BTreeMap<String, BTreeMap<String, ColumnRule>> {
+        let mut out = self.rules_as_written(routes);
+        for table in change_event_tables {
+            if let Some(rules) = out.get_mut(table) {
                 let mut expanded = BTreeMap::new();
                 for (path, rule) in std::mem::take(rules) {
                     let envelope = ["before.", "after.", "source."]
@@ -265,11 +247,15 @@ impl Config {
         out
     }
 
-    pub(crate) fn pii_rules_as_written(&self) -> BTreeMap<String, BTreeMap<String, ColumnRule>> {
-        let mut out = self.pii.tables.clone();
-        let tables = self.bronze_tables();
-        for (topic, rules) in &self.pii.topics {
-            if let Some(table) = tables.get(topic) {
+    /// Column rules by bronze table as the policy writes them: by table, and by topic for
+    /// the topic's table in `routes` (topic → bronze table).
+    pub(crate) fn rules_as_written(
+        &self,
+        routes: &BTreeMap<String, String>,
+    ) -> BTreeMap<String, BTreeMap<String, ColumnRule>> {
+        let mut out = self.tables.clone();
+        for (topic, rules) in &self.topics {
+            if let Some(table) = routes.get(topic) {
                 let entry = out.entry(table.clone()).or_default();
                 for (path, rule) in rules {
                     entry.entry(path.clone()).or_insert_with(|| rule.clone());
@@ -279,23 +265,23 @@ impl Config {
         out
     }
 
-    /// Problems of the `[pii]` section.
-    pub(crate) fn validate_pii(&self) -> Vec<Problem> {
+    /// Problems of the `[pii]` section, its topics and tables checked against `routes`
+    /// (topic → bronze table).
+    pub(crate) fn validate(&self, routes: &BTreeMap<String, String>) -> Vec<Problem> {
         let mut p = Vec::new();
-        let pii = &self.pii;
-        if pii.max_value_bytes == 0 {
+        if self.max_value_bytes == 0 {
             p.push(Problem::new(
                 "pii.max_value_bytes",
                 "must be greater than 0",
             ));
         }
-        if pii.max_fpe_digits < 7 {
+        if self.max_fpe_digits < 7 {
             p.push(Problem::new(
                 "pii.max_fpe_digits",
                 "must be at least 7 (a card number's body needs six digits and its check digit)",
             ));
         }
-        for (id, k) in &pii.keys {
+        for (id, k) in &self.keys {
             let at = format!("pii.keys.{id}");
             if !is_key_id(id) {
                 p.push(Problem::new(&at, "key ids use only letters and digits"));
@@ -305,12 +291,12 @@ impl Config {
                 _ => p.push(Problem::new(&at, "give exactly one of `env` and `file`")),
             }
         }
-        if let Some(Err(e)) = pii.subject_keys.as_deref().map(Lake::parse) {
+        if let Some(Err(e)) = self.subject_keys.as_deref().map(Lake::parse) {
             p.push(Problem::new("pii.subject_keys", e));
         }
-        let known_key = |id: &str| pii.keys.contains_key(id);
-        if pii.is_active() && pii.dead_letters == DeadLetterMode::Encrypt {
-            match &pii.dead_letter_key {
+        let known_key = |id: &str| self.keys.contains_key(id);
+        if self.is_active() && self.dead_letters == DeadLetterMode::Encrypt {
+            match &self.dead_letter_key {
                 None => p.push(Problem::new(
                     "pii.dead_letter_key",
                     "missing: dead letters carry whole messages, so under a PII policy they are \
@@ -324,17 +310,16 @@ impl Config {
                 Some(_) => {}
             }
         }
-        let tables = self.bronze_tables();
-        for table in pii.tables.keys() {
-            if !tables.values().any(|t| t == table) {
+        for table in self.tables.keys() {
+            if !routes.values().any(|t| t == table) {
                 p.push(Problem::new(
                     format!("pii.tables.{table}"),
                     "no topic lands in this table",
                 ));
             }
         }
-        for (topic, rules) in &pii.topics {
-            let Some(table) = tables.get(topic) else {
+        for (topic, rules) in &self.topics {
+            let Some(table) = routes.get(topic) else {
                 p.push(Problem::new(
                     format!("pii.topics.{topic}"),
                     "not one of kafka.topics",
@@ -342,11 +327,11 @@ impl Config {
                 continue;
             };
             for path in rules.keys() {
-                let by_table = pii.tables.get(table).and_then(|r| r.get(path));
-                let other = pii
+                let by_table = self.tables.get(table).and_then(|r| r.get(path));
+                let other = self
                     .topics
                     .iter()
-                    .filter(|(t, _)| *t != topic && tables.get(*t) == Some(table))
+                    .filter(|(t, _)| *t != topic && routes.get(*t) == Some(table))
                     .find_map(|(_, r)| r.get(path));
                 if by_table.is_some() || other.is_some() {
                     p.push(Problem::new(
@@ -356,36 +341,12 @@ impl Config {
                 }
             }
         }
-        // Encrypted values differ every time (a fresh nonce): they cannot identify a row or
-        // tell a change.
-        let written = self.pii_rules_as_written();
-        for (name, t) in &self.silver.tables {
-            for topic in &t.topics {
-                let Some(rules) = tables.get(topic).and_then(|b| written.get(b)) else {
-                    continue;
-                };
-                let tracked = t.history.iter().flat_map(|h| &h.tracked);
-                for column in t.key.iter().chain(tracked) {
-                    if rules
-                        .get(column)
-                        .is_some_and(|r| r.action == Action::Encrypt)
-                    {
-                        p.push(Problem::new(
-                            format!("silver.tables.{name}"),
-                            format!(
-                                "column '{column}' is a key or tracked column but the policy encrypts it per subject (a different value every time); use tokenize for it"
-                            ),
-                        ));
-                    }
-                }
-            }
-        }
-        let sections = pii
+        let sections = self
             .tables
             .iter()
             .map(|(t, r)| (format!("pii.tables.{t}"), r))
             .chain(
-                pii.topics
+                self.topics
                     .iter()
                     .map(|(t, r)| (format!("pii.topics.{t}"), r)),
             );

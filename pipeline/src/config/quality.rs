@@ -23,11 +23,11 @@
 //! action = "warn"
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 
-use crate::config::{Config, Problem, is_identifier};
+use super::check::{Problem, is_identifier};
 
 /// What a failed expectation does to its row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -63,45 +63,47 @@ pub struct ExpectationConfig {
     pub action: QualityAction,
 }
 
-impl Config {
-    pub(crate) fn validate_quality(&self) -> Vec<Problem> {
-        let mut p = Vec::new();
-        let tables: BTreeSet<String> = self.bronze_tables().into_values().collect();
-        for (table, expectations) in &self.quality {
-            let at = format!("quality.{table}");
-            if !tables.contains(table) {
+/// Problems of the `[quality]` section: the expectations of each table, which must be one
+/// of the bronze `tables` of the pipeline.
+pub(crate) fn validate(
+    quality: &BTreeMap<String, Vec<ExpectationConfig>>,
+    tables: &BTreeSet<String>,
+) -> Vec<Problem> {
+    let mut p = Vec::new();
+    for (table, expectations) in quality {
+        let at = format!("quality.{table}");
+        if !tables.contains(table) {
+            p.push(Problem::new(
+                &at,
+                format!(
+                    "'{table}' is not a bronze table of this pipeline (tables: {})",
+                    tables.iter().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        let mut names = BTreeSet::new();
+        for (i, e) in expectations.iter().enumerate() {
+            let at = format!("{at}[{i}]");
+            if !is_identifier(&e.name) {
                 p.push(Problem::new(
-                    &at,
-                    format!(
-                        "'{table}' is not a bronze table of this pipeline (tables: {})",
-                        tables.iter().cloned().collect::<Vec<_>>().join(", ")
-                    ),
+                    format!("{at}.name"),
+                    format!("'{}' is not an identifier (a-z, 0-9, _)", e.name),
+                ));
+            } else if !names.insert(e.name.as_str()) {
+                p.push(Problem::new(
+                    format!("{at}.name"),
+                    format!("'{}' is used twice in this table", e.name),
                 ));
             }
-            let mut names = BTreeSet::new();
-            for (i, e) in expectations.iter().enumerate() {
-                let at = format!("{at}[{i}]");
-                if !is_identifier(&e.name) {
-                    p.push(Problem::new(
-                        format!("{at}.name"),
-                        format!("'{}' is not an identifier (a-z, 0-9, _)", e.name),
-                    ));
-                } else if !names.insert(e.name.as_str()) {
-                    p.push(Problem::new(
-                        format!("{at}.name"),
-                        format!("'{}' is used twice in this table", e.name),
-                    ));
-                }
-                if e.check.trim().is_empty() {
-                    p.push(Problem::new(
-                        format!("{at}.check"),
-                        "missing: a SQL boolean expression over the row",
-                    ));
-                }
+            if e.check.trim().is_empty() {
+                p.push(Problem::new(
+                    format!("{at}.check"),
+                    "missing: a SQL boolean expression over the row",
+                ));
             }
         }
-        p
     }
+    p
 }
 
 #[cfg(test)]

@@ -8,11 +8,12 @@
 //! Five fields (`min hour day month weekday`, UTC) or six with seconds first. Weekdays are
 //! best given by name (`MON-FRI`): as numbers they count from 1 = Sunday.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use cron::Schedule;
 
-use crate::config::{Config, Problem};
+use super::check::Problem;
 
 /// Jobs `sluice schedule` can run.
 pub const SCHEDULABLE: [&str; 4] = ["maintain", "snapshot", "anonymise", "gold"];
@@ -32,28 +33,29 @@ pub fn parse(expression: &str) -> Result<Schedule, String> {
     Schedule::from_str(&full).map_err(|e| format!("'{expression}': {e}"))
 }
 
-impl Config {
-    pub(crate) fn validate_schedule(&self) -> Vec<Problem> {
-        let mut p = Vec::new();
-        for (job, expression) in &self.schedule {
-            let at = format!("schedule.{job}");
-            if !SCHEDULABLE.contains(&job.as_str()) {
-                p.push(Problem::new(
-                    &at,
-                    format!("no job '{job}' (jobs: {})", SCHEDULABLE.join(", ")),
-                ));
-            }
-            if let Err(e) = parse(expression) {
-                p.push(Problem::new(&at, e));
-            }
+/// Problems of the `[schedule]` section: each job of `schedule` must exist and its
+/// expression parse.
+pub(crate) fn validate(schedule: &BTreeMap<String, String>) -> Vec<Problem> {
+    let mut p = Vec::new();
+    for (job, expression) in schedule {
+        let at = format!("schedule.{job}");
+        if !SCHEDULABLE.contains(&job.as_str()) {
+            p.push(Problem::new(
+                &at,
+                format!("no job '{job}' (jobs: {})", SCHEDULABLE.join(", ")),
+            ));
         }
-        p
+        if let Err(e) = parse(expression) {
+            p.push(Problem::new(&at, e));
+        }
     }
+    p
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     #[test]
     fn expressions_take_five_or_six_fields_and_jobs_must_exist() {

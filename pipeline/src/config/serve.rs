@@ -27,7 +27,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::config::{Config, Problem, is_identifier};
+use super::check::{Problem, is_identifier};
 
 /// `[serve]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -103,58 +103,58 @@ pub struct ServeUser {
     pub password_env: String,
 }
 
-impl Config {
-    pub(crate) fn validate_serve(&self) -> Vec<Problem> {
-        let s = &self.serve;
+impl ServeConfig {
+    /// Problems of the `[serve]` section; `known_role` tells the roles of `[roles]`.
+    pub(crate) fn validate(&self, known_role: &dyn Fn(&str) -> bool) -> Vec<Problem> {
         let mut p = Vec::new();
-        if s.address.parse::<std::net::SocketAddr>().is_err() {
+        if self.address.parse::<std::net::SocketAddr>().is_err() {
             p.push(Problem::new(
                 "serve.address",
                 "not an address: give host:port, e.g. 0.0.0.0:5433",
             ));
         }
-        if s.tls_cert.is_some() != s.tls_key.is_some() {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
             p.push(Problem::new(
                 "serve.tls_key",
                 "tls_cert and tls_key go together",
             ));
         }
-        if s.require_tls && s.tls_cert.is_none() {
+        if self.require_tls && self.tls_cert.is_none() {
             p.push(Problem::new(
                 "serve.require_tls",
                 "needs tls_cert and tls_key",
             ));
         }
-        if s.refresh_seconds == 0 {
+        if self.refresh_seconds == 0 {
             p.push(Problem::new("serve.refresh_seconds", "must be at least 1"));
         }
         for (key, value) in [
-            ("max_connections", s.max_connections as u64),
+            ("max_connections", self.max_connections as u64),
             (
                 "max_connections_per_user",
-                s.max_connections_per_user as u64,
+                self.max_connections_per_user as u64,
             ),
-            ("statement_timeout_ms", s.statement_timeout_ms),
-            ("max_statement_bytes", s.max_statement_bytes as u64),
-            ("query_memory_bytes", s.query_memory_bytes as u64),
-            ("auth_timeout_ms", s.auth_timeout_ms),
+            ("statement_timeout_ms", self.statement_timeout_ms),
+            ("max_statement_bytes", self.max_statement_bytes as u64),
+            ("query_memory_bytes", self.query_memory_bytes as u64),
+            ("auth_timeout_ms", self.auth_timeout_ms),
             (
                 "max_unauthenticated_per_peer",
-                s.max_unauthenticated_per_peer as u64,
+                self.max_unauthenticated_per_peer as u64,
             ),
-            ("max_unauthenticated", s.max_unauthenticated as u64),
+            ("max_unauthenticated", self.max_unauthenticated as u64),
         ] {
             if value == 0 {
                 p.push(Problem::new(format!("serve.{key}"), "must be at least 1"));
             }
         }
-        if s.total_memory_bytes < s.query_memory_bytes {
+        if self.total_memory_bytes < self.query_memory_bytes {
             p.push(Problem::new(
                 "serve.total_memory_bytes",
                 "must be at least query_memory_bytes",
             ));
         }
-        for (name, user) in &s.users {
+        for (name, user) in &self.users {
             let at = format!("serve.users.{name}");
             if !is_identifier(name) {
                 p.push(Problem::new(
@@ -163,7 +163,7 @@ impl Config {
                 ));
             }
             if let Some(role) = &user.role
-                && !self.roles.contains_key(role)
+                && !known_role(role)
             {
                 p.push(Problem::new(
                     format!("{at}.role"),
@@ -182,10 +182,10 @@ impl Config {
 
     /// Each user's password, read from the environment; a variable that is not set (or
     /// empty) is a problem naming the user and the variable, never a value.
-    pub fn serve_passwords(&self) -> Result<BTreeMap<String, String>, Vec<Problem>> {
+    pub fn passwords(&self) -> Result<BTreeMap<String, String>, Vec<Problem>> {
         let mut out = BTreeMap::new();
         let mut problems = Vec::new();
-        for (name, user) in &self.serve.users {
+        for (name, user) in &self.users {
             match std::env::var(&user.password_env) {
                 Ok(v) if !v.is_empty() => {
                     out.insert(name.clone(), v);

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 
-use crate::config::{Config, Problem};
+use super::check::{Problem, is_identifier};
 
 /// `[silver]`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -71,25 +71,14 @@ impl SilverTableConfig {
     }
 }
 
-impl Config {
-    /// Bronze tables that receive change events (the topics of a silver table).
-    pub fn cdc_bronze_tables(&self) -> BTreeSet<String> {
-        let routes = self.bronze_tables();
-        self.silver
-            .tables
-            .values()
-            .flat_map(|t| t.topics.iter())
-            .filter_map(|topic| routes.get(topic).cloned())
-            .collect()
-    }
-
-    /// Problems of the `[silver]` section.
-    pub(crate) fn validate_silver(&self) -> Vec<Problem> {
+impl SilverConfig {
+    /// Problems of the `[silver]` section, its topics checked against `topics` (those of
+    /// `[kafka]`).
+    pub(crate) fn validate(&self, topics: &[String]) -> Vec<Problem> {
         let mut p = Vec::new();
-        let routes = self.bronze_tables();
-        for (name, t) in &self.silver.tables {
+        for (name, t) in &self.tables {
             let at = format!("silver.tables.{name}");
-            if !crate::config::is_identifier(name) {
+            if !is_identifier(name) {
                 p.push(Problem::new(
                     &at,
                     "not a table name: use [a-z0-9_], not starting with a digit",
@@ -102,7 +91,7 @@ impl Config {
                 ));
             }
             for topic in &t.topics {
-                if !routes.contains_key(topic) {
+                if !topics.contains(topic) {
                     p.push(Problem::new(
                         format!("{at}.topics"),
                         format!("'{topic}' is not one of kafka.topics"),

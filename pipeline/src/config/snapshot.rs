@@ -23,7 +23,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::config::{Config, Problem, is_identifier};
+use super::check::{Problem, is_identifier};
+use super::silver::SilverConfig;
 
 /// `[snapshot]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -62,10 +63,7 @@ pub struct InvariantConfig {
 impl SnapshotConfig {
     /// The key each table's rows are compared by: `[snapshot.keys]`, else the silver
     /// table's key (and `_valid_from` for its history).
-    pub fn keys(
-        &self,
-        silver: &crate::config::silver::SilverConfig,
-    ) -> BTreeMap<String, Vec<String>> {
+    pub fn keys(&self, silver: &SilverConfig) -> BTreeMap<String, Vec<String>> {
         let mut keys = BTreeMap::new();
         for (name, t) in &silver.tables {
             keys.insert(format!("silver.{name}"), t.key.clone());
@@ -84,13 +82,12 @@ impl SnapshotConfig {
         let layer = qualified.split('.').next().unwrap_or_default();
         self.tables.iter().any(|t| t == qualified || t == layer)
     }
-}
 
-impl Config {
-    pub(crate) fn validate_snapshot(&self) -> Vec<Problem> {
+    /// Problems of the `[snapshot]` section.
+    pub(crate) fn validate(&self) -> Vec<Problem> {
         let mut p = Vec::new();
         let mut names = BTreeSet::new();
-        for (i, inv) in self.snapshot.invariants.iter().enumerate() {
+        for (i, inv) in self.invariants.iter().enumerate() {
             let at = format!("snapshot.invariants[{i}]");
             if !is_identifier(&inv.name) {
                 p.push(Problem::new(
@@ -110,7 +107,7 @@ impl Config {
                 ));
             }
         }
-        for t in &self.snapshot.tables {
+        for t in &self.tables {
             let layer = t.split('.').next().unwrap_or_default();
             if !matches!(layer, "bronze" | "silver" | "gold" | "sluice") {
                 p.push(Problem::new(
