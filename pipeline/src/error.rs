@@ -40,6 +40,11 @@ pub enum Error {
     /// The source failed in a way it cannot recover from.
     #[error("source failed: {0}")]
     Source(String),
+
+    /// Where to resume could not be read (see [`crate::checkpoints`]): the store's own
+    /// error, as it is.
+    #[error(transparent)]
+    Checkpoints(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Result alias for this crate.

@@ -11,10 +11,13 @@
 //!   Only after a commit does the runner tell the source (through [`SourceControl`]) to
 //!   commit the same offsets to Kafka, for lag monitoring; Kafka's offsets are never
 //!   read back to resume.
+//! * On assignment a source resumes each partition from what the sink committed, as its
+//!   [`Checkpoints`] tell (see [`checkpoints`]).
 //!
 //! [`runner::run`] is the loop tying them together and applying the [`FlushPolicy`].
 
 pub mod batch;
+pub mod checkpoints;
 pub mod columns;
 pub mod config;
 pub mod error;
@@ -29,6 +32,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 
 pub use batch::{DeadLetter, OffsetRange, SourceBatch, Stage, TopicPartition};
+pub use checkpoints::{Checkpoints, Resume};
 pub use error::{Error, Result};
 pub use runner::{FlushPolicy, RunStats};
 
