@@ -7,16 +7,15 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use sluice_connectors::decode::avro::AvroSchemas;
-use sluice_connectors::decode::limits::DecodeLimits;
 use sluice_connectors::decode::registry::{self, RegistryConfig, SchemaRegistry};
 use sluice_connectors::delta::bronze::{BronzeSink, BronzeSinkConfig};
-use sluice_connectors::delta::history;
+use sluice_connectors::delta::checkpoints::DeltaCheckpoints;
 use sluice_connectors::delta::lake::LakeSink;
 use sluice_connectors::delta::quality::{Expectation, QualityGate};
 use sluice_connectors::delta::silver::{Sequence, SilverSink, SilverSinkConfig, SilverTableSpec};
 use sluice_connectors::delta::stats::StatsPolicy;
 use sluice_connectors::delta::subject_keys::SubjectKeyStore;
-use sluice_connectors::kafka::source::{self, KafkaSourceConfig};
+use sluice_connectors::kafka::source::{KafkaSource, SourceContext};
 use sluice_pipeline::config::Config;
 use sluice_pipeline::config::decode::TopicFormat;
 use sluice_pipeline::health::Health;
@@ -182,30 +181,6 @@ pub async fn run_pipeline(
         )
         .await?;
     }
-    let routes = config.bronze_tables();
-    let declared = routes
-        .values()
-        .filter_map(|t| config.declared_schema(t).map(|s| (t.clone(), s)))
-        .collect();
-    let partition_by: HashMap<String, Vec<String>> = routes
-        .values()
-        .map(|t| (t.clone(), config.partition_by(t)))
-        .collect();
-    let mut resume_tables: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    for (name, t) in &config.silver.tables {
-        for topic in &t.topics {
-            resume_tables
-                .entry(topic.clone())
-                .or_default()
-                .push(SilverSink::location(name));
-            if t.history.is_some() {
-                resume_tables
-                    .entry(topic.clone())
-                    .or_default()
-                    .push(history::location(name));
-            }
-        }
-    }
     let avro_tables = avro_tables(config, lake)?;
     let sizes = config.buffer_sizes();
     if let Some(budget) = config.pipeline.memory_budget_bytes {
@@ -217,39 +192,21 @@ pub async fn run_pipeline(
             "buffers sized to the memory budget"
         );
     }
-    let source_config = KafkaSourceConfig {
-        bootstrap_servers: config.kafka.bootstrap_servers.clone(),
-        group_id: config.kafka.group_id(&config.pipeline.name),
-        routes,
-        resume_tables,
-        envelope_tables: config.cdc_bronze_tables(),
-        avro_tables,
-        auto_offset_reset: config.kafka.auto_offset_reset,
-        max_prefetch_bytes: sizes.prefetch_bytes,
-        session_timeout_ms: config.kafka.session_timeout_ms,
-        decode_batch_max_messages: sizes.decode_batch_max_messages,
-        decode_batch_max_latency_ms: config.kafka.decode_batch_max_latency_ms,
-        properties: config
-            .kafka
-            .resolved_properties()
-            .map_err(sluice_pipeline::Error::Config)?,
-        pipeline: config.pipeline.name.clone(),
-        lake: lake.clone(),
-        declared,
-        limits: DecodeLimits::from_config(&config.decode),
-        schema_evolution: config.bronze.schema_evolution,
-        until_caught_up,
-        channel_capacity: 4,
-        health,
-        max_messages_per_second: config.kafka.max_messages_per_second,
-        max_bytes_per_second: config.kafka.max_bytes_per_second,
-        statistics_interval_ms: if config.metrics.address.is_some() {
-            config.metrics.statistics_interval_ms
-        } else {
-            0
+    let source = KafkaSource::new(
+        config,
+        SourceContext {
+            checkpoints: Arc::new(DeltaCheckpoints::new(config, lake)),
+            avro_tables,
+            health,
+            until_caught_up,
         },
-    };
+    )?;
     let stats = Arc::new(StatsPolicy::from_config(config));
+    let partition_by: HashMap<String, Vec<String>> = config
+        .bronze_tables()
+        .values()
+        .map(|t| (t.clone(), config.partition_by(t)))
+        .collect();
     let bronze = BronzeSink::new(BronzeSinkConfig {
         lake: lake.clone(),
         pipeline: config.pipeline.name.clone(),
@@ -323,8 +280,9 @@ pub async fn run_pipeline(
         max_bytes: sizes.flush_max_bytes,
         max_latency: Duration::from_millis(config.bronze.flush_max_latency_ms),
     };
-    let (events, control, thread) =
-        source::start(source_config, stop.clone()).context("starting the Kafka source")?;
+    let (events, control, thread) = source
+        .start(stop.clone())
+        .context("starting the Kafka source")?;
     let result = runner::run(events, &control, &prepared.protection, &mut sink, policy).await;
     // Whatever happened, let the consumer thread finish: it forwards the last offsets to the
     // group, then leaves it.

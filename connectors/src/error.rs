@@ -73,6 +73,10 @@ pub enum Error {
 
     #[error("subject key store: {0}")]
     KeyStore(String),
+
+    /// An error of a pipeline contract (the checkpoints a source resumes from), as it is.
+    #[error(transparent)]
+    Pipeline(#[from] sluice_pipeline::Error),
 }
 
 /// Result alias for this crate.
@@ -81,6 +85,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl From<Error> for sluice_pipeline::Error {
     fn from(e: Error) -> Self {
         match e {
+            Error::Pipeline(e) => e,
             Error::Kafka { .. } => sluice_pipeline::Error::Source(e.to_string()),
             other => sluice_pipeline::Error::Sink(other.to_string()),
         }

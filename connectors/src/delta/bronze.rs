@@ -495,10 +495,3 @@ impl Sink for BronzeSink {
         }
     }
 }
-
-/// Open the bronze tables a config routes to, for reading offsets.
-pub async fn open_for_offsets(lake: &Lake, table_name: &str) -> Result<Option<DeltaTable>> {
-    let url = table::lake_url(lake, &BronzeSink::location(table_name))?;
-    let t = table::open(table_name, &url).await?;
-    Ok(table::exists(&t).then_some(t))
-}

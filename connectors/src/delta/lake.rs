@@ -4,7 +4,7 @@
 //! Both layers commit the same flush: bronze first (with the dead letters), then each
 //! silver table's MERGE, each with its own `txn` per partition. A crash in between leaves
 //! silver behind bronze; the source then resumes from the lower of the two offsets
-//! (see `kafka::source`), bronze drops what it already holds and silver catches up.
+//! (see `delta::checkpoints`), bronze drops what it already holds and silver catches up.
 //!
 //! Under crypto-shredding the subject keys created for the flush are stored before
 //! either layer commits, so no committed row lacks its key.

@@ -1,6 +1,8 @@
-//! Delta Lake sinks: bronze append, the dead-letter table, and the shared commit logic.
+//! Delta Lake sinks: bronze append, the dead-letter table, and the shared commit logic;
+//! the checkpoints a source resumes from.
 
 pub mod bronze;
+pub mod checkpoints;
 pub mod dead_letter;
 pub mod history;
 pub mod lake;

@@ -5,77 +5,162 @@
 //! destination table and sending finished batches over a bounded channel; a full channel
 //! blocks the thread, which is the pipeline's backpressure.
 //!
-//! Offsets come from Delta, never from Kafka: when partitions are assigned, the rebalance
-//! callback reads each partition's last committed offset from its bronze table and assigns
-//! the partition at the next one. Offsets the sink has committed are forwarded to the
-//! group afterwards so that standard lag tools see progress.
+//! Offsets come from the sink's commits, never from Kafka: when partitions are assigned,
+//! the rebalance callback (see [`super::rebalance`]) asks the source's [`Checkpoints`]
+//! where each partition resumes and assigns it there. The source never opens a table: in
+//! `sluice run` the checkpoints are the Delta tables' (`delta::checkpoints`). Offsets the
+//! sink has committed are forwarded to the group afterwards so that standard lag tools
+//! see progress.
+//!
+//! The source builds itself from the configuration ([`KafkaSource::new`]): the consumer
+//! from `[kafka]`, the routes and decoders from `[kafka]`, `[bronze]`, `[decode]` and the
+//! silver tables reading change events, buffer sizes under
+//! `pipeline.memory_budget_bytes`; a [`SourceContext`] brings what a run adds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc as std_mpsc};
+use std::sync::{Arc, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, error::KafkaError};
+use sluice_pipeline::config::Config;
 use sluice_pipeline::config::kafka::OffsetReset;
 use sluice_pipeline::health::Health;
-use sluice_pipeline::lake::Lake;
-use sluice_pipeline::{SourceControl, SourceEvent, TopicPartition};
+use sluice_pipeline::{Checkpoints, SourceControl, SourceEvent, TopicPartition};
 use tokio::sync::mpsc;
 
 use super::limit::Limits;
+use super::rebalance::RebalanceContext;
 use crate::decode::avro::{AvroDecoder, AvroDecoderConfig, AvroSchemas};
 use crate::decode::json::{JsonDecoder, JsonDecoderConfig, payload_of};
 use crate::decode::limits::DecodeLimits;
 use crate::decode::{RawMessage, TableDecoder};
-use crate::delta::{bronze, table};
 use crate::error::{Error, Result, kafka};
 
-/// Settings of the Kafka source.
-#[derive(Debug, Clone)]
-pub struct KafkaSourceConfig {
-    pub bootstrap_servers: String,
-    pub group_id: String,
-    /// Topic → destination bronze table.
-    pub routes: BTreeMap<String, String>,
-    /// Topic → further tables (lake-relative, e.g. `silver/customers`) that hold offsets of
-    /// its partitions: a partition resumes after the lowest offset of all of them.
-    pub resume_tables: BTreeMap<String, Vec<String>>,
-    /// Bronze tables receiving change-event envelopes (Debezium).
-    pub envelope_tables: std::collections::BTreeSet<String>,
+/// What a run gives the Kafka source besides the configuration.
+pub struct SourceContext {
+    /// Where each assigned partition resumes, and the destination tables' schemas.
+    pub checkpoints: Arc<dyn Checkpoints>,
     /// Tables whose topics are Avro, with where their writer schemas come from (the
     /// others are JSON).
     pub avro_tables: HashMap<String, AvroSchemas>,
-    pub auto_offset_reset: OffsetReset,
-    pub max_prefetch_bytes: u64,
-    pub session_timeout_ms: u64,
-    pub decode_batch_max_messages: usize,
-    pub decode_batch_max_latency_ms: u64,
-    pub properties: BTreeMap<String, String>,
-    pub pipeline: String,
-    pub lake: Lake,
-    /// Declared payload schemas by table.
-    pub declared: HashMap<String, SchemaRef>,
-    /// Limits every message is held to (beyond: a dead letter).
-    pub limits: DecodeLimits,
-    pub schema_evolution: bool,
-    /// Stop once every assigned partition is read to its end.
-    pub until_caught_up: bool,
-    /// Batches in flight between source and sink.
-    pub channel_capacity: usize,
     /// Shared with `/readyz`: assigned partitions, lag, last commit.
     pub health: Arc<Health>,
-    /// librdkafka statistics (lag per partition) every this many ms; 0: off.
-    pub statistics_interval_ms: u64,
+    /// Stop once every assigned partition is read to its end.
+    pub until_caught_up: bool,
+}
+
+/// Batches in flight between source and sink.
+const CHANNEL_CAPACITY: usize = 4;
+
+/// What the consumer thread works by.
+struct Settings {
+    /// Topic → destination bronze table.
+    routes: BTreeMap<String, String>,
+    /// Bronze tables receiving change-event envelopes (Debezium).
+    envelope_tables: BTreeSet<String>,
+    /// Tables whose topics are Avro, with where their writer schemas come from.
+    avro_tables: HashMap<String, AvroSchemas>,
+    /// Declared payload schemas by table.
+    declared: HashMap<String, SchemaRef>,
+    /// Limits every message is held to (beyond: a dead letter).
+    limits: DecodeLimits,
+    schema_evolution: bool,
+    decode_batch_max_messages: usize,
+    decode_batch_max_latency_ms: u64,
     /// Rate limits of this source.
-    pub max_messages_per_second: Option<u32>,
-    pub max_bytes_per_second: Option<u32>,
+    max_messages_per_second: Option<u32>,
+    max_bytes_per_second: Option<u32>,
+    until_caught_up: bool,
+}
+
+/// The Kafka source of a pipeline, ready to [`start`](KafkaSource::start).
+pub struct KafkaSource {
+    /// The consumer's librdkafka settings, secret properties among them (so no `Debug`).
+    client: ClientConfig,
+    settings: Settings,
+    reset: OffsetReset,
+    checkpoints: Arc<dyn Checkpoints>,
+    health: Arc<Health>,
+}
+
+impl KafkaSource {
+    /// The source of `config`: a member of `kafka.group_id` reading `kafka.topics`, each
+    /// into the bronze table `bronze.routes` names, with the buffers `config.buffer_sizes()`
+    /// gives; librdkafka's statistics are on when `metrics.address` is set.
+    ///
+    /// # Errors
+    /// A `kafka.secret_properties` variable that is not set ([`sluice_pipeline::Error::Config`]).
+    pub fn new(config: &Config, context: SourceContext) -> sluice_pipeline::Result<Self> {
+        let kafka = &config.kafka;
+        let sizes = config.buffer_sizes();
+        let properties = kafka
+            .resolved_properties()
+            .map_err(sluice_pipeline::Error::Config)?;
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &kafka.bootstrap_servers)
+            .set("group.id", kafka.group_id(&config.pipeline.name))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "auto.offset.reset",
+                match kafka.auto_offset_reset {
+                    OffsetReset::Earliest => "earliest",
+                    OffsetReset::Latest => "latest",
+                },
+            )
+            .set("session.timeout.ms", kafka.session_timeout_ms.to_string())
+            .set(
+                "queued.max.messages.kbytes",
+                (sizes.prefetch_bytes / 1024).max(1).to_string(),
+            )
+            .set(
+                "fetch.max.bytes",
+                sizes.prefetch_bytes.clamp(1024, 52_428_800).to_string(),
+            )
+            .set("partition.assignment.strategy", "range,roundrobin");
+        // librdkafka statistics (lag per partition), only when there is an endpoint to
+        // show them.
+        if config.metrics.address.is_some() && config.metrics.statistics_interval_ms > 0 {
+            client.set(
+                "statistics.interval.ms",
+                config.metrics.statistics_interval_ms.to_string(),
+            );
+        }
+        for (k, v) in &properties {
+            client.set(k, v);
+        }
+        let routes = config.bronze_tables();
+        let declared = routes
+            .values()
+            .filter_map(|t| config.declared_schema(t).map(|s| (t.clone(), s)))
+            .collect();
+        Ok(Self {
+            client,
+            settings: Settings {
+                routes,
+                envelope_tables: config.cdc_bronze_tables(),
+                avro_tables: context.avro_tables,
+                declared,
+                limits: DecodeLimits::from_config(&config.decode),
+                schema_evolution: config.bronze.schema_evolution,
+                decode_batch_max_messages: sizes.decode_batch_max_messages,
+                decode_batch_max_latency_ms: kafka.decode_batch_max_latency_ms,
+                max_messages_per_second: kafka.max_messages_per_second,
+                max_bytes_per_second: kafka.max_bytes_per_second,
+                until_caught_up: context.until_caught_up,
+            },
+            reset: kafka.auto_offset_reset,
+            checkpoints: context.checkpoints,
+            health: context.health,
+        })
+    }
 }
 
 /// What the source did, reported when it ends.
@@ -113,325 +198,89 @@ const CAUGHT_UP_QUIET: Duration = Duration::from_millis(500);
 /// With `until_caught_up`: no message for this long, whatever the watermarks say.
 const CAUGHT_UP_SILENCE: Duration = Duration::from_secs(5);
 
-struct Ctx {
-    handle: tokio::runtime::Handle,
-    lake: Lake,
-    pipeline: String,
-    routes: BTreeMap<String, String>,
-    resume_tables: BTreeMap<String, Vec<String>>,
-    reset: OffsetReset,
-    /// Assigned partitions and the offset each was assigned at.
-    assigned: Mutex<BTreeMap<TopicPartition, Offset>>,
-    revoked: Mutex<Vec<TopicPartition>>,
-    failure: Mutex<Option<String>>,
-    rebalances: std::sync::atomic::AtomicU64,
-    health: Arc<Health>,
-}
+impl KafkaSource {
+    /// Start consuming. Returns the event channel for the runner, the control handle and
+    /// the thread, which yields its statistics when it ends.
+    ///
+    /// # Errors
+    /// The checkpoints cannot tell a destination table's schema, or librdkafka refuses
+    /// the consumer or its subscription.
+    pub fn start(
+        self,
+        stop: Arc<AtomicBool>,
+    ) -> Result<(
+        mpsc::Receiver<SourceEvent>,
+        KafkaControl,
+        std::thread::JoinHandle<Result<SourceStats>>,
+    )> {
+        let Self {
+            client,
+            settings,
+            reset,
+            checkpoints,
+            health,
+        } = self;
+        let mut initial: HashMap<String, Option<SchemaRef>> = HashMap::new();
+        for table_name in settings.routes.values() {
+            if initial.contains_key(table_name) {
+                continue;
+            }
+            // The table's own schema wins over the declared one: it may have evolved.
+            let schema = match checkpoints.table_schema(table_name)? {
+                Some(t) => Some(payload_of(t.as_ref())),
+                None => settings.declared.get(table_name).cloned(),
+            };
+            initial.insert(table_name.clone(), schema);
+        }
 
-impl ClientContext for Ctx {
-    /// Consumer lag per assigned partition: high watermark minus the group's committed
-    /// offset, which follows the Delta commits (before any commit: minus the low one).
-    fn stats(&self, statistics: Statistics) {
-        let mut total = 0i64;
-        let mut known = false;
-        for (topic, t) in &statistics.topics {
-            for (partition, p) in &t.partitions {
-                if *partition < 0 || !p.desired || p.hi_offset < 0 {
-                    continue;
-                }
-                let lag = if p.committed_offset >= 0 {
-                    (p.hi_offset - p.committed_offset).max(0)
-                } else {
-                    (p.hi_offset - p.lo_offset.max(0)).max(0)
+        let ctx = RebalanceContext::new(checkpoints, reset, health.clone());
+        let consumer: BaseConsumer<RebalanceContext> = client
+            .create_with_context(ctx)
+            .map_err(kafka("creating the consumer"))?;
+        let topics: Vec<&str> = settings.routes.keys().map(String::as_str).collect();
+        consumer.subscribe(&topics).map_err(kafka("subscribing"))?;
+
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let (ctl_tx, ctl_rx) = std_mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("sluice-kafka".into())
+            .spawn(move || {
+                let mut state = WorkerState {
+                    settings,
+                    tx,
+                    decoders: HashMap::new(),
+                    positions: Vec::new(),
+                    stats: SourceStats::default(),
                 };
-                metrics::gauge!(
-                    "sluice_consumer_lag_messages",
-                    "topic" => topic.clone(),
-                    "partition" => partition.to_string()
-                )
-                .set(lag as f64);
-                total += lag;
-                known = true;
-            }
-        }
-        if known {
-            self.health.lag_messages.store(total, Ordering::Relaxed);
-        }
-    }
-}
-
-impl ConsumerContext for Ctx {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
-        self.rebalances.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("sluice_rebalances_total").increment(1);
-        let parts: Vec<TopicPartition> = tpl
-            .elements()
-            .iter()
-            .map(|e| TopicPartition::new(e.topic(), e.partition()))
-            .collect();
-        match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                match self.handle.block_on(self.resume_offsets(&parts)) {
-                    Ok(offsets) => {
-                        let mut starts = Vec::new();
-                        for tp in &parts {
-                            let offset = match offsets.get(tp) {
-                                // A table fed by the partition holds nothing yet, while
-                                // another does: that one needs the whole backlog.
-                                Some(v) if *v < 0 => Offset::Beginning,
-                                Some(v) => Offset::Offset(v + 1),
-                                None if self.reset == OffsetReset::Latest => Offset::End,
-                                None => Offset::Beginning,
-                            };
-                            let _ = tpl.set_partition_offset(&tp.topic, tp.partition, offset);
-                            starts.push((tp.clone(), offset));
-                        }
-                        tracing::info!(
-                            partitions = parts.len(),
-                            from_delta = offsets.len(),
-                            "partitions assigned"
-                        );
-                        if let Err(e) = consumer.assign(tpl) {
-                            self.fail(format!("assigning partitions: {e}"));
-                        }
-                        if let Ok(mut a) = self.assigned.lock() {
-                            a.extend(starts);
-                            self.set_assigned(a.len());
-                        }
-                    }
-                    Err(e) => self.fail(format!("reading offsets from Delta at assignment: {e}")),
+                for (table_name, schema) in initial {
+                    let d = state.new_decoder(&table_name, schema);
+                    state.decoders.insert(table_name, (d, None));
                 }
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                tracing::info!(partitions = parts.len(), "partitions revoked");
-                if let Ok(mut r) = self.revoked.lock() {
-                    r.extend(parts.iter().cloned());
+                let result = run(&consumer, &mut state, &stop, &ctl_rx);
+                state.stats.rebalances = consumer.context().rebalances();
+                // Keep forwarding the sink's commits until the runner drops its control
+                // handle.
+                let WorkerState { tx, stats, .. } = state;
+                drop(tx);
+                while let Ok(cmd) = ctl_rx.recv() {
+                    // The consumer no longer polls: commit synchronously so the group sees
+                    // the final offsets before the consumer leaves it.
+                    apply(&consumer, cmd, CommitMode::Sync);
                 }
-                if let Ok(mut a) = self.assigned.lock() {
-                    a.clear();
-                    self.set_assigned(0);
-                }
-                // The new owner reports these partitions' lag from now on.
-                for tp in &parts {
-                    metrics::gauge!(
-                        "sluice_consumer_lag_messages",
-                        "topic" => tp.topic.clone(),
-                        "partition" => tp.partition.to_string()
-                    )
-                    .set(0.0);
-                }
-                let _ = consumer.unassign();
-            }
-            other => {
-                tracing::warn!(error = ?other, "rebalance error");
-                let _ = consumer.unassign();
-            }
-        }
+                result.map(|()| stats)
+            })
+            .map_err(|source| Error::Io {
+                context: "starting the consumer thread".into(),
+                source,
+            })?;
+        Ok((rx, KafkaControl { tx: ctl_tx, health }, thread))
     }
-}
-
-impl Ctx {
-    fn set_assigned(&self, n: usize) {
-        self.health
-            .assigned_partitions
-            .store(n as u64, Ordering::Relaxed);
-        metrics::gauge!("sluice_assigned_partitions").set(n as f64);
-    }
-
-    /// The partitions assigned now, with the offsets they were assigned at.
-    fn assignment(&self) -> BTreeMap<TopicPartition, Offset> {
-        self.assigned.lock().map(|a| a.clone()).unwrap_or_default()
-    }
-
-    /// Whether any partition is assigned, without copying the assignment.
-    fn has_assignment(&self) -> bool {
-        self.assigned.lock().is_ok_and(|a| !a.is_empty())
-    }
-
-    fn fail(&self, msg: String) {
-        tracing::error!("{msg}");
-        if let Ok(mut f) = self.failure.lock() {
-            f.get_or_insert(msg);
-        }
-    }
-
-    async fn resume_offsets(
-        &self,
-        parts: &[TopicPartition],
-    ) -> Result<BTreeMap<TopicPartition, i64>> {
-        let mut by_table: BTreeMap<&str, Vec<&TopicPartition>> = BTreeMap::new();
-        for tp in parts {
-            if let Some(t) = self.routes.get(&tp.topic) {
-                by_table.entry(t.as_str()).or_default().push(tp);
-            }
-        }
-        let mut out = BTreeMap::new();
-        for (name, tps) in by_table {
-            if let Some(t) = bronze::open_for_offsets(&self.lake, name).await? {
-                out.extend(table::committed_offsets(name, &t, &self.pipeline, tps).await?);
-            }
-        }
-        // Other layers fed by the same partitions may be behind bronze (a crash between
-        // their commits) or new: resume from the lowest; none at all means from the start.
-        let mut by_location: BTreeMap<&str, Vec<&TopicPartition>> = BTreeMap::new();
-        for tp in parts {
-            for location in self.resume_tables.get(&tp.topic).into_iter().flatten() {
-                by_location.entry(location.as_str()).or_default().push(tp);
-            }
-        }
-        for (location, tps) in by_location {
-            let url = table::lake_url(&self.lake, location)?;
-            let t = table::open(location, &url).await?;
-            let held = if table::exists(&t) {
-                table::committed_offsets(location, &t, &self.pipeline, tps.iter().copied()).await?
-            } else {
-                BTreeMap::new()
-            };
-            // A table without offsets for a partition bronze has read needs it from the
-            // start (-1: before the first offset), whatever `auto_offset_reset` says:
-            // that setting is for partitions no table has read yet.
-            for tp in tps {
-                match (out.get(tp).copied(), held.get(tp)) {
-                    (Some(b), Some(v)) => {
-                        out.insert(tp.clone(), b.min(*v));
-                    }
-                    (Some(_), None) => {
-                        out.insert(tp.clone(), -1);
-                    }
-                    (None, _) => {}
-                }
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// Start consuming. Returns the event channel for the runner, the control handle and the
-/// thread, which yields its statistics when it ends.
-pub fn start(
-    config: KafkaSourceConfig,
-    stop: Arc<AtomicBool>,
-) -> Result<(
-    mpsc::Receiver<SourceEvent>,
-    KafkaControl,
-    std::thread::JoinHandle<Result<SourceStats>>,
-)> {
-    let handle = tokio::runtime::Handle::current();
-    let mut initial: HashMap<String, Option<SchemaRef>> = HashMap::new();
-    for table_name in config.routes.values() {
-        if initial.contains_key(table_name) {
-            continue;
-        }
-        // The table's own schema wins over the declared one: it may have evolved.
-        let existing = tokio::task::block_in_place(|| {
-            handle.block_on(bronze::open_for_offsets(&config.lake, table_name))
-        })?;
-        let schema = match existing {
-            Some(t) => Some(payload_of(table::arrow_schema(table_name, &t)?.as_ref())),
-            None => config.declared.get(table_name).cloned(),
-        };
-        initial.insert(table_name.clone(), schema);
-    }
-
-    let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", &config.bootstrap_servers)
-        .set("group.id", &config.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set(
-            "auto.offset.reset",
-            match config.auto_offset_reset {
-                OffsetReset::Earliest => "earliest",
-                OffsetReset::Latest => "latest",
-            },
-        )
-        .set("session.timeout.ms", config.session_timeout_ms.to_string())
-        .set(
-            "queued.max.messages.kbytes",
-            (config.max_prefetch_bytes / 1024).max(1).to_string(),
-        )
-        .set(
-            "fetch.max.bytes",
-            config
-                .max_prefetch_bytes
-                .clamp(1024, 52_428_800)
-                .to_string(),
-        )
-        .set("partition.assignment.strategy", "range,roundrobin");
-    if config.statistics_interval_ms > 0 {
-        client.set(
-            "statistics.interval.ms",
-            config.statistics_interval_ms.to_string(),
-        );
-    }
-    for (k, v) in &config.properties {
-        client.set(k, v);
-    }
-    let ctx = Ctx {
-        handle: handle.clone(),
-        lake: config.lake.clone(),
-        pipeline: config.pipeline.clone(),
-        routes: config.routes.clone(),
-        resume_tables: config.resume_tables.clone(),
-        reset: config.auto_offset_reset,
-        assigned: Mutex::new(BTreeMap::new()),
-        revoked: Mutex::new(Vec::new()),
-        failure: Mutex::new(None),
-        rebalances: Default::default(),
-        health: config.health.clone(),
-    };
-    let health = config.health.clone();
-    let consumer: BaseConsumer<Ctx> = client
-        .create_with_context(ctx)
-        .map_err(kafka("creating the consumer"))?;
-    let topics: Vec<&str> = config.routes.keys().map(String::as_str).collect();
-    consumer.subscribe(&topics).map_err(kafka("subscribing"))?;
-
-    let (tx, rx) = mpsc::channel(config.channel_capacity.max(1));
-    let (ctl_tx, ctl_rx) = std_mpsc::channel();
-    let thread = std::thread::Builder::new()
-        .name("sluice-kafka".into())
-        .spawn(move || {
-            let mut state = WorkerState {
-                config,
-                tx,
-                decoders: HashMap::new(),
-                positions: Vec::new(),
-                stats: SourceStats::default(),
-            };
-            for (table_name, schema) in initial {
-                let d = state.new_decoder(&table_name, schema);
-                state.decoders.insert(table_name, (d, None));
-            }
-            let result = run(&consumer, &mut state, &stop, &ctl_rx);
-            state.stats.rebalances = consumer.context().rebalances.load(Ordering::Relaxed);
-            // Keep forwarding the sink's commits until the runner drops its control handle.
-            let WorkerState { tx, stats, .. } = state;
-            drop(tx);
-            while let Ok(cmd) = ctl_rx.recv() {
-                // The consumer no longer polls: commit synchronously so the group sees
-                // the final offsets before the consumer leaves it.
-                apply(&consumer, cmd, CommitMode::Sync);
-            }
-            result.map(|()| stats)
-        })
-        .map_err(|source| Error::Io {
-            context: "starting the consumer thread".into(),
-            source,
-        })?;
-    Ok((rx, KafkaControl { tx: ctl_tx, health }, thread))
 }
 
 /// The consumer thread's state; the consumer itself is kept apart so that a message
 /// borrowed from it can be decoded into this state.
 struct WorkerState {
-    config: KafkaSourceConfig,
+    settings: Settings,
     tx: mpsc::Sender<SourceEvent>,
     /// Decoder per table, with the time its oldest buffered message arrived.
     decoders: HashMap<String, (TableDecoder, Option<Instant>)>,
@@ -441,7 +290,7 @@ struct WorkerState {
     stats: SourceStats,
 }
 
-fn apply(consumer: &BaseConsumer<Ctx>, cmd: Command, mode: CommitMode) {
+fn apply(consumer: &BaseConsumer<RebalanceContext>, cmd: Command, mode: CommitMode) {
     match cmd {
         Command::Commit(offsets) => {
             let assigned = consumer.context().assignment();
@@ -468,20 +317,13 @@ fn apply(consumer: &BaseConsumer<Ctx>, cmd: Command, mode: CommitMode) {
     }
 }
 
-fn take_revoked(consumer: &BaseConsumer<Ctx>) -> Vec<TopicPartition> {
-    match consumer.context().revoked.lock() {
-        Ok(mut r) => std::mem::take(&mut *r),
-        Err(_) => Vec::new(),
-    }
-}
-
 fn run(
-    consumer: &BaseConsumer<Ctx>,
+    consumer: &BaseConsumer<RebalanceContext>,
     state: &mut WorkerState,
     stop: &AtomicBool,
     ctl: &std_mpsc::Receiver<Command>,
 ) -> Result<()> {
-    let latency = Duration::from_millis(state.config.decode_batch_max_latency_ms);
+    let latency = Duration::from_millis(state.settings.decode_batch_max_latency_ms);
     let mut last_caught_up_check = Instant::now();
     // Since when every poll has come back empty (reset by a message or a rebalance).
     // Time spent blocked on a full channel does not count: that is not quiet.
@@ -489,9 +331,9 @@ fn run(
     let mut rebalances = 0;
     let mut assigned_once = false;
     let limits = Limits::new(
-        state.config.max_messages_per_second,
-        state.config.max_bytes_per_second,
-        state.config.limits.max_message_bytes,
+        state.settings.max_messages_per_second,
+        state.settings.max_bytes_per_second,
+        state.settings.limits.max_message_bytes,
     );
     let mut throttled = Duration::ZERO;
     while !stop.load(Ordering::Relaxed) {
@@ -500,17 +342,11 @@ fn run(
         }
         let polled = consumer.poll(Duration::from_millis(50));
         // A revocation served inside this poll goes downstream before the polled message.
-        let revoked = take_revoked(consumer);
+        let revoked = consumer.context().take_revoked();
         if !revoked.is_empty() {
             state.revoke(revoked)?;
         }
-        if let Some(f) = consumer
-            .context()
-            .failure
-            .lock()
-            .ok()
-            .and_then(|f| f.clone())
-        {
+        if let Some(f) = consumer.context().failure() {
             return Err(Error::Decode(f));
         }
         // `idle`: nothing to decode now, so buffered messages may be flushed. Only an empty
@@ -546,13 +382,13 @@ fn run(
         // Checked once per poll: look under the lock, copy only for a caught-up check.
         let has_assignment = consumer.context().has_assignment();
         assigned_once |= has_assignment;
-        let seen = consumer.context().rebalances.load(Ordering::Relaxed);
+        let seen = consumer.context().rebalances();
         if seen != rebalances {
             rebalances = seen;
             idle_since = None;
         }
         let quiet = idle_since.map_or(Duration::ZERO, |t| now.duration_since(t));
-        if state.config.until_caught_up
+        if state.settings.until_caught_up
             && idle
             && assigned_once
             && has_assignment
@@ -574,13 +410,13 @@ fn run(
 
 impl WorkerState {
     fn new_decoder(&self, table_name: &str, schema: Option<SchemaRef>) -> TableDecoder {
-        if let Some(schemas) = self.config.avro_tables.get(table_name) {
+        if let Some(schemas) = self.settings.avro_tables.get(table_name) {
             return TableDecoder::Avro(AvroDecoder::new(
                 AvroDecoderConfig {
                     table: table_name.to_string(),
-                    limits: self.config.limits,
-                    envelope: self.config.envelope_tables.contains(table_name),
-                    max_messages: self.config.decode_batch_max_messages,
+                    limits: self.settings.limits,
+                    envelope: self.settings.envelope_tables.contains(table_name),
+                    max_messages: self.settings.decode_batch_max_messages,
                     schemas: schemas.clone(),
                 },
                 schema,
@@ -589,10 +425,10 @@ impl WorkerState {
         TableDecoder::Json(JsonDecoder::new(
             JsonDecoderConfig {
                 table: table_name.to_string(),
-                limits: self.config.limits,
-                schema_evolution: self.config.schema_evolution,
-                max_messages: self.config.decode_batch_max_messages,
-                envelope: self.config.envelope_tables.contains(table_name),
+                limits: self.settings.limits,
+                schema_evolution: self.settings.schema_evolution,
+                max_messages: self.settings.decode_batch_max_messages,
+                envelope: self.settings.envelope_tables.contains(table_name),
             },
             schema,
         ))
@@ -612,7 +448,7 @@ impl WorkerState {
                 .positions
                 .push((TopicPartition::new(topic, m.partition()), next)),
         }
-        let Some(table_name) = self.config.routes.get(topic) else {
+        let Some(table_name) = self.settings.routes.get(topic) else {
             return Ok(());
         };
         let raw = RawMessage {
@@ -627,7 +463,7 @@ impl WorkerState {
             Some((d, since)) => {
                 d.push(&raw);
                 since.get_or_insert_with(Instant::now);
-                d.len() >= self.config.decode_batch_max_messages
+                d.len() >= self.settings.decode_batch_max_messages
             }
             None => false,
         };
@@ -692,7 +528,7 @@ impl WorkerState {
 
     fn caught_up(
         &self,
-        consumer: &BaseConsumer<Ctx>,
+        consumer: &BaseConsumer<RebalanceContext>,
         assigned: &BTreeMap<TopicPartition, Offset>,
     ) -> bool {
         assigned.iter().all(|(tp, start)| {
@@ -711,5 +547,167 @@ impl WorkerState {
             tracing::debug!(partition = %tp, position, low, high, "caught-up check");
             position >= high
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+
+    use arrow::datatypes::{DataType, Field, Schema};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use sluice_pipeline::Resume;
+
+    use super::*;
+    use crate::demo::broker::EmbeddedBroker;
+
+    /// What a sink committed, held in memory: where each partition resumes and the
+    /// destination tables' schemas, with the partitions the source asked about.
+    struct MemoryCheckpoints {
+        resume: BTreeMap<TopicPartition, Resume>,
+        schemas: HashMap<String, SchemaRef>,
+        asked: Mutex<BTreeSet<TopicPartition>>,
+    }
+
+    impl Checkpoints for MemoryCheckpoints {
+        fn resume(
+            &self,
+            partitions: &[TopicPartition],
+        ) -> sluice_pipeline::Result<BTreeMap<TopicPartition, Resume>> {
+            self.asked
+                .lock()
+                .expect("the lock")
+                .extend(partitions.iter().cloned());
+            Ok(partitions
+                .iter()
+                .filter_map(|tp| self.resume.get(tp).map(|r| (tp.clone(), *r)))
+                .collect())
+        }
+
+        fn table_schema(&self, table: &str) -> sluice_pipeline::Result<Option<SchemaRef>> {
+            Ok(self.schemas.get(table).cloned())
+        }
+    }
+
+    const TOPIC: &str = "resume-test";
+
+    /// Ten messages `{"n": 0}` … `{"n": 9}` at offsets 0 to 9 of each of `partitions`.
+    fn produce(bootstrap_servers: &str, partitions: i32) {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap_servers)
+            .create()
+            .expect("a producer");
+        for p in 0..partitions {
+            for n in 0..10 {
+                let payload = format!("{{\"n\": {n}}}");
+                producer
+                    .send(
+                        BaseRecord::<'_, [u8], [u8]>::to(TOPIC)
+                            .partition(p)
+                            .payload(payload.as_bytes()),
+                    )
+                    .map_err(|(e, _)| e)
+                    .expect("queued");
+            }
+        }
+        producer
+            .flush(Duration::from_secs(30))
+            .expect("every message acknowledged");
+    }
+
+    /// The source resumes every partition where its checkpoints say, with no table
+    /// anywhere: after the committed offset, from the beginning, or (a partition no table
+    /// has read) where `auto_offset_reset` says; decoders start from the table's schema.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn resumes_each_partition_from_its_checkpoint() {
+        let broker = EmbeddedBroker::start(1).expect("a mock cluster");
+        broker.create_topic(TOPIC, 4).expect("the topic");
+        produce(&broker.bootstrap_servers(), 4);
+        let config = Config::from_toml(&format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\ntopics = [\"{TOPIC}\"]\n\
+             auto_offset_reset = \"latest\"\nsession_timeout_ms = 6000\n\
+             decode_batch_max_latency_ms = 50\n\
+             [bronze.routes]\n\"{TOPIC}\" = \"events\"\n\
+             [bronze.tables.events]\nschema = [{{name = \"n\", type = \"string\"}}]\n",
+            broker.bootstrap_servers()
+        ))
+        .expect("a valid config");
+        let tp = |p| TopicPartition::new(TOPIC, p);
+        // The table has evolved past its declared schema: `n` is a long now, and `note`
+        // came later. Its lineage columns are the table's, not the payload's.
+        let table = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, true),
+            Field::new("note", DataType::Utf8, true),
+            Field::new("_kafka_offset", DataType::Int64, true),
+        ]));
+        let checkpoints = Arc::new(MemoryCheckpoints {
+            resume: BTreeMap::from([
+                (tp(0), Resume::After(4)),
+                (tp(1), Resume::Beginning),
+                // Partition 2 has no checkpoint: `latest`, nothing old is read.
+                (tp(3), Resume::After(9)),
+            ]),
+            schemas: HashMap::from([("events".to_string(), table)]),
+            asked: Mutex::new(BTreeSet::new()),
+        });
+        let source = KafkaSource::new(
+            &config,
+            SourceContext {
+                checkpoints: checkpoints.clone(),
+                avro_tables: HashMap::new(),
+                health: Arc::new(Health::new()),
+                until_caught_up: true,
+            },
+        )
+        .expect("the source");
+        let (mut events, control, thread) = source
+            .start(Arc::new(AtomicBool::new(false)))
+            .expect("started");
+
+        let mut read: BTreeMap<TopicPartition, BTreeSet<i64>> = BTreeMap::new();
+        let mut rows = 0;
+        let collect = async {
+            while let Some(event) = events.recv().await {
+                let SourceEvent::Batch(batch) = event else {
+                    continue;
+                };
+                assert_eq!(batch.table, "events");
+                assert!(batch.dead_letters.is_empty(), "{:?}", batch.dead_letters);
+                let got = batch.rows.expect("rows");
+                let schema = got.schema();
+                assert_eq!(
+                    schema.field_with_name("n").expect("n").data_type(),
+                    &DataType::Int64,
+                    "the table's schema wins over the declared one"
+                );
+                assert!(schema.field_with_name("note").is_ok(), "{schema:?}");
+                rows += got.num_rows();
+                for (tp, r) in batch.offsets {
+                    read.entry(tp).or_default().extend(r.first..=r.last);
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), collect)
+            .await
+            .expect("caught up within a minute");
+        drop(control);
+        let stats = tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .expect("joined")
+            .expect("no panic")
+            .expect("the source ended cleanly");
+
+        assert_eq!(
+            read,
+            BTreeMap::from([(tp(0), (5..=9).collect()), (tp(1), (0..=9).collect())])
+        );
+        assert_eq!(rows, 15);
+        assert_eq!(
+            *checkpoints.asked.lock().expect("the lock"),
+            (0..4).map(tp).collect::<BTreeSet<_>>(),
+            "every assigned partition is looked up"
+        );
+        assert!(stats.rebalances >= 1);
     }
 }
