@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use sluice_connectors::decode::avro::AvroSchemas;
 use sluice_connectors::decode::registry::{self, RegistryConfig, SchemaRegistry};
-use sluice_connectors::delta::bronze::{BronzeSink, BronzeSinkConfig};
+use sluice_connectors::delta::bronze::BronzeSink;
 use sluice_connectors::delta::checkpoints::DeltaCheckpoints;
 use sluice_connectors::delta::lake::LakeSink;
 use sluice_connectors::delta::quality::{Expectation, QualityGate};
@@ -202,20 +202,7 @@ pub async fn run_pipeline(
         },
     )?;
     let stats = Arc::new(StatsPolicy::from_config(config));
-    let partition_by: HashMap<String, Vec<String>> = config
-        .bronze_tables()
-        .values()
-        .map(|t| (t.clone(), config.partition_by(t)))
-        .collect();
-    let bronze = BronzeSink::new(BronzeSinkConfig {
-        lake: lake.clone(),
-        pipeline: config.pipeline.name.clone(),
-        partition_by,
-        default_partition_by: config.bronze.partition_by.clone(),
-        target_file_size_bytes: config.bronze.target_file_size_bytes,
-        properties: prepared.properties,
-        stats: Arc::clone(&stats),
-    })?;
+    let bronze = BronzeSink::new(config, lake, prepared.properties, Arc::clone(&stats))?;
     let silver = SilverSink::new(SilverSinkConfig {
         lake: lake.clone(),
         pipeline: config.pipeline.name.clone(),

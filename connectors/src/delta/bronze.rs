@@ -21,6 +21,7 @@ use deltalake::DeltaTable;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::{Action, MetadataExt, StructType};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use sluice_pipeline::config::Config;
 use sluice_pipeline::lake::Lake;
 use sluice_pipeline::{
     Buffered, CommitOutcome, DeadLetter, OffsetRange, Sink, SourceBatch, Stage, TopicPartition,
@@ -33,22 +34,20 @@ use crate::decode::evolve::{add_fields, conform_array};
 use crate::decode::json::filter_offsets_above;
 use crate::error::{Error, Result, delta};
 
-/// Settings of the bronze sink.
-#[derive(Debug, Clone)]
-pub struct BronzeSinkConfig {
-    pub lake: Lake,
+/// Settings of the bronze sink, taken from the configuration.
+#[derive(Debug)]
+struct Settings {
+    lake: Lake,
     /// Pipeline name: the prefix of every transaction app id.
-    pub pipeline: String,
-    /// Partition columns per table (tables not listed: `default_partition_by`).
-    pub partition_by: HashMap<String, Vec<String>>,
-    pub default_partition_by: Vec<String>,
-    pub target_file_size_bytes: u64,
-    /// Table properties per table name (the PII record): set at creation and brought up
-    /// to date on existing tables before their next write.
-    pub properties: HashMap<String, Vec<(String, String)>>,
-    /// Which columns carry file statistics (see [`super::stats`]); the statistics
-    /// properties follow each table's schema as it evolves.
-    pub stats: Arc<StatsPolicy>,
+    pipeline: String,
+    /// Partition columns per routed table (tables not listed: `default_partition_by`).
+    partition_by: HashMap<String, Vec<String>>,
+    default_partition_by: Vec<String>,
+    target_file_size_bytes: u64,
+    /// Table properties per table name (the PII record).
+    properties: HashMap<String, Vec<(String, String)>>,
+    /// Which columns carry file statistics.
+    stats: Arc<StatsPolicy>,
 }
 
 struct TableState {
@@ -68,7 +67,7 @@ struct TableState {
 
 /// Appends batches to `<lake>/bronze/<table>`.
 pub struct BronzeSink {
-    config: BronzeSinkConfig,
+    settings: Settings,
     tables: BTreeMap<String, TableState>,
     dead: Vec<(String, DeadLetter)>,
     buffered: Buffered,
@@ -78,12 +77,41 @@ pub struct BronzeSink {
 }
 
 impl BronzeSink {
-    pub fn new(config: BronzeSinkConfig) -> Result<Self> {
-        let dead_letters = DeadLetterTable::new(&config.lake, &config.pipeline)?;
-        let quarantine =
-            DeadLetterTable::at(&config.lake, &config.pipeline, super::quality::QUARANTINE)?;
+    /// The sink of `config`'s bronze tables in `lake`: partitioned and sized as its
+    /// `[bronze]` section says, committing under the transaction ids of
+    /// `pipeline.name`.
+    ///
+    /// `properties` are the table properties per table name (the PII record): set at
+    /// creation and brought up to date on existing tables before their next write.
+    /// `stats` says which columns carry file statistics (see [`super::stats`]); the
+    /// statistics properties follow each table's schema as it evolves.
+    pub fn new(
+        config: &Config,
+        lake: &Lake,
+        properties: HashMap<String, Vec<(String, String)>>,
+        stats: Arc<StatsPolicy>,
+    ) -> Result<Self> {
+        let settings = Settings {
+            lake: lake.clone(),
+            pipeline: config.pipeline.name.clone(),
+            partition_by: config
+                .bronze_tables()
+                .values()
+                .map(|t| (t.clone(), config.partition_by(t)))
+                .collect(),
+            default_partition_by: config.bronze.partition_by.clone(),
+            target_file_size_bytes: config.bronze.target_file_size_bytes,
+            properties,
+            stats,
+        };
+        let dead_letters = DeadLetterTable::new(&settings.lake, &settings.pipeline)?;
+        let quarantine = DeadLetterTable::at(
+            &settings.lake,
+            &settings.pipeline,
+            super::quality::QUARANTINE,
+        )?;
         Ok(Self {
-            config,
+            settings,
             tables: BTreeMap::new(),
             dead: Vec::new(),
             buffered: Buffered::default(),
@@ -100,12 +128,12 @@ impl BronzeSink {
     fn state(&mut self, name: &str) -> Result<&mut TableState> {
         if !self.tables.contains_key(name) {
             let partition_by = self
-                .config
+                .settings
                 .partition_by
                 .get(name)
                 .cloned()
-                .unwrap_or_else(|| self.config.default_partition_by.clone());
-            let url = table::lake_url(&self.config.lake, &Self::location(name))?;
+                .unwrap_or_else(|| self.settings.default_partition_by.clone());
+            let url = table::lake_url(&self.settings.lake, &Self::location(name))?;
             self.tables.insert(
                 name.to_string(),
                 TableState {
@@ -115,7 +143,7 @@ impl BronzeSink {
                     table: None,
                     partition_by,
                     properties: self
-                        .config
+                        .settings
                         .properties
                         .get(name)
                         .cloned()
@@ -146,7 +174,7 @@ impl BronzeSink {
             } else {
                 let mut properties = s.properties.clone();
                 properties.extend(
-                    self.config
+                    self.settings
                         .stats
                         .properties(TableKind::Bronze(&s.configured), &batch_schema),
                 );
@@ -179,7 +207,7 @@ impl BronzeSink {
                 .clone();
             let mut wanted = s.properties.clone();
             wanted.extend(
-                self.config
+                self.settings
                     .stats
                     .properties(TableKind::Bronze(&s.configured), &target),
             );
@@ -221,7 +249,7 @@ impl BronzeSink {
                 match table::commit(
                     &s.name,
                     t,
-                    &self.config.pipeline,
+                    &self.settings.pipeline,
                     vec![Action::Metadata(metadata)],
                     &BTreeMap::new(),
                     &s.partition_by,
@@ -238,7 +266,7 @@ impl BronzeSink {
             let mut ranges = s.ranges.clone();
             let committed = s
                 .txns
-                .offsets(&s.name, t, &self.config.pipeline, &ranges)
+                .offsets(&s.name, t, &self.settings.pipeline, &ranges)
                 .await?;
             s.committed
                 .extend(committed.iter().map(|(k, v)| (k.clone(), *v)));
@@ -265,7 +293,7 @@ impl BronzeSink {
             if !rows.is_empty() {
                 let mut writer = RecordBatchWriter::for_table(t)
                     .map_err(delta(&s.name, "opening writer"))?
-                    .with_target_file_size(self.config.target_file_size_bytes);
+                    .with_target_file_size(self.settings.target_file_size_bytes);
                 for b in rows {
                     writer
                         .write(b)
@@ -281,7 +309,7 @@ impl BronzeSink {
             match table::commit(
                 &s.name,
                 t,
-                &self.config.pipeline,
+                &self.settings.pipeline,
                 actions,
                 &ranges,
                 &s.partition_by,
