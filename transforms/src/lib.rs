@@ -36,6 +36,89 @@ pub mod tokenize;
 pub use path::ColumnPath;
 pub use sluice_pipeline::Transform;
 
+use std::sync::Arc;
+
+use crate::encrypt::{Encrypt, Keyring};
+use crate::fpe::{EncryptFpe, Ff1Cipher, FpeFormat};
+use crate::generalize::{Generalization, Generalize};
+use crate::hash::Hash;
+use crate::keys::Secret;
+use crate::mask::{Mask, MaskPartial};
+use crate::memo::Memo;
+use crate::redact::{Redact, Redactor};
+use crate::tokenize::Tokenize;
+
+/// Every action that rewrites a text column in place, in each form it takes on text, on
+/// `column`, keyed by `key` where it needs a key (`encrypt` takes the column as its own
+/// subject): mask (empty and to a literal), mask_partial (with an ASCII and a non-ASCII
+/// mask), hash, tokenize, encrypt_fpe (card numbers and digits), redact, encrypt and
+/// generalize to an outward code. `drop` (which removes the column) and the
+/// generalizations of dates and numbers are left out. Unlimited: the policy wraps the
+/// actions that read whole values in [`limit::Limited`].
+///
+/// What the property tests and the fuzz target run every value through.
+///
+/// # Panics
+///
+/// If `column` is not a column path.
+pub fn every_text_action(column: &str, key: &[u8]) -> Vec<Box<dyn Transform>> {
+    let path = || ColumnPath::parse(column).expect("a column path");
+    vec![
+        Box::new(Mask {
+            path: path(),
+            literal: None,
+        }),
+        Box::new(Mask {
+            path: path(),
+            literal: Some("x".into()),
+        }),
+        Box::new(MaskPartial {
+            path: path(),
+            keep_last: 4,
+            mask_char: '*',
+        }),
+        Box::new(MaskPartial {
+            path: path(),
+            keep_last: 0,
+            mask_char: '😀',
+        }),
+        Box::new(Hash {
+            path: path(),
+            salt: key.to_vec(),
+            memo: Memo::default(),
+        }),
+        Box::new(Tokenize {
+            path: path(),
+            key_id: "k".into(),
+            key: key.to_vec(),
+            memo: Memo::default(),
+        }),
+        Box::new(EncryptFpe {
+            path: path(),
+            cipher: Ff1Cipher::new(key, FpeFormat::Pan),
+            memo: Memo::default(),
+        }),
+        Box::new(EncryptFpe {
+            path: path(),
+            cipher: Ff1Cipher::new(key, FpeFormat::Digits),
+            memo: Memo::default(),
+        }),
+        Box::new(Redact {
+            path: path(),
+            redactor: Arc::new(Redactor::new()),
+        }),
+        Box::new(Encrypt {
+            path: path(),
+            subject: path(),
+            keyring: Arc::new(Keyring::new("k", &Secret::new(key.to_vec()))),
+        }),
+        Box::new(Generalize {
+            path: path(),
+            to: Generalization::Outward,
+        }),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     //! Properties every action shares: one output row per input row, nulls stay null.
@@ -45,69 +128,8 @@ mod tests {
     use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
     use proptest::prelude::*;
 
-    use crate::encrypt::{Encrypt, Keyring};
-    use crate::fpe::{EncryptFpe, Ff1Cipher, FpeFormat};
-    use crate::generalize::{Generalization, Generalize};
-    use crate::hash::Hash;
-    use crate::keys::Secret;
-    use crate::mask::{Mask, MaskPartial};
-    use crate::memo::Memo;
-    use crate::redact::{Redact, Redactor};
-    use crate::tokenize::Tokenize;
-    use crate::{ColumnPath, Transform};
-
-    fn actions() -> Vec<Box<dyn Transform>> {
-        let path = || ColumnPath::parse("v").expect("path");
-        let key = b"property test secret".to_vec();
-        vec![
-            Box::new(Mask {
-                path: path(),
-                literal: None,
-            }),
-            Box::new(Mask {
-                path: path(),
-                literal: Some("x".into()),
-            }),
-            Box::new(MaskPartial {
-                path: path(),
-                keep_last: 4,
-                mask_char: '*',
-            }),
-            Box::new(Hash {
-                path: path(),
-                salt: key.clone(),
-                memo: Memo::default(),
-            }),
-            Box::new(Tokenize {
-                path: path(),
-                key_id: "k".into(),
-                key: key.clone(),
-                memo: Memo::default(),
-            }),
-            Box::new(EncryptFpe {
-                path: path(),
-                cipher: Ff1Cipher::new(&key, FpeFormat::Pan),
-                memo: Memo::default(),
-            }),
-            Box::new(EncryptFpe {
-                path: path(),
-                cipher: Ff1Cipher::new(&key, FpeFormat::Digits),
-                memo: Memo::default(),
-            }),
-            Box::new(Redact {
-                path: path(),
-                redactor: Arc::new(Redactor::new()),
-            }),
-            Box::new(Generalize {
-                path: path(),
-                to: Generalization::Outward,
-            }),
-            Box::new(Encrypt {
-                path: path(),
-                subject: path(),
-                keyring: Arc::new(Keyring::new("k", &Secret::new(key.clone()))),
-            }),
-        ]
+    fn actions() -> Vec<Box<dyn crate::Transform>> {
+        crate::every_text_action("v", b"property test secret")
     }
 
     proptest! {
