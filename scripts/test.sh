@@ -14,7 +14,10 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace 2>&1 | tee "$log" || status=$?
-# One closing line for the whole run (cargo prints one per test binary).
+# One closing line for the whole run (cargo prints one per test binary), counting the
+# tests that passed without running for want of a tool (they print `SKIPPED: <test>, for
+# want of …`; a part of a test skipped prints `SKIPPED: <part> in <test>, …`).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+     /SKIPPED: [^ ]+, for want of / { s++ }
+     END { printf "tests: %d passed (%d of them skipped for a missing tool), %d failed\n", p, s, f }' "$log"
 exit "$status"

@@ -9,9 +9,11 @@ use std::process::Command;
 
 use serde_json::Value;
 
+use crate::harness::{Tool, require};
+
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-fn yaml(python: &str, file: &str) -> Value {
+fn yaml(python: &Path, file: &str) -> Value {
     let out = Command::new(python)
         .arg(format!("{ROOT}/tests/it/scripts/yaml2json.py"))
         .arg(format!("{ROOT}/{file}"))
@@ -73,7 +75,7 @@ fn exported() -> BTreeSet<String> {
 
 #[test]
 fn deployment_files_parse_and_query_only_exported_metrics() {
-    let Some(py) = crate::duckdb::python() else {
+    let Some(py) = require(Tool::Python) else {
         return;
     };
     let compose = yaml(&py, "docker-compose.yml");
@@ -224,7 +226,7 @@ fn deployment_files_parse_and_query_only_exported_metrics() {
 
 #[test]
 fn kubernetes_manifests_probe_the_endpoint_and_carry_a_valid_config() {
-    let Some(py) = crate::duckdb::python() else {
+    let Some(py) = require(Tool::Python) else {
         return;
     };
     let docs = yaml(&py, "deploy/kubernetes/sluice.yaml");

@@ -1,29 +1,14 @@
 //! Our Delta tables read back identically through an independent reader: DuckDB's
 //! delta extension (delta-kernel-rs underneath, none of delta-rs's code).
 
+use std::path::Path;
 use std::process::Command;
 
-use crate::harness::{Broker, Mock, Workdir, produce, produce_raw};
+use crate::harness::{Broker, Mock, Tool, Workdir, produce, produce_raw, require};
 
-/// The Python that has `duckdb` and `duckdb-ext-delta` (.ci/run makes one).
-pub fn python() -> Option<String> {
-    match std::env::var("SLUICE_TEST_PYTHON") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!(
-                "SLUICE_TEST_PYTHON must name a python with duckdb and duckdb-ext-delta (see .ci/run)"
-            )
-        }
-        _ => {
-            eprintln!(
-                "SKIPPED: set SLUICE_TEST_PYTHON to a python with duckdb and duckdb-ext-delta"
-            );
-            None
-        }
-    }
-}
-
-pub fn duckdb(python: &str, table: &std::path::Path, select: &str) -> Vec<serde_json::Value> {
+/// Rows of `select <select>` over the Delta table at `table`, read by DuckDB's delta
+/// extension with `python` (the tests' Python, [`Tool::Python`]).
+pub fn duckdb(python: &Path, table: &Path, select: &str) -> Vec<serde_json::Value> {
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/it/scripts/duckdb_read.py"
@@ -44,7 +29,9 @@ pub fn duckdb(python: &str, table: &std::path::Path, select: &str) -> Vec<serde_
 
 #[test]
 fn duckdb_reads_bronze_and_dead_letters_identically() {
-    let Some(py) = python() else { return };
+    let Some(py) = require(Tool::Python) else {
+        return;
+    };
     let broker = Mock::start();
     broker.create_topic("ledger", 2);
     produce(&broker, "ledger", 0, 12_000);

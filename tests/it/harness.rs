@@ -1,6 +1,7 @@
-//! Brokers, producers and checks shared by the integration tests.
+//! Brokers, producers, tools and checks shared by the integration tests.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -45,25 +46,15 @@ impl Drop for KillOnDrop {
 /// A real broker process: tansu with in-memory storage, on a free loopback port.
 pub struct Tansu {
     _child: KillOnDrop,
+    bin: PathBuf,
     url: String,
     bootstrap: String,
 }
 
 impl Tansu {
-    /// Start tansu, or `None` when it is not installed outside CI (in CI it must be).
+    /// Start tansu, or `None` when it is not installed outside CI (see [`require`]).
     pub fn start() -> Option<Self> {
-        let bin = which_tansu();
-        let Some(bin) = bin else {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!(
-                    "tansu is not installed; .ci/run installs it with `cargo install --locked tansu --features dynostore`"
-                );
-            }
-            eprintln!(
-                "SKIPPED: tansu not installed (cargo install --locked tansu --features dynostore)"
-            );
-            return None;
-        };
+        let bin = require(Tool::Tansu)?;
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(&bin)
@@ -80,13 +71,11 @@ impl Tansu {
             .stderr(Stdio::null())
             .spawn()
             .expect("start tansu");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let child = KillOnDrop(child);
+        wait_for_port(port, "tansu");
         Some(Tansu {
-            _child: KillOnDrop(child),
+            _child: child,
+            bin,
             url,
             bootstrap: format!("127.0.0.1:{port}"),
         })
@@ -98,8 +87,7 @@ impl Broker for Tansu {
         self.bootstrap.clone()
     }
     fn create_topic(&self, name: &str, partitions: i32) {
-        let bin = which_tansu().expect("tansu");
-        let out = Command::new(bin)
+        let out = Command::new(&self.bin)
             .args([
                 "topic",
                 "create",
@@ -119,22 +107,153 @@ impl Broker for Tansu {
     }
 }
 
-fn which_tansu() -> Option<PathBuf> {
-    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("tansu")).collect())
-        .unwrap_or_default();
-    if let Some(home) = std::env::var_os("HOME") {
-        candidates.push(Path::new(&home).join(".cargo/bin/tansu"));
-    }
-    candidates.into_iter().find(|p| p.is_file())
-}
-
-fn free_port() -> u16 {
+/// A free loopback port, for a server the test starts.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
         .expect("addr")
         .port()
+}
+
+/// Wait until a server the test started (`what`) listens on loopback `port`.
+pub fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on {port} within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A program from outside the workspace that some tests need. `scripts/setup.sh --test`
+/// installs every one, and CI (`CI=true`) runs with every one: see [`require`].
+#[derive(Debug, Clone, Copy)]
+pub enum Tool {
+    /// tansu, a Kafka-protocol broker process.
+    Tansu,
+    /// `SLUICE_TEST_PYTHON`: a Python with duckdb and its Delta extension, PyYAML, psycopg,
+    /// moto and the Azure Blob client.
+    Python,
+    /// Debian's psql, the Postgres client.
+    Psql,
+    /// moto's S3 server, installed beside the tests' Python.
+    MotoServer,
+    /// Azurite's Blob Storage emulator, installed with npm.
+    Azurite,
+}
+
+impl Tool {
+    /// Where the tool is, if it is there.
+    fn find(self) -> Option<PathBuf> {
+        match self {
+            Tool::Tansu => on_path("tansu").or_else(|| {
+                let home = std::env::var_os("HOME")?;
+                Some(Path::new(&home).join(".cargo/bin/tansu")).filter(|p| p.is_file())
+            }),
+            Tool::Python => std::env::var_os("SLUICE_TEST_PYTHON")
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
+            Tool::Psql => on_path("psql"),
+            Tool::MotoServer => {
+                let python = Tool::Python.find()?;
+                Some(python.parent()?.join("moto_server")).filter(|p| p.is_file())
+            }
+            Tool::Azurite => {
+                let cache = std::env::var_os("SLUICE_CACHE")
+                    .map(PathBuf::from)
+                    .or_else(|| Some(Path::new(&std::env::var_os("HOME")?).join(".cache")))?;
+                Some(cache.join("sluice-npm/node_modules/.bin/azurite-blob")).filter(|p| p.exists())
+            }
+        }
+    }
+
+    /// What the tool is, and how to get it.
+    fn describe(self) -> &'static str {
+        match self {
+            Tool::Tansu => {
+                "tansu (`cargo install --locked tansu --features dynostore`, or scripts/setup.sh --test)"
+            }
+            Tool::Python => {
+                "SLUICE_TEST_PYTHON, a Python with duckdb, duckdb-ext-delta, PyYAML, psycopg and moto \
+                 (scripts/setup.sh --test makes one in ~/.cache/sluice-venv; scripts/test.sh sets it)"
+            }
+            Tool::Psql => "psql (`apt-get install postgresql-client`, or scripts/setup.sh --test)",
+            Tool::MotoServer => {
+                "moto_server beside SLUICE_TEST_PYTHON (`pip install 'moto[server]'`, or scripts/setup.sh --test)"
+            }
+            Tool::Azurite => {
+                "azurite-blob in ~/.cache/sluice-npm (`npm install azurite@3`, or scripts/setup.sh --test)"
+            }
+        }
+    }
+}
+
+/// `name` in a directory of `PATH`.
+fn on_path(name: &str) -> Option<PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// `tool`, for a test that cannot run without it. When it is missing, a test in CI
+/// (`CI=true`) fails; elsewhere it prints `SKIPPED: <test>, for want of <tool>` where it
+/// shows, past the test harness's capture, and gets `None`, to return at once.
+pub fn require(tool: Tool) -> Option<PathBuf> {
+    found_or_skipped(tool, None)
+}
+
+/// [`require`] for a part of a test (`part` says which) that the rest of the test runs
+/// without.
+pub fn require_part(tool: Tool, part: &str) -> Option<PathBuf> {
+    found_or_skipped(tool, Some(part))
+}
+
+fn found_or_skipped(tool: Tool, part: Option<&str>) -> Option<PathBuf> {
+    if let Some(path) = tool.find() {
+        return Some(path);
+    }
+    // libtest runs each test on a thread named after it.
+    let test = std::thread::current()
+        .name()
+        .filter(|n| *n != "main")
+        .unwrap_or("this test")
+        .to_string();
+    let what = match part {
+        Some(part) => format!("{part} in {test}"),
+        None => test,
+    };
+    assert!(
+        !std::env::var("CI").is_ok_and(|v| v == "true"),
+        "{what}: {} is missing (CI=true: every tool must be installed)",
+        tool.describe()
+    );
+    // Straight to the process's stderr: the test harness captures `eprintln!` of tests
+    // that pass, and a skip must show.
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "SKIPPED: {what}, for want of {}",
+        tool.describe()
+    );
+    None
+}
+
+/// Run `script` with `python -c`; its standard output, failing the test when the script
+/// fails.
+pub fn python_stdout(python: &Path, script: &str) -> String {
+    let out = Command::new(python)
+        .args(["-c", script])
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A JSON event of about 100 bytes.

@@ -6,7 +6,7 @@ use std::net::TcpStream;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::harness::{Broker, Mock, Workdir, produce, terminate, wait_until};
+use crate::harness::{Broker, Mock, Workdir, free_port, produce, terminate, wait_until};
 
 /// `GET path` on `address`: status code and body.
 fn get(address: &str, path: &str) -> Option<(u16, String)> {
@@ -40,11 +40,7 @@ fn metrics_count_what_landed_and_lag_falls_to_zero() {
     let broker = Mock::start();
     broker.create_topic("ops", 2);
     produce(&broker, "ops", 0, 3000);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let address = format!("127.0.0.1:{port}");
+    let address = format!("127.0.0.1:{}", free_port());
     let w = Workdir::new();
     w.write_config(
         &broker,

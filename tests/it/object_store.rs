@@ -4,13 +4,13 @@
 //! delta-rs commits with, so concurrent writers are tested for real: two `sluice run`
 //! processes share one lake exactly once, in each store.
 
-use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use crate::duckdb::python;
 use crate::group::two_processes_ingest;
-use crate::harness::{Broker, KillOnDrop, Mock, Workdir};
+use crate::harness::{
+    Broker, KillOnDrop, Mock, Tool, Workdir, free_port, python_stdout, require, wait_for_port,
+};
 
 /// An object store server the tests write a lake to.
 trait Store {
@@ -23,61 +23,26 @@ trait Store {
     fn keys(&self, bucket: &str, prefix: &str) -> Vec<String>;
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Run `script` with the tests' Python; its stdout.
-fn run_python(python: &str, script: &str) -> String {
-    let out = Command::new(python)
-        .args(["-c", script])
-        .output()
-        .expect("python");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// A moto S3 server on a free port, with one bucket; stopped on drop.
 struct S3 {
     _child: KillOnDrop,
     endpoint: String,
-    python: String,
+    python: PathBuf,
 }
 
 impl S3 {
+    /// The server, or `None` when moto is not installed outside CI (see
+    /// [`require`]).
     fn start(bucket: &str) -> Option<Self> {
-        let python = python()?;
-        let bin = std::path::Path::new(&python)
-            .parent()
-            .expect("the python's directory")
-            .join("moto_server");
+        let python = require(Tool::Python)?;
+        let bin = require(Tool::MotoServer)?;
         let port = free_port();
         let child = Command::new(&bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "{} (scripts/setup.sh --test installs it): {e}",
-                    bin.display()
-                )
-            });
+            .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
         let s3 = S3 {
             _child: KillOnDrop(child),
             endpoint: format!("http://127.0.0.1:{port}"),
@@ -95,7 +60,7 @@ impl S3 {
              aws_secret_access_key='test', region_name='us-east-1')\n{statement}\n",
             self.endpoint
         );
-        run_python(&self.python, &script)
+        python_stdout(&self.python, &script)
     }
 }
 
@@ -150,7 +115,7 @@ impl Store for S3 {
 struct Azurite {
     _child: KillOnDrop,
     endpoint: String,
-    python: String,
+    python: PathBuf,
     _data: tempfile::TempDir,
 }
 
@@ -160,25 +125,11 @@ const AZURITE_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 impl Azurite {
+    /// The server, or `None` when Azurite is not installed outside CI (see
+    /// [`require`]).
     fn start(container: &str) -> Option<Self> {
-        let python = python()?;
-        let cache = std::env::var("SLUICE_CACHE")
-            .map(std::path::PathBuf::from)
-            .or_else(|_| std::env::var("HOME").map(|h| std::path::Path::new(&h).join(".cache")))
-            .expect("HOME");
-        let bin = cache.join("sluice-npm/node_modules/.bin/azurite-blob");
-        if !bin.exists() {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{} is missing (scripts/setup.sh --test installs it)",
-                bin.display()
-            );
-            eprintln!(
-                "SKIPPED: no {} (scripts/setup.sh --test installs it)",
-                bin.display()
-            );
-            return None;
-        }
+        let python = require(Tool::Python)?;
+        let bin = require(Tool::Azurite)?;
         let data = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let child = Command::new(&bin)
@@ -222,7 +173,7 @@ impl Azurite {
             "from azure.storage.blob import BlobServiceClient\n\
              c = BlobServiceClient.from_connection_string('{connection}')\n{statement}\n"
         );
-        run_python(&self.python, &script)
+        python_stdout(&self.python, &script)
     }
 }
 

@@ -16,7 +16,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use sluice_connectors::demo::broker::{Outgoing, SimpleProducer};
 use sluice_transforms::luhn;
 
-use crate::harness::{Broker, Mock, Workdir};
+use crate::harness::{Broker, Mock, Tool, Workdir, require_part};
 
 const CUSTOMERS: usize = 120;
 
@@ -239,7 +239,7 @@ fn no_canary_reaches_the_lake_under_a_policy_and_all_do_without_one() {
     assert_eq!(stages, vec!["decode,1", "schema,1", "transform,3"]);
 
     // An independent reader reads the protected table (properties, restricted statistics).
-    if let Some(py) = crate::duckdb::python() {
+    if let Some(py) = require_part(Tool::Python, "reading the protected table with DuckDB") {
         let select = "count(*), count(distinct email), min(length(card_number))";
         let theirs = crate::duckdb::duckdb(&py, &protected.lake().join("bronze/customers"), select);
         let ours = protected.sql(&format!("select {select} from bronze.customers"));

@@ -4,10 +4,11 @@
 //! user and as a role.
 
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use crate::erase::{Demo, demo};
-use crate::harness::KillOnDrop;
+use crate::harness::{KillOnDrop, Tool, python_stdout, require, require_part};
 
 const USERS_MARK: &str = "\n# serve test\n";
 const USERS: &str = r#"
@@ -32,14 +33,16 @@ role = "analyst"
 password_env = "SLUICE_TEST_PASSWORD_ANN"
 "#;
 
+/// `sluice serve` on a port of its choosing, and the psql the test reaches it with.
 struct Server {
     _child: KillOnDrop,
     port: u16,
+    psql: PathBuf,
 }
 
-/// `sluice serve` on a free port, with the two users' passwords in its environment;
-/// `extra` goes into `[serve]`.
-fn serve(d: &Demo, extra: &str) -> Server {
+/// `sluice serve` on a free port, with the users' passwords in its environment, once it
+/// listens; `extra` goes into `[serve]`.
+fn serve(d: &Demo, psql: &Path, extra: &str) -> Server {
     let path = d.dir.path().join("demo.toml");
     let config = std::fs::read_to_string(&path).expect("config");
     let base = config
@@ -75,47 +78,32 @@ fn serve(d: &Demo, extra: &str) -> Server {
     Server {
         _child: KillOnDrop(child),
         port,
+        psql: psql.to_path_buf(),
     }
 }
 
-/// Debian's psql; outside CI the test skips without it.
-fn psql_binary() -> Option<String> {
-    match which("psql") {
-        Some(p) => Some(p),
-        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("psql not found: scripts/setup.sh --test installs postgresql-client")
-        }
-        None => {
-            eprintln!("SKIPPED: psql not found (apt-get install postgresql-client)");
-            None
-        }
-    }
-}
-
-fn which(name: &str) -> Option<String> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-            .map(|p| p.display().to_string())
-    })
-}
-
-/// `psql` as `user` with `password`; `sslmode` as given; statements from `-c`.
-fn psql(s: &Server, user: &str, password: &str, sslmode: &str, commands: &[&str]) -> Output {
-    let mut c = Command::new(psql_binary().expect("checked at the start"));
+/// psql connecting to `s` as `user` with `password`, `sslmode` as given, unaligned and
+/// tuples only, without a startup file.
+fn psql_command(s: &Server, user: &str, password: &str, sslmode: &str) -> Command {
+    let mut c = Command::new(&s.psql);
     c.arg(format!(
         "host=127.0.0.1 port={} user={user} dbname=lake sslmode={sslmode} connect_timeout=10",
         s.port
     ))
-    .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"]);
+    .args(["-X", "-A", "-t"])
+    .env("PGPASSWORD", password)
+    .env_remove("PGSERVICE");
+    c
+}
+
+/// `psql` as `user` with `password`; `sslmode` as given; statements from `-c`.
+fn psql(s: &Server, user: &str, password: &str, sslmode: &str, commands: &[&str]) -> Output {
+    let mut c = psql_command(s, user, password, sslmode);
+    c.args(["-v", "ON_ERROR_STOP=1"]);
     for cmd in commands {
         c.args(["-c", cmd]);
     }
-    c.env("PGPASSWORD", password)
-        .env_remove("PGSERVICE")
-        .output()
-        .expect("run psql")
+    c.output().expect("run psql")
 }
 
 fn lines(out: &Output) -> Vec<String> {
@@ -133,11 +121,11 @@ fn lines(out: &Output) -> Vec<String> {
 
 #[test]
 fn psql_and_a_driver_query_the_lake_as_their_role() {
-    if psql_binary().is_none() {
+    let Some(psql_bin) = require(Tool::Psql) else {
         return;
-    }
+    };
     let d = demo();
-    let s = serve(&d, "");
+    let s = serve(&d, &psql_bin, "");
     let customers = d.one("select count(*) from silver.customers");
     let isa = d.one("select count(*) from silver.accounts where product = 'isa'");
     let not_isa = d.one("select count(*) from silver.accounts where product <> 'isa'");
@@ -251,7 +239,7 @@ fn psql_and_a_driver_query_the_lake_as_their_role() {
 
     // Extended protocol from a driver: bound parameters, a named prepared statement run
     // twice, binary results; the role applies.
-    if let Some(python) = crate::duckdb::python() {
+    if let Some(python) = require_part(Tool::Python, "the psycopg checks") {
         let script = format!(
             r#"
 import psycopg
@@ -272,16 +260,7 @@ with psycopg.connect(url + " user=ana password=ana-secret") as c:
 "#,
             port = s.port
         );
-        let out = Command::new(python)
-            .args(["-c", &script])
-            .output()
-            .expect("python");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let got: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        let got: Vec<String> = python_stdout(&python, &script)
             .lines()
             .map(str::to_string)
             .collect();
@@ -291,7 +270,7 @@ with psycopg.connect(url + " user=ana password=ana-secret") as c:
 
     // Required TLS: a plain connection is refused before authentication.
     drop(s);
-    let s = serve(&d, "require_tls = true");
+    let s = serve(&d, &psql_bin, "require_tls = true");
     let out = psql(&s, "ops", "ops-secret", "disable", &["select 1"]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -402,14 +381,9 @@ fn psql_sqlstates(
         text.push_str(";\n");
     }
     std::fs::write(&script, text).expect("script");
-    let out = Command::new(psql_binary().expect("checked at the start"))
-        .arg(format!(
-            "host=127.0.0.1 port={} user={user} dbname=lake sslmode=disable connect_timeout=10",
-            s.port
-        ))
-        .args(["-X", "-A", "-t", "-q", "-f"])
+    let out = psql_command(s, user, password, "disable")
+        .args(["-q", "-f"])
         .arg(&script)
-        .env("PGPASSWORD", password)
         .output()
         .expect("psql");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -441,7 +415,7 @@ fn psql_sqlstates(
 /// psycopg (extended protocol: Parse/Bind/Execute, named prepared statements, a named
 /// server-side cursor) runs `statements` as `user`; the SQLSTATE each failed with.
 fn psycopg_sqlstates(
-    python: &str,
+    python: &Path,
     s: &Server,
     user: &str,
     password: &str,
@@ -492,11 +466,12 @@ print(json.dumps(out))
 
 #[test]
 fn writes_in_any_form_and_protocol_are_refused_and_change_nothing() {
-    if psql_binary().is_none() {
+    let Some(psql_bin) = require(Tool::Psql) else {
         return;
-    }
+    };
+    let python = require_part(Tool::Python, "the psycopg checks");
     let d = demo();
-    let s = serve(&d, "");
+    let s = serve(&d, &psql_bin, "");
     let marker = format!("sluice-w{}", std::process::id());
     let before = files(d.dir.path());
     let rows = d.one("select count(*) from bronze.touchpoints");
@@ -512,7 +487,7 @@ fn writes_in_any_form_and_protocol_are_refused_and_change_nothing() {
             );
             refused += 1;
         }
-        if let Some(python) = crate::duckdb::python() {
+        if let Some(python) = &python {
             let mut extended = attempts.clone();
             extended.push(
                 "CURSOR WITH a AS (DELETE FROM bronze.touchpoints RETURNING *) SELECT * FROM a"
@@ -521,7 +496,7 @@ fn writes_in_any_form_and_protocol_are_refused_and_change_nothing() {
             extended.push(format!(
                 "CURSOR SELECT * FROM read_csv('/tmp/{marker}-nothing.csv')"
             ));
-            let codes = psycopg_sqlstates(&python, &s, user, password, &extended);
+            let codes = psycopg_sqlstates(python, &s, user, password, &extended);
             for (st, code) in extended.iter().zip(&codes) {
                 assert!(
                     matches!(code.as_deref(), Some("25006" | "42501")),
@@ -575,30 +550,22 @@ fn writes_in_any_form_and_protocol_are_refused_and_change_nothing() {
 }
 
 /// Run a Python script (psycopg) against the server; its standard output as JSON.
-fn python_json(python: &str, script: &str) -> serde_json::Value {
-    let out = Command::new(python)
-        .args(["-c", script])
-        .output()
-        .expect("python");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("json")
+fn python_json(python: &Path, script: &str) -> serde_json::Value {
+    serde_json::from_str(&python_stdout(python, script)).expect("json")
 }
 
 #[test]
 fn connections_have_their_own_sessions_limits_and_no_sight_of_hidden_rows() {
-    if psql_binary().is_none() {
+    let Some(psql_bin) = require(Tool::Psql) else {
         return;
-    }
-    let Some(python) = crate::duckdb::python() else {
+    };
+    let Some(python) = require(Tool::Python) else {
         return;
     };
     let d = demo();
     let s = serve(
         &d,
+        &psql_bin,
         "max_connections = 4\nmax_connections_per_user = 3\nstatement_timeout_ms = 4000\nquery_memory_bytes = 16777216\n\
          total_memory_bytes = 33554432\nauth_timeout_ms = 3000\nmax_unauthenticated_per_peer = 8\n\
          max_statement_bytes = 1048576\n",

@@ -4,6 +4,7 @@
 //! Delta extension gets the same results), and roles (only their tables, columns, rows).
 
 use crate::erase::{Demo, demo};
+use crate::harness::{Tool, require};
 
 /// The repository's `sql/` (views, gold definitions, sqllogictest files).
 const SQL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/sql");
@@ -375,7 +376,7 @@ fn same(a: &serde_json::Value, b: &serde_json::Value) -> bool {
 
 #[test]
 fn analyst_queries_and_gold_tables_agree_with_duckdb() {
-    let Some(python) = crate::duckdb::python() else {
+    let Some(python) = require(Tool::Python) else {
         return;
     };
     let d = demo_with_sql();
