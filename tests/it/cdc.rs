@@ -311,6 +311,7 @@ fn silver_survives_kills_without_losing_or_reordering_changes() {
             .replace("[bronze]\n", "[bronze]\nflush_max_rows = 700\n");
         std::fs::write(w.config(), text).expect("config");
         let mut child = w.sluice(&["run"]).spawn().expect("spawn");
+        // A kill at a random moment of the run, start-up included (the sleep is the point).
         std::thread::sleep(Duration::from_millis(rng.random_range(1500..5000)));
         let _ = child.kill();
         let _ = child.wait();

@@ -908,7 +908,7 @@ fn assert_contiguous(topic: &str, mut seen: Vec<(i32, i64)>, produced: usize) {
 
 #[test]
 fn erasure_during_a_live_run_and_maintenance_keeps_every_table_whole_and_every_offset_once() {
-    use crate::harness::{Broker, Mock, Workdir, terminate, wait_until};
+    use crate::harness::{Broker, Logged, Mock, Workdir, terminate, wait_until};
     use sluice_connectors::demo::bank::{self, Scale};
     use sluice_connectors::demo::broker::{Outgoing, SimpleProducer};
     use std::time::Duration;
@@ -1032,21 +1032,22 @@ fn erasure_during_a_live_run_and_maintenance_keeps_every_table_whole_and_every_o
     );
 
     // A live run with slowed commits; the rest of the stream arrives while it runs.
-    let run = sluice(&["run"])
+    let mut command = sluice(&["run"]);
+    command
         .env("SLUICE_TEST_COMMIT_DELAY_MS", "400")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("run");
-    let run = crate::harness::KillOnDrop(run);
+        .stdout(std::process::Stdio::null());
+    let mut run = Logged::spawn(command);
     std::thread::scope(|scope| {
         scope.spawn(|| {
+            // The stream arrives in pieces over two seconds (the sleeps are the point).
             for chunk in second.chunks(second.len() / 8 + 1) {
                 produce(chunk);
                 std::thread::sleep(Duration::from_millis(300));
             }
         });
-        std::thread::sleep(Duration::from_millis(800));
-        // An erasure and a maintenance run beside it, at the same time.
+        // Once the run has committed some of it: an erasure and a maintenance run beside
+        // the run, at the same time.
+        run.wait_for("committed", Duration::from_secs(120));
         let erase = sluice(&["job", "erase", "--request-id", "LIVE-1", subject])
             .output()
             .expect("spawn erase");
@@ -1069,9 +1070,8 @@ fn erasure_during_a_live_run_and_maintenance_keeps_every_table_whole_and_every_o
             offsets(&w, table, topic).len() + erased[topic].len() >= produced(topic)
         })
     });
-    terminate(&run.0);
-    let mut run = run;
-    let status = run.0.wait().expect("wait");
+    terminate(run.child());
+    let status = run.child().wait().expect("wait");
     assert!(status.success(), "run exited {status}");
 
     // Every table reads (no missing file), every offset landed once (the erased ones

@@ -1,15 +1,12 @@
 //! Every (topic, partition, offset) lands in bronze exactly once: after a clean run, a
 //! re-run, and twenty SIGKILLs at random moments.
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::harness::{Broker, Mock, Tansu, Workdir, assert_exactly_once, produce};
+use crate::harness::{Broker, Logged, Mock, Tansu, Workdir, assert_exactly_once, produce};
 
 fn lands_every_offset_once_and_reruns_add_nothing(broker: &dyn Broker) {
     broker.create_topic("orders", 3);
@@ -56,25 +53,11 @@ fn survives_twenty_sigkills_without_loss_or_duplicates() {
             "flush_max_rows = 2000\n[kafka.properties]\n\"group.id\" = \"crash-{attempt}\"\n"
         );
         w.write_config(&broker, "crash", &["payments"], &extra);
-        let mut child = w
-            .sluice(&["run"])
-            .env("SLUICE_LOG", "info,buoyant_kernel=off,deltalake_core=off")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        // Kill at a random moment after ingestion has started.
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("partitions assigned") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(60))
-            .expect("partitions assigned within a minute");
+        let mut run = Logged::spawn(w.sluice(&["run"]));
+        // Kill at a random moment after ingestion has started (the sleep is the point).
+        run.wait_for("partitions assigned", Duration::from_secs(60));
         std::thread::sleep(Duration::from_millis(rng.random_range(0..600)));
+        let child = run.child();
         assert!(
             child.try_wait().expect("try_wait").is_none(),
             "`sluice run` exited by itself"

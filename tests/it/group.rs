@@ -4,32 +4,34 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::harness::{
-    Broker, Mock, Tansu, Workdir, assert_exactly_once, produce, terminate, wait_until,
+    Broker, Logged, Mock, Tansu, Workdir, assert_exactly_once, produce, terminate, wait_until,
 };
 
 /// Two `sluice run` processes of `w` in one consumer group ingest 20,000 messages of the
 /// 4-partition topic `events`; every message lands exactly once. Their JSON summaries.
 pub(crate) fn two_processes_ingest(broker: &dyn Broker, w: &Workdir) -> Vec<serde_json::Value> {
     let spawn = || {
-        w.sluice(&["run", "--format", "json"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn")
+        let mut command = w.sluice(&["run", "--format", "json"]);
+        command.stdout(Stdio::piped());
+        Logged::spawn(command)
     };
-    let a = spawn();
-    std::thread::sleep(Duration::from_secs(2));
-    let b = spawn();
-    std::thread::sleep(Duration::from_secs(4));
+    // The second process joins once the first holds the partitions, and the messages come
+    // once the second holds its share (it is given it in the same rebalance as the first
+    // its own): neither can ingest them all before the other is there.
+    let mut a = spawn();
+    a.wait_for("partitions assigned", Duration::from_secs(120));
+    let mut b = spawn();
+    b.wait_for("partitions assigned", Duration::from_secs(120));
     produce(broker, "events", 0, 20_000);
     wait_until(Duration::from_secs(180), "all rows landed", || {
         w.count("bronze.events") >= 20_000
     });
-    terminate(&a);
-    terminate(&b);
+    terminate(a.child());
+    terminate(b.child());
     let summaries = [a, b]
         .into_iter()
         .map(|c| {
-            let out = c.wait_with_output().expect("wait");
+            let out = c.wait_with_output();
             assert!(out.status.success(), "run exited {}", out.status);
             serde_json::from_slice(&out.stdout).expect("summary json")
         })

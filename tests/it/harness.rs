@@ -1,10 +1,11 @@
-//! Brokers, producers, tools and checks shared by the integration tests.
+//! Brokers, producers, tools, processes and checks shared by the integration tests.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use sluice_connectors::demo::broker::{EmbeddedBroker, Outgoing, SimpleProducer};
@@ -478,6 +479,100 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// A `sluice` process whose log lines (its stderr, at info level for sluice's own crates)
+/// the test reads as they come, so that it waits for what the process says it did
+/// (partitions assigned, a commit) rather than sleeping and hoping. Killed and reaped when
+/// dropped, unless waited for.
+pub struct Logged {
+    child: Option<Child>,
+    lines: Receiver<String>,
+}
+
+impl Logged {
+    /// Spawn `command` (a `sluice` command; its stdout as the caller set it).
+    pub fn spawn(mut command: Command) -> Self {
+        let mut child = command
+            .env(
+                "SLUICE_LOG",
+                "warn,buoyant_kernel=off,sluice=info,sluice_connectors=info,sluice_pipeline=info",
+            )
+            // Plain text: the needles of `wait_for` meet no colour codes.
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sluice");
+        let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Read to the end whether or not anyone still listens: a full pipe would stall
+            // the process.
+            let mut line = Vec::new();
+            while stderr.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+                let _ = tx.send(String::from_utf8_lossy(&line).trim_end().to_string());
+                line.clear();
+            }
+        });
+        Logged {
+            child: Some(child),
+            lines,
+        }
+    }
+
+    /// Wait for a log line containing `needle`, and return it. Panics after `timeout`, or
+    /// when the process ends its log (exits) without such a line, showing the last lines
+    /// it logged meanwhile.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut seen: Vec<String> = Vec::new();
+        loop {
+            let why = match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(line) => {
+                    if seen.len() == 20 {
+                        seen.remove(0);
+                    }
+                    seen.push(line);
+                    continue;
+                }
+                Err(RecvTimeoutError::Timeout) => format!("within {timeout:?}"),
+                Err(RecvTimeoutError::Disconnected) => "before it exited".to_string(),
+            };
+            panic!(
+                "sluice logged no line with {needle:?} {why}; its last lines:\n{}",
+                seen.join("\n")
+            );
+        }
+    }
+
+    /// The process.
+    pub fn child(&mut self) -> &mut Child {
+        self.child
+            .as_mut()
+            .expect("the process is not waited for yet")
+    }
+
+    /// Wait for the process to exit: its status and standard output (when piped).
+    pub fn wait_with_output(mut self) -> Output {
+        let child = self
+            .child
+            .take()
+            .expect("the process is not waited for yet");
+        child.wait_with_output().expect("wait")
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

@@ -194,7 +194,8 @@ fn snapshot_pins_checksums_and_names_the_keys_breaking_an_invariant() {
     };
     let first = snap(&w);
     assert_eq!(table(&first, "bronze.accounts")["rows"], 2);
-    // A time between the first snapshot's versions and everything after.
+    // A time between the first snapshot's versions and everything after: the timestamp
+    // is to the second, so a second passes on either side of it (the sleeps are the point).
     std::thread::sleep(Duration::from_millis(1100));
     let between = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     std::thread::sleep(Duration::from_millis(1100));

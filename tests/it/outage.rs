@@ -16,6 +16,8 @@ fn waits_out_a_broker_outage_and_loses_nothing() {
         w.count("bronze.audit") >= 5_000
     });
     broker.0.broker_down(1).expect("down");
+    // The outage itself: long enough for the consumer's requests to fail and be retried
+    // (the sleep is the point, not a wait for readiness).
     std::thread::sleep(Duration::from_secs(4));
     broker.0.broker_up(1).expect("up");
     produce(&broker, "audit", 5_000, 5_000);
