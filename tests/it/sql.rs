@@ -9,6 +9,46 @@ use crate::harness::{Tool, require};
 /// The repository's `sql/` (views, gold definitions, sqllogictest files).
 const SQL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/sql");
 
+/// `sluice sql --format csv --role analyst <q>` over the demo.
+fn as_analyst(d: &Demo, q: &str) -> std::process::Output {
+    d.sluice(&["sql", "--format", "csv", "--role", "analyst", q])
+        .output()
+        .expect("sql")
+}
+
+/// The rows of a CSV result, header dropped, failing the test when the query failed.
+fn csv_rows(out: &std::process::Output) -> Vec<String> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .map(str::to_string)
+        .collect()
+}
+
+/// `sluice <args>` (the SQL shell) reading `input` from a pipe.
+fn shell(d: &Demo, args: &[&str], input: &[u8]) -> std::process::Output {
+    use std::io::Write as _;
+    let mut shell = d
+        .sluice(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("shell");
+    shell
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write");
+    shell.wait_with_output().expect("shell")
+}
+
 /// The demo lake, its config naming the repository's views and gold definitions.
 fn demo_with_sql() -> Demo {
     let d = demo();
@@ -119,23 +159,11 @@ fn gold_tables_and_views_agree_with_the_layers_and_rerun_to_the_same_rows() {
     assert_eq!(reader.metadata().file_metadata().num_rows(), 4);
 
     // The shell reads statements from a pipe: meta commands, multi-line statements.
-    let mut shell = d
-        .sluice(&["sql", "--format", "csv"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("shell");
-    {
-        use std::io::Write as _;
-        let mut stdin = shell.stdin.take().expect("stdin");
-        stdin
-            .write_all(
-                b"\\d\n\\d gold.balances_by_product\nselect count(*) AS n\n  from gold.balances_by_product;\nselect nope;\n",
-            )
-            .expect("write");
-    }
-    let out = shell.wait_with_output().expect("shell");
+    let out = shell(
+        &d,
+        &["sql", "--format", "csv"],
+        b"\\d\n\\d gold.balances_by_product\nselect count(*) AS n\n  from gold.balances_by_product;\nselect nope;\n",
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("gold.balances_by_product,base table"),
@@ -203,31 +231,15 @@ fn a_role_reads_only_its_tables_columns_and_rows() {
     let path = d.dir.path().join("demo.toml");
     let config = std::fs::read_to_string(&path).expect("config");
     std::fs::write(&path, format!("{config}\n{ROLES}")).expect("config");
-    let as_analyst = |q: &str| {
-        d.sluice(&["sql", "--format", "csv", "--role", "analyst", q])
-            .output()
-            .expect("sql")
-    };
-    let rows = |out: &std::process::Output| -> Vec<String> {
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .skip(1)
-            .map(str::to_string)
-            .collect()
-    };
 
     // Allowed: a column the policy does not tag.
-    let segments = rows(&as_analyst(
+    let segments = csv_rows(&as_analyst(
+        &d,
         "select count(distinct segment) from silver.customers",
     ));
     assert_eq!(segments, vec!["4"]);
     // The tagged and named columns are absent, from `*` and from the schema.
-    let out = as_analyst("select * from silver.customers limit 1");
+    let out = as_analyst(&d, "select * from silver.customers limit 1");
     let header = String::from_utf8_lossy(&out.stdout)
         .lines()
         .next()
@@ -240,23 +252,24 @@ fn a_role_reads_only_its_tables_columns_and_rows() {
             "{hidden} in {header}"
         );
     }
-    let columns = rows(&as_analyst(
+    let columns = csv_rows(&as_analyst(
+        &d,
         "select column_name from information_schema.columns \
          where table_schema = 'silver' and table_name = 'customers' and column_name = 'email'",
     ));
     assert!(columns.is_empty());
     // Selecting one fails, naming the policy; never a silent null.
-    let out = as_analyst("select email from silver.customers");
+    let out = as_analyst(&d, "select email from silver.customers");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("column email of silver.customers is not readable by role 'analyst' (roles.analyst.deny_tags (direct_identifier))"),
         "{stderr}"
     );
-    let out = as_analyst("select notes from silver.customers");
+    let out = as_analyst(&d, "select notes from silver.customers");
     assert!(String::from_utf8_lossy(&out.stderr).contains("roles.analyst.deny_columns"));
     // A table outside the role's layers.
-    let out = as_analyst("select count(*) from bronze.card_transactions");
+    let out = as_analyst(&d, "select count(*) from bronze.card_transactions");
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr)
@@ -266,14 +279,15 @@ fn a_role_reads_only_its_tables_columns_and_rows() {
     );
     // The row filter: ISAs are not there for the role, and are for everyone else.
     assert_eq!(
-        rows(&as_analyst(
+        csv_rows(&as_analyst(
+            &d,
             "select count(*) from silver.accounts where product = 'isa'"
         )),
         vec!["0"]
     );
     let all = d.one("select count(*) from silver.accounts where product <> 'isa'");
     assert_eq!(
-        rows(&as_analyst("select count(*) from silver.accounts")),
+        csv_rows(&as_analyst(&d, "select count(*) from silver.accounts")),
         vec![all]
     );
     assert_ne!(
@@ -611,23 +625,11 @@ fn sql_sessions_write_nothing_with_or_without_a_role() {
         if let Some(r) = role {
             args.extend(["--role", r]);
         }
-        let mut shell = d
-            .sluice(&args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("shell");
-        {
-            use std::io::Write as _;
-            let mut stdin = shell.stdin.take().expect("stdin");
-            stdin
-                .write_all(
-                    b"PREPARE w AS INSERT INTO bronze.touchpoints SELECT * FROM bronze.touchpoints LIMIT 1;\nEXECUTE w;\nPREPARE r(INT) AS SELECT $1 + 1 AS n;\nEXECUTE r(41);\n",
-                )
-                .expect("write");
-        }
-        let out = shell.wait_with_output().expect("shell");
+        let out = shell(
+            &d,
+            &args,
+            b"PREPARE w AS INSERT INTO bronze.touchpoints SELECT * FROM bronze.touchpoints LIMIT 1;\nEXECUTE w;\nPREPARE r(INT) AS SELECT $1 + 1 AS n;\nEXECUTE r(41);\n",
+        );
         assert!(String::from_utf8_lossy(&out.stdout).contains("n\n42\n"));
         assert!(String::from_utf8_lossy(&out.stderr).contains("2 statement(s) failed"));
     }
@@ -686,23 +688,6 @@ allow_derived = ["gold.balances_by_product"]
 "#;
     std::fs::write(&path, format!("{config}\n{roles}")).expect("config");
     d.ok(&["job", "gold"]);
-    let as_analyst = |q: &str| {
-        d.sluice(&["sql", "--format", "csv", "--role", "analyst", q])
-            .output()
-            .expect("sql")
-    };
-    let rows = |out: &std::process::Output| -> Vec<String> {
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .skip(1)
-            .map(str::to_string)
-            .collect()
-    };
     let not_isa = d.one("select count(*) from silver.accounts where product <> 'isa'");
 
     // Expressions that fail on a hidden row only: the role's query never meets one.
@@ -727,13 +712,13 @@ allow_derived = ["gold.balances_by_product"]
             "1".to_string(),
         ),
     ] {
-        assert_eq!(rows(&as_analyst(q)), vec![expected], "{q}");
+        assert_eq!(csv_rows(&as_analyst(&d, q)), vec![expected], "{q}");
         // Everyone else does meet them.
         let out = d.sluice(&["sql", q]).output().expect("sql");
         assert!(!out.status.success(), "{q} ran over every row");
     }
     // An error on a visible row says what failed, never the value.
-    let out = as_analyst("select cast(product as int) from silver.accounts");
+    let out = as_analyst(&d, "select cast(product as int) from silver.accounts");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("could not be cast"), "{stderr}");
@@ -749,14 +734,17 @@ allow_derived = ["gold.balances_by_product"]
         "the role-less user gets the engine's message"
     );
     // Plans: EXPLAIN shows neither the filter nor the scan under it; no EXPLAIN ANALYZE.
-    let out = as_analyst("explain select * from silver.accounts where balance_gbp > 0");
+    let out = as_analyst(
+        &d,
+        "explain select * from silver.accounts where balance_gbp > 0",
+    );
     let plan = String::from_utf8_lossy(&out.stdout);
     assert!(plan.contains("RestrictedScan: silver.accounts"), "{plan}");
     assert!(
         !plan.contains("isa") && !plan.contains("_delta_log"),
         "{plan}"
     );
-    let out = as_analyst("explain analyze select count(*) from silver.accounts");
+    let out = as_analyst(&d, "explain analyze select count(*) from silver.accounts");
     assert!(String::from_utf8_lossy(&out.stderr).contains("EXPLAIN ANALYZE is not available"));
 
     // The history has its table's filter.
@@ -765,19 +753,23 @@ allow_derived = ["gold.balances_by_product"]
         "0"
     );
     assert_eq!(
-        rows(&as_analyst(
+        csv_rows(&as_analyst(
+            &d,
             "select count(*) from silver.customers_history where segment = 'premier'"
         )),
         vec!["0"]
     );
     assert_eq!(
-        rows(&as_analyst("select count(*) from silver.customers_history")),
+        csv_rows(&as_analyst(
+            &d,
+            "select count(*) from silver.customers_history"
+        )),
         vec![d.one("select count(*) from silver.customers_history where segment <> 'premier'")]
     );
     // A gold table computed from filtered rows is not readable (its definition reads
     // silver.customers through a view); one the role allows is, without the columns
     // computed from denied ones.
-    let out = as_analyst("select count(*) from gold.daily_spend_by_segment");
+    let out = as_analyst(&d, "select count(*) from gold.daily_spend_by_segment");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("table gold.daily_spend_by_segment is not readable by role 'analyst'")
@@ -786,43 +778,51 @@ allow_derived = ["gold.balances_by_product"]
         "{stderr}"
     );
     assert_eq!(
-        rows(&as_analyst(
+        csv_rows(&as_analyst(
+            &d,
             "select sum(accounts) from gold.balances_by_product"
         )),
         vec![d.one("select count(*) from silver.accounts")]
     );
-    let out = as_analyst("select customers from gold.balances_by_product");
+    let out = as_analyst(&d, "select customers from gold.balances_by_product");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("computed from silver.accounts.customer_id"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        rows(&as_analyst(
+        csv_rows(&as_analyst(
+            &d,
             "select sum(touchpoints) from gold.touchpoint_channel_mix"
         )),
         vec![d.one("select count(*) from bronze.touchpoints")]
     );
-    let out = as_analyst("select customers from gold.touchpoint_channel_mix");
+    let out = as_analyst(&d, "select customers from gold.touchpoint_channel_mix");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("column customers of gold.touchpoint_channel_mix is not readable")
             && stderr.contains("bronze.touchpoints.customer_id"),
         "{stderr}"
     );
-    let out = as_analyst("select customer_id from gold.rapid_card_use");
+    let out = as_analyst(&d, "select customer_id from gold.rapid_card_use");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("deny_tags (direct_identifier)"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!rows(&as_analyst("select count(txn_id) from gold.rapid_card_use")).is_empty());
+    assert!(
+        !csv_rows(&as_analyst(
+            &d,
+            "select count(txn_id) from gold.rapid_card_use"
+        ))
+        .is_empty()
+    );
     // A definition changed since the build: what the table holds is unknown, so it is not
     // readable until rebuilt.
     let changed = gold.join("rapid_card_use.sql");
     let text = std::fs::read_to_string(&changed).expect("definition");
     std::fs::write(&changed, format!("{text}\n-- changed\n")).expect("definition");
-    let out = as_analyst("select count(*) from gold.rapid_card_use");
+    let out = as_analyst(&d, "select count(*) from gold.rapid_card_use");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("changed since it was built"),
         "{}",
@@ -838,7 +838,7 @@ allow_derived = ["gold.balances_by_product"]
         ),
     )
     .expect("config");
-    let out = as_analyst("select 1");
+    let out = as_analyst(&d, "select 1");
     assert!(
         String::from_utf8_lossy(&out.stderr)
             .contains("'silver.accounts.sort_cod' names no column of silver.accounts"),
