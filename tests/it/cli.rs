@@ -1,11 +1,29 @@
 //! The command line as a user meets it: config validation, exit codes, the demo.
 
+use std::ffi::OsStr;
+use std::path::Path;
 use std::process::Command;
 
 fn sluice() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
     c.env("SLUICE_LOG", "warn,buoyant_kernel=off");
     c
+}
+
+/// `sluice demo <args>` run in `dir`, failing the test unless it succeeds; its stdout.
+fn demo_in(dir: &Path, args: &[&OsStr]) -> String {
+    let out = sluice()
+        .arg("demo")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("demo");
+    assert!(
+        out.status.success(),
+        "demo failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -123,21 +141,7 @@ fn an_unknown_lake_scheme_is_refused_and_no_directory_is_made_for_it() {
 fn demo_is_idempotent_and_ends_with_a_query() {
     let dir = tempfile::tempdir().expect("tempdir");
     let lake = dir.path().join("lake");
-    let run = || {
-        let out = sluice()
-            .arg("demo")
-            .arg("--lake")
-            .arg(&lake)
-            .current_dir(dir.path())
-            .output()
-            .expect("demo");
-        assert!(
-            out.status.success(),
-            "demo failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let run = || demo_in(dir.path(), &["--lake".as_ref(), lake.as_os_str()]);
     let first = run();
     for line in [
         "bronze.card_transactions            40000 rows",
@@ -212,6 +216,75 @@ fn demo_is_idempotent_and_ends_with_a_query() {
     );
     let second = run();
     assert_eq!(first, second, "a second demo run must add nothing");
+}
+
+/// The commands the README gives after the demo, as written: `sluice` on the PATH (as
+/// scripts/demo.sh leaves it), from the directory the demo ran in.
+#[test]
+fn the_readme_commands_after_the_demo_run_as_written() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).expect("README.md");
+    let block = readme
+        .split_once("look at what landed:")
+        .and_then(|(_, after)| after.split_once("```sh\n"))
+        .and_then(|(_, block)| block.split_once("```"))
+        .expect("the README's commands after the demo")
+        .0;
+    let commands: Vec<&str> = block.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        commands.len() >= 3 && commands.iter().all(|c| c.starts_with("sluice ")),
+        "{commands:?}"
+    );
+    // The name the script puts on the PATH is the one the README uses.
+    let script = std::fs::read_to_string(format!("{root}/scripts/demo.sh")).expect("demo.sh");
+    assert!(
+        script.contains("link=\"$bin_dir/sluice\""),
+        "demo.sh links no `sluice`"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = dir.path().join("bin");
+    let clone = dir.path().join("clone");
+    std::fs::create_dir_all(&bin).expect("bin");
+    std::fs::create_dir_all(&clone).expect("clone");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_sluice"), bin.join("sluice")).expect("link");
+    demo_in(&clone, &[]);
+    let path = std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .expect("PATH");
+    for command in commands {
+        let out = Command::new("bash")
+            .args(["-c", &format!("set -o pipefail; {command}")])
+            .current_dir(&clone)
+            .env("PATH", &path)
+            .env("SLUICE_LOG", "warn,buoyant_kernel=off")
+            .output()
+            .expect("bash");
+        assert!(
+            out.status.success(),
+            "{command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Each prints what it promises, or writes the file it is redirected to.
+        if !command.contains(" > ") {
+            assert!(!out.stdout.is_empty(), "{command} printed nothing");
+        }
+        // Card numbers come back as the generator made them: Luhn-valid digits.
+        if command.contains("reveal") && command.contains("--column card_number") {
+            let cards = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                cards.lines().count() >= 1
+                    && cards.lines().all(|c| {
+                        let digits: Option<Vec<u32>> = c.chars().map(|d| d.to_digit(10)).collect();
+                        digits
+                            .is_some_and(|d| d.len() >= 12 && sluice_transforms::luhn::is_valid(&d))
+                    }),
+                "{command}: {cards}"
+            );
+        }
+    }
+    assert!(clone.join("demo.toml").exists());
 }
 
 #[test]
