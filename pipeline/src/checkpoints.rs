@@ -38,14 +38,19 @@ pub enum Resume {
 /// What the sink committed, as a source needs it to resume.
 ///
 /// Contract:
-/// * [`Checkpoints::resume`] answers for every given partition whose data any table holds;
-///   a partition no table has committed anything of is left out, and the source's
-///   `auto_offset_reset` decides where it starts.
+/// * [`Checkpoints::resume`] answers for every given partition the partition's first
+///   table (for Delta, bronze) holds; a partition it has committed nothing of is left out
+///   (whatever later tables hold), and the source's `auto_offset_reset` decides where it
+///   starts.
 /// * [`Checkpoints::table_schema`] gives the schema a destination table has now, which
 ///   may have evolved past the declared one; the source's decoders start from it.
-/// * Both are called from the source's own thread (librdkafka's rebalance callback is
-///   synchronous) and block until they have the answer. An error fails the source: a
-///   guessed offset would lose or double rows.
+/// * Both block until they have the answer. `resume` is called from the source's own
+///   thread (librdkafka's rebalance callback is synchronous), outside any async runtime;
+///   `table_schema` is called while the source starts, from the caller's thread, which
+///   may be a worker of a multi-threaded tokio runtime: an implementation that waits on
+///   async code must not call `Handle::block_on` there directly (use
+///   `tokio::task::block_in_place`, as the Delta implementation does). An error fails
+///   the source: a guessed offset would lose or double rows.
 pub trait Checkpoints: Send + Sync {
     /// Where each of `partitions` resumes; partitions no table has committed are left out.
     fn resume(&self, partitions: &[TopicPartition]) -> Result<BTreeMap<TopicPartition, Resume>>;

@@ -21,7 +21,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
-use sluice_pipeline::config::OffsetReset;
+use sluice_pipeline::config::kafka::OffsetReset;
 use sluice_pipeline::health::Health;
 use sluice_pipeline::{Checkpoints, Resume, TopicPartition};
 
