@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sluice_connectors::decode::json::with_lineage;
 use sluice_pipeline::config::{Config, Problem};
 use sluice_pipeline::key_cache::KeyCache;
+use sluice_pipeline::lineage::with_lineage;
 use sluice_pipeline::protection::Protection;
 use sluice_transforms::policy::Policy;
 

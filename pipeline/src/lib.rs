@@ -24,6 +24,7 @@ pub mod error;
 pub mod health;
 pub mod key_cache;
 pub mod lake;
+pub mod lineage;
 pub mod panic;
 pub mod protection;
 pub mod runner;

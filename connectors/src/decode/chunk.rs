@@ -9,10 +9,10 @@ use arrow::array::{
     ArrayRef, BinaryBuilder, BooleanArray, Date32Array, Int32Builder, Int64Builder, RecordBatch,
     StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
+use sluice_pipeline::lineage::with_lineage;
 use sluice_pipeline::{DeadLetter, OffsetRange, SourceBatch, Stage, TopicPartition};
 
 use super::RawMessage;
-use super::json::with_lineage;
 use crate::error::Result;
 
 /// Where one message of the chunk stands.

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use arrow::array::{BooleanArray, RecordBatch, UInt32Array};
 use arrow::compute::{concat_batches, filter_record_batch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::json::reader::{Decoder, ReaderBuilder, infer_json_schema_from_iterator};
 use sluice_pipeline::{SourceBatch, Stage, TopicPartition};
@@ -51,46 +51,6 @@ pub struct JsonDecoderConfig {
     /// get one row type, inferred from either, so a first chunk of inserts (no `before`)
     /// does not fix `before` to a type later deletes cannot fit.
     pub envelope: bool,
-}
-
-/// The Arrow type of the lineage column `name`.
-pub fn lineage_field(name: &str) -> Field {
-    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-    let dt = match name {
-        "_kafka_topic" => DataType::Utf8,
-        "_kafka_partition" => DataType::Int32,
-        "_kafka_offset" => DataType::Int64,
-        "_kafka_timestamp" | "_ingested_at" => ts,
-        "_kafka_key" => DataType::Binary,
-        _ => DataType::Date32,
-    };
-    Field::new(name, dt, true)
-}
-
-/// Payload schema plus lineage columns: the schema of a bronze table.
-pub fn with_lineage(payload: &Schema) -> SchemaRef {
-    let mut fields: Vec<Field> = payload
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    fields.extend(
-        sluice_pipeline::columns::LINEAGE_COLUMNS
-            .iter()
-            .map(|n| lineage_field(n)),
-    );
-    Arc::new(Schema::new(fields))
-}
-
-/// The payload part of a table schema (every column but the lineage ones).
-pub fn payload_of(table: &Schema) -> SchemaRef {
-    let fields: Vec<Field> = table
-        .fields()
-        .iter()
-        .filter(|f| !sluice_pipeline::columns::LINEAGE_COLUMNS.contains(&f.name().as_str()))
-        .map(|f| f.as_ref().clone())
-        .collect();
-    Arc::new(Schema::new(fields))
 }
 
 /// The `payload` of a Kafka Connect JSON message written with schemas

@@ -25,10 +25,10 @@ use deltalake::kernel::Action;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use sluice_pipeline::config::quality::QualityAction;
 use sluice_pipeline::lake::Lake;
+use sluice_pipeline::lineage::payload_of;
 use sluice_pipeline::{DeadLetter, SourceBatch, Stage};
 
 use super::table;
-use crate::decode::json::payload_of;
 use crate::error::{Error, Result, delta};
 
 /// Where the per-commit quality counts live under the lake.

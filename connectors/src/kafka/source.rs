@@ -31,13 +31,14 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use sluice_pipeline::config::Config;
 use sluice_pipeline::config::kafka::OffsetReset;
 use sluice_pipeline::health::Health;
+use sluice_pipeline::lineage::payload_of;
 use sluice_pipeline::{Checkpoints, SourceControl, SourceEvent, TopicPartition};
 use tokio::sync::mpsc;
 
 use super::limit::Limits;
 use super::rebalance::RebalanceContext;
 use crate::decode::avro::{AvroDecoder, AvroDecoderConfig, AvroSchemas};
-use crate::decode::json::{JsonDecoder, JsonDecoderConfig, payload_of};
+use crate::decode::json::{JsonDecoder, JsonDecoderConfig};
 use crate::decode::limits::DecodeLimits;
 use crate::decode::{RawMessage, TableDecoder};
 use crate::error::{Error, Result, kafka};
