@@ -19,12 +19,12 @@
 
 use std::sync::Arc;
 
-use arrow::array::{BooleanArray, RecordBatch, UInt32Array};
-use arrow::compute::{concat_batches, filter_record_batch};
+use arrow::array::{RecordBatch, UInt32Array};
+use arrow::compute::concat_batches;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::json::reader::{Decoder, ReaderBuilder, infer_json_schema_from_iterator};
-use sluice_pipeline::{SourceBatch, Stage, TopicPartition};
+use sluice_pipeline::{SourceBatch, Stage};
 
 pub use super::RawMessage;
 use super::chunk::{Chunk, Slot, bisect};
@@ -606,37 +606,10 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
-/// Keep the rows of `batch` whose `_kafka_offset` is above the floor of their partition in
-/// `floors` (rows of partitions without a floor are kept).
-pub fn filter_offsets_above(
-    batch: &RecordBatch,
-    floors: &std::collections::BTreeMap<TopicPartition, i64>,
-) -> Result<RecordBatch> {
-    use arrow::array::{AsArray, Int32Array, Int64Array};
-    let col = |name: &str| {
-        batch
-            .column_by_name(name)
-            .ok_or_else(|| Error::Decode(format!("batch lacks lineage column {name}")))
-    };
-    let topics = col("_kafka_topic")?.as_string::<i32>().clone();
-    let parts: Int32Array = col("_kafka_partition")?.as_primitive().clone();
-    let offsets: Int64Array = col("_kafka_offset")?.as_primitive().clone();
-    let keep: BooleanArray = (0..batch.num_rows())
-        .map(|i| {
-            let floor = floors
-                .iter()
-                .find(|(tp, _)| tp.partition == parts.value(i) && tp.topic == topics.value(i))
-                .map(|(_, f)| *f);
-            Some(floor.is_none_or(|f| offsets.value(i) > f))
-        })
-        .collect();
-    Ok(filter_record_batch(batch, &keep)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_pipeline::OffsetRange;
+    use sluice_pipeline::{OffsetRange, TopicPartition};
 
     #[test]
     fn errors_keep_field_and_type_names_but_never_values() {
@@ -915,30 +888,6 @@ mod tests {
         d.push(&msg(0, Some(br#"{"a": 2, "c": 2.5}"#)));
         let batch = d.finish().expect("finish").expect("batch");
         assert_eq!(batch.dead_letters[0].stage, Stage::Schema);
-    }
-
-    #[test]
-    fn filter_offsets_above_keeps_only_newer_rows() {
-        let mut d = decoder(Some(schema_ab()));
-        for o in 0..5 {
-            d.push(&msg(o, Some(br#"{"a": 1}"#)));
-        }
-        let rows = d
-            .finish()
-            .expect("finish")
-            .expect("batch")
-            .rows
-            .expect("rows");
-        let floors = std::collections::BTreeMap::from([
-            (TopicPartition::new("events", 3), 2),
-            (TopicPartition::new("events", 4), 100),
-        ]);
-        let kept = filter_offsets_above(&rows, &floors).expect("filter");
-        assert_eq!(
-            offsets(&kept),
-            vec![3, 4],
-            "partition 3 keeps offsets above 2"
-        );
     }
 }
 

@@ -28,10 +28,10 @@ use sluice_pipeline::{
 };
 
 use super::dead_letter::DeadLetterTable;
+use super::fence::{self, TxnCache, filter_offsets_above};
 use super::stats::{self, StatsPolicy, TableKind};
 use super::table;
 use crate::decode::evolve::{add_fields, conform_array};
-use crate::decode::json::filter_offsets_above;
 use crate::error::{Error, Result, delta};
 
 /// Settings of the bronze sink, taken from the configuration.
@@ -62,7 +62,7 @@ struct TableState {
     ranges: BTreeMap<TopicPartition, OffsetRange>,
     /// Last offset this process knows the table holds, per partition.
     committed: BTreeMap<TopicPartition, i64>,
-    txns: table::TxnCache,
+    txns: TxnCache,
 }
 
 /// Appends batches to `<lake>/bronze/<table>`.
@@ -151,7 +151,7 @@ impl BronzeSink {
                     pending: Vec::new(),
                     ranges: BTreeMap::new(),
                     committed: BTreeMap::new(),
-                    txns: table::TxnCache::default(),
+                    txns: TxnCache::default(),
                 },
             );
         }
@@ -271,8 +271,8 @@ impl BronzeSink {
             s.committed
                 .extend(committed.iter().map(|(k, v)| (k.clone(), *v)));
             // Rows need filtering only where another writer already landed some of them.
-            let overlap = table::overlaps(&ranges, &committed);
-            let fenced = table::fence(&mut ranges, &committed);
+            let overlap = fence::overlaps(&ranges, &committed);
+            let fenced = fence::fence(&mut ranges, &committed);
             let mut rows = Vec::with_capacity(s.pending.len());
             for b in &s.pending {
                 let b = if overlap {
@@ -415,14 +415,14 @@ impl Sink for BronzeSink {
         let state = self.state(&table)?;
         // Drop what this process already knows the table holds (a re-read after a seek).
         let known = &state.committed;
-        let stale = table::overlaps(&offsets, known);
+        let stale = fence::overlaps(&offsets, known);
         let rows = match (rows, stale) {
             (Some(r), true) => Some(filter_offsets_above(&r, known)?),
             (r, _) => r,
         };
         let mut offsets = offsets;
         if stale {
-            table::fence(&mut offsets, known);
+            fence::fence(&mut offsets, known);
         }
         let dead_letters: Vec<DeadLetter> = dead_letters
             .into_iter()
@@ -503,7 +503,7 @@ impl Sink for BronzeSink {
 
     fn revoke(&mut self, partitions: &[TopicPartition]) {
         for s in self.tables.values_mut() {
-            table::forget_partitions(&mut s.pending, &mut s.ranges, partitions);
+            fence::forget_partitions(&mut s.pending, &mut s.ranges, partitions);
         }
         self.dead.retain(|(_, d)| {
             !partitions

@@ -19,7 +19,7 @@ use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use sluice_pipeline::lake::Lake;
 use sluice_pipeline::{DeadLetter, OffsetRange, TopicPartition};
 
-use super::table;
+use super::{fence, table};
 use crate::error::{Result, delta};
 
 /// Where the dead-letter table lives under the lake.
@@ -106,7 +106,7 @@ impl DeadLetterTable {
             let mut ranges = ranges.clone();
             let committed =
                 table::committed_offsets(self.location, t, &self.pipeline, ranges.keys()).await?;
-            table::fence(&mut ranges, &committed);
+            fence::fence(&mut ranges, &committed);
             let keep: Vec<&(String, DeadLetter)> = letters
                 .iter()
                 .filter(|(_, d)| {

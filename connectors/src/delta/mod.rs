@@ -4,6 +4,7 @@
 pub mod bronze;
 pub mod checkpoints;
 pub mod dead_letter;
+pub mod fence;
 pub mod history;
 pub mod lake;
 pub mod quality;

@@ -38,9 +38,9 @@ use sluice_pipeline::lake::Lake;
 use sluice_pipeline::{CommitOutcome, OffsetRange, SourceBatch, TopicPartition};
 
 use super::bronze::{conform, merged_schema};
+use super::fence::{self, TxnCache, filter_offsets_above};
 use super::stats::StatsPolicy;
 use super::table::{self, quote};
-use crate::decode::json::filter_offsets_above;
 use crate::error::{Error, Result, delta};
 
 /// Debezium's stand-in for an unchanged TOASTed value.
@@ -138,7 +138,7 @@ struct State {
     /// Change rows waiting for the next commit.
     pending: Vec<RecordBatch>,
     ranges: BTreeMap<TopicPartition, OffsetRange>,
-    txns: table::TxnCache,
+    txns: TxnCache,
 }
 
 /// Maintains `<lake>/silver/<table>` for each configured table.
@@ -170,7 +170,7 @@ impl SilverSink {
             table: None,
             pending: Vec::new(),
             ranges: BTreeMap::new(),
-            txns: table::TxnCache::default(),
+            txns: TxnCache::default(),
         };
         let states = config
             .tables
@@ -226,7 +226,7 @@ impl SilverSink {
     /// Forget what is buffered for partitions this process no longer owns.
     pub fn revoke(&mut self, partitions: &[TopicPartition]) {
         for s in &mut self.states {
-            table::forget_partitions(&mut s.pending, &mut s.ranges, partitions);
+            fence::forget_partitions(&mut s.pending, &mut s.ranges, partitions);
         }
     }
 
@@ -306,7 +306,7 @@ async fn commit_table(
         }
         let mut ranges = s.ranges.clone();
         let committed = s.txns.offsets(&name, &t, pipeline, &ranges).await?;
-        let fenced = table::fence(&mut ranges, &committed);
+        let fenced = fence::fence(&mut ranges, &committed);
         for (tp, next) in fenced {
             fenced_out.insert(tp, next);
         }
