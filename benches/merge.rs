@@ -22,8 +22,9 @@ use deltalake::kernel::Action;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use sluice_connectors::decode::debezium::Sequence;
 use sluice_connectors::decode::json::{JsonDecoder, JsonDecoderConfig, RawMessage};
-use sluice_connectors::delta::silver::{Sequence, SilverSink, SilverSinkConfig, SilverTableSpec};
+use sluice_connectors::delta::silver::{SilverSink, SilverSinkConfig, SilverTableSpec};
 use sluice_connectors::delta::table;
 use sluice_pipeline::CommitOutcome;
 

@@ -27,9 +27,10 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use sluice_connectors::decode::RawMessage;
 use sluice_connectors::decode::avro::{AvroDecoder, AvroDecoderConfig, AvroSchemas};
+use sluice_connectors::decode::debezium::{Sequence, change_rows};
 use sluice_connectors::decode::json::{JsonDecoder, JsonDecoderConfig};
 use sluice_connectors::decode::limits::DecodeLimits;
-use sluice_connectors::delta::silver::{Sequence, SilverTableSpec, change_rows, reduce};
+use sluice_connectors::delta::silver::{SilverTableSpec, reduce};
 use sluice_pipeline::{SourceBatch, Transform};
 use sluice_transforms::drop::Drop;
 use sluice_transforms::generalize::{Generalization, Generalize};
@@ -454,7 +455,8 @@ fn json(inputs: u64, seed: u64, envelope: bool) -> Report {
         }
         if envelope && let Some(rows) = &batch.rows {
             let silver = catch_unwind(AssertUnwindSafe(|| {
-                change_rows(rows, &spec).and_then(|c| c.map(|c| reduce(&c, &spec.key)).transpose())
+                change_rows(rows, &spec.changes())
+                    .and_then(|c| c.map(|c| reduce(&c, &spec.key)).transpose())
             }));
             match silver {
                 Err(_) => {

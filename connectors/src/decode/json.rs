@@ -28,7 +28,8 @@ use sluice_pipeline::{SourceBatch, Stage};
 
 pub use super::RawMessage;
 use super::chunk::{Chunk, Slot, bisect};
-use super::evolve::{merge_fields, merge_types};
+use super::debezium::unify_images;
+use super::evolve::merge_fields;
 use super::limits::{DecodeLimits, count_fields, json_depth, json_members, name_problem};
 use super::screen::Shape;
 use crate::error::{Error, Result};
@@ -550,21 +551,6 @@ fn in_message_order(rows: RecordBatch, order: &[usize]) -> Result<RecordBatch> {
         &rows,
         &UInt32Array::from(positions),
     )?)
-}
-
-/// Give `before` and `after` one row type: the merge of both (each may be all null).
-fn unify_images(fields: &mut [Field]) {
-    let image = |f: &Field| matches!(f.name().as_str(), "before" | "after");
-    let mut row = DataType::Null;
-    for f in fields.iter().filter(|f| image(f)) {
-        match merge_types(&row, f.data_type()) {
-            Some(t) => row = t,
-            None => return,
-        }
-    }
-    for f in fields.iter_mut().filter(|f| image(f)) {
-        *f = Field::new(f.name(), row.clone(), true);
-    }
 }
 
 /// Every field nullable; fields only ever seen as `null` become strings (Delta has no null type).

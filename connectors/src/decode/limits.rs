@@ -20,6 +20,8 @@ use sluice_pipeline::Stage;
 use sluice_pipeline::columns::is_reserved_name;
 use sluice_pipeline::config::decode::DecodeConfig;
 
+use super::debezium::is_image;
+
 /// The limits of one decoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeLimits {
@@ -233,7 +235,7 @@ pub(crate) fn name_problem(new: &[Field], existing: &Schema, envelope: bool) -> 
         for f in new
             .iter()
             .chain(existing.fields().iter().map(AsRef::as_ref))
-            .filter(|f| matches!(f.name().as_str(), "before" | "after"))
+            .filter(|f| is_image(f.name()))
         {
             if let DataType::Struct(children) = f.data_type() {
                 let mut seen: Vec<&str> = Vec::new();

@@ -2,6 +2,7 @@
 
 pub mod avro;
 mod chunk;
+pub mod debezium;
 pub(crate) mod evolve;
 pub mod json;
 pub mod limits;

@@ -34,8 +34,9 @@ use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 
 use super::bronze::conform;
-use super::silver::{MergeCounts, SilverTableSpec, UNAVAILABLE, silver_error as error};
+use super::silver::{MergeCounts, SilverTableSpec, silver_error as error};
 use super::table::{self, quote};
+use crate::decode::debezium::{DELETE, TRUNCATE, is_unavailable};
 use crate::error::{Error, Result, delta};
 
 /// Columns a history table adds to the row.
@@ -242,8 +243,7 @@ pub(super) async fn versions(
                 .flatten()
         })
         .collect();
-    let placeholder =
-        |j: usize, i: usize| text[j].is_some_and(|s| s.is_valid(i) && s.value(i) == UNAVAILABLE);
+    let placeholder = |j: usize, i: usize| text[j].is_some_and(|s| is_unavailable(s, i));
 
     // The open (current) version per key, from the table.
     let mut open: HashMap<Vec<u8>, Version> = HashMap::new();
@@ -338,7 +338,7 @@ pub(super) async fn versions(
     for &c in order.values() {
         let c = c as usize;
         let i = stored_n + c;
-        if ops.value(c) == "t" || key_cols.iter().any(|k| k.is_null(i)) {
+        if ops.value(c) == TRUNCATE || key_cols.iter().any(|k| k.is_null(i)) {
             continue;
         }
         let k = key_rows.row(i).as_ref().to_vec();
@@ -350,7 +350,7 @@ pub(super) async fn versions(
         }
         newest.insert(k.clone(), seq);
         let at = if ts.is_valid(c) { ts.value(c) } else { now };
-        if ops.value(c) == "d" {
+        if ops.value(c) == DELETE {
             if let Some(mut v) = open.remove(&k) {
                 v.valid_to = Some(at.max(v.valid_from));
                 v.changed = true;
@@ -473,7 +473,7 @@ fn truncate_time(changes: &RecordBatch, at: i64) -> i64 {
         return chrono::Utc::now().timestamp_micros();
     };
     (0..changes.num_rows())
-        .find(|&i| ops.value(i) == "t" && seq.value(i) == at && ts.is_valid(i))
+        .find(|&i| ops.value(i) == TRUNCATE && seq.value(i) == at && ts.is_valid(i))
         .map_or_else(|| chrono::Utc::now().timestamp_micros(), |i| ts.value(i))
 }
 

@@ -22,13 +22,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray, StructArray,
-    TimestampMicrosecondArray, UInt32Array, new_null_array,
-};
-use arrow::compute::kernels::zip::zip;
-use arrow::compute::{SortColumn, cast, concat_batches, filter_record_batch, lexsort_to_indices};
-use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array};
+use arrow::compute::{SortColumn, concat_batches, filter_record_batch, lexsort_to_indices};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use deltalake::DeltaTable;
 use deltalake::datafusion::prelude::SessionContext;
@@ -41,32 +37,13 @@ use super::bronze::{conform, merged_schema};
 use super::fence::{self, TxnCache, filter_offsets_above};
 use super::stats::StatsPolicy;
 use super::table::{self, quote};
+use crate::decode::debezium::{
+    ChangeSpec, DELETE, Sequence, TRUNCATE, UNAVAILABLE, change_rows, is_unavailable,
+};
 use crate::error::{Error, Result, delta};
-
-/// Debezium's stand-in for an unchanged TOASTed value.
-pub const UNAVAILABLE: &str = "__debezium_unavailable_value";
 
 /// Columns sluice adds to every silver table.
 pub const CDC_COLUMNS: [&str; 4] = ["_cdc_op", "_cdc_sequence", "_cdc_offset", "_cdc_source_ts"];
-
-/// How the changes of one key are ordered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sequence {
-    /// `source.lsn` where the envelope has it, else `source.ts_ms`, else `ts_ms`.
-    Auto,
-    /// An integer field of the envelope, by path.
-    Path(Vec<String>),
-}
-
-impl Sequence {
-    pub fn parse(s: &str) -> Self {
-        if s == "auto" {
-            Sequence::Auto
-        } else {
-            Sequence::Path(s.split('.').map(str::to_string).collect())
-        }
-    }
-}
 
 /// One silver table and where its changes come from.
 #[derive(Debug, Clone)]
@@ -87,6 +64,16 @@ pub struct SilverTableSpec {
 }
 
 impl SilverTableSpec {
+    /// Which change events feed the table, and how they are read.
+    pub fn changes(&self) -> ChangeSpec<'_> {
+        ChangeSpec {
+            topics: &self.topics,
+            source_table: self.source_table.as_deref(),
+            key: &self.key,
+            sequence: &self.sequence,
+        }
+    }
+
     /// The statistics properties of this table's tables with `schema`.
     pub fn stats_properties(&self, schema: &Schema) -> Vec<(String, String)> {
         self.stats
@@ -538,7 +525,7 @@ fn not_tombstoned_sql(key: &[String]) -> String {
         .collect();
     format!(
         "SELECT c.* FROM changes c LEFT JOIN tombstones d ON {} \
-         WHERE c._cdc_op = 'd' OR d._cdc_sequence IS NULL OR {}",
+         WHERE c._cdc_op = '{DELETE}' OR d._cdc_sequence IS NULL OR {}",
         on.join(" AND "),
         newer("c", "d")
     )
@@ -585,16 +572,16 @@ fn merge_builder(
         .with_target_alias("t")
         .with_merge_schema(true)
         .with_commit_properties(CommitProperties::default().with_application_transactions(txns))
-        .when_matched_delete(|d| d.predicate(format!("s._cdc_op = 'd' AND {newer}")))?
+        .when_matched_delete(|d| d.predicate(format!("s._cdc_op = '{DELETE}' AND {newer}")))?
         .when_matched_update(|mut u| {
-            u = u.predicate(format!("s._cdc_op <> 'd' AND {newer}"));
+            u = u.predicate(format!("s._cdc_op <> '{DELETE}' AND {newer}"));
             for (c, text) in &cols {
                 u = u.update(quote(c), keep(c, *text, &format!("t.{}", quote(c))));
             }
             u
         })?
         .when_not_matched_insert(|mut i| {
-            i = i.predicate("s._cdc_op <> 'd'");
+            i = i.predicate(format!("s._cdc_op <> '{DELETE}'"));
             for (c, text) in &cols2 {
                 i = i.set(quote(c), keep(c, *text, "NULL"));
             }
@@ -617,7 +604,11 @@ async fn record_deletes(
         .column_by_name("_cdc_op")
         .and_then(|c| c.as_string_opt::<i32>())
         .ok_or_else(|| silver_error(silver, "recording deletes")("no _cdc_op column".into()))?;
-    let deletes = BooleanArray::from(ops.iter().map(|o| Some(o == Some("d"))).collect::<Vec<_>>());
+    let deletes = BooleanArray::from(
+        ops.iter()
+            .map(|o| Some(o == Some(DELETE)))
+            .collect::<Vec<_>>(),
+    );
     if deletes.true_count() == 0 {
         return Ok(table::exists(&t).then_some(t));
     }
@@ -676,7 +667,7 @@ fn truncate_point(rows: &RecordBatch) -> Option<i64> {
         .column_by_name("_cdc_sequence")?
         .as_primitive_opt::<Int64Type>()?;
     (0..rows.num_rows())
-        .filter(|i| ops.value(*i) == "t")
+        .filter(|i| ops.value(*i) == TRUNCATE)
         .map(|i| seq.value(i))
         .max()
 }
@@ -692,7 +683,7 @@ fn newer_than(rows: &RecordBatch, at: i64) -> BooleanArray {
     (0..rows.num_rows())
         .map(|i| {
             let newer = seq.as_ref().is_some_and(|s| s.value(i) > at);
-            let truncate = ops.as_ref().is_some_and(|o| o.value(i) == "t");
+            let truncate = ops.as_ref().is_some_and(|o| o.value(i) == TRUNCATE);
             Some(newer && !truncate)
         })
         .collect()
@@ -767,12 +758,12 @@ pub fn reduce(changes: &RecordBatch, key: &[String]) -> Result<RecordBatch> {
     let mut start = 0;
     for pos in 1..=order.len() {
         let boundary = pos == order.len()
-            || ops.value(order[pos]) == "t"
-            || ops.value(order[pos - 1]) == "t"
+            || ops.value(order[pos]) == TRUNCATE
+            || ops.value(order[pos - 1]) == TRUNCATE
             || keys.row(order[pos]) != keys.row(order[pos - 1]);
         if boundary {
             let last = order[pos - 1];
-            if ops.value(last) == "t" || full_key(last) {
+            if ops.value(last) == TRUNCATE || full_key(last) {
                 winners.push(last as u32);
                 groups.push((start, pos));
             }
@@ -790,12 +781,12 @@ pub fn reduce(changes: &RecordBatch, key: &[String]) -> Result<RecordBatch> {
                 for (w, (start, end)) in winners.iter().zip(&groups) {
                     let w = *w as usize;
                     let mut chosen = w;
-                    if s.is_valid(w) && s.value(w) == UNAVAILABLE {
+                    if is_unavailable(s, w) {
                         for &j in order[*start..*end - 1].iter().rev() {
-                            if ops.value(j) == "d" {
+                            if ops.value(j) == DELETE {
                                 break;
                             }
-                            if !(s.is_valid(j) && s.value(j) == UNAVAILABLE) {
+                            if !is_unavailable(s, j) {
                                 chosen = j;
                                 changed = true;
                                 break;
@@ -825,7 +816,7 @@ fn changes_of(
 ) -> Result<Option<RecordBatch>> {
     let attempt = |b: &RecordBatch| -> std::result::Result<Option<RecordBatch>, ()> {
         sluice_pipeline::panic::guard(|| {
-            let changes = change_rows(b, spec)?;
+            let changes = change_rows(b, &spec.changes())?;
             if let Some(c) = &changes {
                 reduce(c, &spec.key)?;
             }
@@ -876,205 +867,12 @@ fn changes_of(
     Ok(Some(concat_batches(&schema, &conformed)?))
 }
 
-/// The change rows of a batch of Debezium envelopes bound for `spec`, or `None` when the
-/// batch has no `op` column (not change events).
-pub fn change_rows(batch: &RecordBatch, spec: &SilverTableSpec) -> Result<Option<RecordBatch>> {
-    let Some(op) = batch
-        .column_by_name("op")
-        .and_then(|c| c.as_string_opt::<i32>())
-    else {
-        return Ok(None);
-    };
-    let topic = batch
-        .column_by_name("_kafka_topic")
-        .and_then(|c| c.as_string_opt::<i32>());
-    let source = batch
-        .column_by_name("source")
-        .and_then(|c| c.as_struct_opt());
-    let source_table = source
-        .and_then(|s| s.column_by_name("table"))
-        .and_then(|c| c.as_string_opt::<i32>());
-    let keep: BooleanArray = (0..batch.num_rows())
-        .map(|i| {
-            let op_ok = op.is_valid(i) && matches!(op.value(i), "c" | "u" | "d" | "r" | "t");
-            let topic_ok = topic.is_none_or(|t| spec.topics.contains(t.value(i)));
-            let table_ok = match &spec.source_table {
-                None => true,
-                Some(want) => source_table.is_some_and(|t| t.is_valid(i) && t.value(i) == want),
-            };
-            Some(op_ok && topic_ok && table_ok)
-        })
-        .collect();
-    let batch = filter_record_batch(batch, &keep)?;
-    let n = batch.num_rows();
-    let op = batch
-        .column_by_name("op")
-        .and_then(|c| c.as_string_opt::<i32>())
-        .cloned()
-        .unwrap_or_else(|| StringArray::from(Vec::<Option<&str>>::new()));
-    let image = |name: &str| {
-        batch
-            .column_by_name(name)
-            .and_then(|c| c.as_struct_opt())
-            .cloned()
-    };
-    let after = image("after");
-    let before = image("before");
-    let is_delete =
-        BooleanArray::from((0..n).map(|i| Some(op.value(i) == "d")).collect::<Vec<_>>());
-    // The row's columns: those of `after`, or only the key when no event had one.
-    let mut row_fields: Vec<Field> = match &after {
-        Some(a) => a.fields().iter().map(|f| f.as_ref().clone()).collect(),
-        None => Vec::new(),
-    };
-    for k in &spec.key {
-        if !row_fields.iter().any(|f| f.name() == k) {
-            let dt = before
-                .as_ref()
-                .and_then(|b| b.column_by_name(k))
-                .map(|c| c.data_type().clone())
-                .unwrap_or(DataType::Utf8);
-            row_fields.push(Field::new(k, dt, true));
-        }
-    }
-    let mut fields = Vec::new();
-    let mut columns: Vec<ArrayRef> = Vec::new();
-    for f in &row_fields {
-        let from = |image: &Option<StructArray>| -> Result<Option<ArrayRef>> {
-            let Some(s) = image else { return Ok(None) };
-            let Some(c) = s.column_by_name(f.name()) else {
-                return Ok(None);
-            };
-            let c = if c.data_type() == f.data_type() {
-                c.clone()
-            } else {
-                cast(c, f.data_type())?
-            };
-            // A child of a null struct may hold anything: null it where the image is null.
-            Ok(Some(match s.logical_nulls() {
-                Some(nulls) if nulls.null_count() > 0 => {
-                    let valid = BooleanArray::from(nulls.inner().clone());
-                    arrow::compute::nullif(&c, &arrow::compute::not(&valid)?)?
-                }
-                _ => c,
-            }))
-        };
-        let a = from(&after)?.unwrap_or_else(|| new_null_array(f.data_type(), n));
-        let column = if spec.key.contains(f.name()) {
-            match from(&before)? {
-                Some(b) => zip(&is_delete, &b, &a)?,
-                None => a,
-            }
-        } else {
-            a
-        };
-        fields.push(f.clone().with_nullable(true));
-        columns.push(column);
-    }
-    let source_ts = source
-        .map(|_| nested_i64(&batch, &["source", "ts_ms"]))
-        .unwrap_or_else(|| nested_i64(&batch, &["ts_ms"]));
-    let sequence = match &spec.sequence {
-        Sequence::Auto => {
-            let lsn = nested_i64(&batch, &["source", "lsn"]);
-            if lsn.null_count() < n {
-                lsn
-            } else {
-                source_ts.clone()
-            }
-        }
-        Sequence::Path(p) => {
-            let p: Vec<&str> = p.iter().map(String::as_str).collect();
-            nested_i64(&batch, &p)
-        }
-    };
-    let sequence: Int64Array = sequence
-        .iter()
-        .map(|v| Some(v.unwrap_or(i64::MIN)))
-        .collect();
-    let micros: TimestampMicrosecondArray = source_ts
-        .iter()
-        .map(|v| v.map(|ms| ms.saturating_mul(1000)))
-        .collect::<TimestampMicrosecondArray>()
-        .with_timezone("UTC");
-    let lineage = |name: &str| -> Result<ArrayRef> {
-        batch
-            .column_by_name(name)
-            .cloned()
-            .ok_or_else(|| Error::Decode(format!("change events lack lineage column {name}")))
-    };
-    let extra: [(Field, ArrayRef); 6] = [
-        (Field::new("_cdc_op", DataType::Utf8, true), Arc::new(op)),
-        (
-            Field::new("_cdc_sequence", DataType::Int64, true),
-            Arc::new(sequence),
-        ),
-        (
-            Field::new(
-                "_cdc_source_ts",
-                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-                true,
-            ),
-            Arc::new(micros),
-        ),
-        (
-            Field::new("_kafka_topic", DataType::Utf8, true),
-            lineage("_kafka_topic")?,
-        ),
-        (
-            Field::new("_kafka_partition", DataType::Int32, true),
-            lineage("_kafka_partition")?,
-        ),
-        (
-            Field::new("_kafka_offset", DataType::Int64, true),
-            lineage("_kafka_offset")?,
-        ),
-    ];
-    for (f, c) in extra {
-        fields.push(f);
-        columns.push(c);
-    }
-    Ok(Some(RecordBatch::try_new(
-        Arc::new(Schema::new(fields)),
-        columns,
-    )?))
-}
-
-/// The integer field at `path` (through structs), as Int64; nulls where absent.
-fn nested_i64(batch: &RecordBatch, path: &[&str]) -> Int64Array {
-    let n = batch.num_rows();
-    let mut column = batch.column_by_name(path[0]).cloned();
-    let mut nulls = column.as_ref().and_then(|c| c.logical_nulls());
-    for name in &path[1..] {
-        column = column
-            .as_ref()
-            .and_then(|c| c.as_struct_opt())
-            .and_then(|s| s.column_by_name(name))
-            .cloned();
-        if let Some(c) = &column {
-            nulls = arrow::buffer::NullBuffer::union(nulls.as_ref(), c.logical_nulls().as_ref());
-        }
-    }
-    match column.and_then(|c| cast(&c, &DataType::Int64).ok()) {
-        Some(c) => {
-            let a = c.as_primitive::<Int64Type>();
-            (0..n)
-                .map(|i| {
-                    nulls
-                        .as_ref()
-                        .is_none_or(|m| m.is_valid(i))
-                        .then(|| a.value(i))
-                })
-                .collect()
-        }
-        None => Int64Array::from(vec![None; n]),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::decode::json::{JsonDecoder, JsonDecoderConfig, RawMessage};
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::compute::cast;
     use proptest::prelude::*;
 
     /// One change of key `id`: `Some(name)` an upsert, `None` a delete.

@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::json;
 
-use crate::delta::silver::UNAVAILABLE;
+use crate::decode::debezium::UNAVAILABLE;
 
 /// One generated message.
 #[derive(Debug, Clone)]
