@@ -9,11 +9,15 @@ use anyhow::Context as _;
 use sluice_connectors::decode::avro::AvroSchemas;
 use sluice_connectors::decode::debezium::Sequence;
 use sluice_connectors::decode::registry::{self, RegistryConfig, SchemaRegistry};
+<<<<<<< HEAD
 use sluice_connectors::delta::bronze::BronzeSink;
 use sluice_connectors::delta::checkpoints::DeltaCheckpoints;
+=======
+use sluice_connectors::delta::bronze::{BronzeSink, BronzeSinkConfig};
+>>>>>>> d5fa2cc (delta/silver/: the silver sink split into mod, reduce, merge and history)
 use sluice_connectors::delta::lake::LakeSink;
 use sluice_connectors::delta::quality::{Expectation, QualityGate};
-use sluice_connectors::delta::silver::{SilverSink, SilverSinkConfig, SilverTableSpec};
+use sluice_connectors::delta::silver::{SilverSink, SilverSinkConfig, SilverTableSpec, history};
 use sluice_connectors::delta::stats::StatsPolicy;
 use sluice_connectors::delta::subject_keys::SubjectKeyStore;
 use sluice_connectors::kafka::source::{KafkaSource, SourceContext};

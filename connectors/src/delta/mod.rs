@@ -5,7 +5,6 @@ pub mod bronze;
 pub mod checkpoints;
 pub mod dead_letter;
 pub mod fence;
-pub mod history;
 pub mod lake;
 pub mod quality;
 pub mod silver;

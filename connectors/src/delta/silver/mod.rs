@@ -18,29 +18,36 @@
 //!
 //! Every step is idempotent by sequence, so replays and out-of-order delivery converge to
 //! the same table, and a crash anywhere re-applies the batch without doubling anything.
+//!
+//! This module holds the sink: its settings, how it takes batches and the commit loop
+//! with its fence (step 1). The envelopes are read by
+//! [`change_rows`](crate::decode::debezium::change_rows); `reduce` holds steps 2 and 3 in
+//! memory, `merge` the Delta I/O of steps 3 to 5, and [`history`] the SCD type 2 history
+//! table some silver tables keep beside them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array};
-use arrow::compute::{SortColumn, concat_batches, filter_record_batch, lexsort_to_indices};
-use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
-use arrow::row::{RowConverter, SortField};
+use arrow::array::{AsArray, RecordBatch};
+use arrow::compute::concat_batches;
+use arrow::datatypes::{Int64Type, Schema};
 use deltalake::DeltaTable;
-use deltalake::datafusion::prelude::SessionContext;
-use deltalake::kernel::transaction::CommitProperties;
-use deltalake::kernel::{Action, Transaction};
+use deltalake::kernel::Transaction;
 use sluice_pipeline::lake::Lake;
 use sluice_pipeline::{CommitOutcome, OffsetRange, SourceBatch, TopicPartition};
 
 use super::bronze::{conform, merged_schema};
 use super::fence::{self, TxnCache, filter_offsets_above};
 use super::stats::StatsPolicy;
-use super::table::{self, quote};
-use crate::decode::debezium::{
-    ChangeSpec, DELETE, Sequence, TRUNCATE, UNAVAILABLE, change_rows, is_unavailable,
-};
-use crate::error::{Error, Result, delta};
+use super::table;
+use crate::decode::debezium::{ChangeSpec, Sequence, change_rows};
+use crate::error::{Error, Result};
+
+pub mod history;
+mod merge;
+mod reduce;
+
+pub use reduce::reduce;
 
 /// Columns sluice adds to every silver table.
 pub const CDC_COLUMNS: [&str; 4] = ["_cdc_op", "_cdc_sequence", "_cdc_offset", "_cdc_source_ts"];
@@ -79,33 +86,6 @@ impl SilverTableSpec {
         self.stats
             .properties(super::stats::TableKind::Silver(&self.name), schema)
     }
-}
-
-/// Create the table at `t`'s location with `schema` and the statistics `spec` allows, or
-/// bring an existing table's statistics settings up to date for rows of `schema`.
-pub(super) async fn prepared(
-    name: &str,
-    spec: &SilverTableSpec,
-    mut t: DeltaTable,
-    schema: &Schema,
-    partition_by: &[String],
-) -> Result<DeltaTable> {
-    if table::exists(&t) {
-        let stored = table::arrow_schema(name, &t)?;
-        let wider = merged_schema(name, [stored, Arc::new(schema.clone())].into_iter())?;
-        super::stats::ensure(name, &mut t, &spec.stats_properties(&wider), None).await?;
-        return Ok(t);
-    }
-    let url = t.table_url().clone();
-    let schema = table::nullable(schema);
-    table::create(
-        name,
-        &url,
-        &schema,
-        partition_by,
-        &spec.stats_properties(&schema),
-    )
-    .await
 }
 
 /// Settings of the silver sink.
@@ -149,7 +129,7 @@ impl SilverSink {
     pub fn new(config: SilverSinkConfig) -> Self {
         let state = |spec: &SilverTableSpec, history: Option<Vec<String>>| State {
             location: match history {
-                Some(_) => super::history::location(&spec.name),
+                Some(_) => history::location(&spec.name),
                 None => Self::location(&spec.name),
             },
             spec: spec.clone(),
@@ -264,7 +244,7 @@ impl SilverSink {
     }
 }
 
-pub(super) fn silver_error(table: &str, context: &str) -> impl FnOnce(String) -> Error {
+fn silver_error(table: &str, context: &str) -> impl FnOnce(String) -> Error {
     let (table, context) = (table.to_string(), context.to_string());
     move |message| Error::Silver {
         table,
@@ -331,7 +311,7 @@ async fn commit_table(
             .collect();
         let result = match (&s.history, changes) {
             (None, changes) => {
-                apply(
+                merge::apply(
                     lake,
                     pipeline,
                     &name,
@@ -344,22 +324,18 @@ async fn commit_table(
                 )
                 .await
             }
-            (Some(_), None) => commit_offsets_only(&name, pipeline, &s.spec, t, &ranges).await,
+            (Some(_), None) => {
+                merge::commit_offsets_only(&name, pipeline, &s.spec, t, &ranges).await
+            }
             (Some(tracked), Some(changes)) => {
-                let at = truncate_point(&changes);
-                match super::history::versions(
-                    &name,
-                    &s.spec,
-                    tracked,
-                    &t,
-                    &changes,
-                    at,
-                    &mut counts,
-                )
-                .await
+                let at = reduce::truncate_point(&changes);
+                match history::versions(&name, &s.spec, tracked, &t, &changes, at, &mut counts)
+                    .await
                 {
-                    Ok(Some(v)) => super::history::merge(&name, &s.spec, t, v, txns).await,
-                    Ok(None) => commit_offsets_only(&name, pipeline, &s.spec, t, &ranges).await,
+                    Ok(Some(v)) => history::merge(&name, &s.spec, t, v, txns).await,
+                    Ok(None) => {
+                        merge::commit_offsets_only(&name, pipeline, &s.spec, t, &ranges).await
+                    }
                     Err(e) => Err((Some(t), e)),
                 }
             }
@@ -396,413 +372,6 @@ async fn commit_table(
         attempts: super::COMMIT_ATTEMPTS,
         last: last_error,
     })
-}
-
-/// Apply `changes` to the table and commit `txns` with them. On failure the table is given
-/// back (when still owned) for a retry.
-#[allow(clippy::too_many_arguments)]
-async fn apply(
-    lake: &Lake,
-    pipeline: &str,
-    name: &str,
-    spec: &SilverTableSpec,
-    mut t: DeltaTable,
-    changes: Option<RecordBatch>,
-    txns: Vec<Transaction>,
-    ranges: &BTreeMap<TopicPartition, OffsetRange>,
-    counts: &mut MergeCounts,
-) -> std::result::Result<DeltaTable, (Option<DeltaTable>, Error)> {
-    let Some(changes) = changes else {
-        return commit_offsets_only(name, pipeline, spec, t, ranges).await;
-    };
-    let mut winners = match reduce(&changes, &spec.key) {
-        Ok(w) => w,
-        Err(e) => return Err((Some(t), e)),
-    };
-    // A truncate deletes everything older; changes older than it are moot.
-    if let Some(at) = truncate_point(&winners) {
-        if table::exists(&t) {
-            let predicate = format!("_cdc_sequence < {at}");
-            t = match t.delete().with_predicate(predicate).await {
-                Ok((t, _)) => t,
-                Err(e) => return Err((None, delta(name, "truncating")(e))),
-            };
-        }
-        let keep = newer_than(&winners, at);
-        winners = match filter_record_batch(&winners, &keep) {
-            Ok(w) => w,
-            Err(e) => return Err((Some(t), e.into())),
-        };
-    }
-    counts.ignored = counts.changes.saturating_sub(winners.num_rows());
-    let source = match to_silver_rows(&winners) {
-        Ok(s) => s,
-        Err(e) => return Err((Some(t), e)),
-    };
-    if source.num_rows() == 0 {
-        return commit_offsets_only(name, pipeline, spec, t, ranges).await;
-    }
-    t = prepared(name, spec, t, &source.schema(), &spec.partition_by)
-        .await
-        .map_err(|e| (None, e))?;
-    let tombstoned = record_deletes(lake, name, spec, &source)
-        .await
-        .map_err(|e| (None, e))?;
-    let ctx = SessionContext::new();
-    let changes = ctx
-        .read_batch(source.clone())
-        .map_err(|e| (None, silver_error(name, "reading changes")(e.to_string())))?;
-    let df = match tombstoned {
-        Some(tombs) => {
-            let provider = tombs.table_provider().await.map_err(|e| {
-                (
-                    None,
-                    silver_error(name, "reading tombstones")(e.to_string()),
-                )
-            })?;
-            let sql = not_tombstoned_sql(&spec.key);
-            let run = async {
-                ctx.register_table("changes", changes.into_view())?;
-                ctx.register_table("tombstones", provider)?;
-                ctx.sql(&sql).await
-            };
-            run.await.map_err(|e| {
-                (
-                    None,
-                    silver_error(name, "filtering by tombstones")(e.to_string()),
-                )
-            })?
-        }
-        None => changes,
-    };
-    let builder = merge_builder(t, df, &source.schema(), &spec.key, txns)
-        .map_err(|e| (None, delta(name, "planning merge")(e)))?;
-    match builder.await {
-        Ok((t, m)) => {
-            counts.inserted = m.num_target_rows_inserted;
-            counts.updated = m.num_target_rows_updated;
-            counts.deleted = m.num_target_rows_deleted;
-            counts.ignored = counts
-                .changes
-                .saturating_sub(counts.inserted + counts.updated + counts.deleted);
-            Ok(t)
-        }
-        Err(e) => Err((None, delta(name, "merging")(e))),
-    }
-}
-
-/// A commit holding only the offsets (every change was older, fenced or filtered out).
-async fn commit_offsets_only(
-    name: &str,
-    pipeline: &str,
-    spec: &SilverTableSpec,
-    mut t: DeltaTable,
-    ranges: &BTreeMap<TopicPartition, OffsetRange>,
-) -> std::result::Result<DeltaTable, (Option<DeltaTable>, Error)> {
-    if !table::exists(&t) {
-        // No schema to create the table with yet: the offsets are re-read next time and
-        // bronze drops what it already holds.
-        return Ok(t);
-    }
-    let actions = Vec::<Action>::new();
-    match table::commit(name, &mut t, pipeline, actions, ranges, &spec.partition_by).await {
-        Ok(_) => Ok(t),
-        Err(e) => Err((Some(t), e)),
-    }
-}
-
-/// Whether change `s` is newer than the stored row `t`.
-fn newer(s: &str, t: &str) -> String {
-    format!(
-        "({s}._cdc_sequence > {t}._cdc_sequence OR ({s}._cdc_sequence = {t}._cdc_sequence AND {s}._cdc_offset > {t}._cdc_offset))"
-    )
-}
-
-fn not_tombstoned_sql(key: &[String]) -> String {
-    let on: Vec<String> = key
-        .iter()
-        .map(|k| format!("c.{} = d.{}", quote(k), quote(k)))
-        .collect();
-    format!(
-        "SELECT c.* FROM changes c LEFT JOIN tombstones d ON {} \
-         WHERE c._cdc_op = '{DELETE}' OR d._cdc_sequence IS NULL OR {}",
-        on.join(" AND "),
-        newer("c", "d")
-    )
-}
-
-fn merge_builder(
-    t: DeltaTable,
-    df: deltalake::datafusion::prelude::DataFrame,
-    schema: &SchemaRef,
-    key: &[String],
-    txns: Vec<Transaction>,
-) -> std::result::Result<deltalake::operations::merge::MergeBuilder, deltalake::DeltaTableError> {
-    let on: Vec<String> = key
-        .iter()
-        .map(|k| format!("t.{} = s.{}", quote(k), quote(k)))
-        .collect();
-    let newer = newer("s", "t");
-    let columns: Vec<(String, bool)> = schema
-        .fields()
-        .iter()
-        .map(|f| (f.name().clone(), f.data_type() == &DataType::Utf8))
-        .collect();
-    // A column the rows add (the source table gained one) has no stored value to keep.
-    let stored: Vec<String> = table::arrow_schema("silver", &t)
-        .map(|s| s.fields().iter().map(|f| f.name().clone()).collect())
-        .unwrap_or_default();
-    let keep = |c: &str, text: bool, fallback: &str| {
-        let q = quote(c);
-        let fallback = if stored.iter().any(|s| s == c) {
-            fallback
-        } else {
-            "NULL"
-        };
-        if text && !CDC_COLUMNS.contains(&c) {
-            format!("CASE WHEN s.{q} = '{UNAVAILABLE}' THEN {fallback} ELSE s.{q} END")
-        } else {
-            format!("s.{q}")
-        }
-    };
-    let cols = columns.clone();
-    let cols2 = columns;
-    t.merge(df, on.join(" AND "))
-        .with_source_alias("s")
-        .with_target_alias("t")
-        .with_merge_schema(true)
-        .with_commit_properties(CommitProperties::default().with_application_transactions(txns))
-        .when_matched_delete(|d| d.predicate(format!("s._cdc_op = '{DELETE}' AND {newer}")))?
-        .when_matched_update(|mut u| {
-            u = u.predicate(format!("s._cdc_op <> '{DELETE}' AND {newer}"));
-            for (c, text) in &cols {
-                u = u.update(quote(c), keep(c, *text, &format!("t.{}", quote(c))));
-            }
-            u
-        })?
-        .when_not_matched_insert(|mut i| {
-            i = i.predicate(format!("s._cdc_op <> '{DELETE}'"));
-            for (c, text) in &cols2 {
-                i = i.set(quote(c), keep(c, *text, "NULL"));
-            }
-            i
-        })
-}
-
-/// Record the deletes among `rows` in the table's tombstones (newest per key wins);
-/// returns the tombstone table when there is one, for filtering older changes.
-async fn record_deletes(
-    lake: &Lake,
-    silver: &str,
-    spec: &SilverTableSpec,
-    rows: &RecordBatch,
-) -> Result<Option<DeltaTable>> {
-    let location = SilverSink::tombstones_location(&spec.name);
-    let url = table::lake_url(lake, &location)?;
-    let t = table::open(&location, &url).await?;
-    let ops = rows
-        .column_by_name("_cdc_op")
-        .and_then(|c| c.as_string_opt::<i32>())
-        .ok_or_else(|| silver_error(silver, "recording deletes")("no _cdc_op column".into()))?;
-    let deletes = BooleanArray::from(
-        ops.iter()
-            .map(|o| Some(o == Some(DELETE)))
-            .collect::<Vec<_>>(),
-    );
-    if deletes.true_count() == 0 {
-        return Ok(table::exists(&t).then_some(t));
-    }
-    let mut columns: Vec<usize> = Vec::new();
-    for c in spec
-        .key
-        .iter()
-        .map(String::as_str)
-        .chain(["_cdc_sequence", "_cdc_offset"])
-    {
-        columns.push(rows.schema().index_of(c)?);
-    }
-    let tombs = filter_record_batch(&rows.project(&columns)?, &deletes)?;
-    let t = prepared(&location, spec, t, &tombs.schema(), &[]).await?;
-    let on: Vec<String> = spec
-        .key
-        .iter()
-        .map(|k| format!("t.{} = s.{}", quote(k), quote(k)))
-        .collect();
-    let newer = newer("s", "t");
-    let df = SessionContext::new()
-        .read_batch(tombs)
-        .map_err(|e| silver_error(&location, "reading deletes")(e.to_string()))?;
-    let (t, _) = t
-        .merge(df, on.join(" AND "))
-        .with_source_alias("s")
-        .with_target_alias("t")
-        .when_matched_update(|u| {
-            u.predicate(newer.clone())
-                .update("_cdc_sequence", "s._cdc_sequence")
-                .update("_cdc_offset", "s._cdc_offset")
-        })
-        .and_then(|m| {
-            m.when_not_matched_insert(|mut i| {
-                for c in spec
-                    .key
-                    .iter()
-                    .map(String::as_str)
-                    .chain(["_cdc_sequence", "_cdc_offset"])
-                {
-                    i = i.set(quote(c), format!("s.{}", quote(c)));
-                }
-                i
-            })
-        })
-        .map_err(delta(&location, "planning"))?
-        .await
-        .map_err(delta(&location, "recording deletes"))?;
-    Ok(Some(t))
-}
-
-/// The highest sequence of a truncate among `rows`, if any.
-fn truncate_point(rows: &RecordBatch) -> Option<i64> {
-    let ops = rows.column_by_name("_cdc_op")?.as_string_opt::<i32>()?;
-    let seq = rows
-        .column_by_name("_cdc_sequence")?
-        .as_primitive_opt::<Int64Type>()?;
-    (0..rows.num_rows())
-        .filter(|i| ops.value(*i) == TRUNCATE)
-        .map(|i| seq.value(i))
-        .max()
-}
-
-/// Rows whose sequence is above `at` (and that are not truncates themselves).
-fn newer_than(rows: &RecordBatch, at: i64) -> BooleanArray {
-    let seq = rows
-        .column_by_name("_cdc_sequence")
-        .and_then(|c| c.as_primitive_opt::<Int64Type>().cloned());
-    let ops = rows
-        .column_by_name("_cdc_op")
-        .and_then(|c| c.as_string_opt::<i32>().cloned());
-    (0..rows.num_rows())
-        .map(|i| {
-            let newer = seq.as_ref().is_some_and(|s| s.value(i) > at);
-            let truncate = ops.as_ref().is_some_and(|o| o.value(i) == TRUNCATE);
-            Some(newer && !truncate)
-        })
-        .collect()
-}
-
-/// The columns a silver table stores: the row, then `_cdc_*` (the Kafka lineage used for
-/// fencing is left out; `_kafka_offset` becomes `_cdc_offset`).
-fn to_silver_rows(winners: &RecordBatch) -> Result<RecordBatch> {
-    let schema = winners.schema();
-    let mut fields = Vec::new();
-    let mut columns = Vec::new();
-    for (f, c) in schema.fields().iter().zip(winners.columns()) {
-        match f.name().as_str() {
-            "_kafka_topic" | "_kafka_partition" => {}
-            "_kafka_offset" => {
-                fields.push(Field::new("_cdc_offset", DataType::Int64, true));
-                columns.push(c.clone());
-            }
-            _ => {
-                fields.push(f.as_ref().clone());
-                columns.push(c.clone());
-            }
-        }
-    }
-    Ok(RecordBatch::try_new(
-        Arc::new(Schema::new(fields)),
-        columns,
-    )?)
-}
-
-/// The newest change per key of `changes` (by `_cdc_sequence`, then `_kafka_offset`).
-/// Changes without a full key are left out. A text column holding the unavailable-value
-/// placeholder takes the value of the newest older change of the key that had one, back to
-/// the key's last delete; with none in the batch the placeholder stays (the MERGE keeps the
-/// table's value). Truncates are kept as they are, apart from the keys.
-pub fn reduce(changes: &RecordBatch, key: &[String]) -> Result<RecordBatch> {
-    let col = |name: &str| -> Result<ArrayRef> {
-        changes
-            .column_by_name(name)
-            .cloned()
-            .ok_or_else(|| Error::Decode(format!("change rows lack column {name}")))
-    };
-    let ops = col("_cdc_op")?;
-    let ops = ops.as_string::<i32>();
-    let key_columns: Vec<ArrayRef> = key.iter().map(|k| col(k)).collect::<Result<_>>()?;
-    let mut sort: Vec<SortColumn> = key_columns
-        .iter()
-        .map(|c| SortColumn {
-            values: c.clone(),
-            options: None,
-        })
-        .collect();
-    for c in ["_cdc_sequence", "_kafka_offset"] {
-        sort.push(SortColumn {
-            values: col(c)?,
-            options: None,
-        });
-    }
-    let order = lexsort_to_indices(&sort, None)?;
-    let converter = RowConverter::new(
-        key_columns
-            .iter()
-            .map(|c| SortField::new(c.data_type().clone()))
-            .collect(),
-    )?;
-    let keys = converter.convert_columns(&key_columns)?;
-    let full_key = |i: usize| key_columns.iter().all(|c| c.is_valid(i));
-    // Groups of equal keys in sorted order; truncates each form their own group.
-    let mut winners: Vec<u32> = Vec::new();
-    let mut groups: Vec<(usize, usize)> = Vec::new(); // [start, end) into `order`
-    let order: Vec<usize> = order.values().iter().map(|i| *i as usize).collect();
-    let mut start = 0;
-    for pos in 1..=order.len() {
-        let boundary = pos == order.len()
-            || ops.value(order[pos]) == TRUNCATE
-            || ops.value(order[pos - 1]) == TRUNCATE
-            || keys.row(order[pos]) != keys.row(order[pos - 1]);
-        if boundary {
-            let last = order[pos - 1];
-            if ops.value(last) == TRUNCATE || full_key(last) {
-                winners.push(last as u32);
-                groups.push((start, pos));
-            }
-            start = pos;
-        }
-    }
-    let schema = changes.schema();
-    let mut columns = Vec::with_capacity(schema.fields().len());
-    for (f, c) in schema.fields().iter().zip(changes.columns()) {
-        let text = c.as_string_opt::<i32>();
-        let fill = match text {
-            Some(s) if !key.contains(f.name()) && !f.name().starts_with('_') => {
-                let mut idx: Vec<u32> = Vec::with_capacity(winners.len());
-                let mut changed = false;
-                for (w, (start, end)) in winners.iter().zip(&groups) {
-                    let w = *w as usize;
-                    let mut chosen = w;
-                    if is_unavailable(s, w) {
-                        for &j in order[*start..*end - 1].iter().rev() {
-                            if ops.value(j) == DELETE {
-                                break;
-                            }
-                            if !is_unavailable(s, j) {
-                                chosen = j;
-                                changed = true;
-                                break;
-                            }
-                        }
-                    }
-                    idx.push(chosen as u32);
-                }
-                changed.then_some(idx)
-            }
-            _ => None,
-        };
-        let indices = UInt32Array::from(fill.unwrap_or_else(|| winners.clone()));
-        columns.push(arrow::compute::take(c, &indices, None)?);
-    }
-    Ok(RecordBatch::try_new(schema, columns)?)
 }
 
 /// The change rows of `rows` for `spec`, checked to reduce. Rows the change rows cannot
@@ -870,9 +439,12 @@ fn changes_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::debezium::UNAVAILABLE;
     use crate::decode::json::{JsonDecoder, JsonDecoderConfig, RawMessage};
-    use arrow::array::{Int64Array, StringArray};
+    use arrow::array::Array;
     use arrow::compute::cast;
+    use arrow::datatypes::DataType;
+    use deltalake::datafusion::prelude::SessionContext;
     use proptest::prelude::*;
 
     /// One change of key `id`: `Some(name)` an upsert, `None` a delete.
@@ -1007,30 +579,5 @@ mod tests {
             let got = rt.block_on(deliver(b.path(), &messy, &cuts));
             prop_assert_eq!(got, expected);
         }
-    }
-
-    #[test]
-    fn the_placeholder_takes_the_newest_real_value_of_the_batch() {
-        let rows = RecordBatch::try_from_iter([
-            ("id", Arc::new(Int64Array::from(vec![1, 1, 1])) as ArrayRef),
-            (
-                "bio",
-                Arc::new(StringArray::from(vec!["old", "new", UNAVAILABLE])),
-            ),
-            ("_cdc_op", Arc::new(StringArray::from(vec!["c", "u", "u"]))),
-            ("_cdc_sequence", Arc::new(Int64Array::from(vec![1, 2, 3]))),
-            ("_kafka_offset", Arc::new(Int64Array::from(vec![9, 8, 7]))),
-        ])
-        .expect("batch");
-        let w = reduce(&rows, &["id".to_string()]).expect("reduce");
-        assert_eq!(w.num_rows(), 1);
-        assert_eq!(w.column(1).as_string::<i32>().value(0), "new");
-        assert_eq!(
-            w.column_by_name("_cdc_sequence")
-                .expect("seq")
-                .as_primitive::<Int64Type>()
-                .value(0),
-            3
-        );
     }
 }

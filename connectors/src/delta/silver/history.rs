@@ -33,10 +33,10 @@ use deltalake::datafusion::prelude::SessionContext;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 
-use super::bronze::conform;
-use super::silver::{MergeCounts, SilverTableSpec, silver_error as error};
-use super::table::{self, quote};
+use super::{MergeCounts, SilverTableSpec, silver_error as error};
 use crate::decode::debezium::{DELETE, TRUNCATE, is_unavailable};
+use crate::delta::bronze::conform;
+use crate::delta::table::{self, quote};
 use crate::error::{Error, Result, delta};
 
 /// Columns a history table adds to the row.
@@ -485,7 +485,7 @@ pub(super) async fn merge(
     source: RecordBatch,
     txns: Vec<Transaction>,
 ) -> std::result::Result<DeltaTable, (Option<DeltaTable>, Error)> {
-    t = super::silver::prepared(name, spec, t, &source.schema(), &spec.partition_by)
+    t = super::merge::prepared(name, spec, t, &source.schema(), &spec.partition_by)
         .await
         .map_err(|e| (None, e))?;
     let df = match SessionContext::new().read_batch(source.clone()) {
