@@ -7,17 +7,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use sluice_connectors::decode::avro::AvroSchemas;
-use sluice_connectors::decode::debezium::Sequence;
 use sluice_connectors::decode::registry::{self, RegistryConfig, SchemaRegistry};
-<<<<<<< HEAD
 use sluice_connectors::delta::bronze::BronzeSink;
 use sluice_connectors::delta::checkpoints::DeltaCheckpoints;
-=======
-use sluice_connectors::delta::bronze::{BronzeSink, BronzeSinkConfig};
->>>>>>> d5fa2cc (delta/silver/: the silver sink split into mod, reduce, merge and history)
 use sluice_connectors::delta::lake::LakeSink;
-use sluice_connectors::delta::quality::{Expectation, QualityGate};
-use sluice_connectors::delta::silver::{SilverSink, SilverSinkConfig, SilverTableSpec, history};
+use sluice_connectors::delta::quality::QualityGate;
+use sluice_connectors::delta::silver::SilverSink;
 use sluice_connectors::delta::stats::StatsPolicy;
 use sluice_connectors::delta::subject_keys::SubjectKeyStore;
 use sluice_connectors::kafka::source::{KafkaSource, SourceContext};
@@ -208,44 +203,8 @@ pub async fn run_pipeline(
     )?;
     let stats = Arc::new(StatsPolicy::from_config(config));
     let bronze = BronzeSink::new(config, lake, prepared.properties, Arc::clone(&stats))?;
-    let silver = SilverSink::new(SilverSinkConfig {
-        lake: lake.clone(),
-        pipeline: config.pipeline.name.clone(),
-        tables: config
-            .silver
-            .tables
-            .iter()
-            .map(|(name, t)| SilverTableSpec {
-                name: name.clone(),
-                topics: t.topics.iter().cloned().collect(),
-                key: t.key.clone(),
-                source_table: t.source_table.clone(),
-                sequence: Sequence::parse(t.sequence()),
-                partition_by: t.partition_by.clone(),
-                history: t.history.as_ref().map(|h| h.tracked.clone()),
-                stats: Arc::clone(&stats),
-            })
-            .collect(),
-    });
-    let quality = QualityGate::new(
-        lake.clone(),
-        &config.pipeline.name,
-        config
-            .quality
-            .iter()
-            .map(|(table, es)| {
-                let es = es
-                    .iter()
-                    .map(|e| Expectation {
-                        name: e.name.clone(),
-                        check: e.check.clone(),
-                        action: e.action,
-                    })
-                    .collect();
-                (table.clone(), es)
-            })
-            .collect(),
-    );
+    let silver = SilverSink::from_config(&config.silver, lake, &config.pipeline.name, &stats);
+    let quality = QualityGate::from_config(&config.quality, lake, &config.pipeline.name);
     let keys = if prepared.keyrings.is_empty() {
         None
     } else {

@@ -27,8 +27,8 @@ use sluice_pipeline::lake::Lake;
 use sluice_pipeline::{Checkpoints, Resume, TopicPartition};
 
 use super::bronze::BronzeSink;
-use super::silver::SilverSink;
-use super::{history, table};
+use super::silver::{SilverSink, history};
+use super::table;
 use crate::error::Result;
 
 /// The resume offsets and table schemas of a pipeline's tables in a lake.

@@ -23,7 +23,7 @@ use deltalake::datafusion::common::TableReference;
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::kernel::Action;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
-use sluice_pipeline::config::quality::QualityAction;
+use sluice_pipeline::config::quality::{ExpectationConfig, QualityAction};
 use sluice_pipeline::lake::Lake;
 use sluice_pipeline::lineage::payload_of;
 use sluice_pipeline::{DeadLetter, SourceBatch, Stage};
@@ -47,6 +47,16 @@ pub struct Expectation {
     pub name: String,
     pub check: String,
     pub action: QualityAction,
+}
+
+impl From<&ExpectationConfig> for Expectation {
+    fn from(e: &ExpectationConfig) -> Self {
+        Self {
+            name: e.name.clone(),
+            check: e.check.clone(),
+            action: e.action,
+        }
+    }
 }
 
 /// Passed and failed rows of one expectation since the last commit.
@@ -108,6 +118,20 @@ impl QualityGate {
             counts: BTreeMap::new(),
             table: None,
         }
+    }
+
+    /// The gate of the `[quality]` section (expectations by bronze table) for pipeline
+    /// `pipeline`, with `lake` holding the tables checks read and the counts.
+    pub fn from_config(
+        section: &BTreeMap<String, Vec<ExpectationConfig>>,
+        lake: &Lake,
+        pipeline: &str,
+    ) -> Self {
+        let expectations = section
+            .iter()
+            .map(|(table, es)| (table.clone(), es.iter().map(Expectation::from).collect()))
+            .collect();
+        Self::new(lake.clone(), pipeline, expectations)
     }
 
     /// (Re)register the lake tables `check` reads.

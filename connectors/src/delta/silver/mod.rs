@@ -34,6 +34,7 @@ use arrow::datatypes::{Int64Type, Schema};
 use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
 use sluice_pipeline::lake::Lake;
+use sluice_pipeline::silver::{SilverConfig, SilverTableConfig};
 use sluice_pipeline::{CommitOutcome, OffsetRange, SourceBatch, TopicPartition};
 
 use super::bronze::{conform, merged_schema};
@@ -71,6 +72,21 @@ pub struct SilverTableSpec {
 }
 
 impl SilverTableSpec {
+    /// The table `[silver.tables.<name>]` describes; `stats` chooses the columns with
+    /// file statistics.
+    pub fn from_config(name: &str, config: &SilverTableConfig, stats: &Arc<StatsPolicy>) -> Self {
+        Self {
+            name: name.to_string(),
+            topics: config.topics.iter().cloned().collect(),
+            key: config.key.clone(),
+            source_table: config.source_table.clone(),
+            sequence: Sequence::parse(config.sequence()),
+            partition_by: config.partition_by.clone(),
+            history: config.history.as_ref().map(|h| h.tracked.clone()),
+            stats: Arc::clone(stats),
+        }
+    }
+
     /// Which change events feed the table, and how they are read.
     pub fn changes(&self) -> ChangeSpec<'_> {
         ChangeSpec {
@@ -148,6 +164,25 @@ impl SilverSink {
             })
             .collect();
         Self { config, states }
+    }
+
+    /// The sink of the `[silver]` section for pipeline `pipeline`, writing to `lake`;
+    /// `stats` chooses the columns with file statistics.
+    pub fn from_config(
+        section: &SilverConfig,
+        lake: &Lake,
+        pipeline: &str,
+        stats: &Arc<StatsPolicy>,
+    ) -> Self {
+        Self::new(SilverSinkConfig {
+            lake: lake.clone(),
+            pipeline: pipeline.to_string(),
+            tables: section
+                .tables
+                .iter()
+                .map(|(name, t)| SilverTableSpec::from_config(name, t, stats))
+                .collect(),
+        })
     }
 
     /// Relative location of a silver table in the lake.
