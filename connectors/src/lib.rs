@@ -13,6 +13,7 @@ pub mod decode;
 pub mod delta;
 pub mod demo;
 pub mod error;
+mod evolve;
 pub mod kafka;
 
 pub use error::{Error, Result};

@@ -35,11 +35,11 @@ use sluice_pipeline::{SourceBatch, Stage};
 
 use super::RawMessage;
 use super::chunk::{Chunk, Slot, bisect};
-use super::evolve::{add_fields, conform_array, extend_fields, merge_fields, merge_types};
 use super::json::scrub_values;
 use super::limits::{DecodeLimits, count_fields, name_problem};
 use super::registry::{Lookup, SchemaRegistry};
 use crate::error::Result;
+use crate::evolve::{add_fields, conform_array, extend_fields, merge_fields, merge_types};
 use sluice_pipeline::panic::guard;
 
 /// Where the writer schemas come from.

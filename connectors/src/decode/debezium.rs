@@ -33,8 +33,8 @@ use arrow::compute::kernels::zip::zip;
 use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit};
 
-use super::evolve::merge_types;
 use crate::error::{Error, Result};
+use crate::evolve::merge_types;
 
 /// The envelope's operation code.
 pub const OP: &str = "op";

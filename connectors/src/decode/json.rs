@@ -29,10 +29,10 @@ use sluice_pipeline::{SourceBatch, Stage};
 pub use super::RawMessage;
 use super::chunk::{Chunk, Slot, bisect};
 use super::debezium::unify_images;
-use super::evolve::merge_fields;
 use super::limits::{DecodeLimits, count_fields, json_depth, json_members, name_problem};
 use super::screen::Shape;
 use crate::error::{Error, Result};
+use crate::evolve::merge_fields;
 pub use sluice_pipeline::error::scrub_values;
 use sluice_pipeline::panic::guard;
 

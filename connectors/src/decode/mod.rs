@@ -3,7 +3,6 @@
 pub mod avro;
 mod chunk;
 pub mod debezium;
-pub(crate) mod evolve;
 pub mod json;
 pub mod limits;
 pub mod registry;

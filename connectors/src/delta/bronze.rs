@@ -31,8 +31,8 @@ use super::dead_letter::DeadLetterTable;
 use super::fence::{self, TxnCache, filter_offsets_above};
 use super::stats::{self, StatsPolicy, TableKind};
 use super::table;
-use crate::decode::evolve::{add_fields, conform_array};
 use crate::error::{Error, Result, delta};
+use crate::evolve::{add_fields, conform_array};
 
 /// Settings of the bronze sink, taken from the configuration.
 #[derive(Debug)]

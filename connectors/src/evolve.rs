@@ -1,5 +1,8 @@
 //! Additive schema evolution: widening a schema by another without losing values, and
 //! bringing arrays of the narrower type into the wider one (nested structs by name).
+//!
+//! The decoders widen a table's schema by the fields new messages bring; the sinks widen
+//! a Delta table by the columns its batches bring and conform each batch to the table.
 
 use std::sync::Arc;
 
