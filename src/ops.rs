@@ -16,6 +16,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sluice_pipeline::health::Health;
+use sluice_pipeline::metrics::PROCESS_RESIDENT_MEMORY_BYTES;
 
 /// Install the Prometheus recorder (once per process) and serve on `address`.
 pub async fn serve(
@@ -64,8 +65,7 @@ fn respond(
     let (status, body, content_type) = match req.uri().path() {
         "/metrics" => {
             let (_, rss) = crate::run::resource_usage();
-            metrics::gauge!("sluice_process_resident_memory_bytes")
-                .set(current_rss().unwrap_or(rss) as f64);
+            metrics::gauge!(PROCESS_RESIDENT_MEMORY_BYTES).set(current_rss().unwrap_or(rss) as f64);
             (StatusCode::OK, handle.render(), "text/plain; version=0.0.4")
         }
         "/healthz" => (StatusCode::OK, "ok\n".to_string(), "text/plain"),

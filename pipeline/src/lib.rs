@@ -25,6 +25,7 @@ pub mod health;
 pub mod key_cache;
 pub mod lake;
 pub mod lineage;
+pub mod metrics;
 pub mod panic;
 pub mod protection;
 pub mod runner;

@@ -69,13 +69,13 @@ pub async fn run<S: Sink>(
                     stats.messages += batch.message_count() as u64;
                     stats.source_bytes += batch.source_bytes as u64;
                     let table = batch.table.clone();
-                    metrics::counter!("sluice_messages_total", "table" => table.clone())
+                    metrics::counter!(crate::metrics::MESSAGES_TOTAL, "table" => table.clone())
                         .increment(batch.message_count() as u64);
-                    metrics::counter!("sluice_source_bytes_total", "table" => table.clone())
+                    metrics::counter!(crate::metrics::SOURCE_BYTES_TOTAL, "table" => table.clone())
                         .increment(batch.source_bytes as u64);
                     protection.apply(&mut batch, &mut plans)?;
                     for d in &batch.dead_letters {
-                        metrics::counter!("sluice_dead_letters_total", "table" => table.clone(), "stage" => d.stage.as_str())
+                        metrics::counter!(crate::metrics::DEAD_LETTERS_TOTAL, "table" => table.clone(), "stage" => d.stage.as_str())
                             .increment(1);
                     }
                     sink.write(batch).await?;
@@ -89,7 +89,7 @@ pub async fn run<S: Sink>(
         let b = sink.buffered();
         if b.messages > 0 && policy.due(b.rows, b.bytes, oldest, Instant::now()) {
             if let Some(t) = oldest {
-                metrics::histogram!("sluice_batch_latency_seconds")
+                metrics::histogram!(crate::metrics::BATCH_LATENCY_SECONDS)
                     .record(t.elapsed().as_secs_f64());
             }
             commit(sink, control, &mut stats).await?;
@@ -112,7 +112,7 @@ async fn commit<S: Sink>(
 ) -> Result<()> {
     let started = Instant::now();
     let outcome = sink.commit().await?;
-    metrics::gauge!("sluice_last_commit_timestamp_seconds").set(
+    metrics::gauge!(crate::metrics::LAST_COMMIT_TIMESTAMP_SECONDS).set(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64()),

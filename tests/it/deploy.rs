@@ -47,8 +47,27 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     names
 }
 
-/// Metric names the code registers (`counter!`/`gauge!`/`histogram!` calls).
+/// The metric names of `sluice_pipeline::metrics`, by constant: `NAME` → `sluice_…`.
+fn named_metrics() -> std::collections::BTreeMap<String, String> {
+    let text =
+        std::fs::read_to_string(format!("{ROOT}/pipeline/src/metrics.rs")).expect("metrics.rs");
+    text.lines()
+        .filter_map(|l| {
+            let (name, value) = l.strip_prefix("pub const ")?.split_once(": &str = ")?;
+            let value = value.trim().strip_suffix(';')?.trim_matches('"');
+            Some((name.to_string(), value.to_string()))
+        })
+        .collect()
+}
+
+/// Metric names the code registers (`counter!`/`gauge!`/`histogram!` calls, naming a
+/// constant of `sluice_pipeline::metrics`).
 fn exported() -> BTreeSet<String> {
+    let named = named_metrics();
+    assert!(
+        !named.is_empty(),
+        "no metric names in pipeline/src/metrics.rs"
+    );
     let mut names = BTreeSet::new();
     let mut stack = vec![Path::new(ROOT).to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -64,7 +83,17 @@ fn exported() -> BTreeSet<String> {
                 let text = std::fs::read_to_string(&path).expect("read");
                 for call in ["counter!(", "gauge!(", "histogram!("] {
                     for piece in text.split(call).skip(1) {
-                        names.extend(metric_names(piece.split(',').next().unwrap_or_default()));
+                        let first = piece.split(',').next().unwrap_or_default().trim();
+                        // Names are constants; a literal name would escape this list.
+                        assert!(
+                            !first.starts_with('"'),
+                            "{}: a metric named by a literal ({first}): add it to pipeline/src/metrics.rs",
+                            path.display()
+                        );
+                        let constant = first.rsplit("::").next().unwrap_or_default();
+                        if let Some(metric) = named.get(constant) {
+                            names.insert(metric.clone());
+                        }
                     }
                 }
             }

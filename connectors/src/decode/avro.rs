@@ -31,6 +31,7 @@ use arrow::datatypes::{
 use arrow::error::ArrowError;
 use arrow_avro::reader::{Decoder, ReaderBuilder};
 use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaStore};
+use sluice_pipeline::metrics::COLUMNS_REFUSED_TOTAL;
 use sluice_pipeline::{SourceBatch, Stage};
 
 use super::RawMessage;
@@ -465,7 +466,7 @@ impl AvroDecoder {
                             "Avro schema id {}: {error}",
                             part.schema_id.unwrap_or_default()
                         );
-                        metrics::counter!("sluice_columns_refused_total", "table" => self.config.table.clone())
+                        metrics::counter!(COLUMNS_REFUSED_TOTAL, "table" => self.config.table.clone())
                             .increment(part.msgs.len() as u64);
                         tracing::warn!(table = %self.config.table, messages = part.msgs.len(), "Messages refused: their writer schema would break a limit on the table's columns (see the dead letters).");
                         for i in part.msgs {

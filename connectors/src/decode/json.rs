@@ -34,6 +34,7 @@ use super::screen::Shape;
 use crate::error::{Error, Result};
 use crate::evolve::merge_fields;
 pub use sluice_pipeline::error::scrub_values;
+use sluice_pipeline::metrics::COLUMNS_REFUSED_TOTAL;
 use sluice_pipeline::panic::guard;
 
 /// Settings of a [`JsonDecoder`].
@@ -478,7 +479,7 @@ impl JsonDecoder {
             }
         }
         if !refused.is_empty() {
-            metrics::counter!("sluice_columns_refused_total", "table" => table.clone())
+            metrics::counter!(COLUMNS_REFUSED_TOTAL, "table" => table.clone())
                 .increment(refused.len() as u64);
             tracing::warn!(
                 table = %table,

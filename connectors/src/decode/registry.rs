@@ -10,6 +10,7 @@ use std::time::Duration;
 use schema_registry_converter::blocking::schema_registry::{SrSettings, get_schema_by_id};
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::SchemaType;
+use sluice_pipeline::metrics::{SCHEMA_REGISTRY_FAILURES_TOTAL, SCHEMA_REGISTRY_REQUESTS_TOTAL};
 
 use crate::error::{Error, Result};
 
@@ -152,7 +153,7 @@ impl SchemaRegistry {
         let mut pause = Duration::from_millis(250);
         let mut last = String::new();
         for attempt in 1..=self.config.attempts.max(1) {
-            metrics::counter!("sluice_schema_registry_requests_total").increment(1);
+            metrics::counter!(SCHEMA_REGISTRY_REQUESTS_TOTAL).increment(1);
             match get_schema_by_id(id, self.settings()?) {
                 Ok(s) if s.schema_type != SchemaType::Avro => {
                     return Ok(Lookup::Unusable(format!(
@@ -183,7 +184,7 @@ impl SchemaRegistry {
                 }
             }
         }
-        metrics::counter!("sluice_schema_registry_failures_total").increment(1);
+        metrics::counter!(SCHEMA_REGISTRY_FAILURES_TOTAL).increment(1);
         Err(Error::Registry(format!(
             "fetching schema id {id} from {}: {last}",
             self.config.urls.join(", ")

@@ -23,6 +23,10 @@ use deltalake::kernel::{Action, MetadataExt, StructType};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use sluice_pipeline::config::Config;
 use sluice_pipeline::lake::Lake;
+use sluice_pipeline::metrics::{
+    DELTA_COMMIT_CONFLICTS_TOTAL, DELTA_COMMIT_DURATION_SECONDS, DELTA_COMMITS_TOTAL,
+    DELTA_TABLE_VERSION, QUARANTINED_ROWS_TOTAL, ROWS_WRITTEN_TOTAL,
+};
 use sluice_pipeline::{
     Buffered, CommitOutcome, DeadLetter, OffsetRange, Sink, SourceBatch, Stage, TopicPartition,
 };
@@ -318,14 +322,12 @@ impl BronzeSink {
             {
                 Ok(version) => {
                     let label = s.name.rsplit('/').next().unwrap_or(&s.name).to_string();
-                    metrics::counter!("sluice_rows_written_total", "table" => label.clone())
+                    metrics::counter!(ROWS_WRITTEN_TOTAL, "table" => label.clone())
                         .increment(row_count as u64);
-                    metrics::counter!("sluice_delta_commits_total", "table" => label.clone())
-                        .increment(1);
-                    metrics::histogram!("sluice_delta_commit_duration_seconds", "table" => label.clone())
+                    metrics::counter!(DELTA_COMMITS_TOTAL, "table" => label.clone()).increment(1);
+                    metrics::histogram!(DELTA_COMMIT_DURATION_SECONDS, "table" => label.clone())
                         .record(started.elapsed().as_secs_f64());
-                    metrics::gauge!("sluice_delta_table_version", "table" => label)
-                        .set(version as f64);
+                    metrics::gauge!(DELTA_TABLE_VERSION, "table" => label).set(version as f64);
                     s.txns.committed(version, &ranges);
                     for (tp, r) in &ranges {
                         s.committed.insert(tp.clone(), r.last);
@@ -338,7 +340,7 @@ impl BronzeSink {
                     return Ok(());
                 }
                 Err(e) => {
-                    metrics::counter!("sluice_delta_commit_conflicts_total", "table" => s.name.rsplit('/').next().unwrap_or(&s.name).to_string())
+                    metrics::counter!(DELTA_COMMIT_CONFLICTS_TOTAL, "table" => s.name.rsplit('/').next().unwrap_or(&s.name).to_string())
                         .increment(1);
                     tracing::warn!(table = %s.name, attempt, "commit refused, retrying against the refreshed table");
                     last_error = e.to_string();
@@ -476,7 +478,7 @@ impl Sink for BronzeSink {
             }
             if quarantine {
                 let n = self.quarantine.commit(letters, &ranges).await?;
-                metrics::counter!("sluice_quarantined_rows_total").increment(n as u64);
+                metrics::counter!(QUARANTINED_ROWS_TOTAL).increment(n as u64);
             } else {
                 outcome.dead_letters = self.dead_letters.commit(letters, &ranges).await?;
             }

@@ -26,6 +26,7 @@ use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use sluice_pipeline::config::quality::{ExpectationConfig, QualityAction};
 use sluice_pipeline::lake::Lake;
 use sluice_pipeline::lineage::payload_of;
+use sluice_pipeline::metrics::{EXPECTATION_ROWS_FAILED_TOTAL, EXPECTATION_ROWS_PASSED_TOTAL};
 use sluice_pipeline::{DeadLetter, SourceBatch, Stage};
 
 use super::table;
@@ -219,10 +220,9 @@ impl QualityGate {
                 ("table", batch.table.clone()),
                 ("expectation", e.name.clone()),
             ];
-            metrics::counter!("sluice_expectation_rows_passed_total", &labels)
+            metrics::counter!(EXPECTATION_ROWS_PASSED_TOTAL, &labels)
                 .increment((n as i64 - failed) as u64);
-            metrics::counter!("sluice_expectation_rows_failed_total", &labels)
-                .increment(failed as u64);
+            metrics::counter!(EXPECTATION_ROWS_FAILED_TOTAL, &labels).increment(failed as u64);
             if failed == 0 {
                 continue;
             }

@@ -21,6 +21,7 @@ use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use futures::StreamExt as _;
 use sluice_pipeline::key_cache::{KeyCache, StoredKey};
 use sluice_pipeline::lake::Lake;
+use sluice_pipeline::metrics::SUBJECT_KEYS_CREATED_TOTAL;
 
 use super::table;
 use crate::error::{Error, Result, delta};
@@ -203,7 +204,7 @@ impl SubjectKeyStore {
         if before.is_some_and(|v| v + 1 == version) || before.is_none() && version == 0 {
             self.seen = Some(version);
         }
-        metrics::counter!("sluice_subject_keys_created_total").increment(new.len() as u64);
+        metrics::counter!(SUBJECT_KEYS_CREATED_TOTAL).increment(new.len() as u64);
         Ok(new.len())
     }
 

@@ -55,7 +55,7 @@ impl ClientContext for RebalanceContext {
                     (p.hi_offset - p.lo_offset.max(0)).max(0)
                 };
                 metrics::gauge!(
-                    "sluice_consumer_lag_messages",
+                    sluice_pipeline::metrics::CONSUMER_LAG_MESSAGES,
                     "topic" => topic.clone(),
                     "partition" => partition.to_string()
                 )
@@ -78,7 +78,7 @@ impl ConsumerContext for RebalanceContext {
         tpl: &mut TopicPartitionList,
     ) {
         self.rebalances.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("sluice_rebalances_total").increment(1);
+        metrics::counter!(sluice_pipeline::metrics::REBALANCES_TOTAL).increment(1);
         let parts: Vec<TopicPartition> = tpl
             .elements()
             .iter()
@@ -122,7 +122,7 @@ impl ConsumerContext for RebalanceContext {
                 // The new owner reports these partitions' lag from now on.
                 for tp in &parts {
                     metrics::gauge!(
-                        "sluice_consumer_lag_messages",
+                        sluice_pipeline::metrics::CONSUMER_LAG_MESSAGES,
                         "topic" => tp.topic.clone(),
                         "partition" => tp.partition.to_string()
                     )
@@ -172,7 +172,7 @@ impl RebalanceContext {
         self.health
             .assigned_partitions
             .store(n as u64, Ordering::Relaxed);
-        metrics::gauge!("sluice_assigned_partitions").set(n as f64);
+        metrics::gauge!(sluice_pipeline::metrics::ASSIGNED_PARTITIONS).set(n as f64);
     }
 
     /// The partitions assigned now, with the offsets they were assigned at.

@@ -262,15 +262,15 @@ impl SilverSink {
             s.pending.clear();
             s.ranges.clear();
             let label = s.location.trim_start_matches("silver/").to_string();
-            metrics::counter!("sluice_cdc_changes_total", "table" => label.clone())
+            metrics::counter!(sluice_pipeline::metrics::CDC_CHANGES_TOTAL, "table" => label.clone())
                 .increment(counts.changes as u64);
-            metrics::counter!("sluice_cdc_rows_inserted_total", "table" => label.clone())
+            metrics::counter!(sluice_pipeline::metrics::CDC_ROWS_INSERTED_TOTAL, "table" => label.clone())
                 .increment(counts.inserted as u64);
-            metrics::counter!("sluice_cdc_rows_updated_total", "table" => label.clone())
+            metrics::counter!(sluice_pipeline::metrics::CDC_ROWS_UPDATED_TOTAL, "table" => label.clone())
                 .increment(counts.updated as u64);
-            metrics::counter!("sluice_cdc_rows_deleted_total", "table" => label.clone())
+            metrics::counter!(sluice_pipeline::metrics::CDC_ROWS_DELETED_TOTAL, "table" => label.clone())
                 .increment(counts.deleted as u64);
-            metrics::counter!("sluice_cdc_changes_ignored_total", "table" => label)
+            metrics::counter!(sluice_pipeline::metrics::CDC_CHANGES_IGNORED_TOTAL, "table" => label)
                 .increment(counts.ignored as u64);
             tracing::debug!(table = %s.location, changes = counts.changes, inserted = counts.inserted, updated = counts.updated, deleted = counts.deleted, ignored = counts.ignored, "silver merge");
         }
@@ -384,14 +384,14 @@ async fn commit_table(
                 outcome.commits += 1;
                 if let Some(v) = t.version() {
                     s.txns.committed(v as i64, &ranges);
-                    metrics::gauge!("sluice_delta_table_version", "table" => s.spec.name.clone())
+                    metrics::gauge!(sluice_pipeline::metrics::DELTA_TABLE_VERSION, "table" => s.spec.name.clone())
                         .set(v as f64);
                 }
                 s.table = Some(t);
                 return Ok(counts);
             }
             Err((table, e)) => {
-                metrics::counter!("sluice_delta_commit_conflicts_total", "table" => s.spec.name.clone())
+                metrics::counter!(sluice_pipeline::metrics::DELTA_COMMIT_CONFLICTS_TOTAL, "table" => s.spec.name.clone())
                     .increment(1);
                 tracing::warn!(table = %name, attempt, error = %e, "silver merge refused, retrying against the refreshed table");
                 last_error = e.to_string();
@@ -451,7 +451,7 @@ fn changes_of(
         .and_then(|c| c.as_primitive_opt::<Int64Type>())
         .map(|o| refused.iter().map(|i| o.value(*i)).collect::<Vec<_>>())
         .unwrap_or_default();
-    metrics::counter!("sluice_cdc_changes_refused_total", "table" => location.to_string())
+    metrics::counter!(sluice_pipeline::metrics::CDC_CHANGES_REFUSED_TOTAL, "table" => location.to_string())
         .increment(refused.len() as u64);
     tracing::warn!(
         table = %location,
