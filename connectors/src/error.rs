@@ -21,6 +21,15 @@ pub enum Error {
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
 
+    /// A DataFusion session of the sinks (expectations, the subject key store); `context`
+    /// says which.
+    #[error("{context}: {source}")]
+    Query {
+        context: String,
+        #[source]
+        source: Box<deltalake::datafusion::error::DataFusionError>,
+    },
+
     #[error("decode: {0}")]
     Decode(String),
 
@@ -86,8 +95,8 @@ impl From<Error> for sluice_pipeline::Error {
     fn from(e: Error) -> Self {
         match e {
             Error::Pipeline(e) => e,
-            Error::Kafka { .. } => sluice_pipeline::Error::Source(e.to_string()),
-            other => sluice_pipeline::Error::Sink(other.to_string()),
+            Error::Kafka { .. } => sluice_pipeline::Error::Source(Box::new(e)),
+            other => sluice_pipeline::Error::Sink(Box::new(other)),
         }
     }
 }
@@ -98,6 +107,17 @@ pub(crate) fn kafka(
 ) -> impl FnOnce(rdkafka::error::KafkaError) -> Error {
     let context = context.into();
     move |source| Error::Kafka {
+        context,
+        source: Box::new(source),
+    }
+}
+
+/// Wrap a DataFusion error with what sluice was doing.
+pub(crate) fn query(
+    context: impl Into<String>,
+) -> impl FnOnce(deltalake::datafusion::error::DataFusionError) -> Error {
+    let context = context.into();
+    move |source| Error::Query {
         context,
         source: Box::new(source),
     }

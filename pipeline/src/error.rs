@@ -34,18 +34,23 @@ pub enum Error {
     },
 
     /// The sink failed; the pipeline stops so nothing is acknowledged that was not written.
+    /// The sink's own error (a Delta commit, an object store, …) is the source.
     #[error("sink failed: {0}")]
-    Sink(String),
+    Sink(#[source] BoxError),
 
-    /// The source failed in a way it cannot recover from.
+    /// The source failed in a way it cannot recover from; its own error (Kafka's) is the
+    /// source.
     #[error("source failed: {0}")]
-    Source(String),
+    Source(#[source] BoxError),
 
     /// Where to resume could not be read (see [`crate::checkpoints`]): the store's own
     /// error, as it is.
     #[error(transparent)]
-    Checkpoints(Box<dyn std::error::Error + Send + Sync>),
+    Checkpoints(BoxError),
 }
+
+/// An error of another crate carried as a source (this crate knows no connector's types).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -235,20 +235,18 @@ impl BronzeSink {
                     .as_ref()
                     .try_into_kernel()
                     .map_err(|e: arrow::error::ArrowError| Error::Arrow(e))?;
-                let mut metadata = current.with_schema(&kernel).map_err(|e| {
-                    Error::Decode(format!("table {}: evolving schema: {e}", s.name))
-                })?;
+                let mut metadata = current
+                    .with_schema(&kernel)
+                    .map_err(|e| delta(&s.name, "evolving schema")(e.into()))?;
                 if drop_list {
                     metadata = metadata
                         .remove_config_key(stats::STATS_COLUMNS)
-                        .map_err(|e| {
-                            Error::Decode(format!("table {}: dropping statistics: {e}", s.name))
-                        })?;
+                        .map_err(|e| delta(&s.name, "dropping statistics")(e.into()))?;
                 }
                 for (k, v) in stale {
-                    metadata = metadata.add_config_key(k.clone(), v.clone()).map_err(|e| {
-                        Error::Decode(format!("table {}: setting property {k}: {e}", s.name))
-                    })?;
+                    metadata = metadata
+                        .add_config_key(k.clone(), v.clone())
+                        .map_err(|e| delta(&s.name, &format!("setting property {k}"))(e.into()))?;
                 }
                 match table::commit(
                     &s.name,

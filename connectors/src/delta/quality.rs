@@ -30,7 +30,7 @@ use sluice_pipeline::metrics::{EXPECTATION_ROWS_FAILED_TOTAL, EXPECTATION_ROWS_P
 use sluice_pipeline::{DeadLetter, SourceBatch, Stage};
 
 use super::table;
-use crate::error::{Error, Result, delta};
+use crate::error::{Error, Result, delta, query};
 
 /// Where the per-commit quality counts live under the lake.
 pub const QUALITY: &str = "_sluice/quality";
@@ -148,9 +148,10 @@ impl QualityGate {
             if !table::exists(&t) {
                 continue;
             }
-            let provider = t.table_provider().await.map_err(|e| {
-                Error::Decode(format!("{location}: reading for an expectation: {e}"))
-            })?;
+            let provider = t
+                .table_provider()
+                .await
+                .map_err(query(format!("{location}: reading for an expectation")))?;
             if self
                 .ctx
                 .catalog("datafusion")
@@ -162,13 +163,13 @@ impl QualityGate {
                     &layer,
                     Arc::new(deltalake::datafusion::catalog::MemorySchemaProvider::new()),
                 )
-                .map_err(|e| Error::Decode(e.to_string()))?;
+                .map_err(query(format!("{location}: registering for an expectation")))?;
             }
             let reference = TableReference::partial(layer.as_str(), name.as_str());
             let _ = self.ctx.deregister_table(reference.clone());
             self.ctx
                 .register_table(reference, provider)
-                .map_err(|e| Error::Decode(e.to_string()))?;
+                .map_err(query(format!("{location}: registering for an expectation")))?;
             self.opened.insert(key, Instant::now());
         }
         Ok(())

@@ -381,17 +381,17 @@ pub async fn ensure(
                 .map_err(|e: arrow::error::ArrowError| Error::Arrow(e))?;
             metadata = metadata
                 .with_schema(&kernel)
-                .map_err(|e| Error::Decode(format!("table {name}: evolving schema: {e}")))?;
+                .map_err(|e| delta(name, "evolving schema")(e.into()))?;
         }
         if !wanted.iter().any(|(k, _)| k == STATS_COLUMNS) {
-            metadata = metadata.remove_config_key(STATS_COLUMNS).map_err(|e| {
-                Error::Decode(format!("table {name}: removing {STATS_COLUMNS}: {e}"))
-            })?;
+            metadata = metadata
+                .remove_config_key(STATS_COLUMNS)
+                .map_err(|e| delta(name, &format!("removing {STATS_COLUMNS}"))(e.into()))?;
         }
         for (k, v) in wanted {
             metadata = metadata
                 .add_config_key(k.clone(), v.clone())
-                .map_err(|e| Error::Decode(format!("table {name}: setting {k}: {e}")))?;
+                .map_err(|e| delta(name, &format!("setting {k}"))(e.into()))?;
         }
         let partition_by = t
             .snapshot()

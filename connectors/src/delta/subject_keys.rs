@@ -24,7 +24,7 @@ use sluice_pipeline::lake::Lake;
 use sluice_pipeline::metrics::SUBJECT_KEYS_CREATED_TOTAL;
 
 use super::table;
-use crate::error::{Error, Result, delta};
+use crate::error::{Error, Result, delta, query};
 
 const NAME: &str = "subject key store";
 
@@ -58,19 +58,16 @@ async fn read(t: &DeltaTable) -> Result<Vec<StoredKey>> {
         return Ok(Vec::new());
     }
     let ctx = SessionContext::new();
-    let provider = t
-        .table_provider()
-        .await
-        .map_err(|e| failure("reading", e))?;
-    ctx.register_table("k", provider)
-        .map_err(|e| failure("reading", e))?;
+    let reading = || query("subject key store: reading");
+    let provider = t.table_provider().await.map_err(reading())?;
+    ctx.register_table("k", provider).map_err(reading())?;
     let batches = ctx
         .sql("SELECT master, subject, key_id, wrapped, created_at FROM k")
         .await
-        .map_err(|e| failure("reading", e))?
+        .map_err(reading())?
         .collect()
         .await
-        .map_err(|e| failure("reading", e))?;
+        .map_err(reading())?;
     let mut out = Vec::new();
     for b in batches {
         let columns: Vec<arrow::array::ArrayRef> = (0..4)
