@@ -97,9 +97,7 @@ pub async fn anonymise(
     now: DateTime<Utc>,
 ) -> Result<Report> {
     let lake = &lake.into();
-    let tables = find_tables_in(lake)
-        .await
-        .map_err(|e| Error::Other(e.to_string()))?;
+    let tables = find_tables_in(lake).await?;
     let mut report = Report::default();
     for (name, policy) in &config.tables {
         if !only.is_empty() && !only.contains(name) {
@@ -108,7 +106,9 @@ pub async fn anonymise(
         let t = tables
             .iter()
             .find(|t| &t.qualified() == name)
-            .ok_or_else(|| Error::Other(format!("no table {name} in the lake")))?;
+            .ok_or_else(|| Error::NoTable {
+                table: name.clone(),
+            })?;
         let anonymising = Lock::acquire_in(lake, &format!("anonymise.{name}")).await?;
         // A maintenance or erasure of the table finishes first.
         let maintaining = Lock::acquire_waiting(
@@ -133,9 +133,7 @@ pub async fn anonymise(
         report.tables.push(done);
     }
     if !config.publish.is_empty() {
-        let catalog = Catalog::open(lake)
-            .await
-            .map_err(|e| Error::Other(e.to_string()))?;
+        let catalog = Catalog::open(lake).await?;
         for (name, publish) in &config.publish {
             if !only.is_empty() && !only.contains(name) {
                 continue;
@@ -203,14 +201,15 @@ impl ColumnSteps {
             &arrow::array::RecordBatchOptions::new().with_row_count(Some(array.len())),
         )?;
         for step in &self.steps {
-            if let Some((_, why)) = step.reject(&batch).map_err(other)?.first() {
-                return Err(Error::Other(format!(
+            let failed = || Error::transform(self.field.name().as_str());
+            if let Some((_, why)) = step.reject(&batch).map_err(failed())?.first() {
+                return Err(Error::Invalid(format!(
                     "{} cannot anonymise a value of {}: {why}",
                     step.name(),
                     self.field.name()
                 )));
             }
-            batch = step.apply(batch).map_err(other)?;
+            batch = step.apply(batch).map_err(failed())?;
         }
         let out = Arc::clone(batch.column(0));
         Ok(if out.data_type() == self.field.data_type() {
@@ -219,10 +218,6 @@ impl ColumnSteps {
             cast(&out, self.field.data_type())?
         })
     }
-}
-
-fn other(e: impl std::fmt::Display) -> Error {
-    Error::Other(e.to_string())
 }
 
 /// The steps of `policy` grouped by top-level column, checked against `schema`.
@@ -235,18 +230,18 @@ fn column_steps(
     for (path, rule) in &policy.columns {
         let top = path.split('.').next().unwrap_or_default();
         let field = schema.field_with_name(top).map_err(|_| {
-            Error::Other(format!(
+            Error::Invalid(format!(
                 "{name}: no column '{top}' (anonymise.tables.\"{name}\".columns.\"{path}\")"
             ))
         })?;
         let step: Box<dyn Transform> = match rule.action {
             Action::Drop => Box::new(Nullify {
                 path: ColumnPath::parse(path).ok_or_else(|| {
-                    Error::Other(format!("{name}: '{path}' is not a column path"))
+                    Error::Invalid(format!("{name}: '{path}' is not a column path"))
                 })?,
             }),
             _ => Policy::keyless_transform(path, rule).ok_or_else(|| {
-                Error::Other(format!(
+                Error::Invalid(format!(
                     "{name}: {} cannot anonymise '{path}'",
                     rule.action.as_str()
                 ))
@@ -265,11 +260,11 @@ fn column_steps(
         for step in &s.steps {
             current = step
                 .output_schema(&current)
-                .map_err(|e| Error::Other(format!("{name}: {e}")))?;
+                .map_err(Error::transform(name))?;
         }
         let to = current.field(0).data_type();
         if !can_cast_types(to, s.field.data_type()) {
-            return Err(Error::Other(format!(
+            return Err(Error::Invalid(format!(
                 "{name}: the actions on '{}' change its type to {to}; anonymisation rewrites rows in place, in the column's own type",
                 s.field.name()
             )));
@@ -286,7 +281,7 @@ fn cutoff(
     now: DateTime<Utc>,
 ) -> Result<(Expr, String)> {
     let field = schema.field_with_name(&policy.age_column).map_err(|_| {
-        Error::Other(format!(
+        Error::Invalid(format!(
             "{name}: no age column '{}' (anonymise.tables.\"{name}\".age_column)",
             policy.age_column
         ))
@@ -298,7 +293,7 @@ fn cutoff(
         }
         DataType::Timestamp(_, _) => at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         other => {
-            return Err(Error::Other(format!(
+            return Err(Error::Invalid(format!(
                 "{name}: age column '{}' is {other}; a date, timestamp or YYYY-MM-DD text is needed",
                 policy.age_column
             )));
@@ -476,13 +471,15 @@ async fn check_k(catalog: &Catalog, name: &str, publish: &PublishConfig) -> Resu
         .tables()
         .iter()
         .find(|t| t.qualified() == name)
-        .ok_or_else(|| Error::Other(format!("no table {name} in the lake")))?;
+        .ok_or_else(|| Error::NoTable {
+            table: name.to_string(),
+        })?;
     let groups = publish.quasi_identifiers.join(", ");
     let sql = format!("SELECT count(*) AS n FROM {name} GROUP BY {groups}");
     let batches = catalog
         .query(&sql)
         .await
-        .map_err(|e| Error::Other(format!("k-anonymity of {name}: {e}")))?;
+        .map_err(Error::sql(format!("k-anonymity of {name}")))?;
     let mut p = Publication {
         table: name.to_string(),
         version: catalog.version(table).unwrap_or(-1),
@@ -517,7 +514,7 @@ async fn check_k(catalog: &Catalog, name: &str, publish: &PublishConfig) -> Resu
         let rows = catalog
             .query(&format!("SELECT * FROM {name}"))
             .await
-            .map_err(|e| Error::Other(format!("publishing {name}: {e}")))?;
+            .map_err(Error::sql(format!("publishing {name}")))?;
         write_parquet(to, &rows)?;
         p.published_to = Some(to.clone());
     }
@@ -527,7 +524,7 @@ async fn check_k(catalog: &Catalog, name: &str, publish: &PublishConfig) -> Resu
 /// Write `batches` to one Parquet file at `to`, whole or not at all.
 fn write_parquet(to: &Path, batches: &[RecordBatch]) -> Result<()> {
     let Some(first) = batches.first() else {
-        return Err(Error::Other(format!(
+        return Err(Error::Invalid(format!(
             "nothing to publish to {}: the table is empty",
             to.display()
         )));
@@ -537,16 +534,13 @@ fn write_parquet(to: &Path, batches: &[RecordBatch]) -> Result<()> {
     }
     let partial = to.with_extension("parquet.partial");
     let file = std::fs::File::create(&partial).map_err(|e| Error::io(&partial, e))?;
-    let mut writer = parquet::arrow::ArrowWriter::try_new(file, first.schema(), None)
-        .map_err(|e| Error::Other(format!("{}: {e}", to.display())))?;
+    let failed = |e| Error::parquet(to.display().to_string())(e);
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(file, first.schema(), None).map_err(failed)?;
     for b in batches {
-        writer
-            .write(b)
-            .map_err(|e| Error::Other(format!("{}: {e}", to.display())))?;
+        writer.write(b).map_err(failed)?;
     }
-    writer
-        .close()
-        .map_err(|e| Error::Other(format!("{}: {e}", to.display())))?;
+    writer.close().map_err(failed)?;
     std::fs::rename(&partial, to).map_err(|e| Error::io(to, e))
 }
 

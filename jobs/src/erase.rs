@@ -420,10 +420,7 @@ pub async fn erase(
         Some(j)
     };
     let mut outcomes: Vec<TableOutcome> = Vec::new();
-    for t in find_tables_in(lake)
-        .await
-        .map_err(|e| Error::Other(e.to_string()))?
-    {
+    for t in find_tables_in(lake).await? {
         let name = t.qualified();
         if RECORD_TABLES.contains(&name.as_str()) {
             continue;
@@ -568,9 +565,7 @@ async fn certificates_of(lake: &Lake) -> Result<Option<deltalake::datafusion::pr
     let ctx = deltalake::datafusion::prelude::SessionContext::new();
     ctx.register_table(
         "erasures",
-        t.table_provider()
-            .await
-            .map_err(|e| Error::Other(format!("{ERASURES}: {e}")))?,
+        t.table_provider().await.map_err(Error::query(ERASURES))?,
     )?;
     Ok(Some(ctx.table("erasures").await?))
 }
@@ -655,11 +650,9 @@ fn recorded_certificates(
         else {
             return Ok(None);
         };
-        let tables: Vec<TableErasure> = serde_json::from_str(&c.tables).map_err(|e| {
-            Error::Other(format!(
-                "{ERASURES}: a certificate's tables do not read: {e}"
-            ))
-        })?;
+        let tables: Vec<TableErasure> = serde_json::from_str(&c.tables).map_err(Error::json(
+            format!("{ERASURES}: a certificate's tables do not read"),
+        ))?;
         out.push(Certificate {
             request_id: c.request_id.clone(),
             subject_hash: c.subject_hash.clone(),
@@ -729,8 +722,8 @@ async fn delete_rows(
     attempt_id: &str,
 ) -> Result<(DeltaTable, Option<i64>)> {
     let mut delta = delta;
-    let mut last = String::new();
-    for attempt in 0..DELETE_ATTEMPTS {
+    let mut attempt = 0;
+    loop {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(50 * attempt as u64)).await;
             delta
@@ -758,13 +751,17 @@ async fn delete_rows(
             }
             Err(e) => {
                 tracing::warn!(table = %name, attempt, error = %e, "erasure delete refused, retrying against the refreshed table");
-                last = e.to_string();
+                attempt += 1;
+                if attempt == DELETE_ATTEMPTS {
+                    return Err(Error::DeleteRefused {
+                        table: name.to_string(),
+                        attempts: DELETE_ATTEMPTS,
+                        source: Box::new(e),
+                    });
+                }
             }
         }
     }
-    Err(Error::Other(format!(
-        "{name}: the delete was refused {DELETE_ATTEMPTS} times; last: {last}"
-    )))
 }
 
 /// Which requests each form of an identifier belongs to.
@@ -798,7 +795,7 @@ fn attribute(
     let mut found = 0;
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
         .and_then(|b| b.build())
-        .map_err(|e| Error::Other(format!("{name}: {e}")))?;
+        .map_err(Error::parquet(name))?;
     for batch in reader {
         let batch = batch?;
         let any = lookup.mask(all, &batch)?;
@@ -1155,7 +1152,10 @@ async fn record(lake: &Lake, certificates: &[Certificate]) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(", "),
         );
-        tables.push(serde_json::to_string(&c.tables).map_err(|e| Error::Other(e.to_string()))?);
+        tables.push(
+            serde_json::to_string(&c.tables)
+                .map_err(Error::json(format!("{ERASURES}: a certificate's tables")))?,
+        );
     }
     let each = |f: &dyn Fn(&Certificate) -> i64| -> Arc<Int64Array> {
         Arc::new(Int64Array::from_iter_values(certificates.iter().map(f)))
@@ -1320,9 +1320,7 @@ fn candidates(bytes: &[u8], batches: Option<&[RecordBatch]>) -> Vec<String> {
 /// their logs: the rows that remain.
 async fn current_files(lake: &Lake, prefix: &str) -> Result<HashSet<String>> {
     let mut out = HashSet::new();
-    let tables = find_tables_in(lake)
-        .await
-        .map_err(|e| Error::Other(e.to_string()))?;
+    let tables = find_tables_in(lake).await?;
     let mut urls: Vec<url::Url> = tables.into_iter().map(|t| t.url).collect();
     if prefix.is_empty() {
         // Tables outside the catalog (the subject key store in its default place).
@@ -1414,20 +1412,20 @@ pub async fn verify(
             .list(None)
             .try_collect()
             .await
-            .map_err(|e| Error::Other(format!("listing {lake}: {e}")))?;
+            .map_err(Error::object_store(format!("listing {lake}")))?;
         files.sort_by(|a, b| a.location.cmp(&b.location));
         for file in files {
             let relative = format!("{label}{}", file.location);
             // Reports group by table: `<layer>/<name>` (or the first two parts).
             let place = relative.split('/').take(2).collect::<Vec<_>>().join("/");
-            let failed = |e: object_store::Error| Error::Other(format!("{relative}: {e}"));
+            let failed = |e| Error::object_store(relative.as_str())(e);
             let got = store.get(&file.location).await.map_err(failed)?;
             let bytes = got.bytes().await.map_err(failed)?;
             let size = bytes.len() as u64;
             let batches: Option<Vec<RecordBatch>> = if relative.ends_with(".parquet") {
                 let reader = ParquetRecordBatchReaderBuilder::try_new(bytes.clone())
                     .and_then(|b| b.build())
-                    .map_err(|e| Error::Other(format!("{relative}: {e}")))?;
+                    .map_err(Error::parquet(relative.as_str()))?;
                 Some(reader.collect::<std::result::Result<Vec<_>, _>>()?)
             } else {
                 None

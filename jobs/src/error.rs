@@ -1,13 +1,18 @@
 //! The one error type of `sluice-jobs`.
+//!
+//! Each variant keeps the error it comes from as its [`source`](std::error::Error::source),
+//! and says where it happened (a table, a file, a lock, a query) in its text.
 
 use std::path::Path;
 
 /// Errors of the batch jobs.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A lake operation of `sluice-connectors` (opening, creating or appending to a table).
     #[error("{0}")]
     Lake(#[from] sluice_connectors::Error),
 
+    /// A delta-rs operation on `table`.
     #[error("delta table {table}: {source}")]
     Delta {
         table: String,
@@ -15,11 +20,46 @@ pub enum Error {
         source: Box<deltalake::DeltaTableError>,
     },
 
-    #[error("query: {0}")]
-    Query(#[from] deltalake::datafusion::error::DataFusionError),
+    /// The lake's SQL catalog: listing its tables, opening it, reading views or
+    /// definitions.
+    #[error(transparent)]
+    Catalog(#[from] sluice_sql::Error),
+
+    /// A query a job runs over the catalog; `context` says which.
+    #[error("{context}: {source}")]
+    Sql {
+        context: String,
+        #[source]
+        source: Box<sluice_sql::Error>,
+    },
+
+    /// A DataFusion plan of a job; `context` says which (`query` when nothing more precise
+    /// is known).
+    #[error("{context}: {source}")]
+    Query {
+        context: String,
+        #[source]
+        source: Box<deltalake::datafusion::error::DataFusionError>,
+    },
 
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+
+    /// Reading or writing Parquet; `context` names the file or table.
+    #[error("{context}: {source}")]
+    Parquet {
+        context: String,
+        #[source]
+        source: Box<parquet::errors::ParquetError>,
+    },
+
+    /// The lake's object store; `context` names the lock, journal, table or file.
+    #[error("{context}: {source}")]
+    ObjectStore {
+        context: String,
+        #[source]
+        source: Box<object_store::Error>,
+    },
 
     #[error("{path}: {source}")]
     Io {
@@ -28,11 +68,52 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// JSON that does not read or write; `context` names what it is.
+    #[error("{context}: {source}")]
+    Json {
+        context: String,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// The operating system gave no random bytes (for a lock's nonce, a journal's attempt).
+    #[error("{context}: no random source: {source}")]
+    Random {
+        context: String,
+        #[source]
+        source: getrandom::Error,
+    },
+
+    /// A PII transform applied by a job (anonymisation); `context` names the table or
+    /// column.
+    #[error("{context}: {source}")]
+    Transform {
+        context: String,
+        #[source]
+        source: Box<sluice_pipeline::Error>,
+    },
+
     #[error("another run holds the lock '{name}' (process {holder}); runs never overlap")]
     Locked { name: String, holder: String },
 
+    /// An erasure's delete of `table` kept conflicting with other writers.
+    #[error("{table}: the delete was refused {attempts} times; last: {source}")]
+    DeleteRefused {
+        table: String,
+        attempts: usize,
+        #[source]
+        source: Box<deltalake::DeltaTableError>,
+    },
+
+    /// The lake has no table of this name (`layer.name`).
+    #[error("no table {table} in the lake")]
+    NoTable { table: String },
+
+    /// The configuration or the request cannot be carried out as given: a table, column,
+    /// definition or expression it names is missing or unusable, or what the lake holds
+    /// does not have the shape the job needs.
     #[error("{0}")]
-    Other(String),
+    Invalid(String),
 }
 
 impl Error {
@@ -49,6 +130,70 @@ impl Error {
             table,
             source: Box::new(source),
         }
+    }
+
+    pub(crate) fn sql(context: impl Into<String>) -> impl FnOnce(sluice_sql::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Sql {
+            context,
+            source: Box::new(source),
+        }
+    }
+
+    pub(crate) fn query(
+        context: impl Into<String>,
+    ) -> impl FnOnce(deltalake::datafusion::error::DataFusionError) -> Self {
+        let context = context.into();
+        move |source| Self::Query {
+            context,
+            source: Box::new(source),
+        }
+    }
+
+    pub(crate) fn parquet(
+        context: impl Into<String>,
+    ) -> impl FnOnce(parquet::errors::ParquetError) -> Self {
+        let context = context.into();
+        move |source| Self::Parquet {
+            context,
+            source: Box::new(source),
+        }
+    }
+
+    pub(crate) fn object_store(
+        context: impl Into<String>,
+    ) -> impl FnOnce(object_store::Error) -> Self {
+        let context = context.into();
+        move |source| Self::ObjectStore {
+            context,
+            source: Box::new(source),
+        }
+    }
+
+    pub(crate) fn json(context: impl Into<String>) -> impl FnOnce(serde_json::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Json { context, source }
+    }
+
+    pub(crate) fn random(context: impl Into<String>) -> impl FnOnce(getrandom::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Random { context, source }
+    }
+
+    pub(crate) fn transform(
+        context: impl Into<String>,
+    ) -> impl FnOnce(sluice_pipeline::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Transform {
+            context,
+            source: Box::new(source),
+        }
+    }
+}
+
+impl From<deltalake::datafusion::error::DataFusionError> for Error {
+    fn from(source: deltalake::datafusion::error::DataFusionError) -> Self {
+        Self::query("query")(source)
     }
 }
 

@@ -114,23 +114,22 @@ pub async fn gold(
     stats: &StatsPolicy,
 ) -> Result<Vec<GoldTable>> {
     let lake = &lake.into();
-    let defs = definitions::read_dir(gold_dir).map_err(|e| Error::Other(e.to_string()))?;
+    let defs = definitions::read_dir(gold_dir)?;
     if defs.is_empty() {
-        return Err(Error::Other(format!(
+        return Err(Error::Invalid(format!(
             "no gold definitions in {} (one query per <name>.sql file)",
             gold_dir.display()
         )));
     }
     for name in only {
         if !defs.iter().any(|d| &format!("gold.{}", d.name) == name) {
-            return Err(Error::Other(format!(
+            return Err(Error::Invalid(format!(
                 "no definition for {name} in {}",
                 gold_dir.display()
             )));
         }
     }
-    let defs =
-        definitions::in_dependency_order(defs, "gold").map_err(|e| Error::Other(e.to_string()))?;
+    let defs = definitions::in_dependency_order(defs, "gold")?;
     let mut built = Vec::new();
     for d in defs {
         let name = format!("gold.{}", d.name);
@@ -139,13 +138,8 @@ pub async fn gold(
         }
         let lock = Lock::acquire_in(lake, &format!("gold.{}", d.name)).await?;
         // A fresh catalog: the gold tables built before this one are read as they are now.
-        let catalog = Catalog::open(lake)
-            .await
-            .map_err(|e| Error::Other(e.to_string()))?;
-        catalog
-            .register_views(views_dir)
-            .await
-            .map_err(|e| Error::Other(e.to_string()))?;
+        let catalog = Catalog::open(lake).await?;
+        catalog.register_views(views_dir).await?;
         let t = build(lake, &catalog, &d, stats).await?;
         lock.release().await;
         eprintln!("gold: {} ({} rows, version {})", t.table, t.rows, t.version);
@@ -171,8 +165,10 @@ async fn build(
     {
         return incremental(catalog, d, t, sha, w, from, stats).await;
     }
-    let failed = |e: &dyn std::fmt::Display| Error::Other(format!("{}: {e}", d.path.display()));
-    let stream = catalog.stream(&d.sql).await.map_err(|e| failed(&e))?;
+    let stream = catalog
+        .stream(&d.sql)
+        .await
+        .map_err(Error::sql(d.path.display().to_string()))?;
     let (batches, rows) = plain_rows(d, stream).await?;
     // A new table is created by its first write (one commit), with the statistics
     // settings its columns allow; an existing one has them brought up to date first.
@@ -233,7 +229,7 @@ async fn plain_rows(
     let schema = stream.schema();
     let mut batches = Vec::new();
     while let Some(b) = stream.next().await {
-        let b = b.map_err(|e| Error::Other(format!("{}: {e}", d.path.display())))?;
+        let b = b.map_err(Error::query(d.path.display().to_string()))?;
         if b.num_rows() > 0 {
             batches.push(plain(&b)?);
         }
@@ -280,16 +276,13 @@ async fn incremental(
 ) -> Result<GoldTable> {
     use deltalake::datafusion::prelude::{Column, Expr, SessionContext, col, ident, lit};
     let name = format!("gold.{}", d.name);
-    let failed = |e: &dyn std::fmt::Display| Error::Other(format!("{}: {e}", d.path.display()));
-    let df = catalog
-        .context()
-        .sql(&d.sql)
-        .await
-        .map_err(|e| failed(&e))?;
+    let failed = |e| Error::query(d.path.display().to_string())(e);
+    let df = catalog.context().sql(&d.sql).await.map_err(failed)?;
     for c in d.key.iter().map(String::as_str).chain([w]) {
         if df.schema().field_with_unqualified_name(c).is_err() {
-            return Err(failed(&format!(
-                "the query gives no column {c} (sluice: key / watermark)"
+            return Err(Error::Invalid(format!(
+                "{}: the query gives no column {c} (sluice: key / watermark)",
+                d.path.display()
             )));
         }
     }
@@ -297,12 +290,10 @@ async fn incremental(
         .schema()
         .field_with_unqualified_name(w)
         .map(|f| f.data_type().clone())
-        .map_err(|e| failed(&e))?;
-    let start = from.cast_to(&as_query).map_err(|e| failed(&e))?;
-    let df = df
-        .filter(ident(w).gt_eq(lit(start)))
-        .map_err(|e| failed(&e))?;
-    let stream = df.execute_stream().await.map_err(|e| failed(&e))?;
+        .map_err(failed)?;
+    let start = from.cast_to(&as_query).map_err(failed)?;
+    let df = df.filter(ident(w).gt_eq(lit(start))).map_err(failed)?;
+    let stream = df.execute_stream().await.map_err(failed)?;
     let (batches, rows) = plain_rows(d, stream).await?;
     let columns: Vec<String> = batches[0]
         .schema()
@@ -314,7 +305,7 @@ async fn incremental(
     let t = with_statistics(&name, t, &url, &batches[0].schema(), stats).await?;
     let source = SessionContext::new()
         .read_batches(batches)
-        .map_err(|e| failed(&e))?;
+        .map_err(failed)?;
     let on: Vec<String> = d
         .key
         .iter()

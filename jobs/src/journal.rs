@@ -128,8 +128,8 @@ pub struct Journal {
     pub attempt: String,
 }
 
-fn failed(e: impl std::fmt::Display) -> Error {
-    Error::Other(format!("{PENDING}: {e}"))
+fn object_error(e: object_store::Error) -> Error {
+    Error::object_store(PENDING)(e)
 }
 
 /// The JSON object at `path`, if there is one. Objects are written whole (object stores
@@ -142,14 +142,14 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
     let got = match store.get(path).await {
         Ok(g) => g,
         Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(failed(e)),
+        Err(e) => return Err(object_error(e)),
     };
-    let bytes = got.bytes().await.map_err(failed)?;
-    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-        failed(format!(
-            "{path} does not read ({e}); move it away to start that erasure afresh"
-        ))
-    })
+    let bytes = got.bytes().await.map_err(object_error)?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(Error::json(format!(
+            "{PENDING}: {path} does not read (move it away to start that erasure afresh)"
+        )))
 }
 
 async fn write_json<T: Serialize>(
@@ -157,18 +157,18 @@ async fn write_json<T: Serialize>(
     path: &ObjectPath,
     value: &T,
 ) -> Result<()> {
-    let bytes = serde_json::to_vec(value).map_err(failed)?;
+    let bytes = serde_json::to_vec(value).map_err(Error::json(format!("{PENDING}: {path}")))?;
     store
         .put(path, PutPayload::from(bytes))
         .await
-        .map_err(failed)?;
+        .map_err(object_error)?;
     Ok(())
 }
 
 async fn delete(store: &dyn ObjectStore, path: &ObjectPath) -> Result<()> {
     match store.delete(path).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-        Err(e) => Err(failed(e)),
+        Err(e) => Err(object_error(e)),
     }
 }
 
@@ -186,7 +186,7 @@ impl Journal {
         }
         let run = hex::encode(&h.finalize()[..16]);
         let mut attempt = [0u8; 16];
-        getrandom::fill(&mut attempt).map_err(failed)?;
+        getrandom::fill(&mut attempt).map_err(Error::random(PENDING))?;
         Ok(Self {
             store,
             dir: format!("{PENDING}/{run}"),
@@ -247,7 +247,7 @@ impl Journal {
             .list(Some(&prefix))
             .try_collect()
             .await
-            .map_err(failed)?;
+            .map_err(object_error)?;
         listed.sort_by_key(|m| m.location.as_ref().ends_with("/run.json"));
         for m in listed {
             delete(self.store.as_ref(), &m.location).await?;

@@ -124,8 +124,8 @@ struct Held {
     lost: Arc<AtomicBool>,
 }
 
-fn object_error(name: &str) -> impl Fn(object_store::Error) -> Error + '_ {
-    move |e| Error::Other(format!("lock {name}: {e}"))
+fn object_error(name: &str) -> impl FnOnce(object_store::Error) -> Error {
+    Error::object_store(format!("lock {name}"))
 }
 
 /// Put only if absent.
@@ -264,13 +264,12 @@ impl Lock {
     ) -> Result<Self> {
         let path = lock_path(name);
         let mut nonce_bytes = [0u8; 16];
-        getrandom::fill(&mut nonce_bytes)
-            .map_err(|e| Error::Other(format!("lock {name}: no random source: {e}")))?;
+        getrandom::fill(&mut nonce_bytes).map_err(Error::random(format!("lock {name}")))?;
         let nonce = hex::encode(nonce_bytes);
         let acquired_at = chrono::Utc::now();
         for _ in 0..3 {
             let mine = serde_json::to_vec(&holder(&nonce, acquired_at))
-                .map_err(|e| Error::Other(format!("lock {name}: {e}")))?;
+                .map_err(Error::json(format!("lock {name}")))?;
             match store.put_opts(&path, mine.into(), create_only()).await {
                 Ok(_) => return Ok(Self::held(store, name, path, nonce, every)),
                 Err(object_store::Error::AlreadyExists { .. })
@@ -320,7 +319,7 @@ impl Lock {
                 }
             }
             let mine = serde_json::to_vec(&holder(&nonce, acquired_at))
-                .map_err(|e| Error::Other(format!("lock {name}: {e}")))?;
+                .map_err(Error::json(format!("lock {name}")))?;
             // The marker stays: a slower taker that read the same stale lock must still
             // find it taken (markers are a few bytes, one per take-over).
             let created = store.put_opts(&path, mine.into(), create_only()).await;

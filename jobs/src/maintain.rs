@@ -40,9 +40,7 @@ pub async fn maintain(
     only: &[String],
 ) -> Result<Vec<TableReport>> {
     let mut reports = Vec::new();
-    let tables = find_tables_in(lake)
-        .await
-        .map_err(|e| Error::Other(e.to_string()))?;
+    let tables = find_tables_in(lake).await?;
     for t in tables {
         let name = t.qualified();
         if !only.is_empty() && !only.contains(&name) {
@@ -65,7 +63,9 @@ pub async fn maintain(
     }
     for name in only {
         if !reports.iter().any(|r| &r.table == name) {
-            return Err(Error::Other(format!("no table {name} in the lake")));
+            return Err(Error::NoTable {
+                table: name.clone(),
+            });
         }
     }
     Ok(reports)

@@ -40,8 +40,9 @@ impl TableFiles {
         }
     }
 
-    fn failed(&self, e: impl std::fmt::Display) -> Error {
-        Error::Other(format!("{}: {e}", self.name))
+    /// A failure of the table's object store.
+    fn failed(&self, e: object_store::Error) -> Error {
+        Error::object_store(&self.name)(e)
     }
 
     /// The bytes of `path`.
@@ -69,8 +70,8 @@ impl TableFiles {
         let text = String::from_utf8_lossy(&bytes);
         let mut out = Vec::new();
         for line in text.lines() {
-            let action: serde_json::Value =
-                serde_json::from_str(line).map_err(|e| self.failed(format!("{log}: {e}")))?;
+            let action: serde_json::Value = serde_json::from_str(line)
+                .map_err(|e| Error::json(format!("{}: {log}", self.name))(e))?;
             for kind in ["remove", "cdc"] {
                 if let Some(path) = action.get(kind).and_then(|a| a.get("path")?.as_str())
                     && let Ok(file) = ObjectPath::from_url_path(path)
@@ -284,7 +285,8 @@ impl TableFiles {
             }
             o.remove("checksum");
         }
-        let text = serde_json::to_vec(&last).map_err(|e| self.failed(e))?;
+        let text =
+            serde_json::to_vec(&last).map_err(Error::json(format!("{}: {path}", self.name)))?;
         self.store
             .put(&path, text.into())
             .await
@@ -333,7 +335,7 @@ pub fn named_in_entry(bytes: &[u8]) -> Vec<(&'static str, String)> {
 fn named_in_checkpoint(table: &str, bytes: Bytes) -> Result<Vec<String>> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
         .and_then(|b| b.build())
-        .map_err(|e| Error::Other(format!("{table}: reading a checkpoint: {e}")))?;
+        .map_err(Error::parquet(format!("{table}: reading a checkpoint")))?;
     let mut out = Vec::new();
     for batch in reader {
         let batch = batch?;
@@ -466,14 +468,14 @@ pub fn scrub_entry(bytes: &[u8], purged: &HashSet<String>) -> Option<Vec<u8>> {
 /// [`DESCRIBING`] in the `remove` column is nulled (where the schema allows), as is
 /// `extendedFileMetadata`. Current files (`add`) keep their statistics.
 pub fn scrub_checkpoint(table: &str, bytes: Bytes) -> Result<Vec<u8>> {
-    let failed = |e: &dyn std::fmt::Display| Error::Other(format!("{table}: checkpoint: {e}"));
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| failed(&e))?;
+    let failed = |e| Error::parquet(format!("{table}: checkpoint"))(e);
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(failed)?;
     let schema = Arc::clone(builder.schema());
-    let reader = builder.build().map_err(|e| failed(&e))?;
+    let reader = builder.build().map_err(failed)?;
     let mut out = Vec::new();
     {
         let mut writer = parquet::arrow::ArrowWriter::try_new(&mut out, Arc::clone(&schema), None)
-            .map_err(|e| failed(&e))?;
+            .map_err(failed)?;
         for batch in reader {
             let batch = batch?;
             let mut columns = batch.columns().to_vec();
@@ -494,14 +496,12 @@ pub fn scrub_checkpoint(table: &str, bytes: Bytes) -> Result<Vec<u8>> {
                         }
                     })
                     .collect();
-                columns[i] = Arc::new(
-                    StructArray::try_new(fields, children, nulls).map_err(|e| failed(&e))?,
-                );
+                columns[i] = Arc::new(StructArray::try_new(fields, children, nulls)?);
             }
             let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
-            writer.write(&batch).map_err(|e| failed(&e))?;
+            writer.write(&batch).map_err(failed)?;
         }
-        writer.close().map_err(|e| failed(&e))?;
+        writer.close().map_err(failed)?;
     }
     Ok(out)
 }

@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use sluice_connectors::delta::table;
 use sluice_pipeline::lake::Lake;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Where the job runs are recorded under the lake.
 pub const JOB_RUNS: &str = "_sluice/job_runs";
@@ -327,7 +327,7 @@ pub async fn append(lake: &Lake, mut run: JobRun, key: Option<&AuditKey>) -> Res
     let runs = read(lake).await?;
     if key.is_none() && runs.iter().any(|r| is_keyed(&r.hash)) {
         lock.release().await;
-        return Err(crate::error::Error::Other(
+        return Err(Error::Invalid(
             "sluice.job_runs is sealed with an audit key: set [audit] key_env (and the key in its variable) to record this run".into(),
         ));
     }

@@ -24,11 +24,11 @@ impl Scheduler {
     pub fn new(jobs: &BTreeMap<String, String>, now: DateTime<Utc>) -> Result<Self> {
         let mut entries = BTreeMap::new();
         for (job, expression) in jobs {
-            let schedule = parse(expression).map_err(Error::Other)?;
+            let schedule = parse(expression).map_err(Error::Invalid)?;
             let next = schedule
                 .after(&now)
                 .next()
-                .ok_or_else(|| Error::Other(format!("'{expression}' never fires")))?;
+                .ok_or_else(|| Error::Invalid(format!("'{expression}' never fires")))?;
             entries.insert(job.clone(), (schedule, next));
         }
         Ok(Self { entries })

@@ -125,9 +125,7 @@ pub async fn snapshot(
 ) -> Result<Snapshot> {
     let lake = &lake.into();
     let taken_at = chrono::Utc::now().timestamp_micros();
-    let catalog = Catalog::open(lake)
-        .await
-        .map_err(|e| Error::Other(e.to_string()))?;
+    let catalog = Catalog::open(lake).await?;
     let previous = if config.diff {
         previous(&catalog).await?
     } else {
@@ -152,7 +150,7 @@ pub async fn snapshot(
         let mut stream = catalog
             .stream(&inv.sql)
             .await
-            .map_err(|e| Error::Other(format!("invariant '{}': {e}", inv.name)))?;
+            .map_err(Error::sql(format!("invariant '{}'", inv.name)))?;
         let mut violations = 0i64;
         let mut keys = Vec::new();
         while let Some(b) = stream.next().await {
@@ -160,10 +158,12 @@ pub async fn snapshot(
             violations += b.num_rows() as i64;
             if b.num_columns() > 0 && keys.len() < KEYS_SHOWN {
                 let text = arrow::compute::cast(b.column(0), &DataType::Utf8)?;
-                let text = text
-                    .as_any()
-                    .downcast_ref::<StringArray>()
-                    .ok_or_else(|| Error::Other("key column".into()))?;
+                let text = text.as_any().downcast_ref::<StringArray>().ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "invariant '{}': its first column does not read as text",
+                        inv.name
+                    ))
+                })?;
                 for i in 0..text.len().min(KEYS_SHOWN - keys.len()) {
                     keys.push(if text.is_valid(i) {
                         text.value(i).to_string()
@@ -198,7 +198,9 @@ pub async fn snapshot(
                 .iter()
                 .find(|r| r.qualified() == t.table)
                 .map(|r| r.url.clone())
-                .ok_or_else(|| Error::Other(format!("{} left the lake", t.table)))?;
+                .ok_or_else(|| Error::NoTable {
+                    table: t.table.clone(),
+                })?;
             snapshot.diffs.push(diff(&url, &id, prev, t, key).await?);
         }
     }
@@ -227,7 +229,7 @@ async fn previous(catalog: &Catalog) -> Result<Option<(String, BTreeMap<String, 
              (SELECT max(taken_at) FROM sluice.snapshots WHERE kind = 'table')",
         )
         .await
-        .map_err(|e| Error::Other(format!("previous snapshot: {e}")))?;
+        .map_err(Error::sql("previous snapshot"))?;
     let mut id = None;
     let mut tables = BTreeMap::new();
     for b in &batches {
@@ -285,7 +287,7 @@ async fn row_map(url: &url::Url, version: i64, key: &[String]) -> Result<RowMap>
             .map(|k| {
                 b.column_by_name(k)
                     .cloned()
-                    .ok_or_else(|| Error::Other(format!("{name}: no key column '{k}'")))
+                    .ok_or_else(|| Error::Invalid(format!("{name}: no key column '{k}'")))
             })
             .collect::<Result<Vec<ArrayRef>>>()?;
         for (k, d) in row_digests(&key_columns, &mut keyed)?
@@ -384,10 +386,9 @@ async fn export(catalog: &Catalog, dir: &Path, s: &Snapshot) -> Result<PathBuf> 
         let mut stream = catalog
             .stream(&format!("SELECT * FROM {}", t.table))
             .await
-            .map_err(|e| Error::Other(format!("exporting {}: {e}", t.table)))?;
+            .map_err(Error::sql(format!("exporting {}", t.table)))?;
         let out = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
-        let failed =
-            |e: parquet::errors::ParquetError| Error::Other(format!("{}: {e}", path.display()));
+        let failed = |e| Error::parquet(path.display().to_string())(e);
         let mut writer =
             parquet::arrow::ArrowWriter::try_new(out, stream.schema(), None).map_err(failed)?;
         while let Some(b) = stream.next().await {
@@ -415,7 +416,8 @@ async fn export(catalog: &Catalog, dir: &Path, s: &Snapshot) -> Result<PathBuf> 
     });
     let path = dir.join("manifest.json");
     let partial = dir.join("manifest.json.partial");
-    let text = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Other(e.to_string()))?;
+    let text =
+        serde_json::to_vec_pretty(&manifest).map_err(Error::json(path.display().to_string()))?;
     std::fs::write(&partial, text).map_err(|e| Error::io(&partial, e))?;
     std::fs::rename(&partial, &path).map_err(|e| Error::io(&path, e))?;
     Ok(path)
@@ -462,7 +464,7 @@ async fn checksum(catalog: &Catalog, table: &str) -> Result<(i64, String)> {
     let mut stream = catalog
         .stream(&format!("SELECT * FROM {table}"))
         .await
-        .map_err(|e| Error::Other(format!("{table}: {e}")))?;
+        .map_err(Error::sql(table))?;
     let mut rows = 0i64;
     let mut sum = 0u64;
     let mut converter: Option<RowConverter> = None;

@@ -193,7 +193,7 @@ impl Subject {
         f: &mut dyn FnMut(usize, &[u8]),
     ) -> Result<()> {
         let [topic, partition, offset, key, payload] = columns else {
-            return Err(Error::Other("a dead letter needs five columns".into()));
+            return Err(Error::Invalid("a dead letter needs five columns".into()));
         };
         let topic = as_text(topic)?;
         let topic = topic.as_string::<i32>();
@@ -297,7 +297,7 @@ impl Subject {
     pub fn count_in_parquet(&self, name: &str, bytes: bytes::Bytes) -> Result<usize> {
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
             .and_then(|b| b.build())
-            .map_err(|e| Error::Other(format!("{name}: {e}")))?;
+            .map_err(Error::parquet(name))?;
         let mut n = 0;
         for batch in reader {
             n += self.count_in_batch(&batch?)?;
@@ -516,7 +516,7 @@ impl Lookup {
     ) -> Result<bool> {
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
             .and_then(|b| b.build())
-            .map_err(|e| Error::Other(format!("{name}: {e}")))?;
+            .map_err(Error::parquet(name.to_string()))?;
         for batch in reader {
             if self.mask(subject, &batch?)?.true_count() > 0 {
                 return Ok(true);
