@@ -27,6 +27,7 @@ use std::time::Instant;
 use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use sluice_connectors::delta::table;
+use sluice_jobs::JobContext;
 use sluice_jobs::erase;
 use sluice_jobs::subject::Subject;
 use sluice_pipeline::config::erasure::ErasureConfig;
@@ -202,7 +203,8 @@ async fn run(rows: usize) {
     .into_iter()
     .collect();
     let started = Instant::now();
-    let first = sluice_jobs::snapshot::snapshot(lake, &snapshots, &keys)
+    let cx = JobContext::with_system_clock(lake);
+    let first = sluice_jobs::snapshot::snapshot(&cx, &snapshots, &keys)
         .await
         .expect("snapshot");
     let snapshot_secs = started.elapsed().as_secs_f64();
@@ -227,7 +229,7 @@ async fn run(rows: usize) {
     )
     .await;
     let started = Instant::now();
-    let second = sluice_jobs::snapshot::snapshot(lake, &snapshots, &keys)
+    let second = sluice_jobs::snapshot::snapshot(&cx, &snapshots, &keys)
         .await
         .expect("snapshot");
     let secs = started.elapsed().as_secs_f64();
@@ -273,7 +275,7 @@ async fn run(rows: usize) {
     let before = files(lake).await;
     let started = Instant::now();
     let certs = erase::erase(
-        &lake.into(),
+        &JobContext::with_system_clock(lake),
         &config,
         None,
         &[request(customers / 2)],
@@ -311,9 +313,15 @@ async fn run(rows: usize) {
         .map(|k| request((k * 104_729 + 1) % customers))
         .collect();
     let started = Instant::now();
-    let certs = erase::erase(&lake.into(), &config, None, &many, &options)
-        .await
-        .expect("erase");
+    let certs = erase::erase(
+        &JobContext::with_system_clock(lake),
+        &config,
+        None,
+        &many,
+        &options,
+    )
+    .await
+    .expect("erase");
     let secs = started.elapsed().as_secs_f64();
     let rows_removed: u64 = certs.iter().map(erase::Certificate::rows_removed).sum();
     let log_secs: f64 = certs

@@ -442,7 +442,8 @@ async fn incremental_gold(lake: &Path, rows: usize, sql_dir: &Path) {
     let (gold_dir, views) = (sql_dir.join("gold"), sql_dir.join("views"));
     let only = ["gold.daily_spend_by_segment".to_string()];
     let stats = sluice_connectors::delta::stats::StatsPolicy::default();
-    let build = || sluice_jobs::gold::gold(lake, &gold_dir, &views, &only, &stats);
+    let cx = sluice_jobs::JobContext::with_system_clock(lake);
+    let build = || sluice_jobs::gold::gold(&cx, &gold_dir, &views, &only, &stats);
     let started = Instant::now();
     let full = build().await.expect("full build");
     let full_s = started.elapsed().as_secs_f64();

@@ -1,11 +1,13 @@
 //! `sluice job …` and `sluice audit verify`: batch jobs, each run recorded in the
-//! tamper-evident `_sluice/job_runs`.
+//! tamper-evident `_sluice/job_runs`. Each job runs in a [`JobContext`]: the lake and the
+//! clock (the system's) every time of the run is read from.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use sluice_connectors::delta::stats::StatsPolicy;
 use sluice_connectors::kafka::erasure::{self, KafkaClient};
+use sluice_jobs::JobContext;
 use sluice_jobs::erase;
 use sluice_jobs::runs::{self, JobRun};
 use sluice_jobs::subject::Subject;
@@ -21,11 +23,11 @@ pub fn audit_key(config: &Config) -> anyhow::Result<Option<runs::AuditKey>> {
     Ok(key.map(|k| runs::AuditKey::new(&k)))
 }
 
-/// Record a run of `job` that started at `started_at` (microseconds) in `_sluice/job_runs`,
-/// sealed with the audit key when one is configured.
+/// Record a run of `job` that started at `started_at` (microseconds) and ends now in
+/// `_sluice/job_runs`, sealed with the audit key when one is configured.
 async fn record(
     config: &Config,
-    lake: impl Into<Lake>,
+    cx: &JobContext,
     job: &str,
     args: &[String],
     started_at: i64,
@@ -34,13 +36,13 @@ async fn record(
 ) -> anyhow::Result<JobRun> {
     let key = audit_key(config)?;
     Ok(runs::append(
-        &lake.into(),
+        cx,
         JobRun {
             run_id: runs::run_id(job, started_at),
             job: job.into(),
             args_hash: runs::args_hash(args),
             started_at,
-            ended_at: chrono::Utc::now().timestamp_micros(),
+            ended_at: cx.now().timestamp_micros(),
             outcome,
             tables,
             prev_hash: String::new(),
@@ -68,17 +70,14 @@ fn outcome<T, E: std::fmt::Display>(
 /// Run `sluice job maintain` and record it.
 pub async fn maintain(
     config: &Config,
-    lake: &Lake,
+    cx: &JobContext,
     tables: &[String],
     format: Format,
 ) -> anyhow::Result<()> {
-    let started_at = chrono::Utc::now().timestamp_micros();
-    let result = sluice_jobs::maintain::maintain(lake, &config.maintenance, tables).await;
+    let started_at = cx.now().timestamp_micros();
+    let result = sluice_jobs::maintain::maintain(cx, &config.maintenance, tables).await;
     let (outcome, touched) = outcome(&result, |r| format!("{}@{}", r.table, r.version_after));
-    let run = record(
-        config, lake, "maintain", tables, started_at, outcome, touched,
-    )
-    .await?;
+    let run = record(config, cx, "maintain", tables, started_at, outcome, touched).await?;
     let reports = result?;
     match format {
         Format::Json => println!("{}", serde_json::to_string(&reports)?),
@@ -106,10 +105,10 @@ pub async fn maintain(
 }
 
 /// Run `sluice job snapshot` and record it; fails when an invariant does not hold.
-pub async fn snapshot(config: &Config, lake: &Lake, format: Format) -> anyhow::Result<()> {
-    let started_at = chrono::Utc::now().timestamp_micros();
+pub async fn snapshot(config: &Config, cx: &JobContext, format: Format) -> anyhow::Result<()> {
+    let started_at = cx.now().timestamp_micros();
     let keys = config.snapshot.keys(&config.silver);
-    let result = sluice_jobs::snapshot::snapshot(lake, &config.snapshot, &keys).await;
+    let result = sluice_jobs::snapshot::snapshot(cx, &config.snapshot, &keys).await;
     let (outcome, pinned) = match &result {
         Ok(s) if s.holds() => ("ok".to_string(), pinned(s)),
         Ok(s) => {
@@ -126,7 +125,7 @@ pub async fn snapshot(config: &Config, lake: &Lake, format: Format) -> anyhow::R
         }
         Err(e) => (format!("failed: {e}"), String::new()),
     };
-    record(config, lake, "snapshot", &[], started_at, outcome, pinned).await?;
+    record(config, cx, "snapshot", &[], started_at, outcome, pinned).await?;
     let s = result?;
     match format {
         Format::Json => println!("{}", serde_json::to_string(&s)?),
@@ -380,14 +379,14 @@ fn redacted_request_id(secret: &[u8], forms: &[String], id: String) -> String {
 /// ([`erase::Options::keep_journal`]).
 async fn erase_all(
     config: &Config,
-    lake: &Lake,
+    cx: &JobContext,
     secret: &sluice_transforms::keys::Secret,
     tombstones: Option<&erasure::Tombstones>,
     subjects: &[(String, Arc<Subject>, String)],
     dry_run: bool,
     keep_journal: bool,
 ) -> anyhow::Result<Vec<erase::Certificate>> {
-    let started_at = chrono::Utc::now().timestamp_micros();
+    let started_at = cx.now().timestamp_micros();
     let mut requests = Vec::new();
     let mut produced_all: anyhow::Result<()> = Ok(());
     for (raw, subject, request_id) in subjects {
@@ -421,8 +420,8 @@ async fn erase_all(
     options.keep_journal = keep_journal;
     let result = match produced_all {
         Ok(()) => {
-            let store = key_store(config, lake);
-            erase::erase(lake, &config.erasure, store.as_ref(), &requests, &options)
+            let store = key_store(config, &cx.lake);
+            erase::erase(cx, &config.erasure, store.as_ref(), &requests, &options)
                 .await
                 .map_err(anyhow::Error::from)
         }
@@ -461,7 +460,7 @@ async fn erase_all(
     };
     let mut ids: Vec<String> = subjects.iter().map(|(_, _, r)| r.clone()).collect();
     ids.dedup();
-    record(config, lake, "erase", &ids, started_at, outcome, touched).await?;
+    record(config, cx, "erase", &ids, started_at, outcome, touched).await?;
     result
 }
 
@@ -528,7 +527,7 @@ fn print_certificates(certificates: &[erase::Certificate], format: Format) -> an
 /// Run `sluice job erase`: one certificate per subject.
 pub async fn erase(
     config: &Config,
-    lake: &Lake,
+    cx: &JobContext,
     subjects: &[String],
     request_id: Option<&str>,
     dry_run: bool,
@@ -542,7 +541,7 @@ pub async fn erase(
         tombstone_producer(config)?
     };
     let request_id = request_id.map_or_else(
-        || format!("erase-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ")),
+        || format!("erase-{}", cx.now().format("%Y%m%dT%H%M%S%.6fZ")),
         str::to_string,
     );
     let all: Vec<(String, Arc<Subject>, String)> = subjects
@@ -552,7 +551,7 @@ pub async fn erase(
         .collect();
     let certificates = erase_all(
         config,
-        lake,
+        cx,
         &secret,
         tombstones.as_ref(),
         &all,
@@ -575,7 +574,12 @@ pub async fn erase(
 /// recorded (the journal kept), the offsets are committed, the journal is removed, then
 /// the marker. A stop anywhere leaves the marker, and the run taking the batch again finds
 /// the certificates recorded instead of certifying the requests a second time.
-pub async fn erase_requests(config: &Config, lake: &Lake, format: Format) -> anyhow::Result<()> {
+pub async fn erase_requests(
+    config: &Config,
+    cx: &JobContext,
+    format: Format,
+) -> anyhow::Result<()> {
+    let lake = &cx.lake;
     let topic = config.erasure.requests_topic.as_deref().ok_or_else(|| {
         anyhow::anyhow!("[erasure] requests_topic is not set: name the topic of erasure requests")
     })?;
@@ -588,7 +592,7 @@ pub async fn erase_requests(config: &Config, lake: &Lake, format: Format) -> any
     // One run of the group's requests at a time: a second waits, then finds the batch
     // (and marker) the first left.
     let batch_lock = sluice_jobs::lock::Lock::acquire_waiting(
-        lake,
+        cx,
         &format!("erase.requests.{}", marker.key()),
         erase::LOCK_WAIT,
     )
@@ -612,7 +616,7 @@ pub async fn erase_requests(config: &Config, lake: &Lake, format: Format) -> any
             );
             let batch = (!pending.is_empty()).then(|| sluice_jobs::journal::MarkedBatch {
                 offsets: erasure::offsets(&pending),
-                taken_at: chrono::Utc::now().timestamp_micros(),
+                taken_at: cx.now().timestamp_micros(),
             });
             if let Some(b) = &batch {
                 marker.write(b).await?;
@@ -683,7 +687,7 @@ pub async fn erase_requests(config: &Config, lake: &Lake, format: Format) -> any
         } else {
             erase_all(
                 config,
-                lake,
+                cx,
                 &secret,
                 tombstones.as_ref(),
                 &valid,
@@ -722,7 +726,7 @@ pub async fn erase_requests(config: &Config, lake: &Lake, format: Format) -> any
     // Every offset of the batch is committed: the journal goes, then the marker (a run
     // stopped in between takes the batch again, finds it committed and removes them).
     if !subject_hashes.is_empty() {
-        erase::finish(lake, &subject_hashes).await?;
+        erase::finish(cx, &subject_hashes).await?;
     }
     marker.remove().await?;
     batch_lock.release().await;
@@ -733,11 +737,12 @@ pub async fn erase_requests(config: &Config, lake: &Lake, format: Format) -> any
 /// held that no remaining row holds, is still somewhere in the lake.
 pub async fn erase_verify(
     config: &Config,
-    lake: &Lake,
+    cx: &JobContext,
     subjects: &[String],
     format: Format,
 ) -> anyhow::Result<()> {
-    let started_at = chrono::Utc::now().timestamp_micros();
+    let lake = &cx.lake;
+    let started_at = cx.now().timestamp_micros();
     let found = find_subjects(config, subjects)?;
     let secret = certificate_secret(config)?;
     let key = erase::value_key(secret.bytes());
@@ -768,7 +773,7 @@ pub async fn erase_verify(
     };
     record(
         config,
-        lake,
+        cx,
         "erase-verify",
         &[],
         started_at,
@@ -817,15 +822,15 @@ pub async fn erase_verify(
 /// Run `sluice job anonymise` and record it; fails when a publication is refused.
 pub async fn anonymise(
     config: &Config,
-    lake: &Lake,
+    cx: &JobContext,
     tables: &[String],
     format: Format,
 ) -> anyhow::Result<()> {
     if config.anonymise.tables.is_empty() && config.anonymise.publish.is_empty() {
         anyhow::bail!("[anonymise] has no tables and no publish checks: nothing to do");
     }
-    let started = chrono::Utc::now();
-    let result = sluice_jobs::anonymise::anonymise(lake, &config.anonymise, tables, started).await;
+    let started = cx.now();
+    let result = sluice_jobs::anonymise::anonymise(cx, &config.anonymise, tables).await;
     let (outcome, touched) = match &result {
         Ok(r) => {
             let refused: Vec<&str> = r.refused().iter().map(|p| p.table.as_str()).collect();
@@ -847,7 +852,7 @@ pub async fn anonymise(
     };
     record(
         config,
-        lake,
+        cx,
         "anonymise",
         tables,
         started.timestamp_micros(),
@@ -913,13 +918,13 @@ pub async fn anonymise(
 /// Run `sluice job gold` and record it.
 pub async fn gold(
     config: &Config,
-    lake: &Lake,
+    cx: &JobContext,
     tables: &[String],
     format: Format,
 ) -> anyhow::Result<()> {
-    let started_at = chrono::Utc::now().timestamp_micros();
+    let started_at = cx.now().timestamp_micros();
     let result = sluice_jobs::gold::gold(
-        lake,
+        cx,
         &config.sql.gold_dir,
         &config.sql.views_dir,
         tables,
@@ -927,7 +932,7 @@ pub async fn gold(
     )
     .await;
     let (outcome, touched) = outcome(&result, |t| format!("{}@{}", t.table, t.version));
-    record(config, lake, "gold", tables, started_at, outcome, touched).await?;
+    record(config, cx, "gold", tables, started_at, outcome, touched).await?;
     let built = result?;
     match format {
         Format::Json => println!("{}", serde_json::to_string(&built)?),

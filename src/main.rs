@@ -17,6 +17,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use sluice_jobs::JobContext;
+use sluice_jobs::clock::SystemClock;
 use sluice_pipeline::config::Config;
 use sluice_pipeline::lake::Lake;
 
@@ -345,6 +347,11 @@ fn lake(cli: &Cli, config: Option<&Config>) -> Lake {
         .unwrap_or_else(|| Lake::Local(PathBuf::from("lake")))
 }
 
+/// What the jobs run in: the lake, and the system's clock.
+fn job_context(lake: Lake) -> JobContext {
+    JobContext::new(lake, std::sync::Arc::new(SystemClock))
+}
+
 async fn execute(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Run { until_caught_up } => {
@@ -467,8 +474,8 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             job: JobCommand::Maintain { tables },
         } => {
             let config = config_or_defaults(&cli)?;
-            let lake = lake(&cli, Some(&config));
-            job::maintain(&config, &lake, tables, cli.format).await?;
+            let cx = job_context(lake(&cli, Some(&config)));
+            job::maintain(&config, &cx, tables, cli.format).await?;
         }
         Command::Schedule => {
             let path = config_path(&cli, None).ok_or_else(|| {
@@ -477,8 +484,8 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                 ))
             })?;
             let config = load_config(&path)?;
-            let lake = lake(&cli, Some(&config));
-            schedule::schedule(&config, &lake, run::stop_on_signals())
+            let cx = job_context(lake(&cli, Some(&config)));
+            schedule::schedule(&config, &cx, run::stop_on_signals())
                 .await
                 .map_err(config_failure)?;
         }
@@ -486,22 +493,22 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             job: JobCommand::Snapshot,
         } => {
             let config = config_or_defaults(&cli)?;
-            let lake = lake(&cli, Some(&config));
-            job::snapshot(&config, &lake, cli.format).await?;
+            let cx = job_context(lake(&cli, Some(&config)));
+            job::snapshot(&config, &cx, cli.format).await?;
         }
         Command::Job {
             job: JobCommand::Gold { tables },
         } => {
             let config = config_or_defaults(&cli)?;
-            let lake = lake(&cli, Some(&config));
-            job::gold(&config, &lake, tables, cli.format).await?;
+            let cx = job_context(lake(&cli, Some(&config)));
+            job::gold(&config, &cx, tables, cli.format).await?;
         }
         Command::Job {
             job: JobCommand::Anonymise { tables },
         } => {
             let config = config_or_defaults(&cli)?;
-            let lake = lake(&cli, Some(&config));
-            job::anonymise(&config, &lake, tables, cli.format).await?;
+            let cx = job_context(lake(&cli, Some(&config)));
+            job::anonymise(&config, &cx, tables, cli.format).await?;
         }
         Command::Job {
             job:
@@ -515,19 +522,19 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                 },
         } => {
             let config = config_or_defaults(&cli)?;
-            let lake = lake(&cli, Some(&config));
+            let cx = job_context(lake(&cli, Some(&config)));
             if *requests {
-                return Ok(job::erase_requests(&config, &lake, cli.format).await?);
+                return Ok(job::erase_requests(&config, &cx, cli.format).await?);
             }
             let subjects = job::subjects(subjects, file.as_deref()).map_err(usage)?;
             job::check_subjects(&config, &subjects).map_err(usage)?;
             job::check_request_id(&config, &subjects, request_id.as_deref()).map_err(usage)?;
             if *verify {
-                job::erase_verify(&config, &lake, &subjects, cli.format).await?;
+                job::erase_verify(&config, &cx, &subjects, cli.format).await?;
             } else {
                 job::erase(
                     &config,
-                    &lake,
+                    &cx,
                     &subjects,
                     request_id.as_deref(),
                     *dry_run,

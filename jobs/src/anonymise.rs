@@ -33,11 +33,11 @@ use sluice_connectors::delta::table;
 use sluice_pipeline::Transform;
 use sluice_pipeline::config::anonymise::{AnonymiseConfig, AnonymiseTable, PublishConfig};
 use sluice_pipeline::config::pii::Action;
-use sluice_pipeline::lake::Lake;
 use sluice_sql::{Catalog, find_tables_in};
 use sluice_transforms::path::{ColumnPath, map_column};
 use sluice_transforms::policy::Policy;
 
+use crate::JobContext;
 use crate::error::{Error, Result};
 use crate::lock::Lock;
 use crate::purge::TableFiles;
@@ -88,16 +88,15 @@ impl Report {
     }
 }
 
-/// Anonymise the aged rows of every configured table (or those in `only`), then check
-/// every publication, as of `now`.
+/// Anonymise the rows of every configured table (or those in `only`) aged by the
+/// context's clock, then check every publication.
 pub async fn anonymise(
-    lake: impl Into<Lake>,
+    cx: &JobContext,
     config: &AnonymiseConfig,
     only: &[String],
-    now: DateTime<Utc>,
 ) -> Result<Report> {
-    let lake = &lake.into();
-    let tables = find_tables_in(lake).await?;
+    let now = cx.now();
+    let tables = find_tables_in(&cx.lake).await?;
     let mut report = Report::default();
     for (name, policy) in &config.tables {
         if !only.is_empty() && !only.contains(name) {
@@ -109,10 +108,10 @@ pub async fn anonymise(
             .ok_or_else(|| Error::NoTable {
                 table: name.clone(),
             })?;
-        let anonymising = Lock::acquire_in(lake, &format!("anonymise.{name}")).await?;
+        let anonymising = Lock::acquire_in(cx, &format!("anonymise.{name}")).await?;
         // A maintenance or erasure of the table finishes first.
         let maintaining = Lock::acquire_waiting(
-            lake,
+            cx,
             &crate::lock::table_lock(name),
             std::time::Duration::from_secs(600),
         )
@@ -133,7 +132,7 @@ pub async fn anonymise(
         report.tables.push(done);
     }
     if !config.publish.is_empty() {
-        let catalog = Catalog::open(lake).await?;
+        let catalog = Catalog::open(&cx.lake).await?;
         for (name, publish) in &config.publish {
             if !only.is_empty() && !only.contains(name) {
                 continue;

@@ -57,6 +57,7 @@ use sluice_pipeline::config::erasure::ErasureConfig;
 use sluice_pipeline::lake::Lake;
 use sluice_sql::find_tables_in;
 
+use crate::JobContext;
 use crate::error::{Error, Result};
 use crate::journal::{
     ATTEMPT_KEY, Attempt, Journal, RunJournal, TableJournal, abort_point, attempt_version,
@@ -368,16 +369,18 @@ struct TableOutcome {
     per_request: Vec<(u64, HashSet<String>)>,
 }
 
-/// Erase the subjects of `requests` from every table of `lake`, and their data keys
-/// from the subject key store at `key_store` (when the policy encrypts per subject), in
-/// one pass over the lake; one certificate per request, recorded unless a dry run.
+/// Erase the subjects of `requests` from every table of the context's lake, and their
+/// data keys from the subject key store at `key_store` (when the policy encrypts per
+/// subject), in one pass over the lake; one certificate per request, recorded unless a
+/// dry run, at the time of the context's clock.
 pub async fn erase(
-    lake: &Lake,
+    cx: &JobContext,
     config: &ErasureConfig,
     key_store: Option<&Lake>,
     requests: &[Request],
     options: &Options,
 ) -> Result<Vec<Certificate>> {
+    let lake = &cx.lake;
     let subjects: Vec<Arc<Subject>> = requests.iter().map(|r| Arc::clone(&r.subject)).collect();
     let all = Arc::new(Subject::union(&subjects));
     let owners = owners(requests);
@@ -395,7 +398,7 @@ pub async fn erase(
         let j = Journal::of(lake, &subjects)?;
         // Runs of the same subjects share the journal: one at a time, the next finding
         // what the one before left.
-        let lock = Lock::acquire_waiting(lake, &run_lock_name(&j), options.lock_wait).await?;
+        let lock = Lock::acquire_waiting(cx, &run_lock_name(&j), options.lock_wait).await?;
         earlier = j.run().await?.erased_at;
         if let Some(at) = earlier {
             let recorded = recorded_at(lake, at).await?;
@@ -431,9 +434,9 @@ pub async fn erase(
             None
         } else {
             let erasing =
-                Lock::acquire_waiting(lake, &format!("erase.{name}"), options.lock_wait).await?;
+                Lock::acquire_waiting(cx, &format!("erase.{name}"), options.lock_wait).await?;
             let maintaining =
-                Lock::acquire_waiting(lake, &crate::lock::table_lock(&name), options.lock_wait)
+                Lock::acquire_waiting(cx, &crate::lock::table_lock(&name), options.lock_wait)
                     .await?;
             Some((erasing, maintaining))
         };
@@ -442,6 +445,7 @@ pub async fn erase(
         let lookup = lookup_for(config, &name, &schema);
         if !lookup.is_empty() {
             let done = erase_table(
+                cx,
                 &name,
                 delta,
                 &lookup,
@@ -466,10 +470,7 @@ pub async fn erase(
         let erasing = if options.dry_run {
             None
         } else {
-            Some(
-                Lock::acquire_waiting(lake, &format!("erase.{KEY_STORE}"), options.lock_wait)
-                    .await?,
-            )
+            Some(Lock::acquire_waiting(cx, &format!("erase.{KEY_STORE}"), options.lock_wait).await?)
         };
         let lookup = Lookup {
             exact: vec!["subject".into()],
@@ -477,6 +478,7 @@ pub async fn erase(
             letters: false,
         };
         let done = erase_table(
+            cx,
             KEY_STORE,
             delta,
             &lookup,
@@ -493,7 +495,7 @@ pub async fn erase(
             l.release().await;
         }
     }
-    let erased_at = earlier.unwrap_or_else(|| chrono::Utc::now().timestamp_micros());
+    let erased_at = earlier.unwrap_or_else(|| cx.now().timestamp_micros());
     let mut certificates = Vec::new();
     for (i, r) in requests.iter().enumerate() {
         let tables = outcomes
@@ -546,10 +548,10 @@ fn run_lock_name(journal: &Journal) -> String {
 /// Remove the journal of the run of the subjects whose salted hashes are
 /// `subject_hashes`, left by a run with [`Options::keep_journal`] once the caller acted
 /// on its certificates (waiting for a run of the same subjects in progress).
-pub async fn finish(lake: &Lake, subject_hashes: &[String]) -> Result<()> {
+pub async fn finish(cx: &JobContext, subject_hashes: &[String]) -> Result<()> {
     let subjects: Vec<&str> = subject_hashes.iter().map(String::as_str).collect();
-    let j = Journal::of(lake, &subjects)?;
-    let lock = Lock::acquire_waiting(lake, &run_lock_name(&j), LOCK_WAIT).await?;
+    let j = Journal::of(&cx.lake, &subjects)?;
+    let lock = Lock::acquire_waiting(cx, &run_lock_name(&j), LOCK_WAIT).await?;
     j.clear().await?;
     lock.release().await;
     Ok(())
@@ -841,6 +843,7 @@ fn attribute(
 
 #[allow(clippy::too_many_arguments)]
 async fn erase_table(
+    cx: &JobContext,
     name: &str,
     delta: DeltaTable,
     lookup: &Lookup,
@@ -850,7 +853,7 @@ async fn erase_table(
     options: &Options,
     journal: Option<&Journal>,
 ) -> Result<TableOutcome> {
-    let started = chrono::Utc::now();
+    let started = cx.now();
     let mut shared = TableErasure {
         table: name.to_string(),
         version_before: version(&delta),
@@ -1586,6 +1589,7 @@ mod tests {
     async fn change_data_files_and_older_files_holding_a_subject_are_purged() {
         let dir = tempfile::tempdir().expect("dir");
         let lake = Lake::Local(dir.path().to_path_buf());
+        let cx = JobContext::with_system_clock(&lake);
         let schema = notes_schema();
         let url = table::lake_url(&lake, "bronze/t").expect("url");
         // Change data feed on: every delete writes the deleted rows to `_change_data`.
@@ -1627,7 +1631,7 @@ mod tests {
         let mut options = Options::from_config(&config, value_key(b"0123456789abcdef"));
         // Every file is fresh here: the window would defer the ones no commit names.
         options.orphan_min_age = Duration::from_secs(3600);
-        let certs = erase(&lake, &config, None, &requests, &options)
+        let certs = erase(&cx, &config, None, &requests, &options)
             .await
             .expect("erase");
         let t = &certs[0].tables[0];
@@ -1670,13 +1674,13 @@ mod tests {
             .expect("write");
             w.close().expect("close");
         }
-        let certs = erase(&lake, &config, None, &requests, &options)
+        let certs = erase(&cx, &config, None, &requests, &options)
             .await
             .expect("erase");
         assert_eq!(certs[0].tables[0].files_deferred, 1);
         assert!(orphan.exists(), "a file a writer may still commit is kept");
         options.orphan_min_age = Duration::ZERO;
-        let certs = erase(&lake, &config, None, &requests, &options)
+        let certs = erase(&cx, &config, None, &requests, &options)
             .await
             .expect("erase");
         assert_eq!(certs[0].tables[0].files_deferred, 0);
@@ -1687,6 +1691,7 @@ mod tests {
     async fn an_erasure_stopped_after_its_delete_is_finished_by_the_next_run() {
         let dir = tempfile::tempdir().expect("dir");
         let lake = Lake::Local(dir.path().to_path_buf());
+        let cx = JobContext::with_system_clock(&lake);
         let schema = notes_schema();
         let url = table::lake_url(&lake, "silver/t").expect("url");
         // Statistics on every column (a table made by another engine): the note of the
@@ -1724,7 +1729,7 @@ mod tests {
             tombstones: 0,
         }];
         let options = Options::from_config(&config, value_key(b"0123456789abcdef"));
-        let certs = erase(&lake, &config, None, &requests, &options)
+        let certs = erase(&cx, &config, None, &requests, &options)
             .await
             .expect("erase");
         let done = &certs[0].tables[0];
@@ -1759,6 +1764,7 @@ mod tests {
     async fn a_request_of_several_subjects_certifies_each_its_own_rows_and_values() {
         let dir = tempfile::tempdir().expect("dir");
         let lake = Lake::Local(dir.path().to_path_buf());
+        let cx = JobContext::with_system_clock(&lake);
         let schema = notes_schema();
         let url = table::lake_url(&lake, "silver/t").expect("url");
         let t = table::create("silver/t", &url, &schema, &[], &[])
@@ -1791,7 +1797,7 @@ mod tests {
         };
         let options = Options::from_config(&config, value_key(b"0123456789abcdef"));
         let certs = erase(
-            &lake,
+            &cx,
             &config,
             None,
             &[request("C0000001"), request("C0000002")],

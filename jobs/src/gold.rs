@@ -30,6 +30,7 @@ use sluice_pipeline::lake::Lake;
 use sluice_sql::Catalog;
 use sluice_sql::definitions::{self, Definition};
 
+use crate::JobContext;
 use crate::error::{Error, Result};
 use crate::lock::Lock;
 
@@ -104,16 +105,16 @@ fn plain(batch: &RecordBatch) -> Result<RecordBatch> {
     )?)
 }
 
-/// Build the gold tables of `gold_dir` (or those named in `only`, as `gold.<name>`),
-/// with the views of `views_dir` registered.
+/// Build the gold tables of `gold_dir` (or those named in `only`, as `gold.<name>`) in the
+/// context's lake, with the views of `views_dir` registered.
 pub async fn gold(
-    lake: impl Into<Lake>,
+    cx: &JobContext,
     gold_dir: &Path,
     views_dir: &Path,
     only: &[String],
     stats: &StatsPolicy,
 ) -> Result<Vec<GoldTable>> {
-    let lake = &lake.into();
+    let lake = &cx.lake;
     let defs = definitions::read_dir(gold_dir)?;
     if defs.is_empty() {
         return Err(Error::Invalid(format!(
@@ -136,7 +137,7 @@ pub async fn gold(
         if !only.is_empty() && !only.contains(&name) {
             continue;
         }
-        let lock = Lock::acquire_in(lake, &format!("gold.{}", d.name)).await?;
+        let lock = Lock::acquire_in(cx, &format!("gold.{}", d.name)).await?;
         // A fresh catalog: the gold tables built before this one are read as they are now.
         let catalog = Catalog::open(lake).await?;
         catalog.register_views(views_dir).await?;
@@ -405,9 +406,10 @@ mod tests {
         std::fs::write(defs.join("daily.sql"), definition).expect("definition");
         let views = dir.path().join("views");
         let (d1, d2, d3) = (20_000, 20_001, 20_002);
+        let cx = JobContext::with_system_clock(&lake);
 
         append(&lake, &[(d1, 1.0), (d1, 2.0), (d2, 3.0)]).await;
-        let first = gold(&lake, &defs, &views, &[], &StatsPolicy::default())
+        let first = gold(&cx, &defs, &views, &[], &StatsPolicy::default())
             .await
             .expect("gold");
         assert_eq!((first[0].mode.as_str(), first[0].rows), ("full", 2));
@@ -415,7 +417,7 @@ mod tests {
 
         // A late row for the first day, one more for the watermark's day, a new day.
         append(&lake, &[(d1, 4.0), (d2, 5.0), (d3, 6.0)]).await;
-        let second = gold(&lake, &defs, &views, &[], &StatsPolicy::default())
+        let second = gold(&cx, &defs, &views, &[], &StatsPolicy::default())
             .await
             .expect("gold");
         assert_eq!(
@@ -426,7 +428,7 @@ mod tests {
         // Days before the watermark are left as they were: the late row is not counted.
         assert_eq!(daily(&lake).await, vec![(d1, 2), (d2, 2), (d3, 1)]);
         // A re-run changes nothing but the version.
-        let again = gold(&lake, &defs, &views, &[], &StatsPolicy::default())
+        let again = gold(&cx, &defs, &views, &[], &StatsPolicy::default())
             .await
             .expect("gold");
         assert_eq!(again[0].rows, 1);
@@ -434,7 +436,7 @@ mod tests {
 
         // A changed definition is a full refresh.
         std::fs::write(defs.join("daily.sql"), format!("-- v2\n{definition}")).expect("v2");
-        let rebuilt = gold(&lake, &defs, &views, &[], &StatsPolicy::default())
+        let rebuilt = gold(&cx, &defs, &views, &[], &StatsPolicy::default())
             .await
             .expect("gold");
         assert_eq!(rebuilt[0].mode, "full");

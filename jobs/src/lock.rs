@@ -15,6 +15,9 @@
 //! creator), and only the marker's creator, after checking the lock still carries that
 //! nonce, deletes it and creates its own. Markers stay (a few bytes each), so a slow
 //! taker that read the same stale lock finds it taken however late it comes.
+//!
+//! Leases are written and judged by the job's [`Clock`]; only the waiting (for a lock
+//! held, between renewals) goes by tokio's timer.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +28,8 @@ use object_store::{ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, Update
 use serde::{Deserialize, Serialize};
 use sluice_pipeline::lake::Lake;
 
+use crate::JobContext;
+use crate::clock::Clock;
 use crate::error::{Error, Result};
 
 /// The lock every job rewriting the files of table `name` (erase, maintain, anonymise)
@@ -203,8 +208,12 @@ impl Found {
     }
 }
 
-fn holder(nonce: &str, acquired_at: chrono::DateTime<chrono::Utc>) -> Holder {
-    let now = chrono::Utc::now();
+/// This process's claim, its lease running from `now`.
+fn holder(
+    nonce: &str,
+    acquired_at: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Holder {
     Holder {
         host: host_id(),
         pid: std::process::id(),
@@ -224,9 +233,10 @@ fn test_delay(var: &str) -> Option<Duration> {
 }
 
 impl Lock {
-    /// Take the lock `name` of `lake` (local or object store), or fail naming its holder.
-    pub async fn acquire_in(lake: &Lake, name: &str) -> Result<Self> {
-        let store = match lake {
+    /// Take the lock `name` of the context's lake (local or object store), or fail naming
+    /// its holder.
+    pub async fn acquire_in(cx: &JobContext, name: &str) -> Result<Self> {
+        let store = match &cx.lake {
             Lake::Local(dir) => {
                 std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
                 let root = std::path::absolute(dir).map_err(|e| Error::io(dir, e))?;
@@ -236,14 +246,14 @@ impl Lock {
             }
             Lake::ObjectStore(root) => sluice_connectors::delta::table::lake_store(root)?,
         };
-        Self::acquire(store, name).await
+        Self::acquire(store, Arc::clone(&cx.clock), name).await
     }
 
     /// Like [`Lock::acquire_in`], waiting up to `wait` for a run holding it to finish.
-    pub async fn acquire_waiting(lake: &Lake, name: &str, wait: Duration) -> Result<Self> {
+    pub async fn acquire_waiting(cx: &JobContext, name: &str, wait: Duration) -> Result<Self> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            match Self::acquire_in(lake, name).await {
+            match Self::acquire_in(cx, name).await {
                 Err(Error::Locked { .. }) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
@@ -252,13 +262,18 @@ impl Lock {
         }
     }
 
-    async fn acquire(store: Arc<dyn ObjectStore>, name: &str) -> Result<Self> {
-        Self::acquire_renewing(store, name, LEASE / 4).await
+    async fn acquire(
+        store: Arc<dyn ObjectStore>,
+        clock: Arc<dyn Clock>,
+        name: &str,
+    ) -> Result<Self> {
+        Self::acquire_renewing(store, clock, name, LEASE / 4).await
     }
 
     /// Take the lock, renewing its lease every `every` while held.
     async fn acquire_renewing(
         store: Arc<dyn ObjectStore>,
+        clock: Arc<dyn Clock>,
         name: &str,
         every: Duration,
     ) -> Result<Self> {
@@ -266,12 +281,12 @@ impl Lock {
         let mut nonce_bytes = [0u8; 16];
         getrandom::fill(&mut nonce_bytes).map_err(Error::random(format!("lock {name}")))?;
         let nonce = hex::encode(nonce_bytes);
-        let acquired_at = chrono::Utc::now();
+        let acquired_at = clock.now();
         for _ in 0..3 {
-            let mine = serde_json::to_vec(&holder(&nonce, acquired_at))
+            let mine = serde_json::to_vec(&holder(&nonce, acquired_at, clock.now()))
                 .map_err(Error::json(format!("lock {name}")))?;
             match store.put_opts(&path, mine.into(), create_only()).await {
-                Ok(_) => return Ok(Self::held(store, name, path, nonce, every)),
+                Ok(_) => return Ok(Self::held(store, clock, name, path, nonce, every)),
                 Err(object_store::Error::AlreadyExists { .. })
                 | Err(object_store::Error::Precondition { .. }) => {}
                 Err(e) => return Err(object_error(name)(e)),
@@ -280,7 +295,7 @@ impl Lock {
                 // Released meanwhile: try again.
                 continue;
             };
-            if !found.is_stale(chrono::Utc::now()) {
+            if !found.is_stale(clock.now()) {
                 return Err(Error::Locked {
                     name: name.to_string(),
                     holder: found.describe(),
@@ -318,13 +333,13 @@ impl Lock {
                     Err(e) => return Err(object_error(name)(e)),
                 }
             }
-            let mine = serde_json::to_vec(&holder(&nonce, acquired_at))
+            let mine = serde_json::to_vec(&holder(&nonce, acquired_at, clock.now()))
                 .map_err(Error::json(format!("lock {name}")))?;
             // The marker stays: a slower taker that read the same stale lock must still
             // find it taken (markers are a few bytes, one per take-over).
             let created = store.put_opts(&path, mine.into(), create_only()).await;
             match created {
-                Ok(_) => return Ok(Self::held(store, name, path, nonce, every)),
+                Ok(_) => return Ok(Self::held(store, clock, name, path, nonce, every)),
                 Err(object_store::Error::AlreadyExists { .. })
                 | Err(object_store::Error::Precondition { .. }) => {
                     let holder = read(store.as_ref(), &path, name)
@@ -346,6 +361,7 @@ impl Lock {
 
     fn held(
         store: Arc<dyn ObjectStore>,
+        clock: Arc<dyn Clock>,
         name: &str,
         path: ObjectPath,
         nonce: String,
@@ -354,6 +370,7 @@ impl Lock {
         let lost = Arc::new(AtomicBool::new(false));
         let renewal = tokio::spawn(renew(
             Arc::clone(&store),
+            clock,
             name.to_string(),
             path.clone(),
             nonce.clone(),
@@ -406,13 +423,14 @@ fn sha2_short(bytes: &[u8]) -> [u8; 8] {
 /// Renew the lease every quarter of it while the lock is ours.
 async fn renew(
     store: Arc<dyn ObjectStore>,
+    clock: Arc<dyn Clock>,
     name: String,
     path: ObjectPath,
     nonce: String,
     lost: Arc<AtomicBool>,
     every: Duration,
 ) {
-    let acquired_at = chrono::Utc::now();
+    let acquired_at = clock.now();
     loop {
         tokio::time::sleep(every).await;
         let Ok(Some(found)) = read(store.as_ref(), &path, &name).await else {
@@ -425,7 +443,7 @@ async fn renew(
             tracing::error!(lock = %name, holder = %found.describe(), "lock lost: taken over by another run");
             return;
         }
-        let Ok(body) = serde_json::to_vec(&holder(&nonce, acquired_at)) else {
+        let Ok(body) = serde_json::to_vec(&holder(&nonce, acquired_at, clock.now())) else {
             return;
         };
         // Replace only the version read, where the store can; otherwise overwrite.
@@ -470,10 +488,11 @@ impl Drop for Lock {
 mod tests {
     use super::*;
 
-    fn lake() -> (tempfile::TempDir, Lake) {
+    /// A lake in a temporary directory, with the system's clock.
+    fn lake() -> (tempfile::TempDir, JobContext) {
         let dir = tempfile::tempdir().expect("tmp");
-        let lake = Lake::Local(dir.path().to_path_buf());
-        (dir, lake)
+        let cx = JobContext::with_system_clock(dir.path());
+        (dir, cx)
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -549,6 +568,47 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn a_lease_runs_out_by_the_jobs_clock() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let start = chrono::DateTime::parse_from_rfc3339("2031-05-04T10:00:00Z")
+            .expect("time")
+            .with_timezone(&chrono::Utc);
+        let clock = Arc::new(crate::clock::TestClock::at(start));
+        let cx = JobContext::new(dir.path(), Arc::clone(&clock) as Arc<dyn Clock>);
+        let at = crate::runs::locks_dir(dir.path()).join("maintain_silver_c.lock");
+        let expiry = start + chrono::Duration::from_std(LEASE).expect("lease");
+        let skew = chrono::Duration::from_std(SKEW).expect("skew");
+        // A lock taken at the clock's time holds a lease from the clock's time, not the
+        // system's.
+        let lock = Lock::acquire_in(&cx, "maintain.silver.c")
+            .await
+            .expect("first");
+        let mut held: Holder =
+            serde_json::from_str(&std::fs::read_to_string(&at).expect("read")).expect("json");
+        assert_eq!(held.expires(), Some(expiry));
+        lock.release().await;
+        // The same lease, left behind by a host that stopped.
+        held.host = "elsewhere".into();
+        std::fs::write(&at, serde_json::to_string(&held).expect("json")).expect("w");
+        // Before its expiry, and within the skew margin after it, the lock holds.
+        for now in [start, expiry, expiry + skew] {
+            clock.set(now);
+            let e = Lock::acquire_in(&cx, "maintain.silver.c")
+                .await
+                .expect_err("held");
+            assert!(e.to_string().contains("elsewhere"), "{e}");
+        }
+        // Past the margin by the clock (no time passed on the system's), it is taken over.
+        clock.set(expiry + skew + chrono::Duration::seconds(1));
+        let taken = Lock::acquire_in(&cx, "maintain.silver.c")
+            .await
+            .expect("taken over");
+        let text = std::fs::read_to_string(&at).expect("read");
+        assert!(text.contains(&host_id()), "{text}");
+        taken.release().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn a_dead_process_of_this_host_loses_its_lock_at_once() {
         let (dir, here) = lake();
         let locks = crate::runs::locks_dir(dir.path());
@@ -609,9 +669,14 @@ mod tests {
         let expiry = || -> Holder {
             serde_json::from_str(&std::fs::read_to_string(&at).expect("read")).expect("json")
         };
-        let l = Lock::acquire_renewing(Arc::clone(&store), "snapshot.t", Duration::from_millis(50))
-            .await
-            .expect("lock");
+        let l = Lock::acquire_renewing(
+            Arc::clone(&store),
+            Arc::new(crate::clock::SystemClock),
+            "snapshot.t",
+            Duration::from_millis(50),
+        )
+        .await
+        .expect("lock");
         let first = expiry();
         tokio::time::sleep(Duration::from_millis(1200)).await;
         let later = expiry();

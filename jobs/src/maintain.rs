@@ -3,15 +3,21 @@
 //! checkpoint with expired log files removed. Each table is locked while it is maintained;
 //! the pipeline may keep writing (compaction commits are conflict-checked by delta-rs).
 //! Works on a local lake and on an object store alike.
+//!
+//! Every age is measured from the context's clock: the retention cutoff, the vacuum
+//! window and the log retention.
 
 use std::num::NonZeroU64;
+use std::sync::Arc;
 
+use deltalake::table::config::TablePropertiesExt as _;
 use serde::Serialize;
 use sluice_connectors::delta::table;
 use sluice_pipeline::config::maintenance::{Maintenance, MaintenanceConfig};
-use sluice_pipeline::lake::Lake;
 use sluice_sql::find_tables_in;
 
+use crate::JobContext;
+use crate::clock::{Clock, DeltaClock};
 use crate::error::{Error, Result};
 use crate::lock::{Lock, table_lock};
 use crate::version;
@@ -33,14 +39,15 @@ pub struct TableReport {
     pub logs_removed: u64,
 }
 
-/// Maintain every table of `lake` (or those named in `only`, as `layer.name`).
+/// Maintain every table of the context's lake (or those named in `only`, as
+/// `layer.name`).
 pub async fn maintain(
-    lake: &Lake,
+    cx: &JobContext,
     config: &MaintenanceConfig,
     only: &[String],
 ) -> Result<Vec<TableReport>> {
     let mut reports = Vec::new();
-    let tables = find_tables_in(lake).await?;
+    let tables = find_tables_in(&cx.lake).await?;
     for t in tables {
         let name = t.qualified();
         if !only.is_empty() && !only.contains(&name) {
@@ -52,10 +59,10 @@ pub async fn maintain(
         }
         // Another maintenance run is refused; an erasure or anonymisation of the table
         // finishes first.
-        let lock = Lock::acquire_in(lake, &format!("maintain.{name}")).await?;
-        let rewriting = Lock::acquire_waiting(lake, &table_lock(&name), LOCK_WAIT).await?;
+        let lock = Lock::acquire_in(cx, &format!("maintain.{name}")).await?;
+        let rewriting = Lock::acquire_waiting(cx, &table_lock(&name), LOCK_WAIT).await?;
         let settings = config.for_table(&name);
-        let report = maintain_table(&t.url, &name, settings).await?;
+        let report = maintain_table(&t.url, &name, settings, &cx.clock).await?;
         rewriting.release().await;
         lock.release().await;
         tracing::info!(table = %name, version = report.version_after, compacted = report.files_compacted, vacuumed = report.files_vacuumed, deleted = report.rows_deleted, "maintained");
@@ -71,7 +78,12 @@ pub async fn maintain(
     Ok(reports)
 }
 
-async fn maintain_table(url: &url::Url, name: &str, m: Maintenance) -> Result<TableReport> {
+async fn maintain_table(
+    url: &url::Url,
+    name: &str,
+    m: Maintenance,
+    clock: &Arc<dyn Clock>,
+) -> Result<TableReport> {
     let mut t = table::open(name, url).await?;
     let mut report = TableReport {
         table: name.to_string(),
@@ -84,7 +96,7 @@ async fn maintain_table(url: &url::Url, name: &str, m: Maintenance) -> Result<Ta
     if let Some(days) = m.retention_days
         && has_ingest_date
     {
-        let cutoff = chrono::Utc::now().date_naive() - chrono::Duration::days(i64::from(days));
+        let cutoff = clock.now().date_naive() - chrono::Duration::days(i64::from(days));
         let (next, metrics) = t
             .delete()
             .with_predicate(format!("_ingest_date < '{cutoff}'"))
@@ -108,6 +120,7 @@ async fn maintain_table(url: &url::Url, name: &str, m: Maintenance) -> Result<Ta
         .with_retention_period(retention)
         // The window is the config's decision; delta-rs's 7-day floor would override it.
         .with_enforce_retention_duration(false)
+        .with_clock(Arc::new(DeltaClock(Arc::clone(clock))))
         .await
         .map_err(Error::delta(name))?;
     t = next;
@@ -117,10 +130,128 @@ async fn maintain_table(url: &url::Url, name: &str, m: Maintenance) -> Result<Ta
             .await
             .map_err(Error::delta(name))?;
         report.checkpoint = true;
-        report.logs_removed = deltalake::protocol::checkpoints::cleanup_metadata(&t, None)
-            .await
-            .map_err(Error::delta(name))? as u64;
+        // As delta-rs's `cleanup_metadata`, the table's log retention counted back from the
+        // clock's time.
+        let snapshot = t.snapshot().map_err(Error::delta(name))?;
+        let retention = snapshot.table_config().log_retention_duration();
+        let cutoff = clock
+            .now()
+            .timestamp_millis()
+            .saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+        report.logs_removed = deltalake::protocol::checkpoints::cleanup_expired_logs_for(
+            snapshot.version(),
+            t.log_store().as_ref(),
+            cutoff,
+            None,
+        )
+        .await
+        .map_err(Error::delta(name))? as u64;
     }
     report.version_after = version(&t);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Date32Array, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use deltalake::DeltaTable;
+    use sluice_pipeline::lake::Lake;
+    use sluice_pipeline::maintenance::TableMaintenance;
+
+    use crate::clock::TestClock;
+
+    fn at(s: &str) -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .expect("time")
+            .with_timezone(&chrono::Utc)
+    }
+
+    /// One row ingested on `day`, in a commit (and a file) of its own.
+    async fn ingest(t: DeltaTable, day: &str) -> DeltaTable {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("_ingest_date", DataType::Date32, true),
+            Field::new("note", DataType::Utf8, true),
+        ]));
+        let days = at(&format!("{day}T00:00:00Z")).date_naive()
+            - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch");
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Date32Array::from(vec![
+                    i32::try_from(days.num_days()).expect("days"),
+                ])),
+                Arc::new(StringArray::from(vec![format!("ingested {day}")])),
+            ],
+        )
+        .expect("batch");
+        t.write(vec![batch]).await.expect("write")
+    }
+
+    /// Data files left in the table's directory.
+    fn data_files(dir: &std::path::Path) -> usize {
+        let mut n = 0;
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).expect("dir").flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    if !p.ends_with("_delta_log") {
+                        stack.push(p);
+                    }
+                } else if p.extension().is_some_and(|x| x == "parquet") {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn retention_and_vacuum_go_by_the_jobs_clock() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let lake = Lake::Local(dir.path().to_path_buf());
+        let url = table::lake_url(&lake, "bronze/events").expect("url");
+        let schema = Schema::new(vec![
+            Field::new("_ingest_date", DataType::Date32, true),
+            Field::new("note", DataType::Utf8, true),
+        ]);
+        let mut t = table::create("bronze.events", &url, &schema, &[], &[])
+            .await
+            .expect("create");
+        for day in ["2020-01-01", "2020-01-10"] {
+            t = ingest(t, day).await;
+        }
+        let mut config = MaintenanceConfig {
+            vacuum_retention_hours: 24,
+            ..Default::default()
+        };
+        config.tables.insert(
+            "bronze.events".into(),
+            TableMaintenance {
+                retention_days: Some(5),
+                ..Default::default()
+            },
+        );
+        // On 2020-01-12 by the job's clock, five days back is 2020-01-07: the row of
+        // 2020-01-01 goes, the one of 2020-01-10 stays (by the system's clock both would
+        // go). The file it was in was removed now, well inside the vacuum window.
+        let clock = Arc::new(TestClock::at(at("2020-01-12T00:00:00Z")));
+        let cx = JobContext::new(lake, Arc::clone(&clock) as Arc<dyn Clock>);
+        let first = maintain(&cx, &config, &[]).await.expect("maintain");
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].rows_deleted, 1);
+        assert_eq!(first[0].files_vacuumed, 0);
+        let table_dir = dir.path().join("bronze/events");
+        let before = data_files(&table_dir);
+        assert!(before >= 2, "the removed file awaits vacuum");
+        // Two days ahead of the system's clock: the other row is past retention, and every
+        // file removed (seconds ago by the system's clock) is past the 24-hour window.
+        clock.set(chrono::Utc::now() + chrono::Duration::days(2));
+        let second = maintain(&cx, &config, &[]).await.expect("maintain");
+        assert_eq!(second[0].rows_deleted, 1);
+        assert!(second[0].files_vacuumed >= 2, "{:?}", second[0]);
+        assert!(data_files(&table_dir) < before);
+    }
 }

@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 use sluice_connectors::delta::table;
 use sluice_pipeline::lake::Lake;
 
+use crate::JobContext;
 use crate::error::{Error, Result};
 
 /// Where the job runs are recorded under the lake.
@@ -317,12 +318,13 @@ pub fn find_head(runs: &[JobRun], head: &str) -> std::result::Result<usize, Stri
     }
 }
 
-/// Append `run` (its `prev_hash` and `hash` are set here) under the `job_runs` lock,
-/// waiting for another job recording its own run, sealed with `key` when given. Without
-/// a key, a chain already keyed is not extended.
-pub async fn append(lake: &Lake, mut run: JobRun, key: Option<&AuditKey>) -> Result<JobRun> {
+/// Append `run` (its `prev_hash` and `hash` are set here) to the context's lake under the
+/// `job_runs` lock, waiting for another job recording its own run, sealed with `key` when
+/// given. Without a key, a chain already keyed is not extended.
+pub async fn append(cx: &JobContext, mut run: JobRun, key: Option<&AuditKey>) -> Result<JobRun> {
+    let lake = &cx.lake;
     let lock =
-        crate::lock::Lock::acquire_waiting(lake, "job_runs", std::time::Duration::from_secs(120))
+        crate::lock::Lock::acquire_waiting(cx, "job_runs", std::time::Duration::from_secs(120))
             .await?;
     let runs = read(lake).await?;
     if key.is_none() && runs.iter().any(|r| is_keyed(&r.hash)) {

@@ -1,5 +1,6 @@
-//! `sluice schedule`: which jobs are due, by cron expression, against a clock the caller
-//! gives (the real one in `sluice schedule`, a made-up one in tests).
+//! `sluice schedule`: which jobs are due, by cron expression, at the times the caller
+//! reads from its [`Clock`](crate::clock::Clock) (the system's in `sluice schedule`, a
+//! set one in tests).
 //!
 //! Expressions as `[schedule]` takes them (see `sluice_pipeline::config::schedule`). A job fires once per due time; if a run outlasts the next due time, the
 //! missed times are skipped, not queued (the lock would refuse an overlapping run anyway).
@@ -85,5 +86,21 @@ mod tests {
             vec!["maintain", "snapshot"]
         );
         assert_eq!(s.next_due(), Some(at("2026-11-24T23:30:00Z")));
+    }
+
+    #[test]
+    fn the_next_run_is_the_first_cron_time_after_the_clocks_now() {
+        use crate::clock::{Clock, TestClock};
+        let jobs = BTreeMap::from([("maintain".to_string(), "0 3 * * *".to_string())]);
+        // Started a second after 03:00 by the clock: today's run is past, tomorrow's next.
+        let clock = TestClock::at(at("2027-02-01T03:00:01Z"));
+        let mut s = Scheduler::new(&jobs, clock.now()).expect("scheduler");
+        assert_eq!(s.next_due(), Some(at("2027-02-02T03:00:00Z")));
+        clock.advance(chrono::Duration::hours(23));
+        assert!(s.due(clock.now()).is_empty());
+        // 03:00:00 the next day.
+        clock.advance(chrono::Duration::seconds(59 * 60 + 59));
+        assert_eq!(s.due(clock.now()), vec!["maintain"]);
+        assert_eq!(s.next_due(), Some(at("2027-02-03T03:00:00Z")));
     }
 }

@@ -30,6 +30,7 @@ use sluice_pipeline::config::snapshot::SnapshotConfig;
 use sluice_pipeline::lake::Lake;
 use sluice_sql::Catalog;
 
+use crate::JobContext;
 use crate::error::{Error, Result};
 
 /// Where snapshots are recorded under the lake.
@@ -116,15 +117,16 @@ impl Snapshot {
     }
 }
 
-/// Take the snapshot of `lake` and record it; `keys` gives the key of tables that have one
-/// (silver tables, from their config), for the difference with the previous snapshot.
+/// Take the snapshot of the context's lake, at the context's time, and record it; `keys`
+/// gives the key of tables that have one (silver tables, from their config), for the
+/// difference with the previous snapshot.
 pub async fn snapshot(
-    lake: impl Into<Lake>,
+    cx: &JobContext,
     config: &SnapshotConfig,
     keys: &BTreeMap<String, Vec<String>>,
 ) -> Result<Snapshot> {
-    let lake = &lake.into();
-    let taken_at = chrono::Utc::now().timestamp_micros();
+    let lake = &cx.lake;
+    let taken_at = cx.now().timestamp_micros();
     let catalog = Catalog::open(lake).await?;
     let previous = if config.diff {
         previous(&catalog).await?
