@@ -294,6 +294,24 @@ fn usage(error: anyhow::Error) -> Failure {
     Failure { code: 2, error }
 }
 
+/// `error` and its causes joined by `: ` (as anyhow's `{:#}` does), each cause left out
+/// when the text before it already holds it: sluice's errors keep their source and quote
+/// it in their own text too.
+fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let said = cause.to_string();
+        if text.contains(&said) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&said);
+    }
+    text
+}
+
 /// Exit 2 for configuration problems found at start-up (a missing key, a policy naming a
 /// column the data lacks), 1 for anything else.
 fn config_failure(error: anyhow::Error) -> Failure {
@@ -617,8 +635,32 @@ fn main() -> ExitCode {
     match runtime.block_on(execute(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure { code, error }) => {
-            eprintln!("sluice: error: {error:#}");
+            eprintln!("sluice: error: {}", error_text(&error));
             ExitCode::from(code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_text_says_each_cause_once() {
+        // A job's error quoting its source, which it also keeps as its source.
+        let source = std::io::Error::other("disk full");
+        let typed = sluice_jobs::Error::Io {
+            path: PathBuf::from("/lake/x"),
+            source,
+        };
+        let e = anyhow::Error::from(typed).context("sluice job snapshot");
+        assert_eq!(
+            format!("{e:#}"),
+            "sluice job snapshot: /lake/x: disk full: disk full"
+        );
+        assert_eq!(error_text(&e), "sluice job snapshot: /lake/x: disk full");
+        // Causes not in the text before are kept, in order.
+        let plain = anyhow::anyhow!("no such table").context("gold");
+        assert_eq!(error_text(&plain), "gold: no such table");
     }
 }

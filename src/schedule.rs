@@ -36,7 +36,7 @@ pub async fn schedule(
             };
             match result {
                 Ok(()) => tracing::info!(job = %job, next = ?scheduler.next_due(), "job done"),
-                Err(e) => tracing::error!(job = %job, error = %format!("{e:#}"), "job failed"),
+                Err(e) => tracing::error!(job = %job, error = %crate::error_text(&e), "job failed"),
             }
         }
         // Wake at the next due time, or every second to notice a stop.
