@@ -157,8 +157,8 @@ mod tests {
     use arrow::array::{Date32Array, RecordBatch, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
     use deltalake::DeltaTable;
+    use sluice_pipeline::config::maintenance::TableMaintenance;
     use sluice_pipeline::lake::Lake;
-    use sluice_pipeline::maintenance::TableMaintenance;
 
     use crate::clock::TestClock;
 

@@ -360,7 +360,8 @@ fn run(
                     if !waited.is_zero() {
                         throttled += waited;
                         // Time spent waiting for the rate limits since the start.
-                        metrics::gauge!(sluice_pipeline::metrics::THROTTLED_SECONDS).set(throttled.as_secs_f64());
+                        metrics::gauge!(sluice_pipeline::metrics::THROTTLED_SECONDS)
+                            .set(throttled.as_secs_f64());
                     }
                 }
                 state.on_message(&m)?;

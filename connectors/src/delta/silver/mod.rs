@@ -33,8 +33,8 @@ use arrow::compute::concat_batches;
 use arrow::datatypes::{Int64Type, Schema};
 use deltalake::DeltaTable;
 use deltalake::kernel::Transaction;
+use sluice_pipeline::config::silver::{SilverConfig, SilverTableConfig};
 use sluice_pipeline::lake::Lake;
-use sluice_pipeline::silver::{SilverConfig, SilverTableConfig};
 use sluice_pipeline::{CommitOutcome, OffsetRange, SourceBatch, TopicPartition};
 
 use super::bronze::{conform, merged_schema};
