@@ -22,20 +22,23 @@ fi
 
 "$built" demo "$@"
 
-# The one line to type, if `sluice` is not this build yet.
-echo
-found="$(command -v sluice || true)"
-if [ ! "$link" -ef "$built" ]; then
-  echo "$link is another sluice, left as it is. To use this build as sluice in this shell:"
-  echo "  alias sluice='$built'"
-elif [ -n "$found" ] && [ "$found" -ef "$built" ]; then
-  echo "sluice is on your PATH ($link -> $built); the README's next commands run from $(pwd)."
-else
-  if [ -n "$found" ]; then
-    echo "Another sluice comes first on your PATH: $found."
+# The one line to type, if `sluice` is not this build yet; on stderr, so that what the
+# demo prints (`--print-config`, `--format json`) stays whole on stdout.
+{
+  echo
+  found="$(command -v sluice || true)"
+  if [ ! "$link" -ef "$built" ]; then
+    echo "$link is another sluice, left as it is. To use this build as sluice in this shell:"
+    echo "  alias sluice='$built'"
+  elif [ -n "$found" ] && [ "$found" -ef "$built" ]; then
+    echo "sluice is on your PATH ($link -> $built); the README's next commands run from $(pwd)."
   else
-    echo "$bin_dir is not on your PATH."
+    if [ -n "$found" ]; then
+      echo "Another sluice comes first on your PATH: $found."
+    else
+      echo "$bin_dir is not on your PATH."
+    fi
+    echo "To use this build as sluice in this shell:"
+    echo "  export PATH=\"$bin_dir:\$PATH\""
   fi
-  echo "To use this build as sluice in this shell:"
-  echo "  export PATH=\"$bin_dir:\$PATH\""
-fi
+} >&2

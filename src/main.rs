@@ -295,13 +295,14 @@ fn usage(error: anyhow::Error) -> Failure {
 }
 
 /// `error` and its causes joined by `: ` (as anyhow's `{:#}` does), each cause left out
-/// when the text before it already holds it: sluice's errors keep their source and quote
-/// it in their own text too.
+/// when the text before it already ends with it: sluice's errors keep their source and
+/// quote it at the end of their own text too. (A cause that only appears inside the text,
+/// a short word such as "timeout", is still said.)
 fn error_text(error: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in error.chain() {
         let said = cause.to_string();
-        if text.contains(&said) {
+        if !said.is_empty() && text.ends_with(&said) {
             continue;
         }
         if !text.is_empty() {
@@ -662,5 +663,11 @@ mod tests {
         // Causes not in the text before are kept, in order.
         let plain = anyhow::anyhow!("no such table").context("gold");
         assert_eq!(error_text(&plain), "gold: no such table");
+        // A short cause that only appears inside the text before is still said.
+        let inner = anyhow::anyhow!("timeout").context("a timeout of 5 s was set; the broker");
+        assert_eq!(
+            error_text(&inner),
+            "a timeout of 5 s was set; the broker: timeout"
+        );
     }
 }

@@ -109,7 +109,8 @@ pub const CDC_ROWS_DELETED_TOTAL: &str = "sluice_cdc_rows_deleted_total";
 /// newer change in the same batch). Labels: `table` (without its layer).
 pub const CDC_CHANGES_IGNORED_TOTAL: &str = "sluice_cdc_changes_ignored_total";
 
-/// Counter: change events refused by a silver table (they go to the dead letters).
+/// Counter: change events refused by a silver table (they stay in bronze; a warning names
+/// their offsets).
 /// Labels: `table`.
 pub const CDC_CHANGES_REFUSED_TOTAL: &str = "sluice_cdc_changes_refused_total";
 

@@ -83,7 +83,7 @@ fn exported() -> BTreeSet<String> {
                 let text = std::fs::read_to_string(&path).expect("read");
                 for call in ["counter!(", "gauge!(", "histogram!("] {
                     for piece in text.split(call).skip(1) {
-                        let first = piece.split(',').next().unwrap_or_default().trim();
+                        let first = piece.split([',', ')']).next().unwrap_or_default().trim();
                         // Names are constants; a literal name would escape this list.
                         assert!(
                             !first.starts_with('"'),

@@ -489,6 +489,8 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
 pub struct Logged {
     child: Option<Child>,
     lines: Receiver<String>,
+    /// Every line read so far: a later wait finds a line an earlier one read past.
+    read: std::cell::RefCell<Vec<String>>,
 }
 
 impl Logged {
@@ -518,34 +520,39 @@ impl Logged {
         Logged {
             child: Some(child),
             lines,
+            read: Default::default(),
         }
     }
 
-    /// Wait for a log line containing `needle`, and return it. Panics after `timeout`, or
-    /// when the process ends its log (exits) without such a line, showing the last lines
-    /// it logged meanwhile.
+    /// Wait for a log line containing `needle` (the first such line the process logged,
+    /// however long ago), and return it. Panics after `timeout`, or when the process ends
+    /// its log (exits) without such a line, showing the last lines it logged.
     pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        if let Some(line) = self.read.borrow().iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
         let deadline = Instant::now() + timeout;
-        let mut seen: Vec<String> = Vec::new();
         loop {
-            let why = match self
-                .lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(line) if line.contains(needle) => return line,
+            // Checked before every line too: a process logging without pause never
+            // leaves the channel empty.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let why = match self.lines.recv_timeout(left) {
+                Ok(_) if left.is_zero() => format!("within {timeout:?}"),
                 Ok(line) => {
-                    if seen.len() == 20 {
-                        seen.remove(0);
+                    let found = line.contains(needle);
+                    self.read.borrow_mut().push(line.clone());
+                    if found {
+                        return line;
                     }
-                    seen.push(line);
                     continue;
                 }
                 Err(RecvTimeoutError::Timeout) => format!("within {timeout:?}"),
                 Err(RecvTimeoutError::Disconnected) => "before it exited".to_string(),
             };
+            let read = self.read.borrow();
             panic!(
                 "sluice logged no line with {needle:?} {why}; its last lines:\n{}",
-                seen.join("\n")
+                read[read.len().saturating_sub(20)..].join("\n")
             );
         }
     }
