@@ -36,6 +36,26 @@ pub enum Error {
     #[error("schema registry: {0}")]
     Registry(String),
 
+    /// The registry client could not be set up (its CA file, its HTTP client).
+    #[error("schema registry: {context}: {source}")]
+    RegistryClient {
+        context: &'static str,
+        #[source]
+        source: sluice_pipeline::error::BoxError,
+    },
+
+    /// The runner no longer takes what the source sends: the run is ending.
+    #[error("the sink stopped")]
+    SinkStopped,
+
+    /// Where assigned partitions resume could not be read; assigning a guessed offset would
+    /// lose or double rows, so the run ends.
+    #[error("reading the resume offsets at assignment: {source}")]
+    Resume {
+        #[source]
+        source: sluice_pipeline::Error,
+    },
+
     #[error("erasure requests: {0}")]
     Requests(String),
 
@@ -95,7 +115,9 @@ impl From<Error> for sluice_pipeline::Error {
     fn from(e: Error) -> Self {
         match e {
             Error::Pipeline(e) => e,
-            Error::Kafka { .. } => sluice_pipeline::Error::Source(Box::new(e)),
+            Error::Kafka { .. } | Error::SinkStopped | Error::Resume { .. } => {
+                sluice_pipeline::Error::Source(Box::new(e))
+            }
             other => sluice_pipeline::Error::Sink(Box::new(other)),
         }
     }

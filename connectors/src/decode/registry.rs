@@ -76,8 +76,12 @@ impl SchemaRegistry {
             return Err(Error::Registry("no schema registry URL".into()));
         }
         let certificates = match &config.ca_pem {
-            Some(pem) => reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| Error::Registry(format!("reading the registry CA file: {e}")))?,
+            Some(pem) => {
+                reqwest::Certificate::from_pem_bundle(pem).map_err(|e| Error::RegistryClient {
+                    context: "reading the registry CA file",
+                    source: Box::new(e),
+                })?
+            }
             None => Vec::new(),
         };
         Ok(Self {
@@ -107,7 +111,10 @@ impl SchemaRegistry {
         }
         let settings = builder
             .build_with(client)
-            .map_err(|e| Error::Registry(format!("configuring the registry client: {e}")))?;
+            .map_err(|e| Error::RegistryClient {
+                context: "configuring the registry client",
+                source: Box::new(e),
+            })?;
         Ok(self.settings.get_or_init(|| settings))
     }
 

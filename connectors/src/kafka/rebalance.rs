@@ -25,6 +25,8 @@ use sluice_pipeline::config::kafka::OffsetReset;
 use sluice_pipeline::health::Health;
 use sluice_pipeline::{Checkpoints, Resume, TopicPartition};
 
+use crate::error::Error;
+
 /// The source consumer's context: where assigned partitions start, and the assignment
 /// bookkeeping the consumer thread reads after each poll.
 pub(crate) struct RebalanceContext {
@@ -33,7 +35,7 @@ pub(crate) struct RebalanceContext {
     /// Assigned partitions and the offset each was assigned at.
     assigned: Mutex<BTreeMap<TopicPartition, Offset>>,
     revoked: Mutex<Vec<TopicPartition>>,
-    failure: Mutex<Option<String>>,
+    failure: Mutex<Option<Error>>,
     rebalances: AtomicU64,
     health: Arc<Health>,
 }
@@ -100,14 +102,17 @@ impl ConsumerContext for RebalanceContext {
                             "partitions assigned"
                         );
                         if let Err(e) = consumer.assign(tpl) {
-                            self.fail(format!("assigning partitions: {e}"));
+                            self.fail(Error::Kafka {
+                                context: "assigning partitions".into(),
+                                source: Box::new(e),
+                            });
                         }
                         if let Ok(mut a) = self.assigned.lock() {
                             a.extend(starts);
                             self.set_assigned(a.len());
                         }
                     }
-                    Err(e) => self.fail(format!("reading the resume offsets at assignment: {e}")),
+                    Err(source) => self.fail(Error::Resume { source }),
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -198,15 +203,15 @@ impl RebalanceContext {
         self.rebalances.load(Ordering::Relaxed)
     }
 
-    /// The first failure of a rebalance, which ends the run.
-    pub(crate) fn failure(&self) -> Option<String> {
-        self.failure.lock().ok().and_then(|f| f.clone())
+    /// The first failure of a rebalance, taken to end the run with.
+    pub(crate) fn failure(&self) -> Option<Error> {
+        self.failure.lock().ok().and_then(|mut f| f.take())
     }
 
-    fn fail(&self, msg: String) {
-        tracing::error!("{msg}");
+    fn fail(&self, error: Error) {
+        tracing::error!(error = %error, "rebalance failed; the run ends");
         if let Ok(mut f) = self.failure.lock() {
-            f.get_or_insert(msg);
+            f.get_or_insert(error);
         }
     }
 }

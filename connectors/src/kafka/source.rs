@@ -347,8 +347,8 @@ fn run(
         if !revoked.is_empty() {
             state.revoke(revoked)?;
         }
-        if let Some(f) = consumer.context().failure() {
-            return Err(Error::Decode(f));
+        if let Some(e) = consumer.context().failure() {
+            return Err(e);
         }
         // `idle`: nothing to decode now, so buffered messages may be flushed. Only an empty
         // poll is quiet; an error (a broker outage) is not a sign of being caught up.
@@ -507,7 +507,7 @@ impl WorkerState {
         if let Some(batch) = d.finish()?
             && self.tx.blocking_send(SourceEvent::Batch(batch)).is_err()
         {
-            return Err(Error::Decode("the sink stopped".into()));
+            return Err(Error::SinkStopped);
         }
         Ok(())
     }
@@ -523,7 +523,7 @@ impl WorkerState {
             .blocking_send(SourceEvent::Revoked(revoked))
             .is_err()
         {
-            return Err(Error::Decode("the sink stopped".into()));
+            return Err(Error::SinkStopped);
         }
         Ok(())
     }
