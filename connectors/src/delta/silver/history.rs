@@ -96,12 +96,7 @@ async fn stored(
                 .ok_or_else(|| error(name, "reading keys")(format!("no key column {k}")))
         })
         .collect::<Result<_>>()?;
-    let converter = RowConverter::new(
-        key_columns
-            .iter()
-            .map(|c| SortField::new(c.data_type().clone()))
-            .collect(),
-    )?;
+    let converter = super::reduce::key_converter(&key_columns)?;
     let mut newest = HashMap::new();
     if !table::exists(t) {
         return Ok((None, newest, converter));

@@ -10,6 +10,16 @@ use arrow::row::{RowConverter, SortField};
 use crate::decode::debezium::{DELETE, TRUNCATE, is_unavailable};
 use crate::error::{Error, Result};
 
+/// A row converter for a table's key columns: keys compared (and hashed) as one value.
+pub(super) fn key_converter(key_columns: &[ArrayRef]) -> Result<RowConverter> {
+    Ok(RowConverter::new(
+        key_columns
+            .iter()
+            .map(|c| SortField::new(c.data_type().clone()))
+            .collect(),
+    )?)
+}
+
 /// The newest change per key of `changes` (by `_cdc_sequence`, then `_kafka_offset`).
 /// Changes without a full key are left out. A text column holding the unavailable-value
 /// placeholder takes the value of the newest older change of the key that had one, back to
@@ -39,12 +49,7 @@ pub fn reduce(changes: &RecordBatch, key: &[String]) -> Result<RecordBatch> {
         });
     }
     let order = lexsort_to_indices(&sort, None)?;
-    let converter = RowConverter::new(
-        key_columns
-            .iter()
-            .map(|c| SortField::new(c.data_type().clone()))
-            .collect(),
-    )?;
+    let converter = key_converter(&key_columns)?;
     let keys = converter.convert_columns(&key_columns)?;
     let full_key = |i: usize| key_columns.iter().all(|c| c.is_valid(i));
     // Groups of equal keys in sorted order; truncates each form their own group.
