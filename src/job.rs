@@ -264,7 +264,7 @@ pub fn subjects(args: &[String], file: Option<&Path>) -> anyhow::Result<Vec<Stri
 
 /// Every form of each subject under the policy's keys (and of its tombstone keys, which
 /// come back from Kafka as `_kafka_key`), with dead letters opened.
-fn find_subjects(config: &Config, subjects: &[String]) -> anyhow::Result<Vec<Arc<Subject>>> {
+pub fn find_subjects(config: &Config, subjects: &[String]) -> anyhow::Result<Vec<Arc<Subject>>> {
     if config.erasure.columns.is_empty() && config.erasure.tables.is_empty() {
         anyhow::bail!(
             "[erasure] names no subject columns: set `columns` (e.g. [\"customer_id\"]) so the job knows where subjects are"
@@ -338,22 +338,18 @@ pub fn check_subjects(config: &Config, subjects: &[String]) -> anyhow::Result<()
     Ok(())
 }
 
-/// Refuse a request id holding one of the subjects (raw or pseudonymised, in any case):
-/// certificates and job runs keep request ids in the clear.
-pub fn check_request_id(
-    config: &Config,
-    subjects: &[String],
-    request_id: Option<&str>,
-) -> anyhow::Result<()> {
+/// Refuse a request id holding one of the subjects `found` (raw or pseudonymised, in any
+/// case): certificates and job runs keep request ids in the clear.
+pub fn check_request_id(found: &[Arc<Subject>], request_id: Option<&str>) -> anyhow::Result<()> {
     let Some(id) = request_id else {
         return Ok(());
     };
-    for (i, s) in find_subjects(config, subjects)?.iter().enumerate() {
+    for (i, s) in found.iter().enumerate() {
         if s.held_in(id) {
             anyhow::bail!(
                 "--request-id refused: it holds subject {} of {} (certificates and job runs keep request ids in the clear)",
                 i + 1,
-                subjects.len()
+                found.len()
             );
         }
     }
@@ -375,8 +371,8 @@ fn redacted_request_id(secret: &[u8], forms: &[String], id: String) -> String {
 /// Erase the subjects of one request: tombstones for their keys, then the lake in one
 /// pass; a certificate per subject, and the run recorded with the request ids only (a
 /// hash of a subject id is guessable). A dry run sends, changes and records nothing.
-/// With `keep_journal` the erasure journal is left for the caller to remove
-/// ([`erase::Options::keep_journal`]).
+/// Requests of a batch (`batch_at`, the time it was taken) are certified at the batch's
+/// time, once ([`erase::Options::batch_at`]).
 async fn erase_all(
     config: &Config,
     cx: &JobContext,
@@ -384,7 +380,7 @@ async fn erase_all(
     tombstones: Option<&erasure::Tombstones>,
     subjects: &[(String, Arc<Subject>, String)],
     dry_run: bool,
-    keep_journal: bool,
+    batch_at: Option<i64>,
 ) -> anyhow::Result<Vec<erase::Certificate>> {
     let started_at = cx.now().timestamp_micros();
     let mut requests = Vec::new();
@@ -417,7 +413,7 @@ async fn erase_all(
     let mut options =
         erase::Options::from_config(&config.erasure, erase::value_key(secret.bytes()));
     options.dry_run = dry_run;
-    options.keep_journal = keep_journal;
+    options.batch_at = batch_at;
     let result = match produced_all {
         Ok(()) => {
             let store = key_store(config, &cx.lake);
@@ -524,17 +520,18 @@ fn print_certificates(certificates: &[erase::Certificate], format: Format) -> an
     Ok(())
 }
 
-/// Run `sluice job erase`: one certificate per subject.
+/// Run `sluice job erase`: one certificate per subject (`found`: the subjects'
+/// forms, from [`find_subjects`]).
 pub async fn erase(
     config: &Config,
     cx: &JobContext,
     subjects: &[String],
+    found: Vec<Arc<Subject>>,
     request_id: Option<&str>,
     dry_run: bool,
     format: Format,
 ) -> anyhow::Result<()> {
     let secret = certificate_secret(config)?;
-    let found = find_subjects(config, subjects)?;
     let tombstones = if dry_run {
         None
     } else {
@@ -556,7 +553,7 @@ pub async fn erase(
         tombstones.as_ref(),
         &all,
         dry_run,
-        false,
+        None,
     )
     .await?;
     print_certificates(&certificates, format)
@@ -571,9 +568,10 @@ pub async fn erase(
 /// anything is done, so a run stopped midway is finished by the next with the same
 /// requests (the same subjects, so the same erasure journal) however many arrived since;
 /// those wait for the run after. In order: the marker is written, the certificates are
-/// recorded (the journal kept), the offsets are committed, the journal is removed, then
-/// the marker. A stop anywhere leaves the marker, and the run taking the batch again finds
-/// the certificates recorded instead of certifying the requests a second time.
+/// recorded at the batch's time, the offsets are committed, then the marker is removed.
+/// A stop anywhere leaves the marker, and the run taking the batch again finds the
+/// certificates recorded at that time instead of certifying the requests a second time
+/// (even when a `sluice job erase` of the same subjects ran in between).
 pub async fn erase_requests(
     config: &Config,
     cx: &JobContext,
@@ -664,11 +662,6 @@ pub async fn erase_requests(
             (raw, subject, id)
         })
         .collect();
-    // The subjects naming the erasure journal of the batch.
-    let subject_hashes: Vec<String> = valid
-        .iter()
-        .map(|(raw, _, _)| erase::subject_hash(secret.bytes(), raw))
-        .collect();
     let Some(batch) = batch else {
         batch_lock.release().await;
         return print_certificates(&[], format);
@@ -692,7 +685,7 @@ pub async fn erase_requests(
                 tombstones.as_ref(),
                 &valid,
                 false,
-                true,
+                Some(batch.taken_at),
             )
             .await?
         }
@@ -723,11 +716,8 @@ pub async fn erase_requests(
             tokio::task::block_in_place(|| queue.done(*partition, *last))?;
         }
     }
-    // Every offset of the batch is committed: the journal goes, then the marker (a run
-    // stopped in between takes the batch again, finds it committed and removes them).
-    if !subject_hashes.is_empty() {
-        erase::finish(cx, &subject_hashes).await?;
-    }
+    // Every offset of the batch is committed: the marker goes (a run stopped before takes
+    // the batch again, finds it committed and removes it).
     marker.remove().await?;
     batch_lock.release().await;
     print_certificates(&certificates, format)
@@ -739,15 +729,15 @@ pub async fn erase_verify(
     config: &Config,
     cx: &JobContext,
     subjects: &[String],
+    found: &[Arc<Subject>],
     format: Format,
 ) -> anyhow::Result<()> {
     let lake = &cx.lake;
     let started_at = cx.now().timestamp_micros();
-    let found = find_subjects(config, subjects)?;
     let secret = certificate_secret(config)?;
     let key = erase::value_key(secret.bytes());
     let mut checks = Vec::new();
-    for (raw, subject) in subjects.iter().zip(&found) {
+    for (raw, subject) in subjects.iter().zip(found) {
         let values =
             erase::ErasedValues::of(lake, key, &erase::subject_hash(secret.bytes(), raw)).await?;
         checks.push(erase::Check {

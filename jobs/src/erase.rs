@@ -20,9 +20,10 @@
 //!    files still holding a subject, which the next run purges (stopped the other way
 //!    round, it would leave statistics of files already gone). What each step did is
 //!    kept in the erasure journal ([`crate::journal`]) until the certificates are
-//!    recorded (with [`Options::keep_journal`], until the caller is done with them), so
-//!    the next run of the same requests finishes a stopped one with the certificate an
-//!    unbroken run would write. Runs of the same subjects take turns on the journal;
+//!    recorded, so the next run of the same requests finishes a stopped one with the
+//!    certificate an unbroken run would write. Runs of the same subjects take turns on
+//!    the journal. A batch of requests taken again (see [`Options::batch_at`]) finds
+//!    the certificates recorded for it since it was taken instead of certifying twice;
 //! 4. under crypto-shredding, the subjects' data keys are erased the same way from the
 //!    subject key store (which carries no file statistics at all);
 //! 5. a certificate row per subject goes to `_sluice/erasures`: request id, salted hash
@@ -337,12 +338,16 @@ pub struct Options {
     /// How long to wait for a table's maintenance, or another run of the same subjects,
     /// to finish before giving up.
     pub lock_wait: Duration,
-    /// Leave the journal once the certificates are recorded, for the caller to remove
-    /// with [`finish`] after acting on them; a run finding such a journal returns the
-    /// certificates it records instead of erasing again. Requests read from Kafka set
-    /// it: their offsets are committed after the certificates are recorded, and a run
-    /// stopped in between must not certify the same requests twice.
-    pub keep_journal: bool,
+    /// The time the batch the requests belong to was taken. A run finding certificates
+    /// of these very requests (same subject, same request id) recorded since then
+    /// returns those instead of erasing and certifying again; when some request has
+    /// none but every subject was certified since then by another run (a `sluice job
+    /// erase` of the same subjects that finished this batch's stopped work), those
+    /// certificates are recorded again under the batch's request ids. Requests read
+    /// from Kafka set it: their offsets are committed after the certificates are
+    /// recorded, and a batch taken again after a stop in between must not be certified
+    /// twice, nor as having erased nothing.
+    pub batch_at: Option<i64>,
 }
 
 impl Options {
@@ -357,7 +362,7 @@ impl Options {
             ),
             value_key,
             lock_wait: LOCK_WAIT,
-            keep_journal: false,
+            batch_at: None,
         }
     }
 }
@@ -386,9 +391,7 @@ pub async fn erase(
     let owners = owners(requests);
     // A run stopped before recording its certificates: they are recorded at the time it
     // chose. A journal whose certificates are recorded belongs to a finished run (stopped
-    // before it cleared it, or left for the caller to clear): with `keep_journal`, when
-    // they are these very requests' (same subjects, same request ids), they are this
-    // run's result; otherwise this run starts afresh, as after any finished run.
+    // before it cleared it): this run starts afresh, as after any finished run.
     let mut earlier: Option<i64> = None;
     let mut run_lock: Option<Lock> = None;
     let journal = if options.dry_run {
@@ -400,21 +403,36 @@ pub async fn erase(
         // what the one before left.
         let lock = Lock::acquire_waiting(cx, &run_lock_name(&j), options.lock_wait).await?;
         earlier = j.run().await?.erased_at;
+        if let Some(taken) = options.batch_at {
+            let since = recorded_since(lake, taken).await?;
+            let (certificates, again) = match recorded_certificates(requests, &since, true)? {
+                Some(mine) => (Some(mine), false),
+                None => (recorded_certificates(requests, &since, false)?, true),
+            };
+            if let Some(certificates) = certificates {
+                if again {
+                    tracing::warn!(
+                        "the subjects of these requests were erased since their batch was taken, by a run that finished its work: that run's certificates are recorded for these requests"
+                    );
+                    record(lake, &certificates).await?;
+                } else {
+                    tracing::warn!(
+                        "the certificates of these requests are recorded (by an earlier run of their batch): they are returned, none recorded again"
+                    );
+                }
+                if earlier.is_some_and(|e| since.iter().any(|c| c.erased_at == e)) {
+                    j.clear().await?;
+                }
+                lock.release().await;
+                return Ok(certificates);
+            }
+        }
         if let Some(at) = earlier {
             let recorded = recorded_at(lake, at).await?;
             if requests
                 .iter()
                 .all(|r| recorded.iter().any(|c| c.subject_hash == r.subject_hash))
             {
-                if options.keep_journal
-                    && let Some(certificates) = recorded_certificates(requests, &recorded, at)?
-                {
-                    tracing::warn!(
-                        "the certificates of these requests are recorded (by a run stopped before its caller finished): they are returned, none recorded again"
-                    );
-                    lock.release().await;
-                    return Ok(certificates);
-                }
                 j.clear().await?;
                 earlier = None;
             }
@@ -530,9 +548,7 @@ pub async fn erase(
         abort_point("certifying", "run");
         record(lake, &certificates).await?;
         abort_point("recorded", "run");
-        if !options.keep_journal {
-            j.clear().await?;
-        }
+        j.clear().await?;
     }
     if let Some(lock) = run_lock {
         lock.release().await;
@@ -543,18 +559,6 @@ pub async fn erase(
 /// The lock of the runs of the subjects of `journal`.
 fn run_lock_name(journal: &Journal) -> String {
     format!("erase.run.{}", journal.key())
-}
-
-/// Remove the journal of the run of the subjects whose salted hashes are
-/// `subject_hashes`, left by a run with [`Options::keep_journal`] once the caller acted
-/// on its certificates (waiting for a run of the same subjects in progress).
-pub async fn finish(cx: &JobContext, subject_hashes: &[String]) -> Result<()> {
-    let subjects: Vec<&str> = subject_hashes.iter().map(String::as_str).collect();
-    let j = Journal::of(&cx.lake, &subjects)?;
-    let lock = Lock::acquire_waiting(cx, &run_lock_name(&j), LOCK_WAIT).await?;
-    j.clear().await?;
-    lock.release().await;
-    Ok(())
 }
 
 /// The certificates recorded in `sluice.erasures`, to query; none before the first.
@@ -576,6 +580,7 @@ async fn certificates_of(lake: &Lake) -> Result<Option<deltalake::datafusion::pr
 struct Recorded {
     request_id: String,
     subject_hash: String,
+    erased_at: i64,
     tombstones: u64,
     /// Per table, as JSON.
     tables: String,
@@ -583,19 +588,44 @@ struct Recorded {
 
 /// The certificates recorded at `at`: a run records all of its own at one time.
 async fn recorded_at(lake: &Lake, at: i64) -> Result<Vec<Recorded>> {
+    recorded_where(lake, |erased_at, t| erased_at.eq(t), at).await
+}
+
+/// The certificates recorded at `since` or later, earliest first.
+async fn recorded_since(lake: &Lake, since: i64) -> Result<Vec<Recorded>> {
+    let mut out = recorded_where(lake, |erased_at, t| erased_at.gt_eq(t), since).await?;
+    out.sort_by_key(|c| c.erased_at);
+    Ok(out)
+}
+
+/// The certificates whose `erased_at` compares with `at` as `compare` says.
+async fn recorded_where(
+    lake: &Lake,
+    compare: impl FnOnce(
+        deltalake::datafusion::prelude::Expr,
+        deltalake::datafusion::prelude::Expr,
+    ) -> deltalake::datafusion::prelude::Expr,
+    at: i64,
+) -> Result<Vec<Recorded>> {
+    use deltalake::datafusion::prelude::{col, lit};
     let Some(certificates) = certificates_of(lake).await? else {
         return Ok(Vec::new());
     };
+    let at = lit(
+        deltalake::datafusion::scalar::ScalarValue::TimestampMicrosecond(
+            Some(at),
+            Some("UTC".into()),
+        ),
+    );
     let batches = certificates
-        .filter(deltalake::datafusion::prelude::col("erased_at").eq(
-            deltalake::datafusion::prelude::lit(
-                deltalake::datafusion::scalar::ScalarValue::TimestampMicrosecond(
-                    Some(at),
-                    Some("UTC".into()),
-                ),
-            ),
-        ))?
-        .select_columns(&["request_id", "subject_hash", "tombstones", "tables"])?
+        .filter(compare(col("erased_at"), at))?
+        .select_columns(&[
+            "request_id",
+            "subject_hash",
+            "tombstones",
+            "tables",
+            "erased_at",
+        ])?
         .collect()
         .await?;
     let mut out = Vec::new();
@@ -613,6 +643,8 @@ async fn recorded_at(lake: &Lake, at: i64) -> Result<Vec<Recorded>> {
         );
         let tombstones = cast(b.column(2), &DataType::Int64)?;
         let tombstones = tombstones.as_primitive::<Int64Type>();
+        let times = cast(b.column(4), &DataType::Int64)?;
+        let times = times.as_primitive::<Int64Type>();
         for i in 0..b.num_rows() {
             let text = |a: &StringArray| {
                 if a.is_null(i) {
@@ -624,6 +656,7 @@ async fn recorded_at(lake: &Lake, at: i64) -> Result<Vec<Recorded>> {
             out.push(Recorded {
                 request_id: text(ids),
                 subject_hash: text(hashes),
+                erased_at: times.value(i),
                 tombstones: if tombstones.is_null(i) {
                     0
                 } else {
@@ -636,31 +669,31 @@ async fn recorded_at(lake: &Lake, at: i64) -> Result<Vec<Recorded>> {
     Ok(out)
 }
 
-/// The certificates of `recorded` (recorded at `at`) for `requests`, in their order, each
-/// the one of the same subject and request id; `None` when a request has none (those
-/// certificates are another run's).
+/// The certificates of `recorded` for `requests`, in their order: for each, the first
+/// of the same subject (and with `same_id`, the same request id); `None` when a request
+/// has none. Without `same_id` the certificates are another run's, given the requests'
+/// own ids and tombstones.
 fn recorded_certificates(
     requests: &[Request],
     recorded: &[Recorded],
-    at: i64,
+    same_id: bool,
 ) -> Result<Option<Vec<Certificate>>> {
     let mut out = Vec::new();
     for r in requests {
-        let Some(c) = recorded
-            .iter()
-            .find(|c| c.subject_hash == r.subject_hash && c.request_id == r.request_id)
-        else {
+        let Some(c) = recorded.iter().find(|c| {
+            c.subject_hash == r.subject_hash && (!same_id || c.request_id == r.request_id)
+        }) else {
             return Ok(None);
         };
         let tables: Vec<TableErasure> = serde_json::from_str(&c.tables).map_err(Error::json(
             format!("{ERASURES}: a certificate's tables do not read"),
         ))?;
         out.push(Certificate {
-            request_id: c.request_id.clone(),
+            request_id: r.request_id.clone(),
             subject_hash: c.subject_hash.clone(),
-            erased_at: at,
+            erased_at: c.erased_at,
             tables,
-            tombstones: c.tombstones,
+            tombstones: if same_id { c.tombstones } else { r.tombstones },
             invalid: None,
             dry_run: false,
         });

@@ -35,14 +35,14 @@
 //!   first offset to each last, whatever was committed meanwhile; requests that arrived
 //!   since wait for the run after), so the subjects, and with them the journal, are the
 //!   same;
-//! - the journal is kept once the certificates are recorded, and removed by the caller
-//!   after the offsets are committed. In order: marker written, certificates recorded,
-//!   offsets committed, journal removed, marker removed. A run taking the batch again
-//!   finds the certificates of its journal recorded for these very requests (same
-//!   subjects, same request ids) and returns them instead of erasing again; or finds
-//!   every offset committed and only removes what is left. Invalid requests are recorded
-//!   at the time the batch was taken, all in one commit: certificates of invalid requests
-//!   at that time mean they are recorded.
+//! - in order: marker written, certificates recorded (the journal removed), offsets
+//!   committed, marker removed. A run taking the batch again finds the certificates of
+//!   these very requests (same subjects, same request ids) recorded since the batch was
+//!   taken and returns them instead of erasing again (see
+//!   [`crate::erase::Options::batch_at`]); or finds every offset committed and only
+//!   removes the marker. Invalid requests are recorded at the time the batch was taken,
+//!   all in one commit: certificates of invalid requests at that time mean they are
+//!   recorded.
 //!
 //! The runs of one consumer group and topic take the lock `erase.requests.kafka-<hash>`
 //! from before reading the marker to after removing it: one batch at a time.

@@ -540,7 +540,7 @@ fn an_erasure_batch_stopped_midway_is_finished_with_the_same_requests_after_more
              requests_topic = \"erasure-requests\"\n"
         ),
     );
-    let events: Vec<(i64, Option<Vec<u8>>)> = (7_200_001..=7_200_005)
+    let events: Vec<(i64, Option<Vec<u8>>)> = (7_200_001..=7_200_006)
         .map(|i| {
             (
                 i,
@@ -550,7 +550,7 @@ fn an_erasure_batch_stopped_midway_is_finished_with_the_same_requests_after_more
         .collect();
     produce_keyed(&broker, "events", &events);
     w.run_ok(&["run", "--until-caught-up"]);
-    assert_eq!(w.count("bronze.events"), 5);
+    assert_eq!(w.count("bronze.events"), 6);
     let json = |out: std::process::Output| -> Vec<serde_json::Value> {
         serde_json::from_slice(&out.stdout).expect("json")
     };
@@ -623,7 +623,7 @@ fn an_erasure_batch_stopped_midway_is_finished_with_the_same_requests_after_more
     }
     assert_eq!(
         w.sql("select id from bronze.events order by id"),
-        vec!["7200001", "7200003", "7200005"]
+        vec!["7200001", "7200003", "7200005", "7200006"]
     );
 
     // The third request waited for the run after.
@@ -632,12 +632,14 @@ fn an_erasure_batch_stopped_midway_is_finished_with_the_same_requests_after_more
     assert_eq!(third[0]["request_id"], "erasure-requests-0-2");
     assert_eq!(
         w.sql("select id from bronze.events order by id"),
-        vec!["7200001", "7200003"]
+        vec!["7200001", "7200003", "7200006"]
     );
     assert_eq!(w.count("sluice.erasures"), 3);
 
-    // Stopped after the certificates are recorded, before the offsets are committed: the
-    // next run commits them and certifies nothing a second time, invalid requests included.
+    // Stopped after the certificates are recorded, before the offsets are committed; a
+    // `sluice job erase` of the batch's subject runs meanwhile (a request of its own, with
+    // its own certificate): the next run commits the batch and certifies nothing a second
+    // time, invalid requests included.
     produce_raw(
         &broker,
         "erasure-requests",
@@ -645,21 +647,80 @@ fn an_erasure_batch_stopped_midway_is_finished_with_the_same_requests_after_more
     );
     stopped_at("committing:run");
     assert_eq!(w.count("sluice.erasures"), 5);
+    w.run_ok(&["job", "erase", "--request-id", "DSAR-CLI", "7200001"]);
+    assert_eq!(w.count("sluice.erasures"), 6);
     let again = json(w.run_ok(&["--format", "json", "job", "erase", "--requests"]));
     let ids: Vec<&str> = again
         .iter()
         .map(|c| c["request_id"].as_str().expect("id"))
         .collect();
     assert_eq!(ids, ["erasure-requests-0-3", "erasure-requests-0-4"]);
-    assert_eq!(w.count("sluice.erasures"), 5);
+    // The batch's own certificate (its row), not one of a second erasure finding nothing.
+    assert_eq!(rows_of(&again[0]), 1, "{again:?}");
+    assert_eq!(w.count("sluice.erasures"), 6);
     assert_eq!(
         w.sql("select id from bronze.events order by id"),
-        vec!["7200003"]
+        vec!["7200003", "7200006"]
     );
+
+    // Stopped before its certificates, then a `sluice job erase` of the same subject
+    // finishes its work (the same journal) under its own request id: the batch taken
+    // again is certified with the rows that run erased, not as having found nothing.
+    produce_raw(&broker, "erasure-requests", &[Some(b"7200006")]);
+    stopped_at("certifying:run");
+    w.run_ok(&["job", "erase", "--request-id", "DSAR-TAKEOVER", "7200006"]);
+    assert_eq!(w.count("sluice.erasures"), 7);
+    let taken = json(w.run_ok(&["--format", "json", "job", "erase", "--requests"]));
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    assert_eq!(taken[0]["request_id"], "erasure-requests-0-5");
+    assert_eq!(rows_of(&taken[0]), 1, "{taken:?}");
+    assert_eq!(w.count("sluice.erasures"), 8);
+    assert_eq!(
+        w.sql("select count(*) from sluice.erasures where request_id = 'erasure-requests-0-5'"),
+        vec!["1"]
+    );
+
+    // Two runs started together on new requests: one takes the batch, the other waits for
+    // it and finds nothing left; each request is certified once.
+    produce_raw(
+        &broker,
+        "erasure-requests",
+        &[
+            Some(b"7200003"),
+            Some(br#"{"subject": "7200004", "request_id": "DSAR-C"}"#),
+        ],
+    );
+    let runs: Vec<std::process::Child> = (0..2)
+        .map(|_| {
+            w.sluice(&["--format", "json", "job", "erase", "--requests"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("erase")
+        })
+        .collect();
+    let mut ids: Vec<String> = Vec::new();
+    for run in runs {
+        let out = run.wait_with_output().expect("erase");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ids.extend(
+            json(out)
+                .iter()
+                .map(|c| c["request_id"].as_str().expect("id").to_string()),
+        );
+    }
+    ids.sort();
+    assert_eq!(ids, ["DSAR-C", "erasure-requests-0-6"]);
+    assert_eq!(w.count("sluice.erasures"), 10);
+    assert!(w.sql("select id from bronze.events").is_empty());
     // Committed: nothing left to take, no journal or marker left, no lock held.
     let none = json(w.run_ok(&["--format", "json", "job", "erase", "--requests"]));
     assert!(none.is_empty(), "{none:?}");
-    assert_eq!(w.count("sluice.erasures"), 5);
+    assert_eq!(w.count("sluice.erasures"), 10);
     let pending = w.lake().join("_sluice/erasures_pending");
     assert!(
         !pending.exists() || crate::residue::files_under(&pending).is_empty(),
@@ -671,6 +732,16 @@ fn an_erasure_batch_stopped_midway_is_finished_with_the_same_requests_after_more
         .filter(|p| p.extension().is_some_and(|e| e == "lock"))
         .collect();
     assert!(held.is_empty(), "{held:?}");
+}
+
+/// The rows a certificate (as `--format json` prints it) says were removed.
+fn rows_of(certificate: &serde_json::Value) -> u64 {
+    certificate["tables"]
+        .as_array()
+        .expect("tables")
+        .iter()
+        .map(|t| t["rows_removed"].as_u64().unwrap_or(0))
+        .sum()
 }
 
 /// The raw customer id behind `token` among the demo's customers.
