@@ -547,14 +547,17 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
             }
             let subjects = job::subjects(subjects, file.as_deref()).map_err(usage)?;
             job::check_subjects(&config, &subjects).map_err(usage)?;
-            job::check_request_id(&config, &subjects, request_id.as_deref()).map_err(usage)?;
+            // The policy's keys are read once, for the check and the run.
+            let found = job::find_subjects(&config, &subjects).map_err(usage)?;
+            job::check_request_id(&found, request_id.as_deref()).map_err(usage)?;
             if *verify {
-                job::erase_verify(&config, &cx, &subjects, cli.format).await?;
+                job::erase_verify(&config, &cx, &subjects, &found, cli.format).await?;
             } else {
                 job::erase(
                     &config,
                     &cx,
                     &subjects,
+                    found,
                     request_id.as_deref(),
                     *dry_run,
                     cli.format,

@@ -92,9 +92,10 @@ impl Subject {
     }
 
     /// Whether `text` holds one of the subject's forms anywhere: compared on letters and
-    /// digits only, lowercased, so case, separators and invisible characters inserted
-    /// (`DSAR-c000-0123`, a zero-width space) do not hide it; for text kept in the clear,
-    /// such as request ids.
+    /// digits only, after compatibility normalisation (NFKC), lowercased, so case,
+    /// separators, invisible characters inserted (`DSAR-c000-0123`, a zero-width space)
+    /// and full-width or other compatibility forms of letters and digits do not hide it;
+    /// for text kept in the clear, such as request ids.
     pub fn held_in(&self, text: &str) -> bool {
         held_in(text, &self.forms)
     }
@@ -320,15 +321,43 @@ const PLACEHOLDERS: [&str; 10] = [
     "na",
 ];
 
-/// Check a requested identifier against `[erasure]`'s rules: at least
-/// `min_subject_length` characters, no placeholder word, no control character, and the
-/// whole of `subject_pattern` when one is set. The error says why, never the identifier.
-/// Letters and digits of `s`, lowercased.
+/// Letters and digits of `s`, folded so that nothing drawn to look or read the same
+/// differs: lowercased, compatibility-decomposed (full-width `Ｃ０`, superscript `¹`,
+/// circled `①`, mathematical `𝟏`), marks dropped (accents, combining characters, `İ`'s
+/// dot), decimal digits of every script read as ASCII (`٧` is `7`), then reduced to the
+/// skeleton of Unicode's confusables (UTS #39: Cyrillic `С` is Latin `c`).
 fn folded(s: &str) -> String {
-    s.chars()
-        .filter(|c| c.is_alphanumeric())
+    use unicode_normalization::UnicodeNormalization as _;
+    use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory as _};
+    let mark = |c: &char| c.general_category_group() == GeneralCategoryGroup::Mark;
+    let plain: String = s
+        .chars()
         .flat_map(char::to_lowercase)
+        .nfkd()
+        .filter(|c| !mark(c))
+        .map(ascii_digit)
+        .collect();
+    unicode_security::confusable_detection::skeleton(&plain)
+        .flat_map(char::to_lowercase)
+        .filter(|c| c.is_alphanumeric() && !mark(c))
         .collect()
+}
+
+/// A decimal digit of any script as its ASCII digit (Unicode keeps each script's digits
+/// contiguous, zero first); any other character as it is.
+fn ascii_digit(c: char) -> char {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
+    let digit = |c: char| c.general_category() == GeneralCategory::DecimalNumber;
+    if c.is_ascii_digit() || !digit(c) {
+        return c;
+    }
+    let mut zero = c as u32;
+    while let Some(before) = zero.checked_sub(1).and_then(char::from_u32)
+        && digit(before)
+    {
+        zero -= 1;
+    }
+    char::from_digit((c as u32 - zero) % 10, 10).unwrap_or(c)
 }
 
 /// Whether `text` holds one of `forms`, compared as [`Subject::held_in`] does.
@@ -340,6 +369,9 @@ pub fn held_in(text: &str, forms: &[String]) -> bool {
         .any(|f| !f.is_empty() && text.contains(&f))
 }
 
+/// Check a requested identifier against `[erasure]`'s rules: at least
+/// `min_subject_length` characters, no placeholder word, no control character, and the
+/// whole of `subject_pattern` when one is set. The error says why, never the identifier.
 pub fn check_identifier(config: &ErasureConfig, raw: &str) -> std::result::Result<(), String> {
     let chars = raw.chars().count();
     if chars < config.min_subject_length {
@@ -619,6 +651,37 @@ mod tests {
             s.exact_mask(&a).expect("mask"),
             BooleanArray::from(vec![true, false, false])
         );
+    }
+
+    #[test]
+    fn a_subject_is_held_in_text_whatever_case_separators_or_compatibility_forms_hide_it() {
+        let s = subject();
+        for hidden in [
+            "DSAR-C0000001",
+            "dsar c000-0001",
+            "c\u{200B}0000001",
+            "\u{FF23}\u{FF10}\u{FF10}\u{FF10}\u{FF10}\u{FF10}\u{FF10}\u{FF11}",
+            "\u{1D402}\u{1D7CE}\u{1D7CE}\u{1D7CE}\u{1D7CE}\u{1D7CE}\u{1D7CE}\u{1D7CF}",
+            "C\u{2070}\u{2070}\u{2070}\u{2070}\u{2070}\u{2070}\u{B9}",
+            "TOK_K_ABC",
+            // Digits of other scripts, marks inside, a mark merging with a letter, a
+            // dotted capital I, look-alike letters.
+            "C\u{660}\u{660}\u{660}\u{660}\u{660}\u{660}\u{661}",
+            "C\u{966}\u{966}\u{966}\u{966}\u{966}\u{966}\u{967}",
+            "C0\u{64B}000001",
+            "C0\u{345}000001",
+            "C\u{327}0000001",
+            "\u{421}0000001",
+            "TOK_K_\u{410}BC",
+            "tok_k_ab\u{441}",
+        ] {
+            assert!(s.held_in(hidden), "{hidden:?}");
+        }
+        for clear in ["DSAR-2026-0042", "C000000", "tok_k_ab", "", "①②③"] {
+            assert!(!s.held_in(clear), "{clear:?}");
+        }
+        assert!(held_in("DSAR-\u{130}BAN-7", &["iban7".to_string()]));
+        assert!(held_in("iban-\u{1D7D5}", &["\u{130}BAN7".to_string()]));
     }
 
     #[test]
