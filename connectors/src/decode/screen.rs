@@ -5,17 +5,16 @@
 //!
 //! The screen is a heuristic, never the judge: a suspect is still tried on its own (and
 //! lands if it fits), and when the rest of the chunk does not decode after all, the
-//! decoder falls back to bisecting it. Its cost is one parse of the message without
-//! building values: keys are borrowed, values kept as raw text and looked at by their
-//! first byte; nested objects are opened only where the schema has a struct or a list.
+//! decoder falls back to bisecting it. Its cost is one pass over the message without
+//! building values: keys are borrowed and looked up, each value is checked against its
+//! field's kind as it is read (a string in a number column must hold a number), and
+//! what the schema does not describe is skipped.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 
 use arrow::datatypes::{DataType, Fields};
-use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::value::RawValue;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 /// What the screen knows of a table's schema: each field's name and shape, indexed.
 pub(crate) struct Shape(HashMap<String, Kind>);
@@ -25,7 +24,13 @@ enum Kind {
     List(Box<Kind>),
     Map,
     Boolean,
-    /// Text, numbers, dates and the rest: any scalar.
+    /// Integers (`true`), floats and decimals: a number, or a string holding one of
+    /// the kind.
+    Number {
+        integer: bool,
+    },
+    /// Text, dates and the rest: any scalar (text takes numbers and booleans coerced;
+    /// dates and times take strings and numbers).
     Scalar,
 }
 
@@ -40,19 +45,11 @@ impl Shape {
     }
 
     /// Whether `bytes` (one message) may fit under strict decoding: `false` when it surely
-    /// does not.
+    /// does not. One pass over the message, however deep it nests.
     pub(crate) fn may_fit(&self, bytes: &[u8]) -> bool {
-        match serde_json::from_slice::<Members<'_>>(bytes) {
-            Ok(m) => self.members_fit(&m.0),
-            Err(_) => false,
-        }
-    }
-
-    fn members_fit(&self, members: &[(Key<'_>, &RawValue)]) -> bool {
-        members.iter().all(|(k, v)| match self.0.get(k.0.as_ref()) {
-            Some(kind) => kind.fits(v),
-            None => false,
-        })
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let fits = Fits::Object(self).deserialize(&mut de);
+        matches!(fits, Ok(true)) && de.end().is_ok()
     }
 }
 
@@ -65,45 +62,154 @@ impl Kind {
             }
             DataType::Map(..) => Kind::Map,
             DataType::Boolean => Kind::Boolean,
+            DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64 => Kind::Number { integer: true },
+            DataType::Float16
+            | DataType::Float32
+            | DataType::Float64
+            | DataType::Decimal32(..)
+            | DataType::Decimal64(..)
+            | DataType::Decimal128(..)
+            | DataType::Decimal256(..) => Kind::Number { integer: false },
             _ => Kind::Scalar,
-        }
-    }
-
-    fn fits(&self, v: &RawValue) -> bool {
-        let text = v.get();
-        let first = text.as_bytes().first().copied().unwrap_or(b'n');
-        if first == b'n' {
-            return true;
-        }
-        match self {
-            Kind::Struct(shape) => {
-                first == b'{'
-                    && serde_json::from_str::<Members<'_>>(text)
-                        .is_ok_and(|m| shape.members_fit(&m.0))
-            }
-            Kind::List(item) => {
-                first == b'['
-                    && serde_json::from_str::<Elements<'_>>(text)
-                        .is_ok_and(|e| e.0.iter().all(|v| item.fits(v)))
-            }
-            Kind::Map => first == b'{',
-            Kind::Boolean => first == b't' || first == b'f',
-            // Text takes strings, and numbers and booleans coerced; numbers and other
-            // primitives take what arrow parses (a string may hold a number).
-            Kind::Scalar => first != b'{' && first != b'[',
         }
     }
 }
 
-/// An object's members, keys borrowed where they hold no escapes.
-struct Members<'a>(Vec<(Key<'a>, &'a RawValue)>);
+/// What a value is screened against: a message (an object of the table's fields, never
+/// null) or a field's value. Deserializing consumes the value whole and says whether it
+/// may fit; a value that does not is still read to its end, without building it.
+#[derive(Clone, Copy)]
+enum Fits<'s> {
+    Object(&'s Shape),
+    Value(&'s Kind),
+}
 
-struct Key<'a>(Cow<'a, str>);
+impl<'de> DeserializeSeed<'de> for Fits<'_> {
+    type Value = bool;
 
-/// An array's elements.
-struct Elements<'a>(Vec<&'a RawValue>);
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(self)
+    }
+}
 
-impl<'de> Deserialize<'de> for Key<'de> {
+impl<'de> Visitor<'de> for Fits<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<bool, E> {
+        Ok(matches!(self, Fits::Value(_)))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+        // Text takes booleans coerced; numbers do not.
+        Ok(matches!(self, Fits::Value(Kind::Boolean | Kind::Scalar)))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+        Ok(self.takes_number())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+        Ok(self.takes_number())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+        Ok(self.takes_number())
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<bool, E> {
+        Ok(match self {
+            Fits::Value(Kind::Scalar) => true,
+            // A string holding a number parses into a number column (arrow trims it).
+            Fits::Value(Kind::Number { integer }) => {
+                let v = v.trim_matches(|c: char| c.is_ascii_whitespace());
+                if *integer {
+                    v.parse::<i128>().is_ok()
+                } else {
+                    v.parse::<f64>().is_ok()
+                }
+            }
+            _ => false,
+        })
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        let shape = match self {
+            Fits::Object(shape) | Fits::Value(Kind::Struct(shape)) => Some(shape),
+            _ => None,
+        };
+        let mut fits = matches!(
+            self,
+            Fits::Object(_) | Fits::Value(Kind::Struct(_) | Kind::Map)
+        );
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            match shape.and_then(|s| s.0.get(key.as_str())) {
+                Some(kind) if fits => fits = map.next_value_seed(Fits::Value(kind))?,
+                Some(_) => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+                None => {
+                    // Unknown here (or a map's entry, any value): read past it.
+                    fits &= shape.is_none();
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(fits)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        let Fits::Value(Kind::List(item)) = self else {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            return Ok(false);
+        };
+        let mut fits = true;
+        loop {
+            let next = if fits {
+                seq.next_element_seed(Fits::Value(item))?
+            } else {
+                seq.next_element::<IgnoredAny>()?.map(|_| false)
+            };
+            match next {
+                Some(f) => fits &= f,
+                None => return Ok(fits),
+            }
+        }
+    }
+}
+
+impl Fits<'_> {
+    fn takes_number(self) -> bool {
+        matches!(self, Fits::Value(Kind::Number { .. } | Kind::Scalar))
+    }
+}
+
+/// An object's key, borrowed where it holds no escapes.
+enum Key<'a> {
+    Borrowed(&'a str),
+    Owned(String),
+}
+
+impl Key<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            Key::Borrowed(s) => s,
+            Key::Owned(s) => s,
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
@@ -112,53 +218,13 @@ impl<'de> Deserialize<'de> for Key<'de> {
                 f.write_str("a key")
             }
             fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(s)))
+                Ok(Key::Borrowed(s))
             }
             fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(s.to_string())))
+                Ok(Key::Owned(s.to_string()))
             }
         }
         d.deserialize_str(V)
-    }
-}
-
-impl<'de> Deserialize<'de> for Members<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Members<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
-                let mut out = Vec::new();
-                while let Some(entry) = map.next_entry::<Key<'de>, &'de RawValue>()? {
-                    out.push(entry);
-                }
-                Ok(Members(out))
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-impl<'de> Deserialize<'de> for Elements<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Elements<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an array")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Elements<'de>, A::Error> {
-                let mut out = Vec::new();
-                while let Some(v) = seq.next_element::<&'de RawValue>()? {
-                    out.push(v);
-                }
-                Ok(Elements(out))
-            }
-        }
-        d.deserialize_seq(V)
     }
 }
 
@@ -172,6 +238,7 @@ mod tests {
         Schema::new(vec![
             Field::new("id", DataType::Utf8, true),
             Field::new("n", DataType::Int64, true),
+            Field::new("x", DataType::Float64, true),
             Field::new("ok", DataType::Boolean, true),
             Field::new(
                 "after",
@@ -198,6 +265,9 @@ mod tests {
             r#"{"id": "a", "n": 1, "ok": true, "after": {"name": "é"}, "tags": ["x", null]}"#,
             r#"{"id": 12, "n": "12", "after": null, "tags": null}"#,
             r#"{"n": 99999999999999999999999}"#,
+            r#"{"n": "-12", "x": "1.5e3"}"#,
+            r#"{"n": " 12", "x": "1.5 "}"#,
+            r#"{"x": 2, "n": 3.5}"#,
             // An escaped key is the same key.
             r#"{"\u0069d": "a"}"#,
         ] {
@@ -214,6 +284,14 @@ mod tests {
             r#"{"after": "x"}"#,
             r#"{"tags": [{"a": 1}]}"#,
             r#"{"tags": "x"}"#,
+            // A string where a number is expected that holds none.
+            r#"{"n": "abc"}"#,
+            r#"{"n": "1.5"}"#,
+            r#"{"x": "١٢"}"#,
+            r#"{"n": true}"#,
+            // A suspect deep inside: the rest of the message is still read.
+            r#"{"after": {"name": {"x": [1, 2, {"y": null}]}}, "id": "a"}"#,
+            r#"{"tags": ["a", ["b"], "c"]}"#,
         ] {
             assert!(!may_fit(suspect.as_bytes(), &f), "{suspect}");
         }
@@ -222,5 +300,31 @@ mod tests {
         assert!(!may_fit(&invalid, &f));
         let deep = format!("{{\"id\": {}1{}}}", "[".repeat(10_000), "]".repeat(10_000));
         assert!(!may_fit(deep.as_bytes(), &f));
+    }
+
+    #[test]
+    fn a_message_as_deep_as_its_schema_is_screened_to_its_bottom() {
+        // A schema 100 structs deep, and a message filling it with 1 MiB at the bottom
+        // (the screen reads it in one pass; it used to parse it again at every level).
+        let mut dt = DataType::Utf8;
+        for _ in 0..100 {
+            dt = DataType::Struct(vec![Field::new("a", dt, true)].into());
+        }
+        let shape = Shape::of(&vec![Field::new("a", dt, true)].into());
+        let message = format!(
+            "{}\"{}\"{}",
+            "{\"a\": ".repeat(101),
+            "é".repeat(1 << 19),
+            "}".repeat(101)
+        );
+        assert!(shape.may_fit(message.as_bytes()));
+        // A list at the bottom, where text is expected.
+        let list = message
+            .replace("\"a\": \"", "\"a\": [\"")
+            .replace("\"}", "\"]}");
+        assert!(!shape.may_fit(list.as_bytes()));
+        // One level deeper than the schema.
+        let deeper = format!("{{\"a\": {message}}}");
+        assert!(!shape.may_fit(deeper.as_bytes()));
     }
 }
