@@ -10,7 +10,11 @@
 //!                                1. before f runs: an upper bound of what it returns
 //!                                   (its own rule for a function that can return far
 //!                                   more than it is given, e.g. repeat: Σ len(s) × n;
-//!                                   else a constant argument's bytes once per row)
+//!                                   the arguments' bytes for one that puts them
+//!                                   together, e.g. concat, make_array; a constant
+//!                                   argument's bytes once per row for one that returns
+//!                                   a part of one, e.g. substr, length; else 4 × the
+//!                                   arguments' bytes + 64 per row)
 //!                                   > query_memory_bytes  → 53200
 //!                                2. after: the bytes returned > query_memory_bytes → 53200
 //!                                3. the bytes returned stay reserved in the query's pool
@@ -18,7 +22,9 @@
 //!                                   of all calls together are more than the query may hold)
 //! ```
 //!
-//! So a result is never much more than the query may hold, whatever calls it is nested
+//! Arguments count as often as they are given (`make_array(r, r, …)` counts `r` each
+//! time), so no function of those rules makes more than the query may hold before it is
+//! measured. So a result is never much more than the query may hold, whatever calls it is nested
 //! in or combined with (`concat(r, r, …)`, `make_array(r, r, …)`, `s || s` doubled in
 //! each of 40 subqueries, a recursive CTE doubling a string). The wrapper evaluates
 //! each argument once: wrapping does not copy arguments, so a plan grows by one node per
@@ -42,7 +48,7 @@ use datafusion::logical_expr::{
 };
 
 /// The functions whose result can be far larger than their arguments, and how it grows.
-const AMPLIFIERS: [(&str, Growth); 23] = [
+const AMPLIFIERS: [(&str, Growth); 26] = [
     ("repeat", Growth::Repeat),
     ("lpad", Growth::Pad),
     ("rpad", Growth::Pad),
@@ -66,11 +72,103 @@ const AMPLIFIERS: [(&str, Growth); 23] = [
     ("string_to_array", Growth::Split),
     ("string_to_list", Growth::Split),
     ("levenshtein", Growth::Quadratic),
+    ("concat_ws", Growth::Separated),
+    ("array_positions", Growth::Positions),
+    ("list_positions", Growth::Positions),
 ];
 
 /// Functions formatting values with a pattern, each letter of which may become a long
 /// word (`%c` is 24 characters): 32 bytes per byte of the pattern (their second argument).
 const FORMATTERS: [&str; 3] = ["to_char", "date_format", "time_format"];
+
+/// Functions whose result per row is no larger than their largest argument's value (a
+/// slice, a part, a test, a number), so only a constant copied into every row counts
+/// before they run. (Hashes are not: `md5('')` is 32 bytes.)
+const KEEPERS: [&str; 56] = [
+    "length",
+    "char_length",
+    "character_length",
+    "octet_length",
+    "bit_length",
+    "substr",
+    "substring",
+    "substr_index",
+    "substring_index",
+    "left",
+    "right",
+    "btrim",
+    "ltrim",
+    "rtrim",
+    "trim",
+    "split_part",
+    "strpos",
+    "instr",
+    "position",
+    "starts_with",
+    "ends_with",
+    "contains",
+    "ascii",
+    "coalesce",
+    "nullif",
+    "nvl",
+    "ifnull",
+    "nvl2",
+    "greatest",
+    "least",
+    "date_part",
+    "datepart",
+    "extract",
+    "date_trunc",
+    "datetrunc",
+    "cardinality",
+    "array_length",
+    "list_length",
+    "array_element",
+    "list_element",
+    "array_extract",
+    "list_extract",
+    "array_slice",
+    "list_slice",
+    "array_has",
+    "list_has",
+    "array_has_all",
+    "array_has_any",
+    "array_position",
+    "list_position",
+    "abs",
+    "round",
+    "trunc",
+    "regexp_like",
+    "regexp_count",
+    "isnan",
+];
+
+/// Functions whose result is their arguments put together (once each): the sum of
+/// their arguments' bytes, and a little per row.
+const COMBINERS: [&str; 16] = [
+    "concat",
+    "make_array",
+    "make_list",
+    "array_concat",
+    "array_cat",
+    "list_concat",
+    "list_cat",
+    "array_append",
+    "list_append",
+    "array_push_back",
+    "array_prepend",
+    "list_prepend",
+    "array_push_front",
+    "struct",
+    "named_struct",
+    "map",
+];
+
+/// How many times its arguments' bytes a function of no other rule may return, and the
+/// bytes per row it may add (a hash, a formatted number): upper or lower case may take
+/// three times the bytes (`ΐ` is 2 bytes, `Ϊ́` 6), hexadecimal twice.
+const ANY_GROWTH: u128 = 4;
+const ANY_PER_ROW: u128 = 64;
 
 /// Functions left as they are: a field of a struct is a slice of it, and DataFusion
 /// recognises `get_field` by its type when it pushes projections down.
@@ -78,9 +176,16 @@ const UNBOUNDED: [&str; 1] = ["get_field"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Growth {
-    /// Any other function: a constant argument (one value for the whole batch) counts
-    /// once per row, as the function may copy it into every row.
+    /// Any other function: [`ANY_GROWTH`] times its arguments' bytes (a constant argument,
+    /// one value for the whole batch, counted once per row, as the function may copy it
+    /// into every row), and [`ANY_PER_ROW`] per row. An argument named twice counts
+    /// twice: `f(r, r, …)` may copy `r` each time.
     Args,
+    /// [`KEEPERS`]: only a constant argument, once per row.
+    Keeps,
+    /// [`COMBINERS`] (and `a || b`): their arguments' bytes (constants once per row), and
+    /// 16 bytes per row and argument (offsets, validity).
+    Combines,
     /// `repeat(s, n)`: `len(s) × n`.
     Repeat,
     /// `lpad(s, n[, fill])`: `n` characters of at most 4 bytes.
@@ -109,6 +214,12 @@ enum Growth {
     /// `string_to_array(s, delimiter)`: each byte of `s` may become an element (a view of
     /// 16 bytes, or an offset and its byte).
     Split,
+    /// `concat_ws(sep, a, b, …)`: the arguments, and the separator between each two of
+    /// them (empty ones included), with 16 bytes per row and argument.
+    Separated,
+    /// `array_positions(a, e)`: 8 bytes per element of `a` (each may be a position), and
+    /// 16 per row.
+    Positions,
     /// `levenshtein(a, b)`: no more memory, but `len(a) × len(b)` steps, counted as bytes
     /// so that a comparison of two megabyte strings (10¹² steps, which nothing could
     /// cancel) is refused.
@@ -118,6 +229,12 @@ enum Growth {
 fn growth_of(name: &str) -> Growth {
     if FORMATTERS.contains(&name) {
         return Growth::Format;
+    }
+    if KEEPERS.contains(&name) {
+        return Growth::Keeps;
+    }
+    if COMBINERS.contains(&name) {
+        return Growth::Combines;
     }
     AMPLIFIERS
         .iter()
@@ -280,7 +397,10 @@ fn hold(value: &ColumnarValue, limit: usize, held: Option<&Held>) -> Result<()> 
         ColumnarValue::Scalar(s) => s.size(),
     };
     if bytes > limit {
-        return Err(too_big(bytes as u128, limit, "a function's result"));
+        return Err(DataFusionError::ResourcesExhausted(format!(
+            "a function's result took {bytes} bytes for one batch, more than the query's \
+             {limit} bytes (query_memory_bytes)"
+        )));
     }
     if let Some(h) = held {
         h.lock()
@@ -576,7 +696,7 @@ impl ScalarUDFImpl for Holder {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let rows = args.number_rows.max(1);
         if self.check {
-            let before = bound(Growth::Args, &args.args, rows)?;
+            let before = bound(Growth::Combines, &args.args, rows)?;
             if before > self.limit as u128 {
                 return Err(too_big(before, self.limit, "a concatenation"));
             }
@@ -589,6 +709,22 @@ impl ScalarUDFImpl for Holder {
         }
         Ok(value)
     }
+}
+
+/// The bytes of `args` for one batch of `rows` rows, each argument counted each time it
+/// is given: an array its own slice of its buffers, a constant once per row beside an
+/// argument of many rows (else once).
+fn arguments(args: &[ColumnarValue], rows: usize) -> u128 {
+    let many = args.iter().any(|a| matches!(a, ColumnarValue::Array(_)));
+    args.iter()
+        .map(|a| match a {
+            ColumnarValue::Array(a) => array_bytes(a) as u128,
+            ColumnarValue::Scalar(s) if many => {
+                (scalar_bytes(s) as u128).saturating_mul(rows as u128)
+            }
+            ColumnarValue::Scalar(s) => scalar_bytes(s) as u128,
+        })
+        .fold(0u128, u128::saturating_add)
 }
 
 /// An upper bound of the bytes the function returns for one batch of `rows` rows.
@@ -693,7 +829,7 @@ fn bound(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result<u128> {
                     .collect(),
             )
         }
-        Growth::Args => {
+        Growth::Keeps => {
             // Constants are copied into each row only beside an argument of many rows.
             if args.iter().any(|a| matches!(a, ColumnarValue::Array(_))) {
                 args.iter()
@@ -707,6 +843,26 @@ fn bound(growth: Growth, args: &[ColumnarValue], rows: usize) -> Result<u128> {
                 0
             }
         }
+        Growth::Separated => {
+            let between = args.len().saturating_sub(2) as u128;
+            arguments(args, rows)
+                .saturating_add(total(len(0)?).saturating_mul(between))
+                .saturating_add((rows as u128).saturating_mul(16 * args.len().max(1) as u128))
+        }
+        Growth::Positions => {
+            let each = match args.first() {
+                Some(a) => leaves(a, rows)?,
+                None => vec![0; rows],
+            };
+            total(each)
+                .saturating_mul(8)
+                .saturating_add((rows as u128).saturating_mul(16))
+        }
+        Growth::Combines => arguments(args, rows)
+            .saturating_add((rows as u128).saturating_mul(16 * args.len().max(1) as u128)),
+        Growth::Args => arguments(args, rows)
+            .saturating_mul(ANY_GROWTH)
+            .saturating_add((rows as u128).saturating_mul(ANY_PER_ROW)),
         Growth::ReplaceElements => {
             let to = len(2)?;
             let each = match args.first() {
@@ -1178,6 +1334,90 @@ mod tests {
         let schema = batches[0].schema();
         assert_eq!(schema.field(0).name(), "concat(Utf8(\"a\"),Utf8(\"b\"))");
         assert_eq!(schema.field(1).name(), "upper(generate_series().value)");
+    }
+
+    #[tokio::test]
+    async fn arguments_given_many_times_or_grown_by_a_function_are_refused_before_the_call() {
+        let limit = 1 << 20;
+        let r = |n: usize, of: &str| vec![of; n].join(", ");
+        let text = |bytes: usize| {
+            format!(
+                "(select repeat(cast(value as varchar), {bytes}) as r from generate_series(1, 1))"
+            )
+        };
+        let list = "(select array_repeat(value, 20000) as r from generate_series(1, 1))";
+        for big in [
+            format!(
+                "select length(concat({})) from {}",
+                r(10, "r"),
+                text(200_000)
+            ),
+            format!(
+                "select cardinality(make_array({})) from {}",
+                r(10, "r"),
+                text(200_000)
+            ),
+            format!(
+                "select cardinality(array_concat({})) from {list}",
+                r(10, "r")
+            ),
+            format!(
+                "select cardinality(array_append(make_array({}), r)) from {list}",
+                r(8, "r")
+            ),
+            format!(
+                "select struct({}) is null from {}",
+                r(6, "r"),
+                text(200_000)
+            ),
+            format!("select length(upper(r)) from {}", text(300_000)),
+            format!(
+                "select length(translate(r, '1', 'é')) from {}",
+                text(300_000)
+            ),
+            format!("select length(lower(r)) from {}", text(300_000)),
+            format!(
+                "select length(concat_ws(r, {})) from {}",
+                r(20, "''"),
+                text(100_000)
+            ),
+            format!("select length(md5(r)) from {}", text(300_000)),
+        ] {
+            let e = run(&big, limit).await.expect_err(&big);
+            out_of_memory(&e, &big);
+            assert!(
+                e.to_string().contains("would take up to"),
+                "measured only once made: {big}: {e}"
+            );
+        }
+        // A list of bits (as a table may hold) whose every element is a position of 8 bytes.
+        let bits = datafusion::arrow::array::ListArray::from_iter_primitive::<
+            datafusion::arrow::datatypes::Int8Type,
+            _,
+            _,
+        >([Some(vec![Some(1i8); 200_000])]);
+        let list = ColumnarValue::Array(Arc::new(bits));
+        assert!(bound(growth_of("array_positions"), &[list], 1).expect("bound") >= 1_600_000);
+        // Within the limit they run; a function returning a part of its argument takes
+        // an argument near the limit.
+        for ok in [
+            format!("select length(concat(r, r)) from {}", text(200_000)),
+            format!(
+                "select cardinality(make_array(r, r)) from {}",
+                text(200_000)
+            ),
+            format!("select length(upper(r)) from {}", text(200_000)),
+            format!(
+                "select length(r), length(substr(r, 2)), length(trim(r)) from {}",
+                text(900_000)
+            ),
+            format!(
+                "select length(concat_ws(',', r, r)), md5(r) is null from {}",
+                text(200_000)
+            ),
+        ] {
+            run(&ok, limit).await.expect(&ok);
+        }
     }
 
     #[tokio::test]
