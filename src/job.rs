@@ -371,8 +371,8 @@ fn redacted_request_id(secret: &[u8], forms: &[String], id: String) -> String {
 /// Erase the subjects of one request: tombstones for their keys, then the lake in one
 /// pass; a certificate per subject, and the run recorded with the request ids only (a
 /// hash of a subject id is guessable). A dry run sends, changes and records nothing.
-/// Requests of a batch (`batch_at`, the time it was taken) are certified at the batch's
-/// time, once ([`erase::Options::batch_at`]).
+/// Requests of a batch (`batch_at`, the time it was taken) are certified once, however
+/// often the batch is taken ([`erase::Options::batch_at`]).
 async fn erase_all(
     config: &Config,
     cx: &JobContext,
@@ -568,9 +568,9 @@ pub async fn erase(
 /// anything is done, so a run stopped midway is finished by the next with the same
 /// requests (the same subjects, so the same erasure journal) however many arrived since;
 /// those wait for the run after. In order: the marker is written, the certificates are
-/// recorded at the batch's time, the offsets are committed, then the marker is removed.
-/// A stop anywhere leaves the marker, and the run taking the batch again finds the
-/// certificates recorded at that time instead of certifying the requests a second time
+/// recorded, the offsets are committed, then the marker is removed. A stop anywhere
+/// leaves the marker, and the run taking the batch again finds the certificates recorded
+/// for its requests since the batch was taken instead of certifying them a second time
 /// (even when a `sluice job erase` of the same subjects ran in between).
 pub async fn erase_requests(
     config: &Config,
