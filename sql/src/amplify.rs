@@ -251,7 +251,48 @@ pub fn guard(
     limit: usize,
     pool: Option<&Arc<dyn MemoryPool>>,
 ) -> Result<LogicalPlan> {
+    refuse_nested_text_casts(&plan)?;
     guard_with(plan, limit, pool, true)
+}
+
+/// SQLSTATE of a cast refused here: `feature_not_supported`.
+pub const NOT_SUPPORTED: &str = "0A000";
+
+/// Refuse a cast (or `try_cast`) of a list, struct or map to text, written or added by
+/// type coercion: its text repeats field names and separators for every element, many
+/// times the bytes of a list of small values (a list of booleans is one bit an element,
+/// `false, ` six bytes), and a cast is no function call to bound. A cast whose argument's
+/// type cannot be told here (a column of an outer query) is let through.
+fn refuse_nested_text_casts(plan: &LogicalPlan) -> Result<()> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::logical_expr::ExprSchemable as _;
+    plan.apply_with_subqueries(|node| {
+        let mut schemas: Vec<&datafusion::common::DFSchemaRef> =
+            node.inputs().iter().map(|i| i.schema()).collect();
+        schemas.push(node.schema());
+        for e in node.expressions() {
+            e.apply(|e| {
+                let (inner, to) = match e {
+                    Expr::Cast(c) => (&c.expr, c.field.data_type()),
+                    Expr::TryCast(c) => (&c.expr, c.field.data_type()),
+                    _ => return Ok(TreeNodeRecursion::Continue),
+                };
+                let text = matches!(to, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
+                let from = schemas
+                    .iter()
+                    .find_map(|s| inner.get_type(s.as_ref()).ok());
+                if text && from.is_some_and(|t| t.is_nested()) {
+                    return Err(DataFusionError::External(Box::new(crate::readonly::Refusal {
+                        sqlstate: NOT_SUPPORTED,
+                        message: "a cast of a list, struct or map to text is not supported here (its text may take many times its bytes); select its elements or fields instead".to_string(),
+                    })));
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })?;
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(())
 }
 
 /// [`guard`], `a || b` included or not (held already by an earlier pass).
@@ -316,6 +357,7 @@ pub fn guard_optimized(
         }
         Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
     })?;
+    refuse_nested_text_casts(&plan)?;
     guard_with(plan, limit, pool, false)
 }
 
@@ -1390,6 +1432,24 @@ mod tests {
                 "measured only once made: {big}: {e}"
             );
         }
+        // A cast of a list, struct or map to text, written or implied, is refused.
+        for nested in [
+            "select length(cast(make_array(true, false) as varchar))",
+            "select try_cast(make_array(make_array(1)) as varchar)",
+            "select cast(named_struct('a', 1) as text)",
+            "select arrow_cast(a, 'LargeUtf8') from (select make_array(value) as a from generate_series(1, 2))",
+            "select length(c) from (select cast(make_array(1) as varchar) as c)",
+        ] {
+            let e = run(nested, limit).await.expect_err(nested);
+            assert_eq!(
+                crate::limits::sqlstate(&e),
+                Some(NOT_SUPPORTED),
+                "{nested}: {e}"
+            );
+        }
+        run("select cast(1 as varchar), cast('2020-01-01' as date), cast(make_array(1) as bigint[])", 64 << 20)
+            .await
+            .expect("casts of scalars, and of lists to lists");
         // A list of bits (as a table may hold) whose every element is a position of 8 bytes.
         let bits = datafusion::arrow::array::ListArray::from_iter_primitive::<
             datafusion::arrow::datatypes::Int8Type,
