@@ -24,8 +24,8 @@
 //!
 //! Arguments count as often as they are given (`make_array(r, r, …)` counts `r` each
 //! time), so no function of those rules makes more than the query may hold before it is
-//! measured. So a result is never much more than the query may hold, whatever calls it is nested
-//! in or combined with (`concat(r, r, …)`, `make_array(r, r, …)`, `s || s` doubled in
+//! measured. So a result is never much more than the query may hold, whatever calls it
+//! is nested in or combined with (`concat(r, r, …)`, `make_array(r, r, …)`, `s || s` doubled in
 //! each of 40 subqueries, a recursive CTE doubling a string). The wrapper evaluates
 //! each argument once: wrapping does not copy arguments, so a plan grows by one node per
 //! call, however deeply calls nest. `a || b` is not a function call: it is held like one
