@@ -359,8 +359,12 @@ pub fn check_request_id(found: &[Arc<Subject>], request_id: Option<&str>) -> any
 /// A request id that holds a subject of the batch (any form, or the text given as a
 /// subject even when refused), replaced by a keyed hash of it; the request is still
 /// carried out (erasing is what was asked).
-fn redacted_request_id(secret: &[u8], forms: &[String], id: String) -> String {
-    if sluice_jobs::subject::held_in(&id, forms) {
+fn redacted_request_id(
+    secret: &[u8],
+    forms: &sluice_jobs::subject::FoldedForms,
+    id: String,
+) -> String {
+    if forms.held_in(&id) {
         tracing::warn!("an erasure request's id holds a subject: recorded as redacted-…");
         format!("redacted-{}", &erase::subject_hash(secret, &id)[..16])
     } else {
@@ -648,6 +652,8 @@ pub async fn erase_requests(
             .filter_map(|r| r.subject.clone().ok())
             .filter(|s| s.chars().count() >= config.erasure.min_subject_length),
     );
+    // Folded once for every request id of the batch.
+    let forms = sluice_jobs::subject::FoldedForms::of(&forms);
     let valid: Vec<(String, Arc<Subject>, String)> = pending
         .iter()
         .zip(&checked)

@@ -362,11 +362,29 @@ fn ascii_digit(c: char) -> char {
 
 /// Whether `text` holds one of `forms`, compared as [`Subject::held_in`] does.
 pub fn held_in(text: &str, forms: &[String]) -> bool {
-    let text = folded(text);
-    forms
-        .iter()
-        .map(|f| folded(f))
-        .any(|f| !f.is_empty() && text.contains(&f))
+    FoldedForms::of(forms).held_in(text)
+}
+
+/// Forms folded once (see [`Subject::held_in`]), to look for in many texts: folding
+/// (normalisation and the confusable skeleton) costs far more than the search.
+pub struct FoldedForms(Vec<String>);
+
+impl FoldedForms {
+    pub fn of(forms: &[String]) -> Self {
+        Self(
+            forms
+                .iter()
+                .map(|f| folded(f))
+                .filter(|f| !f.is_empty())
+                .collect(),
+        )
+    }
+
+    /// Whether `text` holds one of the forms.
+    pub fn held_in(&self, text: &str) -> bool {
+        let text = folded(text);
+        self.0.iter().any(|f| text.contains(f.as_str()))
+    }
 }
 
 /// Check a requested identifier against `[erasure]`'s rules: at least
