@@ -10,7 +10,7 @@ use sluice_connectors::decode::avro::AvroSchemas;
 use sluice_connectors::decode::registry::{self, RegistryConfig, SchemaRegistry};
 use sluice_connectors::delta::bronze::BronzeSink;
 use sluice_connectors::delta::checkpoints::DeltaCheckpoints;
-use sluice_connectors::delta::lake::LakeSink;
+use sluice_connectors::delta::layered::LayeredSink;
 use sluice_connectors::delta::quality::QualityGate;
 use sluice_connectors::delta::silver::SilverSink;
 use sluice_connectors::delta::stats::StatsPolicy;
@@ -215,7 +215,7 @@ pub async fn run_pipeline(
                 .with_context(|| format!("opening the subject key store {location}"))?,
         )
     };
-    let mut sink = LakeSink {
+    let mut sink = LayeredSink {
         quality,
         bronze,
         silver,

@@ -602,9 +602,56 @@ fn avro(inputs: u64, seed: u64) -> Report {
     };
     let mut plain = Mutator::new(seed, bodies);
     let mut wire = Mutator::new(seed ^ 1, framed);
+    // Writer schemas as a registry might answer them: the schema text mutated.
+    let mut schemas = Mutator::new(seed ^ 2, vec![AVRO_SCHEMA.as_bytes().to_vec()]);
     let mut decoders = [new_decoder(false), new_decoder(true)];
     let mut done = 0u64;
+    let mut round = 0u64;
     while done < inputs {
+        round += 1;
+        // One round in eight: a mutated writer schema, with ordinary bodies.
+        if round.is_multiple_of(8) {
+            let text = schemas.next();
+            let n = plain.rng.random_range(1..16).min((inputs - done) as usize);
+            let payloads: Vec<Vec<u8>> = (0..n).map(|_| plain.pick()).collect();
+            done += n as u64;
+            report.inputs += n as u64;
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                let mut d = AvroDecoder::new(
+                    AvroDecoderConfig {
+                        table: "fuzz".into(),
+                        limits: DecodeLimits::default(),
+                        envelope: false,
+                        max_messages: 256,
+                        schemas: AvroSchemas::File(String::from_utf8_lossy(&text).into()),
+                    },
+                    None,
+                );
+                for (i, p) in payloads.iter().enumerate() {
+                    d.push(&message(i as i64, Some(p)));
+                }
+                d.finish()
+            }));
+            match outcome {
+                Err(_) => {
+                    report.escaped += 1;
+                    report.finding("panic escaped the Avro decoder (a writer schema)", &text);
+                }
+                Ok(Err(e)) => {
+                    report.broken += 1;
+                    report.finding(&format!("decoder error {e} (a writer schema)"), &text);
+                }
+                Ok(Ok(None)) => {}
+                Ok(Ok(Some(batch))) => {
+                    report.contained += internal_errors(&batch);
+                    if accounted(&batch) != (0..n as i64).collect::<Vec<_>>() {
+                        report.broken += 1;
+                        report.finding("a message neither a row nor a dead letter", &text);
+                    }
+                }
+            }
+            continue;
+        }
         let which = (done / 64 % 2) as usize;
         let n = plain.rng.random_range(1..64).min((inputs - done) as usize);
         let m = if which == 0 { &mut plain } else { &mut wire };

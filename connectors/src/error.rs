@@ -30,11 +30,39 @@ pub enum Error {
         source: Box<deltalake::datafusion::error::DataFusionError>,
     },
 
-    #[error("decode: {0}")]
-    Decode(String),
+    /// Rows sluice made itself lack a column it puts there (the lineage columns, the
+    /// change-event columns): a defect, never the data's fault.
+    #[error("{rows} lack column {column}")]
+    MissingColumn { rows: &'static str, column: String },
 
-    #[error("schema registry: {0}")]
-    Registry(String),
+    /// The JSON decoder could not be built for a table's schema.
+    #[error("building a JSON decoder: {source}")]
+    JsonDecoder {
+        #[source]
+        source: arrow::error::ArrowError,
+    },
+
+    /// A table's location cannot be written as a URL.
+    #[error("{path} is not a usable table path")]
+    TablePath { path: String },
+
+    /// The bronze sink lost the state of a table it had just set up (a defect).
+    #[error("bronze table {0}: its state vanished")]
+    TableVanished(String),
+
+    /// `[schema_registry]` names no URL.
+    #[error("schema registry: no URL configured")]
+    RegistryUnset,
+
+    /// The registry did not answer for a schema id after every attempt.
+    #[error("schema registry: fetching schema id {id} from {urls}: {reason}")]
+    RegistryFetch {
+        id: u32,
+        urls: String,
+        /// The registry client's error and cause, as it words them (its error type
+        /// holds them as text).
+        reason: String,
+    },
 
     /// The registry client could not be set up (its CA file, its HTTP client).
     #[error("schema registry: {context}: {source}")]
@@ -56,14 +84,35 @@ pub enum Error {
         source: sluice_pipeline::Error,
     },
 
-    #[error("erasure requests: {0}")]
-    Requests(String),
+    /// The erasure requests topic does not exist.
+    #[error("erasure requests: no topic '{topic}'")]
+    RequestsTopicMissing { topic: String },
 
-    #[error("table {table}: expectation '{expectation}': {message}")]
-    Quality {
+    /// The erasure requests topic did not deliver up to the end of every partition in time.
+    #[error("erasure requests: topic '{topic}' did not deliver up to its end within {seconds} s")]
+    RequestsTimedOut { topic: String, seconds: u64 },
+
+    /// An expectation's check cannot be planned (it names a column the table lacks, or
+    /// is no SQL): an error of the configuration.
+    #[error("table {table}: expectation '{expectation}': cannot evaluate `{check}`: {source}")]
+    QualityCheck {
         table: String,
         expectation: String,
-        message: String,
+        check: String,
+        #[source]
+        source: Box<deltalake::datafusion::error::DataFusionError>,
+    },
+
+    /// Rows failed an expectation whose action is `fail`: the run stops.
+    #[error(
+        "table {table}: expectation '{expectation}': {failed} of {rows} rows fail `{check}`; the pipeline stops and nothing of this batch is committed"
+    )]
+    QualityFailed {
+        table: String,
+        expectation: String,
+        check: String,
+        failed: usize,
+        rows: usize,
     },
 
     #[error(
@@ -76,11 +125,13 @@ pub enum Error {
         expected: String,
     },
 
-    #[error("table {table}: gave up after {attempts} commit attempts; last error: {last}")]
+    /// Every commit attempt was refused; the last attempt's error is the source.
+    #[error("table {table}: gave up after {attempts} commit attempts")]
     CommitRetries {
         table: String,
         attempts: usize,
-        last: String,
+        #[source]
+        last: Option<Box<Error>>,
     },
 
     #[error("io: {context}: {source}")]
@@ -90,18 +141,20 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    #[error("silver table {table}: {context}: {message}")]
+    #[error("silver table {table}: {context}: {source}")]
     Silver {
         table: String,
         context: String,
-        message: String,
+        #[source]
+        source: sluice_pipeline::error::BoxError,
     },
 
-    #[error("demo: {0}")]
-    Demo(String),
-
-    #[error("subject key store: {0}")]
-    KeyStore(String),
+    #[error("subject key store: {context}: {source}")]
+    KeyStore {
+        context: &'static str,
+        #[source]
+        source: sluice_pipeline::error::BoxError,
+    },
 
     /// An error of a pipeline contract (the checkpoints a source resumes from), as it is.
     #[error(transparent)]

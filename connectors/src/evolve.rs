@@ -6,10 +6,14 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, ListArray, MapArray, StructArray, new_null_array};
+use arrow::array::{
+    Array, ArrayRef, AsArray, ListArray, MapArray, RecordBatch, StructArray, new_null_array,
+};
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Field, FieldRef, Fields};
+use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, SchemaRef};
 use arrow::error::ArrowError;
+
+use crate::error::{Error, Result};
 
 /// `a` widened by `b` where that loses nothing (null → any, integer → wider integer or
 /// float, new nested fields); `None` when a field has incompatible types.
@@ -185,4 +189,55 @@ pub(crate) fn add_fields(table: &DataType, rows: &DataType) -> Option<DataType> 
         _ if fits(rows, table) => Some(table.clone()),
         _ => None,
     }
+}
+
+/// The union of `schemas` by column name. A column in several schemas keeps the type it
+/// has first, widened by the struct fields later ones add; a later type that does not fit
+/// it is a conflict.
+pub(crate) fn merged_schema(
+    table: &str,
+    schemas: impl Iterator<Item = SchemaRef>,
+) -> Result<SchemaRef> {
+    let mut fields: Vec<Field> = Vec::new();
+    for schema in schemas {
+        for f in schema.fields() {
+            match fields.iter_mut().find(|g| g.name() == f.name()) {
+                Some(g) => match add_fields(g.data_type(), f.data_type()) {
+                    Some(dt) => *g = g.clone().with_data_type(dt),
+                    None => {
+                        return Err(Error::SchemaConflict {
+                            table: table.to_string(),
+                            column: f.name().clone(),
+                            found: f.data_type().to_string(),
+                            expected: g.data_type().to_string(),
+                        });
+                    }
+                },
+                None => fields.push(f.as_ref().clone().with_nullable(true)),
+            }
+        }
+    }
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// `batch` with exactly the columns of `target`, in its order; missing columns are null.
+pub(crate) fn conform(table: &str, batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
+    if batch.schema().as_ref() == target.as_ref() {
+        return Ok(batch.clone());
+    }
+    let columns = target
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) => conform_array(c, f.data_type()).map_err(|_| Error::SchemaConflict {
+                table: table.to_string(),
+                column: f.name().clone(),
+                found: c.data_type().to_string(),
+                expected: f.data_type().to_string(),
+            }),
+            None => Ok(new_null_array(f.data_type(), batch.num_rows())),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new(target.clone(), columns)?)
 }

@@ -53,14 +53,17 @@ impl OffsetRange {
 /// The stage of the pipeline at which a message was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stage {
-    /// The bytes are not a message of the configured format (malformed, empty, oversized).
+    /// The bytes are not a message of the configured format (malformed, empty, not
+    /// UTF-8, an unknown schema id).
     Decode,
-    /// The message is well formed but does not fit the table schema.
+    /// The message is well formed but does not fit the table schema: a type that does
+    /// not fit, a name sluice reserves, more columns than a table may gain.
     Schema,
-    /// A transform rejected the row.
+    /// A transform rejected the row (a value longer than an action processes, a panic or
+    /// error of an action on it).
     Transform,
-    /// The message is beyond a configured limit (nesting depth, fields per message,
-    /// columns a table may gain, length of a value an action processes).
+    /// The message is beyond a configured limit on its shape: its bytes (key and value),
+    /// nesting depth, fields per message.
     Limit,
     /// The row could not be written.
     Write,

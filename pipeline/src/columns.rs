@@ -1,6 +1,7 @@
 //! The columns sluice adds to the tables it writes, which the decoders, the sinks and the
-//! PII policy all rely on: the lineage columns of every bronze row, and the name prefixes
-//! a payload field may not take because they belong to sluice.
+//! PII policy all rely on: the lineage columns of every bronze row, the name prefixes
+//! a payload field may not take because they belong to sluice, and the one value no
+//! stage may change (Debezium's [`UNAVAILABLE`] placeholder).
 
 /// Lineage columns every bronze table carries, in this order, after the payload columns.
 pub const LINEAGE_COLUMNS: [&str; 7] = [
@@ -35,3 +36,8 @@ pub fn is_reserved_name(name: &str) -> bool {
         name.len() >= p.len() && name.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
     })
 }
+
+/// Debezium's stand-in for an unchanged TOASTed value it did not read. It is not data:
+/// the decoders keep it, every transform leaves it as it is, and the silver MERGE
+/// recognises it and keeps the real value it stands for.
+pub const UNAVAILABLE: &str = "__debezium_unavailable_value";

@@ -628,3 +628,32 @@ fn every_configuration_key_is_documented() {
         undocumented.join("\n")
     );
 }
+
+/// Every metric `sluice run` exports (each a constant of `pipeline/src/metrics.rs`, the
+/// only place names are written) is listed in the operations guide.
+#[test]
+fn every_metric_is_documented() {
+    let read = |path: &[&str]| {
+        let p = path.iter().fold(repo().to_path_buf(), |p, s| p.join(s));
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    };
+    let source = read(&["pipeline", "src", "metrics.rs"]);
+    let docs = read(&["docs", "operations.md"]);
+    let names: Vec<&str> = source
+        .lines()
+        .filter(|l| l.trim_start().starts_with("pub const "))
+        .filter_map(|l| l.split('"').nth(1))
+        .collect();
+    assert!(
+        names.len() >= 28,
+        "the metric constants are read: {names:?}"
+    );
+    let missing: Vec<&&str> = names
+        .iter()
+        .filter(|n| !docs.contains(&format!("`{n}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "metrics missing from docs/operations.md: {missing:?}"
+    );
+}

@@ -450,6 +450,27 @@ fn hostile_messages_never_stop_crash_or_bloat_a_run_on_tansu() {
         );
     };
     check(&w);
+    // No library panicked on any of it (a contained panic reads "internal error"), and no
+    // error quotes a value the messages held.
+    assert_eq!(
+        w.sql("select count(*) from sluice.dead_letters where error like '%internal error%'"),
+        vec!["0".to_string()],
+        "a panic was contained: a decoder or action panicked on a hostile message"
+    );
+    for value in [
+        "7777777777",
+        "99999999999999999999999",
+        "2099-01-01",
+        "\u{a3}",
+    ] {
+        assert_eq!(
+            w.sql(&format!(
+                "select count(*) from sluice.dead_letters where strpos(error, '{value}') > 0"
+            )),
+            vec!["0".to_string()],
+            "an error quotes the value {value}"
+        );
+    }
     // The new field names: the table gains a bounded number of columns, the rest wait in
     // the dead letters with the limit named.
     let columns = w.run_ok(&[

@@ -146,10 +146,7 @@ pub fn map_column(
     RecordBatch::try_new(out, columns).map_err(|e| arrow_error(transform, e))
 }
 
-/// Debezium's stand-in for an unchanged TOASTed value it did not read. It is not data:
-/// every transform leaves it as it is, so the silver MERGE can recognise it and keep the
-/// real value it stands for.
-pub const UNAVAILABLE: &str = "__debezium_unavailable_value";
+pub use sluice_pipeline::columns::UNAVAILABLE;
 
 /// Whether `v` is Debezium's unavailable-value placeholder.
 pub fn is_unavailable(v: Option<&str>) -> bool {

@@ -1122,6 +1122,95 @@ mod tests {
         assert!(err.to_string().contains("schema id 3"), "{err}");
     }
 
+    /// A schema whose named types are registered on their own (schema references, as
+    /// Debezium and many producers register them) is decoded: the types are fetched
+    /// through the registry, recursively, and put in place. A reference the registry
+    /// does not know makes its messages dead letters naming it; references that go round
+    /// in a circle end (a recursive type is refused at stage `schema`).
+    #[test]
+    fn confluent_messages_whose_schema_references_other_subjects_are_decoded() {
+        let registry = EmbeddedRegistry::start().expect("registry");
+        let country =
+            r#"{"type":"enum","name":"Country","namespace":"com.acme","symbols":["UK","IE"]}"#;
+        let address = r#"{"type":"record","name":"Address","namespace":"com.acme","fields":[
+            {"name":"city","type":"string"},{"name":"country","type":"Country"}]}"#;
+        let customer = r#"{"type":"record","name":"Customer","namespace":"com.acme","fields":[
+            {"name":"id","type":"long"},
+            {"name":"home","type":"com.acme.Address"},
+            {"name":"work","type":["null","Address"],"default":null}]}"#;
+        registry.register_under("country", country, &[]);
+        registry.register_under("address", address, &[("com.acme.Country", "country", 1)]);
+        let (id, version) = registry.register_under(
+            "customer-value",
+            customer,
+            &[("com.acme.Address", "address", 1)],
+        );
+        assert_eq!(version, 1);
+        // The same schema written out whole, as a producer's library encodes with it.
+        let whole = r#"{"type":"record","name":"Customer","namespace":"com.acme","fields":[
+            {"name":"id","type":"long"},
+            {"name":"home","type":{"type":"record","name":"Address","fields":[
+                {"name":"city","type":"string"},
+                {"name":"country","type":{"type":"enum","name":"Country","symbols":["UK","IE"]}}]}},
+            {"name":"work","type":["null","Address"],"default":null}]}"#;
+        let place = |city: &str, symbol: u32, name: &str| {
+            record(vec![
+                ("city", Value::String(city.into())),
+                ("country", Value::Enum(symbol, name.into())),
+            ])
+        };
+        let m = framed(
+            id,
+            &encode(
+                whole,
+                record(vec![
+                    ("id", Value::Long(7)),
+                    ("home", place("York", 0, "UK")),
+                    ("work", Value::Union(1, Box::new(place("Cork", 1, "IE")))),
+                ]),
+            ),
+        );
+        let orphan = r#"{"type":"record","name":"Orphan","namespace":"com.acme","fields":[
+            {"name":"gone","type":"com.acme.Gone"}]}"#;
+        let (orphan_id, _) =
+            registry.register_under("orphan-value", orphan, &[("com.acme.Gone", "gone", 1)]);
+        // `A` and `B` reference each other: a recursive type.
+        let a = r#"{"type":"record","name":"A","fields":[{"name":"b","type":"B"}]}"#;
+        let b = r#"{"type":"record","name":"B","fields":[{"name":"a","type":["null","A"]}]}"#;
+        registry.register_under("a", a, &[("B", "b", 1)]);
+        registry.register_under("b", b, &[("A", "a", 1)]);
+        let looped = r#"{"type":"record","name":"M","fields":[{"name":"x","type":"A"}]}"#;
+        let (looped_id, _) = registry.register_under("m-value", looped, &[("A", "a", 1)]);
+
+        let mut d = registry_decoder(&registry, None);
+        d.push(&msg(0, Some(&m)));
+        d.push(&msg(1, Some(&framed(orphan_id, &[2]))));
+        d.push(&msg(2, Some(&framed(looped_id, &[0]))));
+        d.push(&msg(3, Some(&m)));
+        let batch = d.finish().expect("finish").expect("batch");
+        let rows = batch.rows.expect("rows");
+        assert_eq!(rows.num_rows(), 2);
+        assert_eq!(text(&rows, "id", 1), "7");
+        assert_eq!(text(&rows, "home", 0), "{city: York, country: UK}");
+        assert_eq!(text(&rows, "work", 0), "{city: Cork, country: IE}");
+        let dead: Vec<(i64, Stage)> = batch
+            .dead_letters
+            .iter()
+            .map(|l| (l.offset, l.stage))
+            .collect();
+        assert_eq!(dead, vec![(1, Stage::Decode), (2, Stage::Schema)]);
+        let error = &batch.dead_letters[0].error;
+        assert!(
+            error.contains("com.acme.Gone (subject gone, version 1) is unknown"),
+            "{error}"
+        );
+        assert_eq!(
+            registry.reads(id),
+            1,
+            "one fetch per id, references included"
+        );
+    }
+
     #[test]
     fn a_type_change_between_versions_sends_the_new_rows_to_dead_letters() {
         let registry = EmbeddedRegistry::start().expect("registry");

@@ -60,8 +60,7 @@ pub const TRUNCATE: &str = "t";
 /// Every operation code.
 pub const OPS: [&str; 5] = [CREATE, UPDATE, DELETE, READ, TRUNCATE];
 
-/// Debezium's stand-in for an unchanged TOASTed value.
-pub const UNAVAILABLE: &str = "__debezium_unavailable_value";
+pub use sluice_pipeline::columns::UNAVAILABLE;
 
 /// Whether row `i` of `column` holds the [`UNAVAILABLE`] placeholder.
 pub fn is_unavailable(column: &StringArray, i: usize) -> bool {
@@ -254,7 +253,10 @@ pub fn change_rows(batch: &RecordBatch, spec: &ChangeSpec<'_>) -> Result<Option<
         batch
             .column_by_name(name)
             .cloned()
-            .ok_or_else(|| Error::Decode(format!("change events lack lineage column {name}")))
+            .ok_or_else(|| Error::MissingColumn {
+                rows: "change events",
+                column: name.to_string(),
+            })
     };
     let extra: [(Field, ArrayRef); 6] = [
         (Field::new("_cdc_op", DataType::Utf8, true), Arc::new(op)),

@@ -112,7 +112,7 @@ fn build_decoder(schema: &SchemaRef, rows: usize) -> Result<Decoder> {
         .with_strict_mode(true)
         .with_coerce_primitive(true)
         .build_decoder()
-        .map_err(|e| Error::Decode(format!("cannot build a JSON decoder: {e}")))
+        .map_err(|source| Error::JsonDecoder { source })
 }
 
 impl JsonDecoder {
@@ -183,6 +183,7 @@ impl JsonDecoder {
         if let Some(d) = self.decoder.as_mut() {
             let before = d.len();
             let ok = guard(|| {
+                test_panic(bytes);
                 matches!(d.decode(bytes), Ok(n) if n == bytes.len())
                     && d.len() == before + 1
                     && !d.has_partial_record()
@@ -330,6 +331,7 @@ impl JsonDecoder {
             let mut d = build_decoder(schema, msgs.len()).map_err(|e| e.to_string())?;
             for (n, i) in msgs.iter().enumerate() {
                 let bytes = self.chunk.payload(*i).unwrap_or_default();
+                test_panic(bytes);
                 let used = d.decode(bytes).map_err(|e| e.to_string())?;
                 if used != bytes.len() || d.len() != n + 1 || d.has_partial_record() {
                     return Err("a message must hold exactly one JSON object".into());
@@ -353,6 +355,7 @@ impl JsonDecoder {
         limits.check_depth(json_depth(bytes))?;
         limits.check_members(json_members(bytes))?;
         let parsed = guard(|| {
+            test_panic(bytes);
             let value: serde_json::Value = serde_json::from_slice(bytes)
                 .map_err(|e| (Stage::Decode, format!("malformed JSON: {e}")))?;
             if !value.is_object() {
@@ -582,6 +585,23 @@ fn nullable_without_null_types(schema: &Schema) -> Schema {
     )
 }
 
+#[cfg(test)]
+thread_local! {
+    /// A payload the decoder panics on, for the tests of panic containment.
+    static PANIC_ON: std::cell::RefCell<Option<Vec<u8>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// In tests, panic as a library might on the payload [`PANIC_ON`] names.
+#[cfg(test)]
+fn test_panic(bytes: &[u8]) {
+    if PANIC_ON.with(|p| p.borrow().as_deref() == Some(bytes)) {
+        panic!("a library panicked on this payload");
+    }
+}
+
+#[cfg(not(test))]
+fn test_panic(_: &[u8]) {}
+
 fn json_kind(v: &serde_json::Value) -> &'static str {
     match v {
         serde_json::Value::Null => "null",
@@ -669,6 +689,33 @@ mod tests {
             "rows {rows} + dead {}",
             batch.dead_letters.len()
         );
+    }
+
+    /// A decoder panicking on one message (as a library might on hostile bytes) costs
+    /// that message alone: it becomes a `decode` dead letter saying "internal error",
+    /// quoting nothing of it, and the rest of its chunk lands, in order.
+    #[test]
+    fn a_decoder_panicking_on_one_message_dead_letters_only_that_message() {
+        let trigger = br#"{"a": 3, "b": "secret-value"}"#;
+        PANIC_ON.with(|p| *p.borrow_mut() = Some(trigger.to_vec()));
+        for schema in [Some(schema_ab()), None] {
+            let mut d = decoder(schema);
+            d.push(&msg(0, Some(br#"{"a": 1, "b": "x"}"#)));
+            d.push(&msg(1, Some(br#"{"a": 2}"#)));
+            d.push(&msg(2, Some(trigger)));
+            d.push(&msg(3, Some(br#"{"a": 4, "b": "y"}"#)));
+            let batch = d.finish().expect("finish").expect("batch");
+            assert_accounted(&batch, 4);
+            let rows = batch.rows.as_ref().expect("rows");
+            assert_eq!(offsets(rows), vec![0, 1, 3]);
+            assert_eq!(batch.dead_letters.len(), 1);
+            let dead = &batch.dead_letters[0];
+            assert_eq!((dead.offset, dead.stage), (2, Stage::Decode));
+            assert!(dead.error.contains("internal error"), "{}", dead.error);
+            assert!(!dead.error.contains("secret"), "{}", dead.error);
+            assert_eq!(dead.payload.as_deref(), Some(&trigger[..]), "kept whole");
+        }
+        PANIC_ON.with(|p| *p.borrow_mut() = None);
     }
 
     #[test]

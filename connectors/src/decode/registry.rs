@@ -1,15 +1,26 @@
 //! Avro writer schemas by id from a Confluent Schema Registry (`GET /schemas/ids/{id}`,
 //! through schema_registry_converter), fetched once per id per process and kept on disk
 //! so that a restart while the registry is down goes on with the schemas it has seen.
+//!
+//! A schema that references named types registered on their own (schema references:
+//! `GET /subjects/{subject}/versions/{version}`, recursively) is made self-contained: each
+//! referenced type is defined in place at its first use, later uses stay names. The
+//! decoder then needs one schema text, the disk cache keeps that text, and a restart
+//! needs no reference fetched again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use schema_registry_converter::blocking::schema_registry::{SrSettings, get_schema_by_id};
+use schema_registry_converter::blocking::schema_registry::{
+    SrSettings, get_referenced_schema, get_schema_by_id,
+};
 use schema_registry_converter::error::SRCError;
-use schema_registry_converter::schema_registry_common::SchemaType;
+use schema_registry_converter::schema_registry_common::{
+    RegisteredReference, RegisteredSchema, SchemaType,
+};
+use serde_json::{Map, Value};
 use sluice_pipeline::metrics::{SCHEMA_REGISTRY_FAILURES_TOTAL, SCHEMA_REGISTRY_REQUESTS_TOTAL};
 
 use crate::error::{Error, Result};
@@ -33,6 +44,19 @@ pub struct RegistryConfig {
 
 /// Unknown or unusable schema ids remembered at most (then forgotten all at once).
 const MAX_UNUSABLE_IDS: usize = 1024;
+
+/// Schemas one schema may reference, directly or through others: a bound on what one id
+/// can make sluice fetch.
+const MAX_REFERENCES: usize = 32;
+
+/// Nesting a schema made self-contained may reach; beyond it nothing more is put in
+/// place (the decoder refuses schemas nested deeper anyway).
+const MAX_SCHEMA_DEPTH: usize = 128;
+
+/// Avro's primitive type names, which never name a registered type.
+const PRIMITIVES: [&str; 8] = [
+    "null", "boolean", "int", "long", "float", "double", "bytes", "string",
+];
 
 /// What the registry says about an id.
 #[derive(Debug, Clone)]
@@ -73,7 +97,7 @@ pub fn cache_dir_name(url: &str) -> String {
 impl SchemaRegistry {
     pub fn new(config: RegistryConfig) -> Result<Self> {
         if config.urls.is_empty() {
-            return Err(Error::Registry("no schema registry URL".into()));
+            return Err(Error::RegistryUnset);
         }
         let certificates = match &config.ca_pem {
             Some(pem) => {
@@ -168,11 +192,7 @@ impl SchemaRegistry {
                         s.schema_type
                     )));
                 }
-                Ok(s) if !s.references.is_empty() => {
-                    return Ok(Lookup::Unusable(format!(
-                        "schema id {id} uses schema references, which sluice does not resolve"
-                    )));
-                }
+                Ok(s) if !s.references.is_empty() => return self.with_references(id, s),
                 Ok(s) => return Ok(Lookup::Found(s.schema.into())),
                 Err(e) if not_found(&e) => {
                     return Ok(Lookup::Unusable(format!(
@@ -192,10 +212,63 @@ impl SchemaRegistry {
             }
         }
         metrics::counter!(SCHEMA_REGISTRY_FAILURES_TOTAL).increment(1);
-        Err(Error::Registry(format!(
-            "fetching schema id {id} from {}: {last}",
-            self.config.urls.join(", ")
-        )))
+        Err(Error::RegistryFetch {
+            id,
+            urls: self.config.urls.join(", "),
+            reason: last,
+        })
+    }
+
+    /// Schema `id`, which references others: self-contained, each type it references
+    /// (and those reference) defined in place at its first use.
+    fn with_references(&self, id: u32, schema: RegisteredSchema) -> Result<Lookup> {
+        let unusable = |why: String| Ok(Lookup::Unusable(format!("schema id {id}: {why}")));
+        let mut definitions: HashMap<String, Value> = HashMap::new();
+        let mut fetched: HashSet<(String, u32)> = HashSet::new();
+        let mut pending: Vec<RegisteredReference> = schema.references;
+        while let Some(r) = pending.pop() {
+            if !fetched.insert((r.subject.clone(), r.version)) {
+                continue;
+            }
+            let which = format!(
+                "its reference {} (subject {}, version {})",
+                r.name, r.subject, r.version
+            );
+            if fetched.len() > MAX_REFERENCES {
+                return unusable(format!("it references more than {MAX_REFERENCES} schemas"));
+            }
+            metrics::counter!(SCHEMA_REGISTRY_REQUESTS_TOTAL).increment(1);
+            let referenced = match get_referenced_schema(self.settings()?, &r) {
+                Ok(s) => s,
+                Err(e) if not_found(&e) => {
+                    return unusable(format!("{which} is unknown to the schema registry"));
+                }
+                Err(e) => {
+                    metrics::counter!(SCHEMA_REGISTRY_FAILURES_TOTAL).increment(1);
+                    return Err(Error::RegistryFetch {
+                        id,
+                        urls: self.config.urls.join(", "),
+                        reason: format!("{which}: {}", describe(&e)),
+                    });
+                }
+            };
+            if referenced.schema_type != SchemaType::Avro {
+                return unusable(format!("{which} is not an Avro schema"));
+            }
+            let Ok(definition) = serde_json::from_str::<Value>(&referenced.schema) else {
+                return unusable(format!("{which} is not JSON"));
+            };
+            let Some(name) = definition.as_object().and_then(|d| defined_name(d, None)) else {
+                return unusable(format!("{which} is not a named type"));
+            };
+            definitions.insert(name, definition);
+            pending.extend(referenced.references);
+        }
+        let Ok(mut main) = serde_json::from_str::<Value>(&schema.schema) else {
+            return unusable("the schema is not JSON".into());
+        };
+        inline(&mut main, None, &definitions, &mut HashSet::new(), 0);
+        Ok(Lookup::Found(main.to_string().into()))
     }
 
     fn path(&self, id: u32) -> Option<PathBuf> {
@@ -226,11 +299,96 @@ impl SchemaRegistry {
     }
 }
 
+/// The full name of a named type written `name` where names resolve in `namespace`.
+fn full_name(name: &str, namespace: Option<&str>) -> String {
+    match namespace {
+        Some(ns) if !name.contains('.') && !ns.is_empty() => format!("{ns}.{name}"),
+        _ => name.to_string(),
+    }
+}
+
+/// The full name the definition `definition` gives its type, where names resolve in
+/// `namespace`; `None` when it names none.
+fn defined_name(definition: &Map<String, Value>, namespace: Option<&str>) -> Option<String> {
+    let name = definition.get("name")?.as_str()?;
+    let namespace = definition
+        .get("namespace")
+        .and_then(Value::as_str)
+        .or(namespace);
+    Some(full_name(name, namespace))
+}
+
+/// `schema` (where names resolve in `namespace`) with each type of `definitions` it uses
+/// by name defined in place at its first use, in the order Avro reads a schema (depth
+/// first); `defined` holds the types defined so far, whose later uses stay names.
+fn inline(
+    schema: &mut Value,
+    namespace: Option<&str>,
+    definitions: &HashMap<String, Value>,
+    defined: &mut HashSet<String>,
+    depth: usize,
+) {
+    if depth > MAX_SCHEMA_DEPTH {
+        return;
+    }
+    match schema {
+        Value::String(name) if !PRIMITIVES.contains(&name.as_str()) => {
+            let full = full_name(name, namespace);
+            if !defined.contains(&full)
+                && let Some(definition) = definitions.get(&full)
+            {
+                // A registered type's names resolve in its own namespace, not the one of
+                // the place it is used in.
+                *schema = definition.clone();
+                inline(schema, None, definitions, defined, depth + 1);
+            }
+        }
+        Value::Array(branches) => {
+            for b in branches {
+                inline(b, namespace, definitions, defined, depth + 1);
+            }
+        }
+        Value::Object(definition) => match definition.get("type").and_then(Value::as_str) {
+            Some("record" | "error" | "enum" | "fixed") => {
+                let Some(full) = defined_name(definition, namespace) else {
+                    return;
+                };
+                let own = full.rsplit_once('.').map(|(ns, _)| ns.to_string());
+                defined.insert(full);
+                if let Some(Value::Array(fields)) = definition.get_mut("fields") {
+                    for field in fields {
+                        if let Some(t) = field.get_mut("type") {
+                            inline(t, own.as_deref(), definitions, defined, depth + 1);
+                        }
+                    }
+                }
+            }
+            Some("array") => {
+                if let Some(items) = definition.get_mut("items") {
+                    inline(items, namespace, definitions, defined, depth + 1);
+                }
+            }
+            Some("map") => {
+                if let Some(values) = definition.get_mut("values") {
+                    inline(values, namespace, definitions, defined, depth + 1);
+                }
+            }
+            _ => {
+                if let Some(t) = definition.get_mut("type") {
+                    inline(t, namespace, definitions, defined, depth + 1);
+                }
+            }
+        },
+        _ => {}
+    }
+}
+
 fn not_found(e: &SRCError) -> bool {
-    e.cause
-        .as_deref()
-        .is_some_and(|c| c.contains("40403") || c.contains("40401"))
-        || e.error.contains("status 404")
+    e.cause.as_deref().is_some_and(|c| {
+        ["40401", "40402", "40403"]
+            .iter()
+            .any(|code| c.contains(code))
+    }) || e.error.contains("status 404")
 }
 
 fn describe(e: &SRCError) -> String {

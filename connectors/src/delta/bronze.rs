@@ -15,8 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use arrow::array::{RecordBatch, new_null_array};
-use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::array::RecordBatch;
 use deltalake::DeltaTable;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::{Action, MetadataExt, StructType};
@@ -36,7 +35,7 @@ use super::fence::{self, TxnCache, filter_offsets_above};
 use super::stats::{self, StatsPolicy, TableKind};
 use super::table;
 use crate::error::{Error, Result, delta};
-use crate::evolve::{add_fields, conform_array};
+use crate::evolve::{conform, merged_schema};
 
 /// Settings of the bronze sink, taken from the configuration.
 #[derive(Debug)]
@@ -161,7 +160,7 @@ impl BronzeSink {
         }
         self.tables
             .get_mut(name)
-            .ok_or_else(|| Error::Decode(format!("table {name} vanished")))
+            .ok_or_else(|| Error::TableVanished(name.to_string()))
     }
 
     async fn commit_table(&self, s: &mut TableState, outcome: &mut CommitOutcome) -> Result<()> {
@@ -191,7 +190,7 @@ impl BronzeSink {
         let Some(t) = s.table.as_mut() else {
             return Ok(());
         };
-        let mut last_error = String::new();
+        let mut last_error: Option<Error> = None;
         let started = std::time::Instant::now();
         for attempt in 0..super::COMMIT_ATTEMPTS {
             if attempt > 0 {
@@ -261,7 +260,7 @@ impl BronzeSink {
                     Ok(_) => {
                         tracing::info!(table = %s.name, evolved_columns = evolved, "table metadata updated")
                     }
-                    Err(e) => last_error = e.to_string(),
+                    Err(e) => last_error = Some(e),
                 }
                 continue;
             }
@@ -341,64 +340,16 @@ impl BronzeSink {
                     metrics::counter!(DELTA_COMMIT_CONFLICTS_TOTAL, "table" => s.name.rsplit('/').next().unwrap_or(&s.name).to_string())
                         .increment(1);
                     tracing::warn!(table = %s.name, attempt, "commit refused, retrying against the refreshed table");
-                    last_error = e.to_string();
+                    last_error = Some(e);
                 }
             }
         }
         Err(Error::CommitRetries {
             table: s.name.clone(),
             attempts: super::COMMIT_ATTEMPTS,
-            last: last_error,
+            last: last_error.map(Box::new),
         })
     }
-}
-
-/// The union of `schemas` by column name. A column in several schemas keeps the type it
-/// has first, widened by the struct fields later ones add; a later type that does not fit
-/// it is a conflict.
-pub fn merged_schema(table: &str, schemas: impl Iterator<Item = SchemaRef>) -> Result<SchemaRef> {
-    let mut fields: Vec<Field> = Vec::new();
-    for schema in schemas {
-        for f in schema.fields() {
-            match fields.iter_mut().find(|g| g.name() == f.name()) {
-                Some(g) => match add_fields(g.data_type(), f.data_type()) {
-                    Some(dt) => *g = g.clone().with_data_type(dt),
-                    None => {
-                        return Err(Error::SchemaConflict {
-                            table: table.to_string(),
-                            column: f.name().clone(),
-                            found: f.data_type().to_string(),
-                            expected: g.data_type().to_string(),
-                        });
-                    }
-                },
-                None => fields.push(f.as_ref().clone().with_nullable(true)),
-            }
-        }
-    }
-    Ok(Arc::new(Schema::new(fields)))
-}
-
-/// `batch` with exactly the columns of `target`, in its order; missing columns are null.
-pub(crate) fn conform(table: &str, batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
-    if batch.schema().as_ref() == target.as_ref() {
-        return Ok(batch.clone());
-    }
-    let columns = target
-        .fields()
-        .iter()
-        .map(|f| match batch.column_by_name(f.name()) {
-            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
-            Some(c) => conform_array(c, f.data_type()).map_err(|_| Error::SchemaConflict {
-                table: table.to_string(),
-                column: f.name().clone(),
-                found: c.data_type().to_string(),
-                expected: f.data_type().to_string(),
-            }),
-            None => Ok(new_null_array(f.data_type(), batch.num_rows())),
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(RecordBatch::try_new(target.clone(), columns)?)
 }
 
 impl Sink for BronzeSink {

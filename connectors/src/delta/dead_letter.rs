@@ -20,7 +20,7 @@ use sluice_pipeline::lake::Lake;
 use sluice_pipeline::{DeadLetter, OffsetRange, TopicPartition};
 
 use super::{fence, table};
-use crate::error::{Result, delta};
+use crate::error::{Error, Result, delta};
 
 /// Where the dead-letter table lives under the lake.
 pub const DEAD_LETTERS: &str = "_sluice/dead_letters";
@@ -98,7 +98,7 @@ impl DeadLetterTable {
         let Some(t) = self.table.as_mut() else {
             return Ok(0);
         };
-        let mut last_error = String::new();
+        let mut last_error: Option<Error> = None;
         for attempt in 0..super::COMMIT_ATTEMPTS {
             if attempt > 0 {
                 table::refresh(self.location, t).await?;
@@ -131,13 +131,13 @@ impl DeadLetterTable {
             let actions = adds.into_iter().map(Action::Add).collect();
             match table::commit(self.location, t, &self.pipeline, actions, &ranges, &[]).await {
                 Ok(_) => return Ok(keep.len()),
-                Err(e) => last_error = e.to_string(),
+                Err(e) => last_error = Some(e),
             }
         }
-        Err(crate::error::Error::CommitRetries {
+        Err(Error::CommitRetries {
             table: self.location.into(),
             attempts: super::COMMIT_ATTEMPTS,
-            last: last_error,
+            last: last_error.map(Box::new),
         })
     }
 }

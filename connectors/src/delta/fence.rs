@@ -153,7 +153,10 @@ pub fn filter_offsets_above(
     let col = |name: &str| {
         batch
             .column_by_name(name)
-            .ok_or_else(|| Error::Decode(format!("batch lacks lineage column {name}")))
+            .ok_or_else(|| Error::MissingColumn {
+                rows: "bronze rows",
+                column: name.to_string(),
+            })
     };
     let topics = col("_kafka_topic")?.as_string::<i32>().clone();
     let parts: Int32Array = col("_kafka_partition")?.as_primitive().clone();

@@ -5,7 +5,7 @@ pub mod bronze;
 pub mod checkpoints;
 pub mod dead_letter;
 pub mod fence;
-pub mod lake;
+pub mod layered;
 pub mod quality;
 pub mod silver;
 pub mod stats;

@@ -20,6 +20,7 @@ use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use deltalake::DeltaTable;
 use deltalake::datafusion::common::TableReference;
+use deltalake::datafusion::error::DataFusionError;
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::kernel::Action;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
@@ -202,10 +203,11 @@ impl QualityGate {
             let (failing, unevaluable) =
                 self.failing(&sql, &indexed)
                     .await
-                    .map_err(|message| Error::Quality {
+                    .map_err(|source| Error::QualityCheck {
                         table: batch.table.clone(),
                         expectation: e.name.clone(),
-                        message: format!("cannot evaluate `{}`: {message}", e.check),
+                        check: e.check.clone(),
+                        source: Box::new(source),
                     })?;
             if unevaluable > 0 {
                 tracing::warn!(table = %batch.table, expectation = %e.name, rows = unevaluable, "The check cannot be evaluated on some rows (an error such as a division by zero); they count as failing it.");
@@ -237,13 +239,12 @@ impl QualityGate {
                     }
                 }
                 QualityAction::Fail => {
-                    return Err(Error::Quality {
+                    return Err(Error::QualityFailed {
                         table: batch.table.clone(),
                         expectation: e.name.clone(),
-                        message: format!(
-                            "{failed} of {n} rows fail `{}`; the pipeline stops and nothing of this batch is committed",
-                            e.check
-                        ),
+                        check: e.check.clone(),
+                        failed: failed as usize,
+                        rows: n,
                     });
                 }
             }
@@ -272,7 +273,7 @@ impl QualityGate {
         &self,
         sql: &str,
         indexed: &RecordBatch,
-    ) -> std::result::Result<(Vec<usize>, usize), String> {
+    ) -> std::result::Result<(Vec<usize>, usize), DataFusionError> {
         let mut rows = Vec::new();
         let mut unevaluable = 0;
         let mut stack = vec![(0, indexed.num_rows())];
@@ -300,12 +301,10 @@ impl QualityGate {
         &self,
         sql: &str,
         part: RecordBatch,
-    ) -> std::result::Result<std::result::Result<Vec<usize>, ()>, String> {
+    ) -> std::result::Result<std::result::Result<Vec<usize>, ()>, DataFusionError> {
         let _ = self.ctx.deregister_table("batch");
-        self.ctx
-            .register_batch("batch", part)
-            .map_err(|e| e.to_string())?;
-        let df = self.ctx.sql(sql).await.map_err(|e| e.to_string())?;
+        self.ctx.register_batch("batch", part)?;
+        let df = self.ctx.sql(sql).await?;
         let Ok(batches) = df.collect().await else {
             return Ok(Err(()));
         };
@@ -361,7 +360,7 @@ impl QualityGate {
         let Some(t) = self.table.as_mut() else {
             return Ok(());
         };
-        let mut last = String::new();
+        let mut last: Option<Error> = None;
         for attempt in 0..super::COMMIT_ATTEMPTS {
             if attempt > 0 {
                 table::refresh(QUALITY, t).await?;
@@ -376,13 +375,13 @@ impl QualityGate {
             let actions = adds.into_iter().map(Action::Add).collect();
             match table::commit(QUALITY, t, &self.pipeline, actions, &BTreeMap::new(), &[]).await {
                 Ok(_) => return Ok(()),
-                Err(e) => last = e.to_string(),
+                Err(e) => last = Some(e),
             }
         }
         Err(Error::CommitRetries {
             table: QUALITY.into(),
             attempts: super::COMMIT_ATTEMPTS,
-            last,
+            last: last.map(Box::new),
         })
     }
 }

@@ -358,6 +358,7 @@ pub async fn ensure(
     if !table::exists(t) {
         return Ok(false);
     }
+    let mut last: Option<Error> = None;
     for attempt in 0..super::COMMIT_ATTEMPTS {
         if attempt > 0 {
             table::refresh(name, t).await?;
@@ -404,14 +405,15 @@ pub async fn ensure(
         match table::commit(name, t, "sluice", actions, &none, &partition_by).await {
             Ok(_) => return Ok(true),
             Err(e) => {
-                tracing::warn!(table = %name, attempt, error = %e, "property commit refused, retrying")
+                tracing::warn!(table = %name, attempt, error = %e, "property commit refused, retrying");
+                last = Some(e);
             }
         }
     }
     Err(Error::CommitRetries {
         table: name.to_string(),
         attempts: super::COMMIT_ATTEMPTS,
-        last: "setting statistics properties".into(),
+        last: last.map(Box::new),
     })
 }
 

@@ -43,8 +43,11 @@ pub fn schema() -> SchemaRef {
     ]))
 }
 
-fn failure(context: &str, e: impl std::fmt::Display) -> Error {
-    Error::KeyStore(format!("{context}: {e}"))
+fn failure(context: &'static str, e: impl Into<sluice_pipeline::error::BoxError>) -> Error {
+    Error::KeyStore {
+        context,
+        source: e.into(),
+    }
 }
 
 /// The table at `location` as a URL (a local directory is created).

@@ -59,10 +59,8 @@ pub fn app_id(pipeline: &str, tp: &TopicPartition) -> String {
 pub fn lake_url(lake: &Lake, relative: &str) -> Result<url::Url> {
     match lake {
         Lake::Local(dir) => table_url(dir, relative),
-        Lake::ObjectStore(_) => lake.object_url(relative).ok_or_else(|| {
-            Error::Decode(format!(
-                "{relative} is not a usable table path under {lake}"
-            ))
+        Lake::ObjectStore(_) => lake.object_url(relative).ok_or_else(|| Error::TablePath {
+            path: format!("{lake}/{relative}"),
         }),
     }
 }
@@ -92,8 +90,9 @@ pub fn table_url(lake: &Path, relative: &str) -> Result<url::Url> {
         context: format!("resolving {}", path.display()),
         source,
     })?;
-    url::Url::from_directory_path(&abs)
-        .map_err(|()| Error::Decode(format!("{} is not a usable table path", abs.display())))
+    url::Url::from_directory_path(&abs).map_err(|()| Error::TablePath {
+        path: abs.display().to_string(),
+    })
 }
 
 /// Open the table at `url`; a location with no table yet gives a table with no version.

@@ -1,6 +1,7 @@
 //! An embedded Schema Registry: the part of the Confluent REST API that producers and
-//! sluice use (`POST /subjects/{subject}/versions`, `GET /schemas/ids/{id}`), in memory,
-//! on a local port. For the demo and tests; not a registry to run in production.
+//! sluice use (`POST /subjects/{subject}/versions`, `GET /schemas/ids/{id}`,
+//! `GET /subjects/{subject}/versions/{version}`, schema references), in memory, on a
+//! local port. For the demo and tests; not a registry to run in production.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -12,8 +13,10 @@ use crate::error::{Error, Result};
 
 #[derive(Default)]
 struct State {
-    /// Schema text by id (ids from 1).
-    schemas: Vec<String>,
+    /// Schema text and its references (`[{name, subject, version}]`) by id (ids from 1).
+    schemas: Vec<(String, serde_json::Value)>,
+    /// The ids of a subject's versions (versions from 1).
+    subjects: HashMap<String, Vec<u32>>,
     /// Requests for a schema by id, by id.
     reads: HashMap<u32, u64>,
 }
@@ -91,7 +94,35 @@ impl EmbeddedRegistry {
     /// Register `schema` (an Avro schema's JSON text); returns its id. The same text
     /// gets the same id.
     pub fn register(&self, schema: &str) -> u32 {
-        register(&self.state, schema)
+        register(
+            &self.state,
+            "",
+            schema,
+            serde_json::Value::Array(Vec::new()),
+        )
+        .0
+    }
+
+    /// Register `schema` as the next version of `subject`, referencing the types
+    /// `references` names (`(name, subject, version)`); returns its id and version.
+    pub fn register_under(
+        &self,
+        subject: &str,
+        schema: &str,
+        references: &[(&str, &str, u32)],
+    ) -> (u32, u32) {
+        let references = references
+            .iter()
+            .map(|(name, subject, version)| {
+                serde_json::json!({ "name": name, "subject": subject, "version": version })
+            })
+            .collect();
+        register(
+            &self.state,
+            subject,
+            schema,
+            serde_json::Value::Array(references),
+        )
     }
 
     /// Requests for schema `id` served so far.
@@ -121,15 +152,41 @@ impl Drop for EmbeddedRegistry {
     }
 }
 
-fn register(state: &Mutex<State>, schema: &str) -> u32 {
-    let Ok(mut s) = state.lock() else { return 0 };
-    match s.schemas.iter().position(|t| t == schema) {
+/// `schema` with `references` as a version of `subject` (none when empty): its id and
+/// version. The same text and references get the same id, and a subject one version per
+/// id.
+fn register(
+    state: &Mutex<State>,
+    subject: &str,
+    schema: &str,
+    references: serde_json::Value,
+) -> (u32, u32) {
+    let Ok(mut s) = state.lock() else {
+        return (0, 0);
+    };
+    let id = match s
+        .schemas
+        .iter()
+        .position(|(t, r)| t == schema && *r == references)
+    {
         Some(i) => i as u32 + 1,
         None => {
-            s.schemas.push(schema.to_string());
+            s.schemas.push((schema.to_string(), references));
             s.schemas.len() as u32
         }
+    };
+    if subject.is_empty() {
+        return (id, 0);
     }
+    let versions = s.subjects.entry(subject.to_string()).or_default();
+    let version = match versions.iter().position(|v| *v == id) {
+        Some(i) => i + 1,
+        None => {
+            versions.push(id);
+            versions.len()
+        }
+    };
+    (id, version as u32)
 }
 
 fn serve(
@@ -196,18 +253,45 @@ fn route(method: &str, path: &str, body: &[u8], state: &Mutex<State>) -> (u16, S
             };
             *s.reads.entry(id).or_default() += 1;
             match s.schemas.get((id as usize).wrapping_sub(1)) {
-                Some(text) => (200, serde_json::json!({ "schema": text }).to_string()),
+                Some((text, references)) => (
+                    200,
+                    serde_json::json!({ "schema": text, "references": references }).to_string(),
+                ),
                 None => (404, error_json(40403, "Schema not found")),
             }
         }
-        ("POST", ["subjects", _, "versions"]) => {
-            let text = serde_json::from_slice::<serde_json::Value>(body)
-                .ok()
+        ("GET", ["subjects", subject, "versions", version]) => {
+            let Ok(s) = state.lock() else {
+                return (404, error_json(40401, "Subject not found"));
+            };
+            let found = s.subjects.get(*subject).and_then(|ids| {
+                let v: usize = version.parse().ok()?;
+                let id = *ids.get(v.checked_sub(1)?)?;
+                let (text, references) = s.schemas.get(id as usize - 1)?;
+                Some(serde_json::json!({
+                    "subject": subject, "version": v, "id": id,
+                    "schema": text, "references": references,
+                }))
+            });
+            match found {
+                Some(v) => (200, v.to_string()),
+                None => (404, error_json(40402, "Version not found")),
+            }
+        }
+        ("POST", ["subjects", subject, "versions"]) => {
+            let body = serde_json::from_slice::<serde_json::Value>(body).ok();
+            let text = body
+                .as_ref()
                 .and_then(|v| v.get("schema").and_then(|s| s.as_str()).map(String::from));
+            let references = body
+                .as_ref()
+                .and_then(|v| v.get("references").cloned())
+                .unwrap_or(serde_json::Value::Array(Vec::new()));
             match text {
                 Some(t) => (
                     200,
-                    serde_json::json!({ "id": register(state, &t) }).to_string(),
+                    serde_json::json!({ "id": register(state, subject, &t, references).0 })
+                        .to_string(),
                 ),
                 None => (422, error_json(42201, "Invalid schema")),
             }

@@ -169,7 +169,9 @@ impl RequestQueue {
             .flat_map(|t| t.partitions().iter().map(|p| p.id()))
             .collect();
         if partitions.is_empty() {
-            return Err(Error::Requests(format!("no topic '{}'", self.topic)));
+            return Err(Error::RequestsTopicMissing {
+                topic: self.topic.clone(),
+            });
         }
         let committed = self.committed(partitions.iter().copied(), timeout)?;
         let mut start = TopicPartitionList::new();
@@ -221,10 +223,10 @@ impl RequestQueue {
         let deadline = Instant::now() + timeout * 4;
         while !ends.is_empty() {
             if Instant::now() > deadline {
-                return Err(Error::Requests(format!(
-                    "topic '{}' did not deliver up to its end in time",
-                    self.topic
-                )));
+                return Err(Error::RequestsTimedOut {
+                    topic: self.topic.clone(),
+                    seconds: (timeout * 4).as_secs(),
+                });
             }
             let Some(m) = self.consumer.poll(Duration::from_millis(200)) else {
                 continue;

@@ -712,4 +712,73 @@ mod tests {
         );
         assert!(stats.rebalances >= 1);
     }
+
+    /// Checkpoints that cannot be read at assignment end the run with their error, and
+    /// nothing is read: a partition started at a guessed offset would lose or double rows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unreadable_checkpoints_at_assignment_end_the_run_before_anything_is_read() {
+        struct Unreadable;
+        impl Checkpoints for Unreadable {
+            fn resume(
+                &self,
+                _: &[TopicPartition],
+            ) -> sluice_pipeline::Result<BTreeMap<TopicPartition, Resume>> {
+                Err(sluice_pipeline::Error::Checkpoints(
+                    "the table's log does not read".into(),
+                ))
+            }
+
+            fn table_schema(&self, _: &str) -> sluice_pipeline::Result<Option<SchemaRef>> {
+                Ok(None)
+            }
+        }
+        let broker = EmbeddedBroker::start(1).expect("a mock cluster");
+        broker.create_topic(TOPIC, 2).expect("the topic");
+        produce(&broker.bootstrap_servers(), 2);
+        let config = Config::from_toml(&format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\ntopics = [\"{TOPIC}\"]\n\
+             auto_offset_reset = \"earliest\"\nsession_timeout_ms = 6000\n\
+             decode_batch_max_latency_ms = 50\n\
+             [bronze.routes]\n\"{TOPIC}\" = \"events\"\n",
+            broker.bootstrap_servers()
+        ))
+        .expect("a valid config");
+        let source = KafkaSource::new(
+            &config,
+            SourceContext {
+                checkpoints: Arc::new(Unreadable),
+                avro_tables: HashMap::new(),
+                health: Arc::new(Health::new()),
+                until_caught_up: true,
+            },
+        )
+        .expect("the source");
+        let (mut events, control, thread) = source
+            .start(Arc::new(AtomicBool::new(false)))
+            .expect("started");
+        let mut batches = 0;
+        let collect = async {
+            while let Some(event) = events.recv().await {
+                if let SourceEvent::Batch(_) = event {
+                    batches += 1;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), collect)
+            .await
+            .expect("the source ended within a minute");
+        drop(control);
+        let ended = tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .expect("joined")
+            .expect("no panic");
+        let error = ended.expect_err("the run ends");
+        assert!(matches!(error, Error::Resume { .. }), "{error}");
+        let text = error.to_string();
+        assert!(
+            text.contains("reading the resume offsets") && text.contains("does not read"),
+            "{text}"
+        );
+        assert_eq!(batches, 0, "nothing is read from a guessed offset");
+    }
 }

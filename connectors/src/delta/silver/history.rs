@@ -35,9 +35,9 @@ use deltalake::kernel::transaction::CommitProperties;
 
 use super::{MergeCounts, SilverTableSpec, silver_error as error};
 use crate::decode::debezium::{DELETE, TRUNCATE, is_unavailable};
-use crate::delta::bronze::conform;
 use crate::delta::table::{self, quote};
 use crate::error::{Error, Result, delta};
+use crate::evolve::conform;
 
 /// Columns a history table adds to the row.
 pub const HISTORY_COLUMNS: [&str; 6] = [
@@ -143,7 +143,7 @@ async fn stored(
     };
     let (current, newest_batches) = run
         .await
-        .map_err(|e| error(name, "reading current versions")(e.to_string()))?;
+        .map_err(|e| error(name, "reading current versions")(e))?;
     for b in &newest_batches {
         let cols: Vec<ArrayRef> = (0..key.len())
             .map(|i| arrow::compute::cast(b.column(i), key_columns[i].data_type()))
@@ -485,7 +485,7 @@ pub(super) async fn merge(
         .map_err(|e| (None, e))?;
     let df = match SessionContext::new().read_batch(source.clone()) {
         Ok(df) => df,
-        Err(e) => return Err((Some(t), error(name, "reading versions")(e.to_string()))),
+        Err(e) => return Err((Some(t), error(name, "reading versions")(e))),
     };
     let mut on: Vec<String> = spec
         .key

@@ -23,9 +23,9 @@ use sluice_pipeline::{OffsetRange, TopicPartition};
 use super::reduce::{newer_than, reduce, truncate_point};
 use super::{CDC_COLUMNS, MergeCounts, SilverSink, SilverTableSpec, silver_error};
 use crate::decode::debezium::{DELETE, UNAVAILABLE};
-use crate::delta::bronze::merged_schema;
 use crate::delta::table::{self, quote};
 use crate::error::{Error, Result, delta};
+use crate::evolve::merged_schema;
 
 /// Create the table at `t`'s location with `schema` and the statistics `spec` allows, or
 /// bring an existing table's statistics settings up to date for rows of `schema`.
@@ -107,27 +107,21 @@ pub(super) async fn apply(
     let ctx = SessionContext::new();
     let changes = ctx
         .read_batch(source.clone())
-        .map_err(|e| (None, silver_error(name, "reading changes")(e.to_string())))?;
+        .map_err(|e| (None, silver_error(name, "reading changes")(e)))?;
     let df = match tombstoned {
         Some(tombs) => {
-            let provider = tombs.table_provider().await.map_err(|e| {
-                (
-                    None,
-                    silver_error(name, "reading tombstones")(e.to_string()),
-                )
-            })?;
+            let provider = tombs
+                .table_provider()
+                .await
+                .map_err(|e| (None, silver_error(name, "reading tombstones")(e)))?;
             let sql = not_tombstoned_sql(&spec.key);
             let run = async {
                 ctx.register_table("changes", changes.into_view())?;
                 ctx.register_table("tombstones", provider)?;
                 ctx.sql(&sql).await
             };
-            run.await.map_err(|e| {
-                (
-                    None,
-                    silver_error(name, "filtering by tombstones")(e.to_string()),
-                )
-            })?
+            run.await
+                .map_err(|e| (None, silver_error(name, "filtering by tombstones")(e)))?
         }
         None => changes,
     };
@@ -259,7 +253,7 @@ async fn record_deletes(
     let ops = rows
         .column_by_name("_cdc_op")
         .and_then(|c| c.as_string_opt::<i32>())
-        .ok_or_else(|| silver_error(silver, "recording deletes")("no _cdc_op column".into()))?;
+        .ok_or_else(|| silver_error(silver, "recording deletes")("no _cdc_op column"))?;
     let deletes = BooleanArray::from(
         ops.iter()
             .map(|o| Some(o == Some(DELETE)))
@@ -287,7 +281,7 @@ async fn record_deletes(
     let newer = newer("s", "t");
     let df = SessionContext::new()
         .read_batch(tombs)
-        .map_err(|e| silver_error(&location, "reading deletes")(e.to_string()))?;
+        .map_err(silver_error(&location, "reading deletes"))?;
     let (t, _) = t
         .merge(df, on.join(" AND "))
         .with_source_alias("s")

@@ -37,12 +37,12 @@ use sluice_pipeline::config::silver::{SilverConfig, SilverTableConfig};
 use sluice_pipeline::lake::Lake;
 use sluice_pipeline::{CommitOutcome, OffsetRange, SourceBatch, TopicPartition};
 
-use super::bronze::{conform, merged_schema};
 use super::fence::{self, TxnCache, filter_offsets_above};
 use super::stats::StatsPolicy;
 use super::table;
 use crate::decode::debezium::{ChangeSpec, Sequence, change_rows};
 use crate::error::{Error, Result};
+use crate::evolve::{conform, merged_schema};
 
 pub mod history;
 mod merge;
@@ -279,12 +279,15 @@ impl SilverSink {
     }
 }
 
-fn silver_error(table: &str, context: &str) -> impl FnOnce(String) -> Error {
+fn silver_error<E: Into<sluice_pipeline::error::BoxError>>(
+    table: &str,
+    context: &str,
+) -> impl FnOnce(E) -> Error {
     let (table, context) = (table.to_string(), context.to_string());
-    move |message| Error::Silver {
+    move |e| Error::Silver {
         table,
         context,
-        message,
+        source: e.into(),
     }
 }
 
@@ -301,7 +304,7 @@ async fn commit_table(
         Some(t) => t,
         None => table::open(&name, &url).await?,
     };
-    let mut last_error = String::new();
+    let mut last_error: Option<Error> = None;
     for attempt in 0..super::COMMIT_ATTEMPTS {
         if attempt > 0 {
             table::refresh(&name, &mut t).await?;
@@ -394,7 +397,7 @@ async fn commit_table(
                 metrics::counter!(sluice_pipeline::metrics::DELTA_COMMIT_CONFLICTS_TOTAL, "table" => s.spec.name.clone())
                     .increment(1);
                 tracing::warn!(table = %name, attempt, error = %e, "silver merge refused, retrying against the refreshed table");
-                last_error = e.to_string();
+                last_error = Some(e);
                 t = match table {
                     Some(t) => t,
                     None => table::open(&name, &url).await?,
@@ -405,7 +408,7 @@ async fn commit_table(
     Err(Error::CommitRetries {
         table: name,
         attempts: super::COMMIT_ATTEMPTS,
-        last: last_error,
+        last: last_error.map(Box::new),
     })
 }
 

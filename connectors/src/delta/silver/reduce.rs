@@ -30,7 +30,10 @@ pub fn reduce(changes: &RecordBatch, key: &[String]) -> Result<RecordBatch> {
         changes
             .column_by_name(name)
             .cloned()
-            .ok_or_else(|| Error::Decode(format!("change rows lack column {name}")))
+            .ok_or_else(|| Error::MissingColumn {
+                rows: "change rows",
+                column: name.to_string(),
+            })
     };
     let ops = col("_cdc_op")?;
     let ops = ops.as_string::<i32>();

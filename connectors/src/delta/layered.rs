@@ -19,7 +19,7 @@ use super::silver::SilverSink;
 use super::subject_keys::SubjectKeyStore;
 
 /// Expectations, then bronze plus silver.
-pub struct LakeSink {
+pub struct LayeredSink {
     pub quality: QualityGate,
     pub bronze: BronzeSink,
     pub silver: SilverSink,
@@ -29,7 +29,7 @@ pub struct LakeSink {
     pub commit_delay: Option<std::time::Duration>,
 }
 
-impl Sink for LakeSink {
+impl Sink for LayeredSink {
     async fn write(&mut self, batch: SourceBatch) -> sluice_pipeline::Result<()> {
         let batch = self.quality.check(batch).await?;
         self.silver.write(&batch)?;
