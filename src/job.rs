@@ -202,6 +202,15 @@ pub async fn verify(config: &Config, lake: &Lake, head: Option<&str>) -> anyhow:
         }
         None => None,
     };
+    // With the key set, a chain none of whose runs bears it vouches for nothing: it may
+    // have been rewritten whole (or cut back to its unkeyed start) by anyone who can write
+    // the lake. Only an exported head can vouch for it.
+    if key.is_some() && found.keyed == 0 && found.unkeyed > 0 && after.is_none() {
+        anyhow::bail!(
+            "sluice.job_runs: {} runs, none sealed with the audit key: no job has run since [audit] key_env was set, or the chain was rewritten (or cut back) by someone without the key; run a job to seal the chain, or give --head with a head exported earlier",
+            found.runs
+        );
+    }
     let mut line = format!("sluice.job_runs: {} runs, chain intact", found.runs);
     if found.keyed > 0 {
         line.push_str(&format!("; {} sealed with the audit key", found.keyed));

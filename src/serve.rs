@@ -40,6 +40,19 @@ pub async fn serve(
         let password = passwords.get(name).cloned().unwrap_or_default();
         users.insert(name.clone(), User { password, access });
     }
+    // Each role's tables are opened once before the server listens: a role its
+    // configuration cannot apply to this lake (a `deny_columns` entry naming nothing, a
+    // row filter that does not plan) stops the start instead of every query of its users.
+    let mut checked = std::collections::BTreeSet::new();
+    for user in users.values() {
+        if let Some(a) = &user.access
+            && checked.insert(a.role.clone())
+        {
+            sluice_sql::Catalog::open_as(lake.clone(), Some(a.clone()))
+                .await
+                .map_err(|e| anyhow::anyhow!("role '{}': {e}", a.role))?;
+        }
+    }
     let address = address.unwrap_or(&s.address);
     let listener = tokio::net::TcpListener::bind(address)
         .await

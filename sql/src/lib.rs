@@ -43,6 +43,8 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::TryStreamExt;
 
+use sluice_pipeline::error::BoxError;
+
 use crate::limits::{Guarded, QueryPool, TimedOut};
 use crate::readonly::{ReadOnlyStores, ReadOnlyTable, Refusal};
 use crate::restricted::RestrictedTable;
@@ -64,16 +66,48 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A definition file that cannot be used as written (sluice's own words).
     #[error("{path}: {message}")]
     Definition { path: PathBuf, message: String },
+    /// A view definition DataFusion cannot plan.
+    #[error("{path}: {source}")]
+    View {
+        path: PathBuf,
+        #[source]
+        source: Box<DataFusionError>,
+    },
     #[error("{0}")]
     Denied(String),
-    #[error("time travel: {0}")]
-    Travel(String),
-    #[error("serve: {0}")]
-    Serve(String),
-    #[error("listing the lake at {lake}: {message}")]
-    Listing { lake: String, message: String },
+    /// Time travel named a table the lake does not have.
+    #[error("time travel: no table {0} in the lake")]
+    NoSuchTable(String),
+    /// Time travel asked for a version the table cannot be opened at.
+    #[error("time travel: {table} at version {version}: {source}")]
+    Travel {
+        table: String,
+        version: u64,
+        #[source]
+        source: Box<deltalake::DeltaTableError>,
+    },
+    /// The server's TLS certificate or key could not be used.
+    #[error("serve: {path}: {source}")]
+    Tls {
+        path: PathBuf,
+        #[source]
+        source: BoxError,
+    },
+    /// The certificate could not be used for SCRAM channel binding.
+    #[error("serve: certificate for SCRAM channel binding: {source}")]
+    ChannelBinding {
+        #[source]
+        source: BoxError,
+    },
+    #[error("listing the lake at {lake}: {source}")]
+    Listing {
+        lake: String,
+        #[source]
+        source: BoxError,
+    },
     /// Refused, cancelled or over its memory, or a role's error without its values.
     #[error("{message}")]
     Sql {
@@ -245,20 +279,20 @@ pub async fn find_tables_in(lake: &Lake) -> Result<Vec<TableRef>> {
         Lake::Local(dir) => return find_tables(dir),
         Lake::ObjectStore(root) => root,
     };
-    let failed = |message: String| Error::Listing {
+    let failed = |source: BoxError| Error::Listing {
         lake: lake.to_string(),
-        message,
+        source,
     };
     let store = deltalake::DeltaTableBuilder::from_url(root.clone())
         .and_then(|b| b.build_storage())
-        .map_err(|e| failed(e.to_string()))?
+        .map_err(|e| failed(e.into()))?
         .object_store(None);
     let mut out = Vec::new();
     for (dir, schema) in LAYERS {
         let listed = store
             .list_with_delimiter(Some(&deltalake::Path::from(dir)))
             .await
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(|e| failed(e.into()))?;
         let mut names = Vec::new();
         for prefix in listed.common_prefixes {
             let Some(name) = prefix.filename().map(str::to_string) else {
@@ -268,7 +302,7 @@ pub async fn find_tables_in(lake: &Lake) -> Result<Vec<TableRef>> {
             let log = store
                 .list_with_delimiter(Some(&prefix.clone().join("_delta_log")))
                 .await
-                .map_err(|e| failed(e.to_string()))?;
+                .map_err(|e| failed(e.into()))?;
             if !log.objects.is_empty() {
                 names.push(name);
             }
@@ -278,7 +312,7 @@ pub async fn find_tables_in(lake: &Lake) -> Result<Vec<TableRef>> {
             let relative = format!("{dir}/{name}");
             let url = lake
                 .object_url(&relative)
-                .ok_or_else(|| failed(format!("{relative} is not a table path")))?;
+                .ok_or_else(|| failed(format!("{relative} is not a table path").into()))?;
             out.push(TableRef {
                 schema: schema.to_string(),
                 name,
@@ -429,7 +463,7 @@ impl Catalog {
         let all = find_tables_in(&lake.into()).await?;
         for name in travel.versions.keys() {
             if !all.iter().any(|t| &t.qualified() == name) {
-                return Err(Error::Travel(format!("no table {name} in the lake")));
+                return Err(Error::NoSuchTable(name.to_string()));
             }
         }
         // A role that restricts anything needs every table: a gold table's policy comes
@@ -486,7 +520,7 @@ impl Catalog {
             _ => Derivation::default(),
         };
         if let Some(a) = &access {
-            check_denied_paths(a, &opened)?;
+            check_denied_paths(a, &all, &opened)?;
         }
         let recorded: BTreeMap<String, BTreeMap<String, String>> = opened
             .iter()
@@ -837,9 +871,9 @@ async fn register_views_in(
                 views.skipped.push((name, e.to_string()))
             }
             Err(e) => {
-                return Err(Error::Definition {
+                return Err(Error::View {
                     path: d.path.clone(),
-                    message: e.to_string(),
+                    source: Box::new(e),
                 });
             }
         }
@@ -928,7 +962,11 @@ async fn open_table(t: &TableRef, travel: &TimeTravel) -> Result<Option<deltalak
     let table = match (travel.versions.get(&t.qualified()), &travel.as_of) {
         (Some(v), _) => deltalake::open_table_with_version(url, *v)
             .await
-            .map_err(|e| Error::Travel(format!("{} at version {v}: {e}", t.qualified())))?,
+            .map_err(|e| Error::Travel {
+                table: t.qualified(),
+                version: *v,
+                source: Box::new(e),
+            })?,
         (None, Some(at)) => match deltalake::open_table_with_ds(url, at).await {
             Ok(table) => table,
             Err(_) => return Ok(None),
@@ -1089,24 +1127,78 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Refuse a role whose `deny_columns` names, as `layer.table.column`, a table of the lake
 /// without that column: a misspelt name would deny nothing.
-fn check_denied_paths(a: &access::Access, opened: &[Opened]) -> Result<()> {
+/// Refuse a `deny_columns` entry of `a` that names nothing in a lake holding `all` (of
+/// which `opened` are open): a misspelt name would deny nothing. A bare column name must
+/// be a column of some table; `<layer>.<table>.<column>[.<field>…]` a table of the lake,
+/// a column of it and fields of that column (through lists). An empty lake has nothing to
+/// check against.
+fn check_denied_paths(a: &access::Access, all: &[TableRef], opened: &[Opened]) -> Result<()> {
+    let refuse = |path: &str, why: String| {
+        Err(Error::Denied(format!(
+            "roles.{}.deny_columns: '{path}' {why}",
+            a.role
+        )))
+    };
+    if all.is_empty() {
+        return Ok(());
+    }
     for path in &a.deny_columns {
-        let mut parts = path.splitn(4, '.');
-        let (Some(layer), Some(name), Some(column)) = (parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
-        let table = format!("{layer}.{name}");
-        if let Some(o) = opened.iter().find(|o| o.table.qualified() == table)
-            && o.provider.schema().field_with_name(column).is_err()
-        {
-            return Err(Error::Denied(format!(
-                "roles.{}.deny_columns: '{path}' names no column of {table}",
-                a.role
-            )));
+        let parts: Vec<&str> = path.split('.').collect();
+        match parts.as_slice() {
+            [column] => {
+                let found = opened
+                    .iter()
+                    .any(|o| o.provider.schema().field_with_name(column).is_ok());
+                if !found && !opened.is_empty() {
+                    return refuse(path, "names no column of any table of the lake".into());
+                }
+            }
+            [layer, name, column, fields @ ..] => {
+                let table = format!("{layer}.{name}");
+                if !all.iter().any(|t| t.qualified() == table) {
+                    return refuse(
+                        path,
+                        format!("names {table}, a table the lake does not hold"),
+                    );
+                }
+                let Some(o) = opened.iter().find(|o| o.table.qualified() == table) else {
+                    continue;
+                };
+                let schema = o.provider.schema();
+                let Ok(field) = schema.field_with_name(column) else {
+                    return refuse(path, format!("names no column of {table}"));
+                };
+                let mut at = field.data_type().clone();
+                for f in fields {
+                    match child_type(&at, f) {
+                        Some(t) => at = t,
+                        None => {
+                            return refuse(
+                                path,
+                                format!("names no field of column {column} of {table}"),
+                            );
+                        }
+                    }
+                }
+            }
+            // Other shapes are refused with the configuration.
+            _ => {}
         }
     }
     Ok(())
+}
+
+/// The type of field `name` of a struct of type `t` (inside lists, as many as there are).
+fn child_type(t: &arrow::datatypes::DataType, name: &str) -> Option<arrow::datatypes::DataType> {
+    use arrow::datatypes::DataType;
+    match t {
+        DataType::List(item) | DataType::LargeList(item) | DataType::ListView(item) => {
+            child_type(item.data_type(), name)
+        }
+        DataType::FixedSizeList(item, _) => child_type(item.data_type(), name),
+        DataType::Struct(fields) => fields.find(name).map(|(_, f)| f.data_type().clone()),
+        _ => None,
+    }
 }
 
 fn url_for(abs: &Path) -> Result<url::Url> {

@@ -741,7 +741,68 @@ mod tests {
         let e = check_plan(&plan("EXPLAIN ANALYZE SELECT * FROM t").await, Some("r"))
             .expect_err("role");
         assert_eq!(e.sqlstate, PRIVILEGE);
-        assert!(!std::path::Path::new("x.csv").exists());
+    }
+
+    /// The tables themselves refuse every change, whatever reaches them past the
+    /// statement and plan checks: DataFusion runs these statements straight against them.
+    #[tokio::test]
+    async fn read_only_tables_refuse_every_change_that_reaches_them() {
+        use datafusion::datasource::MemTable;
+        use datafusion::prelude::SessionContext;
+        let ctx = SessionContext::new();
+        let source = ctx
+            .sql("SELECT 1 AS x")
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .expect("rows");
+        let schema = source[0].schema();
+        let inner = Arc::new(MemTable::try_new(schema, vec![source]).expect("table"));
+        ctx.register_table("t", Arc::new(ReadOnlyTable::new("bronze.t", inner)))
+            .expect("registered");
+        for write in [
+            "INSERT INTO t VALUES (2)",
+            "INSERT INTO t SELECT x + 1 FROM t",
+            "DELETE FROM t",
+            "DELETE FROM t WHERE x = 1",
+            "UPDATE t SET x = 3",
+            "TRUNCATE TABLE t",
+        ] {
+            let ran = async { ctx.sql(write).await?.collect().await };
+            let e = ran.await.expect_err(write);
+            let refusal = refusal_in(&e).unwrap_or_else(|| panic!("{write}: {e}"));
+            assert_eq!(refusal.sqlstate, READ_ONLY, "{write}: {e}");
+            assert!(refusal.message.contains("bronze.t"), "{write}: {e}");
+        }
+        let rows = ctx
+            .sql("SELECT count(*) AS n, min(x) AS x FROM t")
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .expect("rows");
+        let shown = datafusion::arrow::util::pretty::pretty_format_batches(&rows)
+            .expect("shown")
+            .to_string();
+        assert!(shown.contains("| 1 | 1 |"), "{shown}");
+    }
+
+    /// The refusal inside `e`, however DataFusion wrapped it.
+    fn refusal_in(e: &DataFusionError) -> Option<&Refusal> {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(s) = source {
+            if let Some(r) = s.downcast_ref::<Refusal>() {
+                return Some(r);
+            }
+            if let Some(DataFusionError::External(inner)) = s.downcast_ref::<DataFusionError>()
+                && let Some(r) = inner.downcast_ref::<Refusal>()
+            {
+                return Some(r);
+            }
+            source = s.source();
+        }
+        None
     }
 
     #[tokio::test]

@@ -204,17 +204,19 @@ fn tls_acceptor(cert: &Path, key: &Path) -> Result<pgwire::tokio::TlsAcceptor> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     use tokio_rustls::rustls;
-    let bad =
-        |path: &Path, e: &dyn std::fmt::Display| Error::Serve(format!("{}: {e}", path.display()));
+    let bad = |path: &Path, e: sluice_pipeline::error::BoxError| Error::Tls {
+        path: path.to_path_buf(),
+        source: e,
+    };
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
-        .map_err(|e| bad(cert, &e))?;
-    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
+        .map_err(|e| bad(cert, e.into()))?;
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e.into()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .and_then(|b| b.with_no_client_auth().with_single_cert(chain, private))
-        .map_err(|e| bad(cert, &e))?;
+        .map_err(|e| bad(cert, e.into()))?;
     config.alpn_protocols = vec![b"postgresql".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
@@ -444,9 +446,9 @@ impl Connection {
             let mut scram = ScramAuth::new(shared.clone());
             scram.set_iterations(ITERATIONS);
             if let Some(pem) = pem {
-                scram.configure_certificate(pem).map_err(|e| {
-                    Error::Serve(format!("certificate for SCRAM channel binding: {e}"))
-                })?;
+                scram
+                    .configure_certificate(pem)
+                    .map_err(|e| Error::ChannelBinding { source: e.into() })?;
             }
             Ok(SASLAuthStartupHandler::new(parameters.clone()).with_scram(scram))
         };

@@ -499,7 +499,18 @@ fn the_keyed_job_run_chain_detects_runs_resealed_without_the_key() {
     std::fs::remove_dir_all(&lake).expect("restore");
     copy_dir(backup.path(), &lake);
     reseal_without_key(&lake, 0, |r| r.tables = "nothing".into());
-    w.run_ok_env(&["audit", "verify"], &[key]);
+    // Without the head: a keyed configuration finds no run sealed with its key.
+    let out = w
+        .sluice(&["audit", "verify"])
+        .env(key.0, key.1)
+        .output()
+        .expect("verify");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("none sealed with the audit key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = w
         .sluice(&["audit", "verify", "--head", &head])
         .env(key.0, key.1)

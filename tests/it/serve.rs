@@ -508,6 +508,26 @@ fn writes_in_any_form_and_protocol_are_refused_and_change_nothing() {
         }
     }
     assert!(refused >= 2 * attempts.len(), "{refused}");
+    // A role's writes to tables it may read are refused as writes (25006), not because
+    // the table is hidden from it: the read-only rules hold on their own.
+    let readable: Vec<String> = [
+        "INSERT INTO silver.accounts SELECT * FROM silver.accounts LIMIT 1".to_string(),
+        "DELETE FROM silver.accounts".to_string(),
+        "UPDATE silver.accounts SET product = 'x'".to_string(),
+        "EXPLAIN DELETE FROM silver.accounts".to_string(),
+        "PREPARE wa AS DELETE FROM silver.accounts".to_string(),
+        "WITH a AS (DELETE FROM silver.accounts RETURNING *) SELECT count(*) FROM a".to_string(),
+        "INSERT INTO gold.balances_by_product SELECT * FROM gold.balances_by_product".to_string(),
+        "CREATE TABLE gold.scratch AS SELECT * FROM silver.accounts".to_string(),
+        "DROP VIEW views.approved_card_spend".to_string(),
+        format!("COPY silver.accounts TO '/tmp/{marker}-accounts.csv'"),
+        format!("COPY (SELECT * FROM views.approved_card_spend) TO '/tmp/{marker}-view.csv'"),
+    ]
+    .to_vec();
+    let codes = psql_sqlstates(&s, "ana", "ana-secret", &readable);
+    for (st, code) in readable.iter().zip(&codes) {
+        assert_eq!(code.as_deref(), Some("25006"), "psql as ana: {st}");
+    }
 
     // Nothing was written: not in the server's directory, not in the lake (every table's
     // log and files as they were), not in /tmp.
@@ -545,6 +565,39 @@ fn writes_in_any_form_and_protocol_are_refused_and_change_nothing() {
     assert!(
         String::from_utf8_lossy(&out.stderr)
             .contains("EXPLAIN ANALYZE is not available to role 'analyst'"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(s);
+
+    // A role its configuration cannot apply to the lake (here a denied column naming
+    // nothing) stops the start, naming the entry, before anything listens.
+    let path = d.dir.path().join("demo.toml");
+    let config = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(
+        &path,
+        config.replace(
+            "deny_tags = [\"direct_identifier\"]",
+            "deny_tags = [\"direct_identifier\"]\ndeny_columns = [\"silver.accounts.sort_cod\"]",
+        ),
+    )
+    .expect("config");
+    let out = d
+        .sluice(&["serve", "--address", "127.0.0.1:0"])
+        .env("SLUICE_TEST_PASSWORD_OPS", "ops-secret")
+        .env("SLUICE_TEST_PASSWORD_ANA", "ana-secret")
+        .env("SLUICE_TEST_PASSWORD_ANN", "ann-secret")
+        .output()
+        .expect("serve");
+    assert!(!out.status.success(), "serve started");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("listening"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("'silver.accounts.sort_cod' names no column of silver.accounts"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
