@@ -440,6 +440,23 @@ pub async fn erase(
         run_lock = Some(lock);
         Some(j)
     };
+    // Before anything changes: a table whose rows another engine hid with deletion
+    // vectors cannot be erased whole (the hidden rows stay in their files).
+    for t in find_tables_in(lake).await? {
+        let name = t.qualified();
+        if RECORD_TABLES.contains(&name.as_str()) {
+            continue;
+        }
+        let delta = table::open(&name, &t.url).await?;
+        let schema = table::arrow_schema(&name, &delta)?;
+        let files = files_with_deletion_vectors(&delta);
+        if !lookup_for(config, &name, &schema).is_empty() && files > 0 {
+            if let Some(lock) = run_lock {
+                lock.release().await;
+            }
+            return Err(Error::DeletionVectors { table: name, files });
+        }
+    }
     let mut outcomes: Vec<TableOutcome> = Vec::new();
     for t in find_tables_in(lake).await? {
         let name = t.qualified();
@@ -462,6 +479,7 @@ pub async fn erase(
         let schema = table::arrow_schema(&name, &delta)?;
         let lookup = lookup_for(config, &name, &schema);
         if !lookup.is_empty() {
+            let held: Vec<&Lock> = locks.iter().flat_map(|(e, m)| [e, m]).collect();
             let done = erase_table(
                 cx,
                 &name,
@@ -472,6 +490,7 @@ pub async fn erase(
                 &owners,
                 options,
                 journal.as_ref(),
+                &held,
             )
             .await?;
             report(&done.shared, options.dry_run);
@@ -495,6 +514,7 @@ pub async fn erase(
             contains: Vec::new(),
             letters: false,
         };
+        let held: Vec<&Lock> = erasing.iter().collect();
         let done = erase_table(
             cx,
             KEY_STORE,
@@ -505,6 +525,7 @@ pub async fn erase(
             &owners,
             options,
             journal.as_ref(),
+            &held,
         )
         .await?;
         report(&done.shared, options.dry_run);
@@ -554,6 +575,16 @@ pub async fn erase(
         lock.release().await;
     }
     Ok(certificates)
+}
+
+/// Files of `delta` carrying a deletion vector.
+fn files_with_deletion_vectors(delta: &DeltaTable) -> usize {
+    delta.snapshot().map_or(0, |s| {
+        s.log_data()
+            .iter()
+            .filter(|f| f.deletion_vector_descriptor().is_some())
+            .count()
+    })
 }
 
 /// The lock of the runs of the subjects of `journal`.
@@ -885,6 +916,7 @@ async fn erase_table(
     owners: &Owners,
     options: &Options,
     journal: Option<&Journal>,
+    held: &[&Lock],
 ) -> Result<TableOutcome> {
     let started = cx.now();
     let mut shared = TableErasure {
@@ -934,6 +966,7 @@ async fn erase_table(
             });
             j.save_table(&entry).await?;
             abort_point("journaled", name);
+            Lock::all_held(held, &format!("erasure of {name}"))?;
             let deleted = delete_rows(name, delta, lookup, all, &j.attempt).await?;
             abort_point("deleted", name);
             deleted
@@ -1112,6 +1145,9 @@ async fn erase_table(
     // still hold a subject, which the next run purges (the journal names them). The other
     // way round, it would leave statistics of files already gone, with nothing left to
     // find them by.
+    // A run whose locks another process took over (its lease ran out while it stalled)
+    // stops here: that process may be maintaining or erasing the same table.
+    Lock::all_held(held, &format!("erasure of {name}"))?;
     let purged: HashSet<ObjectPath> = purge.iter().cloned().collect();
     shared.logs_purged = entry.logs_purged + files.scrub(&log, &purged, true).await?;
     if let Some(j) = journal {
@@ -1121,6 +1157,7 @@ async fn erase_table(
     }
     // Files an earlier run removed count as purged; other files already gone (vacuumed
     // before the erasure) do not.
+    Lock::all_held(held, &format!("erasure of {name}"))?;
     let missing = files.remove_missing(&purge).await?;
     let gone_before = missing.iter().filter(|f| !decided.contains(f)).count();
     shared.files_purged = (purge.len() - gone_before) as u64;
@@ -1616,6 +1653,73 @@ mod tests {
             }
         }
         out
+    }
+
+    /// Rows another engine hid with a deletion vector stay in their file, which sluice
+    /// cannot rewrite: the erasure refuses, naming the table, before anything changes.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_table_whose_files_carry_deletion_vectors_is_refused_before_anything_changes() {
+        let dir = tempfile::tempdir().expect("dir");
+        let lake = Lake::Local(dir.path().to_path_buf());
+        let cx = JobContext::with_system_clock(&lake);
+        let url = table::lake_url(&lake, "bronze/t").expect("url");
+        let t = table::create(
+            "bronze/t",
+            &url,
+            &notes_schema(),
+            &[],
+            &[("delta.enableDeletionVectors".into(), "true".into())],
+        )
+        .await
+        .expect("create");
+        let t = write_notes(t, &[("C0000001", "hidden visit Qxsecret4")]).await;
+        let version = t.version().expect("version");
+        // Another engine hides the row with a deletion vector: the file is removed and
+        // added again with it (the descriptor of the protocol's own example).
+        let file = std::fs::read_dir(dir.path().join("bronze/t"))
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|n| n.ends_with(".parquet"))
+            .expect("a data file");
+        let size = std::fs::metadata(dir.path().join("bronze/t").join(&file))
+            .expect("size")
+            .len();
+        let dv = r#"{"storageType":"u","pathOrInlineDv":"ab^-aqEH.-t@S}K{vb[*k^","offset":4,"sizeInBytes":40,"cardinality":1}"#;
+        let entry = format!(
+            "{{\"remove\":{{\"path\":\"{file}\",\"deletionTimestamp\":1,\"dataChange\":true}}}}\n\
+             {{\"add\":{{\"path\":\"{file}\",\"partitionValues\":{{}},\"size\":{size},\"modificationTime\":1,\"dataChange\":true,\"deletionVector\":{dv}}}}}\n"
+        );
+        std::fs::write(
+            dir.path()
+                .join(format!("bronze/t/_delta_log/{:020}.json", version + 1)),
+            entry,
+        )
+        .expect("commit");
+        let config = ErasureConfig {
+            columns: vec!["customer_id".into()],
+            ..Default::default()
+        };
+        let requests = [Request {
+            subject: Arc::new(Subject::new("C0000001", vec![], None)),
+            request_id: "T-1".into(),
+            subject_hash: "h".into(),
+            tombstones: 0,
+        }];
+        let options = Options::from_config(&config, value_key(b"0123456789abcdef"));
+        let e = erase(&cx, &config, None, &requests, &options)
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(&e, Error::DeletionVectors { table, files: 1 } if table == "bronze.t"),
+            "{e}"
+        );
+        let t = table::open("bronze/t", &url).await.expect("open");
+        assert_eq!(t.version(), Some(version + 1), "nothing committed");
+        assert!(
+            everything(dir.path()).contains("Qxsecret4"),
+            "nothing purged"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]

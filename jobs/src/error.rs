@@ -45,6 +45,14 @@ pub enum Error {
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
 
+    /// An Arrow operation on a file or table `context` names.
+    #[error("{context}: {source}")]
+    ArrowIn {
+        context: String,
+        #[source]
+        source: arrow::error::ArrowError,
+    },
+
     /// Reading or writing Parquet; `context` names the file or table.
     #[error("{context}: {source}")]
     Parquet {
@@ -95,6 +103,20 @@ pub enum Error {
 
     #[error("another run holds the lock '{name}' (process {holder}); runs never overlap")]
     Locked { name: String, holder: String },
+
+    /// Files of a table carry deletion vectors (written by another engine): the rows they
+    /// hide keep their values in those files, which an erasure cannot rewrite.
+    #[error(
+        "{table}: {files} file(s) carry deletion vectors (written by another engine): the rows they hide keep their values in those files, which sluice cannot rewrite; purge them with that engine (e.g. REORG TABLE … APPLY (PURGE)) and run the erasure again. Nothing was erased"
+    )]
+    DeletionVectors { table: String, files: usize },
+
+    /// Another process took over a lock this run held (its lease ran out while the run
+    /// stalled): the run stops before changing anything more.
+    #[error(
+        "{what}: another process took over this run's lock while it ran (its lease ran out); stopped before changing the log or files, the next run finishes the work"
+    )]
+    LockLost { what: String },
 
     /// An erasure's delete of `table` kept conflicting with other writers.
     #[error("{table}: the delete was refused {attempts} times; last: {source}")]
@@ -148,6 +170,13 @@ impl Error {
             context,
             source: Box::new(source),
         }
+    }
+
+    pub(crate) fn arrow(
+        context: impl Into<String>,
+    ) -> impl FnOnce(arrow::error::ArrowError) -> Self {
+        let context = context.into();
+        move |source| Self::ArrowIn { context, source }
     }
 
     pub(crate) fn parquet(

@@ -32,7 +32,7 @@ use sluice_sql::definitions::{self, Definition};
 
 use crate::JobContext;
 use crate::error::{Error, Result};
-use crate::lock::Lock;
+use crate::lock::{Lock, table_lock};
 
 /// One gold table built.
 #[derive(Debug, Clone, Serialize)]
@@ -138,10 +138,17 @@ pub async fn gold(
             continue;
         }
         let lock = Lock::acquire_in(cx, &format!("gold.{}", d.name)).await?;
+        // The table's rewrite lock from before its sources are read to after its commit:
+        // an erasure (which visits gold after bronze and silver) waits for the build, then
+        // finds what it committed, so a build that read a subject's rows before they were
+        // erased cannot bring them back. Maintenance and anonymisation wait likewise.
+        let rewriting =
+            Lock::acquire_waiting(cx, &table_lock(&name), crate::erase::LOCK_WAIT).await?;
         // A fresh catalog: the gold tables built before this one are read as they are now.
         let catalog = Catalog::open(lake).await?;
         catalog.register_views(views_dir).await?;
         let t = build(lake, &catalog, &d, stats).await?;
+        rewriting.release().await;
         lock.release().await;
         eprintln!("gold: {} ({} rows, version {})", t.table, t.rows, t.version);
         built.push(t);

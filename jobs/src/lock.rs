@@ -387,6 +387,17 @@ impl Lock {
         }))
     }
 
+    /// `Err` when another process took any of `locks` over while this run held it, so
+    /// that `what` (a table, a step) stops before changing anything more.
+    pub fn all_held(locks: &[&Lock], what: &str) -> Result<()> {
+        if locks.iter().any(|l| l.lost()) {
+            return Err(crate::Error::LockLost {
+                what: what.to_string(),
+            });
+        }
+        Ok(())
+    }
+
     /// Whether another process took the lock over while this run held it.
     pub fn lost(&self) -> bool {
         self.0
@@ -686,11 +697,17 @@ mod tests {
             "{later:?} after {first:?}"
         );
         assert!(!l.lost());
-        // Another run took it over (this one stalled past its lease): noticed, and not
-        // deleted on release.
+        Lock::all_held(&[&l], "the step").expect("held");
+        // Another run took it over (this one stalled past its lease): noticed, the job's
+        // next step refused, and the lock not deleted on release.
         std::fs::write(&at, planted("other", 9, chrono::Duration::hours(1))).expect("w");
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(l.lost());
+        let stopped = Lock::all_held(&[&Lock(None), &l], "maintenance of t").expect_err("lost");
+        assert!(
+            matches!(&stopped, Error::LockLost { what } if what == "maintenance of t"),
+            "{stopped}"
+        );
         l.release().await;
         assert!(
             std::fs::read_to_string(&at)

@@ -62,7 +62,8 @@ pub async fn maintain(
         let lock = Lock::acquire_in(cx, &format!("maintain.{name}")).await?;
         let rewriting = Lock::acquire_waiting(cx, &table_lock(&name), LOCK_WAIT).await?;
         let settings = config.for_table(&name);
-        let report = maintain_table(&t.url, &name, settings, &cx.clock).await?;
+        let report =
+            maintain_table(&t.url, &name, settings, &cx.clock, &[&lock, &rewriting]).await?;
         rewriting.release().await;
         lock.release().await;
         tracing::info!(table = %name, version = report.version_after, compacted = report.files_compacted, vacuumed = report.files_vacuumed, deleted = report.rows_deleted, "maintained");
@@ -83,6 +84,7 @@ async fn maintain_table(
     name: &str,
     m: Maintenance,
     clock: &Arc<dyn Clock>,
+    held: &[&Lock],
 ) -> Result<TableReport> {
     let mut t = table::open(name, url).await?;
     let mut report = TableReport {
@@ -114,6 +116,8 @@ async fn maintain_table(
     t = next;
     report.files_compacted = metrics.num_files_removed;
     report.files_written = metrics.num_files_added;
+    // Vacuum deletes files: not beside a process that took this run's locks over.
+    Lock::all_held(held, &format!("maintenance of {name}"))?;
     let retention = chrono::Duration::hours(m.vacuum_retention_hours as i64);
     let (next, metrics) = t
         .vacuum()

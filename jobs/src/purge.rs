@@ -476,8 +476,9 @@ pub fn scrub_checkpoint(table: &str, bytes: Bytes) -> Result<Vec<u8>> {
     {
         let mut writer = parquet::arrow::ArrowWriter::try_new(&mut out, Arc::clone(&schema), None)
             .map_err(failed)?;
+        let arrow_failed = || Error::arrow(format!("{table}: checkpoint"));
         for batch in reader {
-            let batch = batch?;
+            let batch = batch.map_err(arrow_failed())?;
             let mut columns = batch.columns().to_vec();
             if let Some(i) = batch.schema().index_of("remove").ok()
                 && let Some(s) = columns[i].as_struct_opt()
@@ -496,9 +497,12 @@ pub fn scrub_checkpoint(table: &str, bytes: Bytes) -> Result<Vec<u8>> {
                         }
                     })
                     .collect();
-                columns[i] = Arc::new(StructArray::try_new(fields, children, nulls)?);
+                columns[i] = Arc::new(
+                    StructArray::try_new(fields, children, nulls).map_err(arrow_failed())?,
+                );
             }
-            let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
+            let batch =
+                RecordBatch::try_new(Arc::clone(&schema), columns).map_err(arrow_failed())?;
             writer.write(&batch).map_err(failed)?;
         }
         writer.close().map_err(failed)?;

@@ -208,6 +208,9 @@ fn parquet_strings(path: &Path, out: &mut Vec<String>) {
                 if let Ok(b) = cast(a, &DataType::Binary) {
                     for v in b.as_binary::<i32>().iter().flatten() {
                         out.push(String::from_utf8_lossy(v).into_owned());
+                        // As `record` shows binary values: the erased rows' keys and
+                        // payloads are looked for in this form.
+                        out.push(hex::encode(v));
                     }
                 }
             }
