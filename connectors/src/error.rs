@@ -126,7 +126,10 @@ pub enum Error {
     },
 
     /// Every commit attempt was refused; the last attempt's error is the source.
-    #[error("table {table}: gave up after {attempts} commit attempts")]
+    #[error(
+        "table {table}: gave up after {attempts} commit attempts{}",
+        .last.as_ref().map(|e| format!("; last error: {e}")).unwrap_or_default()
+    )]
     CommitRetries {
         table: String,
         attempts: usize,

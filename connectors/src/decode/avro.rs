@@ -1181,12 +1181,19 @@ mod tests {
         registry.register_under("b", b, &[("A", "a", 1)]);
         let looped = r#"{"type":"record","name":"M","fields":[{"name":"x","type":"A"}]}"#;
         let (looped_id, _) = registry.register_under("m-value", looped, &[("A", "a", 1)]);
+        // A "named" array that uses itself twice: put in place once per use, it would
+        // double at every level. It names no type Avro can reference: refused.
+        let doubling = r#"{"type":"array","name":"X","items":["X","X"]}"#;
+        registry.register_under("x", doubling, &[]);
+        let uses_x = r#"{"type":"record","name":"U","fields":[{"name":"x","type":"X"}]}"#;
+        let (doubling_id, _) = registry.register_under("u-value", uses_x, &[("X", "x", 1)]);
 
         let mut d = registry_decoder(&registry, None);
         d.push(&msg(0, Some(&m)));
         d.push(&msg(1, Some(&framed(orphan_id, &[2]))));
         d.push(&msg(2, Some(&framed(looped_id, &[0]))));
         d.push(&msg(3, Some(&m)));
+        d.push(&msg(4, Some(&framed(doubling_id, &[0]))));
         let batch = d.finish().expect("finish").expect("batch");
         let rows = batch.rows.expect("rows");
         assert_eq!(rows.num_rows(), 2);
@@ -1198,12 +1205,17 @@ mod tests {
             .iter()
             .map(|l| (l.offset, l.stage))
             .collect();
-        assert_eq!(dead, vec![(1, Stage::Decode), (2, Stage::Schema)]);
+        assert_eq!(
+            dead,
+            vec![(1, Stage::Decode), (2, Stage::Schema), (4, Stage::Decode)]
+        );
         let error = &batch.dead_letters[0].error;
         assert!(
             error.contains("com.acme.Gone (subject gone, version 1) is unknown"),
             "{error}"
         );
+        let error = &batch.dead_letters[2].error;
+        assert!(error.contains("is not a named type"), "{error}");
         assert_eq!(
             registry.reads(id),
             1,

@@ -53,6 +53,10 @@ const MAX_REFERENCES: usize = 32;
 /// place (the decoder refuses schemas nested deeper anyway).
 const MAX_SCHEMA_DEPTH: usize = 128;
 
+/// The longest schema text references may make (each referenced type is put in place
+/// once, so only registry answers this large reach it).
+const MAX_SCHEMA_BYTES: usize = 1 << 20;
+
 /// Avro's primitive type names, which never name a registered type.
 const PRIMITIVES: [&str; 8] = [
     "null", "boolean", "int", "long", "float", "double", "bytes", "string",
@@ -237,8 +241,7 @@ impl SchemaRegistry {
             if fetched.len() > MAX_REFERENCES {
                 return unusable(format!("it references more than {MAX_REFERENCES} schemas"));
             }
-            metrics::counter!(SCHEMA_REGISTRY_REQUESTS_TOTAL).increment(1);
-            let referenced = match get_referenced_schema(self.settings()?, &r) {
+            let referenced = match self.retried(|settings| get_referenced_schema(settings, &r))? {
                 Ok(s) => s,
                 Err(e) if not_found(&e) => {
                     return unusable(format!("{which} is unknown to the schema registry"));
@@ -258,9 +261,23 @@ impl SchemaRegistry {
             let Ok(definition) = serde_json::from_str::<Value>(&referenced.schema) else {
                 return unusable(format!("{which} is not JSON"));
             };
-            let Some(name) = definition.as_object().and_then(|d| defined_name(d, None)) else {
-                return unusable(format!("{which} is not a named type"));
+            let named = definition.as_object().filter(|d| {
+                matches!(
+                    d.get("type").and_then(Value::as_str),
+                    Some("record" | "error" | "enum" | "fixed")
+                )
+            });
+            let Some(name) = named.and_then(|d| defined_name(d, None)) else {
+                return unusable(format!(
+                    "{which} is not a named type (a record, enum or fixed)"
+                ));
             };
+            match definitions.get(&name) {
+                Some(other) if *other != definition => {
+                    return unusable(format!("two of its references define {name}, differently"));
+                }
+                _ => {}
+            }
             definitions.insert(name, definition);
             pending.extend(referenced.references);
         }
@@ -268,7 +285,34 @@ impl SchemaRegistry {
             return unusable("the schema is not JSON".into());
         };
         inline(&mut main, None, &definitions, &mut HashSet::new(), 0);
-        Ok(Lookup::Found(main.to_string().into()))
+        let text = main.to_string();
+        if text.len() > MAX_SCHEMA_BYTES {
+            return unusable(format!(
+                "with its references it takes more than {MAX_SCHEMA_BYTES} bytes"
+            ));
+        }
+        Ok(Lookup::Found(text.into()))
+    }
+
+    /// `call` against the registry, retried as a schema fetch is while its error is
+    /// retriable; the outer error is the client's set-up.
+    fn retried<T>(
+        &self,
+        call: impl Fn(&SrSettings) -> std::result::Result<T, SRCError>,
+    ) -> Result<std::result::Result<T, SRCError>> {
+        let mut pause = Duration::from_millis(250);
+        let mut attempt = 1;
+        loop {
+            metrics::counter!(SCHEMA_REGISTRY_REQUESTS_TOTAL).increment(1);
+            match call(self.settings()?) {
+                Err(e) if e.retriable && attempt < self.config.attempts => {
+                    std::thread::sleep(pause);
+                    pause *= 2;
+                    attempt += 1;
+                }
+                other => return Ok(other),
+            }
+        }
     }
 
     fn path(&self, id: u32) -> Option<PathBuf> {
@@ -333,10 +377,18 @@ fn inline(
     }
     match schema {
         Value::String(name) if !PRIMITIVES.contains(&name.as_str()) => {
-            let full = full_name(name, namespace);
-            if !defined.contains(&full)
+            // A short name resolves in the enclosing namespace, else (a type registered
+            // without one) as it is.
+            let full = [full_name(name, namespace), name.clone()]
+                .into_iter()
+                .find(|n| definitions.contains_key(n));
+            if let Some(full) = full
+                && !defined.contains(&full)
                 && let Some(definition) = definitions.get(&full)
             {
+                // Defined from here on, before its own fields are looked at: a type that
+                // uses itself stays a name inside (and arrow-avro refuses it).
+                defined.insert(full);
                 // A registered type's names resolve in its own namespace, not the one of
                 // the place it is used in.
                 *schema = definition.clone();
