@@ -54,7 +54,7 @@ async fn record(
 }
 
 /// A run's outcome and the tables it wrote (`table@version`), for `sluice.job_runs`.
-fn outcome<T, E: std::fmt::Display>(
+fn outcome<T, E: std::error::Error>(
     result: &Result<Vec<T>, E>,
     written: impl Fn(&T) -> String,
 ) -> (String, String) {
@@ -63,7 +63,21 @@ fn outcome<T, E: std::fmt::Display>(
             "ok".to_string(),
             items.iter().map(written).collect::<Vec<_>>().join(", "),
         ),
-        Err(e) => (format!("failed: {e}"), String::new()),
+        Err(e) => {
+            // The error and its causes, each once (a cause already at the end of the text
+            // is not repeated).
+            let mut text = e.to_string();
+            let mut cause = e.source();
+            while let Some(c) = cause {
+                let said = c.to_string();
+                if !said.is_empty() && !text.ends_with(&said) {
+                    text.push_str(": ");
+                    text.push_str(&said);
+                }
+                cause = c.source();
+            }
+            (format!("failed: {text}"), String::new())
+        }
     }
 }
 
@@ -205,9 +219,9 @@ pub async fn verify(config: &Config, lake: &Lake, head: Option<&str>) -> anyhow:
     // With the key set, a chain none of whose runs bears it vouches for nothing: it may
     // have been rewritten whole (or cut back to its unkeyed start) by anyone who can write
     // the lake. Only an exported head can vouch for it.
-    if key.is_some() && found.keyed == 0 && found.unkeyed > 0 && after.is_none() {
+    if key.is_some() && found.keyed == 0 && after.is_none() {
         anyhow::bail!(
-            "sluice.job_runs: {} runs, none sealed with the audit key: no job has run since [audit] key_env was set, or the chain was rewritten (or cut back) by someone without the key; run a job to seal the chain, or give --head with a head exported earlier",
+            "sluice.job_runs: {} runs, none sealed with the audit key: no job has run since [audit] key_env was set, or the chain was rewritten, cut back or removed by someone without the key; run a job to seal the chain, or give --head with a head exported earlier",
             found.runs
         );
     }
@@ -221,10 +235,15 @@ pub async fn verify(config: &Config, lake: &Lake, head: Option<&str>) -> anyhow:
             found.unkeyed
         ));
     }
-    if let Some(after) = after {
-        line.push_str(&format!(
+    match after {
+        Some(after) => line.push_str(&format!(
             "; the exported head is there, {after} run(s) after it"
-        ));
+        )),
+        // Runs cut off the end of a keyed chain leave a chain that verifies.
+        None if key.is_some() => line.push_str(
+            "; runs removed from its end would not show without --head (an exported head)",
+        ),
+        None => {}
     }
     println!("{line}");
     Ok(())

@@ -34,7 +34,7 @@
 //! files raw and decoded, dead letters opened) and counts what still mentions a subject
 //! or holds a value of its erased rows that no remaining row holds.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -458,10 +458,26 @@ pub async fn erase(
         }
     }
     let mut outcomes: Vec<TableOutcome> = Vec::new();
-    for t in find_tables_in(lake).await? {
+    let tables = find_tables_in(lake).await?;
+    // Gold tables read one another: the rewrite locks of all of them are taken before the
+    // first is erased and held until the last is, so no gold build can read a gold table
+    // not yet erased into one already erased. (A build holds one such lock at a time and
+    // takes it before reading: no deadlock.)
+    let mut gold: BTreeMap<String, Lock> = BTreeMap::new();
+    for t in &tables {
         let name = t.qualified();
         if RECORD_TABLES.contains(&name.as_str()) {
             continue;
+        }
+        let is_gold = t.schema == "gold";
+        if is_gold && gold.is_empty() && !options.dry_run {
+            for g in tables.iter().filter(|g| g.schema == "gold") {
+                let lock = crate::lock::table_lock(&g.qualified());
+                gold.insert(
+                    g.qualified(),
+                    Lock::acquire_waiting(cx, &lock, options.lock_wait).await?,
+                );
+            }
         }
         // Erasure, maintenance and anonymisation of a table never overlap: each waits
         // for the others.
@@ -470,16 +486,25 @@ pub async fn erase(
         } else {
             let erasing =
                 Lock::acquire_waiting(cx, &format!("erase.{name}"), options.lock_wait).await?;
-            let maintaining =
-                Lock::acquire_waiting(cx, &crate::lock::table_lock(&name), options.lock_wait)
-                    .await?;
+            let maintaining = if is_gold {
+                None
+            } else {
+                Some(
+                    Lock::acquire_waiting(cx, &crate::lock::table_lock(&name), options.lock_wait)
+                        .await?,
+                )
+            };
             Some((erasing, maintaining))
         };
         let delta = table::open(&name, &t.url).await?;
         let schema = table::arrow_schema(&name, &delta)?;
         let lookup = lookup_for(config, &name, &schema);
         if !lookup.is_empty() {
-            let held: Vec<&Lock> = locks.iter().flat_map(|(e, m)| [e, m]).collect();
+            let held: Vec<&Lock> = locks
+                .iter()
+                .flat_map(|(e, m)| std::iter::once(e).chain(m.iter()))
+                .chain(gold.get(&name))
+                .collect();
             let done = erase_table(
                 cx,
                 &name,
@@ -497,9 +522,19 @@ pub async fn erase(
             outcomes.push(done);
         }
         if let Some((erasing, maintaining)) = locks {
-            maintaining.release().await;
+            if let Some(m) = maintaining {
+                m.release().await;
+            }
             erasing.release().await;
         }
+        if is_gold && tables.iter().rfind(|g| g.schema == "gold") == Some(t) {
+            for (_, lock) in std::mem::take(&mut gold) {
+                lock.release().await;
+            }
+        }
+    }
+    for (_, lock) in gold {
+        lock.release().await;
     }
     if let Some(store) = key_store
         && let Some(delta) = open_key_store(store).await?
@@ -919,6 +954,15 @@ async fn erase_table(
     held: &[&Lock],
 ) -> Result<TableOutcome> {
     let started = cx.now();
+    // Checked again under the table's locks: another engine may have added deletion
+    // vectors since the check before the first table.
+    let hidden = files_with_deletion_vectors(&delta);
+    if hidden > 0 {
+        return Err(Error::DeletionVectors {
+            table: name.to_string(),
+            files: hidden,
+        });
+    }
     let mut shared = TableErasure {
         table: name.to_string(),
         version_before: version(&delta),

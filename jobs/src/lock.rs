@@ -20,7 +20,7 @@
 //! held, between renewals) goes by tokio's timer.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use object_store::path::Path as ObjectPath;
@@ -127,6 +127,10 @@ struct Held {
     renewal: tokio::task::JoinHandle<()>,
     /// Set when another process took the lock over (our lease was not renewed in time).
     lost: Arc<AtomicBool>,
+    /// When the lease was last written (microseconds, the job clock): a lease older than
+    /// [`LEASE`] may have been taken over before the renewal task noticed.
+    renewed: Arc<AtomicI64>,
+    clock: Arc<dyn Clock>,
 }
 
 fn object_error(name: &str) -> impl FnOnce(object_store::Error) -> Error {
@@ -368,13 +372,14 @@ impl Lock {
         every: Duration,
     ) -> Self {
         let lost = Arc::new(AtomicBool::new(false));
+        let renewed = Arc::new(AtomicI64::new(clock.now().timestamp_micros()));
         let renewal = tokio::spawn(renew(
             Arc::clone(&store),
-            clock,
+            Arc::clone(&clock),
             name.to_string(),
             path.clone(),
             nonce.clone(),
-            Arc::clone(&lost),
+            (Arc::clone(&lost), Arc::clone(&renewed)),
             every,
         ));
         Lock(Some(Held {
@@ -384,13 +389,23 @@ impl Lock {
             nonce,
             renewal,
             lost,
+            renewed,
+            clock,
         }))
     }
 
-    /// `Err` when another process took any of `locks` over while this run held it, so
-    /// that `what` (a table, a step) stops before changing anything more.
+    /// `Err` when another process took any of `locks` over while this run held it, or
+    /// may have (a lease not renewed for longer than it lasts: the run stalled, or the
+    /// store refused the renewals), so that `what` (a table, a step) stops before
+    /// changing anything more.
     pub fn all_held(locks: &[&Lock], what: &str) -> Result<()> {
-        if locks.iter().any(|l| l.lost()) {
+        let expired = |l: &Lock| {
+            l.0.as_ref().is_some_and(|h| {
+                let age = h.clock.now().timestamp_micros() - h.renewed.load(Ordering::Relaxed);
+                age > LEASE.as_micros() as i64
+            })
+        };
+        if locks.iter().any(|l| l.lost() || expired(l)) {
             return Err(crate::Error::LockLost {
                 what: what.to_string(),
             });
@@ -438,7 +453,7 @@ async fn renew(
     name: String,
     path: ObjectPath,
     nonce: String,
-    lost: Arc<AtomicBool>,
+    (lost, renewed): (Arc<AtomicBool>, Arc<AtomicI64>),
     every: Duration,
 ) {
     let acquired_at = clock.now();
@@ -454,7 +469,8 @@ async fn renew(
             tracing::error!(lock = %name, holder = %found.describe(), "lock lost: taken over by another run");
             return;
         }
-        let Ok(body) = serde_json::to_vec(&holder(&nonce, acquired_at, clock.now())) else {
+        let written = clock.now();
+        let Ok(body) = serde_json::to_vec(&holder(&nonce, acquired_at, written)) else {
             return;
         };
         // Replace only the version read, where the store can; otherwise overwrite.
@@ -465,12 +481,18 @@ async fn renew(
             }),
             ..Default::default()
         };
-        match store.put_opts(&path, body.clone().into(), update).await {
-            Ok(_) => {}
+        let stored = match store.put_opts(&path, body.clone().into(), update).await {
+            Ok(_) => true,
             Err(object_store::Error::NotImplemented { .. }) => {
-                let _ = store.put(&path, body.into()).await;
+                store.put(&path, body.into()).await.is_ok()
             }
-            Err(e) => tracing::warn!(lock = %name, error = %e, "lock lease not renewed"),
+            Err(e) => {
+                tracing::warn!(lock = %name, error = %e, "lock lease not renewed");
+                false
+            }
+        };
+        if stored {
+            renewed.store(written.timestamp_micros(), Ordering::Relaxed);
         }
     }
 }
@@ -669,6 +691,29 @@ mod tests {
             }
         }
         assert_eq!(won.len(), 1, "exactly one taker wins");
+    }
+
+    /// A run that stalled past its lease may have lost the lock before its renewal task
+    /// could notice: its next deleting step is refused all the same.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_lease_older_than_it_lasts_stops_the_next_step() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).expect("fs");
+        let clock = Arc::new(crate::clock::TestClock::at(chrono::Utc::now()));
+        let l = Lock::acquire_renewing(
+            Arc::new(fs) as Arc<dyn ObjectStore>,
+            Arc::clone(&clock) as Arc<dyn Clock>,
+            "erase.t",
+            Duration::from_secs(3600),
+        )
+        .await
+        .expect("lock");
+        clock.advance(chrono::Duration::seconds(100));
+        Lock::all_held(&[&l], "erasure of t").expect("within the lease");
+        clock.advance(chrono::Duration::seconds(30));
+        assert!(!l.lost(), "the renewal task has not looked yet");
+        let e = Lock::all_held(&[&l], "erasure of t").expect_err("past the lease");
+        assert!(matches!(e, Error::LockLost { .. }), "{e}");
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -457,12 +457,9 @@ fn hostile_messages_never_stop_crash_or_bloat_a_run_on_tansu() {
         vec!["0".to_string()],
         "a panic was contained: a decoder or action panicked on a hostile message"
     );
-    for value in [
-        "7777777777",
-        "99999999999999999999999",
-        "2099-01-01",
-        "\u{a3}",
-    ] {
+    // (Values of messages that became dead letters: their errors are where a value
+    // could be quoted.)
+    for value in ["7777777777", "99999999999999999999999", "2099-01-01"] {
         assert_eq!(
             w.sql(&format!(
                 "select count(*) from sluice.dead_letters where strpos(error, '{value}') > 0"

@@ -582,13 +582,25 @@ fn writes_in_any_form_and_protocol_are_refused_and_change_nothing() {
         ),
     )
     .expect("config");
-    let out = d
+    let mut child = d
         .sluice(&["serve", "--address", "127.0.0.1:0"])
         .env("SLUICE_TEST_PASSWORD_OPS", "ops-secret")
         .env("SLUICE_TEST_PASSWORD_ANA", "ana-secret")
         .env("SLUICE_TEST_PASSWORD_ANN", "ann-secret")
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("serve");
+    // A server that started would serve until killed: given 60 s to stop by itself.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve started with a denied column naming nothing");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().expect("serve");
     assert!(!out.status.success(), "serve started");
     assert!(
         !String::from_utf8_lossy(&out.stdout).contains("listening"),
