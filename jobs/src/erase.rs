@@ -1699,6 +1699,21 @@ mod tests {
         out
     }
 
+    /// An erasure of `customer_id` and one request for customer C0000001.
+    fn customer_request() -> (ErasureConfig, [Request; 1]) {
+        let config = ErasureConfig {
+            columns: vec!["customer_id".into()],
+            ..Default::default()
+        };
+        let requests = [Request {
+            subject: Arc::new(Subject::new("C0000001", vec![], None)),
+            request_id: "T-1".into(),
+            subject_hash: "h".into(),
+            tombstones: 0,
+        }];
+        (config, requests)
+    }
+
     /// Rows another engine hid with a deletion vector stay in their file, which sluice
     /// cannot rewrite: the erasure refuses, naming the table, before anything changes.
     #[tokio::test(flavor = "multi_thread")]
@@ -1740,16 +1755,7 @@ mod tests {
             entry,
         )
         .expect("commit");
-        let config = ErasureConfig {
-            columns: vec!["customer_id".into()],
-            ..Default::default()
-        };
-        let requests = [Request {
-            subject: Arc::new(Subject::new("C0000001", vec![], None)),
-            request_id: "T-1".into(),
-            subject_hash: "h".into(),
-            tombstones: 0,
-        }];
+        let (config, requests) = customer_request();
         let options = Options::from_config(&config, value_key(b"0123456789abcdef"));
         let e = erase(&cx, &config, None, &requests, &options)
             .await
@@ -1799,16 +1805,7 @@ mod tests {
             .expect("delete");
         assert!(m.num_deleted_rows.unwrap_or(0) == 1);
         assert!(everything(dir.path()).contains("Qxsecret1"));
-        let config = ErasureConfig {
-            columns: vec!["customer_id".into()],
-            ..Default::default()
-        };
-        let requests = [Request {
-            subject: Arc::new(Subject::new("C0000001", vec![], None)),
-            request_id: "T-1".into(),
-            subject_hash: "h".into(),
-            tombstones: 0,
-        }];
+        let (config, requests) = customer_request();
         let mut options = Options::from_config(&config, value_key(b"0123456789abcdef"));
         // Every file is fresh here: the window would defer the ones no commit names.
         options.orphan_min_age = Duration::from_secs(3600);

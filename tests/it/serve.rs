@@ -41,6 +41,16 @@ struct Server {
     psql: PathBuf,
 }
 
+/// `sluice serve` on a free port of `d`'s lake, with the users' passwords in its
+/// environment.
+fn serve_command(d: &Demo) -> Command {
+    let mut c = d.sluice(&["serve", "--address", "127.0.0.1:0"]);
+    c.env("SLUICE_TEST_PASSWORD_OPS", "ops-secret")
+        .env("SLUICE_TEST_PASSWORD_ANA", "ana-secret")
+        .env("SLUICE_TEST_PASSWORD_ANN", "ann-secret");
+    c
+}
+
 /// `sluice serve` on a free port, with the users' passwords in its environment, once it
 /// listens; `extra` goes into `[serve]`.
 fn serve(d: &Demo, psql: &Path, extra: &str) -> Server {
@@ -59,11 +69,7 @@ fn serve(d: &Demo, psql: &Path, extra: &str) -> Server {
         let from = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/tls");
         std::fs::copy(from.join(f), tls.join(f)).expect("copy tls");
     }
-    let mut child = d
-        .sluice(&["serve", "--address", "127.0.0.1:0"])
-        .env("SLUICE_TEST_PASSWORD_OPS", "ops-secret")
-        .env("SLUICE_TEST_PASSWORD_ANA", "ana-secret")
-        .env("SLUICE_TEST_PASSWORD_ANN", "ann-secret")
+    let mut child = serve_command(d)
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn sluice serve");
@@ -582,11 +588,7 @@ fn writes_in_any_form_and_protocol_are_refused_and_change_nothing() {
         ),
     )
     .expect("config");
-    let mut child = d
-        .sluice(&["serve", "--address", "127.0.0.1:0"])
-        .env("SLUICE_TEST_PASSWORD_OPS", "ops-secret")
-        .env("SLUICE_TEST_PASSWORD_ANA", "ana-secret")
-        .env("SLUICE_TEST_PASSWORD_ANN", "ann-secret")
+    let mut child = serve_command(&d)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
