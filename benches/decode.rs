@@ -40,6 +40,7 @@ fn decode(payloads: &[Vec<u8>], decoder: &mut JsonDecoder) -> arrow::array::Reco
             timestamp_ms: Some(1_767_225_600_000),
             key: Some(b"C0000001"),
             payload: Some(p),
+            headers: Default::default(),
         });
     }
     decoder
@@ -198,6 +199,7 @@ fn bench_avro(c: &mut Criterion) {
                 timestamp_ms: Some(1_767_225_600_000),
                 key: Some(b"C0000001"),
                 payload: Some(p),
+                headers: Default::default(),
             });
         }
         let batch = decoder.finish().expect("decode").expect("batch");
@@ -284,6 +286,7 @@ fn bench_hostile(c: &mut Criterion) {
                 timestamp_ms: Some(1_767_225_600_000),
                 key: Some(b"C0000001"),
                 payload: Some(p),
+                headers: Default::default(),
             });
         }
         let mut batch = d.finish().expect("decode").expect("batch");

@@ -65,6 +65,7 @@ fn decode(events: &[String], first_offset: i64) -> sluice_pipeline::SourceBatch 
             timestamp_ms: None,
             key: None,
             payload: Some(e.as_bytes()),
+            headers: Default::default(),
         });
     }
     decoder.finish().expect("decode").expect("batch")

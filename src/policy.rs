@@ -4,9 +4,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use arrow::datatypes::Schema;
+use sluice_pipeline::columns::HEADERS_COLUMN;
 use sluice_pipeline::config::{Config, Problem};
 use sluice_pipeline::key_cache::KeyCache;
-use sluice_pipeline::lineage::with_lineage;
+use sluice_pipeline::lineage::{HeaderSpec, with_lineage_and_headers};
 use sluice_pipeline::protection::Protection;
 use sluice_transforms::policy::Policy;
 
@@ -19,6 +21,26 @@ pub struct Prepared {
     pub keyrings: Vec<Arc<dyn KeyCache>>,
 }
 
+/// Why a policy rule on `path` cannot apply to the Kafka headers a table captures
+/// (`headers`), if the path names them at all.
+fn header_rule_problem(path: &str, headers: Option<&HeaderSpec>) -> Option<String> {
+    let field = match path.strip_prefix(HEADERS_COLUMN) {
+        Some("") => None,
+        Some(rest) => Some(rest.strip_prefix('.')?),
+        None => return None,
+    };
+    let Some(spec) = headers else {
+        return Some(format!(
+            "the table captures no Kafka headers: declare them in bronze.tables.<table>.headers to protect {HEADERS_COLUMN}"
+        ));
+    };
+    let name = field?;
+    let top = name.split('.').next().unwrap_or(name);
+    (spec.position(top.as_bytes()).is_none()).then(|| {
+        format!("no header '{top}' is declared for the table (names match exactly, case and all)")
+    })
+}
+
 /// Load the policy of `config` and check it against the declared schemas. Tables with an
 /// inferred schema are checked when their first batch arrives, before it is written.
 pub fn prepare(config: &Config) -> Result<Prepared, Vec<Problem>> {
@@ -26,14 +48,41 @@ pub fn prepare(config: &Config) -> Result<Prepared, Vec<Problem>> {
     let protection = policy.protection();
     let mut problems = Vec::new();
     let mut properties = HashMap::new();
+    let rules = config.pii_rules();
     for table in config.bronze_tables().values() {
-        if let Some(declared) = config.declared_schema(table)
-            && let Err(e) = protection.plan(table, &with_lineage(&declared), true)
-        {
+        let headers = config.bronze.header_spec(table);
+        // With a declared schema every rule is checked; without one, the rules on the
+        // headers (whose fields the config declares) are, so a misspelt header name
+        // cannot let its values land unprotected.
+        let checked = match config.declared_schema(table) {
+            Some(declared) => protection
+                .plan(
+                    table,
+                    &with_lineage_and_headers(&declared, headers.as_ref()),
+                    true,
+                )
+                .map(|_| ()),
+            None => protection
+                .plan(
+                    table,
+                    &with_lineage_and_headers(&Schema::empty(), headers.as_ref()),
+                    false,
+                )
+                .map(|_| ()),
+        };
+        if let Err(e) = checked {
             problems.push(Problem {
                 path: format!("pii.tables.{table}"),
                 message: e.to_string(),
             });
+        }
+        for path in rules.get(table).into_iter().flat_map(|r| r.keys()) {
+            if let Some(problem) = header_rule_problem(path, headers.as_ref()) {
+                problems.push(Problem {
+                    path: format!("pii.tables.{table}.\"{path}\""),
+                    message: problem,
+                });
+            }
         }
         // Statistics columns are decided by the sinks from each table's schema
         // (`sluice_connectors::delta::stats`); the policy record goes here.

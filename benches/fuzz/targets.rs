@@ -25,12 +25,13 @@ use arrow::array::{
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use sluice_connectors::decode::RawMessage;
 use sluice_connectors::decode::avro::{AvroDecoder, AvroDecoderConfig, AvroSchemas};
 use sluice_connectors::decode::debezium::{Sequence, change_rows};
 use sluice_connectors::decode::json::{JsonDecoder, JsonDecoderConfig};
 use sluice_connectors::decode::limits::DecodeLimits;
+use sluice_connectors::decode::{RawHeaders, RawMessage};
 use sluice_connectors::delta::silver::{SilverTableSpec, reduce};
+use sluice_pipeline::lineage::HeaderSpec;
 use sluice_pipeline::{SourceBatch, Transform};
 use sluice_transforms::drop::Drop;
 use sluice_transforms::generalize::{Generalization, Generalize};
@@ -131,6 +132,9 @@ const TOKENS: [&str; 40] = [
     "[[[[[[[[",
 ];
 
+/// Kafka headers of one generated message: `(name, value)`.
+type OwnedHeaders = Vec<(String, Option<Vec<u8>>)>;
+
 /// Seeds and a generator of inputs from them.
 struct Mutator {
     rng: StdRng,
@@ -192,6 +196,34 @@ impl Mutator {
                 .map(|_| self.rng.random::<u8>())
                 .collect(),
         }
+    }
+
+    /// Kafka headers for one message: declared names, near misses and others, repeated
+    /// or not, values null, text or random bytes; `None` (one in 64) stands for headers
+    /// the client could not read.
+    fn headers(&mut self) -> Option<OwnedHeaders> {
+        const NAMES: [&str; 6] = ["traceparent", "x-sig", "TRACEPARENT", "x-sig ", "ü名", ""];
+        if self.rng.random_range(0..64) == 0 {
+            return None;
+        }
+        let n = [0, 0, 1, 2, 3, 8][self.rng.random_range(0..6)];
+        Some(
+            (0..n)
+                .map(|_| {
+                    let name = NAMES[self.rng.random_range(0..NAMES.len())].to_string();
+                    let value = match self.rng.random_range(0..8) {
+                        0 => None,
+                        1..=3 => Some(self.pick()),
+                        _ => Some(
+                            (0..self.rng.random_range(0..40))
+                                .map(|_| self.rng.random::<u8>())
+                                .collect(),
+                        ),
+                    };
+                    (name, value)
+                })
+                .collect(),
+        )
     }
 
     fn mutate(&mut self, v: &mut Vec<u8>) {
@@ -334,6 +366,7 @@ fn message(offset: i64, payload: Option<&[u8]>) -> RawMessage<'_> {
         timestamp_ms: Some(1_767_225_600_000),
         key: Some(b"k"),
         payload,
+        headers: Default::default(),
     }
 }
 
@@ -398,8 +431,13 @@ fn json(inputs: u64, seed: u64, envelope: bool) -> Report {
         history: None,
         stats: Default::default(),
     };
+    // Plain events capture two headers: the headers are fuzzed with the payloads.
+    let header_spec = Arc::new(HeaderSpec::new(vec![
+        ("x-sig".into(), arrow::datatypes::DataType::Binary),
+        ("traceparent".into(), arrow::datatypes::DataType::Utf8),
+    ]));
     let new_decoder = || {
-        JsonDecoder::new(
+        let mut d = JsonDecoder::new(
             JsonDecoderConfig {
                 table: "fuzz".into(),
                 limits: DecodeLimits::default(),
@@ -408,7 +446,11 @@ fn json(inputs: u64, seed: u64, envelope: bool) -> Report {
                 envelope,
             },
             None,
-        )
+        );
+        if !envelope {
+            d.capture_headers(header_spec.clone());
+        }
+        d
     };
     let mut decoder = new_decoder();
     let mut done = 0u64;
@@ -421,11 +463,24 @@ fn json(inputs: u64, seed: u64, envelope: bool) -> Report {
         }
         let n = m.rng.random_range(1..64).min((inputs - done) as usize);
         let payloads: Vec<Vec<u8>> = (0..n).map(|_| m.next()).collect();
+        let headers: Vec<Option<OwnedHeaders>> = (0..n).map(|_| m.headers()).collect();
         done += n as u64;
         report.inputs += n as u64;
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            for (i, p) in payloads.iter().enumerate() {
-                decoder.push(&message(i as i64, Some(p)));
+            for (i, (p, h)) in payloads.iter().zip(&headers).enumerate() {
+                let list: Vec<(&str, Option<&[u8]>)> = h
+                    .iter()
+                    .flatten()
+                    .map(|(k, v)| (k.as_str(), v.as_deref()))
+                    .collect();
+                let headers = match h {
+                    Some(_) => RawHeaders::Read(&list),
+                    None => RawHeaders::Unreadable,
+                };
+                decoder.push(&RawMessage {
+                    headers,
+                    ..message(i as i64, Some(p))
+                });
             }
             decoder.finish()
         }));

@@ -14,6 +14,11 @@ pub const LINEAGE_COLUMNS: [&str; 7] = [
     "_ingest_date",
 ];
 
+/// The column holding the Kafka headers a table captures (`[bronze.tables.<t>] headers`):
+/// a struct with one field per declared header, after the lineage columns. Tables that
+/// capture no headers have no such column.
+pub const HEADERS_COLUMN: &str = "_kafka_headers";
+
 /// Prefixes of the columns sluice adds to its tables (lineage, change-event bookkeeping,
 /// history versions). A payload field whose name starts with one of them, in any case,
 /// would shadow or collide with them, so it is never made a column: its message goes to
@@ -36,6 +41,11 @@ pub fn is_reserved_name(name: &str) -> bool {
         name.len() >= p.len() && name.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
     })
 }
+
+/// Characters no column name may hold: those Delta readers (Spark, Trino) refuse without
+/// column mapping, the dot (the PII policy addresses nested columns by dotted paths, so a
+/// field `user.id` would escape a rule for `user.id`), and control characters.
+pub const REFUSED_NAME_CHARACTERS: &str = " ,;{}()=.";
 
 /// Debezium's stand-in for an unchanged TOASTed value it did not read. It is not data:
 /// the decoders keep it, every transform leaves it as it is, and the silver MERGE

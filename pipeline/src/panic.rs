@@ -27,6 +27,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 thread_local! {
     /// Where the last panic on this thread happened (`file:line`).
     static LAST: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// Set while [`guard_known`] runs: its panics are expected and not logged.
+    static KNOWN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// A panic caught by [`guard`].
@@ -56,10 +58,23 @@ pub fn guard<T>(f: impl FnOnce() -> T) -> Result<T, Panicked> {
     })
 }
 
+/// [`guard`] for a panic known to happen on some input, in code sluice does not own (e.g.
+/// a client library's accessor that unwraps): the caller turns it into a dead letter with
+/// its own error, so the hook does not log it (a producer could flood the log otherwise).
+pub fn guard_known<T>(f: impl FnOnce() -> T) -> Result<T, Panicked> {
+    let outer = KNOWN.with(|k| k.replace(true));
+    let result = guard(f);
+    KNOWN.with(|k| k.set(outer));
+    result
+}
+
 /// Replace the process's panic hook by one that logs the panic's location (never its
 /// message, which may quote payload values) and records it for [`guard`].
 pub fn install_hook() {
     std::panic::set_hook(Box::new(|info| {
+        if KNOWN.with(std::cell::Cell::get) {
+            return;
+        }
         let location = info
             .location()
             .map(|l| format!("{}:{}", l.file(), l.line()));

@@ -18,6 +18,7 @@ mod exactly_once;
 mod fuzz;
 mod group;
 mod harness;
+mod headers;
 mod hostile;
 mod jobs;
 mod limits;

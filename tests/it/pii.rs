@@ -112,7 +112,10 @@ fn texts(a: &ArrayRef, out: &mut Vec<String>) {
 }
 
 /// Canaries of each kind found anywhere under `dir`, with where they were found.
-fn scan(dir: &Path, all: &[(&'static str, String)]) -> BTreeMap<&'static str, Vec<String>> {
+pub(crate) fn scan(
+    dir: &Path,
+    all: &[(&'static str, String)],
+) -> BTreeMap<&'static str, Vec<String>> {
     let mut found: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     let mut files = 0;

@@ -154,6 +154,11 @@ impl AvroDecoder {
         self.chunk.len() == 0
     }
 
+    /// Capture the Kafka headers `spec` declares into the `_kafka_headers` column.
+    pub fn capture_headers(&mut self, spec: std::sync::Arc<sluice_pipeline::lineage::HeaderSpec>) {
+        self.chunk.capture_headers(spec);
+    }
+
     pub(crate) fn chunk_mut(&mut self) -> &mut Chunk {
         &mut self.chunk
     }
@@ -822,6 +827,7 @@ mod tests {
             timestamp_ms: Some(1_700_000_000_000),
             key: Some(b"k"),
             payload,
+            headers: Default::default(),
         }
     }
 

@@ -7,12 +7,13 @@ use std::sync::Arc;
 
 use arrow::array::{
     ArrayRef, BinaryBuilder, BooleanArray, Date32Array, Int32Builder, Int64Builder, RecordBatch,
-    StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+    StringBuilder, StructArray, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
-use sluice_pipeline::lineage::with_lineage;
+use arrow::datatypes::DataType;
+use sluice_pipeline::lineage::{HeaderSpec, with_lineage_and_headers};
 use sluice_pipeline::{DeadLetter, OffsetRange, SourceBatch, Stage, TopicPartition};
 
-use super::RawMessage;
+use super::{RawHeaders, RawMessage};
 use crate::error::Result;
 
 /// Where one message of the chunk stands.
@@ -41,6 +42,8 @@ pub(crate) struct Chunk {
     held_bytes: usize,
     /// A panic escaped the decoder while buffering: the chunk is abandoned at the flush.
     pub poisoned: Option<String>,
+    /// The Kafka headers the table captures, one builder per declared header.
+    headers: Option<(Arc<HeaderSpec>, Vec<BinaryBuilder>)>,
 }
 
 impl Chunk {
@@ -57,7 +60,71 @@ impl Chunk {
             ranges: BTreeMap::new(),
             held_bytes: 0,
             poisoned: None,
+            headers: None,
         }
+    }
+
+    /// Capture the headers `spec` declares, from the next message on.
+    pub fn capture_headers(&mut self, spec: Arc<HeaderSpec>) {
+        if self.headers.is_none() && self.slots.is_empty() {
+            let builders = spec
+                .headers()
+                .iter()
+                .map(|_| BinaryBuilder::new())
+                .collect();
+            self.headers = Some((spec, builders));
+        }
+    }
+
+    /// The declared headers of `m` (the last one of each name, as Kafka's `lastHeader`
+    /// reads them), the bytes of every header read, and why the message cannot become a
+    /// row, if so. Errors name the declared headers, never values.
+    fn read_declared<'m>(
+        &self,
+        m: &RawMessage<'m>,
+    ) -> (Vec<Option<&'m [u8]>>, usize, Option<String>) {
+        let Some((spec, _)) = self.headers.as_ref() else {
+            return (Vec::new(), 0, None);
+        };
+        let mut picked: Vec<Option<&[u8]>> = vec![None; spec.headers().len()];
+        let (mut bytes, mut problem) = (0, None);
+        match m.headers {
+            RawHeaders::Read(list) => {
+                for (name, value) in list {
+                    bytes += name.len() + value.map_or(0, <[u8]>::len);
+                    if let Some(i) = spec.position(name.as_bytes()) {
+                        picked[i] = *value;
+                    }
+                }
+            }
+            RawHeaders::Unreadable => {
+                problem = Some("a Kafka header's name is not valid UTF-8".to_string());
+            }
+            RawHeaders::NotRead => {}
+        }
+        for ((name, dt), v) in spec.headers().iter().zip(&picked) {
+            if *dt == DataType::Utf8 && v.is_some_and(|v| std::str::from_utf8(v).is_err()) {
+                problem.get_or_insert_with(|| {
+                    format!("Kafka header '{name}' is not valid UTF-8 (declared string)")
+                });
+            }
+        }
+        (picked, bytes, problem)
+    }
+
+    /// Append one message's declared headers (`None`: a refused message, all null);
+    /// returns the bytes now held.
+    fn append_headers(&mut self, picked: Option<&[Option<&[u8]>]>) -> usize {
+        let Some((_, builders)) = self.headers.as_mut() else {
+            return 0;
+        };
+        let mut held = 0;
+        for (i, b) in builders.iter_mut().enumerate() {
+            let v = picked.and_then(|p| p[i]);
+            held += v.map_or(0, <[u8]>::len);
+            b.append_option(v);
+        }
+        held
     }
 
     /// Record the lineage of `m`. Returns `false` when its payload is refused outright
@@ -85,22 +152,26 @@ impl Chunk {
         self.timestamps
             .append_option(m.timestamp_ms.map(|t| t * 1000));
         self.keys.append_option(m.key);
-        // The key counts: a megabyte key costs what a megabyte value does.
-        let size = m.payload.map_or(0, <[u8]>::len) + m.key.map_or(0, <[u8]>::len);
+        let (picked, header_bytes, header_problem) = self.read_declared(m);
+        // The key and the headers read count: a megabyte key costs what a megabyte value does.
+        let size = m.payload.map_or(0, <[u8]>::len) + m.key.map_or(0, <[u8]>::len) + header_bytes;
         let refused = match m.payload {
             _ if size > max_message_bytes => Some((
                 Stage::Limit,
                 format!(
-                    "message of {size} bytes (key and value) exceeds decode.max_message_bytes ({max_message_bytes})",
+                    "message of {size} bytes (key, value and headers read) exceeds decode.max_message_bytes ({max_message_bytes})",
                 ),
             )),
+            _ if header_problem.is_some() => header_problem.map(|e| (Stage::Decode, e)),
             Some(p) if p.iter().all(u8::is_ascii_whitespace) => {
                 Some((Stage::Decode, "empty payload".to_string()))
             }
             _ => None,
         };
-        // Keys and refused payloads are held until the flush too: they count.
-        self.held_bytes += m.key.map_or(0, <[u8]>::len);
+        // Keys, captured headers and refused payloads are held until the flush too: they
+        // count. A refused message's headers are not kept.
+        let captured = self.append_headers(refused.is_none().then_some(&picked[..]));
+        self.held_bytes += m.key.map_or(0, <[u8]>::len) + captured;
         match refused {
             Some((stage, error)) => {
                 self.held_bytes += m.payload.map_or(0, <[u8]>::len);
@@ -189,15 +260,21 @@ impl Chunk {
             .iter()
             .map(|s| !matches!(s, Slot::Rejected))
             .collect();
-        let lineage = self.lineage(&good)?;
         let rows = match rows {
             Some(payload) => {
-                let schema = with_lineage(&payload.schema());
+                let lineage = self.lineage(&good)?;
+                let schema = with_lineage_and_headers(
+                    &payload.schema(),
+                    self.headers.as_ref().map(|(spec, _)| spec.as_ref()),
+                );
                 let mut columns: Vec<ArrayRef> = payload.columns().to_vec();
                 columns.extend(lineage);
                 Some(RecordBatch::try_new(schema, columns)?)
             }
-            None => None,
+            None => {
+                self.clear_lineage();
+                None
+            }
         };
         let mut dead = std::mem::take(&mut self.dead);
         dead.sort_by_key(|d| (d.topic.clone(), d.partition, d.offset));
@@ -214,12 +291,24 @@ impl Chunk {
         Ok(batch)
     }
 
+    /// Drop the lineage buffered (no message became a row).
+    fn clear_lineage(&mut self) {
+        self.topics.finish();
+        self.partitions.finish();
+        self.offsets.finish();
+        self.timestamps.finish();
+        self.keys.finish();
+        for b in self.headers.iter_mut().flat_map(|(_, b)| b.iter_mut()) {
+            b.finish();
+        }
+    }
+
     /// Lineage columns of the messages marked good, in message order.
     fn lineage(&mut self, good: &[bool]) -> Result<Vec<ArrayRef>> {
         let n = good.len();
         let micros = chrono::Utc::now().timestamp_micros();
         let days = micros.div_euclid(86_400_000_000) as i32;
-        let all: Vec<ArrayRef> = vec![
+        let mut all: Vec<ArrayRef> = vec![
             Arc::new(self.topics.finish()),
             Arc::new(self.partitions.finish()),
             Arc::new(self.offsets.finish()),
@@ -228,6 +317,19 @@ impl Chunk {
             Arc::new(TimestampMicrosecondArray::from(vec![micros; n]).with_timezone("UTC")),
             Arc::new(Date32Array::from(vec![days; n])),
         ];
+        if let Some((spec, builders)) = self.headers.as_mut() {
+            let columns = builders
+                .iter_mut()
+                .zip(spec.headers())
+                .map(|(b, (_, dt))| arrow::compute::cast(&b.finish(), dt))
+                .collect::<std::result::Result<Vec<ArrayRef>, _>>()?;
+            all.push(Arc::new(StructArray::try_new_with_length(
+                spec.fields(),
+                columns,
+                None,
+                n,
+            )?));
+        }
         if good.iter().all(|g| *g) {
             return Ok(all);
         }

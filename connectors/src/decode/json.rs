@@ -142,6 +142,11 @@ impl JsonDecoder {
         self.chunk.len() == 0
     }
 
+    /// Capture the Kafka headers `spec` declares into the `_kafka_headers` column.
+    pub fn capture_headers(&mut self, spec: std::sync::Arc<sluice_pipeline::lineage::HeaderSpec>) {
+        self.chunk.capture_headers(spec);
+    }
+
     pub(crate) fn chunk_mut(&mut self) -> &mut Chunk {
         &mut self.chunk
     }
@@ -662,6 +667,7 @@ mod tests {
             timestamp_ms: Some(1_700_000_000_000),
             key: Some(b"k"),
             payload,
+            headers: Default::default(),
         }
     }
 
@@ -716,6 +722,96 @@ mod tests {
             assert_eq!(dead.payload.as_deref(), Some(&trigger[..]), "kept whole");
         }
         PANIC_ON.with(|p| *p.borrow_mut() = None);
+    }
+
+    /// Declared headers land in one struct column, the last of each name winning, binary
+    /// values byte for byte; a string header that is not UTF-8, headers the client could
+    /// not read and headers past the size limit make dead letters naming the header and
+    /// limit, never a value; a payload field called `_kafka_headers` cannot shadow it.
+    #[test]
+    fn declared_headers_land_in_one_column_and_bad_ones_make_dead_letters() {
+        use crate::decode::RawHeaders;
+        use sluice_pipeline::lineage::HeaderSpec;
+        // Out of order: the spec sorts them.
+        let spec = HeaderSpec::new(vec![
+            ("ü-名前".into(), DataType::Utf8),
+            ("x-sig".into(), DataType::Binary),
+            ("traceparent".into(), DataType::Utf8),
+        ]);
+        let mut d = decoder(None);
+        d.chunk_mut().capture_headers(Arc::new(spec));
+        let big = vec![b'z'; 2000];
+        let with = |offset, headers| RawMessage {
+            headers,
+            ..msg(offset, Some(br#"{"a": 1}"#))
+        };
+        let h0: &[(&str, Option<&[u8]>)] = &[
+            ("traceparent", Some(b"00-abc")),
+            ("x-sig", Some(&[1, 2])),
+            ("Ünknown", Some(b"ignored")),
+            ("TRACEPARENT", Some(b"not this one: names match exactly")),
+            ("x-sig", Some(&[0xff, 0x00, 0xfe])),
+            ("ü-名前", Some("Zoë".as_bytes())),
+        ];
+        let h2: &[(&str, Option<&[u8]>)] = &[("traceparent", Some(&[0xc3, 0x28, b'Q']))];
+        let h4: &[(&str, Option<&[u8]>)] = &[("undeclared", Some(&big))];
+        let h5: &[(&str, Option<&[u8]>)] =
+            &[("traceparent", Some(b"first")), ("traceparent", None)];
+        d.push(&with(0, RawHeaders::Read(h0)));
+        d.push(&with(1, RawHeaders::Read(&[])));
+        d.push(&with(2, RawHeaders::Read(h2)));
+        d.push(&with(3, RawHeaders::Unreadable));
+        d.push(&with(4, RawHeaders::Read(h4)));
+        d.push(&with(5, RawHeaders::Read(h5)));
+        d.push(&RawMessage {
+            headers: RawHeaders::Read(h0),
+            ..msg(6, Some(br#"{"_kafka_headers": {"traceparent": "forged"}}"#))
+        });
+        d.push(&RawMessage {
+            headers: RawHeaders::Read(h0),
+            ..msg(7, None)
+        });
+        let batch = d.finish().expect("finish").expect("batch");
+        assert_accounted(&batch, 8);
+        let rows = batch.rows.as_ref().expect("rows");
+        assert_eq!(offsets(rows), vec![0, 1, 5, 7]);
+        let last = rows.schema().field(rows.num_columns() - 1).clone();
+        assert_eq!(last.name(), "_kafka_headers");
+        let h = rows.column(rows.num_columns() - 1).as_struct();
+        let names: Vec<&str> = h.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["traceparent", "x-sig", "ü-名前"]);
+        let trace = h.column(0).as_string::<i32>();
+        assert_eq!(
+            trace.iter().collect::<Vec<_>>(),
+            [Some("00-abc"), None, None, Some("00-abc")],
+            "the last one wins, a null too; a tombstone keeps its headers"
+        );
+        let sig = h.column(1).as_binary::<i32>();
+        let first: &[u8] = &[0xff, 0x00, 0xfe];
+        assert_eq!(
+            sig.iter().collect::<Vec<_>>(),
+            [Some(first), None, None, Some(first)],
+            "binary byte for byte"
+        );
+        let uni = h.column(2).as_string::<i32>();
+        assert_eq!(uni.value(0), "Zoë");
+        let dead: Vec<(i64, Stage, &str)> = batch
+            .dead_letters
+            .iter()
+            .map(|d| (d.offset, d.stage, d.error.as_str()))
+            .collect();
+        assert_eq!(dead.len(), 4, "{dead:?}");
+        assert_eq!((dead[0].0, dead[0].1), (2, Stage::Decode));
+        assert!(
+            dead[0].2.contains("'traceparent'") && !dead[0].2.contains("(Q"),
+            "{dead:?}"
+        );
+        assert_eq!((dead[1].0, dead[1].1), (3, Stage::Decode));
+        assert!(dead[1].2.contains("not valid UTF-8"), "{dead:?}");
+        assert_eq!((dead[2].0, dead[2].1), (4, Stage::Limit));
+        assert!(dead[2].2.contains("headers"), "{dead:?}");
+        assert_eq!((dead[3].0, dead[3].1), (6, Stage::Schema), "{dead:?}");
+        assert!(!dead[3].2.contains("forged"), "{dead:?}");
     }
 
     #[test]
@@ -955,7 +1051,7 @@ mod proptests {
                 Some(schema),
             );
             for (i, p) in payloads.iter().enumerate() {
-                d.push(&RawMessage { topic: "t", partition: 0, offset: i as i64, timestamp_ms: None, key: None, payload: Some(p) });
+                d.push(&RawMessage { topic: "t", partition: 0, offset: i as i64, timestamp_ms: None, key: None, payload: Some(p), headers: Default::default() });
             }
             let batch = d.finish().expect("finish").expect("batch");
             let mut seen: Vec<i64> = batch.dead_letters.iter().map(|d| d.offset).collect();
@@ -1047,6 +1143,7 @@ mod hostile_tests {
                 timestamp_ms: None,
                 key: None,
                 payload: Some(p.as_ref()),
+                headers: Default::default(),
             });
         }
         d.finish().expect("finish").expect("batch")

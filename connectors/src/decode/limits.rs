@@ -251,10 +251,7 @@ pub(crate) fn name_problem(new: &[Field], existing: &Schema, envelope: bool) -> 
     None
 }
 
-/// Characters no column name may hold: those Delta readers (Spark, Trino) refuse without
-/// column mapping, the dot (the PII policy addresses nested columns by dotted paths, so a
-/// field `user.id` would escape a rule for `user.id`), and control characters.
-pub const REFUSED_NAME_CHARACTERS: &str = " ,;{}()=.";
+pub use sluice_pipeline::columns::REFUSED_NAME_CHARACTERS;
 
 /// Why a field `name` of type `dt`, or a field nested in it, cannot be a column name.
 fn character_problem(name: &str, dt: &DataType) -> Option<String> {

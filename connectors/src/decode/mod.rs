@@ -23,6 +23,23 @@ pub struct RawMessage<'a> {
     pub key: Option<&'a [u8]>,
     /// `None` is a tombstone (a key with a null value).
     pub payload: Option<&'a [u8]>,
+    /// The message's Kafka headers, read only for tables that capture some.
+    pub headers: RawHeaders<'a>,
+}
+
+/// One Kafka header: its name and its value (`None`: null).
+pub type RawHeader<'a> = (&'a str, Option<&'a [u8]>);
+
+/// A message's Kafka headers as the source read them: `(name, value)` in the order the
+/// producer sent them, names possibly repeated, values possibly null.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RawHeaders<'a> {
+    /// Not read: the message's table captures no headers.
+    #[default]
+    NotRead,
+    Read(&'a [RawHeader<'a>]),
+    /// The client library could not read them (a header name that is not UTF-8).
+    Unreadable,
 }
 
 /// The decoder of one table, in the format of its topics.
@@ -91,6 +108,11 @@ impl TableDecoder {
             Self::Json(d) => d.table(),
             Self::Avro(d) => d.table(),
         }
+    }
+
+    /// Capture the Kafka headers `spec` declares into the `_kafka_headers` column.
+    pub fn capture_headers(&mut self, spec: std::sync::Arc<sluice_pipeline::lineage::HeaderSpec>) {
+        self.chunk().capture_headers(spec);
     }
 
     /// Messages buffered since the last [`TableDecoder::finish`].

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 
@@ -97,8 +98,25 @@ impl SimpleProducer {
 
     /// Queue one message, waiting while the local queue is full.
     pub fn send(&self, m: &Outgoing<'_>) -> Result<()> {
+        self.send_with_headers(m, &[])
+    }
+
+    /// [`send`](Self::send) with Kafka headers, `(name, value)` in order (names may
+    /// repeat, values may be null).
+    pub fn send_with_headers(
+        &self,
+        m: &Outgoing<'_>,
+        headers: &[(&str, Option<&[u8]>)],
+    ) -> Result<()> {
         loop {
             let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(m.topic);
+            if !headers.is_empty() {
+                let mut h = OwnedHeaders::new_with_capacity(headers.len());
+                for (key, value) in headers {
+                    h = h.insert(Header { key, value: *value });
+                }
+                record = record.headers(h);
+            }
             if let Some(k) = m.key {
                 record = record.key(k);
             }

@@ -26,12 +26,13 @@ use arrow::datatypes::SchemaRef;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use sluice_pipeline::config::Config;
 use sluice_pipeline::config::kafka::OffsetReset;
 use sluice_pipeline::health::Health;
-use sluice_pipeline::lineage::payload_of;
+use sluice_pipeline::lineage::{HeaderSpec, payload_of};
+use sluice_pipeline::panic::guard_known;
 use sluice_pipeline::{Checkpoints, SourceControl, SourceEvent, TopicPartition};
 use tokio::sync::mpsc;
 
@@ -40,7 +41,7 @@ use super::rebalance::RebalanceContext;
 use crate::decode::avro::{AvroDecoder, AvroDecoderConfig, AvroSchemas};
 use crate::decode::json::{JsonDecoder, JsonDecoderConfig};
 use crate::decode::limits::DecodeLimits;
-use crate::decode::{RawMessage, TableDecoder};
+use crate::decode::{RawHeader, RawHeaders, RawMessage, TableDecoder};
 use crate::error::{Error, Result, kafka};
 
 /// What a run gives the Kafka source besides the configuration.
@@ -69,6 +70,8 @@ struct Settings {
     avro_tables: HashMap<String, AvroSchemas>,
     /// Declared payload schemas by table.
     declared: HashMap<String, SchemaRef>,
+    /// The Kafka headers each table captures, for tables that capture some.
+    headers: HashMap<String, Arc<HeaderSpec>>,
     /// Limits every message is held to (beyond: a dead letter).
     limits: DecodeLimits,
     schema_evolution: bool,
@@ -142,6 +145,15 @@ impl KafkaSource {
             .values()
             .filter_map(|t| config.declared_schema(t).map(|s| (t.clone(), s)))
             .collect();
+        let headers = routes
+            .values()
+            .filter_map(|t| {
+                config
+                    .bronze
+                    .header_spec(t)
+                    .map(|h| (t.clone(), Arc::new(h)))
+            })
+            .collect();
         Ok(Self {
             client,
             settings: Settings {
@@ -149,6 +161,7 @@ impl KafkaSource {
                 envelope_tables: config.cdc_bronze_tables(),
                 avro_tables: context.avro_tables,
                 declared,
+                headers,
                 limits: DecodeLimits::from_config(&config.decode),
                 schema_evolution: config.bronze.schema_evolution,
                 decode_batch_max_messages: sizes.decode_batch_max_messages,
@@ -410,8 +423,24 @@ fn run(
     state.flush_all()
 }
 
+/// Every header of a message, in order. rdkafka's accessor panics on a header name that
+/// is not UTF-8, which any producer can send (and this crate forbids the `unsafe` a byte
+/// reader would need): the panic is contained here and the headers are `None`
+/// (unreadable), which makes the message a dead letter.
+fn read_headers<H: Headers>(h: &H) -> Option<Vec<RawHeader<'_>>> {
+    guard_known(|| h.iter().map(|h| (h.key, h.value)).collect()).ok()
+}
+
 impl WorkerState {
     fn new_decoder(&self, table_name: &str, schema: Option<SchemaRef>) -> TableDecoder {
+        let mut d = self.decoder_of(table_name, schema);
+        if let Some(spec) = self.settings.headers.get(table_name) {
+            d.capture_headers(spec.clone());
+        }
+        d
+    }
+
+    fn decoder_of(&self, table_name: &str, schema: Option<SchemaRef>) -> TableDecoder {
         if let Some(schemas) = self.settings.avro_tables.get(table_name) {
             return TableDecoder::Avro(AvroDecoder::new(
                 AvroDecoderConfig {
@@ -453,6 +482,22 @@ impl WorkerState {
         let Some(table_name) = self.settings.routes.get(topic) else {
             return Ok(());
         };
+        let read;
+        // Headers are parsed (and copied by librdkafka) only for tables that capture some.
+        let headers = if !self.settings.headers.contains_key(table_name) {
+            RawHeaders::NotRead
+        } else {
+            match m.headers() {
+                None => RawHeaders::Read(&[]),
+                Some(h) => match read_headers(h) {
+                    Some(list) => {
+                        read = list;
+                        RawHeaders::Read(&read)
+                    }
+                    None => RawHeaders::Unreadable,
+                },
+            }
+        };
         let raw = RawMessage {
             topic,
             partition: m.partition(),
@@ -460,6 +505,7 @@ impl WorkerState {
             timestamp_ms: m.timestamp().to_millis(),
             key: m.key(),
             payload: m.payload(),
+            headers,
         };
         let full = match self.decoders.get_mut(table_name) {
             Some((d, since)) => {
@@ -558,6 +604,47 @@ mod tests {
     use std::sync::Mutex;
 
     use arrow::datatypes::{DataType, Field, Schema};
+
+    /// Headers as rdkafka serves them: its accessor unwraps the UTF-8 check of a name.
+    struct FakeHeaders(Vec<(Vec<u8>, Option<Vec<u8>>)>);
+
+    impl Headers for FakeHeaders {
+        fn count(&self) -> usize {
+            self.0.len()
+        }
+
+        fn try_get(&self, idx: usize) -> Option<rdkafka::message::Header<'_, &[u8]>> {
+            let (name, value) = self.0.get(idx)?;
+            Some(rdkafka::message::Header {
+                key: std::str::from_utf8(name).expect("what rdkafka does: unwrap"),
+                value: value.as_deref(),
+            })
+        }
+    }
+
+    #[test]
+    fn a_header_name_that_is_not_utf8_makes_the_headers_unreadable_not_a_panic() {
+        let good = FakeHeaders(vec![
+            (b"traceparent".to_vec(), Some(b"00-1".to_vec())),
+            ("名前".as_bytes().to_vec(), None),
+            (b"traceparent".to_vec(), Some(vec![0xff])),
+        ]);
+        let read = read_headers(&good).expect("readable");
+        assert_eq!(
+            read,
+            vec![
+                ("traceparent", Some(&b"00-1"[..])),
+                ("名前", None),
+                ("traceparent", Some(&[0xff][..])),
+            ],
+            "every header, in order, repeats and nulls kept"
+        );
+        let bad = FakeHeaders(vec![
+            (b"ok".to_vec(), Some(b"1".to_vec())),
+            (vec![0xc3, 0x28], Some(b"v".to_vec())),
+        ]);
+        assert_eq!(read_headers(&bad), None);
+    }
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     use sluice_pipeline::Resume;
 

@@ -11,6 +11,7 @@
 //! "bank.public.customers" = "customers_changes"   # default: the topic's name, normalised
 //! [bronze.tables.card_transactions]
 //! schema = [{ name = "amount_gbp", type = "double" }, { name = "merchant", type = "string" }]
+//! headers = { traceparent = "string", x-signature = "binary" }   # into `_kafka_headers`
 //! ```
 
 use std::collections::BTreeMap;
@@ -19,6 +20,8 @@ use arrow::datatypes::{DataType, TimeUnit};
 use serde::Deserialize;
 
 use super::check::{Problem, is_identifier};
+use crate::columns::REFUSED_NAME_CHARACTERS;
+use crate::lineage::HeaderSpec;
 
 /// `[bronze]`: the raw, append-only tables.
 #[derive(Debug, Clone, Deserialize)]
@@ -65,6 +68,9 @@ pub struct TableConfig {
     pub schema: Vec<ColumnConfig>,
     /// Overrides `bronze.partition_by` for this table.
     pub partition_by: Option<Vec<String>>,
+    /// Kafka headers to capture, name → `string` or `binary`, as fields of the struct
+    /// column `_kafka_headers`. Empty: headers are not read.
+    pub headers: BTreeMap<String, String>,
 }
 
 /// One payload column of a declared schema.
@@ -91,6 +97,15 @@ pub fn parse_type(name: &str) -> Option<DataType> {
     })
 }
 
+/// The Arrow type of a captured header declared as `name` (`string` or `binary`).
+fn header_type(name: &str) -> Option<DataType> {
+    match name {
+        "string" => Some(DataType::Utf8),
+        "binary" => Some(DataType::Binary),
+        _ => None,
+    }
+}
+
 /// Normalise a topic name into a table name: lower case, `[a-z0-9_]` only.
 pub fn table_name_for_topic(topic: &str) -> String {
     topic
@@ -112,6 +127,19 @@ impl BronzeConfig {
             .get(topic)
             .cloned()
             .unwrap_or_else(|| table_name_for_topic(topic))
+    }
+
+    /// The headers `table` captures, if it declares any.
+    pub fn header_spec(&self, table: &str) -> Option<HeaderSpec> {
+        let declared = &self.tables.get(table)?.headers;
+        if declared.is_empty() {
+            return None;
+        }
+        let headers = declared
+            .iter()
+            .filter_map(|(name, t)| Some((name.clone(), header_type(t)?)))
+            .collect();
+        Some(HeaderSpec::new(headers))
     }
 
     /// Problems of the `[bronze]` section, its routes checked against `topics` (those of
@@ -188,6 +216,29 @@ impl BronzeConfig {
                     p.push(Problem::new(&cat, format!("unknown type '{}': use string, long, integer, double, boolean, timestamp, date or binary", c.data_type)));
                 }
             }
+            for (name, kind) in &t.headers {
+                let hat = format!("{at}.headers.{name}");
+                if name.is_empty()
+                    || name
+                        .chars()
+                        .any(|c| c.is_control() || REFUSED_NAME_CHARACTERS.contains(c))
+                {
+                    p.push(Problem::new(&hat, "a header name must be non-empty and hold no space, none of ,;{}()=. and no control character (it names a column)"));
+                }
+                if let Some(other) = t
+                    .headers
+                    .keys()
+                    .find(|o| *o < name && o.to_lowercase() == name.to_lowercase())
+                {
+                    p.push(Problem::new(&hat, format!("differs only in case from header '{other}' (Delta readers take them for one column)")));
+                }
+                if header_type(kind).is_none() {
+                    p.push(Problem::new(
+                        &hat,
+                        format!("unknown header type '{kind}': use string or binary"),
+                    ));
+                }
+            }
             if let Some(parts) = &t.partition_by {
                 let declared: Vec<&str> = t.schema.iter().map(|c| c.name.as_str()).collect();
                 check_partition_columns(&format!("{at}.partition_by"), parts, &declared, &mut p);
@@ -218,5 +269,25 @@ mod tests {
         )
         .expect_err("invalid");
         assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+
+    #[test]
+    fn declared_headers_become_one_sorted_struct_and_bad_ones_are_refused() {
+        let base = "[kafka]\nbootstrap_servers = \"b:9092\"\ntopics = [\"t\"]\n[bronze.tables.t]\n";
+        let c = Config::from_toml(&format!(
+            "{base}headers = {{ \"x-sig\" = \"binary\", \"Trace-Id\" = \"string\", \"ü\" = \"string\" }}\n"
+        ))
+        .expect("valid");
+        let spec = c.bronze.header_spec("t").expect("declared");
+        let names: Vec<&str> = spec.headers().iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["Trace-Id", "x-sig", "ü"], "byte order, case kept");
+        assert_eq!(spec.position("ü".as_bytes()), Some(2));
+        assert_eq!(spec.position(b"trace-id"), None, "names match exactly");
+        assert!(c.bronze.header_spec("other").is_none());
+        let problems = Config::from_toml(&format!(
+            "{base}headers = {{ \"a.b\" = \"string\", \"\" = \"binary\", c = \"long\", \"x y\" = \"string\", \"tab\\t\" = \"string\", \"Ärger\" = \"string\", \"äRGER\" = \"binary\" }}\n"
+        ))
+        .expect_err("invalid");
+        assert_eq!(problems.len(), 6, "{problems:?}");
     }
 }

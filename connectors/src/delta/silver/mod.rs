@@ -538,6 +538,7 @@ mod tests {
                 timestamp_ms: None,
                 key: None,
                 payload: Some(payload.as_bytes()),
+                headers: Default::default(),
             });
             if cuts.contains(&offset) || offset + 1 == events.len() {
                 let batch = decoder.finish().expect("decode").expect("batch");
