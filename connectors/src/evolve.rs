@@ -31,6 +31,74 @@ pub(crate) fn merge_fields(a: &[Field], b: &[Field]) -> Option<Vec<Field>> {
     Some(out)
 }
 
+/// Fields added to a schema by [`with_new_fields`].
+#[derive(Debug, Default)]
+pub(crate) struct Additions {
+    /// The new fields, and for each struct that gained fields the struct holding only
+    /// those (to check their names).
+    pub fields: Vec<Field>,
+    /// Columns added, at every level.
+    pub count: usize,
+}
+
+/// `current` with the fields of `theirs` it lacks, at any depth inside structs, and what
+/// was added. Only additions: a field `current` has keeps its type (a different type is
+/// left for the decoder to refuse), and fields seen only as null are not added.
+pub(crate) fn with_new_fields(current: &[Field], theirs: &[Field]) -> (Vec<Field>, Additions) {
+    let mut out = current.to_vec();
+    let mut added = Additions::default();
+    for f in theirs.iter().filter(|f| f.data_type() != &DataType::Null) {
+        match out.iter_mut().find(|g| g.name() == f.name()) {
+            None => {
+                let f = f.clone().with_nullable(true);
+                added.count += crate::decode::limits::count_fields(&vec![f.clone()].into());
+                out.push(f.clone());
+                added.fields.push(f);
+            }
+            Some(g) => {
+                let (DataType::Struct(ours), DataType::Struct(new)) =
+                    (g.data_type(), f.data_type())
+                else {
+                    continue;
+                };
+                let ours: Vec<Field> = ours.iter().map(|x| x.as_ref().clone()).collect();
+                let new: Vec<Field> = new.iter().map(|x| x.as_ref().clone()).collect();
+                let (wider, inner) = with_new_fields(&ours, &new);
+                if inner.count > 0 {
+                    *g = Field::new(g.name(), DataType::Struct(wider.into()), true);
+                    added.count += inner.count;
+                    added.fields.push(Field::new(
+                        f.name(),
+                        DataType::Struct(inner.fields.into()),
+                        true,
+                    ));
+                }
+            }
+        }
+    }
+    (out, added)
+}
+
+/// Two fields of one struct (at any depth of `fields`) whose names differ only in case,
+/// which Delta readers take for one column.
+pub(crate) fn case_twins(fields: &[Field]) -> Option<(String, String)> {
+    for (i, f) in fields.iter().enumerate() {
+        if let Some(g) = fields[..i]
+            .iter()
+            .find(|g| g.name() != f.name() && g.name().eq_ignore_ascii_case(f.name()))
+        {
+            return Some((g.name().clone(), f.name().clone()));
+        }
+        if let DataType::Struct(children) = f.data_type() {
+            let children: Vec<Field> = children.iter().map(|c| c.as_ref().clone()).collect();
+            if let Some(twins) = case_twins(&children) {
+                return Some(twins);
+            }
+        }
+    }
+    None
+}
+
 /// The narrowest type holding values of both `a` and `b`, if any.
 pub(crate) fn merge_types(a: &DataType, b: &DataType) -> Option<DataType> {
     use DataType::*;

@@ -504,3 +504,83 @@ fn a_silver_table_added_later_reads_the_backlog_even_when_new_partitions_start_a
         "and bronze took nothing twice"
     );
 }
+
+/// A truncate is remembered across runs: a change older than it that arrives later stays
+/// out. A column the source table gains mid-stream, at the top of the row and inside a
+/// nested object, widens bronze and silver; every event lands, and rows the batch does
+/// not touch keep their values.
+#[test]
+fn a_truncate_is_remembered_and_columns_added_mid_stream_widen_bronze_and_silver() {
+    let broker = Mock::start();
+    let topic = "bank.public.customers";
+    broker.create_topic(topic, 2);
+    let w = Workdir::new();
+    config(&w, &broker, "");
+    let with_prefs = |id: i64, name: &str, prefs: Value| {
+        let mut r = row(id, name, &format!("{id}@example.com"), "b");
+        r["prefs"] = prefs;
+        r
+    };
+    let create = |id: i64, name: &str, lsn: i64| {
+        (
+            id,
+            Some(dbz(
+                "c",
+                Value::Null,
+                with_prefs(id, name, json!({"mail": true})),
+                lsn,
+            )),
+        )
+    };
+    send(
+        &broker,
+        topic,
+        &[create(1, "Ann", 100), create(2, "Bob", 110)],
+    );
+    w.run_ok(&["run", "--until-caught-up"]);
+    send(
+        &broker,
+        topic,
+        &[
+            (0, Some(dbz("t", Value::Null, Value::Null, 120))),
+            create(3, "Cat", 130),
+            create(6, "Fay", 131),
+        ],
+    );
+    w.run_ok(&["run", "--until-caught-up"]);
+    assert_eq!(silver(&w), ["3,Cat,b,c,true", "6,Fay,b,c,true"]);
+
+    let mut wide = with_prefs(4, "Dan", json!({"mail": true, "sms": false}));
+    wide["segment"] = json!("retail");
+    let cat = with_prefs(3, "Cat", json!({"mail": false}));
+    send(
+        &broker,
+        topic,
+        &[
+            // Older than the truncate, arriving in a later run.
+            (
+                1,
+                Some(dbz(
+                    "u",
+                    Value::Null,
+                    with_prefs(1, "Ann late", json!({"mail": true})),
+                    115,
+                )),
+            ),
+            (4, Some(dbz("c", Value::Null, wide, 140))),
+            (3, Some(dbz("u", Value::Null, cat, 150))),
+        ],
+    );
+    w.run_ok(&["run", "--until-caught-up"]);
+    assert_eq!(
+        silver(&w),
+        ["3,Cat,b,u,true", "4,Dan,b,c,true", "6,Fay,b,c,true"]
+    );
+    assert_eq!(
+        w.sql("select id, segment, prefs['sms'], prefs['mail'] from silver.customers order by id"),
+        ["3,,,false", "4,retail,false,true", "6,,,true"],
+        "Fay's row, copied by the MERGE, keeps its prefs"
+    );
+    assert_eq!(w.count("bronze.customers_changes"), 8);
+    assert_eq!(w.count("sluice.dead_letters"), 0);
+}

@@ -29,10 +29,12 @@ use sluice_pipeline::{SourceBatch, Stage};
 pub use super::RawMessage;
 use super::chunk::{Chunk, Slot, bisect};
 use super::debezium::unify_images;
-use super::limits::{DecodeLimits, count_fields, json_depth, json_members, name_problem};
+use super::limits::{
+    DecodeLimits, count_fields, json_depth, json_members, name_problem, printable,
+};
 use super::screen::Shape;
 use crate::error::{Error, Result};
-use crate::evolve::merge_fields;
+use crate::evolve::{case_twins, merge_fields, with_new_fields};
 pub use sluice_pipeline::error::scrub_values;
 use sluice_pipeline::metrics::COLUMNS_REFUSED_TOTAL;
 use sluice_pipeline::panic::guard;
@@ -432,22 +434,34 @@ impl JsonDecoder {
             let Ok(theirs) = self.inspect(*i) else {
                 continue;
             };
-            let new: Vec<Field> = theirs
-                .into_iter()
-                .filter(|f| {
-                    f.data_type() != &DataType::Null && !fields.iter().any(|g| g.name() == f.name())
-                })
-                .map(|f| f.with_nullable(true))
-                .collect();
-            if new.is_empty() {
+            // New fields at any depth: a column added to the source table widens the
+            // row images of change events as a new top-level field widens a table.
+            let (mut wider, new) = with_new_fields(&fields, &theirs);
+            if new.count == 0 {
                 continue;
             }
-            let current = Schema::new(fields.clone());
-            if let Some(problem) = name_problem(&new, &current, self.config.envelope) {
+            if self.config.envelope {
+                unify_images(&mut wider);
+            }
+            // Counted after both images took the new fields.
+            let n = count_fields(&wider.clone().into()).saturating_sub(columns);
+            let current = Schema::new(wider.clone());
+            if let Some(problem) = name_problem(&new.fields, &current, self.config.envelope) {
                 refused.push((*i, Stage::Schema, problem));
                 continue;
             }
-            let n = count_fields(&new.clone().into());
+            if let Some((a, b)) = case_twins(&wider).filter(|_| case_twins(&fields).is_none()) {
+                refused.push((
+                    *i,
+                    Stage::Schema,
+                    format!(
+                        "field '{}' differs only in case from field '{}' (Delta readers take them for one column)",
+                        printable(&b),
+                        printable(&a)
+                    ),
+                ));
+                continue;
+            }
             let error = if added > 0 && added + n > limits.max_new_columns_per_batch {
                 Some(format!(
                     "would add {n} column(s) to table '{table}' after {added} this batch; decode.max_new_columns_per_batch is {}",
@@ -472,10 +486,7 @@ impl JsonDecoder {
                 continue;
             }
             attempts += 1;
-            let mut candidate = fields.clone();
-            candidate.extend(new.iter().cloned());
-            let candidate: SchemaRef =
-                Arc::new(nullable_without_null_types(&Schema::new(candidate)));
+            let candidate: SchemaRef = Arc::new(nullable_without_null_types(&current));
             if self.try_decode(&candidate, &[*i]).is_ok() {
                 fields = candidate
                     .fields()
@@ -1168,6 +1179,112 @@ mod hostile_tests {
 
     fn schema_id() -> SchemaRef {
         Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]))
+    }
+
+    /// A column added to the source table mid-stream (top level of the row, and inside a
+    /// nested struct) widens `before` and `after` alike, in a later chunk and within one;
+    /// a changed type, a reserved name and a case twin inside the images stay dead letters.
+    #[test]
+    fn change_events_gaining_nested_fields_widen_both_images_and_type_changes_stay_dead() {
+        let env = |op: &str, before: &str, after: &str, lsn: i64| {
+            format!(
+                r#"{{"before": {before}, "after": {after}, "source": {{"table": "t", "lsn": {lsn}}}, "op": "{op}", "ts_ms": 1}}"#
+            )
+        };
+        let row = |id: i64| {
+            format!(r#"{{"id": {id}, "name": "n{id}", "address": {{"line1": "l{id}"}}}}"#)
+        };
+        let mut d = decoder(None, DecodeLimits::default(), true);
+        let first = push_all(
+            &mut d,
+            &[env("c", "null", &row(1), 1), env("u", &row(1), &row(1), 2)],
+        );
+        assert!(first.dead_letters.is_empty(), "{:?}", dead(&first));
+        let wider_after = r#"{"id": 2, "name": "n2", "email": "e2", "address": {"line1": "l2", "postcode": "LS1 4AP", "geo": {"lat": 53.8}}}"#.to_string();
+        let second = push_all(
+            &mut d,
+            &[
+                env("c", "null", &wider_after, 3),
+                env("u", &row(1), &row(1), 4),
+                env(
+                    "c",
+                    "null",
+                    r#"{"id": "three", "name": "n3", "address": {"line1": "l3"}}"#,
+                    5,
+                ),
+                env(
+                    "c",
+                    "null",
+                    r#"{"id": 6, "_cdc_op": "x", "address": {"line1": "l6"}}"#,
+                    6,
+                ),
+                env(
+                    "c",
+                    "null",
+                    r#"{"id": 7, "Name": "twin", "address": {"line1": "l7"}}"#,
+                    7,
+                ),
+                env("d", &wider_after, "null", 8),
+            ],
+        );
+        assert_eq!(offsets(&second), vec![0, 1, 5], "{:?}", dead(&second));
+        let stages: Vec<(i64, Stage)> = dead(&second).iter().map(|(o, s, _)| (*o, *s)).collect();
+        assert_eq!(
+            stages,
+            [(2, Stage::Schema), (3, Stage::Schema), (4, Stage::Schema)]
+        );
+        let rows = second.rows.as_ref().expect("rows");
+        for image in ["before", "after"] {
+            let DataType::Struct(f) = rows
+                .schema()
+                .field_with_name(image)
+                .expect(image)
+                .data_type()
+                .clone()
+            else {
+                panic!("{image} is a struct");
+            };
+            let names: Vec<&str> = f.iter().map(|f| f.name().as_str()).collect();
+            // Inferred fields come in name order, added ones after them.
+            assert_eq!(names, ["address", "id", "name", "email"], "{image}");
+            let DataType::Struct(address) = f[0].data_type().clone() else {
+                panic!("address is a struct");
+            };
+            let names: Vec<&str> = address.iter().map(|f| f.name().as_str()).collect();
+            assert_eq!(names, ["line1", "geo", "postcode"], "{image}.address");
+        }
+        let after = rows.column_by_name("after").expect("after").as_struct();
+        let email = after
+            .column_by_name("email")
+            .expect("email")
+            .as_string::<i32>();
+        assert_eq!(email.iter().collect::<Vec<_>>(), [Some("e2"), None, None]);
+        for (_, _, e) in dead(&second) {
+            assert!(!e.contains("three") && !e.contains("twin"), "{e}");
+        }
+
+        // Plain events widen nested objects the same way; a nested case twin is refused.
+        let mut d = decoder(None, DecodeLimits::default(), false);
+        let first = push_all(&mut d, &[r#"{"a": 1, "p": {"x": 1}}"#]);
+        assert!(first.dead_letters.is_empty());
+        let second = push_all(
+            &mut d,
+            &[
+                r#"{"a": 2, "p": {"x": 2, "y": "z"}}"#,
+                r#"{"a": 3, "p": {"x": 3, "X": 4}}"#,
+            ],
+        );
+        assert_eq!(offsets(&second), vec![0], "{:?}", dead(&second));
+        assert_eq!(dead(&second)[0].1, Stage::Schema);
+        let rows = second.rows.as_ref().expect("rows");
+        let p = rows.column_by_name("p").expect("p").as_struct();
+        assert_eq!(
+            p.column_by_name("y")
+                .expect("y")
+                .as_string::<i32>()
+                .value(0),
+            "z"
+        );
     }
 
     #[test]

@@ -368,7 +368,11 @@ pub async fn ensure(
             let config = snapshot.metadata().configuration();
             wanted.iter().all(|(k, v)| config.get(k) == Some(v))
         };
-        if settled(t, wanted)? && others_settled {
+        let schema_settled = match schema {
+            None => true,
+            Some(s) => table::arrow_schema(name, t)?.fields() == s.fields(),
+        };
+        if settled(t, wanted)? && others_settled && schema_settled {
             return Ok(false);
         }
         let mut metadata = t

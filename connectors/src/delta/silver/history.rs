@@ -479,10 +479,18 @@ pub(super) async fn merge(
     mut t: DeltaTable,
     source: RecordBatch,
     txns: Vec<Transaction>,
+    created_with: &[(String, String)],
 ) -> std::result::Result<DeltaTable, (Option<DeltaTable>, Error)> {
-    t = super::merge::prepared(name, spec, t, &source.schema(), &spec.partition_by)
-        .await
-        .map_err(|e| (None, e))?;
+    t = super::merge::prepared(
+        name,
+        spec,
+        t,
+        &source.schema(),
+        &spec.partition_by,
+        created_with,
+    )
+    .await
+    .map_err(|e| (None, e))?;
     let df = match SessionContext::new().read_batch(source.clone()) {
         Ok(df) => df,
         Err(e) => return Err((Some(t), error(name, "reading versions")(e))),

@@ -20,38 +20,39 @@ use deltalake::kernel::{Action, Transaction};
 use sluice_pipeline::lake::Lake;
 use sluice_pipeline::{OffsetRange, TopicPartition};
 
-use super::reduce::{newer_than, reduce, truncate_point};
+use super::reduce::{not_removed_by, reduce, truncate_point};
 use super::{CDC_COLUMNS, MergeCounts, SilverSink, SilverTableSpec, silver_error};
 use crate::decode::debezium::{DELETE, UNAVAILABLE};
 use crate::delta::table::{self, quote};
 use crate::error::{Error, Result, delta};
 use crate::evolve::merged_schema;
 
-/// Create the table at `t`'s location with `schema` and the statistics `spec` allows, or
-/// bring an existing table's statistics settings up to date for rows of `schema`.
+/// Create the table at `t`'s location with `schema`, the statistics `spec` allows and the
+/// properties `created_with`, or bring an existing table's statistics settings up to date
+/// for rows of `schema`.
 pub(super) async fn prepared(
     name: &str,
     spec: &SilverTableSpec,
     mut t: DeltaTable,
     schema: &Schema,
     partition_by: &[String],
+    created_with: &[(String, String)],
 ) -> Result<DeltaTable> {
     if table::exists(&t) {
         let stored = table::arrow_schema(name, &t)?;
-        let wider = merged_schema(name, [stored, Arc::new(schema.clone())].into_iter())?;
-        crate::delta::stats::ensure(name, &mut t, &spec.stats_properties(&wider), None).await?;
+        let wider = merged_schema(name, [stored.clone(), Arc::new(schema.clone())].into_iter())?;
+        // A wider schema is committed before the MERGE: a struct column gaining a field
+        // inside the MERGE would make delta-rs read that column from the changes for the
+        // rows it only copies, nulling it in rows the batch does not touch.
+        let widened = (wider.fields() != stored.fields()).then_some(wider.as_ref());
+        crate::delta::stats::ensure(name, &mut t, &spec.stats_properties(&wider), widened).await?;
         return Ok(t);
     }
     let url = t.table_url().clone();
     let schema = table::nullable(schema);
-    table::create(
-        name,
-        &url,
-        &schema,
-        partition_by,
-        &spec.stats_properties(&schema),
-    )
-    .await
+    let mut properties = spec.stats_properties(&schema);
+    properties.extend(created_with.iter().cloned());
+    table::create(name, &url, &schema, partition_by, &properties).await
 }
 
 /// Apply `changes` to the table and commit `txns` with them. On failure the table is given
@@ -67,6 +68,7 @@ pub(super) async fn apply(
     txns: Vec<Transaction>,
     ranges: &BTreeMap<TopicPartition, OffsetRange>,
     counts: &mut MergeCounts,
+    created_with: &[(String, String)],
 ) -> std::result::Result<DeltaTable, (Option<DeltaTable>, Error)> {
     let Some(changes) = changes else {
         return commit_offsets_only(name, pipeline, spec, t, ranges).await;
@@ -84,7 +86,7 @@ pub(super) async fn apply(
                 Err(e) => return Err((None, delta(name, "truncating")(e))),
             };
         }
-        let keep = newer_than(&winners, at);
+        let keep = not_removed_by(&winners, at);
         winners = match filter_record_batch(&winners, &keep) {
             Ok(w) => w,
             Err(e) => return Err((Some(t), e.into())),
@@ -98,9 +100,16 @@ pub(super) async fn apply(
     if source.num_rows() == 0 {
         return commit_offsets_only(name, pipeline, spec, t, ranges).await;
     }
-    t = prepared(name, spec, t, &source.schema(), &spec.partition_by)
-        .await
-        .map_err(|e| (None, e))?;
+    t = prepared(
+        name,
+        spec,
+        t,
+        &source.schema(),
+        &spec.partition_by,
+        created_with,
+    )
+    .await
+    .map_err(|e| (None, e))?;
     let tombstoned = record_deletes(lake, name, spec, &source)
         .await
         .map_err(|e| (None, e))?;
@@ -272,7 +281,7 @@ async fn record_deletes(
         columns.push(rows.schema().index_of(c)?);
     }
     let tombs = filter_record_batch(&rows.project(&columns)?, &deletes)?;
-    let t = prepared(&location, spec, t, &tombs.schema(), &[]).await?;
+    let t = prepared(&location, spec, t, &tombs.schema(), &[], &[]).await?;
     let on: Vec<String> = spec
         .key
         .iter()

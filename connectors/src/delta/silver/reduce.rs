@@ -121,8 +121,9 @@ pub(super) fn truncate_point(rows: &RecordBatch) -> Option<i64> {
         .max()
 }
 
-/// Rows whose sequence is above `at` (and that are not truncates themselves).
-pub(super) fn newer_than(rows: &RecordBatch, at: i64) -> BooleanArray {
+/// Rows a truncate at sequence `at` leaves: those at `at` or later (a truncate removes
+/// strictly older rows, here as in the table and the history), truncates aside.
+pub(super) fn not_removed_by(rows: &RecordBatch, at: i64) -> BooleanArray {
     let seq = rows
         .column_by_name("_cdc_sequence")
         .and_then(|c| c.as_primitive_opt::<Int64Type>().cloned());
@@ -131,11 +132,25 @@ pub(super) fn newer_than(rows: &RecordBatch, at: i64) -> BooleanArray {
         .and_then(|c| c.as_string_opt::<i32>().cloned());
     (0..rows.num_rows())
         .map(|i| {
-            let newer = seq.as_ref().is_some_and(|s| s.value(i) > at);
+            let newer = seq.as_ref().is_some_and(|s| s.value(i) >= at);
             let truncate = ops.as_ref().is_some_and(|o| o.value(i) == TRUNCATE);
             Some(newer && !truncate)
         })
         .collect()
+}
+
+/// The rows of `rows` whose sequence is `w` or newer (truncates among them too); `None`
+/// when none is.
+pub(super) fn not_older_than(rows: &RecordBatch, w: i64) -> Result<Option<RecordBatch>> {
+    let Some(seq) = rows
+        .column_by_name("_cdc_sequence")
+        .and_then(|c| c.as_primitive_opt::<Int64Type>())
+    else {
+        return Ok(Some(rows.clone()));
+    };
+    let keep: BooleanArray = seq.iter().map(|s| Some(s.is_none_or(|s| s >= w))).collect();
+    let kept = arrow::compute::filter_record_batch(rows, &keep)?;
+    Ok((kept.num_rows() > 0).then_some(kept))
 }
 
 #[cfg(test)]
