@@ -294,7 +294,7 @@ async fn run(rows: usize, options: &Options) {
         started.elapsed().as_secs_f64()
     );
     let sql_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("sql");
-    let catalog = sluice_sql::Catalog::open(lake).await.expect("catalog");
+    let mut catalog = sluice_sql::Catalog::open(lake).await.expect("catalog");
     catalog
         .register_views(&sql_dir.join("views"))
         .await

@@ -457,7 +457,7 @@ async fn execute(cli: Cli) -> Result<(), Failure> {
                 Some(role) => Some(access_for(config.as_ref(), role).map_err(usage)?),
             };
             let travel = time_travel(versions, as_of.as_deref()).map_err(usage)?;
-            let catalog = sluice_sql::Catalog::open_at(&lake, access, &travel).await?;
+            let mut catalog = sluice_sql::Catalog::open_at(&lake, access, &travel).await?;
             let views = config.as_ref().map_or_else(
                 || sluice_pipeline::config::sql::SqlConfig::default().views_dir,
                 |c| c.sql.views_dir.clone(),

@@ -145,7 +145,7 @@ pub async fn gold(
         let rewriting =
             Lock::acquire_waiting(cx, &table_lock(&name), crate::erase::LOCK_WAIT).await?;
         // A fresh catalog: the gold tables built before this one are read as they are now.
-        let catalog = Catalog::open(lake).await?;
+        let mut catalog = Catalog::open(lake).await?;
         catalog.register_views(views_dir).await?;
         let t = build(lake, &catalog, &d, stats).await?;
         rewriting.release().await;

@@ -788,8 +788,24 @@ impl Catalog {
     /// Register each definition of `dir` as the view `views.<name>`; a view may read
     /// another. A view reading a table this lake (or this role) lacks is skipped, with
     /// the reason; any other error in a definition fails, naming its file.
-    pub async fn register_views(&self, dir: &Path) -> Result<Views> {
-        register_views_in(&self.ctx, dir, self.access.as_ref()).await
+    ///
+    /// For a role, a view left out is denied like a table: a query naming it is told
+    /// which table or column of its definition the role may not read.
+    pub async fn register_views(&mut self, dir: &Path) -> Result<Views> {
+        let views = register_views_in(&self.ctx, dir, self.access.as_ref()).await?;
+        if let Some(a) = &self.access {
+            for (view, why) in &views.skipped {
+                let why = match self.explain_message(why) {
+                    Some(reason) => format!("its definition reads what the role may not: {reason}"),
+                    None if why.starts_with("not readable by role") => {
+                        format!("roles.{}.tables", a.role)
+                    }
+                    None => "its definition reads a table the lake does not hold".to_string(),
+                };
+                self.denied_tables.push((view.clone(), why));
+            }
+        }
+        Ok(views)
     }
 
     /// The tables registered.

@@ -370,7 +370,7 @@ impl Shared {
             statement_timeout: None,
             spill: false,
         };
-        let catalog =
+        let mut catalog =
             Catalog::open_with(&s.lake, user.access.clone(), &TimeTravel::default(), limits)
                 .await?;
         for (view, why) in catalog.register_views(&s.views_dir).await?.skipped {

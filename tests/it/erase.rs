@@ -745,7 +745,7 @@ fn rows_of(certificate: &serde_json::Value) -> u64 {
 }
 
 /// The raw customer id behind `token` among the demo's customers.
-fn raw_of(token: &dyn Fn(&str) -> String, wanted: &str) -> String {
+pub(crate) fn raw_of(token: &dyn Fn(&str) -> String, wanted: &str) -> String {
     (1..=3_000)
         .map(|i| format!("C{i:07}"))
         .chain((1..=9).map(|i| format!("C900000{i}")))

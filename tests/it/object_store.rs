@@ -325,22 +325,44 @@ fn the_demo_lands_in_s3_resumes_there_and_every_job_runs_there() {
     assert!(stdout.contains("gold.daily_spend_by_segment"), "{stdout}");
     let (code, _, stderr) = job(&["job", "snapshot"]);
     assert_eq!(code, Some(0), "{stderr}");
-    // Erasure: found before, purged from the bucket's files and logs, clean after: the
-    // rows that disappeared left none of their values in any object (copied out and
-    // read as the local residue test reads a lake).
-    let (code, _, stderr) = job(&["job", "erase", "--verify", "C0000002"]);
-    assert_eq!(code, Some(1), "{stderr}");
+    // Erasure of three subjects (one with accounts, one found only among card
+    // transactions, one with a dead letter): found before, purged from the bucket's
+    // files and logs, clean after: the rows that disappeared left none of their values
+    // in any object (copied out and read as the local residue test reads a lake).
+    let key = std::fs::read_to_string(dir.path().join("sluice-demo-keys/pseudonym.key"))
+        .expect("the demo's key");
+    let token = |raw: &str| {
+        sluice_transforms::tokenize::token("pseudo", key.trim().as_bytes(), raw.as_bytes())
+    };
+    let (code, stdout, stderr) = job(&[
+        "sql",
+        "--format",
+        "csv",
+        "select t.customer_id from bronze.card_transactions t \
+         where t.customer_id not in (select customer_id from silver.accounts where customer_id is not null) \
+         and t.customer_id not in (select customer_id from silver.customers where customer_id is not null) \
+         order by 1 limit 1",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let only_cards = crate::erase::raw_of(&token, stdout.lines().nth(1).expect("a row").trim());
+    let subjects = ["C0000010", only_cards.as_str(), "C0000002"];
+    for s in subjects {
+        let (code, _, stderr) = job(&["job", "erase", "--verify", s]);
+        assert_eq!(code, Some(1), "{s} is not found before: {stderr}");
+    }
     let copy_before = tempfile::tempdir().expect("tempdir");
     s3.download("bank", "lake/", copy_before.path());
     let before = crate::residue::record(copy_before.path());
-    let (code, stdout, stderr) = job(&["job", "erase", "--request-id", "S3-1", "C0000002"]);
+    let mut args = vec!["job", "erase", "--request-id", "S3-1"];
+    args.extend(subjects);
+    let (code, stdout, stderr) = job(&args);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stdout.contains("S3-1") && stdout.contains("erased"),
         "{stdout}"
     );
     assert!(
-        stderr.contains("erase: keys.subjects: 1 rows removed"),
+        stderr.contains("erase: keys.subjects: 3 rows removed"),
         "{stderr}"
     );
     let copy_after = tempfile::tempdir().expect("tempdir");
@@ -348,24 +370,33 @@ fn the_demo_lands_in_s3_resumes_there_and_every_job_runs_there() {
     let after = crate::residue::record(copy_after.path());
     let gone = crate::residue::disappeared(&before, &after);
     assert!(gone.contains_key("_keys/subjects"), "{:?}", gone.keys());
-    assert!(
-        gone.contains_key("bronze/card_transactions"),
-        "{:?}",
-        gone.keys()
-    );
+    for t in [
+        "bronze/card_transactions",
+        "silver/accounts",
+        "_sluice/dead_letters",
+    ] {
+        assert!(gone.contains_key(t), "{t}: {:?}", gone.keys());
+    }
     let values = crate::residue::distinctive(&gone, &after);
-    assert!(!values.is_empty());
+    for s in &subjects[..2] {
+        assert!(
+            values.contains(&token(s)),
+            "{s}'s token is among the values"
+        );
+    }
     let hits = crate::residue::scan(copy_after.path(), &values);
     assert!(
         hits.is_empty(),
         "values of erased rows remain in the bucket: {hits:?}"
     );
-    let (code, stdout, stderr) = job(&["job", "erase", "--verify", "C0000002"]);
-    assert_eq!(code, Some(0), "{stderr}");
-    assert!(
-        stdout.contains("0 occurrences") || stderr.contains("0 occurrences"),
-        "{stdout}{stderr}"
-    );
+    for s in subjects {
+        let (code, stdout, stderr) = job(&["job", "erase", "--verify", s]);
+        assert_eq!(code, Some(0), "{s}: {stderr}");
+        assert!(
+            stdout.contains("0 occurrences") || stderr.contains("0 occurrences"),
+            "{stdout}{stderr}"
+        );
+    }
     let (code, _, stderr) = job(&["job", "anonymise"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
@@ -373,8 +404,9 @@ fn the_demo_lands_in_s3_resumes_there_and_every_job_runs_there() {
         "locks are released"
     );
     let (code, stdout, stderr) = job(&["audit", "verify"]);
+    // maintain, gold, snapshot, the erasure, anonymise and six verifications.
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(stdout.contains("7 runs, chain intact"), "{stdout}");
+    assert!(stdout.contains("11 runs, chain intact"), "{stdout}");
     // A lock held by another run (another host) is respected.
     s3.boto(
         "s3.put_object(Bucket='bank', Key='lake/_sluice/locks/maintain_silver_customers.lock', \

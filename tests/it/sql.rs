@@ -540,7 +540,7 @@ fn views_and_gold_tables_pass_their_sqllogictest_files() {
         let mut runner = sqllogictest::Runner::new(move || {
             let (lake, views) = (lake.clone(), views.clone());
             async move {
-                let catalog = sluice_sql::Catalog::open(&lake).await?;
+                let mut catalog = sluice_sql::Catalog::open(&lake).await?;
                 catalog.register_views(&views).await?;
                 Ok(Session(catalog))
             }
@@ -700,6 +700,29 @@ fn a_role_sees_no_hidden_row_not_in_errors_plans_histories_or_gold_tables() {
     let path = d.dir.path().join("demo.toml");
     let config = std::fs::read_to_string(&path).expect("config");
     let config = config.replace(&format!("{SQL}/gold"), &gold.display().to_string());
+    // Views of our own beside the repository's: one over filtered rows, one reading a
+    // denied column, one reading a denied column under another name.
+    let views = d.dir.path().join("views");
+    std::fs::create_dir_all(&views).expect("views dir");
+    std::fs::copy(
+        format!("{SQL}/views/approved_card_spend.sql"),
+        views.join("approved_card_spend.sql"),
+    )
+    .expect("copy");
+    for (name, sql) in [
+        (
+            "segments",
+            "select segment, count(*) as n from silver.customers group by segment",
+        ),
+        ("mails", "select email from silver.customers"),
+        (
+            "renamed",
+            "select upper(c.email) as shout, c.segment from silver.customers c",
+        ),
+    ] {
+        std::fs::write(views.join(format!("{name}.sql")), sql).expect("view");
+    }
+    let config = config.replace(&format!("{SQL}/views"), &views.display().to_string());
     let roles = r#"
 [roles.analyst]
 tables = ["silver", "gold", "views"]
@@ -769,6 +792,43 @@ allow_derived = ["gold.balances_by_product"]
     );
     let out = as_analyst(&d, "explain analyze select count(*) from silver.accounts");
     assert!(String::from_utf8_lossy(&out.stderr).contains("EXPLAIN ANALYZE is not available"));
+
+    // A view reads through the role's filters; a view reading what the role may not is
+    // not readable, and says why, whatever its definition renames.
+    assert_ne!(
+        d.one("select count(*) from views.segments where segment = 'premier'"),
+        "0"
+    );
+    assert_eq!(
+        csv_rows(&as_analyst(
+            &d,
+            "select count(*) from views.segments where segment = 'premier'"
+        )),
+        vec!["0"]
+    );
+    assert_eq!(
+        csv_rows(&as_analyst(&d, "select sum(n) from views.segments")),
+        vec![d.one("select count(*) from silver.customers where segment <> 'premier'")]
+    );
+    for (view, why) in [
+        ("mails", "column email of silver.customers"),
+        ("renamed", "column email of silver.customers"),
+        (
+            "approved_card_spend",
+            "table bronze.card_transactions is not readable",
+        ),
+    ] {
+        assert_ne!(d.one(&format!("select count(*) from views.{view}")), "0");
+        let out = as_analyst(&d, &format!("select * from views.{view}"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{view} was readable");
+        assert!(
+            stderr.contains(&format!(
+                "table views.{view} is not readable by role 'analyst'"
+            )) && stderr.contains(why),
+            "{view}: {stderr}"
+        );
+    }
 
     // The history has its table's filter.
     assert_ne!(
