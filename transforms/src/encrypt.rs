@@ -37,6 +37,12 @@ const NONCE_BYTES: usize = 12;
 const KEY_ID_BYTES: usize = 12;
 /// Ciphers kept per batch (≈ 1 KiB each); beyond them a subject's cipher is set up per value.
 const CACHED_CIPHERS: usize = 16_384;
+/// Data keys kept in memory (≈ 100 bytes each with the map's overhead, so ≈ 100 MiB).
+/// A producer sending a new subject in every message would otherwise grow the process
+/// without bound. Beyond it the keys not used for longest are dropped; a subject whose
+/// key was dropped gets a new data key when it is next seen (the store then holds two
+/// for it: erasure removes every key of a subject, and each value names its own key).
+pub const MAX_CACHED_KEYS: usize = 1 << 20;
 
 /// A data key in memory: its id and the key.
 #[derive(Clone, Copy)]
@@ -47,10 +53,37 @@ struct DataKey {
 
 #[derive(Default)]
 struct State {
-    /// By keyed hash of the subject.
+    /// By keyed hash of the subject: the keys used since `older` was filled.
     keys: HashMap<[u8; 32], DataKey>,
+    /// The keys of the generation before, dropped when `keys` fills up again; a key used
+    /// meanwhile moves back to `keys`. Both together hold at most `max_keys`.
+    older: HashMap<[u8; 32], DataKey>,
     /// Created since the last [`KeyCache::take_new`].
     new: Vec<StoredKey>,
+}
+
+impl State {
+    fn get(&mut self, subject: &[u8; 32], max_keys: usize) -> Option<DataKey> {
+        if let Some(k) = self.keys.get(subject) {
+            return Some(*k);
+        }
+        let k = self.older.remove(subject)?;
+        self.insert(*subject, k, max_keys);
+        Some(k)
+    }
+
+    /// Keep `key` for `subject`, dropping the older generation when the newer one holds
+    /// half of `max_keys` (so neither ever holds more than half).
+    fn insert(&mut self, subject: [u8; 32], key: DataKey, max_keys: usize) {
+        if self.keys.len() >= (max_keys / 2).max(1) {
+            self.older = std::mem::take(&mut self.keys);
+        }
+        self.keys.insert(subject, key);
+    }
+
+    fn cached(&self) -> usize {
+        self.keys.len() + self.older.len()
+    }
 }
 
 /// The data keys of one master key: created, wrapped, cached, unwrapped.
@@ -59,6 +92,8 @@ pub struct Keyring {
     kek: Aes256Gcm,
     subject_mac: Hmac<Sha256>,
     state: Mutex<State>,
+    /// At most this many data keys in memory ([`MAX_CACHED_KEYS`] unless set).
+    max_keys: usize,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -110,7 +145,19 @@ impl Keyring {
             subject_mac: <Hmac<Sha256> as KeyInit>::new_from_slice(&mac_key)
                 .unwrap_or_else(|_| unreachable!("HMAC accepts any key length")),
             state: Mutex::new(State::default()),
+            max_keys: MAX_CACHED_KEYS,
         }
+    }
+
+    /// The same keyring keeping at most `max_keys` data keys in memory.
+    pub fn with_max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys.max(2);
+        self
+    }
+
+    /// Data keys held in memory now.
+    pub fn cached_keys(&self) -> usize {
+        self.lock().cached()
     }
 
     /// Id of the master key.
@@ -137,8 +184,8 @@ impl Keyring {
     /// The data key of `subject`, created (and queued for the store) when it has none.
     fn key_for(&self, state: &mut State, subject: &[u8]) -> Result<DataKey> {
         let r = self.subject_ref(subject);
-        if let Some(k) = state.keys.get(&r) {
-            return Ok(*k);
+        if let Some(k) = state.get(&r, self.max_keys) {
+            return Ok(k);
         }
         let key = DataKey {
             id: random()?,
@@ -166,7 +213,7 @@ impl Keyring {
             wrapped: STANDARD.encode(sealed),
             created_at: chrono::Utc::now().timestamp_micros(),
         });
-        state.keys.insert(r, key);
+        state.insert(r, key, self.max_keys);
         Ok(key)
     }
 
@@ -238,20 +285,24 @@ impl KeyCache for Keyring {
         }
         let mut state = self.lock();
         for (subject, key) in loaded {
-            state.keys.entry(subject).or_insert(key);
+            if state.get(&subject, self.max_keys).is_none() {
+                state.insert(subject, key, self.max_keys);
+            }
         }
         Ok(())
     }
 
     fn retain(&self, present: &HashSet<String>) {
         let mut state = self.lock();
-        let State { keys, new } = &mut *state;
+        let State { keys, older, new } = &mut *state;
         // Keys not stored yet are not lost: they are written with the next commit.
         let pending: HashSet<&str> = new.iter().map(|k| k.key_id.as_str()).collect();
-        keys.retain(|_, k| {
+        let kept = |k: &DataKey| {
             let id = hex::encode(k.id);
             present.contains(&id) || pending.contains(id.as_str())
-        });
+        };
+        keys.retain(|_, k| kept(k));
+        older.retain(|_, k| kept(k));
     }
 }
 
@@ -484,6 +535,58 @@ mod tests {
         t.apply(batch(vec![Some("C2")], vec![Some("x")]))
             .expect("apply");
         assert!(ring.take_new().is_empty());
+    }
+
+    #[test]
+    fn keys_in_memory_stay_bounded_and_a_subject_whose_key_was_dropped_gets_another() {
+        let ring = Arc::new(
+            Keyring::new("shred", &Secret::new(b"0123456789abcdef0123".to_vec())).with_max_keys(4),
+        );
+        let t = encrypt(&ring);
+        let mut values_of = Vec::new();
+        // A subject used in every batch beside a stream of new ones (non-ASCII ids too).
+        for n in 0..40 {
+            let fresh = format!("Zoë-{n}");
+            let out = values(
+                &t.apply(batch(
+                    vec![Some("hot"), Some(fresh.as_str())],
+                    vec![Some("warm"), Some("cold")],
+                ))
+                .expect("apply"),
+            );
+            assert!(ring.cached_keys() <= 4, "{} keys held", ring.cached_keys());
+            values_of.push((fresh, out));
+        }
+        let stored = ring.take_new();
+        let hot = ring.subject_id(b"hot");
+        assert_eq!(
+            stored.iter().filter(|k| k.subject == hot).count(),
+            1,
+            "a subject in every batch keeps its one key"
+        );
+        // The first new subject again: its key was dropped long ago, so it gets a second.
+        let again = values(
+            &t.apply(batch(vec![Some("Zoë-0")], vec![Some("cold again")]))
+                .expect("apply"),
+        );
+        let second = ring.take_new();
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[0].subject, ring.subject_id("Zoë-0".as_bytes()));
+        // Every value opens with the key it names, old and new alike.
+        let all: Vec<StoredKey> = stored.into_iter().chain(second).collect();
+        let open = |v: &str| {
+            let id = parse_value(v).expect("parse").1.to_string();
+            let key = all.iter().find(|k| k.key_id == id).expect("stored key");
+            ring.open(v, key).expect("open")
+        };
+        assert_eq!(open(values_of[0].1[1].as_deref().expect("v")), "cold");
+        assert_eq!(open(values_of[39].1[0].as_deref().expect("v")), "warm");
+        assert_eq!(open(again[0].as_deref().expect("v")), "cold again");
+        // Loading a store larger than the bound keeps the bound.
+        let fresh =
+            Keyring::new("shred", &Secret::new(b"0123456789abcdef0123".to_vec())).with_max_keys(4);
+        fresh.load(&all).expect("load");
+        assert!(fresh.cached_keys() <= 4);
     }
 
     #[test]
