@@ -145,12 +145,57 @@ fn create_only() -> PutOptions {
     }
 }
 
+/// Where lock objects live, under the lake's root.
+const LOCKS: &str = "_sluice/locks";
+
+/// The name of lock `name`'s object (without its extension): names that differ only in
+/// dots, slashes and underscores are one lock.
+pub fn lock_key(name: &str) -> String {
+    name.replace(['/', '.'], "_")
+}
+
 /// The lock object `name` of a lake whose root store is `store`.
 fn lock_path(name: &str) -> ObjectPath {
-    ObjectPath::from(format!(
-        "_sluice/locks/{}.lock",
-        name.replace(['/', '.'], "_")
-    ))
+    ObjectPath::from(format!("{LOCKS}/{}.lock", lock_key(name)))
+}
+
+/// The root store of the context's lake (created when local).
+fn store_of(cx: &JobContext, name: &str) -> Result<Arc<dyn ObjectStore>> {
+    Ok(match &cx.lake {
+        Lake::Local(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            let root = std::path::absolute(dir).map_err(|e| Error::io(dir, e))?;
+            let fs = object_store::local::LocalFileSystem::new_with_prefix(&root)
+                .map_err(object_error(name))?;
+            Arc::new(fs) as Arc<dyn ObjectStore>
+        }
+        Lake::ObjectStore(root) => sluice_connectors::delta::table::lake_store(root)?,
+    })
+}
+
+/// The keys ([`lock_key`]) of the locks of the context's lake whose name starts with
+/// `prefix`, held now (or left behind by a run that stopped).
+pub async fn held_with_prefix(cx: &JobContext, prefix: &str) -> Result<Vec<String>> {
+    use futures::TryStreamExt as _;
+    let store = store_of(cx, prefix)?;
+    let wanted = lock_key(prefix);
+    let listed: Vec<object_store::ObjectMeta> = store
+        .list(Some(&ObjectPath::from(LOCKS)))
+        .try_collect()
+        .await
+        .map_err(object_error(prefix))?;
+    let mut out: Vec<String> = listed
+        .iter()
+        .filter_map(|m| {
+            m.location
+                .filename()?
+                .strip_suffix(".lock")
+                .map(str::to_string)
+        })
+        .filter(|key| key.starts_with(&wanted))
+        .collect();
+    out.sort();
+    Ok(out)
 }
 
 /// What a lock object says, with its store metadata.
@@ -240,16 +285,7 @@ impl Lock {
     /// Take the lock `name` of the context's lake (local or object store), or fail naming
     /// its holder.
     pub async fn acquire_in(cx: &JobContext, name: &str) -> Result<Self> {
-        let store = match &cx.lake {
-            Lake::Local(dir) => {
-                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-                let root = std::path::absolute(dir).map_err(|e| Error::io(dir, e))?;
-                let fs = object_store::local::LocalFileSystem::new_with_prefix(&root)
-                    .map_err(object_error(name))?;
-                Arc::new(fs) as Arc<dyn ObjectStore>
-            }
-            Lake::ObjectStore(root) => sluice_connectors::delta::table::lake_store(root)?,
-        };
+        let store = store_of(cx, name)?;
         Self::acquire(store, Arc::clone(&cx.clock), name).await
     }
 

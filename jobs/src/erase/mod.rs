@@ -43,12 +43,12 @@ use deltalake::DeltaTable;
 use sluice_connectors::delta::table;
 use sluice_pipeline::config::erasure::ErasureConfig;
 use sluice_pipeline::lake::Lake;
-use sluice_sql::find_tables_in;
+use sluice_sql::{TableRef, find_tables_in};
 
 use crate::JobContext;
 use crate::error::{Error, Result};
 use crate::journal::{Journal, RunJournal, abort_point};
-use crate::lock::Lock;
+use crate::lock::{Lock, held_with_prefix, lock_key, table_lock};
 use crate::subject::{LETTER_COLUMNS, Lookup, Subject, has_path};
 
 mod certificate;
@@ -279,27 +279,36 @@ pub async fn erase(
         }
     }
     let mut outcomes: Vec<TableOutcome> = Vec::new();
-    let tables = find_tables_in(lake).await?;
+    // Every table but gold first; then gold, which is computed from the others.
+    let mut tables: Vec<_> = find_tables_in(lake)
+        .await?
+        .into_iter()
+        .filter(|t| t.schema != "gold")
+        .collect();
     // Gold tables read one another: the rewrite locks of all of them are taken before the
     // first is erased and held until the last is, so no gold build can read a gold table
     // not yet erased into one already erased. (A build holds one such lock at a time and
-    // takes it before reading: no deadlock.)
+    // takes it before reading: no deadlock.) By lock key.
     let mut gold: BTreeMap<String, Lock> = BTreeMap::new();
-    for t in &tables {
+    let (mut at, mut gold_listed) = (0, false);
+    loop {
+        if at == tables.len() {
+            if gold_listed {
+                break;
+            }
+            // Every other table is erased: the gold tables now, listed once the builds
+            // in flight have committed.
+            gold_listed = true;
+            tables.extend(gold_tables(cx, lake, options, &mut gold).await?);
+            continue;
+        }
+        let t = tables[at].clone();
+        at += 1;
         let name = t.qualified();
         if RECORD_TABLES.contains(&name.as_str()) {
             continue;
         }
         let is_gold = t.schema == "gold";
-        if is_gold && gold.is_empty() && !options.dry_run {
-            for g in tables.iter().filter(|g| g.schema == "gold") {
-                let lock = crate::lock::table_lock(&g.qualified());
-                gold.insert(
-                    g.qualified(),
-                    Lock::acquire_waiting(cx, &lock, options.lock_wait).await?,
-                );
-            }
-        }
         // Erasure, maintenance and anonymisation of a table never overlap: each waits
         // for the others.
         let locks = if options.dry_run {
@@ -324,7 +333,7 @@ pub async fn erase(
             let held: Vec<&Lock> = locks
                 .iter()
                 .flat_map(|(e, m)| std::iter::once(e).chain(m.iter()))
-                .chain(gold.get(&name))
+                .chain(gold.get(&lock_key(&table_lock(&name))))
                 .collect();
             let done = erase_table(
                 cx,
@@ -347,11 +356,6 @@ pub async fn erase(
                 m.release().await;
             }
             erasing.release().await;
-        }
-        if is_gold && tables.iter().rfind(|g| g.schema == "gold") == Some(t) {
-            for (_, lock) in std::mem::take(&mut gold) {
-                lock.release().await;
-            }
         }
     }
     for (_, lock) in gold {
@@ -431,6 +435,45 @@ pub async fn erase(
         lock.release().await;
     }
     Ok(certificates)
+}
+
+/// The gold tables of the lake, once the builds in flight have committed. A build takes
+/// its table's rewrite lock before it reads its sources and holds it until it commits,
+/// so a build that read a subject's rows before the erasure deleted them still holds its
+/// lock, or has committed. Its table may be new, so (unless a dry run) the locks of the
+/// gold tables listed and every gold table lock held now are taken (into `held`, by
+/// [`lock_key`]), and again for what the next listing shows, until a listing shows no
+/// table and no lock not held: every table returned is then held, and no build that
+/// could have read a gold table before its erasure is still running.
+async fn gold_tables(
+    cx: &JobContext,
+    lake: &Lake,
+    options: &Options,
+    held: &mut BTreeMap<String, Lock>,
+) -> Result<Vec<TableRef>> {
+    loop {
+        let listed: Vec<TableRef> = find_tables_in(lake)
+            .await?
+            .into_iter()
+            .filter(|t| t.schema == "gold")
+            .collect();
+        if options.dry_run {
+            return Ok(listed);
+        }
+        let mut keys: std::collections::BTreeSet<String> = listed
+            .iter()
+            .map(|t| lock_key(&table_lock(&t.qualified())))
+            .collect();
+        keys.extend(held_with_prefix(cx, &table_lock("gold.")).await?);
+        keys.retain(|k| !held.contains_key(k));
+        if keys.is_empty() {
+            return Ok(listed);
+        }
+        for key in keys {
+            let lock = Lock::acquire_waiting(cx, &key, options.lock_wait).await?;
+            held.insert(key, lock);
+        }
+    }
 }
 
 /// Files of `delta` carrying a deletion vector.
@@ -631,6 +674,92 @@ mod tests {
             everything(dir.path()).contains("Qxsecret4"),
             "nothing purged"
         );
+    }
+
+    /// A gold build reads its sources under its table's lock and commits before letting
+    /// go: when it read a subject's rows before the erasure deleted them and makes its
+    /// table for the first time, the erasure waits for it and erases the new table too.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_gold_table_first_built_while_an_erasure_runs_is_erased_too() {
+        let dir = tempfile::tempdir().expect("dir");
+        let lake = Lake::Local(dir.path().to_path_buf());
+        let cx = JobContext::with_system_clock(&lake);
+        let schema = notes_schema();
+        let create = async |path: &str| {
+            let url = table::lake_url(&lake, path).expect("url");
+            table::create(path, &url, &schema, &[], &[])
+                .await
+                .expect("create")
+        };
+        write_notes(
+            create("bronze/t").await,
+            &[("C0000001", "a note Qxbronze1"), ("C0000002", "other")],
+        )
+        .await;
+        // The build of gold.fresh (its table not there yet) has read its sources.
+        let build = Lock::acquire_in(&cx, &table_lock("gold.fresh"))
+            .await
+            .expect("the build's lock");
+        let (config, requests) = customer_request();
+        let options = Options::from_config(&config, value_key(b"0123456789abcdef"));
+        let erasing = tokio::spawn({
+            let (cx, config, options) = (
+                JobContext::with_system_clock(&lake),
+                config.clone(),
+                options.clone(),
+            );
+            async move { erase(&cx, &config, None, &requests, &options).await }
+        });
+        // The erasure deletes from bronze, then waits for the build.
+        let bronze = table::lake_url(&lake, "bronze/t").expect("url");
+        for _ in 0..200 {
+            // The log may be mid-rewrite: a failed open is tried again.
+            if let Ok(t) = table::open("bronze/t", &bronze).await
+                && crate::version(&t) > 1
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!erasing.is_finished(), "the erasure waits for the build");
+        // The build commits what it read (the subject's rows among them) and goes on to
+        // the next table, built from the first before the erasure reached it.
+        write_notes(
+            create("gold/fresh").await,
+            &[("C0000001", "a note Qxbronze1"), ("C0000003", "kept")],
+        )
+        .await;
+        let next = Lock::acquire_in(&cx, &table_lock("gold.from_fresh"))
+            .await
+            .expect("the next build's lock");
+        build.release().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !erasing.is_finished(),
+            "the erasure waits for the next build"
+        );
+        write_notes(
+            create("gold/from_fresh").await,
+            &[("C0000001", "a note Qxbronze1")],
+        )
+        .await;
+        next.release().await;
+        let certs = erasing.await.expect("join").expect("erase");
+        for table in ["gold.fresh", "gold.from_fresh"] {
+            let done = certs[0]
+                .tables
+                .iter()
+                .find(|t| t.table == table)
+                .unwrap_or_else(|| panic!("{table} is not erased"));
+            assert_eq!(done.rows_removed, 1, "{done:?}");
+        }
+        let text = everything(dir.path());
+        assert!(
+            !text.contains("Qxbronze1"),
+            "a value of the erased rows remains"
+        );
+        assert!(text.contains("kept"));
     }
 
     #[tokio::test(flavor = "multi_thread")]
