@@ -20,7 +20,12 @@ pub mod limits;
 pub mod lineage;
 pub mod readonly;
 pub mod restricted;
+mod role;
 pub mod server;
+mod tables;
+
+use role::{Derivation, Restriction, check_denied_paths, derive, last_definition, restrict};
+pub use tables::{LAYERS, TableRef, find_tables, find_tables_in};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -31,7 +36,6 @@ pub use sluice_pipeline::lake::Lake;
 
 use arrow::array::RecordBatch;
 use datafusion::catalog::MemorySchemaProvider;
-use datafusion::common::DFSchema;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::TaskContext;
@@ -47,7 +51,6 @@ use sluice_pipeline::error::BoxError;
 
 use crate::limits::{Guarded, QueryPool, TimedOut};
 use crate::readonly::{ReadOnlyStores, ReadOnlyTable, Refusal};
-use crate::restricted::RestrictedTable;
 
 /// Errors of `sluice-sql`.
 #[derive(Debug, thiserror::Error)]
@@ -210,118 +213,6 @@ pub struct TimeTravel {
 
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Layers searched for tables, with the SQL schema each is registered under.
-pub const LAYERS: [(&str, &str); 4] = [
-    ("bronze", "bronze"),
-    ("silver", "silver"),
-    ("gold", "gold"),
-    ("_sluice", "sluice"),
-];
-
-/// A table found in the lake.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TableRef {
-    /// SQL schema (`bronze`, `silver`, `gold`, `sluice`).
-    pub schema: String,
-    pub name: String,
-    /// The table's URL (`file://…` or the object store's).
-    pub url: url::Url,
-}
-
-impl TableRef {
-    /// `schema.name`.
-    pub fn qualified(&self) -> String {
-        format!("{}.{}", self.schema, self.name)
-    }
-}
-
-/// Every Delta table under `lake`, in a stable order.
-pub fn find_tables(lake: &Path) -> Result<Vec<TableRef>> {
-    let mut out = Vec::new();
-    for (dir, schema) in LAYERS {
-        let layer = lake.join(dir);
-        let entries = match std::fs::read_dir(&layer) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => {
-                return Err(Error::Io {
-                    path: layer,
-                    source,
-                });
-            }
-        };
-        let mut names: Vec<(String, PathBuf)> = entries
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| p.join("_delta_log").is_dir())
-            .filter_map(|p| Some((p.file_name()?.to_str()?.to_string(), p)))
-            .collect();
-        names.sort();
-        for (name, path) in names {
-            let abs = std::path::absolute(&path).map_err(|source| Error::Io {
-                path: path.clone(),
-                source,
-            })?;
-            out.push(TableRef {
-                schema: schema.to_string(),
-                name,
-                url: url_for(&abs)?,
-            });
-        }
-    }
-    Ok(out)
-}
-
-/// Every Delta table of `lake`, local or in an object store, in a stable order.
-pub async fn find_tables_in(lake: &Lake) -> Result<Vec<TableRef>> {
-    let root = match lake {
-        Lake::Local(dir) => return find_tables(dir),
-        Lake::ObjectStore(root) => root,
-    };
-    let failed = |source: BoxError| Error::Listing {
-        lake: lake.to_string(),
-        source,
-    };
-    let store = deltalake::DeltaTableBuilder::from_url(root.clone())
-        .and_then(|b| b.build_storage())
-        .map_err(|e| failed(e.into()))?
-        .object_store(None);
-    let mut out = Vec::new();
-    for (dir, schema) in LAYERS {
-        let listed = store
-            .list_with_delimiter(Some(&deltalake::Path::from(dir)))
-            .await
-            .map_err(|e| failed(e.into()))?;
-        let mut names = Vec::new();
-        for prefix in listed.common_prefixes {
-            let Some(name) = prefix.filename().map(str::to_string) else {
-                continue;
-            };
-            // A table has a log; a directory without one (a lock, a leftover) is not a table.
-            let log = store
-                .list_with_delimiter(Some(&prefix.clone().join("_delta_log")))
-                .await
-                .map_err(|e| failed(e.into()))?;
-            if !log.objects.is_empty() {
-                names.push(name);
-            }
-        }
-        names.sort();
-        for name in names {
-            let relative = format!("{dir}/{name}");
-            let url = lake
-                .object_url(&relative)
-                .ok_or_else(|| failed(format!("{relative} is not a table path").into()))?;
-            out.push(TableRef {
-                schema: schema.to_string(),
-                name,
-                url,
-            });
-        }
-    }
-    Ok(out)
-}
 
 /// The views of a session.
 #[derive(Debug, Clone, Default)]
@@ -897,69 +788,6 @@ async fn register_views_in(
     Ok(views)
 }
 
-/// What decides a table's columns for a role beyond its own name and tags.
-struct Restriction<'a> {
-    /// Each column's sources, for a gold table whose definition was read.
-    lineage: Option<&'a Vec<(String, std::collections::BTreeSet<lineage::Source>)>>,
-    /// The tags each table records.
-    recorded: &'a BTreeMap<String, BTreeMap<String, String>>,
-}
-
-/// `provider` as `access` lets its role read it: a [`RestrictedTable`] without the denied
-/// columns (recorded in `denied`; for a gold table also those computed from a denied
-/// column) and with the role's row filter; `provider` itself, read-only, when nothing is
-/// restricted.
-fn restrict(
-    ctx: &SessionContext,
-    a: &access::Access,
-    qualified: &str,
-    provider: Arc<dyn datafusion::catalog::TableProvider>,
-    r: &Restriction<'_>,
-    denied: &mut Vec<access::Denied>,
-) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
-    let schema = provider.schema();
-    let none = BTreeMap::new();
-    let tags = |t: &str| r.recorded.get(t).unwrap_or(&none);
-    let mut keep = Vec::new();
-    for f in schema.fields() {
-        let own = a.denies(qualified, f.name(), tags(qualified));
-        let inherited = || {
-            let (_, sources) = r.lineage?.iter().find(|(c, _)| c == f.name())?;
-            sources.iter().find_map(|(table, column)| {
-                a.denies(table, column, tags(table))
-                    .map(|policy| format!("{policy}, computed from {table}.{column}"))
-            })
-        };
-        match own.or_else(inherited) {
-            Some(policy) => denied.push(access::Denied {
-                table: qualified.to_string(),
-                column: f.name().clone(),
-                policy,
-            }),
-            None => keep.push(f.name().clone()),
-        }
-    }
-    let filter = a.row_filter(qualified);
-    if keep.len() == schema.fields().len() && filter.is_none() {
-        return Ok(Arc::new(ReadOnlyTable::new(qualified, provider)));
-    }
-    let filter = match filter {
-        Some((condition, written_for)) => {
-            let columns = DFSchema::try_from(schema.as_ref().clone())?;
-            Some(ctx.parse_sql_expr(condition, &columns).map_err(|e| {
-                Error::Denied(format!(
-                    "roles.{}.row_filters.\"{written_for}\" (on {qualified}): {e}",
-                    a.role
-                ))
-            })?)
-        }
-        None => None,
-    };
-    Ok(Arc::new(RestrictedTable::new(
-        qualified, provider, &keep, filter,
-    )?))
-}
-
 /// A table opened for a session.
 struct Opened {
     table: TableRef,
@@ -995,233 +823,6 @@ async fn open_table(t: &TableRef, travel: &TimeTravel) -> Result<Option<deltalak
             })?,
     };
     Ok(Some(table))
-}
-
-/// The definition hash a gold table's last build recorded (`sluice job gold` writes
-/// `sluice.gold = sha256:<hex>` into each commit).
-async fn last_definition(t: &deltalake::DeltaTable) -> Option<String> {
-    use futures::StreamExt;
-    let mut history = t.history(Some(50));
-    while let Some(commit) = history.next().await {
-        let commit = commit.ok()?;
-        if let Some(v) = commit.info.get("sluice.gold").and_then(|v| v.as_str()) {
-            return Some(v.trim_start_matches("sha256:").to_string());
-        }
-    }
-    None
-}
-
-/// What each table is computed from, for a role.
-#[derive(Debug, Default)]
-struct Derivation {
-    /// Tables each table is computed from: the configuration's, the lake's own internal
-    /// tables', and each gold table's from the plan of its definition.
-    sources: BTreeMap<String, std::collections::BTreeSet<String>>,
-    /// Each gold table's columns and what they are computed from.
-    columns: BTreeMap<String, Vec<(String, std::collections::BTreeSet<lineage::Source>)>>,
-    /// Gold tables whose definition is missing or differs from the one they were built with.
-    unknown: std::collections::BTreeSet<String>,
-}
-
-impl Derivation {
-    /// Why the role may not read `qualified`, when it is derived from what the role may
-    /// not see.
-    fn refuses(&self, a: &access::Access, qualified: &str) -> Option<String> {
-        let r = &a.role;
-        let hidden = a.hidden_sources(qualified, &self.sources);
-        if !hidden.is_empty() {
-            let hidden: Vec<_> = hidden.into_iter().collect();
-            return Some(format!(
-                "it is computed from rows of {} that roles.{r}.row_filters hide; \
-                 roles.{r}.allow_derived lists derived tables the role may read",
-                hidden.join(", ")
-            ));
-        }
-        (self.unknown.contains(qualified) && !a.allow_derived.iter().any(|t| t == qualified)).then(
-            || {
-                format!(
-                    "its definition is not in sql.gold_dir or changed since it was built, so \
-                     what it is computed from is unknown; roles.{r}.allow_derived lists \
-                     derived tables the role may read"
-                )
-            },
-        )
-    }
-}
-
-/// Internal tables computed from the layers' rows: snapshots record counts and
-/// checksums of silver and gold tables; dead letters, quarantine and quality results hold
-/// bronze rows.
-const INTERNAL_SOURCES: [(&str, &[&str]); 5] = [
-    ("sluice.snapshots", &["silver", "gold"]),
-    ("sluice.snapshot_diffs", &["silver", "gold"]),
-    ("sluice.dead_letters", &["bronze"]),
-    ("sluice.quarantine", &["bronze"]),
-    ("sluice.quality", &["bronze"]),
-];
-
-/// The derivations of the lake's tables for `a`: the configuration's, the internal
-/// tables', and each gold table's, read from the plan of its definition over every table
-/// (and view) of the lake.
-async fn derive(a: &access::Access, opened: &[Opened]) -> Result<Derivation> {
-    use sha2::Digest;
-    let mut d = Derivation::default();
-    for (t, from) in &a.sources {
-        d.sources
-            .entry(t.clone())
-            .or_default()
-            .extend(from.iter().cloned());
-    }
-    for (table, layers) in INTERNAL_SOURCES {
-        let from = opened
-            .iter()
-            .filter(|o| layers.contains(&o.table.schema.as_str()))
-            .map(|o| o.table.qualified());
-        d.sources.entry(table.to_string()).or_default().extend(from);
-    }
-    let gold: Vec<&Opened> = opened.iter().filter(|o| o.table.schema == "gold").collect();
-    if gold.is_empty() {
-        return Ok(d);
-    }
-    // Every table and view, unrestricted: only planned, never run.
-    let shadow = SessionContext::new_with_config(session_config()?);
-    let catalog = shadow
-        .catalog("datafusion")
-        .ok_or_else(|| DataFusionError::Plan("no default catalog".into()))?;
-    for schema in LAYERS.iter().map(|(_, s)| *s).chain(["views"]) {
-        catalog.register_schema(schema, Arc::new(MemorySchemaProvider::new()))?;
-    }
-    for o in opened {
-        shadow.register_table(
-            datafusion::common::TableReference::partial(
-                o.table.schema.as_str(),
-                o.table.name.as_str(),
-            ),
-            Arc::new(ReadOnlyTable::new(o.table.qualified(), o.provider.clone())),
-        )?;
-    }
-    if let Some(dir) = &a.views_dir {
-        register_views_in(&shadow, dir, None).await?;
-    }
-    let definitions = match &a.gold_dir {
-        Some(dir) => definitions::read_dir(dir)?,
-        None => Vec::new(),
-    };
-    for g in gold {
-        let qualified = g.table.qualified();
-        let definition = definitions.iter().find(|def| def.name == g.table.name);
-        let lineage = match definition {
-            Some(def)
-                if g.built.as_deref() == Some(&hex(&sha2::Sha256::digest(def.sql.as_bytes()))) =>
-            {
-                match shadow.state().create_logical_plan(&def.sql).await {
-                    Ok(plan) => lineage::of(&plan).ok(),
-                    Err(_) => None,
-                }
-            }
-            _ => None,
-        };
-        match lineage {
-            Some(l) => {
-                d.sources
-                    .entry(qualified.clone())
-                    .or_default()
-                    .extend(l.tables);
-                d.columns.insert(qualified, l.columns);
-            }
-            None => {
-                d.unknown.insert(qualified);
-            }
-        }
-    }
-    Ok(d)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Refuse a role whose `deny_columns` names, as `layer.table.column`, a table of the lake
-/// without that column: a misspelt name would deny nothing.
-/// Refuse a `deny_columns` entry of `a` that names nothing in a lake holding `all` (of
-/// which `opened` are open): a misspelt name would deny nothing. A bare column name must
-/// be a column of some table; `<layer>.<table>.<column>[.<field>…]` a table of the lake,
-/// a column of it and fields of that column (through lists). An empty lake has nothing to
-/// check against.
-fn check_denied_paths(a: &access::Access, all: &[TableRef], opened: &[Opened]) -> Result<()> {
-    let refuse = |path: &str, why: String| {
-        Err(Error::Denied(format!(
-            "roles.{}.deny_columns: '{path}' {why}",
-            a.role
-        )))
-    };
-    if all.is_empty() {
-        return Ok(());
-    }
-    for path in &a.deny_columns {
-        let parts: Vec<&str> = path.split('.').collect();
-        match parts.as_slice() {
-            [column] => {
-                let found = opened
-                    .iter()
-                    .any(|o| o.provider.schema().field_with_name(column).is_ok());
-                if !found && !opened.is_empty() {
-                    return refuse(path, "names no column of any table of the lake".into());
-                }
-            }
-            [layer, name, column, fields @ ..] => {
-                let table = format!("{layer}.{name}");
-                if !all.iter().any(|t| t.qualified() == table) {
-                    return refuse(
-                        path,
-                        format!("names {table}, a table the lake does not hold"),
-                    );
-                }
-                let Some(o) = opened.iter().find(|o| o.table.qualified() == table) else {
-                    continue;
-                };
-                let schema = o.provider.schema();
-                let Ok(field) = schema.field_with_name(column) else {
-                    return refuse(path, format!("names no column of {table}"));
-                };
-                let mut at = field.data_type().clone();
-                for f in fields {
-                    match child_type(&at, f) {
-                        Some(t) => at = t,
-                        None => {
-                            return refuse(
-                                path,
-                                format!("names no field of column {column} of {table}"),
-                            );
-                        }
-                    }
-                }
-            }
-            // Other shapes are refused with the configuration.
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// The type of field `name` of a struct of type `t` (inside lists, as many as there are).
-fn child_type(t: &arrow::datatypes::DataType, name: &str) -> Option<arrow::datatypes::DataType> {
-    use arrow::datatypes::DataType;
-    match t {
-        DataType::List(item) | DataType::LargeList(item) | DataType::ListView(item) => {
-            child_type(item.data_type(), name)
-        }
-        DataType::FixedSizeList(item, _) => child_type(item.data_type(), name),
-        DataType::Struct(fields) => fields.find(name).map(|(_, f)| f.data_type().clone()),
-        _ => None,
-    }
-}
-
-fn url_for(abs: &Path) -> Result<url::Url> {
-    url::Url::from_directory_path(abs).map_err(|()| Error::Io {
-        path: abs.to_path_buf(),
-        source: std::io::Error::other("not an absolute path"),
-    })
 }
 
 #[cfg(test)]
