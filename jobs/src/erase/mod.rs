@@ -443,8 +443,9 @@ pub async fn erase(
 /// lock, or has committed. Its table may be new, so (unless a dry run) the locks of the
 /// gold tables listed and every gold table lock held now are taken (into `held`, by
 /// [`lock_key`]), and again for what the next listing shows, until a listing shows no
-/// table and no lock not held: every table returned is then held, and no build that
-/// could have read a gold table before its erasure is still running.
+/// table and no lock not held: every table returned is then held, and every build in
+/// flight when the gold tables were reached has committed (a build of a new table that
+/// starts after the last listing is not waited for).
 async fn gold_tables(
     cx: &JobContext,
     lake: &Lake,
