@@ -146,7 +146,7 @@ fn create_only() -> PutOptions {
 }
 
 /// Where lock objects live, under the lake's root.
-const LOCKS: &str = "_sluice/locks";
+pub const LOCKS: &str = "_sluice/locks";
 
 /// The name of lock `name`'s object (without its extension): names that differ only in
 /// dots, slashes and underscores are one lock.

@@ -364,7 +364,7 @@ pub fn run_id(job: &str, started_at: i64) -> String {
 
 /// Where the lake's locks live.
 pub fn locks_dir(lake: &Path) -> PathBuf {
-    lake.join("_sluice/locks")
+    lake.join(crate::lock::LOCKS)
 }
 
 #[cfg(test)]

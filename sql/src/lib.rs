@@ -688,9 +688,7 @@ impl Catalog {
             for (view, why) in &views.skipped {
                 let why = match self.explain_message(why) {
                     Some(reason) => format!("its definition reads what the role may not: {reason}"),
-                    None if why.starts_with("not readable by role") => {
-                        format!("roles.{}.tables", a.role)
-                    }
+                    None if !a.allows_table(view) => format!("roles.{}.tables", a.role),
                     None => "its definition reads a table the lake does not hold".to_string(),
                 };
                 self.denied_tables.push((view.clone(), why));

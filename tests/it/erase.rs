@@ -744,6 +744,13 @@ fn rows_of(certificate: &serde_json::Value) -> u64 {
         .sum()
 }
 
+/// The (pseudonymised) id of the first demo customer found only among card
+/// transactions: no customer or account row in silver.
+pub(crate) const ONLY_IN_CARD_TRANSACTIONS: &str = "select t.customer_id from bronze.card_transactions t \
+     where t.customer_id not in (select customer_id from silver.accounts where customer_id is not null) \
+     and t.customer_id not in (select customer_id from silver.customers where customer_id is not null) \
+     order by 1 limit 1";
+
 /// The raw customer id behind `token` among the demo's customers.
 pub(crate) fn raw_of(token: &dyn Fn(&str) -> String, wanted: &str) -> String {
     (1..=3_000)
@@ -782,12 +789,7 @@ fn erasure_leaves_no_value_of_the_erased_rows_anywhere_and_statistics_stay_safe(
             &format!("customer_id = '{}'", token(&with_accounts))
         ) > 0
     );
-    let only_cards = d.one(
-        "select t.customer_id from bronze.card_transactions t \
-         where t.customer_id not in (select customer_id from silver.accounts where customer_id is not null) \
-         and t.customer_id not in (select customer_id from silver.customers where customer_id is not null) \
-         order by 1 limit 1",
-    );
+    let only_cards = d.one(ONLY_IN_CARD_TRANSACTIONS);
     let only_cards = raw_of(&token, only_cards.trim());
     let with_letter = "C0000002".to_string();
     let subjects = [

@@ -338,10 +338,7 @@ fn the_demo_lands_in_s3_resumes_there_and_every_job_runs_there() {
         "sql",
         "--format",
         "csv",
-        "select t.customer_id from bronze.card_transactions t \
-         where t.customer_id not in (select customer_id from silver.accounts where customer_id is not null) \
-         and t.customer_id not in (select customer_id from silver.customers where customer_id is not null) \
-         order by 1 limit 1",
+        crate::erase::ONLY_IN_CARD_TRANSACTIONS,
     ]);
     assert_eq!(code, Some(0), "{stderr}");
     let only_cards = crate::erase::raw_of(&token, stdout.lines().nth(1).expect("a row").trim());

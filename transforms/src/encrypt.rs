@@ -51,8 +51,10 @@ struct DataKey {
     key: [u8; 32],
 }
 
-#[derive(Default)]
 struct State {
+    /// At most this many data keys in `keys` and `older` together ([`MAX_CACHED_KEYS`]
+    /// unless set).
+    max_keys: usize,
     /// By keyed hash of the subject: the keys used since `older` was filled.
     keys: HashMap<[u8; 32], DataKey>,
     /// The keys of the generation before, dropped when `keys` fills up again; a key used
@@ -63,19 +65,28 @@ struct State {
 }
 
 impl State {
-    fn get(&mut self, subject: &[u8; 32], max_keys: usize) -> Option<DataKey> {
+    fn new(max_keys: usize) -> Self {
+        Self {
+            max_keys,
+            keys: HashMap::new(),
+            older: HashMap::new(),
+            new: Vec::new(),
+        }
+    }
+
+    fn get(&mut self, subject: &[u8; 32]) -> Option<DataKey> {
         if let Some(k) = self.keys.get(subject) {
             return Some(*k);
         }
         let k = self.older.remove(subject)?;
-        self.insert(*subject, k, max_keys);
+        self.insert(*subject, k);
         Some(k)
     }
 
     /// Keep `key` for `subject`, dropping the older generation when the newer one holds
     /// half of `max_keys` (so neither ever holds more than half).
-    fn insert(&mut self, subject: [u8; 32], key: DataKey, max_keys: usize) {
-        if self.keys.len() >= (max_keys / 2).max(1) {
+    fn insert(&mut self, subject: [u8; 32], key: DataKey) {
+        if self.keys.len() >= self.max_keys / 2 {
             self.older = std::mem::take(&mut self.keys);
         }
         self.keys.insert(subject, key);
@@ -92,8 +103,6 @@ pub struct Keyring {
     kek: Aes256Gcm,
     subject_mac: Hmac<Sha256>,
     state: Mutex<State>,
-    /// At most this many data keys in memory ([`MAX_CACHED_KEYS`] unless set).
-    max_keys: usize,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -144,14 +153,16 @@ impl Keyring {
             kek: Aes256Gcm::new(&derive_key(secret.bytes(), b"sluice subject keys v1").into()),
             subject_mac: <Hmac<Sha256> as KeyInit>::new_from_slice(&mac_key)
                 .unwrap_or_else(|_| unreachable!("HMAC accepts any key length")),
-            state: Mutex::new(State::default()),
-            max_keys: MAX_CACHED_KEYS,
+            state: Mutex::new(State::new(MAX_CACHED_KEYS)),
         }
     }
 
     /// The same keyring keeping at most `max_keys` data keys in memory.
     pub fn with_max_keys(mut self, max_keys: usize) -> Self {
-        self.max_keys = max_keys.max(2);
+        self.state
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .max_keys = max_keys.max(2);
         self
     }
 
@@ -184,7 +195,7 @@ impl Keyring {
     /// The data key of `subject`, created (and queued for the store) when it has none.
     fn key_for(&self, state: &mut State, subject: &[u8]) -> Result<DataKey> {
         let r = self.subject_ref(subject);
-        if let Some(k) = state.get(&r, self.max_keys) {
+        if let Some(k) = state.get(&r) {
             return Ok(k);
         }
         let key = DataKey {
@@ -213,7 +224,7 @@ impl Keyring {
             wrapped: STANDARD.encode(sealed),
             created_at: chrono::Utc::now().timestamp_micros(),
         });
-        state.insert(r, key, self.max_keys);
+        state.insert(r, key);
         Ok(key)
     }
 
@@ -285,8 +296,8 @@ impl KeyCache for Keyring {
         }
         let mut state = self.lock();
         for (subject, key) in loaded {
-            if state.get(&subject, self.max_keys).is_none() {
-                state.insert(subject, key, self.max_keys);
+            if state.get(&subject).is_none() {
+                state.insert(subject, key);
             }
         }
         Ok(())
@@ -294,7 +305,9 @@ impl KeyCache for Keyring {
 
     fn retain(&self, present: &HashSet<String>) {
         let mut state = self.lock();
-        let State { keys, older, new } = &mut *state;
+        let State {
+            keys, older, new, ..
+        } = &mut *state;
         // Keys not stored yet are not lost: they are written with the next commit.
         let pending: HashSet<&str> = new.iter().map(|k| k.key_id.as_str()).collect();
         let kept = |k: &DataKey| {

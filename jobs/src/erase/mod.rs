@@ -279,83 +279,74 @@ pub async fn erase(
         }
     }
     let mut outcomes: Vec<TableOutcome> = Vec::new();
-    // Every table but gold first; then gold, which is computed from the others.
-    let mut tables: Vec<_> = find_tables_in(lake)
-        .await?
-        .into_iter()
-        .filter(|t| t.schema != "gold")
-        .collect();
     // Gold tables read one another: the rewrite locks of all of them are taken before the
     // first is erased and held until the last is, so no gold build can read a gold table
     // not yet erased into one already erased. (A build holds one such lock at a time and
     // takes it before reading: no deadlock.) By lock key.
     let mut gold: BTreeMap<String, Lock> = BTreeMap::new();
-    let (mut at, mut gold_listed) = (0, false);
-    loop {
-        if at == tables.len() {
-            if gold_listed {
-                break;
-            }
-            // Every other table is erased: the gold tables now, listed once the builds
-            // in flight have committed.
-            gold_listed = true;
-            tables.extend(gold_tables(cx, lake, options, &mut gold).await?);
-            continue;
-        }
-        let t = tables[at].clone();
-        at += 1;
-        let name = t.qualified();
-        if RECORD_TABLES.contains(&name.as_str()) {
-            continue;
-        }
-        let is_gold = t.schema == "gold";
-        // Erasure, maintenance and anonymisation of a table never overlap: each waits
-        // for the others.
-        let locks = if options.dry_run {
-            None
+    // Every table but gold first; then gold, which is computed from the others, listed
+    // once the builds in flight have committed.
+    for gold_phase in [false, true] {
+        let tables: Vec<TableRef> = if gold_phase {
+            gold_tables(cx, lake, options, &mut gold).await?
         } else {
-            let erasing =
-                Lock::acquire_waiting(cx, &format!("erase.{name}"), options.lock_wait).await?;
-            let maintaining = if is_gold {
+            find_tables_in(lake)
+                .await?
+                .into_iter()
+                .filter(|t| t.schema != "gold")
+                .collect()
+        };
+        for t in tables {
+            let name = t.qualified();
+            if RECORD_TABLES.contains(&name.as_str()) {
+                continue;
+            }
+            let is_gold = t.schema == "gold";
+            // Erasure, maintenance and anonymisation of a table never overlap: each waits
+            // for the others.
+            let locks = if options.dry_run {
                 None
             } else {
-                Some(
-                    Lock::acquire_waiting(cx, &crate::lock::table_lock(&name), options.lock_wait)
-                        .await?,
-                )
+                let erasing =
+                    Lock::acquire_waiting(cx, &format!("erase.{name}"), options.lock_wait).await?;
+                let maintaining = if is_gold {
+                    None
+                } else {
+                    Some(Lock::acquire_waiting(cx, &table_lock(&name), options.lock_wait).await?)
+                };
+                Some((erasing, maintaining))
             };
-            Some((erasing, maintaining))
-        };
-        let delta = table::open(&name, &t.url).await?;
-        let schema = table::arrow_schema(&name, &delta)?;
-        let lookup = lookup_for(config, &name, &schema);
-        if !lookup.is_empty() {
-            let held: Vec<&Lock> = locks
-                .iter()
-                .flat_map(|(e, m)| std::iter::once(e).chain(m.iter()))
-                .chain(gold.get(&lock_key(&table_lock(&name))))
-                .collect();
-            let done = erase_table(
-                cx,
-                &name,
-                delta,
-                &lookup,
-                &all,
-                requests,
-                &owners,
-                options,
-                journal.as_ref(),
-                &held,
-            )
-            .await?;
-            report(&done.shared, options.dry_run);
-            outcomes.push(done);
-        }
-        if let Some((erasing, maintaining)) = locks {
-            if let Some(m) = maintaining {
-                m.release().await;
+            let delta = table::open(&name, &t.url).await?;
+            let schema = table::arrow_schema(&name, &delta)?;
+            let lookup = lookup_for(config, &name, &schema);
+            if !lookup.is_empty() {
+                let held: Vec<&Lock> = locks
+                    .iter()
+                    .flat_map(|(e, m)| std::iter::once(e).chain(m.iter()))
+                    .chain(gold.get(&lock_key(&table_lock(&name))))
+                    .collect();
+                let done = erase_table(
+                    cx,
+                    &name,
+                    delta,
+                    &lookup,
+                    &all,
+                    requests,
+                    &owners,
+                    options,
+                    journal.as_ref(),
+                    &held,
+                )
+                .await?;
+                report(&done.shared, options.dry_run);
+                outcomes.push(done);
             }
-            erasing.release().await;
+            if let Some((erasing, maintaining)) = locks {
+                if let Some(m) = maintaining {
+                    m.release().await;
+                }
+                erasing.release().await;
+            }
         }
     }
     for (_, lock) in gold {
