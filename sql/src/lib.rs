@@ -16,6 +16,8 @@
 pub mod access;
 pub mod amplify;
 pub mod definitions;
+mod error;
+mod explain;
 pub mod limits;
 pub mod lineage;
 pub mod readonly;
@@ -23,12 +25,15 @@ pub mod restricted;
 mod role;
 pub mod server;
 mod tables;
+mod views;
+
+pub use error::{Error, Result};
+pub use views::Views;
 
 use role::{Derivation, Restriction, check_denied_paths, derive, last_definition, restrict};
 pub use tables::{LAYERS, TableRef, find_tables, find_tables_in};
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +41,6 @@ pub use sluice_pipeline::lake::Lake;
 
 use arrow::array::RecordBatch;
 use datafusion::catalog::MemorySchemaProvider;
-use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::TaskContext;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
@@ -47,98 +51,8 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::TryStreamExt;
 
-use sluice_pipeline::error::BoxError;
-
 use crate::limits::{Guarded, QueryPool, TimedOut};
-use crate::readonly::{ReadOnlyStores, ReadOnlyTable, Refusal};
-
-/// Errors of `sluice-sql`.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("table {table}: {source}")]
-    Table {
-        table: String,
-        #[source]
-        source: Box<deltalake::DeltaTableError>,
-    },
-    #[error("{0}")]
-    Query(#[from] datafusion::error::DataFusionError),
-    #[error("reading the lake at {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// A definition file that cannot be used as written (sluice's own words).
-    #[error("{path}: {message}")]
-    Definition { path: PathBuf, message: String },
-    /// A view definition DataFusion cannot plan.
-    #[error("{path}: {source}")]
-    View {
-        path: PathBuf,
-        #[source]
-        source: Box<DataFusionError>,
-    },
-    #[error("{0}")]
-    Denied(String),
-    /// Time travel named a table the lake does not have.
-    #[error("time travel: no table {0} in the lake")]
-    NoSuchTable(String),
-    /// Time travel asked for a version the table cannot be opened at.
-    #[error("time travel: {table} at version {version}: {source}")]
-    Travel {
-        table: String,
-        version: u64,
-        #[source]
-        source: Box<deltalake::DeltaTableError>,
-    },
-    /// The server's TLS certificate or key could not be used.
-    #[error("serve: {path}: {source}")]
-    Tls {
-        path: PathBuf,
-        #[source]
-        source: BoxError,
-    },
-    /// The certificate could not be used for SCRAM channel binding.
-    #[error("serve: certificate for SCRAM channel binding: {source}")]
-    ChannelBinding {
-        #[source]
-        source: BoxError,
-    },
-    #[error("listing the lake at {lake}: {source}")]
-    Listing {
-        lake: String,
-        #[source]
-        source: BoxError,
-    },
-    /// Refused, cancelled or over its memory, or a role's error without its values.
-    #[error("{message}")]
-    Sql {
-        sqlstate: &'static str,
-        message: String,
-    },
-}
-
-impl Error {
-    /// The Postgres SQLSTATE of the error, when it has a precise one.
-    pub fn sqlstate(&self) -> Option<&'static str> {
-        match self {
-            Error::Sql { sqlstate, .. } => Some(sqlstate),
-            Error::Denied(_) => Some(readonly::PRIVILEGE),
-            Error::Query(e) => limits::sqlstate(e),
-            _ => None,
-        }
-    }
-}
-
-impl From<Refusal> for Error {
-    fn from(r: Refusal) -> Self {
-        Error::Sql {
-            sqlstate: r.sqlstate,
-            message: r.message,
-        }
-    }
-}
+use crate::readonly::{ReadOnlyStores, ReadOnlyTable};
 
 /// What a session may take. The defaults: no limit; operators may spill to temporary
 /// files unless the session reads as a role.
@@ -209,45 +123,6 @@ pub struct TimeTravel {
     pub versions: std::collections::BTreeMap<String, u64>,
     /// RFC 3339 time, e.g. `2026-11-22T10:00:00Z`.
     pub as_of: Option<String>,
-}
-
-/// Result alias for this crate.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// The views of a session.
-#[derive(Debug, Clone, Default)]
-pub struct Views {
-    pub registered: Vec<String>,
-    /// Views left out, with why (they read a table that is not there).
-    pub skipped: Vec<(String, String)>,
-}
-
-/// The field of DataFusion's "No field named <qualifier>.<column>.", split.
-fn missing_field(text: &str) -> Option<(Option<String>, String)> {
-    let rest = text.split("No field named ").nth(1)?;
-    // The name ends the sentence: "… named c.email.\nValid fields are …".
-    let name = rest.split_whitespace().next()?.trim_end_matches('.');
-    let parts: Vec<&str> = name.split('.').map(|p| p.trim_matches('"')).collect();
-    let (column, qualifier) = parts.split_last()?;
-    Some((
-        (!qualifier.is_empty()).then(|| qualifier.join(".")),
-        (*column).to_string(),
-    ))
-}
-
-/// The table of DataFusion's "table '<catalog>.<layer>.<name>' not found", as `layer.name`.
-fn missing_table(text: &str) -> Option<String> {
-    let rest = text
-        .split_once("table '")
-        .or_else(|| text.split_once("Table '"))?
-        .1;
-    let name = rest.split("' not found").next()?;
-    Some(name.strip_prefix("datafusion.").unwrap_or(name).to_string())
-}
-
-/// Whether planning failed because a table or view does not exist.
-fn is_missing_table(e: &datafusion::error::DataFusionError) -> bool {
-    missing_table(&e.to_string()).is_some()
 }
 
 /// A DataFusion session with every table of a lake registered.
@@ -457,26 +332,6 @@ impl Catalog {
         })
     }
 
-    /// `e`, said in the role's terms when it comes from a column or table the role may
-    /// not read; with its SQLSTATE when it is a refusal, a timeout or over memory.
-    pub fn explain(&self, e: DataFusionError) -> Error {
-        self.explain_in(e, "")
-    }
-
-    /// [`Catalog::explain`] for an error of planning `sql`.
-    fn explain_in(&self, e: DataFusionError, sql: &str) -> Error {
-        if let Some(sqlstate) = limits::sqlstate(&e) {
-            return Error::Sql {
-                sqlstate,
-                message: limits::message(&e),
-            };
-        }
-        match self.explain_message_in(&e.to_string(), sql) {
-            Some(m) => Error::Denied(m),
-            None => e.into(),
-        }
-    }
-
     /// The role the session reads as, if any.
     pub fn role(&self) -> Option<&str> {
         self.access.as_ref().map(|a| a.role.as_str())
@@ -621,51 +476,6 @@ impl Catalog {
         Ok((runtime, Some(pool)))
     }
 
-    /// The role's reason for an error whose text names a column or table the role may
-    /// not read (DataFusion only knows it as missing); none for any other error.
-    pub fn explain_message(&self, text: &str) -> Option<String> {
-        self.explain_message_in(text, "")
-    }
-
-    /// [`Catalog::explain_message`] for an error of `sql`: a column named without its
-    /// table is looked for first in the tables `sql` names.
-    fn explain_message_in(&self, text: &str, sql: &str) -> Option<String> {
-        let a = self.access.as_ref()?;
-        let sql = sql.to_lowercase();
-        if let Some((qualifier, column)) = missing_field(text) {
-            let same_table = |d: &&&access::Denied| {
-                qualifier
-                    .as_deref()
-                    .is_some_and(|q| d.table == q || d.table.ends_with(&format!(".{q}")))
-            };
-            let named: Vec<&access::Denied> =
-                self.denied.iter().filter(|d| d.column == column).collect();
-            let in_query = |d: &&&access::Denied| sql.contains(&d.table.to_lowercase());
-            // An alias (`c.email`) names no table: a denied column of that name, of a
-            // table the query reads if there is one.
-            if let Some(d) = named
-                .iter()
-                .find(same_table)
-                .or_else(|| named.iter().find(in_query))
-                .or(named.first())
-            {
-                return Some(format!(
-                    "column {} of {} is not readable by role '{}' ({})",
-                    d.column, d.table, a.role, d.policy
-                ));
-            }
-        }
-        if let Some(table) = missing_table(text)
-            && let Some((_, why)) = self.denied_tables.iter().find(|(t, _)| *t == table)
-        {
-            return Some(format!(
-                "table {table} is not readable by role '{}' ({why})",
-                a.role
-            ));
-        }
-        None
-    }
-
     /// The DataFusion session, for serving it over another protocol.
     pub fn context(&self) -> &SessionContext {
         &self.ctx
@@ -674,27 +484,6 @@ impl Catalog {
     /// Columns the session's role may not read.
     pub fn denied(&self) -> &[access::Denied] {
         &self.denied
-    }
-
-    /// Register each definition of `dir` as the view `views.<name>`; a view may read
-    /// another. A view reading a table this lake (or this role) lacks is skipped, with
-    /// the reason; any other error in a definition fails, naming its file.
-    ///
-    /// For a role, a view left out is denied like a table: a query naming it is told
-    /// which table or column of its definition the role may not read.
-    pub async fn register_views(&mut self, dir: &Path) -> Result<Views> {
-        let views = register_views_in(&self.ctx, dir, self.access.as_ref()).await?;
-        if let Some(a) = &self.access {
-            for (view, why) in &views.skipped {
-                let why = match self.explain_message(why) {
-                    Some(reason) => format!("its definition reads what the role may not: {reason}"),
-                    None if !a.allows_table(view) => format!("roles.{}.tables", a.role),
-                    None => "its definition reads a table the lake does not hold".to_string(),
-                };
-                self.denied_tables.push((view.clone(), why));
-            }
-        }
-        Ok(views)
     }
 
     /// The tables registered.
@@ -751,41 +540,6 @@ impl Catalog {
     }
 }
 
-/// Register each definition of `dir` as the view `views.<name>` in `ctx` (see
-/// [`Catalog::register_views`]).
-async fn register_views_in(
-    ctx: &SessionContext,
-    dir: &Path,
-    access: Option<&access::Access>,
-) -> Result<Views> {
-    let defs = definitions::in_dependency_order(definitions::read_dir(dir)?, "views")?;
-    let mut views = Views::default();
-    for d in defs {
-        let name = format!("views.{}", d.name);
-        if let Some(a) = access
-            && !a.allows_table(&name)
-        {
-            views
-                .skipped
-                .push((name, format!("not readable by role '{}'", a.role)));
-            continue;
-        }
-        match ctx.sql(&format!("CREATE VIEW {name} AS {}", d.sql)).await {
-            Ok(_) => views.registered.push(name),
-            Err(e) if is_missing_table(&e) || access.is_some() => {
-                views.skipped.push((name, e.to_string()))
-            }
-            Err(e) => {
-                return Err(Error::View {
-                    path: d.path.clone(),
-                    source: Box::new(e),
-                });
-            }
-        }
-    }
-    Ok(views)
-}
-
 /// A table opened for a session.
 struct Opened {
     table: TableRef,
@@ -821,25 +575,4 @@ async fn open_table(t: &TableRef, travel: &TimeTravel) -> Result<Option<deltalak
             })?,
     };
     Ok(Some(table))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn errors_name_the_missing_field_and_table() {
-        assert_eq!(
-            missing_field("Schema error: No field named c.email. Valid fields are c.segment."),
-            Some((Some("c".into()), "email".into()))
-        );
-        assert_eq!(
-            missing_field("Schema error: No field named email.\nValid fields are x."),
-            Some((None, "email".into()))
-        );
-        assert_eq!(
-            missing_table("Error during planning: table 'datafusion.bronze.t' not found"),
-            Some("bronze.t".into())
-        );
-    }
 }

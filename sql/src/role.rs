@@ -12,9 +12,9 @@ use datafusion::prelude::SessionContext;
 
 use crate::readonly::ReadOnlyTable;
 use crate::restricted::RestrictedTable;
+use crate::views::register_views_in;
 use crate::{
-    Error, LAYERS, Opened, Result, TableRef, access, definitions, lineage, register_views_in,
-    session_config,
+    Error, LAYERS, Opened, Result, TableRef, access, definitions, lineage, session_config,
 };
 
 /// What decides a table's columns for a role beyond its own name and tags.
