@@ -28,6 +28,8 @@ pub trait KeyCache: Send + Sync {
     /// Cache keys read from the store (those of this cache's master key); an error names
     /// the key id that cannot be unwrapped (wrong master key), never a key.
     fn load(&self, keys: &[StoredKey]) -> std::result::Result<(), String>;
+    /// The ids of the keys cached now (as many as the cache keeps, never the store's all).
+    fn cached_ids(&self) -> Vec<String>;
     /// Forget every cached key whose id is not in `present`: the store lost it to an
     /// erasure, and nothing more may be encrypted under it.
     fn retain(&self, present: &std::collections::HashSet<String>);

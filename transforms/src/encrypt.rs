@@ -303,6 +303,12 @@ impl KeyCache for Keyring {
         Ok(())
     }
 
+    fn cached_ids(&self) -> Vec<String> {
+        let state = self.lock();
+        let ids = state.keys.values().chain(state.older.values());
+        ids.map(|k| hex::encode(k.id)).collect()
+    }
+
     fn retain(&self, present: &HashSet<String>) {
         let mut state = self.lock();
         let State {

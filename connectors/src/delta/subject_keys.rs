@@ -3,7 +3,8 @@
 //! wrapped under the master key, creation time. It never holds a subject's identifier or
 //! an unwrapped key.
 //!
-//! `sluice run` loads every key at start, then before each commit of data stores the keys
+//! `sluice run` loads the keys at start (a batch at a time, into caches that keep a bounded
+//! number), then before each commit of data stores the keys
 //! created for it (a crash in between leaves a key no row uses, never a row without its
 //! key). When another writer changed the table by anything but an append (an erasure
 //! deleting a subject's keys), the cache is cut down to the keys still stored, so nothing
@@ -57,47 +58,69 @@ fn url(location: &Lake) -> Result<url::Url> {
 
 /// Every key of the table.
 async fn read(t: &DeltaTable) -> Result<Vec<StoredKey>> {
+    let mut out = Vec::new();
+    for_each_batch(t, |keys| {
+        out.extend(keys);
+        Ok(())
+    })
+    .await?;
+    Ok(out)
+}
+
+/// Hand the keys of the table to `f` a batch at a time, so that a store of any size is
+/// never held in memory whole; returns how many keys there were.
+async fn for_each_batch(
+    t: &DeltaTable,
+    mut f: impl FnMut(Vec<StoredKey>) -> Result<()>,
+) -> Result<usize> {
     if !table::exists(t) {
-        return Ok(Vec::new());
+        return Ok(0);
     }
     let ctx = SessionContext::new();
     let reading = || query("subject key store: reading");
     let provider = t.table_provider().await.map_err(reading())?;
     ctx.register_table("k", provider).map_err(reading())?;
-    let batches = ctx
+    let mut batches = ctx
         .sql("SELECT master, subject, key_id, wrapped, created_at FROM k")
         .await
         .map_err(reading())?
-        .collect()
+        .execute_stream()
         .await
         .map_err(reading())?;
-    let mut out = Vec::new();
-    for b in batches {
-        let columns: Vec<arrow::array::ArrayRef> = (0..4)
-            .map(|i| arrow::compute::cast(b.column(i), &DataType::Utf8))
-            .collect::<std::result::Result<_, _>>()?;
-        let text = |i: usize| columns[i].as_string::<i32>();
-        let (master, subject, key_id, wrapped) = (text(0), text(1), text(2), text(3));
-        let created = b
-            .column(4)
-            .as_any()
-            .downcast_ref::<TimestampMicrosecondArray>()
-            .ok_or_else(|| failure("reading", "created_at is not a timestamp"))?;
-        for i in 0..b.num_rows() {
-            out.push(StoredKey {
-                master: master.value(i).to_string(),
-                subject: subject.value(i).to_string(),
-                key_id: key_id.value(i).to_string(),
-                wrapped: wrapped.value(i).to_string(),
-                created_at: if created.is_valid(i) {
-                    created.value(i)
-                } else {
-                    0
-                },
-            });
-        }
+    let mut n = 0;
+    while let Some(b) = batches.next().await {
+        let keys = keys_of(&b.map_err(reading())?)?;
+        n += keys.len();
+        f(keys)?;
     }
-    Ok(out)
+    Ok(n)
+}
+
+/// The keys of one batch of the table.
+fn keys_of(b: &RecordBatch) -> Result<Vec<StoredKey>> {
+    let columns: Vec<arrow::array::ArrayRef> = (0..4)
+        .map(|i| arrow::compute::cast(b.column(i), &DataType::Utf8))
+        .collect::<std::result::Result<_, _>>()?;
+    let text = |i: usize| columns[i].as_string::<i32>();
+    let (master, subject, key_id, wrapped) = (text(0), text(1), text(2), text(3));
+    let created = b
+        .column(4)
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .ok_or_else(|| failure("reading", "created_at is not a timestamp"))?;
+    Ok((0..b.num_rows())
+        .map(|i| StoredKey {
+            master: master.value(i).to_string(),
+            subject: subject.value(i).to_string(),
+            key_id: key_id.value(i).to_string(),
+            wrapped: wrapped.value(i).to_string(),
+            created_at: if created.is_valid(i) {
+                created.value(i)
+            } else {
+                0
+            },
+        })
+        .collect())
 }
 
 /// Every key stored at `location` (for `sluice reveal`).
@@ -131,11 +154,14 @@ impl SubjectKeyStore {
     pub async fn open(location: &Lake, caches: Vec<Arc<dyn KeyCache>>) -> Result<Self> {
         let url = url(location)?;
         let table = table::open(NAME, &url).await?;
-        let keys = read(&table).await?;
-        for c in &caches {
-            c.load(&keys).map_err(|e| failure("loading", e))?;
-        }
-        tracing::info!(keys = keys.len(), "subject key store loaded");
+        let keys = for_each_batch(&table, |keys| {
+            for c in &caches {
+                c.load(&keys).map_err(|e| failure("loading", e))?;
+            }
+            Ok(())
+        })
+        .await?;
+        tracing::info!(keys, "subject key store loaded");
         Ok(Self {
             url,
             seen: table.version(),
@@ -225,16 +251,25 @@ impl SubjectKeyStore {
             return Ok(());
         }
         if !self.only_appends_since(self.seen).await {
-            let present: HashSet<String> = read(&self.table)
-                .await?
-                .into_iter()
-                .map(|k| k.key_id)
-                .collect();
+            // Only the cached keys are looked for: memory stays within the caches' bounds
+            // however large the store.
+            let cached: HashSet<String> = self.caches.iter().flat_map(|c| c.cached_ids()).collect();
+            let mut present = HashSet::new();
+            for_each_batch(&self.table, |keys| {
+                present.extend(
+                    keys.into_iter()
+                        .map(|k| k.key_id)
+                        .filter(|id| cached.contains(id)),
+                );
+                Ok(())
+            })
+            .await?;
             for c in &self.caches {
                 c.retain(&present);
             }
             tracing::info!(
-                keys = present.len(),
+                cached = cached.len(),
+                stored = present.len(),
                 "subject key store changed by another writer: cached keys checked against it"
             );
         }
@@ -273,16 +308,26 @@ mod tests {
     struct Fake {
         new: Mutex<Vec<StoredKey>>,
         loaded: Mutex<Vec<StoredKey>>,
+        /// The ids of the keys it made (and then handed out) or loaded.
+        cached: Mutex<Vec<String>>,
         kept: Mutex<Option<HashSet<String>>>,
     }
 
     impl KeyCache for Fake {
         fn take_new(&self) -> Vec<StoredKey> {
-            std::mem::take(&mut self.new.lock().expect("lock"))
+            let new = std::mem::take(&mut *self.new.lock().expect("lock"));
+            let ids = new.iter().map(|k| k.key_id.clone());
+            self.cached.lock().expect("lock").extend(ids);
+            new
         }
         fn load(&self, keys: &[StoredKey]) -> std::result::Result<(), String> {
             self.loaded.lock().expect("lock").extend_from_slice(keys);
+            let ids = keys.iter().map(|k| k.key_id.clone());
+            self.cached.lock().expect("lock").extend(ids);
             Ok(())
+        }
+        fn cached_ids(&self) -> Vec<String> {
+            self.cached.lock().expect("lock").clone()
         }
         fn retain(&self, present: &HashSet<String>) {
             *self.kept.lock().expect("lock") = Some(present.clone());
@@ -336,7 +381,15 @@ mod tests {
         assert_eq!(ids, ["a1", "b2", "c3"]);
         assert_eq!(read_all(&location).await.expect("read").len(), 3);
 
-        // Another writer erases a subject's key: the next persist keeps only the rest.
+        // Another replica stores a key this one never had, then another writer erases a
+        // subject's key: the next persist keeps only the rest, and the store was searched
+        // for the cached keys only (the replica's key is none of this cache's business).
+        let other = Arc::new(Fake::default());
+        let mut replica = SubjectKeyStore::open(&location, vec![other.clone()])
+            .await
+            .expect("replica");
+        other.new.lock().expect("lock").push(key("d4"));
+        assert_eq!(replica.persist().await.expect("persist"), 1);
         let t = table::open(NAME, &url(&location).expect("url"))
             .await
             .expect("open");
