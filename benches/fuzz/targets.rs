@@ -31,10 +31,13 @@ use sluice_connectors::decode::json::{JsonDecoder, JsonDecoderConfig};
 use sluice_connectors::decode::limits::DecodeLimits;
 use sluice_connectors::decode::{RawHeaders, RawMessage};
 use sluice_connectors::delta::silver::{SilverTableSpec, reduce};
+use sluice_pipeline::key_cache::KeyCache;
 use sluice_pipeline::lineage::HeaderSpec;
 use sluice_pipeline::{SourceBatch, Transform};
 use sluice_transforms::drop::Drop;
+use sluice_transforms::encrypt::{Encrypt, Keyring};
 use sluice_transforms::generalize::{Generalization, Generalize};
+use sluice_transforms::keys::Secret;
 use sluice_transforms::limit::Limited;
 use sluice_transforms::mask::Mask;
 use sluice_transforms::{ColumnPath, every_text_action};
@@ -770,8 +773,11 @@ fn avro(inputs: u64, seed: u64) -> Report {
 }
 
 /// Every action, limited as the policy limits them (`Policy::transform`: the actions that
-/// read whole values).
-fn all_actions() -> Vec<Box<dyn Transform>> {
+/// read whole values), and the keyring of `encrypt`, whose new keys the caller takes as a
+/// sink would store them.
+fn all_actions() -> (Vec<Box<dyn Transform>>, Arc<Keyring>) {
+    let secret = b"a fuzzing secret of enough bytes";
+    let keyring = Arc::new(Keyring::new("k", &Secret::new(secret.to_vec())));
     let path = || ColumnPath::parse("v").expect("path");
     let limited = |t: Box<dyn Transform>| -> Box<dyn Transform> {
         if !matches!(
@@ -788,10 +794,16 @@ fn all_actions() -> Vec<Box<dyn Transform>> {
     };
     let mut actions: Vec<Box<dyn Transform>> = vec![Box::new(Drop { path: path() })];
     actions.extend(
-        every_text_action("v", b"a fuzzing secret of enough bytes")
+        every_text_action("v", secret)
             .into_iter()
+            .filter(|t| t.name() != "encrypt")
             .map(limited),
     );
+    actions.push(limited(Box::new(Encrypt {
+        path: path(),
+        subject: path(),
+        keyring: keyring.clone(),
+    })));
     actions.push(Box::new(Generalize {
         path: path(),
         to: Generalization::Year,
@@ -800,7 +812,7 @@ fn all_actions() -> Vec<Box<dyn Transform>> {
         path: path(),
         to: Generalization::Month,
     }));
-    actions
+    (actions, keyring)
 }
 
 fn numeric_actions() -> Vec<Box<dyn Transform>> {
@@ -907,7 +919,7 @@ fn actions(inputs: u64, seed: u64) -> Report {
     .collect();
     seeds.extend(bank_seeds(&["customers"]).into_iter().take(20));
     let mut m = Mutator::new(seed, seeds);
-    let text = all_actions();
+    let (text, keyring) = all_actions();
     let numeric = numeric_actions();
     let mut done = 0u64;
     while done < inputs {
@@ -970,6 +982,9 @@ fn actions(inputs: u64, seed: u64) -> Report {
                 Ok(Ok(())) => {}
             }
         }
+        // The keys made for new subjects, stored as the sink stores them at each commit:
+        // only the bounded cache stays in memory.
+        keyring.take_new();
     }
     report
 }
