@@ -201,6 +201,19 @@ pub(crate) fn conform_array(array: &ArrayRef, to: &DataType) -> Result<ArrayRef,
     }
 }
 
+/// Whether `to` is `from` with struct fields added (at any depth) and nothing else
+/// changed but nullability: values of `from` become values of `to` by adding nulls alone.
+pub(crate) fn adds_only(from: &DataType, to: &DataType) -> bool {
+    match (from, to) {
+        (DataType::Struct(f), DataType::Struct(t)) => f.iter().all(|a| {
+            t.find(a.name())
+                .is_some_and(|(_, b)| adds_only(a.data_type(), b.data_type()))
+        }),
+        (DataType::List(a), DataType::List(b)) => adds_only(a.data_type(), b.data_type()),
+        _ => from == to,
+    }
+}
+
 /// Whether values of type `from` fit a column of type `to` by a cast that loses nothing
 /// a reader would miss (narrower integers, numbers and booleans into strings).
 pub(crate) fn fits(from: &DataType, to: &DataType) -> bool {

@@ -367,10 +367,10 @@ impl Chunk {
 /// Decode `msgs` with `try_decode`; when that fails, split them in halves and recurse, so
 /// `k` bad messages among `n` cost `O(k log n)` decodes. Good runs go to `parts` in
 /// message order, each bad message to `bad` with its error.
-pub(crate) fn bisect(
+pub(crate) fn bisect<T>(
     msgs: &[usize],
-    try_decode: &mut dyn FnMut(&[usize]) -> std::result::Result<RecordBatch, String>,
-    parts: &mut Vec<RecordBatch>,
+    try_decode: &mut dyn FnMut(&[usize]) -> std::result::Result<T, String>,
+    parts: &mut Vec<T>,
     bad: &mut Vec<(usize, String)>,
 ) {
     if msgs.is_empty() {

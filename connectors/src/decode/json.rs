@@ -19,8 +19,8 @@
 
 use std::sync::Arc;
 
-use arrow::array::{RecordBatch, UInt32Array};
-use arrow::compute::concat_batches;
+use arrow::array::RecordBatch;
+use arrow::compute::interleave_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::json::reader::{Decoder, ReaderBuilder, infer_json_schema_from_iterator};
@@ -34,7 +34,7 @@ use super::limits::{
 };
 use super::screen::Shape;
 use crate::error::{Error, Result};
-use crate::evolve::{case_twins, merge_fields, with_new_fields};
+use crate::evolve::{adds_only, case_twins, conform, merge_fields, with_new_fields};
 pub use sluice_pipeline::error::scrub_values;
 use sluice_pipeline::metrics::COLUMNS_REFUSED_TOTAL;
 use sluice_pipeline::panic::guard;
@@ -240,13 +240,13 @@ impl JsonDecoder {
     }
 
     /// Decode the chunk by bisection; bad messages become dead letters. With evolution
-    /// on, the fields the bad messages bring widen the schema once, and the chunk is
-    /// decoded again against it.
+    /// on, the fields the bad messages bring widen the schema once: the rows already
+    /// decoded gain the new columns as nulls, and only the bad messages are decoded again.
     fn decode_slow(&mut self) -> Result<Option<RecordBatch>> {
         if self.schema.is_none() {
             self.schema = self.infer(&self.chunk.candidates());
         }
-        let Some(mut schema) = self.schema.clone() else {
+        let Some(schema) = self.schema.clone() else {
             // Nothing parsed as a JSON object within the limits: every candidate is a dead
             // letter.
             for i in self.chunk.candidates() {
@@ -255,43 +255,77 @@ impl JsonDecoder {
             }
             return Ok(None);
         };
-        let mut widened = false;
-        loop {
-            let candidates = self.chunk.candidates();
-            let (rows, bad) = self.decode_screened(&schema, &candidates)?;
-            self.suspect_next = !bad.is_empty();
-            if !widened && self.config.schema_evolution && !bad.is_empty() {
-                widened = true;
-                let (wider, refused) = self.widen(&schema, &bad);
-                for (i, stage, error) in refused {
-                    self.chunk.reject(i, stage, error);
-                }
-                if let Some(wider) = wider {
-                    schema = wider;
-                    self.schema = Some(schema.clone());
-                    continue;
-                }
-            }
-            for (i, err) in bad {
-                if self.chunk.is_rejected(i) {
-                    continue;
-                }
-                let (stage, error) = self.classify(i, Some(err));
+        let (mut parts, mut bad) = self.decode_screened(&schema, &self.chunk.candidates())?;
+        let mut schema = schema;
+        if self.config.schema_evolution && !bad.is_empty() {
+            let (wider, refused) = self.widen(&schema, &bad);
+            for (i, stage, error) in refused {
                 self.chunk.reject(i, stage, error);
             }
-            return Ok(rows);
+            if let Some(wider) = wider {
+                self.schema = Some(wider.clone());
+                (parts, bad) = self.decode_widened(&schema, &wider, parts, bad)?;
+                schema = wider;
+            }
         }
+        self.suspect_next = !bad.is_empty();
+        for (i, err) in bad {
+            if self.chunk.is_rejected(i) {
+                continue;
+            }
+            let (stage, error) = self.classify(i, Some(err));
+            self.chunk.reject(i, stage, error);
+        }
+        in_message_order(&schema, &parts)
+    }
+
+    /// After `wider` replaced `schema`, the schema `parts` were decoded with: the parts with
+    /// the new columns as nulls, and the `bad` messages (those not refused meanwhile)
+    /// decoded again. When `wider` changed a type (the row images of change events unified
+    /// to a wider number) or a part does not convert, the whole chunk is decoded again
+    /// instead: values are read from the messages, never cast.
+    #[allow(clippy::type_complexity)]
+    fn decode_widened(
+        &self,
+        schema: &SchemaRef,
+        wider: &SchemaRef,
+        parts: Vec<Part>,
+        bad: Vec<(usize, String)>,
+    ) -> Result<(Vec<Part>, Vec<(usize, String)>)> {
+        let table = &self.config.table;
+        let conformed: Result<Vec<Part>> = parts
+            .into_iter()
+            .map(|p| {
+                Ok(Part {
+                    rows: conform(table, &p.rows, wider)?,
+                    msgs: p.msgs,
+                })
+            })
+            .collect();
+        let as_struct = |s: &SchemaRef| DataType::Struct(s.fields().clone());
+        let (true, Ok(mut parts)) = (adds_only(&as_struct(schema), &as_struct(wider)), conformed)
+        else {
+            return self.decode_screened(wider, &self.chunk.candidates());
+        };
+        let again: Vec<usize> = bad
+            .into_iter()
+            .map(|(i, _)| i)
+            .filter(|i| !self.chunk.is_rejected(*i))
+            .collect();
+        let (more, bad) = self.decode_screened(wider, &again)?;
+        parts.extend(more);
+        Ok((parts, bad))
     }
 
     /// Decode `candidates`: the messages the screen passes in one go (bisected only if
-    /// that fails after all), each suspect on its own. Rows in message order, and the
-    /// messages that did not decode with their errors.
+    /// that fails after all), each suspect on its own. The rows in parts, and the messages
+    /// that did not decode with their errors.
     #[allow(clippy::type_complexity)]
     fn decode_screened(
         &self,
         schema: &SchemaRef,
         candidates: &[usize],
-    ) -> Result<(Option<RecordBatch>, Vec<(usize, String)>)> {
+    ) -> Result<(Vec<Part>, Vec<(usize, String)>)> {
         let shape = Shape::of(schema.fields());
         let (likely, suspects): (Vec<usize>, Vec<usize>) = candidates
             .iter()
@@ -300,31 +334,25 @@ impl JsonDecoder {
         let mut bad = Vec::new();
         bisect(
             &likely,
-            &mut |msgs| self.try_decode(schema, msgs),
+            &mut |msgs| {
+                self.try_decode(schema, msgs).map(|rows| Part {
+                    rows,
+                    msgs: msgs.to_vec(),
+                })
+            },
             &mut parts,
             &mut bad,
         );
-        // Rows of `likely` come in its order, without the bad ones.
-        let refused: std::collections::HashSet<usize> = bad.iter().map(|(i, _)| *i).collect();
-        let mut order: Vec<usize> = likely
-            .iter()
-            .copied()
-            .filter(|i| !refused.contains(i))
-            .collect();
         for i in suspects {
             match self.try_decode(schema, &[i]) {
-                Ok(b) => {
-                    parts.push(b);
-                    order.push(i);
-                }
+                Ok(rows) => parts.push(Part {
+                    rows,
+                    msgs: vec![i],
+                }),
                 Err(e) => bad.push((i, e)),
             }
         }
-        if parts.is_empty() {
-            return Ok((None, bad));
-        }
-        let rows = concat_batches(schema, &parts)?;
-        Ok((Some(in_message_order(rows, &order)?), bad))
+        Ok((parts, bad))
     }
 
     /// Decode `msgs` with a fresh decoder; any message not adding exactly one row fails,
@@ -560,17 +588,36 @@ impl JsonDecoder {
     }
 }
 
-/// `rows`, the `i`th of which decoded message `order[i]`, sorted by message.
-fn in_message_order(rows: RecordBatch, order: &[usize]) -> Result<RecordBatch> {
-    if order.is_sorted() {
-        return Ok(rows);
+/// Rows decoded from some messages of a chunk: row `r` of `rows` is message `msgs[r]`.
+struct Part {
+    rows: RecordBatch,
+    msgs: Vec<usize>,
+}
+
+/// The rows of `parts` (each of `schema`) as one batch in message order, copied once.
+fn in_message_order(schema: &SchemaRef, parts: &[Part]) -> Result<Option<RecordBatch>> {
+    match parts {
+        [] => Ok(None),
+        [only] if only.msgs.is_sorted() => Ok(Some(only.rows.clone())),
+        _ => {
+            let mut at: Vec<(usize, usize, usize)> = parts
+                .iter()
+                .enumerate()
+                .flat_map(|(p, part)| part.msgs.iter().enumerate().map(move |(r, m)| (*m, p, r)))
+                .collect();
+            at.sort_unstable_by_key(|(m, ..)| *m);
+            let at: Vec<(usize, usize)> = at.into_iter().map(|(_, p, r)| (p, r)).collect();
+            let batches: Vec<&RecordBatch> = parts.iter().map(|p| &p.rows).collect();
+            if schema.fields().is_empty() {
+                return Ok(Some(RecordBatch::try_new_with_options(
+                    schema.clone(),
+                    vec![],
+                    &arrow::array::RecordBatchOptions::new().with_row_count(Some(at.len())),
+                )?));
+            }
+            Ok(Some(interleave_record_batch(&batches, &at)?))
+        }
     }
-    let mut positions: Vec<u32> = (0..order.len() as u32).collect();
-    positions.sort_by_key(|p| order[*p as usize]);
-    Ok(arrow::compute::take_record_batch(
-        &rows,
-        &UInt32Array::from(positions),
-    )?)
 }
 
 /// Every field nullable; fields only ever seen as `null` become strings (Delta has no null type).
@@ -961,18 +1008,41 @@ mod tests {
 
     #[test]
     fn rows_decoded_out_of_order_are_put_back_in_message_order() {
-        let rows = RecordBatch::try_from_iter([(
-            "n",
-            Arc::new(arrow::array::Int64Array::from(vec![10, 30, 50, 20, 40])) as _,
-        )])
-        .expect("batch");
-        let sorted = in_message_order(rows, &[1, 3, 5, 2, 4]).expect("sorted");
+        let part = |values: Vec<i64>, msgs: Vec<usize>| Part {
+            rows: RecordBatch::try_from_iter([(
+                "n",
+                Arc::new(arrow::array::Int64Array::from(values)) as _,
+            )])
+            .expect("batch"),
+            msgs,
+        };
+        let parts = [
+            part(vec![10, 30, 50], vec![1, 3, 5]),
+            part(vec![40, 20], vec![4, 2]),
+        ];
+        let schema = parts[0].rows.schema();
+        let sorted = in_message_order(&schema, &parts)
+            .expect("sorted")
+            .expect("rows");
         let n = sorted
             .column(0)
             .as_any()
             .downcast_ref::<arrow::array::Int64Array>()
             .expect("ints");
         assert_eq!(n.values(), &[10, 20, 30, 40, 50]);
+        // Rows of a schema without columns keep their count.
+        let empty = Arc::new(Schema::empty());
+        let none = |msgs: Vec<usize>| Part {
+            rows: RecordBatch::try_new_with_options(
+                empty.clone(),
+                vec![],
+                &arrow::array::RecordBatchOptions::new().with_row_count(Some(msgs.len())),
+            )
+            .expect("batch"),
+            msgs,
+        };
+        let rows = in_message_order(&empty, &[none(vec![2]), none(vec![0, 1])]).expect("rows");
+        assert_eq!(rows.map(|b| b.num_rows()), Some(3));
     }
 
     #[test]
@@ -1179,6 +1249,39 @@ mod hostile_tests {
 
     fn schema_id() -> SchemaRef {
         Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]))
+    }
+
+    /// When a chunk's new fields widen a type the rows decoded before had (the row images
+    /// unified to a float), those rows are read again from their messages: 1.5 stays 1.5,
+    /// never the integer the narrower column held cast back to a float.
+    #[test]
+    fn rows_of_a_chunk_whose_widening_changes_a_type_are_read_again_not_cast() {
+        let image = DataType::Struct(vec![Field::new("x", DataType::Int64, true)].into());
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("after", image, true),
+            Field::new("op", DataType::Utf8, true),
+        ]));
+        let mut d = decoder(Some(schema), DecodeLimits::default(), true);
+        let batch = push_all(
+            &mut d,
+            &[
+                r#"{"after": {"x": 1.5}, "op": "u"}"#,
+                r#"{"before": {"x": 2.5}, "after": {"x": 2}, "op": "u"}"#,
+            ],
+        );
+        assert_eq!(offsets(&batch), vec![0, 1], "{:?}", dead(&batch));
+        let rows = batch.rows.as_ref().expect("rows");
+        let x = |image: &str| -> Vec<Option<f64>> {
+            use arrow::array::Array as _;
+            let s = rows.column_by_name(image).expect("image").as_struct();
+            let x = s.column_by_name("x").expect("x");
+            let x = x.as_primitive::<arrow::datatypes::Float64Type>();
+            (0..s.len())
+                .map(|i| (s.is_valid(i) && x.is_valid(i)).then(|| x.value(i)))
+                .collect()
+        };
+        assert_eq!(x("after"), [Some(1.5), Some(2.0)]);
+        assert_eq!(x("before"), [None, Some(2.5)]);
     }
 
     /// A column added to the source table mid-stream (top level of the row, and inside a

@@ -17,7 +17,7 @@ use arrow::datatypes::{DataType, Fields};
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 /// What the screen knows of a table's schema: each field's name and shape, indexed.
-pub(crate) struct Shape(HashMap<String, Kind>);
+pub(crate) struct Shape(HashMap<String, Kind, foldhash::fast::RandomState>);
 
 enum Kind {
     Struct(Shape),
