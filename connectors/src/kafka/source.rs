@@ -211,6 +211,8 @@ impl SourceControl for KafkaControl {
 const CAUGHT_UP_QUIET: Duration = Duration::from_millis(500);
 /// With `until_caught_up`: no message for this long, whatever the watermarks say.
 const CAUGHT_UP_SILENCE: Duration = Duration::from_secs(5);
+/// How long one caught-up check may ask the brokers for watermarks.
+const CAUGHT_UP_CHECK_BUDGET: Duration = Duration::from_secs(2);
 
 impl KafkaSource {
     /// Start consuming. Returns the event channel for the runner, the control handle and
@@ -579,10 +581,16 @@ impl WorkerState {
         consumer: &BaseConsumer<RebalanceContext>,
         assigned: &BTreeMap<TopicPartition, Offset>,
     ) -> bool {
+        // One broker round trip per partition: with hundreds of partitions the check
+        // would block for minutes. Past its budget it says "not known yet", and the
+        // silence rule ends the run instead.
+        let deadline = Instant::now() + CAUGHT_UP_CHECK_BUDGET;
         assigned.iter().all(|(tp, start)| {
-            let Ok((low, high)) =
-                consumer.fetch_watermarks(&tp.topic, tp.partition, Duration::from_secs(2))
-            else {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let Ok((low, high)) = consumer.fetch_watermarks(&tp.topic, tp.partition, left) else {
                 return false;
             };
             let seen = self.positions.iter().find(|(p, _)| p == tp).map(|(_, o)| o);
