@@ -304,9 +304,13 @@ impl KeyCache for Keyring {
     }
 
     fn cached_ids(&self) -> Vec<String> {
-        let state = self.lock();
-        let ids = state.keys.values().chain(state.older.values());
-        ids.map(|k| hex::encode(k.id)).collect()
+        // Copied under the lock, spelled out after it: encrypting waits only for the copy.
+        let ids: Vec<[u8; KEY_ID_BYTES]> = {
+            let state = self.lock();
+            let keys = state.keys.values().chain(state.older.values());
+            keys.map(|k| k.id).collect()
+        };
+        ids.iter().map(hex::encode).collect()
     }
 
     fn retain(&self, present: &HashSet<String>) {
@@ -658,6 +662,8 @@ mod tests {
                 .expect("apply"),
         );
         assert!(restarted.take_new().is_empty());
+        // The ids it reports as cached are the stored ids of the keys it holds.
+        assert_eq!(restarted.cached_ids(), [first[0].key_id.clone()]);
         assert_eq!(
             restarted
                 .open(v[0].as_deref().expect("v"), &first[0])
@@ -673,6 +679,7 @@ mod tests {
         let second = restarted.take_new();
         assert_eq!(second.len(), 1);
         assert_ne!(second[0].key_id, first[0].key_id);
+        assert_eq!(restarted.cached_ids(), [second[0].key_id.clone()]);
         assert!(
             restarted
                 .open(v[0].as_deref().expect("v"), &first[0])

@@ -251,8 +251,8 @@ impl SubjectKeyStore {
             return Ok(());
         }
         if !self.only_appends_since(self.seen).await {
-            // Only the cached keys are looked for: memory stays within the caches' bounds
-            // however large the store.
+            // Only the cached keys are looked for: memory grows with the caches (their ids,
+            // for the moment of the read), never with the store.
             let cached: HashSet<String> = self.caches.iter().flat_map(|c| c.cached_ids()).collect();
             let mut present = HashSet::new();
             for_each_batch(&self.table, |keys| {
