@@ -292,6 +292,10 @@ impl JsonDecoder {
         parts: Vec<Part>,
         bad: Vec<(usize, String)>,
     ) -> Result<(Vec<Part>, Vec<(usize, String)>)> {
+        let as_struct = |s: &SchemaRef| DataType::Struct(s.fields().clone());
+        if !adds_only(&as_struct(schema), &as_struct(wider)) {
+            return self.decode_screened(wider, &self.chunk.candidates());
+        }
         let table = &self.config.table;
         let conformed: Result<Vec<Part>> = parts
             .into_iter()
@@ -302,9 +306,7 @@ impl JsonDecoder {
                 })
             })
             .collect();
-        let as_struct = |s: &SchemaRef| DataType::Struct(s.fields().clone());
-        let (true, Ok(mut parts)) = (adds_only(&as_struct(schema), &as_struct(wider)), conformed)
-        else {
+        let Ok(mut parts) = conformed else {
             return self.decode_screened(wider, &self.chunk.candidates());
         };
         let again: Vec<usize> = bad

@@ -4,11 +4,11 @@
 //! an unwrapped key.
 //!
 //! `sluice run` loads the keys at start (a batch at a time, into caches that keep a bounded
-//! number), then before each commit of data stores the keys
-//! created for it (a crash in between leaves a key no row uses, never a row without its
-//! key). When another writer changed the table by anything but an append (an erasure
-//! deleting a subject's keys), the cache is cut down to the keys still stored, so nothing
-//! more is encrypted under an erased key.
+//! number), then before each commit of data stores the keys created for it (a crash in
+//! between leaves a key no row uses, never a row without its key). When another writer
+//! changed the table by anything but an append (an erasure deleting a subject's keys), the
+//! cache is cut down to the keys still stored, so nothing more is encrypted under an erased
+//! key.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
