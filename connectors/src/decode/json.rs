@@ -293,20 +293,17 @@ impl JsonDecoder {
         bad: Vec<(usize, String)>,
     ) -> Result<(Vec<Part>, Vec<(usize, String)>)> {
         let as_struct = |s: &SchemaRef| DataType::Struct(s.fields().clone());
-        if !adds_only(&as_struct(schema), &as_struct(wider)) {
-            return self.decode_screened(wider, &self.chunk.candidates());
-        }
         let table = &self.config.table;
-        let conformed: Result<Vec<Part>> = parts
-            .into_iter()
-            .map(|p| {
-                Ok(Part {
-                    rows: conform(table, &p.rows, wider)?,
-                    msgs: p.msgs,
+        let conformed = adds_only(&as_struct(schema), &as_struct(wider)).then(|| {
+            parts
+                .into_iter()
+                .map(|p| {
+                    let rows = conform(table, &p.rows, wider).ok()?;
+                    Some(Part { rows, msgs: p.msgs })
                 })
-            })
-            .collect();
-        let Ok(mut parts) = conformed else {
+                .collect::<Option<Vec<Part>>>()
+        });
+        let Some(Some(mut parts)) = conformed else {
             return self.decode_screened(wider, &self.chunk.candidates());
         };
         let again: Vec<usize> = bad
