@@ -118,8 +118,9 @@ impl DeadLetterTable {
                 return Ok(0);
             }
             let batch = to_batch(&self.pipeline, &keep)?;
-            let mut writer =
-                RecordBatchWriter::for_table(t).map_err(delta(self.location, "opening writer"))?;
+            let mut writer = RecordBatchWriter::for_table(t)
+                .map_err(delta(self.location, "opening writer"))?
+                .with_writer_properties(writer_properties());
             writer
                 .write(batch)
                 .await
@@ -140,6 +141,17 @@ impl DeadLetterTable {
             last: last_error.map(Box::new),
         })
     }
+}
+
+/// Snappy, as delta-rs writes, without dictionaries for the key and the payload: they
+/// rarely repeat (and never when sealed), and a dictionary of megabyte payloads costs a
+/// hash of every byte and a copy of each before it is given up.
+fn writer_properties() -> parquet::file::properties::WriterProperties {
+    parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .set_column_dictionary_enabled("kafka_key".into(), false)
+        .set_column_dictionary_enabled("payload".into(), false)
+        .build()
 }
 
 fn to_batch(pipeline: &str, letters: &[&(String, DeadLetter)]) -> Result<RecordBatch> {
@@ -192,4 +204,91 @@ fn to_batch(pipeline: &str, letters: &[&(String, DeadLetter)]) -> Result<RecordB
         Arc::new(TimestampMicrosecondArray::from(vec![now; letters.len()]).with_timezone("UTC")),
     ];
     Ok(RecordBatch::try_new(schema(), columns)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use sluice_pipeline::Stage;
+
+    /// Payloads and keys are written whole and without a dictionary (a megabyte of bytes
+    /// that are not UTF-8 among them); the other columns keep theirs.
+    #[tokio::test]
+    async fn payloads_and_keys_land_whole_without_a_dictionary() {
+        let dir = tempfile::tempdir().expect("dir");
+        let lake = Lake::Local(dir.path().join("lake"));
+        let mut table = DeadLetterTable::new(&lake, "p").expect("table");
+        let big: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8 | 0x80).collect();
+        let letter = |offset: i64, payload: Vec<u8>| {
+            (
+                "t".to_string(),
+                DeadLetter {
+                    topic: "events".into(),
+                    partition: 0,
+                    offset,
+                    timestamp_ms: None,
+                    key: Some(b"\xff\xfek".to_vec()),
+                    payload: Some(payload),
+                    stage: Stage::Limit,
+                    error: "too big".into(),
+                },
+            )
+        };
+        let ranges = BTreeMap::from([(
+            TopicPartition::new("events".to_string(), 0),
+            OffsetRange { first: 0, last: 2 },
+        )]);
+        let n = table
+            .commit(
+                vec![
+                    letter(0, big.clone()),
+                    letter(1, b"{}".to_vec()),
+                    letter(2, b"{}".to_vec()),
+                ],
+                &ranges,
+            )
+            .await
+            .expect("commit");
+        assert_eq!(n, 3);
+        let files: Vec<_> = walkdir(&dir.path().join("lake"));
+        assert_eq!(files.len(), 1, "{files:?}");
+        let reader =
+            SerializedFileReader::new(std::fs::File::open(&files[0]).expect("open")).expect("read");
+        let rg = reader.metadata().row_group(0);
+        let column = |name: &str| {
+            (0..rg.num_columns())
+                .map(|i| rg.column(i))
+                .find(|c| c.column_path().string() == name)
+                .expect(name)
+        };
+        assert!(column("payload").dictionary_page_offset().is_none());
+        assert!(column("kafka_key").dictionary_page_offset().is_none());
+        assert!(column("stage").dictionary_page_offset().is_some());
+        let rows: Vec<_> = reader
+            .get_row_iter(None)
+            .expect("rows")
+            .map(|r| r.expect("row"))
+            .collect();
+        let payload = |r: &parquet::record::Row| {
+            r.get_column_iter()
+                .find(|(n, _)| n.as_str() == "payload")
+                .map(|(_, v)| v.clone())
+                .expect("payload")
+        };
+        assert_eq!(payload(&rows[0]), parquet::record::Field::Bytes(big.into()));
+    }
+
+    fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).expect("dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walkdir(&p));
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
+            }
+        }
+        out
+    }
 }
