@@ -29,10 +29,8 @@ use sluice_pipeline::{SourceBatch, Stage};
 pub use super::RawMessage;
 use super::chunk::{Chunk, Slot, bisect};
 use super::debezium::unify_images;
-use super::limits::{
-    DecodeLimits, count_fields, json_depth, json_members, name_problem, printable,
-};
-use super::screen::Shape;
+use super::limits::{DecodeLimits, count_fields, json_outline, name_problem, printable};
+use super::screen::{Shape, Verdict};
 use crate::error::{Error, Result};
 use crate::evolve::{adds_only, case_twins, conform, merge_fields, with_new_fields};
 pub use sluice_pipeline::error::scrub_values;
@@ -243,14 +241,15 @@ impl JsonDecoder {
     /// on, the fields the bad messages bring widen the schema once: the rows already
     /// decoded gain the new columns as nulls, and only the bad messages are decoded again.
     fn decode_slow(&mut self) -> Result<Option<RecordBatch>> {
+        let mut looks = Inspections::default();
         if self.schema.is_none() {
-            self.schema = self.infer(&self.chunk.candidates());
+            self.schema = self.infer(&self.chunk.candidates(), &mut looks);
         }
         let Some(schema) = self.schema.clone() else {
             // Nothing parsed as a JSON object within the limits: every candidate is a dead
             // letter.
             for i in self.chunk.candidates() {
-                let (stage, error) = self.classify(i, None);
+                let (stage, error) = self.classify(i, None, &mut looks);
                 self.chunk.reject(i, stage, error);
             }
             return Ok(None);
@@ -258,13 +257,13 @@ impl JsonDecoder {
         let (mut parts, mut bad) = self.decode_screened(&schema, &self.chunk.candidates())?;
         let mut schema = schema;
         if self.config.schema_evolution && !bad.is_empty() {
-            let (wider, refused) = self.widen(&schema, &bad);
+            let (wider, refused) = self.widen(&schema, &bad, &mut looks);
             for (i, stage, error) in refused {
                 self.chunk.reject(i, stage, error);
             }
             if let Some(wider) = wider {
                 self.schema = Some(wider.clone());
-                (parts, bad) = self.decode_widened(&schema, &wider, parts, bad)?;
+                (parts, bad) = self.decode_widened(&schema, &wider, parts, bad, &mut looks)?;
                 schema = wider;
             }
         }
@@ -273,17 +272,19 @@ impl JsonDecoder {
             if self.chunk.is_rejected(i) {
                 continue;
             }
-            let (stage, error) = self.classify(i, Some(err));
+            let (stage, error) = self.classify(i, Some(err), &mut looks);
             self.chunk.reject(i, stage, error);
         }
         in_message_order(&schema, &parts)
     }
 
     /// After `wider` replaced `schema`, the schema `parts` were decoded with: the parts with
-    /// the new columns as nulls, and the `bad` messages (those not refused meanwhile)
-    /// decoded again. When `wider` changed a type (the row images of change events unified
-    /// to a wider number) or a part does not convert, the whole chunk is decoded again
-    /// instead: values are read from the messages, never cast.
+    /// the new columns as nulls, and the `bad` messages that bring fields `schema` lacks
+    /// (and were not refused meanwhile) decoded again; the other bad messages stay bad, as
+    /// a widening that only adds fields cannot make them fit. When `wider` changed a type
+    /// (the row images of change events unified to a wider number) or a part does not
+    /// convert, the whole chunk is decoded again instead: values are read from the
+    /// messages, never cast.
     #[allow(clippy::type_complexity)]
     fn decode_widened(
         &self,
@@ -291,6 +292,7 @@ impl JsonDecoder {
         wider: &SchemaRef,
         parts: Vec<Part>,
         bad: Vec<(usize, String)>,
+        looks: &mut Inspections,
     ) -> Result<(Vec<Part>, Vec<(usize, String)>)> {
         let as_struct = |s: &SchemaRef| DataType::Struct(s.fields().clone());
         let table = &self.config.table;
@@ -306,14 +308,20 @@ impl JsonDecoder {
         let Some(Some(mut parts)) = conformed else {
             return self.decode_screened(wider, &self.chunk.candidates());
         };
-        let again: Vec<usize> = bad
+        let ours: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        let (again, mut still): (Vec<(usize, String)>, Vec<(usize, String)>) = bad
             .into_iter()
-            .map(|(i, _)| i)
-            .filter(|i| !self.chunk.is_rejected(*i))
-            .collect();
+            .filter(|(i, _)| !self.chunk.is_rejected(*i))
+            .partition(|(i, _)| {
+                self.inspected(*i, looks)
+                    .as_ref()
+                    .is_ok_and(|theirs| with_new_fields(&ours, theirs).1.count > 0)
+            });
+        let again: Vec<usize> = again.into_iter().map(|(i, _)| i).collect();
         let (more, bad) = self.decode_screened(wider, &again)?;
         parts.extend(more);
-        Ok((parts, bad))
+        still.extend(bad);
+        Ok((parts, still))
     }
 
     /// Decode `candidates`: the messages the screen passes in one go (bisected only if
@@ -326,11 +334,22 @@ impl JsonDecoder {
         candidates: &[usize],
     ) -> Result<(Vec<Part>, Vec<(usize, String)>)> {
         let shape = Shape::of(schema.fields());
-        let (likely, suspects): (Vec<usize>, Vec<usize>) = candidates
-            .iter()
-            .partition(|i| self.chunk.payload(**i).is_none_or(|b| shape.may_fit(b)));
-        let mut parts = Vec::new();
+        let mut likely = Vec::with_capacity(candidates.len());
+        let mut suspects = Vec::new();
         let mut bad = Vec::new();
+        for i in candidates {
+            match self
+                .chunk
+                .payload(*i)
+                .map_or(Verdict::MayFit, |b| shape.look(b))
+            {
+                Verdict::MayFit => likely.push(*i),
+                Verdict::Suspect => suspects.push(*i),
+                // Not tried alone: the strict decoder refuses it.
+                Verdict::SurelyNot(error) => bad.push((*i, error)),
+            }
+        }
+        let mut parts = Vec::new();
         bisect(
             &likely,
             &mut |msgs| {
@@ -380,14 +399,20 @@ impl JsonDecoder {
         .unwrap_or_else(|p| Err(p.to_string()))
     }
 
+    /// [`Self::inspect`] of message `i`, done once per chunk.
+    fn inspected<'a>(&self, i: usize, looks: &'a mut Inspections) -> &'a Inspection {
+        looks.0.entry(i).or_insert_with(|| self.inspect(i))
+    }
+
     /// The fields of message `i` as inferred, or why it is refused before any attempt to
     /// fit it to the table: not JSON, not an object (stage `decode`); too deep or too
     /// many fields (stage `limit`).
-    fn inspect(&self, i: usize) -> std::result::Result<Vec<Field>, (Stage, String)> {
+    fn inspect(&self, i: usize) -> Inspection {
         let bytes = self.chunk.payload(i).unwrap_or_default();
         let limits = &self.config.limits;
-        limits.check_depth(json_depth(bytes))?;
-        limits.check_members(json_members(bytes))?;
+        let outline = json_outline(bytes);
+        limits.check_depth(outline.depth)?;
+        limits.check_members(outline.members)?;
         let parsed = guard(|| {
             test_panic(bytes);
             let value: serde_json::Value = serde_json::from_slice(bytes)
@@ -416,15 +441,21 @@ impl JsonDecoder {
     }
 
     /// Why message `i` cannot be decoded.
-    fn classify(&self, i: usize, decode_error: Option<String>) -> (Stage, String) {
-        let fields = match self.inspect(i) {
+    fn classify(
+        &self,
+        i: usize,
+        decode_error: Option<String>,
+        looks: &mut Inspections,
+    ) -> (Stage, String) {
+        let fields = match self.inspected(i, looks) {
             Ok(f) => f,
-            Err(refused) => return refused,
+            Err(refused) => return refused.clone(),
         };
         if let Some(schema) = &self.schema {
             let new: Vec<Field> = fields
-                .into_iter()
+                .iter()
                 .filter(|f| schema.field_with_name(f.name()).is_err())
+                .cloned()
                 .collect();
             if let Some(problem) = name_problem(&new, schema, self.config.envelope) {
                 return (Stage::Schema, problem);
@@ -449,6 +480,7 @@ impl JsonDecoder {
         &self,
         schema: &SchemaRef,
         bad: &[(usize, String)],
+        looks: &mut Inspections,
     ) -> (Option<SchemaRef>, Vec<(usize, Stage, String)>) {
         let limits = &self.config.limits;
         let table = &self.config.table;
@@ -458,12 +490,12 @@ impl JsonDecoder {
         let mut attempts = 0;
         let mut refused = Vec::new();
         for (i, _) in bad {
-            let Ok(theirs) = self.inspect(*i) else {
+            let Ok(theirs) = self.inspected(*i, looks) else {
                 continue;
             };
             // New fields at any depth: a column added to the source table widens the
             // row images of change events as a new top-level field widens a table.
-            let (mut wider, new) = with_new_fields(&fields, &theirs);
+            let (mut wider, new) = with_new_fields(&fields, theirs);
             if new.count == 0 {
                 continue;
             }
@@ -542,14 +574,15 @@ impl JsonDecoder {
     /// message: the first object sets the types and each later one may only widen them
     /// losslessly; a message that conflicts, or would break a limit or a naming rule, is
     /// left out (it becomes a dead letter).
-    fn infer(&self, msgs: &[usize]) -> Option<SchemaRef> {
+    fn infer(&self, msgs: &[usize], looks: &mut Inspections) -> Option<SchemaRef> {
         let limits = &self.config.limits;
         let mut acc: Option<Vec<Field>> = None;
         let mut added = 0;
         for i in msgs {
-            let Ok(fields) = self.inspect(*i) else {
+            let Ok(fields) = self.inspected(*i, looks) else {
                 continue;
             };
+            let fields = fields.clone();
             if fields.is_empty() {
                 continue;
             }
@@ -587,13 +620,23 @@ impl JsonDecoder {
     }
 }
 
+/// A message's fields as inferred, or why it is refused before any attempt to fit it.
+type Inspection = std::result::Result<Vec<Field>, (Stage, String)>;
+
+/// The inspections of a chunk's messages, each done once.
+#[derive(Default)]
+struct Inspections(std::collections::HashMap<usize, Inspection, foldhash::fast::RandomState>);
+
 /// Rows decoded from some messages of a chunk: row `r` of `rows` is message `msgs[r]`.
 struct Part {
     rows: RecordBatch,
     msgs: Vec<usize>,
 }
 
-/// The rows of `parts` (each of `schema`) as one batch in message order, copied once.
+/// The rows of `parts` (each of `schema`) as one batch in message order, copied once:
+/// as runs of consecutive rows concatenated when the parts interleave in few runs (one
+/// large part and a few rows decoded again after a widening: a copy per column, not a
+/// gather per value), row by row otherwise.
 fn in_message_order(schema: &SchemaRef, parts: &[Part]) -> Result<Option<RecordBatch>> {
     match parts {
         [] => Ok(None),
@@ -605,8 +648,6 @@ fn in_message_order(schema: &SchemaRef, parts: &[Part]) -> Result<Option<RecordB
                 .flat_map(|(p, part)| part.msgs.iter().enumerate().map(move |(r, m)| (*m, p, r)))
                 .collect();
             at.sort_unstable_by_key(|(m, ..)| *m);
-            let at: Vec<(usize, usize)> = at.into_iter().map(|(_, p, r)| (p, r)).collect();
-            let batches: Vec<&RecordBatch> = parts.iter().map(|p| &p.rows).collect();
             if schema.fields().is_empty() {
                 return Ok(Some(RecordBatch::try_new_with_options(
                     schema.clone(),
@@ -614,6 +655,23 @@ fn in_message_order(schema: &SchemaRef, parts: &[Part]) -> Result<Option<RecordB
                     &arrow::array::RecordBatchOptions::new().with_row_count(Some(at.len())),
                 )?));
             }
+            // Runs of rows consecutive in one part: (part, first row, rows).
+            let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+            for (_, p, r) in &at {
+                match runs.last_mut() {
+                    Some((q, first, n)) if q == p && *first + *n == *r => *n += 1,
+                    _ => runs.push((*p, *r, 1)),
+                }
+            }
+            if runs.len() * 64 <= at.len() {
+                let slices: Vec<RecordBatch> = runs
+                    .iter()
+                    .map(|(p, first, n)| parts[*p].rows.slice(*first, *n))
+                    .collect();
+                return Ok(Some(arrow::compute::concat_batches(schema, &slices)?));
+            }
+            let at: Vec<(usize, usize)> = at.into_iter().map(|(_, p, r)| (p, r)).collect();
+            let batches: Vec<&RecordBatch> = parts.iter().map(|p| &p.rows).collect();
             Ok(Some(interleave_record_batch(&batches, &at)?))
         }
     }
@@ -1029,6 +1087,32 @@ mod tests {
             .downcast_ref::<arrow::array::Int64Array>()
             .expect("ints");
         assert_eq!(n.values(), &[10, 20, 30, 40, 50]);
+        // One large part and a few rows between its runs (concatenated by runs), and the
+        // same rows scattered over many parts (gathered row by row): message order both
+        // ways, every row once.
+        for scattered in [false, true] {
+            let big: Vec<usize> = (0..1000).filter(|m| m % 100 != 7).collect();
+            let few: Vec<usize> = (0..1000).filter(|m| m % 100 == 7).rev().collect();
+            let mut parts = vec![
+                part(big.iter().map(|m| *m as i64).collect(), big.clone()),
+                part(few.iter().map(|m| *m as i64).collect(), few),
+            ];
+            if scattered {
+                parts = (0..1000)
+                    .rev()
+                    .map(|m| part(vec![m as i64], vec![m as usize]))
+                    .collect();
+            }
+            let sorted = in_message_order(&schema, &parts)
+                .expect("sorted")
+                .expect("rows");
+            let n = sorted
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .expect("ints");
+            assert_eq!(n.values().to_vec(), (0..1000).collect::<Vec<i64>>());
+        }
         // Rows of a schema without columns keep their count.
         let empty = Arc::new(Schema::empty());
         let none = |msgs: Vec<usize>| Part {
@@ -1281,6 +1365,56 @@ mod hostile_tests {
         };
         assert_eq!(x("after"), [Some(1.5), Some(2.0)]);
         assert_eq!(x("before"), [None, Some(2.5)]);
+    }
+
+    /// A widening decodes again the messages bringing fields the table lacked (one whose
+    /// new field another message brought lands too); one that fails for another reason
+    /// keeps its error. Without evolution, a field the screen knows the table lacks is a
+    /// dead letter naming the field (the message was not tried on its own).
+    #[test]
+    fn a_widening_lands_the_messages_its_fields_fit_and_others_keep_their_errors() {
+        let mut d = decoder(Some(schema_id()), DecodeLimits::default(), false);
+        let batch = push_all(
+            &mut d,
+            &[
+                r#"{"id": 1}"#,
+                r#"{"id": 2, "ñame": "x"}"#,
+                r#"{"id": {"nested": true}}"#,
+                r#"{"id": 3, "ñame": "y"}"#,
+                r#"{"id": "four"}"#,
+                r#"{"id": 5}"#,
+            ],
+        );
+        assert_eq!(offsets(&batch), vec![0, 1, 3, 5], "{:?}", dead(&batch));
+        let dead = dead(&batch);
+        assert_eq!(dead.len(), 2, "{dead:?}");
+        assert!(dead.iter().all(|(o, stage, e)| [2, 4].contains(o)
+            && *stage == Stage::Schema
+            && e.starts_with("does not fit the schema of table 't'")));
+        let rows = batch.rows.as_ref().expect("rows");
+        let new = rows
+            .column_by_name("ñame")
+            .expect("widened")
+            .as_string::<i32>();
+        assert_eq!(
+            new.iter().collect::<Vec<_>>(),
+            [None, Some("x"), Some("y"), None]
+        );
+
+        // With evolution off the same field is a dead letter naming it, escaped.
+        let mut d = JsonDecoder::new(
+            JsonDecoderConfig {
+                schema_evolution: false,
+                ..d.config.clone()
+            },
+            Some(schema_id()),
+        );
+        let batch = push_all(&mut d, &[r#"{"id": 1}"#, r#"{"id": 2, "ñame": "x"}"#]);
+        assert_eq!(offsets(&batch), vec![0]);
+        assert_eq!(
+            batch.dead_letters[0].error,
+            "does not fit the schema of table 't': column 'ñame' missing from schema"
+        );
     }
 
     /// A column added to the source table mid-stream (top level of the row, and inside a

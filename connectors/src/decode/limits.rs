@@ -49,7 +49,7 @@ impl DecodeLimits {
         }
     }
 
-    /// Whether a message nested `depth` deep (see [`json_depth`]) is allowed.
+    /// Whether a message nested `depth` deep (see [`Outline`]) is allowed.
     pub(crate) fn check_depth(&self, depth: usize) -> Result<(), (Stage, String)> {
         if depth > self.max_nesting_depth {
             return Err((
@@ -97,61 +97,67 @@ impl DecodeLimits {
 }
 
 /// Call `f` with every byte of a JSON text outside its strings (quotes included, escapes
-/// skipped): the structure, scanned without parsing.
+/// skipped): the structure, scanned without parsing. Strings are skipped by searching
+/// for their closing quote, not byte by byte.
 fn outside_strings(bytes: &[u8], mut f: impl FnMut(u8)) {
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in bytes {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
-        if b == b'"' {
-            in_string = true;
-        }
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
         f(b);
+        i += 1;
+        if b == b'"' {
+            // Inside a string: to the quote closing it, past escaped bytes.
+            loop {
+                match bytes
+                    .get(i..)
+                    .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
+                {
+                    None => return,
+                    Some(k) if bytes[i + k] == b'"' => {
+                        i += k + 1;
+                        break;
+                    }
+                    Some(k) => i += k + 2,
+                }
+            }
+        }
     }
 }
 
-/// Levels of objects and arrays nested inside the top-level value of a JSON text
-/// (`{"a": 1}` is 0, `{"a": {"b": [1]}}` is 2), counted on the bytes without parsing
-/// them, strings skipped. Malformed text gives a number all the same; parsing it fails
-/// later.
-pub fn json_depth(bytes: &[u8]) -> usize {
-    let mut depth = 0usize;
-    let mut max = 0usize;
+/// What a JSON text holds, counted on its bytes without parsing them (strings skipped);
+/// malformed text gives numbers all the same, parsing it fails later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outline {
+    /// Levels of objects and arrays nested inside the top-level value (`{"a": 1}` is 0,
+    /// `{"a": {"b": [1]}}` is 2).
+    pub depth: usize,
+    /// Members of the objects outside any array, as written (a key repeated counts each
+    /// time): a bound below which the fields inferred from it stay (up to repeated
+    /// keys), so a message of thousands of fields outside arrays is refused before
+    /// anything is built from it (fields inside arrays are counted once inferred).
+    pub members: usize,
+}
+
+/// The [`Outline`] of a JSON text, in one pass.
+pub fn json_outline(bytes: &[u8]) -> Outline {
+    let (mut depth, mut max, mut arrays, mut members) = (0usize, 0usize, 0usize, 0usize);
     outside_strings(bytes, |b| match b {
         b'{' | b'[' => {
             depth += 1;
             max = max.max(depth);
+            arrays += usize::from(b == b'[');
         }
-        b'}' | b']' => depth = depth.saturating_sub(1),
-        _ => {}
-    });
-    max.saturating_sub(1)
-}
-
-/// Members of the objects of a JSON text outside any array, as written (a key repeated
-/// counts each time), counted on the bytes without parsing them: a bound below which the
-/// fields inferred from it stay (up to repeated keys), found for the cost of a scan, so a
-/// message of thousands of fields outside arrays is refused before anything is built from
-/// it (fields inside arrays are counted once inferred).
-pub fn json_members(bytes: &[u8]) -> usize {
-    let mut members = 0usize;
-    let mut arrays = 0usize;
-    outside_strings(bytes, |b| match b {
-        b'[' => arrays += 1,
-        b']' => arrays = arrays.saturating_sub(1),
+        b'}' => depth = depth.saturating_sub(1),
+        b']' => {
+            depth = depth.saturating_sub(1);
+            arrays = arrays.saturating_sub(1);
+        }
         b':' if arrays == 0 => members += 1,
         _ => {}
     });
-    members
+    Outline {
+        depth: max.saturating_sub(1),
+        members,
+    }
 }
 
 /// Levels of nesting of a type: 0 for a primitive, one more for every struct, list or
@@ -331,31 +337,90 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
-    fn json_depth_counts_levels_inside_the_top_object_and_skips_strings() {
-        assert_eq!(json_depth(br#"{"a": 1}"#), 0);
-        assert_eq!(json_depth(br#"{"a": {"b": [1, {"c": 2}]}}"#), 3);
-        assert_eq!(json_depth(br#"{"a": "{{{[[[\"}}}"}"#), 0);
-        assert_eq!(json_depth(b"[[[[[[[[[[1]]]]]]]]]]"), 9);
+    fn outline_depth_counts_levels_inside_the_top_object_and_skips_strings() {
+        assert_eq!(json_outline(br#"{"a": 1}"#).depth, 0);
+        assert_eq!(json_outline(br#"{"a": {"b": [1, {"c": 2}]}}"#).depth, 3);
+        assert_eq!(json_outline(br#"{"a": "{{{[[[\"}}}"}"#).depth, 0);
+        assert_eq!(json_outline(b"[[[[[[[[[[1]]]]]]]]]]").depth, 9);
         let deep = format!("{}{}", "{\"a\":".repeat(120), "}".repeat(120));
-        assert_eq!(json_depth(deep.as_bytes()), 119);
-        assert_eq!(json_depth(b""), 0);
-        assert_eq!(json_depth(b"}}]]"), 0, "unbalanced text does not underflow");
+        assert_eq!(json_outline(deep.as_bytes()).depth, 119);
+        assert_eq!(json_outline(b"").depth, 0);
+        assert_eq!(
+            json_outline(b"}}]]").depth,
+            0,
+            "unbalanced text does not underflow"
+        );
     }
 
     #[test]
-    fn json_members_counts_keys_outside_arrays_and_skips_strings() {
-        assert_eq!(json_members(br#"{"a": 1, "b": {"c": 2}}"#), 3);
+    fn outline_members_counts_keys_outside_arrays_and_skips_strings() {
+        assert_eq!(json_outline(br#"{"a": 1, "b": {"c": 2}}"#).members, 3);
         assert_eq!(
-            json_members(br#"{"a": [{"b": 1}, {"b": 2}], "c": "x:y"}"#),
+            json_outline(br#"{"a": [{"b": 1}, {"b": 2}], "c": "x:y"}"#).members,
             2
         );
-        assert_eq!(json_members(br#"{"a\":": 1}"#), 1);
-        assert_eq!(json_members(br#"{"a": 1, "a": 2}"#), 2, "as written");
+        assert_eq!(json_outline(br#"{"a\":": 1}"#).members, 1);
         assert_eq!(
-            json_members(b"]]]:"),
+            json_outline(br#"{"a": 1, "a": 2}"#).members,
+            2,
+            "as written"
+        );
+        assert_eq!(
+            json_outline(b"]]]:").members,
             1,
             "unbalanced text does not underflow"
         );
+    }
+
+    proptest::proptest! {
+        /// The outline counted on the bytes equals the one counted on the parsed value,
+        /// whatever the text holds (quotes, backslashes, brackets, colons and control
+        /// characters in keys and strings, escaped as JSON writes them).
+        #[test]
+        fn the_outline_of_any_json_text_matches_its_parsed_value(v in json_value()) {
+            fn levels(v: &serde_json::Value) -> usize {
+                match v {
+                    serde_json::Value::Array(a) => 1 + a.iter().map(levels).max().unwrap_or(0),
+                    serde_json::Value::Object(o) => 1 + o.values().map(levels).max().unwrap_or(0),
+                    _ => 0,
+                }
+            }
+            fn members(v: &serde_json::Value) -> usize {
+                match v {
+                    serde_json::Value::Object(o) => o.len() + o.values().map(members).sum::<usize>(),
+                    _ => 0,
+                }
+            }
+            let text = serde_json::to_vec_pretty(&v).expect("serialize");
+            let outline = json_outline(&text);
+            proptest::prop_assert_eq!(outline.depth, levels(&v).saturating_sub(1));
+            proptest::prop_assert_eq!(outline.members, members(&v));
+        }
+    }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        // Any Unicode scalar values, and the bytes that mean something to the outline.
+        let text = proptest::collection::vec(
+            prop_oneof![
+                any::<char>(),
+                proptest::sample::select(vec!['"', '\\', '{', '[', ':', '}', ']'])
+            ],
+            0..12,
+        )
+        .prop_map(String::from_iter);
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<i64>().prop_map(serde_json::Value::from),
+            text.clone().prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(6, 64, 6, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(serde_json::Value::Array),
+                proptest::collection::vec((text.clone(), inner), 0..5)
+                    .prop_map(|kv| serde_json::Value::Object(kv.into_iter().collect())),
+            ]
+        })
     }
 
     #[test]

@@ -1,20 +1,29 @@
 //! A quick look at a JSON message against a table's schema, for chunks the fast path
-//! could not decode: which messages will surely not fit (an unknown field, an object
-//! where a string is expected, not JSON at all). The rest of the chunk is then decoded in
-//! one go and only the suspects one by one, instead of bisecting the whole chunk.
+//! could not decode: which messages will surely not fit (a field the table lacks), which
+//! may not (an object where a string is expected, not JSON at all). The rest of the chunk
+//! is then decoded in one go and only the suspects one by one, instead of bisecting the
+//! whole chunk.
 //!
-//! The screen is a heuristic, never the judge: a suspect is still tried on its own (and
+//! The screen is a heuristic, never the judge, except for one verdict: a field the
+//! schema does not have, inside an object the schema types as a struct, is refused by the
+//! strict decoder whatever else the message holds, so such a message is not decoded
+//! alone (the look stops at that field). Any other suspect is still tried on its own (and
 //! lands if it fits), and when the rest of the chunk does not decode after all, the
 //! decoder falls back to bisecting it. Its cost is one pass over the message without
 //! building values: keys are borrowed and looked up, each value is checked against its
 //! field's kind as it is read (a string in a number column must hold a number), and
 //! what the schema does not describe is skipped.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 
 use arrow::datatypes::{DataType, Fields};
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{
+    DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
+
+use super::limits::printable;
 
 /// What the screen knows of a table's schema: each field's name and shape, indexed.
 pub(crate) struct Shape(HashMap<String, Kind, foldhash::fast::RandomState>);
@@ -44,13 +53,44 @@ impl Shape {
         )
     }
 
-    /// Whether `bytes` (one message) may fit under strict decoding: `false` when it surely
-    /// does not. One pass over the message, however deep it nests.
-    pub(crate) fn may_fit(&self, bytes: &[u8]) -> bool {
+    /// What the screen says of `bytes` (one message). One pass over the message, however
+    /// deep it nests, stopping at the first field the schema lacks.
+    pub(crate) fn look(&self, bytes: &[u8]) -> Verdict {
+        let unknown = RefCell::new(None);
         let mut de = serde_json::Deserializer::from_slice(bytes);
-        let fits = Fits::Object(self).deserialize(&mut de);
-        matches!(fits, Ok(true)) && de.end().is_ok()
+        let fits = Fits {
+            at: At::Object(self),
+            unknown: &unknown,
+        }
+        .deserialize(&mut de);
+        if let Some(name) = unknown.into_inner() {
+            return Verdict::SurelyNot(format!("column '{name}' missing from schema"));
+        }
+        if matches!(fits, Ok(true)) && de.end().is_ok() {
+            Verdict::MayFit
+        } else {
+            Verdict::Suspect
+        }
     }
+
+    /// Whether `bytes` (one message) may fit under strict decoding: `false` when the
+    /// screen suspects it does not.
+    #[cfg(test)]
+    pub(crate) fn may_fit(&self, bytes: &[u8]) -> bool {
+        self.look(bytes) == Verdict::MayFit
+    }
+}
+
+/// The screen's verdict on one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Nothing seen that the table's schema refuses.
+    MayFit,
+    /// Something seen that the decoder may refuse: try the message on its own.
+    Suspect,
+    /// A field the table lacks, inside an object the table types as a struct: the strict
+    /// decoder refuses it (the error names the field, printable).
+    SurelyNot(String),
 }
 
 impl Kind {
@@ -84,11 +124,18 @@ impl Kind {
 
 /// What a value is screened against: a message (an object of the table's fields, never
 /// null) or a field's value. Deserializing consumes the value whole and says whether it
-/// may fit; a value that does not is still read to its end, without building it.
+/// may fit; a value that does not is still read to its end, without building it. A field
+/// the schema lacks ends the look: its name is kept in `unknown`.
 #[derive(Clone, Copy)]
-enum Fits<'s> {
+enum At<'s> {
     Object(&'s Shape),
     Value(&'s Kind),
+}
+
+#[derive(Clone, Copy)]
+struct Fits<'s> {
+    at: At<'s>,
+    unknown: &'s RefCell<Option<String>>,
 }
 
 impl<'de> DeserializeSeed<'de> for Fits<'_> {
@@ -107,12 +154,12 @@ impl<'de> Visitor<'de> for Fits<'_> {
     }
 
     fn visit_unit<E>(self) -> Result<bool, E> {
-        Ok(matches!(self, Fits::Value(_)))
+        Ok(matches!(self.at, At::Value(_)))
     }
 
     fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
         // Text takes booleans coerced; numbers do not.
-        Ok(matches!(self, Fits::Value(Kind::Boolean | Kind::Scalar)))
+        Ok(matches!(self.at, At::Value(Kind::Boolean | Kind::Scalar)))
     }
 
     fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
@@ -128,10 +175,10 @@ impl<'de> Visitor<'de> for Fits<'_> {
     }
 
     fn visit_str<E>(self, v: &str) -> Result<bool, E> {
-        Ok(match self {
-            Fits::Value(Kind::Scalar) => true,
+        Ok(match self.at {
+            At::Value(Kind::Scalar) => true,
             // A string holding a number parses into a number column (arrow trims it).
-            Fits::Value(Kind::Number { integer }) => {
+            At::Value(Kind::Number { integer }) => {
                 let v = v.trim_matches(|c: char| c.is_ascii_whitespace());
                 if *integer {
                     v.parse::<i128>().is_ok()
@@ -144,23 +191,28 @@ impl<'de> Visitor<'de> for Fits<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
-        let shape = match self {
-            Fits::Object(shape) | Fits::Value(Kind::Struct(shape)) => Some(shape),
+        let shape = match self.at {
+            At::Object(shape) | At::Value(Kind::Struct(shape)) => Some(shape),
             _ => None,
         };
         let mut fits = matches!(
-            self,
-            Fits::Object(_) | Fits::Value(Kind::Struct(_) | Kind::Map)
+            self.at,
+            At::Object(_) | At::Value(Kind::Struct(_) | Kind::Map)
         );
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match shape.and_then(|s| s.0.get(key.as_str())) {
-                Some(kind) if fits => fits = map.next_value_seed(Fits::Value(kind))?,
-                Some(_) => {
+            match shape.map(|s| s.0.get(key.as_str())) {
+                Some(Some(kind)) if fits => fits = map.next_value_seed(self.to(kind))?,
+                Some(Some(_)) => {
                     map.next_value::<IgnoredAny>()?;
                 }
+                Some(None) => {
+                    // A field the struct lacks: the strict decoder refuses the message.
+                    *self.unknown.borrow_mut() = Some(printable(key.as_str()));
+                    return Err(A::Error::custom("a field the schema lacks"));
+                }
                 None => {
-                    // Unknown here (or a map's entry, any value): read past it.
-                    fits &= shape.is_none();
+                    // A map's entry, or an object where a scalar or list is expected: any
+                    // value, read past.
                     map.next_value::<IgnoredAny>()?;
                 }
             }
@@ -169,14 +221,14 @@ impl<'de> Visitor<'de> for Fits<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
-        let Fits::Value(Kind::List(item)) = self else {
+        let At::Value(Kind::List(item)) = self.at else {
             while seq.next_element::<IgnoredAny>()?.is_some() {}
             return Ok(false);
         };
         let mut fits = true;
         loop {
             let next = if fits {
-                seq.next_element_seed(Fits::Value(item))?
+                seq.next_element_seed(self.to(item))?
             } else {
                 seq.next_element::<IgnoredAny>()?.map(|_| false)
             };
@@ -188,9 +240,16 @@ impl<'de> Visitor<'de> for Fits<'_> {
     }
 }
 
-impl Fits<'_> {
+impl<'s> Fits<'s> {
+    fn to(self, kind: &'s Kind) -> Self {
+        Fits {
+            at: At::Value(kind),
+            ..self
+        }
+    }
+
     fn takes_number(self) -> bool {
-        matches!(self, Fits::Value(Kind::Number { .. } | Kind::Scalar))
+        matches!(self.at, At::Value(Kind::Number { .. } | Kind::Scalar))
     }
 }
 
@@ -303,6 +362,56 @@ mod tests {
     }
 
     #[test]
+    fn a_field_the_schema_lacks_is_surely_not_and_named_printably_wherever_a_struct_holds_it() {
+        let shape = Shape::of(&fields());
+        let surely = |m: &str| match shape.look(m.as_bytes()) {
+            Verdict::SurelyNot(e) => e,
+            other => panic!("{m}: {other:?}"),
+        };
+        assert_eq!(
+            surely(r#"{"id": "a", "nom": 1}"#),
+            "column 'nom' missing from schema"
+        );
+        // Inside a struct, after a value that does not fit, and named with escapes.
+        assert_eq!(
+            surely(r#"{"after": {"name": "x", "ñame": {"deep": [1]}}}"#),
+            "column 'ñame' missing from schema"
+        );
+        assert_eq!(
+            surely(r#"{"ok": "not a boolean", "\u005fkafka_topic": 1}"#),
+            "column '_kafka_topic' missing from schema"
+        );
+        assert_eq!(
+            surely("{\"id\": \"a\", \"a\\nb\": 1}"),
+            "column 'a\\nb' missing from schema"
+        );
+        // A name of a megabyte is cut to 64 characters; the look stops there.
+        let long = format!(r#"{{"{}": 1, "id": {{"x": 1}}}}"#, "é".repeat(1 << 19));
+        let e = surely(&long);
+        assert!(e.chars().count() < 100, "{}", e.len());
+        // Where nothing types the object as a struct, any key is a value: not surely.
+        assert_ne!(shape.look(br#"{"id": {"unknown": 1}}"#), Verdict::MayFit);
+        assert_eq!(shape.look(br#"{"id": {"unknown": 1}}"#), Verdict::Suspect);
+        assert_eq!(
+            shape.look(br#"{"tags": [{"unknown": 1}]}"#),
+            Verdict::Suspect
+        );
+        assert_eq!(shape.look(br#"not json {"unknown": 1}"#), Verdict::Suspect);
+        let map = Shape::of(
+            &vec![Field::new_map(
+                "m",
+                "entries",
+                Field::new("key", DataType::Utf8, false),
+                Field::new("value", DataType::Int64, true),
+                false,
+                true,
+            )]
+            .into(),
+        );
+        assert_eq!(map.look(br#"{"m": {"anything": 1}}"#), Verdict::MayFit);
+    }
+
+    #[test]
     fn a_message_as_deep_as_its_schema_is_screened_to_its_bottom() {
         // A schema 100 structs deep, and a message filling it with 1 MiB at the bottom
         // (the screen reads it in one pass; it used to parse it again at every level).
@@ -326,5 +435,69 @@ mod tests {
         // One level deeper than the schema.
         let deeper = format!("{{\"a\": {message}}}");
         assert!(!shape.may_fit(deeper.as_bytes()));
+    }
+
+    proptest::proptest! {
+        /// The one verdict the decoder trusts without trying: whatever the message, when
+        /// the screen says it surely does not fit, arrow's strict decoder refuses it.
+        #[test]
+        fn what_the_screen_calls_surely_not_the_strict_decoder_refuses(
+            value in message(),
+        ) {
+            let fields = fields();
+            let shape = Shape::of(&fields);
+            let bytes = serde_json::to_vec(&value).expect("serialize");
+            if let Verdict::SurelyNot(_) = shape.look(&bytes) {
+                let mut d = arrow::json::ReaderBuilder::new(Arc::new(Schema::new(fields)))
+                    .with_strict_mode(true)
+                    .with_coerce_primitive(true)
+                    .build_decoder()
+                    .expect("decoder");
+                let refused = d.decode(&bytes).is_err() || d.flush().is_err();
+                proptest::prop_assert!(refused, "{}", String::from_utf8_lossy(&bytes));
+            }
+        }
+    }
+
+    /// JSON objects whose keys are mostly the test schema's names (at every level) and
+    /// sometimes any Unicode text, and whose values are of any shape.
+    fn message() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let key = key_of();
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(serde_json::Value::from),
+            text().prop_map(serde_json::Value::from),
+            proptest::sample::select(vec!["12", "1.5", "abc", " 7"])
+                .prop_map(serde_json::Value::from),
+        ];
+        let value = leaf.prop_recursive(4, 32, 6, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+                proptest::collection::vec((key_of(), inner), 0..6)
+                    .prop_map(|kv| serde_json::Value::Object(kv.into_iter().collect())),
+            ]
+        });
+        proptest::collection::vec((key, value), 0..6)
+            .prop_map(|kv| serde_json::Value::Object(kv.into_iter().collect()))
+    }
+
+    fn key_of() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => proptest::sample::select(vec!["id", "n", "x", "ok", "after", "tags", "name"])
+                .prop_map(str::to_string),
+            1 => text(),
+        ]
+    }
+
+    /// Text of any Unicode scalar values, control characters included.
+    fn text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        proptest::collection::vec(any::<char>(), 0..8).prop_map(String::from_iter)
     }
 }
