@@ -263,7 +263,7 @@ impl JsonDecoder {
             }
             if let Some(wider) = wider {
                 self.schema = Some(wider.clone());
-                (parts, bad) = self.decode_widened(&schema, &wider, parts, bad, &mut looks)?;
+                (parts, bad) = self.decode_widened(&schema, &wider, parts, bad)?;
                 schema = wider;
             }
         }
@@ -279,12 +279,10 @@ impl JsonDecoder {
     }
 
     /// After `wider` replaced `schema`, the schema `parts` were decoded with: the parts with
-    /// the new columns as nulls, and the `bad` messages that bring fields `schema` lacks
-    /// (and were not refused meanwhile) decoded again; the other bad messages stay bad, as
-    /// a widening that only adds fields cannot make them fit. When `wider` changed a type
-    /// (the row images of change events unified to a wider number) or a part does not
-    /// convert, the whole chunk is decoded again instead: values are read from the
-    /// messages, never cast.
+    /// the new columns as nulls, and the `bad` messages (those not refused meanwhile)
+    /// decoded again. When `wider` changed a type (the row images of change events unified
+    /// to a wider number) or a part does not convert, the whole chunk is decoded again
+    /// instead: values are read from the messages, never cast.
     #[allow(clippy::type_complexity)]
     fn decode_widened(
         &self,
@@ -292,7 +290,6 @@ impl JsonDecoder {
         wider: &SchemaRef,
         parts: Vec<Part>,
         bad: Vec<(usize, String)>,
-        looks: &mut Inspections,
     ) -> Result<(Vec<Part>, Vec<(usize, String)>)> {
         let as_struct = |s: &SchemaRef| DataType::Struct(s.fields().clone());
         let table = &self.config.table;
@@ -308,20 +305,14 @@ impl JsonDecoder {
         let Some(Some(mut parts)) = conformed else {
             return self.decode_screened(wider, &self.chunk.candidates());
         };
-        let ours: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-        let (again, mut still): (Vec<(usize, String)>, Vec<(usize, String)>) = bad
+        let again: Vec<usize> = bad
             .into_iter()
-            .filter(|(i, _)| !self.chunk.is_rejected(*i))
-            .partition(|(i, _)| {
-                self.inspected(*i, looks)
-                    .as_ref()
-                    .is_ok_and(|theirs| with_new_fields(&ours, theirs).1.count > 0)
-            });
-        let again: Vec<usize> = again.into_iter().map(|(i, _)| i).collect();
+            .map(|(i, _)| i)
+            .filter(|i| !self.chunk.is_rejected(*i))
+            .collect();
         let (more, bad) = self.decode_screened(wider, &again)?;
         parts.extend(more);
-        still.extend(bad);
-        Ok((parts, still))
+        Ok((parts, bad))
     }
 
     /// Decode `candidates`: the messages the screen passes in one go (bisected only if
@@ -1367,10 +1358,11 @@ mod hostile_tests {
         assert_eq!(x("before"), [None, Some(2.5)]);
     }
 
-    /// A widening decodes again the messages bringing fields the table lacked (one whose
-    /// new field another message brought lands too); one that fails for another reason
-    /// keeps its error. Without evolution, a field the screen knows the table lacks is a
-    /// dead letter naming the field (the message was not tried on its own).
+    /// A widening lands the messages its fields fit: one whose new field another message
+    /// brought, one holding that field as null (inferred as no type at all), one holding
+    /// it inside a struct; one that fails for another reason keeps its error. Without
+    /// evolution, a field the screen knows the table lacks is a dead letter naming the
+    /// field (the message was not tried on its own).
     #[test]
     fn a_widening_lands_the_messages_its_fields_fit_and_others_keep_their_errors() {
         let mut d = decoder(Some(schema_id()), DecodeLimits::default(), false);
@@ -1383,12 +1375,13 @@ mod hostile_tests {
                 r#"{"id": 3, "ñame": "y"}"#,
                 r#"{"id": "four"}"#,
                 r#"{"id": 5}"#,
+                r#"{"id": 6, "ñame": null}"#,
             ],
         );
-        assert_eq!(offsets(&batch), vec![0, 1, 3, 5], "{:?}", dead(&batch));
-        let dead = dead(&batch);
-        assert_eq!(dead.len(), 2, "{dead:?}");
-        assert!(dead.iter().all(|(o, stage, e)| [2, 4].contains(o)
+        assert_eq!(offsets(&batch), vec![0, 1, 3, 5, 6], "{:?}", dead(&batch));
+        let letters = dead(&batch);
+        assert_eq!(letters.len(), 2, "{letters:?}");
+        assert!(letters.iter().all(|(o, stage, e)| [2, 4].contains(o)
             && *stage == Stage::Schema
             && e.starts_with("does not fit the schema of table 't'")));
         let rows = batch.rows.as_ref().expect("rows");
@@ -1398,8 +1391,25 @@ mod hostile_tests {
             .as_string::<i32>();
         assert_eq!(
             new.iter().collect::<Vec<_>>(),
-            [None, Some("x"), Some("y"), None]
+            [None, Some("x"), Some("y"), None, None]
         );
+
+        // The same inside a struct: a field new to it, and the same field as null.
+        let inner = DataType::Struct(vec![Field::new("id", DataType::Int64, true)].into());
+        let mut d = decoder(
+            Some(Arc::new(Schema::new(vec![Field::new("s", inner, true)]))),
+            DecodeLimits::default(),
+            false,
+        );
+        let batch = push_all(
+            &mut d,
+            &[
+                r#"{"s": {"id": 1, "k": "x"}}"#,
+                r#"{"s": {"id": 2, "k": null}}"#,
+                r#"{"s": {"id": 3}}"#,
+            ],
+        );
+        assert_eq!(offsets(&batch), vec![0, 1, 2], "{:?}", dead(&batch));
 
         // With evolution off the same field is a dead letter naming it, escaped.
         let mut d = JsonDecoder::new(

@@ -1,15 +1,16 @@
 //! A quick look at a JSON message against a table's schema, for chunks the fast path
-//! could not decode: which messages will surely not fit (a field the table lacks), which
-//! may not (an object where a string is expected, not JSON at all). The rest of the chunk
-//! is then decoded in one go and only the suspects one by one, instead of bisecting the
-//! whole chunk.
+//! could not decode: which messages will surely not fit (a top-level field the table
+//! lacks), which may not (an object where a string is expected, not JSON at all). The rest
+//! of the chunk is then decoded in one go and only the suspects one by one, instead of
+//! bisecting the whole chunk.
 //!
-//! The screen is a heuristic, never the judge, except for one verdict: a field the
-//! schema does not have, inside an object the schema types as a struct, is refused by the
-//! strict decoder whatever else the message holds, so such a message is not decoded
-//! alone (the look stops at that field). Any other suspect is still tried on its own (and
-//! lands if it fits), and when the rest of the chunk does not decode after all, the
-//! decoder falls back to bisecting it. Its cost is one pass over the message without
+//! The screen is a heuristic, never the judge, except for one verdict: the strict decoder
+//! reads every key of the message's object and refuses one the table lacks, whatever else
+//! the message holds, so such a message is not decoded alone (the look stops at that
+//! field). Deeper, a struct's value may be read or not (when a key repeats, only its last
+//! value is decoded), so a field a struct lacks only makes the message a suspect. A
+//! suspect is still tried on its own (and lands if it fits), and when the rest of the
+//! chunk does not decode after all, the decoder falls back to bisecting it. Its cost is one pass over the message without
 //! building values: keys are borrowed and looked up, each value is checked against its
 //! field's kind as it is read (a string in a number column must hold a number), and
 //! what the schema does not describe is skipped.
@@ -54,7 +55,7 @@ impl Shape {
     }
 
     /// What the screen says of `bytes` (one message). One pass over the message, however
-    /// deep it nests, stopping at the first field the schema lacks.
+    /// deep it nests, stopping at the first top-level field the schema lacks.
     pub(crate) fn look(&self, bytes: &[u8]) -> Verdict {
         let unknown = RefCell::new(None);
         let mut de = serde_json::Deserializer::from_slice(bytes);
@@ -88,8 +89,8 @@ pub(crate) enum Verdict {
     MayFit,
     /// Something seen that the decoder may refuse: try the message on its own.
     Suspect,
-    /// A field the table lacks, inside an object the table types as a struct: the strict
-    /// decoder refuses it (the error names the field, printable).
+    /// A top-level field the table lacks: the strict decoder refuses the message (the
+    /// error names the field, printable).
     SurelyNot(String),
 }
 
@@ -124,8 +125,8 @@ impl Kind {
 
 /// What a value is screened against: a message (an object of the table's fields, never
 /// null) or a field's value. Deserializing consumes the value whole and says whether it
-/// may fit; a value that does not is still read to its end, without building it. A field
-/// the schema lacks ends the look: its name is kept in `unknown`.
+/// may fit; a value that does not is still read to its end, without building it. A
+/// top-level field the schema lacks ends the look: its name is kept in `unknown`.
 #[derive(Clone, Copy)]
 enum At<'s> {
     Object(&'s Shape),
@@ -205,10 +206,17 @@ impl<'de> Visitor<'de> for Fits<'_> {
                 Some(Some(_)) => {
                     map.next_value::<IgnoredAny>()?;
                 }
-                Some(None) => {
-                    // A field the struct lacks: the strict decoder refuses the message.
+                Some(None) if matches!(self.at, At::Object(_)) => {
+                    // A top-level field the table lacks: the strict decoder reads every
+                    // key of the message's object, so it refuses the message.
                     *self.unknown.borrow_mut() = Some(printable(key.as_str()));
                     return Err(A::Error::custom("a field the schema lacks"));
+                }
+                Some(None) => {
+                    // A field a struct lacks: refused if the decoder reads this value,
+                    // which it does not when a later key of the same name replaces it.
+                    fits = false;
+                    map.next_value::<IgnoredAny>()?;
                 }
                 None => {
                     // A map's entry, or an object where a scalar or list is expected: any
@@ -362,7 +370,7 @@ mod tests {
     }
 
     #[test]
-    fn a_field_the_schema_lacks_is_surely_not_and_named_printably_wherever_a_struct_holds_it() {
+    fn a_top_level_field_the_schema_lacks_is_surely_not_and_named_printably() {
         let shape = Shape::of(&fields());
         let surely = |m: &str| match shape.look(m.as_bytes()) {
             Verdict::SurelyNot(e) => e,
@@ -372,19 +380,32 @@ mod tests {
             surely(r#"{"id": "a", "nom": 1}"#),
             "column 'nom' missing from schema"
         );
-        // Inside a struct, after a value that does not fit, and named with escapes.
-        assert_eq!(
-            surely(r#"{"after": {"name": "x", "ñame": {"deep": [1]}}}"#),
-            "column 'ñame' missing from schema"
-        );
+        // After a value that does not fit, repeated, and named with escapes.
         assert_eq!(
             surely(r#"{"ok": "not a boolean", "\u005fkafka_topic": 1}"#),
             "column '_kafka_topic' missing from schema"
         );
         assert_eq!(
+            surely(r#"{"ñame": 1, "id": "a", "ñame": 2}"#),
+            "column 'ñame' missing from schema"
+        );
+        assert_eq!(
             surely("{\"id\": \"a\", \"a\\nb\": 1}"),
             "column 'a\\nb' missing from schema"
         );
+        // Inside a struct the decoder may not read the value (a later key of the same
+        // name replaces it): a suspect, tried on its own.
+        for suspect in [
+            r#"{"after": {"name": "x", "ñame": {"deep": [1]}}}"#,
+            r#"{"id": 1, "after": {"zzz": 1}, "after": null}"#,
+            r#"{"id": 1, "after": {"zzz": 1}, "after": {"name": "x"}}"#,
+        ] {
+            assert_eq!(
+                shape.look(suspect.as_bytes()),
+                Verdict::Suspect,
+                "{suspect}"
+            );
+        }
         // A name of a megabyte is cut to 64 characters; the look stops there.
         let long = format!(r#"{{"{}": 1, "id": {{"x": 1}}}}"#, "é".repeat(1 << 19));
         let e = surely(&long);
@@ -438,32 +459,124 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// The one verdict the decoder trusts without trying: whatever the message, when
-        /// the screen says it surely does not fit, arrow's strict decoder refuses it.
+        /// The one verdict the decoder trusts without trying: whatever the message (keys
+        /// repeated at any level among them), when the screen says it surely does not
+        /// fit, arrow's strict decoder refuses it.
         #[test]
         fn what_the_screen_calls_surely_not_the_strict_decoder_refuses(
             value in message(),
         ) {
             let fields = fields();
             let shape = Shape::of(&fields);
-            let bytes = serde_json::to_vec(&value).expect("serialize");
-            if let Verdict::SurelyNot(_) = shape.look(&bytes) {
+            let mut text = String::new();
+            value.write(&mut text);
+            if let Verdict::SurelyNot(_) = shape.look(text.as_bytes()) {
                 let mut d = arrow::json::ReaderBuilder::new(Arc::new(Schema::new(fields)))
                     .with_strict_mode(true)
                     .with_coerce_primitive(true)
                     .build_decoder()
                     .expect("decoder");
-                let refused = d.decode(&bytes).is_err() || d.flush().is_err();
-                proptest::prop_assert!(refused, "{}", String::from_utf8_lossy(&bytes));
+                let refused = d.decode(text.as_bytes()).is_err() || d.flush().is_err();
+                proptest::prop_assert!(refused, "{}", text);
             }
         }
     }
 
-    /// JSON objects whose keys are mostly the test schema's names (at every level) and
-    /// sometimes any Unicode text, and whose values are of any shape.
-    fn message() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    proptest::proptest! {
+        /// The other way round: a message the strict decoder takes (each field fitting its
+        /// type, some fields given earlier values of any shape that a later occurrence of
+        /// the key replaces) is never called surely not.
+        #[test]
+        fn a_message_the_strict_decoder_takes_is_never_called_surely_not(
+            fitting in proptest::collection::vec(fitting_member(), 0..6),
+            earlier in proptest::collection::vec(
+                (proptest::sample::select(vec!["id", "n", "x", "ok", "after", "tags"]), message()),
+                0..4,
+            ),
+        ) {
+            // Earlier occurrences first, each replaced by a fitting one later.
+            let mut members: Vec<(String, Json)> = earlier
+                .into_iter()
+                .filter(|(k, _)| fitting.iter().any(|(f, _)| f == k))
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+            members.extend(fitting.into_iter().map(|(k, v)| (k.to_string(), v)));
+            let mut text = String::new();
+            Json::Object(members).write(&mut text);
+            let fields = fields();
+            let mut d = arrow::json::ReaderBuilder::new(Arc::new(Schema::new(fields.clone())))
+                .with_strict_mode(true)
+                .with_coerce_primitive(true)
+                .build_decoder()
+                .expect("decoder");
+            let taken = d.decode(text.as_bytes()).is_ok() && d.flush().is_ok();
+            proptest::prop_assume!(taken);
+            let verdict = Shape::of(&fields).look(text.as_bytes());
+            proptest::prop_assert!(!matches!(verdict, Verdict::SurelyNot(_)), "{}", text);
+        }
+    }
+
+    /// A field of the test schema with a value of its type.
+    fn fitting_member() -> impl proptest::strategy::Strategy<Value = (&'static str, Json)> {
         use proptest::prelude::*;
-        let key = key_of();
+        let leaf = |v: serde_json::Value| Json::Leaf(v);
+        let name = prop_oneof![
+            Just(Json::Leaf(serde_json::Value::Null)),
+            text().prop_map(move |t| leaf(t.into())),
+        ];
+        prop_oneof![
+            text().prop_map(move |t| ("id", leaf(t.into()))),
+            any::<i64>().prop_map(move |n| ("n", leaf(n.into()))),
+            any::<i32>().prop_map(move |x| ("x", leaf(x.into()))),
+            any::<bool>().prop_map(move |b| ("ok", leaf(b.into()))),
+            name.clone()
+                .prop_map(|v| ("after", Json::Object(vec![("name".to_string(), v)]))),
+            proptest::collection::vec(name, 0..3).prop_map(|v| ("tags", Json::Array(v))),
+        ]
+    }
+
+    /// JSON whose objects may repeat a key (which `serde_json::Value` cannot hold).
+    #[derive(Debug, Clone)]
+    enum Json {
+        Leaf(serde_json::Value),
+        Array(Vec<Json>),
+        Object(Vec<(String, Json)>),
+    }
+
+    impl Json {
+        fn write(&self, out: &mut String) {
+            match self {
+                Json::Leaf(v) => out.push_str(&v.to_string()),
+                Json::Array(items) => {
+                    out.push('[');
+                    for (n, item) in items.iter().enumerate() {
+                        if n > 0 {
+                            out.push(',');
+                        }
+                        item.write(out);
+                    }
+                    out.push(']');
+                }
+                Json::Object(members) => {
+                    out.push('{');
+                    for (n, (k, v)) in members.iter().enumerate() {
+                        if n > 0 {
+                            out.push(',');
+                        }
+                        out.push_str(&serde_json::Value::from(k.as_str()).to_string());
+                        out.push(':');
+                        v.write(out);
+                    }
+                    out.push('}');
+                }
+            }
+        }
+    }
+
+    /// Objects whose keys are mostly the test schema's names (at every level, so they
+    /// often repeat) and sometimes any Unicode text, with values of any shape.
+    fn message() -> impl proptest::strategy::Strategy<Value = Json> {
+        use proptest::prelude::*;
         let leaf = prop_oneof![
             Just(serde_json::Value::Null),
             any::<bool>().prop_map(serde_json::Value::from),
@@ -474,16 +587,15 @@ mod tests {
             text().prop_map(serde_json::Value::from),
             proptest::sample::select(vec!["12", "1.5", "abc", " 7"])
                 .prop_map(serde_json::Value::from),
-        ];
+        ]
+        .prop_map(Json::Leaf);
         let value = leaf.prop_recursive(4, 32, 6, move |inner| {
             prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
-                proptest::collection::vec((key_of(), inner), 0..6)
-                    .prop_map(|kv| serde_json::Value::Object(kv.into_iter().collect())),
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Json::Array),
+                proptest::collection::vec((key_of(), inner), 0..6).prop_map(Json::Object),
             ]
         });
-        proptest::collection::vec((key, value), 0..6)
-            .prop_map(|kv| serde_json::Value::Object(kv.into_iter().collect()))
+        proptest::collection::vec((key_of(), value), 0..6).prop_map(Json::Object)
     }
 
     fn key_of() -> impl proptest::strategy::Strategy<Value = String> {
