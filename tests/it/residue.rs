@@ -178,18 +178,25 @@ pub(crate) fn disappeared(before: &Rows, after: &Rows) -> BTreeMap<String, Vec<S
 }
 
 /// Every text value of eight or more characters the `gone` rows held that no row of
-/// `after` holds.
+/// `after` holds, whole or within a longer value (the scan looks for substrings: an
+/// erased account number `00036991` is inside a kept transaction id `T0000036991`).
 pub(crate) fn distinctive(gone: &BTreeMap<String, Vec<String>>, after: &Rows) -> BTreeSet<String> {
-    let held: BTreeSet<String> = after
+    let mut values: BTreeSet<String> = gone
         .values()
         .flatten()
         .flat_map(|r| long_strings(r))
         .collect();
-    gone.values()
-        .flatten()
-        .flat_map(|r| long_strings(r))
-        .filter(|v| !held.contains(v))
-        .collect()
+    let candidates: Vec<String> = values.iter().cloned().collect();
+    if candidates.is_empty() {
+        return values;
+    }
+    let ac = aho_corasick::AhoCorasick::new(&candidates).expect("automaton");
+    for held in after.values().flatten().flat_map(|r| long_strings(r)) {
+        for m in ac.find_overlapping_iter(&held) {
+            values.remove(&candidates[m.pattern().as_usize()]);
+        }
+    }
+    values
 }
 
 /// Every text value of a decoded Parquet file (nested values too).

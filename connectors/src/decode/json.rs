@@ -1069,15 +1069,19 @@ mod tests {
             part(vec![40, 20], vec![4, 2]),
         ];
         let schema = parts[0].rows.schema();
-        let sorted = in_message_order(&schema, &parts)
-            .expect("sorted")
-            .expect("rows");
-        let n = sorted
-            .column(0)
-            .as_any()
-            .downcast_ref::<arrow::array::Int64Array>()
-            .expect("ints");
-        assert_eq!(n.values(), &[10, 20, 30, 40, 50]);
+        let ordered = |parts: &[Part]| -> Vec<i64> {
+            let sorted = in_message_order(&schema, parts)
+                .expect("sorted")
+                .expect("rows");
+            sorted
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .expect("ints")
+                .values()
+                .to_vec()
+        };
+        assert_eq!(ordered(&parts), [10, 20, 30, 40, 50]);
         // One large part and a few rows between its runs (concatenated by runs), and the
         // same rows scattered over many parts (gathered row by row): message order both
         // ways, every row once.
@@ -1094,15 +1098,7 @@ mod tests {
                     .map(|m| part(vec![m as i64], vec![m as usize]))
                     .collect();
             }
-            let sorted = in_message_order(&schema, &parts)
-                .expect("sorted")
-                .expect("rows");
-            let n = sorted
-                .column(0)
-                .as_any()
-                .downcast_ref::<arrow::array::Int64Array>()
-                .expect("ints");
-            assert_eq!(n.values().to_vec(), (0..1000).collect::<Vec<i64>>());
+            assert_eq!(ordered(&parts), (0..1000).collect::<Vec<i64>>());
         }
         // Rows of a schema without columns keep their count.
         let empty = Arc::new(Schema::empty());
