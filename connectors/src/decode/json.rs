@@ -361,6 +361,8 @@ impl JsonDecoder {
                 Err(e) => bad.push((i, e)),
             }
         }
+        // In message order: the first message bringing new fields widens the table first.
+        bad.sort_unstable_by_key(|(i, _)| *i);
         Ok((parts, bad))
     }
 
@@ -1352,6 +1354,36 @@ mod hostile_tests {
         };
         assert_eq!(x("after"), [Some(1.5), Some(2.0)]);
         assert_eq!(x("before"), [None, Some(2.5)]);
+    }
+
+    /// When the new columns a batch may add run out, the earlier message keeps its
+    /// fields: a field new inside a struct (a suspect, decoded alone) before a new
+    /// top-level field (refused by the screen without a decode).
+    #[test]
+    fn the_earliest_message_bringing_new_fields_widens_the_table_first() {
+        let inner = DataType::Struct(vec![Field::new("a", DataType::Int64, true)].into());
+        let mut d = decoder(
+            Some(Arc::new(Schema::new(vec![Field::new("s", inner, true)]))),
+            DecodeLimits {
+                max_new_columns_per_batch: 1,
+                ..DecodeLimits::default()
+            },
+            false,
+        );
+        let batch = push_all(
+            &mut d,
+            &[r#"{"s": {"a": 1, "b": 2}}"#, r#"{"s": {"a": 3}, "c": 4}"#],
+        );
+        assert_eq!(offsets(&batch), vec![0], "{:?}", dead(&batch));
+        let letters = dead(&batch);
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0].0, 1);
+        assert!(
+            letters[0]
+                .2
+                .contains("decode.max_new_columns_per_batch is 1"),
+            "{letters:?}"
+        );
     }
 
     /// A widening lands the messages its fields fit: one whose new field another message

@@ -10,10 +10,10 @@
 //! field). Deeper, a struct's value may be read or not (when a key repeats, only its last
 //! value is decoded), so a field a struct lacks only makes the message a suspect. A
 //! suspect is still tried on its own (and lands if it fits), and when the rest of the
-//! chunk does not decode after all, the decoder falls back to bisecting it. Its cost is one pass over the message without
-//! building values: keys are borrowed and looked up, each value is checked against its
-//! field's kind as it is read (a string in a number column must hold a number), and
-//! what the schema does not describe is skipped.
+//! chunk does not decode after all, the decoder falls back to bisecting it. Its cost is
+//! one pass over the message without building values: keys are borrowed and looked up,
+//! each value is checked against its field's kind as it is read (a string in a number
+//! column must hold a number), and what the schema does not describe is skipped.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
