@@ -106,7 +106,7 @@ impl std::fmt::Debug for JsonDecoder {
 }
 
 /// A strict decoder for `schema`, expecting up to `rows` rows between flushes.
-fn build_decoder(schema: &SchemaRef, rows: usize) -> Result<Decoder> {
+pub(super) fn build_decoder(schema: &SchemaRef, rows: usize) -> Result<Decoder> {
     ReaderBuilder::new(schema.clone())
         .with_batch_size(rows.max(1) + 1)
         .with_strict_mode(true)
